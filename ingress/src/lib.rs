@@ -1,0 +1,88 @@
+//! waconnect ingress: the stateless front door for Twilio's webhooks.
+//!
+//! It verifies `X-Twilio-Signature`, parses the form, and puts the event on the inbound
+//! FIFO queue (group = customer, dedup = MessageSid); only then does it answer Twilio, so
+//! an accepted webhook is never lost. If the queue cannot take it, Twilio gets a 503 and
+//! retries.
+
+mod signed_url;
+mod webhook;
+
+use axum::Router;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::backend::{Backend, BackendError, QueuesReady};
+use waconnect_shared::config::{IngressConfig, SignatureCheck};
+use waconnect_shared::ops;
+use waconnect_shared::queue::{Queue, depth};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("server error: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Opens the configured inbound queue and serves until `shutdown`.
+pub async fn run(
+    config: IngressConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), IngressError> {
+    let backend = Backend::open(&config.common.storage, &config.common.queues)?;
+    let inbound = backend.inbound().await?;
+    serve(config, inbound, listener, shutdown).await
+}
+
+/// Serves with an already-open inbound queue until `shutdown`; in-flight requests finish.
+pub async fn serve(
+    config: IngressConfig,
+    inbound: Arc<dyn Queue>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), IngressError> {
+    if config.signature == SignatureCheck::InsecureSkip {
+        warn_insecure();
+    }
+    metrics::gauge!("waconnect_ingress_insecure_mode").set(
+        if config.signature == SignatureCheck::InsecureSkip {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    let sampler = depth::spawn_sampler(
+        vec![inbound.clone()],
+        config.common.queues.depth_interval,
+        shutdown.child_token(),
+    );
+    let app = router(&config, inbound);
+    tracing::info!(
+        address = %listener.local_addr()?,
+        message_path = %config.message_path,
+        status_path = %config.status_path,
+        "ingress listening"
+    );
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = sampler.await;
+    tracing::info!("ingress stopped");
+    Ok(result?)
+}
+
+/// The whole HTTP surface: the two webhooks plus the operations endpoints.
+pub fn router(config: &IngressConfig, inbound: Arc<dyn Queue>) -> Router {
+    let readiness = Arc::new(QueuesReady(vec![inbound.clone()]));
+    webhook::router(config, inbound).merge(ops::router(readiness))
+}
+
+fn warn_insecure() {
+    let banner = "INSECURE MODE: Twilio signature checks are OFF. Anyone who can reach this \
+                  port can inject customer messages. Never run this way outside a laptop.";
+    eprintln!("\n!!!!!!!!!!\n{banner}\n!!!!!!!!!!\n");
+    tracing::warn!(insecure = true, "{banner}");
+}

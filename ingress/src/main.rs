@@ -1,0 +1,15 @@
+use anyhow::Context;
+use tokio::net::TcpListener;
+use waconnect_shared::config::IngressConfig;
+use waconnect_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = IngressConfig::from_env()?;
+    telemetry::init_logging(&config.common.telemetry)?;
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("WACONNECT_INGRESS_BIND: cannot listen on {}", config.bind))?;
+    waconnect_ingress::run(config, listener, shutdown::on_signals()).await?;
+    Ok(())
+}

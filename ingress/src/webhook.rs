@@ -1,0 +1,259 @@
+//! The two Twilio webhooks: incoming messages and status callbacks.
+
+use crate::signed_url::signed_url;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use waconnect_shared::address::Channel;
+use waconnect_shared::config::{IngressConfig, SignatureCheck};
+use waconnect_shared::event::{EventKind, InboundEvent};
+use waconnect_shared::queue::{NewMessage, Queue, QueueError};
+use waconnect_shared::{form, signature};
+
+const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+#[derive(Clone)]
+struct Webhooks {
+    queue: Arc<dyn Queue>,
+    signature: SignatureCheck,
+    enqueue_timeout: Duration,
+    allow_non_whatsapp: bool,
+}
+
+pub fn router(config: &IngressConfig, queue: Arc<dyn Queue>) -> Router {
+    let state = Arc::new(Webhooks {
+        queue,
+        signature: config.signature.clone(),
+        enqueue_timeout: config.enqueue_timeout,
+        allow_non_whatsapp: config.allow_non_whatsapp,
+    });
+    Router::new()
+        .route(&config.message_path, post(message))
+        .route(&config.status_path, post(status))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state)
+}
+
+async fn message(
+    State(hooks): State<Arc<Webhooks>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    hooks.handle(EventKind::Message, &uri, &headers, body).await
+}
+
+async fn status(
+    State(hooks): State<Arc<Webhooks>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    hooks.handle(EventKind::Status, &uri, &headers, body).await
+}
+
+/// Why a webhook was not accepted; each maps to a status code and a metric outcome.
+#[derive(Debug)]
+enum Refusal {
+    TooLarge,
+    UnreadableBody,
+    UnsupportedMediaType,
+    MissingSignature,
+    BadSignature,
+    Malformed(String),
+    RefusedChannel,
+    Unavailable(String),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnreadableBody | Self::Malformed(_) | Self::RefusedChannel => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MissingSignature | Self::BadSignature => StatusCode::FORBIDDEN,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::UnreadableBody => "unreadable_body",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::MissingSignature => "missing_signature",
+            Self::BadSignature => "bad_signature",
+            Self::Malformed(_) => "malformed",
+            Self::RefusedChannel => "refused_channel",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Self::TooLarge => "request body is too large".into(),
+            Self::UnreadableBody => "request body could not be read".into(),
+            Self::UnsupportedMediaType => {
+                "expected Content-Type: application/x-www-form-urlencoded".into()
+            }
+            Self::MissingSignature => "missing X-Twilio-Signature".into(),
+            Self::BadSignature => "invalid X-Twilio-Signature".into(),
+            Self::Malformed(why) => format!("malformed webhook: {why}"),
+            Self::RefusedChannel => "only WhatsApp senders are accepted".into(),
+            Self::Unavailable(_) => "temporarily unavailable, retry later".into(),
+        }
+    }
+}
+
+impl Webhooks {
+    async fn handle(
+        &self,
+        kind: EventKind,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Response {
+        let route = match kind {
+            EventKind::Message => "message",
+            EventKind::Status => "status",
+        };
+        let (outcome, response) = match self.accept(kind, uri, headers, body).await {
+            Ok(duplicate) => (
+                if duplicate { "duplicate" } else { "accepted" },
+                ([(header::CONTENT_TYPE, "text/xml")], TWIML_EMPTY).into_response(),
+            ),
+            Err(refusal) => {
+                match &refusal {
+                    Refusal::Unavailable(why) => {
+                        tracing::error!(route, error = %why, "inbound queue unavailable; answering 503")
+                    }
+                    Refusal::BadSignature | Refusal::MissingSignature => {
+                        tracing::warn!(route, outcome = refusal.outcome(), "webhook refused")
+                    }
+                    other => tracing::info!(route, outcome = other.outcome(), "webhook refused"),
+                }
+                (
+                    refusal.outcome(),
+                    (refusal.status(), format!("{}\n", refusal.message())).into_response(),
+                )
+            }
+        };
+        metrics::counter!("waconnect_ingress_requests_total", "route" => route, "outcome" => outcome)
+            .increment(1);
+        response
+    }
+
+    /// `Ok(true)` when the event was a duplicate Twilio retry already on the queue.
+    async fn accept(
+        &self,
+        kind: EventKind,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<bool, Refusal> {
+        let body = body.map_err(|r| match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Refusal::TooLarge,
+            _ => Refusal::UnreadableBody,
+        })?;
+        if !is_form(headers) {
+            return Err(Refusal::UnsupportedMediaType);
+        }
+        let fields = form::decode(&body).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        self.verify(uri, headers, &fields)?;
+
+        let mut event = InboundEvent::new(kind, fields);
+        event.idempotency_token = headers
+            .get("i-twilio-idempotency-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        event
+            .validate()
+            .map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let customer = event
+            .customer()
+            .map_err(|e| Refusal::Malformed(e.to_string()))?;
+        if customer.channel() != Channel::WhatsApp && !self.allow_non_whatsapp {
+            return Err(Refusal::RefusedChannel);
+        }
+        let message = NewMessage {
+            group_id: customer.as_str().to_owned(),
+            dedup_id: event
+                .dedup_id()
+                .map_err(|e| Refusal::Malformed(e.to_string()))?,
+            body: event.to_json(),
+        };
+
+        let started = Instant::now();
+        let sent = tokio::time::timeout(self.enqueue_timeout, self.queue.send(message)).await;
+        metrics::histogram!("waconnect_ingress_enqueue_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let sent = match sent {
+            Err(_) => {
+                return Err(Refusal::Unavailable(format!(
+                    "no answer within {:?}",
+                    self.enqueue_timeout
+                )));
+            }
+            Ok(Err(QueueError::InvalidArgument(why))) => return Err(Refusal::Malformed(why)),
+            Ok(Err(e @ QueueError::TooLarge { .. })) => {
+                tracing::warn!(error = %e, "event over the queue's size limit");
+                return Err(Refusal::TooLarge);
+            }
+            Ok(Err(e)) => return Err(Refusal::Unavailable(e.to_string())),
+            Ok(Ok(sent)) => sent,
+        };
+        tracing::debug!(
+            route = ?kind,
+            customer = %customer,
+            message_sid = event.message_sid().unwrap_or_default(),
+            duplicate = sent.duplicate,
+            "webhook enqueued"
+        );
+        Ok(sent.duplicate)
+    }
+
+    fn verify(
+        &self,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        fields: &[(String, String)],
+    ) -> Result<(), Refusal> {
+        let SignatureCheck::Verify {
+            auth_token,
+            public_base_url,
+            trust_forwarded_headers,
+        } = &self.signature
+        else {
+            return Ok(());
+        };
+        let provided = headers
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Refusal::MissingSignature)?;
+        let url = signed_url(public_base_url, *trust_forwarded_headers, headers, uri);
+        if signature::validate(auth_token.expose(), &url, fields, provided) {
+            Ok(())
+        } else {
+            Err(Refusal::BadSignature)
+        }
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}

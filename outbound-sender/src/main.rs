@@ -1,0 +1,19 @@
+use anyhow::Context;
+use tokio::net::TcpListener;
+use waconnect_shared::config::ConfigSource;
+use waconnect_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = waconnect_outbound_sender::config_from(&ConfigSource::from_env()?)?;
+    telemetry::init_logging(&config.common.telemetry)?;
+    let listener = TcpListener::bind(config.ops_bind).await.with_context(|| {
+        format!(
+            "{}: cannot listen on {}",
+            waconnect_outbound_sender::OPS_BIND_VAR,
+            config.ops_bind
+        )
+    })?;
+    waconnect_outbound_sender::run(config, listener, shutdown::on_signals()).await?;
+    Ok(())
+}

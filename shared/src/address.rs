@@ -1,0 +1,168 @@
+//! A customer's address as Twilio writes it: `whatsapp:+<E.164>` (or a bare `+<E.164>` for
+//! SMS, refused by ingress unless configured). It keys the conversation table and is the
+//! FIFO group id on both queues.
+//!
+//! Phone numbers are personal data: `Debug` and `Display` mask the middle digits, so an
+//! address can be logged safely; the clear form is only reachable through [`CustomerAddress::as_str`].
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    WhatsApp,
+    Sms,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CustomerAddress {
+    raw: String,
+    channel: Channel,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a customer address (expected whatsapp:+<E.164 number>): {0}")]
+pub struct AddressError(String);
+
+impl CustomerAddress {
+    pub fn parse(input: &str) -> Result<Self, AddressError> {
+        let (channel, number) = match input.strip_prefix("whatsapp:") {
+            Some(rest) => (Channel::WhatsApp, rest),
+            None => (Channel::Sms, input),
+        };
+        if !is_e164(number) {
+            return Err(AddressError(mask(input)));
+        }
+        Ok(Self {
+            raw: input.to_owned(),
+            channel,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel
+    }
+
+    /// The `+<digits>` number without the channel prefix (for voice callbacks).
+    pub fn e164(&self) -> &str {
+        self.raw.strip_prefix("whatsapp:").unwrap_or(&self.raw)
+    }
+
+    /// The form safe for logs: `whatsapp:+1555***4567`.
+    pub fn redacted(&self) -> String {
+        mask(&self.raw)
+    }
+}
+
+/// E.164: a `+`, then 8 to 15 digits, the first not zero.
+fn is_e164(number: &str) -> bool {
+    let Some(digits) = number.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Keeps the prefix, the first four and the last four characters; masks the rest.
+pub fn mask(value: &str) -> String {
+    let (prefix, number) = match value.find('+') {
+        Some(i) => value.split_at(i),
+        None => ("", value),
+    };
+    let chars: Vec<char> = number.chars().collect();
+    if chars.len() <= 8 {
+        return format!("{prefix}***");
+    }
+    let head: String = chars[..5].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{prefix}{head}***{tail}")
+}
+
+impl fmt::Display for CustomerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for CustomerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CustomerAddress({})", self.redacted())
+    }
+}
+
+impl FromStr for CustomerAddress {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for CustomerAddress {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for CustomerAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_whatsapp_and_sms() {
+        let a = CustomerAddress::parse("whatsapp:+15551234567").unwrap();
+        assert_eq!(a.channel(), Channel::WhatsApp);
+        assert_eq!(a.as_str(), "whatsapp:+15551234567");
+        assert_eq!(a.e164(), "+15551234567");
+        let s = CustomerAddress::parse("+447700900123").unwrap();
+        assert_eq!(s.channel(), Channel::Sms);
+    }
+
+    #[test]
+    fn rejects_non_e164() {
+        for bad in [
+            "",
+            "whatsapp:",
+            "whatsapp:15551234567",
+            "whatsapp:+0555123456",
+            "whatsapp:+1555",
+            "whatsapp:+1234567890123456",
+            "whatsapp:+1555123456a",
+            "messenger:+15551234567",
+        ] {
+            assert!(CustomerAddress::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn never_shows_the_number_in_clear() {
+        let a = CustomerAddress::parse("whatsapp:+15551234567").unwrap();
+        for shown in [format!("{a}"), format!("{a:?}")] {
+            assert!(!shown.contains("15551234567"), "{shown}");
+            assert!(shown.contains("+1555***4567"), "{shown}");
+        }
+        let err = CustomerAddress::parse("whatsapp:+1555123456789999").unwrap_err();
+        assert!(!err.to_string().contains("123456789"), "{err}");
+    }
+
+    #[test]
+    fn serde_round_trip_validates() {
+        let a = CustomerAddress::parse("whatsapp:+15551234567").unwrap();
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, "\"whatsapp:+15551234567\"");
+        assert_eq!(serde_json::from_str::<CustomerAddress>(&json).unwrap(), a);
+        assert!(serde_json::from_str::<CustomerAddress>("\"whatsapp:42\"").is_err());
+    }
+}

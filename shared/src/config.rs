@@ -1,0 +1,632 @@
+//! Typed configuration from environment variables and an optional dotenv-style file
+//! (`WACONNECT_CONFIG_FILE`; the environment wins over the file). Every service validates
+//! all of its variables at start and refuses to start with a message naming each bad one.
+
+use crate::secret::Secret;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The one value that enables ingress's insecure mode: long and explicit so that no
+/// `=true` or `=1` left in an environment can switch signature checks off.
+pub const INSECURE_PHRASE: &str = "i-understand-this-disables-twilio-authentication";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: String,
+    pub problem: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  {}: {}", e.variable, e.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    pub fn names(&self, variable: &str) -> bool {
+        self.0.iter().any(|e| e.variable == variable)
+    }
+}
+
+/// Where variables come from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    vars: HashMap<String, String>,
+}
+
+impl ConfigSource {
+    /// The process environment, over `WACONNECT_CONFIG_FILE` when that is set.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::layered(std::env::vars())
+    }
+
+    /// `env` over the file it names in `WACONNECT_CONFIG_FILE`, if any.
+    pub fn layered(env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigErrors> {
+        let env: HashMap<String, String> = env.into_iter().collect();
+        let mut vars = HashMap::new();
+        if let Some(path) = env.get("WACONNECT_CONFIG_FILE").filter(|p| !p.is_empty()) {
+            let error = |problem: String| {
+                ConfigErrors(vec![ConfigError {
+                    variable: "WACONNECT_CONFIG_FILE".into(),
+                    problem,
+                }])
+            };
+            let iter = dotenvy::from_path_iter(path)
+                .map_err(|e| error(format!("cannot read {path}: {e}")))?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| error(format!("{path}: {e}")))?;
+                vars.insert(k, v);
+            }
+        }
+        vars.extend(env);
+        Ok(Self { vars })
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            source: self,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// Reads variables, recording every problem instead of stopping at the first.
+pub struct Reader<'a> {
+    source: &'a ConfigSource,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader<'_> {
+    /// A variable's value; empty counts as unset.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.source
+            .vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn error(&mut self, name: &str, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            variable: name.to_owned(),
+            problem: problem.into(),
+        });
+    }
+
+    fn parse<T: FromStr>(&mut self, name: &str, raw: &str, expected: &str) -> Option<T> {
+        match raw.parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(name, format!("expected {expected}, got {raw:?}"));
+                None
+            }
+        }
+    }
+
+    pub fn required<T: FromStr>(&mut self, name: &str, expected: &str) -> Option<T> {
+        match self.raw(name) {
+            Some(raw) => self.parse(name, &raw.to_owned(), expected),
+            None => {
+                self.error(name, format!("is required ({expected})"));
+                None
+            }
+        }
+    }
+
+    pub fn optional<T: FromStr>(&mut self, name: &str, default: T, expected: &str) -> T {
+        match self.raw(name).map(str::to_owned) {
+            Some(raw) => self.parse(name, &raw, expected).unwrap_or(default),
+            None => default,
+        }
+    }
+
+    pub fn string(&mut self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or(default).to_owned()
+    }
+
+    pub fn secret(&mut self, name: &str) -> Option<Secret> {
+        self.raw(name).map(Secret::new)
+    }
+
+    pub fn flag(&mut self, name: &str, default: bool) -> bool {
+        match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
+            None => default,
+            Some("true" | "1" | "yes" | "on") => true,
+            Some("false" | "0" | "no" | "off") => false,
+            Some(other) => {
+                let problem = format!("expected true or false, got {other:?}");
+                self.error(name, problem);
+                default
+            }
+        }
+    }
+
+    /// A duration such as `500ms`, `30s`, `5m`.
+    pub fn duration(&mut self, name: &str, default: Duration) -> Duration {
+        let Some(raw) = self.raw(name).map(str::to_owned) else {
+            return default;
+        };
+        match humantime::parse_duration(&raw) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.error(
+                    name,
+                    format!("expected a duration like 500ms, 30s or 5m, got {raw:?}"),
+                );
+                default
+            }
+        }
+    }
+
+    pub fn positive<T: FromStr + PartialOrd + Default + Copy>(
+        &mut self,
+        name: &str,
+        default: T,
+        expected: &str,
+    ) -> T {
+        let v = self.optional(name, default, expected);
+        if v <= T::default() {
+            self.error(name, format!("expected {expected} greater than zero"));
+            return default;
+        }
+        v
+    }
+
+    /// Ok when no problem was recorded.
+    pub fn finish(self) -> Result<(), ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+}
+
+/// Which engine holds the queues and the conversation table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// One SQLite file shared by the processes of one host.
+    Embedded(EmbeddedConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting: `Full` makes every acknowledged write survive power
+/// loss; `Normal` survives a process crash only, and is faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+impl FromStr for Synchronous {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Names and policies of the two queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuesConfig {
+    pub inbound: String,
+    pub outbound: String,
+    /// A message received this many times without being deleted goes to the dead-letter queue.
+    pub max_receives: u32,
+    /// How often queue depth is sampled into the metrics.
+    pub depth_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON, or human-readable when stdout is a terminal.
+    Auto,
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            _ => Err(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter.
+    pub log_filter: String,
+}
+
+/// What every service reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommonConfig {
+    pub storage: StorageConfig,
+    pub queues: QueuesConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl CommonConfig {
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let backend = r.string("WACONNECT_BACKEND", "embedded");
+        if backend != "embedded" {
+            r.error(
+                "WACONNECT_BACKEND",
+                format!("unsupported backend {backend:?} (this build supports: embedded)"),
+            );
+        }
+        let storage = StorageConfig::Embedded(EmbeddedConfig {
+            path: PathBuf::from(r.string("WACONNECT_SQLITE_PATH", "waconnect.db")),
+            synchronous: r.optional(
+                "WACONNECT_SQLITE_SYNCHRONOUS",
+                Synchronous::Full,
+                "full or normal",
+            ),
+        });
+        let queues = QueuesConfig {
+            inbound: r.string("WACONNECT_INBOUND_QUEUE", "inbound"),
+            outbound: r.string("WACONNECT_OUTBOUND_QUEUE", "outbound"),
+            max_receives: r.positive("WACONNECT_MAX_RECEIVES", 5, "a whole number"),
+            depth_interval: r.duration("WACONNECT_QUEUE_DEPTH_INTERVAL", Duration::from_secs(10)),
+        };
+        let telemetry = TelemetryConfig {
+            log_format: r.optional(
+                "WACONNECT_LOG_FORMAT",
+                LogFormat::Auto,
+                "auto, json or pretty",
+            ),
+            log_filter: r.string("RUST_LOG", "info"),
+        };
+        Self {
+            storage,
+            queues,
+            telemetry,
+        }
+    }
+}
+
+/// How ingress learns the URL Twilio signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// Verify against `public_base_url` + the request's path and query.
+    Verify {
+        auth_token: Secret,
+        public_base_url: String,
+        /// Take scheme and host from `X-Forwarded-Proto` / `X-Forwarded-Host` instead.
+        trust_forwarded_headers: bool,
+    },
+    /// Local use only: no signature check at all.
+    InsecureSkip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressConfig {
+    pub common: CommonConfig,
+    pub bind: SocketAddr,
+    pub signature: SignatureCheck,
+    pub message_path: String,
+    pub status_path: String,
+    pub max_body_bytes: usize,
+    pub enqueue_timeout: Duration,
+    pub allow_non_whatsapp: bool,
+}
+
+impl IngressConfig {
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::from_source(&ConfigSource::from_env()?)
+    }
+
+    pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
+        let mut r = source.reader();
+        let common = CommonConfig::read(&mut r);
+        let bind: SocketAddr = r.optional(
+            "WACONNECT_INGRESS_BIND",
+            SocketAddr::from(([0, 0, 0, 0], 8080)),
+            "an address like 0.0.0.0:8080",
+        );
+        let signature = read_signature_check(&mut r, bind);
+        let message_path = read_path(&mut r, "WACONNECT_INGRESS_MESSAGE_PATH", "/twilio/messages");
+        let status_path = read_path(&mut r, "WACONNECT_INGRESS_STATUS_PATH", "/twilio/status");
+        if message_path == status_path {
+            r.error(
+                "WACONNECT_INGRESS_STATUS_PATH",
+                "must differ from WACONNECT_INGRESS_MESSAGE_PATH",
+            );
+        }
+        let max_body_bytes = r.positive(
+            "WACONNECT_INGRESS_MAX_BODY_BYTES",
+            64 * 1024,
+            "a number of bytes",
+        );
+        let enqueue_timeout =
+            r.duration("WACONNECT_INGRESS_ENQUEUE_TIMEOUT", Duration::from_secs(5));
+        let allow_non_whatsapp = r.flag("WACONNECT_ALLOW_NON_WHATSAPP", false);
+        let config = signature.map(|signature| Self {
+            common,
+            bind,
+            signature,
+            message_path,
+            status_path,
+            max_body_bytes,
+            enqueue_timeout,
+            allow_non_whatsapp,
+        });
+        r.finish()?;
+        Ok(config.expect("every required value is present when no error was recorded"))
+    }
+}
+
+fn read_path(r: &mut Reader<'_>, name: &str, default: &str) -> String {
+    let path = r.string(name, default);
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        r.error(
+            name,
+            format!("expected a path starting with '/', got {path:?}"),
+        );
+    }
+    path
+}
+
+fn read_signature_check(r: &mut Reader<'_>, bind: SocketAddr) -> Option<SignatureCheck> {
+    if let Some(value) = r
+        .raw("WACONNECT_INSECURE_SKIP_SIGNATURE")
+        .map(str::to_owned)
+    {
+        if value != INSECURE_PHRASE {
+            r.error(
+                "WACONNECT_INSECURE_SKIP_SIGNATURE",
+                format!("to disable signature checks set it to exactly {INSECURE_PHRASE:?}; unset it otherwise"),
+            );
+            return None;
+        }
+        if !bind.ip().is_loopback() {
+            r.error(
+                "WACONNECT_INSECURE_SKIP_SIGNATURE",
+                format!("insecure mode only binds a loopback address, not {bind} (see WACONNECT_INGRESS_BIND)"),
+            );
+            return None;
+        }
+        return Some(SignatureCheck::InsecureSkip);
+    }
+    let auth_token = r.secret("TWILIO_AUTH_TOKEN");
+    if auth_token.is_none() {
+        r.error(
+            "TWILIO_AUTH_TOKEN",
+            "is required (the Twilio account's auth token)",
+        );
+    }
+    let public_base_url = match r.raw("WACONNECT_PUBLIC_BASE_URL").map(str::to_owned) {
+        None => {
+            r.error(
+                "WACONNECT_PUBLIC_BASE_URL",
+                "is required (the public https://host[:port][/prefix] Twilio posts to)",
+            );
+            None
+        }
+        Some(raw) => match validate_base_url(&raw) {
+            Ok(url) => Some(url),
+            Err(problem) => {
+                r.error("WACONNECT_PUBLIC_BASE_URL", problem);
+                None
+            }
+        },
+    };
+    let trust_forwarded_headers = r.flag("WACONNECT_TRUST_FORWARDED_HEADERS", false);
+    Some(SignatureCheck::Verify {
+        auth_token: auth_token?,
+        public_base_url: public_base_url?,
+        trust_forwarded_headers,
+    })
+}
+
+/// The base URL is kept as written (the signature covers it byte for byte), minus a
+/// trailing slash, because request paths start with one.
+fn validate_base_url(raw: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {raw:?}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("expected an http or https URL, got {raw:?}"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not carry a query or a fragment".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+/// The worker services (relay-worker, outbound-sender) read this much so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub common: CommonConfig,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub ops_bind: SocketAddr,
+}
+
+impl WorkerConfig {
+    pub fn from_source(
+        source: &ConfigSource,
+        bind_var: &str,
+        default_port: u16,
+    ) -> Result<Self, ConfigErrors> {
+        let mut r = source.reader();
+        let common = CommonConfig::read(&mut r);
+        let ops_bind = r.optional(
+            bind_var,
+            SocketAddr::from(([0, 0, 0, 0], default_port)),
+            "an address like 0.0.0.0:9090",
+        );
+        r.finish()?;
+        Ok(Self { common, ops_bind })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(pairs: &[(&str, &str)]) -> Result<IngressConfig, ConfigErrors> {
+        IngressConfig::from_source(&ConfigSource::from_pairs(pairs.iter().copied()))
+    }
+
+    const MINIMAL: [(&str, &str); 2] = [
+        ("TWILIO_AUTH_TOKEN", "tok"),
+        ("WACONNECT_PUBLIC_BASE_URL", "https://wa.example.com/"),
+    ];
+
+    #[test]
+    fn defaults_with_the_minimum() {
+        let c = ingress(&MINIMAL).unwrap();
+        assert_eq!(c.bind, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.message_path, "/twilio/messages");
+        assert_eq!(c.status_path, "/twilio/status");
+        assert_eq!(c.max_body_bytes, 65536);
+        assert!(!c.allow_non_whatsapp);
+        assert_eq!(
+            c.signature,
+            SignatureCheck::Verify {
+                auth_token: Secret::new("tok"),
+                public_base_url: "https://wa.example.com".into(),
+                trust_forwarded_headers: false,
+            }
+        );
+        let StorageConfig::Embedded(e) = &c.common.storage;
+        assert_eq!(e.synchronous, Synchronous::Full);
+        assert_eq!(c.common.queues.max_receives, 5);
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_at_once() {
+        let err = ingress(&[
+            ("WACONNECT_INGRESS_MAX_BODY_BYTES", "lots"),
+            ("WACONNECT_INGRESS_BIND", "nowhere"),
+            ("WACONNECT_MAX_RECEIVES", "0"),
+            ("WACONNECT_INGRESS_ENQUEUE_TIMEOUT", "soon"),
+            ("WACONNECT_BACKEND", "postgres"),
+        ])
+        .unwrap_err();
+        for var in [
+            "TWILIO_AUTH_TOKEN",
+            "WACONNECT_PUBLIC_BASE_URL",
+            "WACONNECT_INGRESS_MAX_BODY_BYTES",
+            "WACONNECT_INGRESS_BIND",
+            "WACONNECT_MAX_RECEIVES",
+            "WACONNECT_INGRESS_ENQUEUE_TIMEOUT",
+            "WACONNECT_BACKEND",
+        ] {
+            assert!(err.names(var), "{var} not named in {err}");
+        }
+    }
+
+    #[test]
+    fn base_url_must_be_plain_http() {
+        for bad in [
+            "ftp://x.com",
+            "https://x.com/?a=1",
+            "https://u:p@x.com",
+            "x.com",
+        ] {
+            let mut pairs = MINIMAL.to_vec();
+            pairs[1].1 = bad;
+            assert!(
+                ingress(&pairs)
+                    .unwrap_err()
+                    .names("WACONNECT_PUBLIC_BASE_URL"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn insecure_mode_needs_the_exact_phrase_and_loopback() {
+        let err = ingress(&[("WACONNECT_INSECURE_SKIP_SIGNATURE", "true")]).unwrap_err();
+        assert!(err.names("WACONNECT_INSECURE_SKIP_SIGNATURE"));
+        let err = ingress(&[("WACONNECT_INSECURE_SKIP_SIGNATURE", INSECURE_PHRASE)]).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let ok = ingress(&[
+            ("WACONNECT_INSECURE_SKIP_SIGNATURE", INSECURE_PHRASE),
+            ("WACONNECT_INGRESS_BIND", "127.0.0.1:0"),
+        ])
+        .unwrap();
+        assert_eq!(ok.signature, SignatureCheck::InsecureSkip);
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let c = ingress(&MINIMAL).unwrap();
+        let mut pairs = MINIMAL.to_vec();
+        pairs[0].1 = "very-secret-token";
+        let c2 = ingress(&pairs).unwrap();
+        assert!(!format!("{c2:?}").contains("very-secret-token"));
+        assert_ne!(c, c2);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("waconnect.env");
+        std::fs::write(
+            &file,
+            "TWILIO_AUTH_TOKEN=from-file\nWACONNECT_PUBLIC_BASE_URL=https://file.example\nWACONNECT_INGRESS_MAX_BODY_BYTES=1000\n",
+        )
+        .unwrap();
+        let source = ConfigSource::layered([
+            (
+                "WACONNECT_CONFIG_FILE".to_owned(),
+                file.display().to_string(),
+            ),
+            (
+                "WACONNECT_INGRESS_MAX_BODY_BYTES".to_owned(),
+                "2000".to_owned(),
+            ),
+        ])
+        .unwrap();
+        let c = IngressConfig::from_source(&source).unwrap();
+        assert_eq!(c.max_body_bytes, 2000);
+        assert!(
+            matches!(c.signature, SignatureCheck::Verify { ref public_base_url, .. } if public_base_url == "https://file.example")
+        );
+        let missing = ConfigSource::layered([(
+            "WACONNECT_CONFIG_FILE".to_owned(),
+            "/nonexistent/waconnect.env".to_owned(),
+        )])
+        .unwrap_err();
+        assert!(missing.names("WACONNECT_CONFIG_FILE"));
+    }
+}

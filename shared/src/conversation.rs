@@ -1,0 +1,113 @@
+//! The conversation record (DESIGN.md §3), keyed by customer address. Lease fields live
+//! beside the record in the store ([`crate::store::StoredConversation`]) so a data write
+//! can never overwrite a lease by accident.
+
+use crate::address::CustomerAddress;
+use crate::secret::Secret;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationState {
+    Starting,
+    Active,
+    Ended,
+}
+
+impl ConversationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Active => "active",
+            Self::Ended => "ended",
+        }
+    }
+}
+
+/// The last Connect item forwarded to the customer; backfill resumes after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCursor {
+    pub id: String,
+    /// Connect's `AbsoluteTime`, kept as the exact string Connect sent.
+    pub absolute_time: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub customer: CustomerAddress,
+    pub state: ConversationState,
+    #[serde(default)]
+    pub contact_id: Option<String>,
+    #[serde(default)]
+    pub initial_contact_id: Option<String>,
+    #[serde(default)]
+    pub participant_id: Option<String>,
+    #[serde(default)]
+    pub participant_token: Option<Secret>,
+    #[serde(default)]
+    pub connection_token: Option<Secret>,
+    #[serde(default)]
+    pub connection_expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub agent_cursor: Option<AgentCursor>,
+    #[serde(default)]
+    pub last_inbound_message_sid: Option<String>,
+    /// Start of the customer's WhatsApp 24 h window.
+    #[serde(default)]
+    pub last_inbound_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// Epoch seconds after which the record may be deleted (DynamoDB TTL). Never relied on.
+    #[serde(default)]
+    pub ttl: Option<i64>,
+}
+
+impl Conversation {
+    pub fn new(customer: CustomerAddress) -> Self {
+        Self {
+            customer,
+            state: ConversationState::Starting,
+            contact_id: None,
+            initial_contact_id: None,
+            participant_id: None,
+            participant_token: None,
+            connection_token: None,
+            connection_expires_at: None,
+            agent_cursor: None,
+            last_inbound_message_sid: None,
+            last_inbound_at: None,
+            created_at: Utc::now(),
+            ttl: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_no_secret_in_debug() {
+        let mut c = Conversation::new(CustomerAddress::parse("whatsapp:+15551234567").unwrap());
+        c.state = ConversationState::Active;
+        c.contact_id = Some("contact-1".into());
+        c.initial_contact_id = Some("contact-0".into());
+        c.participant_id = Some("p-1".into());
+        c.participant_token = Some(Secret::new("participant-secret"));
+        c.connection_token = Some(Secret::new("connection-secret"));
+        c.connection_expires_at = Some(Utc::now());
+        c.agent_cursor = Some(AgentCursor {
+            id: "item-1".into(),
+            absolute_time: "2026-11-24T10:00:00.000Z".into(),
+        });
+        c.last_inbound_message_sid = Some("SM1".into());
+        c.last_inbound_at = Some(Utc::now());
+        c.ttl = Some(1_800_000_000);
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Conversation>(&json).unwrap(), c);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("participant-secret"), "{shown}");
+        assert!(!shown.contains("connection-secret"), "{shown}");
+        assert!(!shown.contains("15551234567"), "{shown}");
+    }
+}

@@ -1,0 +1,250 @@
+//! What ingress puts on the inbound queue: one Twilio webhook, every field kept verbatim
+//! (Twilio adds fields without notice, and the relay may want them later), with typed
+//! accessors for the fields waconnect uses.
+
+use crate::address::{AddressError, CustomerAddress};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A customer's message (incoming-message webhook).
+    Message,
+    /// A delivery status of one of our outbound messages (status callback).
+    Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundEvent {
+    pub kind: EventKind,
+    /// Every form field in the order Twilio sent it; repeated names are kept.
+    pub fields: Vec<(String, String)>,
+    pub received_at: DateTime<Utc>,
+    /// Twilio's `I-Twilio-Idempotency-Token` header, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("missing required field {0}")]
+    Missing(&'static str),
+    #[error("field {field}: {source}")]
+    Address {
+        field: &'static str,
+        source: AddressError,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Media<'a> {
+    pub url: &'a str,
+    pub content_type: Option<&'a str>,
+}
+
+impl InboundEvent {
+    pub fn new(kind: EventKind, fields: Vec<(String, String)>) -> Self {
+        Self {
+            kind,
+            fields,
+            received_at: Utc::now(),
+            idempotency_token: None,
+        }
+    }
+
+    /// The first value of a field, as Twilio sent it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &'static str) -> Result<&str, EventError> {
+        match self.field(name) {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(EventError::Missing(name)),
+        }
+    }
+
+    /// Checks the fields every event needs, so a malformed webhook is refused at the door
+    /// rather than poisoning the queue.
+    pub fn validate(&self) -> Result<(), EventError> {
+        self.message_sid()?;
+        self.required("From")?;
+        self.required("To")?;
+        if self.kind == EventKind::Status {
+            self.required("MessageStatus")?;
+        }
+        self.customer().map(|_| ())
+    }
+
+    pub fn message_sid(&self) -> Result<&str, EventError> {
+        self.required("MessageSid")
+    }
+
+    /// The customer: the sender of a message, the recipient of a status callback.
+    pub fn customer(&self) -> Result<CustomerAddress, EventError> {
+        let field = match self.kind {
+            EventKind::Message => "From",
+            EventKind::Status => "To",
+        };
+        CustomerAddress::parse(self.required(field)?)
+            .map_err(|source| EventError::Address { field, source })
+    }
+
+    /// The queue deduplication id: Twilio retries the same webhook with the same
+    /// MessageSid, and a message's status changes are distinct events.
+    pub fn dedup_id(&self) -> Result<String, EventError> {
+        let sid = self.message_sid()?;
+        Ok(match self.kind {
+            EventKind::Message => sid.to_owned(),
+            EventKind::Status => format!("{sid}:{}", self.required("MessageStatus")?),
+        })
+    }
+
+    pub fn body(&self) -> &str {
+        self.field("Body").unwrap_or("")
+    }
+
+    pub fn profile_name(&self) -> Option<&str> {
+        self.field("ProfileName").filter(|v| !v.is_empty())
+    }
+
+    pub fn wa_id(&self) -> Option<&str> {
+        self.field("WaId").filter(|v| !v.is_empty())
+    }
+
+    pub fn message_type(&self) -> Option<&str> {
+        self.field("MessageType").filter(|v| !v.is_empty())
+    }
+
+    pub fn message_status(&self) -> Option<&str> {
+        self.field("MessageStatus")
+    }
+
+    pub fn error_code(&self) -> Option<&str> {
+        self.field("ErrorCode").filter(|v| !v.is_empty())
+    }
+
+    pub fn num_media(&self) -> usize {
+        self.field("NumMedia")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn media(&self) -> Vec<Media<'_>> {
+        (0..self.num_media())
+            .filter_map(|i| {
+                let url = self.field(&format!("MediaUrl{i}"))?;
+                Some(Media {
+                    url,
+                    content_type: self.field(&format!("MediaContentType{i}")),
+                })
+            })
+            .collect()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an InboundEvent always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> InboundEvent {
+        let f = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        InboundEvent::new(
+            EventKind::Message,
+            vec![
+                f("SmsMessageSid", "MM123"),
+                f("NumMedia", "2"),
+                f("ProfileName", "Ana"),
+                f("MessageType", "image"),
+                f("MediaUrl0", "https://api.twilio.com/m/0"),
+                f("MediaContentType0", "image/jpeg"),
+                f("MediaUrl1", "https://api.twilio.com/m/1"),
+                f("WaId", "15551234567"),
+                f("Body", "hi"),
+                f("To", "whatsapp:+14155238886"),
+                f("From", "whatsapp:+15551234567"),
+                f("MessageSid", "MM123"),
+                f("SomeFieldTwilioAddsLater", "x"),
+                f("SomeFieldTwilioAddsLater", "y"),
+            ],
+        )
+    }
+
+    #[test]
+    fn typed_accessors() {
+        let e = message();
+        e.validate().unwrap();
+        assert_eq!(e.message_sid().unwrap(), "MM123");
+        assert_eq!(e.customer().unwrap().as_str(), "whatsapp:+15551234567");
+        assert_eq!(e.body(), "hi");
+        assert_eq!(e.profile_name(), Some("Ana"));
+        assert_eq!(e.wa_id(), Some("15551234567"));
+        assert_eq!(e.message_type(), Some("image"));
+        let media = e.media();
+        assert_eq!(media.len(), 2);
+        assert_eq!(media[0].content_type, Some("image/jpeg"));
+        assert_eq!(media[1].content_type, None);
+        assert_eq!(e.dedup_id().unwrap(), "MM123");
+    }
+
+    #[test]
+    fn json_round_trip_keeps_every_field_in_order() {
+        let mut e = message();
+        e.idempotency_token = Some("abc-123".into());
+        let back = InboundEvent::from_json(&e.to_json()).unwrap();
+        assert_eq!(back, e);
+        let repeated: Vec<_> = back
+            .fields
+            .iter()
+            .filter(|(k, _)| k == "SomeFieldTwilioAddsLater")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(repeated, ["x", "y"]);
+    }
+
+    #[test]
+    fn status_callbacks_key_on_the_recipient_and_status() {
+        let f = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let e = InboundEvent::new(
+            EventKind::Status,
+            vec![
+                f("MessageSid", "SM9"),
+                f("MessageStatus", "delivered"),
+                f("From", "whatsapp:+14155238886"),
+                f("To", "whatsapp:+15551234567"),
+            ],
+        );
+        e.validate().unwrap();
+        assert_eq!(e.customer().unwrap().as_str(), "whatsapp:+15551234567");
+        assert_eq!(e.dedup_id().unwrap(), "SM9:delivered");
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let e = InboundEvent::new(
+            EventKind::Message,
+            vec![("From".into(), "whatsapp:+15551234567".into())],
+        );
+        assert_eq!(e.validate(), Err(EventError::Missing("MessageSid")));
+        let e = InboundEvent::new(
+            EventKind::Message,
+            vec![
+                ("MessageSid".into(), "SM1".into()),
+                ("From".into(), "whatsapp:+15551234567".into()),
+            ],
+        );
+        assert_eq!(e.validate(), Err(EventError::Missing("To")));
+    }
+}

@@ -1,0 +1,28 @@
+//! The library the three waconnect services stand on.
+//!
+//! * [`config`] — typed, validated configuration from the environment.
+//! * [`address`], [`event`], [`outbound`], [`conversation`] — domain types.
+//! * [`queue`] and [`store`] — the two storage contracts, with their engines.
+//! * [`signature`] and [`form`] — Twilio webhook signing and form decoding.
+//! * [`telemetry`], [`ops`], [`shutdown`] — logs, metrics, probes and graceful shutdown.
+
+pub mod address;
+pub mod backend;
+pub mod config;
+pub mod conversation;
+pub mod event;
+pub mod form;
+pub mod ops;
+pub mod outbound;
+pub mod queue;
+pub mod secret;
+pub mod shutdown;
+pub mod signature;
+pub mod sqlite;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+pub mod worker;
+
+pub use address::CustomerAddress;
+pub use secret::Secret;

@@ -1,0 +1,94 @@
+//! What the relay puts on the outbound queue for the sender: one message to one customer.
+
+use crate::address::CustomerAddress;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessage {
+    pub to: CustomerAddress,
+    /// Free-form text; may be empty when the message carries only media or a template.
+    #[serde(default)]
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media_urls: Vec<String>,
+    /// A pre-approved WhatsApp template, for messages outside the 24 h window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
+    /// Where this message came from; its id is the outbound deduplication id.
+    pub origin: Origin,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub content_sid: String,
+    /// JSON object of template variables, as Twilio's ContentVariables expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// An item an agent (or a bot, or the system) wrote in the Connect chat.
+    ConnectItem {
+        contact_id: String,
+        item_id: String,
+        participant_role: String,
+    },
+    /// A text waconnect itself sends (closing text, template nudge).
+    Bridge { reason: String, id: String },
+}
+
+impl OutboundMessage {
+    /// Outbound dedup id: the Connect item id, so a redelivered websocket item or a
+    /// backfill overlap never texts the customer twice.
+    pub fn dedup_id(&self) -> &str {
+        match &self.origin {
+            Origin::ConnectItem { item_id, .. } => item_id,
+            Origin::Bridge { id, .. } => id,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an OutboundMessage always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip() {
+        let m = OutboundMessage {
+            to: CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+            body: "Hello from the agent".into(),
+            media_urls: vec!["https://example.com/a.png".into()],
+            template: Some(Template {
+                content_sid: "HX123".into(),
+                variables: Some(r#"{"1":"Ana"}"#.into()),
+            }),
+            origin: Origin::ConnectItem {
+                contact_id: "c-1".into(),
+                item_id: "item-9".into(),
+                participant_role: "AGENT".into(),
+            },
+            created_at: Utc::now(),
+        };
+        let back = OutboundMessage::from_json(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.dedup_id(), "item-9");
+    }
+
+    #[test]
+    fn rejects_an_invalid_recipient() {
+        let json = r#"{"to":"whatsapp:123","body":"x","origin":{"kind":"bridge","reason":"r","id":"1"},"created_at":"2026-01-01T00:00:00Z"}"#;
+        assert!(OutboundMessage::from_json(json.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,254 @@
+//! Twilio request signing (`X-Twilio-Signature`), exactly as DESIGN.md §7 states it.
+//!
+//! The signed string is the full public URL Twilio was configured with, followed by every
+//! form parameter's name and value in byte-wise sorted order; the signature is the base64 of
+//! its HMAC-SHA1 under the account's auth token. Validation accepts the URL with its
+//! default port added or removed, because Twilio's own libraries do.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+type HmacSha1 = Hmac<Sha1>;
+
+/// The signature Twilio would send for a form POST to `url` with `params`.
+pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    let mut sorted: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // Byte-wise on the name, then on the value for repeated names.
+    sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
+    let mut mac = HmacSha1::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key");
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    BASE64.encode(mac.finalize().into_bytes())
+}
+
+/// Whether `signature` is valid for a form POST to `url` with `params`.
+pub fn validate(auth_token: &str, url: &str, params: &[(String, String)], signature: &str) -> bool {
+    url_variants(url)
+        .iter()
+        .any(|candidate| constant_time_eq(&compute(auth_token, candidate, params), signature))
+}
+
+/// Validation for JSON bodies: the URL carries `bodySHA256=<hex>` and is signed with no
+/// parameters; the body must hash to that value.
+pub fn validate_json_body(auth_token: &str, url: &str, body: &[u8], signature: &str) -> bool {
+    let Some(expected_hash) = query_param(url, "bodySHA256") else {
+        return false;
+    };
+    let actual_hash = hex::encode(Sha256::digest(body));
+    let hash_ok = constant_time_eq(&actual_hash, &expected_hash.to_ascii_lowercase());
+    let sig_ok = validate(auth_token, url, &[], signature);
+    hash_ok & sig_ok
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or(query);
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The URL as given plus, where the scheme has a default port, the form with that port
+/// added (if absent) or removed (if present). String surgery on purpose: URL parsers
+/// normalise the default port away, but the signature covers the URL exactly as configured.
+pub fn url_variants(url: &str) -> Vec<String> {
+    let mut out = vec![url.to_owned()];
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return out;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return out,
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    // The last ':' after any IPv6 literal's closing bracket starts the port.
+    let host_end = authority.rfind(']').map_or(0, |i| i + 1);
+    match authority[host_end..].rfind(':').map(|i| i + host_end) {
+        Some(colon) => {
+            if &authority[colon + 1..] == default_port {
+                out.push(format!("{scheme}://{}{tail}", &authority[..colon]));
+            }
+        }
+        None => out.push(format!("{scheme}://{authority}:{default_port}{tail}")),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector_params() -> Vec<(String, String)> {
+        [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675309"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec()
+    }
+
+    #[test]
+    fn published_vectors() {
+        let p = vector_params();
+        let cases = [
+            (
+                "https://mycompany.com/myapp.php?foo=1&bar=2",
+                "RSOYDt4T1cUTdK1PDd93/VVr8B8=",
+            ),
+            (
+                "https://mycompany.com:443/myapp.php?foo=1&bar=2",
+                "kvajT1Ptam85bY51eRf/AJRuM3w=",
+            ),
+            (
+                "http://mycompany.com:80/myapp.php?foo=1&bar=2",
+                "0ZXoZLH/DfblKGATFgpif+LLRf4=",
+            ),
+            (
+                "http://mycompany.com:1234/myapp.php?foo=1&bar=2",
+                "Zmvh+3yNM1Phv2jhDCwEM3q5ebU=",
+            ),
+        ];
+        for (url, sig) in cases {
+            assert_eq!(compute("12345", url, &p), sig, "{url}");
+            assert!(validate("12345", url, &p, sig), "{url}");
+        }
+    }
+
+    #[test]
+    fn accepts_default_port_added_or_removed() {
+        let p = vector_params();
+        // Signed with :443, received on a URL configured without it, and the reverse.
+        assert!(validate(
+            "12345",
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            &p,
+            "kvajT1Ptam85bY51eRf/AJRuM3w="
+        ));
+        assert!(validate(
+            "12345",
+            "https://mycompany.com:443/myapp.php?foo=1&bar=2",
+            &p,
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+        assert!(validate(
+            "12345",
+            "http://mycompany.com/myapp.php?foo=1&bar=2",
+            &p,
+            "0ZXoZLH/DfblKGATFgpif+LLRf4="
+        ));
+        // A non-default port is never dropped.
+        assert!(!validate(
+            "12345",
+            "http://mycompany.com/myapp.php?foo=1&bar=2",
+            &p,
+            "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="
+        ));
+    }
+
+    #[test]
+    fn rejects_tampering() {
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let sig = "RSOYDt4T1cUTdK1PDd93/VVr8B8=";
+        let mut p = vector_params();
+        assert!(!validate("wrong", url, &p, sig));
+        assert!(!validate(
+            "12345",
+            "https://mycompany.com/other.php?foo=1&bar=2",
+            &p,
+            sig
+        ));
+        p[2].1 = "9999".into();
+        assert!(!validate("12345", url, &p, sig));
+        assert!(!validate("12345", url, &vector_params(), ""));
+        assert!(!validate(
+            "12345",
+            url,
+            &vector_params(),
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8"
+        ));
+    }
+
+    #[test]
+    fn repeated_names_sort_by_value_and_order_does_not_matter() {
+        let url = "https://example.com/hook";
+        let a = [("MediaUrl", "b"), ("Body", "x"), ("MediaUrl", "a")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let b = [("MediaUrl", "a"), ("MediaUrl", "b"), ("Body", "x")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(compute("t", url, &a), compute("t", url, &b));
+        // The signed string is the url then BodyxMediaUrlaMediaUrlb.
+        let mut mac = HmacSha1::new_from_slice(b"t").unwrap();
+        mac.update(b"https://example.com/hookBodyxMediaUrlaMediaUrlb");
+        assert_eq!(
+            compute("t", url, &a),
+            BASE64.encode(mac.finalize().into_bytes())
+        );
+    }
+
+    #[test]
+    fn sorting_is_bytewise_not_case_insensitive() {
+        // 'Z' (0x5a) sorts before 'a' (0x61).
+        let p = [("a", "1"), ("Z", "2")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let mut mac = HmacSha1::new_from_slice(b"t").unwrap();
+        mac.update(b"https://x.test/Z2a1");
+        assert_eq!(
+            compute("t", "https://x.test/", &p),
+            BASE64.encode(mac.finalize().into_bytes())
+        );
+    }
+
+    #[test]
+    fn json_body_variant() {
+        let body = br#"{"MessageSid":"SM1"}"#;
+        let hash = hex::encode(Sha256::digest(body));
+        let url = format!("https://example.com/hook?bodySHA256={hash}");
+        let sig = compute("secret", &url, &[]);
+        assert!(validate_json_body("secret", &url, body, &sig));
+        assert!(!validate_json_body(
+            "secret",
+            &url,
+            br#"{"MessageSid":"SM2"}"#,
+            &sig
+        ));
+        assert!(!validate_json_body(
+            "secret",
+            "https://example.com/hook",
+            body,
+            &sig
+        ));
+    }
+
+    #[test]
+    fn url_variants_handle_ipv6_and_queries() {
+        assert_eq!(
+            url_variants("https://[::1]/a?x=1"),
+            ["https://[::1]/a?x=1", "https://[::1]:443/a?x=1"]
+        );
+        assert_eq!(
+            url_variants("http://[::1]:80?x=1"),
+            ["http://[::1]:80?x=1", "http://[::1]?x=1"]
+        );
+        assert_eq!(url_variants("http://h:8080/p"), ["http://h:8080/p"]);
+    }
+}

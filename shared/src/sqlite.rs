@@ -1,0 +1,256 @@
+//! The embedded engine's database: one SQLite file in WAL mode, shared by the processes of
+//! one host (ingress, relay-worker, outbound-sender) and by the queue and the store.
+//!
+//! Each process owns one connection on one dedicated thread. Writes from all tasks are
+//! *group-committed*: the thread takes every job waiting, runs them in one
+//! `BEGIN IMMEDIATE` transaction (each inside its own savepoint, so one job's failure
+//! undoes only that job), commits once, and only then answers. With `synchronous=FULL` an
+//! answer therefore means "on disk", and the fsync cost is shared by the whole batch.
+//! A job whose caller stopped waiting (a timeout) is skipped, so a request that was
+//! answered "unavailable" is not committed later behind its back.
+
+use crate::config::{EmbeddedConfig, Synchronous};
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+/// How long a connection waits for another process's write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound on jobs per transaction, so one batch cannot hold the lock for long.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    #[error("database is busy (locked by another process for longer than {BUSY_TIMEOUT:?})")]
+    Busy,
+    #[error("database error: {0}")]
+    Sqlite(String),
+    #[error("database thread has stopped")]
+    Closed,
+}
+
+impl DbError {
+    /// Whether the failure is the database being unreachable rather than a bad request.
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(self, Self::Sqlite(_))
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Self::Busy
+            }
+            _ => Self::Sqlite(e.to_string()),
+        }
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<(), DbError>) + Send>;
+
+/// What the database thread does with a job.
+enum Step<'a> {
+    Run(&'a Connection),
+    /// Answer `error` without running (the transaction could not start).
+    Abort(DbError),
+}
+
+struct Envelope {
+    write: bool,
+    /// Runs or aborts the job. `None` when there is nothing left to answer: the job was
+    /// aborted, or its caller had gone away and the job was skipped.
+    run: Box<dyn FnOnce(Step<'_>) -> Option<(bool, Completion)> + Send>,
+}
+
+/// A handle to the database thread; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: mpsc::Sender<Envelope>,
+    path: PathBuf,
+    /// Woken after every commit, for in-process long polls.
+    committed: Arc<Notify>,
+}
+
+impl Db {
+    pub fn open(config: &EmbeddedConfig) -> Result<Self, DbError> {
+        Self::open_path(&config.path, config.synchronous)
+    }
+
+    pub fn open_path(path: &Path, synchronous: Synchronous) -> Result<Self, DbError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DbError::Sqlite(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let sync = match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        // journal_mode is persistent in the file; setting it again is a no-op.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", sync)?;
+        let (tx, rx) = mpsc::channel::<Envelope>();
+        let committed = Arc::new(Notify::new());
+        let notify = committed.clone();
+        std::thread::Builder::new()
+            .name("waconnect-sqlite".into())
+            .spawn(move || serve(conn, rx, &notify))
+            .map_err(|e| DbError::Sqlite(format!("cannot start the database thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                jobs: tx,
+                path: path.to_owned(),
+                committed,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Notified after each local commit.
+    pub fn committed(&self) -> &Notify {
+        &self.inner.committed
+    }
+
+    /// Runs `f` in a write transaction shared with other concurrent writes; answers after
+    /// the commit. An `Err` from `f` undoes `f`'s own changes only.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(true, f).await
+    }
+
+    /// Runs `f` outside any transaction (a single consistent statement or pragma).
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(false, f).await
+    }
+
+    /// Applies a schema (idempotent `CREATE ... IF NOT EXISTS` statements).
+    pub async fn migrate(&self, schema: &'static str) -> Result<(), DbError> {
+        self.write(move |c| c.execute_batch(schema).map_err(DbError::from))
+            .await
+    }
+
+    /// Bumped whenever another connection (another process) commits; a cheap way for a
+    /// long poll to learn that a queue may have changed.
+    pub async fn data_version(&self) -> Result<i64, DbError> {
+        self.read(|c| {
+            c.query_row("PRAGMA data_version", [], |r| r.get(0))
+                .map_err(DbError::from)
+        })
+        .await
+    }
+
+    async fn submit<T, E, F>(&self, write: bool, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        let run = Box::new(move |step: Step<'_>| {
+            let conn = match step {
+                Step::Run(conn) if !tx.is_closed() => conn,
+                Step::Run(_) => return None,
+                Step::Abort(e) => {
+                    let _ = tx.send(Err(E::from(e)));
+                    return None;
+                }
+            };
+            let result = f(conn);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit: Result<(), DbError>| {
+                let answer = match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Ok(_), Err(e)) => Err(E::from(e)),
+                    (Err(e), _) => Err(e),
+                };
+                let _ = tx.send(answer);
+            });
+            Some((ok, completion))
+        });
+        self.inner
+            .jobs
+            .send(Envelope { write, run })
+            .map_err(|_| E::from(DbError::Closed))?;
+        rx.await.map_err(|_| E::from(DbError::Closed))?
+    }
+}
+
+fn serve(conn: Connection, jobs: mpsc::Receiver<Envelope>, committed: &Notify) {
+    while let Ok(first) = jobs.recv() {
+        let mut writes = Vec::new();
+        let mut next = Some(first);
+        while let Some(env) = next.take() {
+            if env.write {
+                writes.push(env);
+            } else if let Some((_, done)) = (env.run)(Step::Run(&conn)) {
+                done(Ok(()));
+            }
+            if writes.len() < MAX_BATCH {
+                next = jobs.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            run_batch(&conn, writes);
+            committed.notify_waiters();
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, writes: Vec<Envelope>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = DbError::from(e);
+        for env in writes {
+            (env.run)(Step::Abort(e.clone()));
+        }
+        return;
+    }
+    let mut done = Vec::with_capacity(writes.len());
+    for env in writes {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            (env.run)(Step::Abort(DbError::from(e)));
+            continue;
+        }
+        let outcome = (env.run)(Step::Run(conn));
+        let keep = outcome.as_ref().is_some_and(|(ok, _)| *ok);
+        let end = if keep {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        let ended = conn.execute_batch(end);
+        if let Some((_, completion)) = outcome {
+            match ended {
+                Ok(()) => done.push(completion),
+                Err(e) => completion(Err(DbError::from(e))),
+            }
+        }
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(DbError::from);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for completion in done {
+        completion(commit.clone());
+    }
+}

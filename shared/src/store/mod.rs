@@ -1,0 +1,122 @@
+//! The conversation-store contract: the conversation table with conditional writes and
+//! leases.
+//!
+//! * Every data write bumps the record's `version`; [`ConversationStore::update`] succeeds
+//!   only against the version the caller read (optimistic concurrency). Lease changes do
+//!   not touch it, so renewals never make other workers' data writes conflict.
+//! * A lease names the one worker that holds a conversation's websocket. It is acquired
+//!   only if free or lapsed, renewed and released only by its holder presenting the
+//!   current fencing `lease.version`, which rises on every lease change. A worker whose
+//!   renewal is refused has lost the lease and must stop acting for the conversation.
+//! * [`ConversationStore::unheld`] lists live conversations nobody holds (lapsed or
+//!   released leases) for the sweepers to adopt. Expiry is always compared in the
+//!   condition itself; nothing relies on TTL deletion.
+
+pub mod sqlite;
+
+use crate::address::CustomerAddress;
+use crate::conversation::Conversation;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// A conversation as stored: the record plus its version and lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConversation {
+    pub conversation: Conversation,
+    pub version: u64,
+    pub lease: LeaseState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    pub owner: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Fencing version: rises on every acquire, renew and release.
+    pub version: u64,
+}
+
+/// Proof of holding a conversation's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub customer: CustomerAddress,
+    pub owner: String,
+    pub version: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("conversation already exists")]
+    AlreadyExists,
+    #[error("conversation not found")]
+    NotFound,
+    /// The record changed since it was read.
+    #[error("version conflict")]
+    Conflict,
+    /// Someone else holds the lease (or it was never acquired).
+    #[error("lease is held by another worker")]
+    LeaseHeld,
+    /// The presented lease is no longer current: it lapsed, or another worker took it.
+    #[error("lease lost")]
+    LeaseLost,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    async fn get(
+        &self,
+        customer: &CustomerAddress,
+    ) -> Result<Option<StoredConversation>, StoreError>;
+
+    /// Creates the record; [`StoreError::AlreadyExists`] if the customer has one (a lost
+    /// race: read it and use the winner's).
+    async fn insert(&self, conversation: &Conversation) -> Result<StoredConversation, StoreError>;
+
+    /// Replaces the record if its version is still `expected_version`. The lease is untouched.
+    async fn update(
+        &self,
+        conversation: &Conversation,
+        expected_version: u64,
+    ) -> Result<StoredConversation, StoreError>;
+
+    /// Replaces the record if `lease` is still the current, unexpired lease: the write a
+    /// lease holder makes (e.g. advancing the agent cursor) and a deposed one cannot.
+    async fn update_fenced(
+        &self,
+        conversation: &Conversation,
+        lease: &Lease,
+    ) -> Result<StoredConversation, StoreError>;
+
+    /// Takes the lease for `owner` if it is free or lapsed.
+    async fn acquire_lease(
+        &self,
+        customer: &CustomerAddress,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Extends a lease still held; returns it with its new fencing version.
+    async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError>;
+
+    /// Gives the lease up so another worker can adopt the conversation at once.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Live (not ended) conversations whose lease is free or lapsed, oldest expiry first.
+    async fn unheld(&self, limit: usize) -> Result<Vec<StoredConversation>, StoreError>;
+}
+
+pub(crate) fn lease_millis(duration: Duration) -> Result<i64, StoreError> {
+    if duration.is_zero() || duration > Duration::from_secs(24 * 3600) {
+        return Err(StoreError::InvalidArgument(
+            "lease duration must be between 1 ms and 24 h".into(),
+        ));
+    }
+    Ok(duration.as_millis() as i64)
+}

@@ -1,0 +1,302 @@
+//! The embedded store engine: the conversation table in the shared SQLite file. The record
+//! is JSON; lease columns sit beside it so conditions compare them directly.
+
+use super::{ConversationStore, Lease, LeaseState, StoreError, StoredConversation, lease_millis};
+use crate::address::CustomerAddress;
+use crate::conversation::Conversation;
+use crate::sqlite::{Db, DbError};
+use crate::time::{from_millis, now_millis};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::time::Duration;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS conversations (
+    customer TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at INTEGER NOT NULL DEFAULT 0,
+    lease_version INTEGER NOT NULL DEFAULT 0,
+    ttl INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_unheld
+    ON conversations (lease_expires_at) WHERE state != 'ended';
+";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Db,
+}
+
+impl SqliteStore {
+    pub async fn open(db: Db) -> Result<Self, StoreError> {
+        db.migrate(SCHEMA).await?;
+        Ok(Self { db })
+    }
+}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Backend(e.to_string())
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+const COLUMNS: &str = "record, version, lease_owner, lease_expires_at, lease_version";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, Option<String>, i64, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn stored(row: (String, i64, Option<String>, i64, i64)) -> Result<StoredConversation, StoreError> {
+    let (record, version, owner, expires_at, lease_version) = row;
+    let conversation: Conversation = serde_json::from_str(&record)
+        .map_err(|e| StoreError::Backend(format!("corrupt conversation record: {e}")))?;
+    Ok(StoredConversation {
+        conversation,
+        version: version as u64,
+        lease: LeaseState {
+            expires_at: owner.as_ref().map(|_| from_millis(expires_at)),
+            owner,
+            version: lease_version as u64,
+        },
+    })
+}
+
+fn load(c: &Connection, customer: &str) -> Result<Option<StoredConversation>, StoreError> {
+    c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM conversations WHERE customer = ?1"
+    ))?
+    .query_row(params![customer], read_row)
+    .optional()?
+    .map(stored)
+    .transpose()
+}
+
+fn encode(conversation: &Conversation) -> Result<String, StoreError> {
+    serde_json::to_string(conversation)
+        .map_err(|e| StoreError::Backend(format!("cannot encode conversation: {e}")))
+}
+
+/// After a conditional update matched nothing: tells apart a missing record from a
+/// failed condition.
+fn missing_or(c: &Connection, customer: &str, otherwise: StoreError) -> StoreError {
+    match load(c, customer) {
+        Ok(None) => StoreError::NotFound,
+        Ok(Some(_)) => otherwise,
+        Err(e) => e,
+    }
+}
+
+fn lease_of(s: &StoredConversation) -> Lease {
+    Lease {
+        customer: s.conversation.customer.clone(),
+        owner: s.lease.owner.clone().unwrap_or_default(),
+        version: s.lease.version,
+        expires_at: s.lease.expires_at.unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    async fn get(
+        &self,
+        customer: &CustomerAddress,
+    ) -> Result<Option<StoredConversation>, StoreError> {
+        let key = customer.as_str().to_owned();
+        self.db.read(move |c| load(c, &key)).await
+    }
+
+    async fn insert(&self, conversation: &Conversation) -> Result<StoredConversation, StoreError> {
+        let key = conversation.customer.as_str().to_owned();
+        let record = encode(conversation)?;
+        let state = conversation.state.as_str();
+        let ttl = conversation.ttl;
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "INSERT INTO conversations (customer, version, record, state, ttl)
+                         VALUES (?1, 1, ?2, ?3, ?4) ON CONFLICT (customer) DO NOTHING",
+                    )?
+                    .execute(params![key, record, state, ttl])?;
+                if n == 0 {
+                    return Err(StoreError::AlreadyExists);
+                }
+                load(c, &key)?.ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn update(
+        &self,
+        conversation: &Conversation,
+        expected_version: u64,
+    ) -> Result<StoredConversation, StoreError> {
+        let key = conversation.customer.as_str().to_owned();
+        let record = encode(conversation)?;
+        let state = conversation.state.as_str();
+        let ttl = conversation.ttl;
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
+                           version = version + 1
+                         WHERE customer = ?1 AND version = ?5",
+                    )?
+                    .execute(params![key, record, state, ttl, expected_version as i64])?;
+                if n == 0 {
+                    return Err(missing_or(c, &key, StoreError::Conflict));
+                }
+                load(c, &key)?.ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn update_fenced(
+        &self,
+        conversation: &Conversation,
+        lease: &Lease,
+    ) -> Result<StoredConversation, StoreError> {
+        if conversation.customer != lease.customer {
+            return Err(StoreError::InvalidArgument(
+                "the lease is for another conversation".into(),
+            ));
+        }
+        let key = conversation.customer.as_str().to_owned();
+        let record = encode(conversation)?;
+        let state = conversation.state.as_str();
+        let ttl = conversation.ttl;
+        let owner = lease.owner.clone();
+        let lease_version = lease.version as i64;
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
+                           version = version + 1
+                         WHERE customer = ?1 AND lease_owner = ?5 AND lease_version = ?6
+                           AND lease_expires_at > ?7",
+                    )?
+                    .execute(params![
+                        key,
+                        record,
+                        state,
+                        ttl,
+                        owner,
+                        lease_version,
+                        now_millis()
+                    ])?;
+                if n == 0 {
+                    return Err(missing_or(c, &key, StoreError::LeaseLost));
+                }
+                load(c, &key)?.ok_or(StoreError::NotFound)
+            })
+            .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        customer: &CustomerAddress,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Lease, StoreError> {
+        let length = lease_millis(duration)?;
+        if owner.is_empty() {
+            return Err(StoreError::InvalidArgument("lease owner is empty".into()));
+        }
+        let key = customer.as_str().to_owned();
+        let owner = owner.to_owned();
+        self.db
+            .write(move |c| {
+                let now = now_millis();
+                let n = c
+                    .prepare_cached(
+                        "UPDATE conversations SET lease_owner = ?2, lease_expires_at = ?3,
+                           lease_version = lease_version + 1
+                         WHERE customer = ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?4)",
+                    )?
+                    .execute(params![key, owner, now + length, now])?;
+                if n == 0 {
+                    return Err(missing_or(c, &key, StoreError::LeaseHeld));
+                }
+                let s = load(c, &key)?.ok_or(StoreError::NotFound)?;
+                Ok(lease_of(&s))
+            })
+            .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError> {
+        let length = lease_millis(duration)?;
+        let key = lease.customer.as_str().to_owned();
+        let owner = lease.owner.clone();
+        let lease_version = lease.version as i64;
+        self.db
+            .write(move |c| {
+                let now = now_millis();
+                let n = c
+                    .prepare_cached(
+                        "UPDATE conversations SET lease_expires_at = ?2,
+                           lease_version = lease_version + 1
+                         WHERE customer = ?1 AND lease_owner = ?3 AND lease_version = ?4
+                           AND lease_expires_at > ?5",
+                    )?
+                    .execute(params![key, now + length, owner, lease_version, now])?;
+                if n == 0 {
+                    return Err(missing_or(c, &key, StoreError::LeaseLost));
+                }
+                let s = load(c, &key)?.ok_or(StoreError::NotFound)?;
+                Ok(lease_of(&s))
+            })
+            .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let key = lease.customer.as_str().to_owned();
+        let owner = lease.owner.clone();
+        let lease_version = lease.version as i64;
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE conversations SET lease_owner = NULL, lease_expires_at = 0,
+                           lease_version = lease_version + 1
+                         WHERE customer = ?1 AND lease_owner = ?2 AND lease_version = ?3",
+                    )?
+                    .execute(params![key, owner, lease_version])?;
+                if n == 0 {
+                    return Err(missing_or(c, &key, StoreError::LeaseLost));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn unheld(&self, limit: usize) -> Result<Vec<StoredConversation>, StoreError> {
+        self.db
+            .read(move |c| {
+                let rows = c
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM conversations
+                         WHERE state != 'ended' AND lease_expires_at <= ?1
+                         ORDER BY lease_expires_at LIMIT ?2"
+                    ))?
+                    .query_map(params![now_millis(), limit as i64], read_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.into_iter().map(stored).collect()
+            })
+            .await
+    }
+}

@@ -1,0 +1,78 @@
+//! Logs and metrics for every process.
+//!
+//! Logs: `tracing` with a `RUST_LOG`-style filter, JSON lines (human-readable when stdout
+//! is a terminal). Metrics: one Prometheus recorder per process; counters end in `_total`,
+//! durations in `_seconds` and are exported as histograms.
+
+use crate::config::{LogFormat, TelemetryConfig};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("RUST_LOG: {0}")]
+    Filter(String),
+    #[error("cannot install the log subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// Installs the global log subscriber. Call once, from `main`.
+pub fn init_logging(config: &TelemetryConfig) -> Result<(), TelemetryError> {
+    let filter = EnvFilter::try_new(&config.log_filter)
+        .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let json = match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer()).try_init()
+    };
+    result.map_err(|e| TelemetryError::Subscriber(e.to_string()))
+}
+
+/// Buckets for every `*_seconds` histogram: 100 µs to 30 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The process's metrics recorder, installed on first use. Several services started in one
+/// process (tests, the sandbox) share it.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a test harness); then this handle
+        // renders an empty registry, which is still valid Prometheus text.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// The Prometheus text exposition of every metric recorded so far.
+pub fn render_metrics() -> String {
+    let handle = metrics();
+    handle.run_upkeep();
+    handle.render()
+}

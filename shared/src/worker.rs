@@ -1,0 +1,65 @@
+//! What the two queue workers (relay-worker, outbound-sender) share before their own
+//! logic starts: both queues and the store opened from configuration, queue depth sampled
+//! into metrics, and the operations endpoints served until shutdown.
+
+use crate::backend::{Backend, BackendError, QueuesReady};
+use crate::config::WorkerConfig;
+use crate::ops;
+use crate::queue::{Queue, depth};
+use crate::store::ConversationStore;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("operations server: {0}")]
+    Ops(#[from] std::io::Error),
+}
+
+/// A worker's storage, opened.
+pub struct WorkerBackends {
+    pub inbound: Arc<dyn Queue>,
+    pub outbound: Arc<dyn Queue>,
+    pub store: Arc<dyn ConversationStore>,
+}
+
+impl WorkerBackends {
+    pub async fn open(config: &WorkerConfig) -> Result<Self, WorkerError> {
+        let backend = Backend::open(&config.common.storage, &config.common.queues)?;
+        Ok(Self {
+            inbound: backend.inbound().await?,
+            outbound: backend.outbound().await?,
+            store: backend.store().await?,
+        })
+    }
+
+    fn queues(&self) -> Vec<Arc<dyn Queue>> {
+        vec![self.inbound.clone(), self.outbound.clone()]
+    }
+}
+
+/// Serves `/healthz`, `/readyz`, `/metrics` on `listener` and samples queue depth until
+/// `shutdown`.
+pub async fn serve_ops(
+    name: &'static str,
+    config: &WorkerConfig,
+    backends: &WorkerBackends,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let sampler = depth::spawn_sampler(
+        backends.queues(),
+        config.common.queues.depth_interval,
+        shutdown.child_token(),
+    );
+    tracing::info!(service = name, address = %listener.local_addr()?, "operations endpoints listening");
+    let router = ops::router(Arc::new(QueuesReady(backends.queues())));
+    let served = ops::serve(listener, router, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = sampler.await;
+    tracing::info!(service = name, "stopped");
+    Ok(served?)
+}
