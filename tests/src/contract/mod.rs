@@ -1,0 +1,75 @@
+//! Contract suites: one test per behaviour a queue or store engine promises, written once
+//! and run against every engine through [`queue_contract_tests!`](crate::queue_contract_tests)
+//! and [`store_contract_tests!`](crate::store_contract_tests).
+
+pub mod queue;
+pub mod store;
+
+/// Expands to one `#[tokio::test]` per queue contract case, against the engine that the
+/// async expression `$engine` builds.
+#[macro_export]
+macro_rules! queue_contract_tests {
+    ($engine:expr) => {
+        $crate::contract_cases!(queue, $engine;
+            send_and_receive_round_trip,
+            fifo_within_a_group_under_concurrent_consumers,
+            one_in_flight_per_group_and_groups_in_parallel,
+            dedup_within_the_window,
+            visibility_expiry_redelivers_and_stales_the_old_receipt,
+            change_visibility_extends_and_releases,
+            failures_dead_letter_after_max_receives_with_the_last_error,
+            crash_loop_is_dead_lettered_and_the_group_continues,
+            explicit_dead_letter_is_immediate,
+            failure_backoff_is_delayed_and_keeps_group_order,
+            stats_count_each_state,
+            refuses_oversized_bodies_and_bad_ids,
+            long_poll_wakes_for_a_send_on_another_connection,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per store contract case; `$contender` is the path of the
+/// `lease-contender` binary (`env!("CARGO_BIN_EXE_lease-contender")`).
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($engine:expr, $contender:expr) => {
+        $crate::contract_cases!(store, $engine, $contender;
+            insert_get_round_trip,
+            insert_twice_is_refused,
+            update_compares_the_version,
+            update_of_a_missing_record_is_not_found,
+            lease_is_exclusive_until_it_lapses,
+            many_tasks_race_for_a_lease_and_one_wins,
+            two_processes_race_for_leases_and_one_wins_each,
+            stale_holder_is_refused_everything,
+            renewal_extends_and_raises_the_fencing_version,
+            release_frees_the_conversation_at_once,
+            unheld_lists_lapsed_and_released_live_conversations,
+            fenced_update_needs_the_current_lease,
+            lease_changes_and_data_writes_do_not_interfere,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! contract_cases {
+    ($suite:ident, $engine:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let engine = $engine.await;
+                $crate::contract::$suite::$case(&engine).await;
+            }
+        )*
+    };
+    ($suite:ident, $engine:expr, $extra:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let engine = $engine.await;
+                $crate::contract::$suite::$case(&engine, $extra.as_ref()).await;
+            }
+        )*
+    };
+}

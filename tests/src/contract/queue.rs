@@ -1,0 +1,386 @@
+//! The queue contract (see `waconnect_shared::queue`).
+
+use crate::engines::QueueEngine;
+use crate::wait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use waconnect_shared::queue::{
+    FailOutcome, MAX_BODY_BYTES, NewMessage, Queue, QueueError, ReceivedMessage,
+};
+
+const LONG: Duration = Duration::from_secs(60);
+const NO_WAIT: Duration = Duration::ZERO;
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn msg(group: &str, dedup: &str, body: &str) -> NewMessage {
+    NewMessage {
+        group_id: group.into(),
+        dedup_id: dedup.into(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+async fn send(q: &dyn Queue, group: &str, dedup: &str, body: &str) {
+    let sent = q.send(msg(group, dedup, body)).await.unwrap();
+    assert!(!sent.duplicate, "{dedup} unexpectedly a duplicate");
+}
+
+async fn receive_one(q: &dyn Queue, visibility: Duration) -> Option<ReceivedMessage> {
+    let mut got = q.receive(1, visibility, NO_WAIT).await.unwrap();
+    assert!(got.len() <= 1);
+    got.pop()
+}
+
+/// Waits until a message is receivable and returns it.
+async fn eventually_receive(q: &dyn Queue, visibility: Duration) -> ReceivedMessage {
+    wait::until("a message to become visible", DEADLINE, || {
+        receive_one(q, visibility)
+    })
+    .await
+}
+
+fn body(m: &ReceivedMessage) -> String {
+    String::from_utf8(m.body.clone()).unwrap()
+}
+
+pub async fn send_and_receive_round_trip(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    let payload = "{\"hello\":\"wörld\"}";
+    let sent = q.send(msg("g1", "d1", payload)).await.unwrap();
+    let got = q.receive(10, LONG, NO_WAIT).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.message_id, sent.message_id);
+    assert_eq!((m.group_id.as_str(), m.dedup_id.as_str()), ("g1", "d1"));
+    assert_eq!(body(m), payload);
+    assert_eq!(m.receive_count, 1);
+    assert_eq!(m.last_error, None);
+    let age = chrono::Utc::now() - m.sent_at;
+    assert!(
+        age.num_seconds().abs() < 60,
+        "sent_at is off: {}",
+        m.sent_at
+    );
+    q.delete(&m.receipt).await.unwrap();
+    assert!(q.receive(10, LONG, NO_WAIT).await.unwrap().is_empty());
+    assert_eq!(q.delete(&m.receipt).await, Err(QueueError::StaleReceipt));
+}
+
+pub async fn fifo_within_a_group_under_concurrent_consumers(e: &dyn QueueEngine) {
+    const GROUPS: usize = 6;
+    const PER_GROUP: usize = 30;
+    let q = e.queue(5).await;
+    // Interleave groups on the way in, as many customers writing at once would.
+    for i in 0..PER_GROUP {
+        for g in 0..GROUPS {
+            send(
+                q.as_ref(),
+                &format!("g{g}"),
+                &format!("g{g}-{i}"),
+                &i.to_string(),
+            )
+            .await;
+        }
+    }
+    let seen: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
+    let holding: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let (q, seen, holding) = (q.clone(), seen.clone(), holding.clone());
+        consumers.push(tokio::spawn(async move {
+            let mut idle_rounds = 0;
+            while idle_rounds < 3 {
+                let got = q
+                    .receive(3, LONG, Duration::from_millis(200))
+                    .await
+                    .unwrap();
+                if got.is_empty() {
+                    idle_rounds += 1;
+                    continue;
+                }
+                idle_rounds = 0;
+                for m in got {
+                    let was_held = holding.lock().unwrap().insert(m.group_id.clone(), true);
+                    assert_ne!(
+                        was_held,
+                        Some(true),
+                        "two messages of {} in flight",
+                        m.group_id
+                    );
+                    seen.lock()
+                        .unwrap()
+                        .entry(m.group_id.clone())
+                        .or_default()
+                        .push(body(&m).parse().unwrap());
+                    // Hold the message briefly so a second delivery of the group would overlap.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    holding.lock().unwrap().insert(m.group_id.clone(), false);
+                    q.delete(&m.receipt).await.unwrap();
+                }
+            }
+        }));
+    }
+    for c in consumers {
+        c.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), GROUPS);
+    let expected: Vec<usize> = (0..PER_GROUP).collect();
+    for (group, order) in seen.iter() {
+        assert_eq!(order, &expected, "group {group} out of order or duplicated");
+    }
+}
+
+pub async fn one_in_flight_per_group_and_groups_in_parallel(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "a", "a1", "a1").await;
+    send(q.as_ref(), "a", "a2", "a2").await;
+    send(q.as_ref(), "b", "b1", "b1").await;
+    let first = receive_one(q.as_ref(), LONG).await.unwrap();
+    assert_eq!(body(&first), "a1");
+    // a2 waits behind a1, but b runs in parallel.
+    let got = q.receive(10, LONG, NO_WAIT).await.unwrap();
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), ["b1"]);
+    assert!(q.receive(10, LONG, NO_WAIT).await.unwrap().is_empty());
+    q.delete(&first.receipt).await.unwrap();
+    let next = receive_one(q.as_ref(), LONG).await.unwrap();
+    assert_eq!(body(&next), "a2");
+}
+
+pub async fn dedup_within_the_window(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    let first = q.send(msg("g", "SM1", "one")).await.unwrap();
+    let again = q.send(msg("g", "SM1", "one, retried")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, first.message_id);
+    // Same body, different dedup id: a distinct message.
+    assert!(!q.send(msg("g", "SM2", "one")).await.unwrap().duplicate);
+    let a = receive_one(q.as_ref(), LONG).await.unwrap();
+    assert_eq!(body(&a), "one");
+    q.delete(&a.receipt).await.unwrap();
+    // Still a duplicate after the original was consumed (the window, not the message, decides).
+    assert!(
+        q.send(msg("g", "SM1", "late retry"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let b = receive_one(q.as_ref(), LONG).await.unwrap();
+    assert_eq!(b.dedup_id, "SM2");
+    q.delete(&b.receipt).await.unwrap();
+    assert!(receive_one(q.as_ref(), LONG).await.is_none());
+}
+
+pub async fn visibility_expiry_redelivers_and_stales_the_old_receipt(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "g", "d1", "x").await;
+    let first = receive_one(q.as_ref(), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(
+        receive_one(q.as_ref(), LONG).await.is_none(),
+        "visible while in flight"
+    );
+    let second = eventually_receive(q.as_ref(), LONG).await;
+    assert_eq!(second.message_id, first.message_id);
+    assert_eq!(second.receive_count, 2);
+    assert_ne!(second.receipt, first.receipt);
+    assert_eq!(
+        q.delete(&first.receipt).await,
+        Err(QueueError::StaleReceipt)
+    );
+    assert_eq!(
+        q.change_visibility(&first.receipt, LONG).await,
+        Err(QueueError::StaleReceipt)
+    );
+    q.delete(&second.receipt).await.unwrap();
+}
+
+pub async fn change_visibility_extends_and_releases(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "g", "d1", "x").await;
+    let m = receive_one(q.as_ref(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    q.change_visibility(&m.receipt, LONG).await.unwrap();
+    // Well past the original 200 ms, it is still in flight.
+    let got = q
+        .receive(1, LONG, Duration::from_millis(800))
+        .await
+        .unwrap();
+    assert!(got.is_empty(), "extension ignored");
+    // Zero releases it at once, with the same receive count semantics.
+    q.change_visibility(&m.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = receive_one(q.as_ref(), LONG)
+        .await
+        .expect("released message");
+    assert_eq!(again.message_id, m.message_id);
+    assert_eq!(again.receive_count, 2);
+}
+
+pub async fn failures_dead_letter_after_max_receives_with_the_last_error(e: &dyn QueueEngine) {
+    let q = e.queue(3).await;
+    send(q.as_ref(), "g", "poison", "poison body").await;
+    send(q.as_ref(), "g", "next", "next body").await;
+    for attempt in 1..=3u32 {
+        let m = eventually_receive(q.as_ref(), LONG).await;
+        assert_eq!(body(&m), "poison body");
+        assert_eq!(m.receive_count, attempt);
+        if attempt > 1 {
+            assert_eq!(
+                m.last_error.as_deref(),
+                Some(format!("boom {}", attempt - 1).as_str())
+            );
+        }
+        let outcome = q
+            .fail(&m.receipt, &format!("boom {attempt}"), Duration::ZERO)
+            .await
+            .unwrap();
+        let expected = if attempt < 3 {
+            FailOutcome::WillRetry
+        } else {
+            FailOutcome::DeadLettered
+        };
+        assert_eq!(outcome, expected, "attempt {attempt}");
+    }
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        String::from_utf8(dead[0].body.clone()).unwrap(),
+        "poison body"
+    );
+    assert_eq!(dead[0].group_id, "g");
+    assert_eq!(dead[0].receive_count, 3);
+    assert!(
+        dead[0].reason.contains("boom 3"),
+        "reason: {}",
+        dead[0].reason
+    );
+    // The rest of the group's stream continues.
+    let next = eventually_receive(q.as_ref(), LONG).await;
+    assert_eq!(body(&next), "next body");
+    assert_eq!(q.stats().await.unwrap().dead_letters, 1);
+}
+
+pub async fn crash_loop_is_dead_lettered_and_the_group_continues(e: &dyn QueueEngine) {
+    let q = e.queue(2).await;
+    send(q.as_ref(), "g", "crashy", "crashy").await;
+    send(q.as_ref(), "g", "after", "after").await;
+    // Two consumers take it and die without a word (their visibility just runs out).
+    for count in 1..=2 {
+        let m = eventually_receive(q.as_ref(), Duration::from_millis(150)).await;
+        assert_eq!((body(&m).as_str(), m.receive_count), ("crashy", count));
+    }
+    let next = eventually_receive(q.as_ref(), LONG).await;
+    assert_eq!(body(&next), "after");
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(String::from_utf8(dead[0].body.clone()).unwrap(), "crashy");
+    assert!(!dead[0].reason.is_empty());
+}
+
+pub async fn explicit_dead_letter_is_immediate(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "g", "bad", "bad").await;
+    let m = receive_one(q.as_ref(), LONG).await.unwrap();
+    q.dead_letter(&m.receipt, "21610: recipient opted out")
+        .await
+        .unwrap();
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "21610: recipient opted out");
+    assert!(receive_one(q.as_ref(), LONG).await.is_none());
+    assert_eq!(q.delete(&m.receipt).await, Err(QueueError::StaleReceipt));
+}
+
+pub async fn failure_backoff_is_delayed_and_keeps_group_order(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "g", "first", "first").await;
+    send(q.as_ref(), "g", "second", "second").await;
+    let m = receive_one(q.as_ref(), LONG).await.unwrap();
+    let outcome = q
+        .fail(&m.receipt, "throttled", Duration::from_millis(400))
+        .await
+        .unwrap();
+    assert_eq!(outcome, FailOutcome::WillRetry);
+    let stats = q.stats().await.unwrap();
+    assert_eq!((stats.delayed, stats.in_flight), (1, 0), "{stats:?}");
+    // "second" must not overtake "first" while it backs off.
+    assert!(receive_one(q.as_ref(), LONG).await.is_none());
+    let again = eventually_receive(q.as_ref(), LONG).await;
+    assert_eq!(body(&again), "first");
+    assert_eq!(again.last_error.as_deref(), Some("throttled"));
+    assert_eq!(q.delete(&m.receipt).await, Err(QueueError::StaleReceipt));
+}
+
+pub async fn stats_count_each_state(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    assert_eq!(q.stats().await.unwrap(), Default::default());
+    for g in 0..4 {
+        send(q.as_ref(), &format!("g{g}"), &format!("d{g}"), "x").await;
+    }
+    let held = q.receive(2, LONG, NO_WAIT).await.unwrap();
+    assert_eq!(held.len(), 2);
+    q.fail(&held[0].receipt, "later", LONG).await.unwrap();
+    let s = q.stats().await.unwrap();
+    assert_eq!(
+        (s.visible, s.in_flight, s.delayed, s.dead_letters),
+        (2, 1, 1, 0),
+        "{s:?}"
+    );
+}
+
+pub async fn refuses_oversized_bodies_and_bad_ids(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    let mut big = msg("g", "d", "");
+    big.body = vec![b'x'; MAX_BODY_BYTES + 1];
+    assert!(matches!(
+        q.send(big).await,
+        Err(QueueError::TooLarge { .. })
+    ));
+    let mut fits = msg("g", "d", "");
+    fits.body = vec![b'x'; MAX_BODY_BYTES];
+    q.send(fits).await.unwrap();
+    for (group, dedup) in [
+        ("", "d2"),
+        ("g", ""),
+        ("g h", "d3"),
+        ("g", &"x".repeat(129)),
+    ] {
+        assert!(
+            matches!(
+                q.send(msg(group, dedup, "x")).await,
+                Err(QueueError::InvalidArgument(_))
+            ),
+            "{group:?}/{dedup:?} accepted"
+        );
+    }
+    assert!(matches!(
+        q.receive(11, LONG, NO_WAIT).await,
+        Err(QueueError::InvalidArgument(_))
+    ));
+}
+
+pub async fn long_poll_wakes_for_a_send_on_another_connection(e: &dyn QueueEngine) {
+    let (consumer, producer) = e.queue_pair(5).await;
+    let waiting = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let got = consumer
+            .receive(1, LONG, Duration::from_secs(20))
+            .await
+            .unwrap();
+        (got, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(producer.as_ref(), "g", "d", "wake up").await;
+    let (got, elapsed) = waiting.await.unwrap();
+    assert_eq!(got.len(), 1, "long poll ended empty after {elapsed:?}");
+    assert_eq!(body(&got[0]), "wake up");
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "long poll took {elapsed:?}"
+    );
+}

@@ -1,0 +1,382 @@
+//! The conversation-store contract (see `waconnect_shared::store`).
+
+use crate::customer;
+use crate::engines::StoreEngine;
+use crate::wait;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Barrier;
+use waconnect_shared::conversation::{AgentCursor, Conversation, ConversationState};
+use waconnect_shared::store::{ConversationStore, StoreError};
+use waconnect_shared::{CustomerAddress, Secret};
+
+const LONG: Duration = Duration::from_secs(60);
+const SHORT: Duration = Duration::from_millis(200);
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn conversation(i: usize) -> Conversation {
+    let mut c = Conversation::new(customer(i));
+    c.contact_id = Some(format!("contact-{i}"));
+    c.participant_token = Some(Secret::new(format!("ptoken-{i}")));
+    c
+}
+
+async fn inserted(store: &dyn ConversationStore, i: usize) -> Conversation {
+    let c = conversation(i);
+    store.insert(&c).await.unwrap();
+    c
+}
+
+/// Waits until `customer`'s lease has lapsed (by the store's own account).
+async fn until_lapsed(store: &dyn ConversationStore, customer: &CustomerAddress) {
+    wait::until("the lease to lapse", DEADLINE, || async {
+        let unheld = store.unheld(1000).await.unwrap();
+        unheld
+            .iter()
+            .any(|s| &s.conversation.customer == customer)
+            .then_some(())
+    })
+    .await
+}
+
+pub async fn insert_get_round_trip(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    assert_eq!(store.get(&customer(1)).await.unwrap(), None);
+    let c = conversation(1);
+    let stored = store.insert(&c).await.unwrap();
+    assert_eq!(stored.conversation, c);
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.lease.owner, None);
+    let got = store.get(&customer(1)).await.unwrap().unwrap();
+    assert_eq!(got, stored);
+    assert_eq!(
+        got.conversation.participant_token.unwrap().expose(),
+        "ptoken-1"
+    );
+}
+
+pub async fn insert_twice_is_refused(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let first = inserted(store.as_ref(), 1).await;
+    let mut rival = conversation(1);
+    rival.contact_id = Some("another-contact".into());
+    assert_eq!(store.insert(&rival).await, Err(StoreError::AlreadyExists));
+    let kept = store.get(&customer(1)).await.unwrap().unwrap();
+    assert_eq!(kept.conversation, first, "the loser overwrote the winner");
+}
+
+pub async fn update_compares_the_version(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let mut c = inserted(store.as_ref(), 1).await;
+    c.state = ConversationState::Active;
+    let v2 = store.update(&c, 1).await.unwrap();
+    assert_eq!(v2.version, 2);
+    let mut stale = c.clone();
+    stale.state = ConversationState::Ended;
+    assert_eq!(store.update(&stale, 1).await, Err(StoreError::Conflict));
+    let now = store.get(&customer(1)).await.unwrap().unwrap();
+    assert_eq!(now.conversation.state, ConversationState::Active);
+    assert_eq!(now.version, 2);
+}
+
+pub async fn update_of_a_missing_record_is_not_found(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    assert_eq!(
+        store.update(&conversation(9), 1).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        store.acquire_lease(&customer(9), "w1", LONG).await,
+        Err(StoreError::NotFound)
+    );
+}
+
+pub async fn lease_is_exclusive_until_it_lapses(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    inserted(store.as_ref(), 1).await;
+    let a = store
+        .acquire_lease(&customer(1), "worker-a", SHORT)
+        .await
+        .unwrap();
+    assert_eq!(a.owner, "worker-a");
+    assert_eq!(
+        store.acquire_lease(&customer(1), "worker-b", LONG).await,
+        Err(StoreError::LeaseHeld)
+    );
+    // Not even the holder re-acquires a live lease: it renews.
+    assert_eq!(
+        store.acquire_lease(&customer(1), "worker-a", LONG).await,
+        Err(StoreError::LeaseHeld)
+    );
+    until_lapsed(store.as_ref(), &customer(1)).await;
+    let b = store
+        .acquire_lease(&customer(1), "worker-b", LONG)
+        .await
+        .unwrap();
+    assert_eq!(b.owner, "worker-b");
+    assert!(b.version > a.version, "fencing version did not rise");
+    let seen = store.get(&customer(1)).await.unwrap().unwrap().lease;
+    assert_eq!(seen.owner.as_deref(), Some("worker-b"));
+    assert_eq!(seen.version, b.version);
+}
+
+pub async fn many_tasks_race_for_a_lease_and_one_wins(e: &dyn StoreEngine, _: &Path) {
+    const TASKS: usize = 24;
+    let store = e.store().await;
+    for round in 0..5 {
+        inserted(store.as_ref(), round).await;
+        let barrier = Arc::new(Barrier::new(TASKS));
+        let racers: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .acquire_lease(&customer(round), &format!("task-{t}"), LONG)
+                        .await
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for r in racers {
+            match r.await.unwrap() {
+                Ok(lease) => winners.push(lease),
+                Err(StoreError::LeaseHeld) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {} winners", winners.len());
+        let held = store.get(&customer(round)).await.unwrap().unwrap().lease;
+        assert_eq!(held.owner.as_deref(), Some(winners[0].owner.as_str()));
+    }
+}
+
+pub async fn two_processes_race_for_leases_and_one_wins_each(
+    e: &dyn StoreEngine,
+    contender: &Path,
+) {
+    const KEYS: usize = 60;
+    let store = e.store().await;
+    for i in 0..KEYS {
+        inserted(store.as_ref(), i).await;
+    }
+    let mut children = Vec::new();
+    for owner in ["process-a", "process-b"] {
+        let mut child = tokio::process::Command::new(contender)
+            .args(e.contender_args())
+            .args(["--owner", owner, "--keys", &KEYS.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn lease-contender");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next_line().await.unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"), "{owner} did not start");
+        children.push((owner, child, lines));
+    }
+    // Both are connected and waiting; release them together.
+    for (_, child, _) in &mut children {
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"go\n")
+            .await
+            .unwrap();
+    }
+    let mut won: Vec<BTreeSet<usize>> = Vec::new();
+    for (owner, mut child, mut lines) in children {
+        let mut mine = BTreeSet::new();
+        let mut answered = 0;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let (verdict, key) = line.split_once(' ').expect("verdict line");
+            let key: usize = key.parse().unwrap();
+            match verdict {
+                "won" => assert!(mine.insert(key)),
+                "lost" => {}
+                other => panic!("{owner}: {other} {key}"),
+            }
+            answered += 1;
+        }
+        assert!(child.wait().await.unwrap().success(), "{owner} failed");
+        assert_eq!(answered, KEYS, "{owner} did not try every key");
+        won.push(mine);
+    }
+    assert!(
+        won[0].is_disjoint(&won[1]),
+        "both processes won {:?}",
+        won[0].intersection(&won[1]).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        won[0].len() + won[1].len(),
+        KEYS,
+        "some lease had no winner"
+    );
+    for i in 0..KEYS {
+        let owner = store
+            .get(&customer(i))
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .owner
+            .unwrap();
+        let expected = if won[0].contains(&i) {
+            "process-a"
+        } else {
+            "process-b"
+        };
+        assert_eq!(owner, expected, "key {i}");
+    }
+}
+
+pub async fn stale_holder_is_refused_everything(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let mut c = inserted(store.as_ref(), 1).await;
+    let old = store
+        .acquire_lease(&customer(1), "worker-a", SHORT)
+        .await
+        .unwrap();
+    until_lapsed(store.as_ref(), &customer(1)).await;
+    let new = store
+        .acquire_lease(&customer(1), "worker-b", LONG)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.renew_lease(&old, LONG).await,
+        Err(StoreError::LeaseLost)
+    );
+    assert_eq!(store.release_lease(&old).await, Err(StoreError::LeaseLost));
+    c.state = ConversationState::Ended;
+    assert_eq!(
+        store.update_fenced(&c, &old).await,
+        Err(StoreError::LeaseLost)
+    );
+    let now = store.get(&customer(1)).await.unwrap().unwrap();
+    assert_eq!(now.lease.owner.as_deref(), Some("worker-b"));
+    assert_eq!(now.lease.version, new.version);
+    assert_ne!(now.conversation.state, ConversationState::Ended);
+}
+
+pub async fn renewal_extends_and_raises_the_fencing_version(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    inserted(store.as_ref(), 1).await;
+    let first = store
+        .acquire_lease(&customer(1), "w", Duration::from_millis(500))
+        .await
+        .unwrap();
+    let renewed = store.renew_lease(&first, LONG).await.unwrap();
+    assert!(renewed.version > first.version);
+    assert!(renewed.expires_at > first.expires_at);
+    // The pre-renewal proof is stale now, even for the same owner.
+    assert_eq!(
+        store.renew_lease(&first, LONG).await,
+        Err(StoreError::LeaseLost)
+    );
+    // Well past the original expiry, nobody can take it.
+    let unheld = store.unheld(10).await.unwrap();
+    assert!(unheld.is_empty(), "renewed lease listed as unheld");
+    assert_eq!(
+        store.acquire_lease(&customer(1), "other", LONG).await,
+        Err(StoreError::LeaseHeld)
+    );
+    store.renew_lease(&renewed, LONG).await.unwrap();
+}
+
+pub async fn release_frees_the_conversation_at_once(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    inserted(store.as_ref(), 1).await;
+    let lease = store
+        .acquire_lease(&customer(1), "leaving", LONG)
+        .await
+        .unwrap();
+    store.release_lease(&lease).await.unwrap();
+    let unheld = store.unheld(10).await.unwrap();
+    assert_eq!(unheld.len(), 1);
+    assert_eq!(unheld[0].lease.owner, None);
+    let adopted = store
+        .acquire_lease(&customer(1), "adopter", LONG)
+        .await
+        .unwrap();
+    assert!(adopted.version > lease.version);
+    assert_eq!(
+        store.release_lease(&lease).await,
+        Err(StoreError::LeaseLost)
+    );
+}
+
+pub async fn unheld_lists_lapsed_and_released_live_conversations(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    for i in 0..5 {
+        inserted(store.as_ref(), i).await;
+    }
+    // 0: held for long; 1: lapses; 2: ended and lapsed; 3: never leased; 4: released.
+    store.acquire_lease(&customer(0), "w", LONG).await.unwrap();
+    store.acquire_lease(&customer(1), "w", SHORT).await.unwrap();
+    let ended = store.acquire_lease(&customer(2), "w", SHORT).await.unwrap();
+    let mut c2 = conversation(2);
+    c2.state = ConversationState::Ended;
+    store.update_fenced(&c2, &ended).await.unwrap();
+    let released = store.acquire_lease(&customer(4), "w", LONG).await.unwrap();
+    store.release_lease(&released).await.unwrap();
+    until_lapsed(store.as_ref(), &customer(1)).await;
+    let listed: BTreeSet<String> = store
+        .unheld(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.conversation.customer.as_str().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = [1, 3, 4]
+        .iter()
+        .map(|&i| customer(i).as_str().to_owned())
+        .collect();
+    assert_eq!(listed, expected);
+    assert_eq!(store.unheld(2).await.unwrap().len(), 2, "limit ignored");
+}
+
+pub async fn fenced_update_needs_the_current_lease(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let mut c = inserted(store.as_ref(), 1).await;
+    let lease = store.acquire_lease(&customer(1), "w", LONG).await.unwrap();
+    c.agent_cursor = Some(AgentCursor {
+        id: "item-7".into(),
+        absolute_time: "2026-11-24T10:00:00.000Z".into(),
+    });
+    let stored = store.update_fenced(&c, &lease).await.unwrap();
+    assert_eq!(stored.conversation.agent_cursor, c.agent_cursor);
+    assert_eq!(stored.version, 2);
+    let renewed = store.renew_lease(&lease, LONG).await.unwrap();
+    assert_eq!(
+        store.update_fenced(&c, &lease).await,
+        Err(StoreError::LeaseLost)
+    );
+    store.update_fenced(&c, &renewed).await.unwrap();
+    let mut other = conversation(2);
+    store.insert(&other).await.unwrap();
+    other.state = ConversationState::Active;
+    assert!(matches!(
+        store.update_fenced(&other, &renewed).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+}
+
+pub async fn lease_changes_and_data_writes_do_not_interfere(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let mut c = inserted(store.as_ref(), 1).await;
+    let lease = store.acquire_lease(&customer(1), "w", LONG).await.unwrap();
+    let renewed = store.renew_lease(&lease, LONG).await.unwrap();
+    // A worker that read version 1 before the lease moved can still write its data.
+    c.last_inbound_message_sid = Some("SM42".into());
+    let stored = store.update(&c, 1).await.unwrap();
+    assert_eq!(stored.version, 2);
+    // And the data write left the lease alone.
+    assert_eq!(stored.lease.owner.as_deref(), Some("w"));
+    assert_eq!(stored.lease.version, renewed.version);
+    store.renew_lease(&renewed, LONG).await.unwrap();
+}

@@ -1,0 +1,90 @@
+//! How the contract suites get fresh queues and stores from each engine.
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tempfile::TempDir;
+use waconnect_shared::config::Synchronous;
+use waconnect_shared::queue::Queue;
+use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::sqlite::Db;
+use waconnect_shared::store::ConversationStore;
+use waconnect_shared::store::sqlite::SqliteStore;
+
+#[async_trait]
+pub trait QueueEngine: Send + Sync {
+    /// A new, empty queue.
+    async fn queue(&self, max_receives: u32) -> Arc<dyn Queue> {
+        self.queue_pair(max_receives).await.0
+    }
+
+    /// A new, empty queue and a second handle to it over its own connection, as another
+    /// process would hold it.
+    async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>);
+}
+
+#[async_trait]
+pub trait StoreEngine: Send + Sync {
+    /// A new, empty store.
+    async fn store(&self) -> Arc<dyn ConversationStore>;
+
+    /// Arguments that make `lease-contender` open the store [`StoreEngine::store`] returned
+    /// last, from another process.
+    fn contender_args(&self) -> Vec<String>;
+}
+
+/// The embedded engine on a file in a temporary directory.
+pub struct SqliteEngine {
+    dir: TempDir,
+}
+
+impl SqliteEngine {
+    pub async fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("waconnect.db")
+    }
+
+    fn db(&self) -> Db {
+        Db::open_path(&self.path(), Synchronous::Normal).expect("open sqlite")
+    }
+}
+
+#[async_trait]
+impl QueueEngine for SqliteEngine {
+    async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
+        let name = format!("q-{}", uuid_like());
+        let a = SqliteQueue::open(self.db(), &name, max_receives)
+            .await
+            .unwrap();
+        let b = SqliteQueue::open(self.db(), &name, max_receives)
+            .await
+            .unwrap();
+        (Arc::new(a), Arc::new(b))
+    }
+}
+
+#[async_trait]
+impl StoreEngine for SqliteEngine {
+    async fn store(&self) -> Arc<dyn ConversationStore> {
+        Arc::new(SqliteStore::open(self.db()).await.unwrap())
+    }
+
+    fn contender_args(&self) -> Vec<String> {
+        vec!["--sqlite".into(), self.path().display().to_string()]
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,16 @@
+//! The queue and store contracts against the embedded SQLite engine.
+
+use waconnect_tests::engines::SqliteEngine;
+
+mod queue {
+    use super::*;
+    waconnect_tests::queue_contract_tests!(SqliteEngine::new());
+}
+
+mod store {
+    use super::*;
+    waconnect_tests::store_contract_tests!(
+        SqliteEngine::new(),
+        env!("CARGO_BIN_EXE_lease-contender")
+    );
+}
