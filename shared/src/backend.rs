@@ -28,10 +28,13 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn open(storage: &StorageConfig, queues: &QueuesConfig) -> Result<Self, BackendError> {
+    pub async fn open(
+        storage: &StorageConfig,
+        queues: &QueuesConfig,
+    ) -> Result<Self, BackendError> {
         let StorageConfig::Embedded(embedded) = storage;
         Ok(Self {
-            db: Db::open(embedded)?,
+            db: Db::open(embedded).await?,
             queues: queues.clone(),
         })
     }

@@ -98,9 +98,9 @@ pub struct Reader<'a> {
     errors: Vec<ConfigError>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     /// A variable's value; empty counts as unset.
-    pub fn raw(&self, name: &str) -> Option<&str> {
+    pub fn raw(&self, name: &str) -> Option<&'a str> {
         self.source
             .vars
             .get(name)
@@ -127,7 +127,7 @@ impl Reader<'_> {
 
     pub fn required<T: FromStr>(&mut self, name: &str, expected: &str) -> Option<T> {
         match self.raw(name) {
-            Some(raw) => self.parse(name, &raw.to_owned(), expected),
+            Some(raw) => self.parse(name, raw, expected),
             None => {
                 self.error(name, format!("is required ({expected})"));
                 None
@@ -136,8 +136,8 @@ impl Reader<'_> {
     }
 
     pub fn optional<T: FromStr>(&mut self, name: &str, default: T, expected: &str) -> T {
-        match self.raw(name).map(str::to_owned) {
-            Some(raw) => self.parse(name, &raw, expected).unwrap_or(default),
+        match self.raw(name) {
+            Some(raw) => self.parse(name, raw, expected).unwrap_or(default),
             None => default,
         }
     }
@@ -165,10 +165,10 @@ impl Reader<'_> {
 
     /// A duration such as `500ms`, `30s`, `5m`.
     pub fn duration(&mut self, name: &str, default: Duration) -> Duration {
-        let Some(raw) = self.raw(name).map(str::to_owned) else {
+        let Some(raw) = self.raw(name) else {
             return default;
         };
-        match humantime::parse_duration(&raw) {
+        match humantime::parse_duration(raw) {
             Ok(d) if !d.is_zero() => d,
             _ => {
                 self.error(
@@ -431,7 +431,7 @@ fn read_signature_check(r: &mut Reader<'_>, bind: SocketAddr) -> Option<Signatur
             "is required (the Twilio account's auth token)",
         );
     }
-    let public_base_url = match r.raw("WACONNECT_PUBLIC_BASE_URL").map(str::to_owned) {
+    let public_base_url = match r.raw("WACONNECT_PUBLIC_BASE_URL") {
         None => {
             r.error(
                 "WACONNECT_PUBLIC_BASE_URL",
@@ -439,7 +439,7 @@ fn read_signature_check(r: &mut Reader<'_>, bind: SocketAddr) -> Option<Signatur
             );
             None
         }
-        Some(raw) => match validate_base_url(&raw) {
+        Some(raw) => match validate_base_url(raw) {
             Ok(url) => Some(url),
             Err(problem) => {
                 r.error("WACONNECT_PUBLIC_BASE_URL", problem);

@@ -20,7 +20,10 @@ pub trait Readiness: Send + Sync + 'static {
 /// Readiness probes must answer quickly even when a backend hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Builds the operations routes. Also installs the metrics recorder, so everything counted
+/// from start-up on is exported (metrics recorded before the recorder exists are lost).
 pub fn router(readiness: Arc<dyn Readiness>) -> Router {
+    crate::telemetry::metrics();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -63,8 +63,10 @@ struct Envelope {
     write: bool,
     /// Runs or aborts the job. `None` when there is nothing left to answer: the job was
     /// aborted, or its caller had gone away and the job was skipped.
-    run: Box<dyn FnOnce(Step<'_>) -> Option<(bool, Completion)> + Send>,
+    run: Job,
 }
+
+type Job = Box<dyn FnOnce(Step<'_>) -> Option<(bool, Completion)> + Send>;
 
 /// A handle to the database thread; cheap to clone.
 #[derive(Clone)]
@@ -80,31 +82,31 @@ struct Inner {
 }
 
 impl Db {
-    pub fn open(config: &EmbeddedConfig) -> Result<Self, DbError> {
-        Self::open_path(&config.path, config.synchronous)
+    pub async fn open(config: &EmbeddedConfig) -> Result<Self, DbError> {
+        Self::open_path(&config.path, config.synchronous).await
     }
 
-    pub fn open_path(path: &Path, synchronous: Synchronous) -> Result<Self, DbError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| DbError::Sqlite(format!("{}: {e}", dir.display())))?;
-        }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let sync = match synchronous {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        };
-        // journal_mode is persistent in the file; setting it again is a no-op.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", sync)?;
+    /// Opens the file on the database's own thread: opening may wait for another
+    /// process's lock, and that wait must not stall the async runtime.
+    pub async fn open_path(path: &Path, synchronous: Synchronous) -> Result<Self, DbError> {
         let (tx, rx) = mpsc::channel::<Envelope>();
+        let (opened_tx, opened_rx) = oneshot::channel();
         let committed = Arc::new(Notify::new());
         let notify = committed.clone();
+        let file = path.to_owned();
         std::thread::Builder::new()
             .name("waconnect-sqlite".into())
-            .spawn(move || serve(conn, rx, &notify))
+            .spawn(move || match connect(&file, synchronous) {
+                Ok(conn) => {
+                    let _ = opened_tx.send(Ok(()));
+                    serve(conn, rx, &notify);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })
             .map_err(|e| DbError::Sqlite(format!("cannot start the database thread: {e}")))?;
+        opened_rx.await.map_err(|_| DbError::Closed)??;
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: tx,
@@ -193,6 +195,55 @@ impl Db {
             .send(Envelope { write, run })
             .map_err(|_| E::from(DbError::Closed))?;
         rx.await.map_err(|_| E::from(DbError::Closed))?
+    }
+}
+
+fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, DbError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbError::Sqlite(format!("{}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    enable_wal(&conn)?;
+    conn.pragma_update(None, "synchronous", sync)?;
+    Ok(conn)
+}
+
+/// Switches a new file to WAL. The mode persists in the file, so usually there is nothing
+/// to do. When several processes open a fresh file at once, the switch can fail with BUSY
+/// at once (SQLite does not wait there, to avoid deadlock), so it is retried.
+fn enable_wal(conn: &Connection) -> Result<(), DbError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let attempt = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .and_then(|mode| {
+                if mode.eq_ignore_ascii_case("wal") {
+                    Ok(mode)
+                } else {
+                    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                }
+            })
+            .map_err(DbError::from);
+        match attempt {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(DbError::Sqlite(format!(
+                    "the file cannot use WAL (journal mode stays {mode}); is it on a network filesystem?"
+                )));
+            }
+            Err(DbError::Busy) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -28,7 +28,7 @@ pub struct WorkerBackends {
 
 impl WorkerBackends {
     pub async fn open(config: &WorkerConfig) -> Result<Self, WorkerError> {
-        let backend = Backend::open(&config.common.storage, &config.common.queues)?;
+        let backend = Backend::open(&config.common.storage, &config.common.queues).await?;
         Ok(Self {
             inbound: backend.inbound().await?,
             outbound: backend.outbound().await?,

@@ -49,8 +49,10 @@ impl SqliteEngine {
         self.dir.path().join("waconnect.db")
     }
 
-    fn db(&self) -> Db {
-        Db::open_path(&self.path(), Synchronous::Normal).expect("open sqlite")
+    async fn db(&self) -> Db {
+        Db::open_path(&self.path(), Synchronous::Normal)
+            .await
+            .expect("open sqlite")
     }
 }
 
@@ -58,10 +60,10 @@ impl SqliteEngine {
 impl QueueEngine for SqliteEngine {
     async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
         let name = format!("q-{}", uuid_like());
-        let a = SqliteQueue::open(self.db(), &name, max_receives)
+        let a = SqliteQueue::open(self.db().await, &name, max_receives)
             .await
             .unwrap();
-        let b = SqliteQueue::open(self.db(), &name, max_receives)
+        let b = SqliteQueue::open(self.db().await, &name, max_receives)
             .await
             .unwrap();
         (Arc::new(a), Arc::new(b))
@@ -71,7 +73,7 @@ impl QueueEngine for SqliteEngine {
 #[async_trait]
 impl StoreEngine for SqliteEngine {
     async fn store(&self) -> Arc<dyn ConversationStore> {
-        Arc::new(SqliteStore::open(self.db()).await.unwrap())
+        Arc::new(SqliteStore::open(self.db().await).await.unwrap())
     }
 
     fn contender_args(&self) -> Vec<String> {

@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod engines;
+pub mod twilio;
 pub mod wait;
 
 use waconnect_shared::CustomerAddress;

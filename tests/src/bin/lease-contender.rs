@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))
     };
     let store: Arc<dyn ConversationStore> = {
-        let db = Db::open_path(arg("--sqlite")?.as_ref(), Synchronous::Normal)?;
+        let db = Db::open_path(arg("--sqlite")?.as_ref(), Synchronous::Normal).await?;
         Arc::new(SqliteStore::open(db).await?)
     };
     let owner = arg("--owner")?;

@@ -1,0 +1,17 @@
+//! The outbound-sender binary refuses a bad configuration, naming each variable.
+
+use std::process::Command;
+
+#[test]
+fn refuses_to_start_and_names_the_bad_variables() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outbound-sender"))
+        .env_clear()
+        .env("WACONNECT_SENDER_OPS_BIND", "not-an-address")
+        .env("WACONNECT_MAX_RECEIVES", "zero")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WACONNECT_SENDER_OPS_BIND"), "{stderr}");
+    assert!(stderr.contains("WACONNECT_MAX_RECEIVES"), "{stderr}");
+}

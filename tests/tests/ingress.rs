@@ -1,0 +1,417 @@
+//! ingress end to end: real HTTP over loopback into the real SQLite queue.
+
+use reqwest::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous};
+use waconnect_shared::event::{EventKind, InboundEvent};
+use waconnect_shared::queue::Queue;
+use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::sqlite::Db;
+use waconnect_tests::twilio::{incoming_text, signed, status_callback};
+use waconnect_tests::{customer, wait};
+
+const TOKEN: &str = "test-auth-token";
+/// What Twilio is configured with; deliberately not the local socket address.
+const PUBLIC: &str = "https://wa.example.test";
+
+struct TestIngress {
+    local: String,
+    queue: Arc<dyn Queue>,
+    db_path: std::path::PathBuf,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), waconnect_ingress::IngressError>>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn_ingress(extra: &[(&str, &str)]) -> TestIngress {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("waconnect.db");
+    let mut vars = vec![
+        ("TWILIO_AUTH_TOKEN".to_owned(), TOKEN.to_owned()),
+        ("WACONNECT_PUBLIC_BASE_URL".to_owned(), PUBLIC.to_owned()),
+        (
+            "WACONNECT_SQLITE_PATH".to_owned(),
+            db_path.display().to_string(),
+        ),
+        (
+            "WACONNECT_SQLITE_SYNCHRONOUS".to_owned(),
+            "normal".to_owned(),
+        ),
+        (
+            "WACONNECT_INGRESS_BIND".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ),
+        (
+            "WACONNECT_QUEUE_DEPTH_INTERVAL".to_owned(),
+            "50ms".to_owned(),
+        ),
+    ];
+    vars.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let config = IngressConfig::from_source(&ConfigSource::from_pairs(vars)).unwrap();
+    let listener = TcpListener::bind(config.bind).await.unwrap();
+    let local = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(waconnect_ingress::run(config, listener, shutdown.clone()));
+    // The test reads the queue through its own connection, as the relay process would.
+    let db = Db::open_path(&db_path, Synchronous::Normal).await.unwrap();
+    let queue = Arc::new(SqliteQueue::open(db, "inbound", 5).await.unwrap());
+    let http = reqwest::Client::new();
+    let ready = format!("{local}/readyz");
+    wait::until("ingress to be ready", Duration::from_secs(10), || async {
+        let res = http.get(&ready).send().await.ok()?;
+        (res.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    TestIngress {
+        local,
+        queue,
+        db_path,
+        shutdown,
+        server,
+        http,
+        _dir: dir,
+    }
+}
+
+impl TestIngress {
+    async fn post_signed(&self, path: &str, fields: &[(String, String)]) -> reqwest::Response {
+        let (body, sig) = signed(TOKEN, &format!("{PUBLIC}{path}"), fields);
+        self.post(path, body, Some(&sig)).await
+    }
+
+    async fn post(&self, path: &str, body: String, signature: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.local))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("user-agent", "TwilioProxy/1.1")
+            .body(body);
+        if let Some(sig) = signature {
+            req = req.header("x-twilio-signature", sig);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn queued(&self) -> Vec<InboundEvent> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .queue
+                .receive(10, Duration::from_secs(60), Duration::ZERO)
+                .await
+                .unwrap();
+            if got.is_empty() {
+                return out;
+            }
+            for m in got {
+                out.push(InboundEvent::from_json(&m.body).unwrap());
+                self.queue.delete(&m.receipt).await.unwrap();
+            }
+        }
+    }
+
+    async fn depth(&self) -> u64 {
+        let s = self.queue.stats().await.unwrap();
+        s.visible + s.in_flight + s.delayed
+    }
+}
+
+fn text(i: usize, sid: &str, body: &str) -> Vec<(String, String)> {
+    incoming_text(sid, customer(i).as_str(), body)
+}
+
+#[tokio::test]
+async fn accepted_webhook_is_enqueued_before_the_answer() {
+    let app = spawn_ingress(&[]).await;
+    let mut fields = text(1, "SM0001", "Hola, ¿me ayudan? & gracias");
+    fields.push(("FieldTwilioAddsNextYear".into(), "kept".into()));
+    let res = app.post_signed("/twilio/messages", &fields).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/xml");
+    assert!(res.text().await.unwrap().contains("<Response/>"));
+    // Enqueued before the answer: no waiting needed.
+    let raw = app
+        .queue
+        .receive(10, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].group_id, customer(1).as_str());
+    assert_eq!(raw[0].dedup_id, "SM0001");
+    let event = InboundEvent::from_json(&raw[0].body).unwrap();
+    assert_eq!(event.kind, EventKind::Message);
+    assert_eq!(event.fields, fields, "fields not kept verbatim");
+    assert_eq!(event.body(), "Hola, ¿me ayudan? & gracias");
+}
+
+#[tokio::test]
+async fn twilio_retries_do_not_duplicate() {
+    let app = spawn_ingress(&[]).await;
+    let fields = text(1, "SM0002", "once");
+    for _ in 0..3 {
+        assert_eq!(
+            app.post_signed("/twilio/messages", &fields).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(app.queued().await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_or_missing_signatures_are_refused_and_nothing_is_queued() {
+    let app = spawn_ingress(&[]).await;
+    let fields = text(1, "SM0003", "hi");
+    let path = "/twilio/messages";
+    let (body, _) = signed(TOKEN, &format!("{PUBLIC}{path}"), &fields);
+    let (_, wrong_token) = signed("another-token", &format!("{PUBLIC}{path}"), &fields);
+    // Signed for the local socket address instead of the public URL Twilio was given.
+    let (_, local_url) = signed(TOKEN, &format!("{}{path}", app.local), &fields);
+    let mut tampered = fields.clone();
+    tampered[7].1 = "send money".into();
+    let (tampered_body, _) = signed(TOKEN, &format!("{PUBLIC}{path}"), &tampered);
+    let (_, good) = signed(TOKEN, &format!("{PUBLIC}{path}"), &fields);
+    for (body, sig) in [
+        (body.clone(), None),
+        (body.clone(), Some(wrong_token.as_str())),
+        (body.clone(), Some(local_url.as_str())),
+        (body.clone(), Some("")),
+        (tampered_body, Some(good.as_str())),
+    ] {
+        let res = app.post(path, body, sig).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(app.depth().await, 0);
+}
+
+#[tokio::test]
+async fn signature_for_the_url_with_its_default_port_is_accepted() {
+    let app = spawn_ingress(&[]).await;
+    let fields = text(1, "SM0004", "port");
+    let (body, sig) = signed(
+        TOKEN,
+        "https://wa.example.test:443/twilio/messages",
+        &fields,
+    );
+    assert_eq!(
+        app.post("/twilio/messages", body, Some(&sig))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn malformed_forms_and_missing_fields_are_400() {
+    let app = spawn_ingress(&[]).await;
+    let path = "/twilio/messages";
+    let sig_for = |fields: &[(String, String)]| signed(TOKEN, &format!("{PUBLIC}{path}"), fields);
+    let (_, sig) = sig_for(&[]);
+    let res = app.post(path, "Body=%ZZ&From=x".into(), Some(&sig)).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    for missing in ["MessageSid", "From", "To"] {
+        let fields: Vec<_> = text(1, "SM0005", "x")
+            .into_iter()
+            .filter(|(k, _)| k != missing)
+            .collect();
+        let res = app.post_signed(path, &fields).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "without {missing}");
+        assert!(res.text().await.unwrap().contains(missing));
+    }
+    let bad_from = incoming_text("SM0006", "whatsapp:+12", "x");
+    assert_eq!(
+        app.post_signed(path, &bad_from).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(app.depth().await, 0);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_and_wrong_content_types_415() {
+    let app = spawn_ingress(&[("WACONNECT_INGRESS_MAX_BODY_BYTES", "2048")]).await;
+    let fields = text(1, "SM0007", &"x".repeat(4096));
+    assert_eq!(
+        app.post_signed("/twilio/messages", &fields).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let res = app
+        .http
+        .post(format!("{}/twilio/messages", app.local))
+        .header("content-type", "application/json")
+        .body(r#"{"MessageSid":"SM1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(app.depth().await, 0);
+}
+
+#[tokio::test]
+async fn non_whatsapp_senders_are_refused_unless_allowed() {
+    let sms = incoming_text("SM0008", "+15550001111", "sms");
+    let app = spawn_ingress(&[]).await;
+    assert_eq!(
+        app.post_signed("/twilio/messages", &sms).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(app.depth().await, 0);
+    let allowing = spawn_ingress(&[("WACONNECT_ALLOW_NON_WHATSAPP", "true")]).await;
+    assert_eq!(
+        allowing
+            .post_signed("/twilio/messages", &sms)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(allowing.queued().await.len(), 1);
+}
+
+#[tokio::test]
+async fn status_callbacks_are_keyed_on_sid_and_status() {
+    let app = spawn_ingress(&[]).await;
+    let to = customer(2);
+    for status in ["sent", "delivered", "read", "read"] {
+        let res = app
+            .post_signed(
+                "/twilio/status",
+                &status_callback("SM0009", to.as_str(), status),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let events = app.queued().await;
+    let statuses: Vec<_> = events.iter().map(|e| e.message_status().unwrap()).collect();
+    assert_eq!(statuses, ["sent", "delivered", "read"]);
+    assert!(events.iter().all(|e| e.kind == EventKind::Status));
+    assert!(events.iter().all(|e| e.customer().unwrap() == to));
+}
+
+#[tokio::test]
+async fn custom_paths_are_served() {
+    let app = spawn_ingress(&[
+        ("WACONNECT_INGRESS_MESSAGE_PATH", "/wa/in"),
+        ("WACONNECT_INGRESS_STATUS_PATH", "/wa/status"),
+    ])
+    .await;
+    assert_eq!(
+        app.post_signed("/wa/in", &text(1, "SM0010", "x"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let res = app
+        .post_signed("/twilio/messages", &text(1, "SM0011", "x"))
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn forwarded_headers_are_used_only_when_trusted() {
+    let path = "/twilio/messages";
+    let proxied = "https://edge.example.test";
+    for (trusted, expected) in [(false, StatusCode::FORBIDDEN), (true, StatusCode::OK)] {
+        let app = spawn_ingress(&[(
+            "WACONNECT_TRUST_FORWARDED_HEADERS",
+            if trusted { "true" } else { "false" },
+        )])
+        .await;
+        let fields = text(1, "SM0012", "x");
+        let (body, sig) = signed(TOKEN, &format!("{proxied}{path}"), &fields);
+        let res = app
+            .http
+            .post(format!("{}{path}", app.local))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "edge.example.test")
+            .header("x-twilio-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), expected, "trusted={trusted}");
+    }
+}
+
+#[tokio::test]
+async fn queue_unavailable_is_503_then_twilios_retry_lands_once() {
+    let app = spawn_ingress(&[("WACONNECT_INGRESS_ENQUEUE_TIMEOUT", "300ms")]).await;
+    let fields = text(1, "SM0013", "while the disk is locked");
+    // Another process holds the database's write lock.
+    let blocker = rusqlite::Connection::open(&app.db_path).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let res = app.post_signed("/twilio/messages", &fields).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    assert_eq!(app.depth().await, 0, "a 503 answer must not enqueue");
+    let res = app.post_signed("/twilio/messages", &fields).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.queued().await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_webhooks_are_all_enqueued() {
+    let app = Arc::new(spawn_ingress(&[]).await);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let fields = text(i % 20, &format!("SMc{i:05}"), &format!("msg {i}"));
+                app.post_signed("/twilio/messages", &fields).await.status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(app.queued().await.len(), 200);
+}
+
+#[tokio::test]
+async fn probes_and_metrics() {
+    let app = spawn_ingress(&[]).await;
+    let get = |path: &'static str| {
+        let url = format!("{}{path}", app.local);
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    assert_eq!(get("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(get("/readyz").await.status(), StatusCode::OK);
+    app.post_signed("/twilio/messages", &text(1, "SM0014", "x"))
+        .await;
+    app.post("/twilio/messages", "Body=x".into(), Some("bad"))
+        .await;
+    let metrics = wait::until("queue depth gauges", Duration::from_secs(10), || async {
+        let text = get("/metrics").await.text().await.unwrap();
+        text.contains("waconnect_queue_messages{queue=\"inbound\",state=\"visible\"}")
+            .then_some(text)
+    })
+    .await;
+    for expected in [
+        "waconnect_ingress_requests_total{route=\"message\",outcome=\"accepted\"}",
+        "waconnect_ingress_requests_total{route=\"message\",outcome=\"bad_signature\"}",
+        "waconnect_ingress_enqueue_duration_seconds_bucket",
+        "waconnect_queue_messages{queue=\"inbound-dlq\",state=\"visible\"}",
+        "waconnect_ingress_insecure_mode 0",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let app = spawn_ingress(&[]).await;
+    app.shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.server).await;
+    stopped.expect("ingress did not stop").unwrap().unwrap();
+}
