@@ -43,22 +43,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
-    if config.signature == SignatureCheck::InsecureSkip {
+    // Built first: it installs the metrics recorder that the gauge below needs.
+    let app = router(&config, inbound.clone());
+    let insecure = config.signature == SignatureCheck::InsecureSkip;
+    if insecure {
         warn_insecure();
     }
-    metrics::gauge!("waconnect_ingress_insecure_mode").set(
-        if config.signature == SignatureCheck::InsecureSkip {
-            1.0
-        } else {
-            0.0
-        },
-    );
+    metrics::gauge!("waconnect_ingress_insecure_mode").set(if insecure { 1.0 } else { 0.0 });
     let sampler = depth::spawn_sampler(
         vec![inbound.clone()],
         config.common.queues.depth_interval,
         shutdown.child_token(),
     );
-    let app = router(&config, inbound);
     tracing::info!(
         address = %listener.local_addr()?,
         message_path = %config.message_path,

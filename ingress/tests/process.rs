@@ -62,8 +62,14 @@ fn serves_logs_json_without_secrets_and_stops_on_sigterm() {
             break json["address"].as_str().unwrap().to_owned();
         }
     };
-    let health = http_get::status(&format!("http://{address}/healthz"));
-    assert_eq!(health, 200);
+    let (status, _) = http_get::get(&format!("http://{address}/healthz"));
+    assert_eq!(status, 200);
+    // A fresh process: anything recorded before the recorder was installed would be lost.
+    let (_, metrics) = http_get::get(&format!("http://{address}/metrics"));
+    assert!(
+        metrics.contains("waconnect_ingress_insecure_mode 0"),
+        "{metrics}"
+    );
 
     let pid = child.id().to_string();
     assert!(
@@ -95,8 +101,8 @@ fn serves_logs_json_without_secrets_and_stops_on_sigterm() {
 }
 
 mod http_get {
-    /// A dependency-free GET for a test that runs outside an async runtime.
-    pub fn status(url: &str) -> u16 {
+    /// A dependency-free GET for a test that runs outside an async runtime: status and body.
+    pub fn get(url: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let rest = url.strip_prefix("http://").unwrap();
         let (host, path) = rest.split_at(rest.find('/').unwrap());
@@ -108,6 +114,11 @@ mod http_get {
         .unwrap();
         let mut buf = String::new();
         s.read_to_string(&mut buf).unwrap();
-        buf.split(' ').nth(1).unwrap().parse().unwrap()
+        let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 }
