@@ -11,9 +11,10 @@
 
 use crate::config::{EmbeddedConfig, Synchronous};
 use rusqlite::Connection;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
@@ -77,8 +78,8 @@ pub struct Db {
 struct Inner {
     jobs: mpsc::Sender<Envelope>,
     path: PathBuf,
-    /// Woken after every commit, for in-process long polls.
-    committed: Arc<Notify>,
+    /// In-process wake-ups by topic (e.g. a queue name), for long polls.
+    topics: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Db {
@@ -91,15 +92,13 @@ impl Db {
     pub async fn open_path(path: &Path, synchronous: Synchronous) -> Result<Self, DbError> {
         let (tx, rx) = mpsc::channel::<Envelope>();
         let (opened_tx, opened_rx) = oneshot::channel();
-        let committed = Arc::new(Notify::new());
-        let notify = committed.clone();
         let file = path.to_owned();
         std::thread::Builder::new()
             .name("waconnect-sqlite".into())
             .spawn(move || match connect(&file, synchronous) {
                 Ok(conn) => {
                     let _ = opened_tx.send(Ok(()));
-                    serve(conn, rx, &notify);
+                    serve(conn, rx);
                 }
                 Err(e) => {
                     let _ = opened_tx.send(Err(e));
@@ -111,7 +110,7 @@ impl Db {
             inner: Arc::new(Inner {
                 jobs: tx,
                 path: path.to_owned(),
-                committed,
+                topics: Mutex::default(),
             }),
         })
     }
@@ -120,9 +119,11 @@ impl Db {
         &self.inner.path
     }
 
-    /// Notified after each local commit.
-    pub fn committed(&self) -> &Notify {
-        &self.inner.committed
+    /// The in-process wake-up for `topic`: writers notify it after a change that waiters
+    /// care about; other processes' changes show in [`Db::data_version`] instead.
+    pub fn topic(&self, topic: &str) -> Arc<Notify> {
+        let mut topics = self.inner.topics.lock().expect("topic map poisoned");
+        topics.entry(topic.to_owned()).or_default().clone()
     }
 
     /// Runs `f` in a write transaction shared with other concurrent writes; answers after
@@ -247,7 +248,7 @@ fn enable_wal(conn: &Connection) -> Result<(), DbError> {
     }
 }
 
-fn serve(conn: Connection, jobs: mpsc::Receiver<Envelope>, committed: &Notify) {
+fn serve(conn: Connection, jobs: mpsc::Receiver<Envelope>) {
     while let Ok(first) = jobs.recv() {
         let mut writes = Vec::new();
         let mut next = Some(first);
@@ -263,7 +264,6 @@ fn serve(conn: Connection, jobs: mpsc::Receiver<Envelope>, committed: &Notify) {
         }
         if !writes.is_empty() {
             run_batch(&conn, writes);
-            committed.notify_waiters();
         }
     }
 }

@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const SCHEMA: &str = "
@@ -70,6 +71,8 @@ pub struct SqliteQueue {
 struct Inner {
     db: Db,
     name: String,
+    /// Signalled after every change that can make a message deliverable.
+    changed: Arc<Notify>,
     max_receives: u32,
     last_prune: AtomicI64,
 }
@@ -82,12 +85,26 @@ impl SqliteQueue {
         db.migrate(SCHEMA).await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                changed: db.topic(&format!("queue:{name}")),
                 db,
                 name: name.to_owned(),
                 max_receives: max_receives.max(1),
                 last_prune: AtomicI64::new(0),
             }),
         })
+    }
+
+    /// A write that may make a message deliverable: waiting receivers are woken after it.
+    async fn mutate<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
+        let result = self.inner.db.write(f).await;
+        if result.is_ok() {
+            self.inner.changed.notify_waiters();
+        }
+        result
     }
 
     async fn try_receive(
@@ -257,9 +274,7 @@ impl Queue for SqliteQueue {
             self.inner.last_prune.store(now, Ordering::Relaxed);
         }
         let sent = self
-            .inner
-            .db
-            .write(move |c| {
+            .mutate(move |c| {
                 let now = now_millis();
                 if prune {
                     c.prepare_cached("DELETE FROM queue_dedup WHERE queue = ?1 AND expires_at <= ?2")?
@@ -311,20 +326,23 @@ impl Queue for SqliteQueue {
         let deadline = Instant::now() + wait;
         let db = &self.inner.db;
         loop {
+            // Registered before looking, so a send that lands meanwhile still wakes us.
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let version = db.data_version().await?;
             let got = self.try_receive(max, visibility).await?;
             if !got.is_empty() || Instant::now() >= deadline {
                 observe_received(&self.inner.name, &got);
                 return Ok(got);
             }
-            // Wait for a local commit, another process's commit, or a timed-out delivery
-            // (checked once per second), whichever comes first.
+            // Wait for a change in this process, a commit by another process, or a
+            // timed-out delivery (checked once per second), whichever comes first.
             let recheck = Instant::now() + Duration::from_secs(1);
             loop {
-                let tick = tokio::time::sleep(POLL_INTERVAL);
                 tokio::select! {
-                    _ = db.committed().notified() => break,
-                    _ = tick => {}
+                    _ = changed.as_mut() => break,
+                    _ = tokio::time::sleep(POLL_INTERVAL) => {}
                 }
                 let now = Instant::now();
                 if now >= deadline || now >= recheck {
@@ -340,18 +358,16 @@ impl Queue for SqliteQueue {
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
         let name = self.inner.name.clone();
         let receipt = receipt.0.clone();
-        self.inner
-            .db
-            .write(move |c| {
-                let n = c
-                    .prepare_cached("DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2")?
-                    .execute(params![name, receipt])?;
-                if n == 0 {
-                    return Err(QueueError::StaleReceipt);
-                }
-                Ok(())
-            })
-            .await
+        self.mutate(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2")?
+                .execute(params![name, receipt])?;
+            if n == 0 {
+                return Err(QueueError::StaleReceipt);
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn change_visibility(
@@ -366,20 +382,18 @@ impl Queue for SqliteQueue {
         }
         let name = self.inner.name.clone();
         let receipt = receipt.0.clone();
-        self.inner
-            .db
-            .write(move |c| {
-                let now = now_millis();
-                let (seq, _, visible_at) = held(c, &name, &receipt)?;
-                // Like SQS: only a delivery still in flight can be changed.
-                if visible_at <= now {
-                    return Err(QueueError::StaleReceipt);
-                }
-                c.prepare_cached("UPDATE queue_messages SET visible_at = ?1 WHERE seq = ?2")?
-                    .execute(params![now + ms(timeout), seq])?;
-                Ok(())
-            })
-            .await
+        self.mutate(move |c| {
+            let now = now_millis();
+            let (seq, _, visible_at) = held(c, &name, &receipt)?;
+            // Like SQS: only a delivery still in flight can be changed.
+            if visible_at <= now {
+                return Err(QueueError::StaleReceipt);
+            }
+            c.prepare_cached("UPDATE queue_messages SET visible_at = ?1 WHERE seq = ?2")?
+                .execute(params![now + ms(timeout), seq])?;
+            Ok(())
+        })
+        .await
     }
 
     async fn fail(
@@ -392,37 +406,33 @@ impl Queue for SqliteQueue {
         let receipt = receipt.0.clone();
         let reason = reason.to_owned();
         let max_receives = self.inner.max_receives;
-        self.inner
-            .db
-            .write(move |c| {
-                let now = now_millis();
-                let (seq, receive_count, _) = held(c, &name, &receipt)?;
-                if receive_count >= max_receives {
-                    let why = format!("failed {receive_count} times; last error: {reason}");
-                    move_to_dead_letters(c, &name, seq, &why, now)?;
-                    return Ok(FailOutcome::DeadLettered);
-                }
-                c.prepare_cached(
-                    "UPDATE queue_messages SET visible_at = ?1, receipt = NULL, last_error = ?2
+        self.mutate(move |c| {
+            let now = now_millis();
+            let (seq, receive_count, _) = held(c, &name, &receipt)?;
+            if receive_count >= max_receives {
+                let why = format!("failed {receive_count} times; last error: {reason}");
+                move_to_dead_letters(c, &name, seq, &why, now)?;
+                return Ok(FailOutcome::DeadLettered);
+            }
+            c.prepare_cached(
+                "UPDATE queue_messages SET visible_at = ?1, receipt = NULL, last_error = ?2
                      WHERE seq = ?3",
-                )?
-                .execute(params![now + ms(retry_after), reason, seq])?;
-                Ok(FailOutcome::WillRetry)
-            })
-            .await
+            )?
+            .execute(params![now + ms(retry_after), reason, seq])?;
+            Ok(FailOutcome::WillRetry)
+        })
+        .await
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
         let name = self.inner.name.clone();
         let receipt = receipt.0.clone();
         let reason = reason.to_owned();
-        self.inner
-            .db
-            .write(move |c| {
-                let (seq, _, _) = held(c, &name, &receipt)?;
-                move_to_dead_letters(c, &name, seq, &reason, now_millis())
-            })
-            .await
+        self.mutate(move |c| {
+            let (seq, _, _) = held(c, &name, &receipt)?;
+            move_to_dead_letters(c, &name, seq, &reason, now_millis())
+        })
+        .await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -24,6 +24,7 @@ macro_rules! queue_contract_tests {
             stats_count_each_state,
             refuses_oversized_bodies_and_bad_ids,
             long_poll_wakes_for_a_send_on_another_connection,
+            long_poll_wakes_when_the_group_head_is_deleted,
         );
     };
 }

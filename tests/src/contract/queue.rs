@@ -384,3 +384,18 @@ pub async fn long_poll_wakes_for_a_send_on_another_connection(e: &dyn QueueEngin
         "long poll took {elapsed:?}"
     );
 }
+
+pub async fn long_poll_wakes_when_the_group_head_is_deleted(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "g", "first", "first").await;
+    send(q.as_ref(), "g", "second", "second").await;
+    let head = receive_one(q.as_ref(), LONG).await.unwrap();
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.receive(1, LONG, Duration::from_secs(20)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    q.delete(&head.receipt).await.unwrap();
+    let got = waiter.await.unwrap();
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), ["second"]);
+}

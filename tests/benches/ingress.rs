@@ -1,0 +1,231 @@
+//! Ingress hot path: signed webhooks per second through `ingress` into the SQLite queue,
+//! side by side in one run with a bare axum handler that only reads the body and answers
+//! 200. Client and servers share this machine's cores, equally for every target.
+//!
+//! `cargo bench -p waconnect-tests --bench ingress` — prints a table and writes
+//! `target/bench/ingress.json`. `BENCH_SECONDS` (default 5) and `BENCH_CONCURRENCY`
+//! (default 64) tune the run.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::config::{ConfigSource, IngressConfig};
+use waconnect_shared::queue::Queue;
+use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::sqlite::Db;
+use waconnect_tests::customer;
+use waconnect_tests::twilio::{incoming_text, signed};
+
+const TOKEN: &str = "bench-token";
+const PUBLIC: &str = "https://wa.example.test";
+const PATH: &str = "/twilio/messages";
+
+struct Outcome {
+    ok: u64,
+    failed: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+}
+
+impl Outcome {
+    fn report(&self, name: &str) -> serde_json::Value {
+        let q = |p: f64| self.latency.value_at_quantile(p) as f64 / 1000.0;
+        let rps = self.ok as f64 / self.seconds;
+        println!(
+            "{name:<22} {rps:>9.0} req/s   p50 {:>6.2} ms   p90 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   failed {}",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            self.latency.max() as f64 / 1000.0,
+            self.failed
+        );
+        json!({
+            "requests_per_second": rps,
+            "ok": self.ok,
+            "failed": self.failed,
+            "latency_ms": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": self.latency.max() as f64 / 1000.0 },
+        })
+    }
+}
+
+/// Drives `base` with `concurrency` keep-alive clients for `duration`, every request a new
+/// signed webhook with a unique MessageSid.
+async fn load(
+    base: String,
+    concurrency: usize,
+    duration: Duration,
+    counter: Arc<AtomicU64>,
+) -> Outcome {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (http, base, counter) = (http.clone(), base.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let fields = incoming_text(
+                        &format!("SM{n:032x}"),
+                        customer(w * 1000 + (n as usize % 7)).as_str(),
+                        "Hello, I need help with my order",
+                    );
+                    let (body, sig) = signed(TOKEN, &format!("{PUBLIC}{PATH}"), &fields);
+                    let t = Instant::now();
+                    let res = http
+                        .post(format!("{base}{PATH}"))
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .header("x-twilio-signature", sig)
+                        .body(body)
+                        .send()
+                        .await;
+                    let good = match res {
+                        Ok(r) => r.status() == StatusCode::OK && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    hist.saturating_record(t.elapsed().as_micros() as u64);
+                    if good { ok += 1 } else { failed += 1 }
+                }
+                (ok, failed, hist)
+            })
+        })
+        .collect();
+    let mut total = Outcome {
+        ok: 0,
+        failed: 0,
+        seconds: 0.0,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    };
+    for w in workers {
+        let (ok, failed, hist) = w.await.unwrap();
+        total.ok += ok;
+        total.failed += failed;
+        total.latency.add(hist).unwrap();
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    total
+}
+
+async fn bare(listener: TcpListener, shutdown: CancellationToken) {
+    let app = Router::new().route(PATH, post(|_body: Bytes| async { StatusCode::OK }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .unwrap();
+}
+
+async fn ingress(
+    dir: &std::path::Path,
+    synchronous: &str,
+) -> (String, CancellationToken, Arc<dyn Queue>) {
+    let db_path = dir.join(format!("bench-{synchronous}.db"));
+    let config = IngressConfig::from_source(&ConfigSource::from_pairs([
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("WACONNECT_PUBLIC_BASE_URL", PUBLIC),
+        ("WACONNECT_INGRESS_BIND", "127.0.0.1:0"),
+        ("WACONNECT_SQLITE_PATH", db_path.to_str().unwrap()),
+        ("WACONNECT_SQLITE_SYNCHRONOUS", synchronous),
+    ]))
+    .unwrap();
+    let listener = TcpListener::bind(config.bind).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(waconnect_ingress::run(config, listener, shutdown.clone()));
+    let db = Db::open_path(&db_path, synchronous.parse().unwrap())
+        .await
+        .unwrap();
+    let queue: Arc<dyn Queue> = Arc::new(SqliteQueue::open(db, "inbound", 5).await.unwrap());
+    (base, shutdown, queue)
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let duration = Duration::from_secs(seconds);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        println!(
+            "{concurrency} concurrent keep-alive clients, {seconds} s per target, {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        tokio::spawn(bare(listener, stop.clone()));
+        load(
+            base.clone(),
+            concurrency,
+            Duration::from_secs(1),
+            counter.clone(),
+        )
+        .await; // warm-up
+        let bare_run = load(base, concurrency, duration, counter.clone()).await;
+        stop.cancel();
+        let bare_json = bare_run.report("bare axum 200");
+
+        let mut results = json!({ "bare": bare_json });
+        let mut ingress_full_rps = 0.0;
+        for sync in ["full", "normal"] {
+            let (base, stop, queue) = ingress(dir.path(), sync).await;
+            load(
+                base.clone(),
+                concurrency,
+                Duration::from_secs(1),
+                counter.clone(),
+            )
+            .await; // warm-up
+            let before = queue.stats().await.unwrap().visible;
+            let run = load(base, concurrency, duration, counter.clone()).await;
+            let after = queue.stats().await.unwrap().visible;
+            stop.cancel();
+            // Every 200 must be a message on the queue: nothing acknowledged and lost.
+            assert_eq!(
+                after - before,
+                run.ok,
+                "ingress answered 200 for messages not on the queue"
+            );
+            let name = format!("ingress sync={sync}");
+            let mut report = run.report(&name);
+            report["enqueued"] = json!(after - before);
+            if sync == "full" {
+                ingress_full_rps = run.ok as f64 / run.seconds;
+            }
+            results[format!("ingress_synchronous_{sync}")] = report;
+        }
+        let ratio = ingress_full_rps / (bare_run.ok as f64 / bare_run.seconds);
+        println!(
+            "ratio ingress (durable, synchronous=full) / bare = {:.1}%",
+            ratio * 100.0
+        );
+        results["ratio_ingress_full_to_bare"] = json!(ratio);
+        results["concurrency"] = json!(concurrency);
+        results["seconds_per_target"] = json!(seconds);
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        std::fs::create_dir_all(&out).unwrap();
+        let file = out.join("ingress.json");
+        std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+        println!("wrote {}", file.display());
+    });
+}
