@@ -34,7 +34,6 @@ CREATE TABLE IF NOT EXISTS queue_messages (
 );
 CREATE INDEX IF NOT EXISTS queue_messages_group ON queue_messages (queue, group_id, seq);
 CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (queue, visible_at);
-CREATE UNIQUE INDEX IF NOT EXISTS queue_messages_receipt ON queue_messages (receipt);
 CREATE TABLE IF NOT EXISTS queue_dedup (
     queue TEXT NOT NULL,
     dedup_id TEXT NOT NULL,
@@ -204,7 +203,9 @@ fn receive_now(
                 moved = true;
                 continue;
             }
-            let receipt = uuid::Uuid::new_v4().simple().to_string();
+            // The row's sequence number leads the receipt, so receipts are found by primary
+            // key and need no index of their own; the random part makes each one unique.
+            let receipt = format!("{}.{}", row.seq, uuid::Uuid::new_v4().simple());
             c.prepare_cached(
                 "UPDATE queue_messages SET receive_count = receive_count + 1, receipt = ?1,
                  visible_at = ?2 WHERE seq = ?3",
@@ -249,12 +250,24 @@ fn move_to_dead_letters(
     Ok(())
 }
 
-/// The message's sequence number and receive count, if `receipt` is its current one.
+/// The row a receipt names (its leading sequence number); not checked against the row.
+fn receipt_seq(receipt: &str) -> Result<i64, QueueError> {
+    receipt
+        .split_once('.')
+        .and_then(|(seq, _)| seq.parse().ok())
+        .ok_or(QueueError::StaleReceipt)
+}
+
+/// The message's sequence number, receive count and visibility, if `receipt` is its
+/// current one.
 fn held(c: &Connection, queue: &str, receipt: &str) -> Result<(i64, u32, i64), QueueError> {
     c.prepare_cached(
-        "SELECT seq, receive_count, visible_at FROM queue_messages WHERE queue = ?1 AND receipt = ?2",
+        "SELECT seq, receive_count, visible_at FROM queue_messages
+         WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
     )?
-    .query_row(params![queue, receipt], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .query_row(params![receipt_seq(receipt)?, queue, receipt], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
     .optional()?
     .ok_or(QueueError::StaleReceipt)
 }
@@ -360,8 +373,10 @@ impl Queue for SqliteQueue {
         let receipt = receipt.0.clone();
         self.mutate(move |c| {
             let n = c
-                .prepare_cached("DELETE FROM queue_messages WHERE queue = ?1 AND receipt = ?2")?
-                .execute(params![name, receipt])?;
+                .prepare_cached(
+                    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                )?
+                .execute(params![receipt_seq(&receipt)?, name, receipt])?;
             if n == 0 {
                 return Err(QueueError::StaleReceipt);
             }

@@ -99,6 +99,21 @@ fn missing_or(c: &Connection, customer: &str, otherwise: StoreError) -> StoreErr
     }
 }
 
+/// Runs a conditional UPDATE of one conversation and returns the row as it is now. When it
+/// matches nothing, tells a missing record apart from a failed condition (`otherwise`).
+fn conditional(
+    c: &Connection,
+    key: &str,
+    sql: &str,
+    params: impl rusqlite::Params,
+    otherwise: StoreError,
+) -> Result<StoredConversation, StoreError> {
+    if c.prepare_cached(sql)?.execute(params)? == 0 {
+        return Err(missing_or(c, key, otherwise));
+    }
+    load(c, key)?.ok_or(StoreError::NotFound)
+}
+
 fn lease_of(s: &StoredConversation) -> Lease {
     Lease {
         customer: s.conversation.customer.clone(),
@@ -150,17 +165,15 @@ impl ConversationStore for SqliteStore {
         let ttl = conversation.ttl;
         self.db
             .write(move |c| {
-                let n = c
-                    .prepare_cached(
-                        "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
+                conditional(
+                    c,
+                    &key,
+                    "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
                            version = version + 1
                          WHERE customer = ?1 AND version = ?5",
-                    )?
-                    .execute(params![key, record, state, ttl, expected_version as i64])?;
-                if n == 0 {
-                    return Err(missing_or(c, &key, StoreError::Conflict));
-                }
-                load(c, &key)?.ok_or(StoreError::NotFound)
+                    params![key, record, state, ttl, expected_version as i64],
+                    StoreError::Conflict,
+                )
             })
             .await
     }
@@ -183,26 +196,16 @@ impl ConversationStore for SqliteStore {
         let lease_version = lease.version as i64;
         self.db
             .write(move |c| {
-                let n = c
-                    .prepare_cached(
-                        "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
+                conditional(
+                    c,
+                    &key,
+                    "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
                            version = version + 1
                          WHERE customer = ?1 AND lease_owner = ?5 AND lease_version = ?6
                            AND lease_expires_at > ?7",
-                    )?
-                    .execute(params![
-                        key,
-                        record,
-                        state,
-                        ttl,
-                        owner,
-                        lease_version,
-                        now_millis()
-                    ])?;
-                if n == 0 {
-                    return Err(missing_or(c, &key, StoreError::LeaseLost));
-                }
-                load(c, &key)?.ok_or(StoreError::NotFound)
+                    params![key, record, state, ttl, owner, lease_version, now_millis()],
+                    StoreError::LeaseLost,
+                )
             })
             .await
     }
@@ -222,18 +225,16 @@ impl ConversationStore for SqliteStore {
         self.db
             .write(move |c| {
                 let now = now_millis();
-                let n = c
-                    .prepare_cached(
-                        "UPDATE conversations SET lease_owner = ?2, lease_expires_at = ?3,
+                conditional(
+                    c,
+                    &key,
+                    "UPDATE conversations SET lease_owner = ?2, lease_expires_at = ?3,
                            lease_version = lease_version + 1
                          WHERE customer = ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?4)",
-                    )?
-                    .execute(params![key, owner, now + length, now])?;
-                if n == 0 {
-                    return Err(missing_or(c, &key, StoreError::LeaseHeld));
-                }
-                let s = load(c, &key)?.ok_or(StoreError::NotFound)?;
-                Ok(lease_of(&s))
+                    params![key, owner, now + length, now],
+                    StoreError::LeaseHeld,
+                )
+                .map(|s| lease_of(&s))
             })
             .await
     }
@@ -246,19 +247,17 @@ impl ConversationStore for SqliteStore {
         self.db
             .write(move |c| {
                 let now = now_millis();
-                let n = c
-                    .prepare_cached(
-                        "UPDATE conversations SET lease_expires_at = ?2,
+                conditional(
+                    c,
+                    &key,
+                    "UPDATE conversations SET lease_expires_at = ?2,
                            lease_version = lease_version + 1
                          WHERE customer = ?1 AND lease_owner = ?3 AND lease_version = ?4
                            AND lease_expires_at > ?5",
-                    )?
-                    .execute(params![key, now + length, owner, lease_version, now])?;
-                if n == 0 {
-                    return Err(missing_or(c, &key, StoreError::LeaseLost));
-                }
-                let s = load(c, &key)?.ok_or(StoreError::NotFound)?;
-                Ok(lease_of(&s))
+                    params![key, now + length, owner, lease_version, now],
+                    StoreError::LeaseLost,
+                )
+                .map(|s| lease_of(&s))
             })
             .await
     }
@@ -269,17 +268,16 @@ impl ConversationStore for SqliteStore {
         let lease_version = lease.version as i64;
         self.db
             .write(move |c| {
-                let n = c
-                    .prepare_cached(
-                        "UPDATE conversations SET lease_owner = NULL, lease_expires_at = 0,
+                conditional(
+                    c,
+                    &key,
+                    "UPDATE conversations SET lease_owner = NULL, lease_expires_at = 0,
                            lease_version = lease_version + 1
                          WHERE customer = ?1 AND lease_owner = ?2 AND lease_version = ?3",
-                    )?
-                    .execute(params![key, owner, lease_version])?;
-                if n == 0 {
-                    return Err(missing_or(c, &key, StoreError::LeaseLost));
-                }
-                Ok(())
+                    params![key, owner, lease_version],
+                    StoreError::LeaseLost,
+                )
+                .map(|_| ())
             })
             .await
     }
