@@ -59,7 +59,7 @@ impl SqliteEngine {
 #[async_trait]
 impl QueueEngine for SqliteEngine {
     async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
-        let name = format!("q-{}", uuid_like());
+        let name = format!("q-{}", unique_suffix());
         let a = SqliteQueue::open(self.db().await, &name, max_receives)
             .await
             .unwrap();
@@ -81,7 +81,8 @@ impl StoreEngine for SqliteEngine {
     }
 }
 
-fn uuid_like() -> String {
+/// Unique within this machine: the process id and a counter.
+fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
