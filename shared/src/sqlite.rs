@@ -12,7 +12,7 @@
 use crate::config::{EmbeddedConfig, Synchronous};
 use rusqlite::Connection;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,7 +77,6 @@ pub struct Db {
 
 struct Inner {
     jobs: mpsc::Sender<Envelope>,
-    path: PathBuf,
     /// In-process wake-ups by topic (e.g. a queue name), for long polls.
     topics: Mutex<HashMap<String, Arc<Notify>>>,
 }
@@ -109,14 +108,9 @@ impl Db {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: tx,
-                path: path.to_owned(),
                 topics: Mutex::default(),
             }),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     /// The in-process wake-up for `topic`: writers notify it after a change that waiters

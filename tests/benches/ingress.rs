@@ -119,6 +119,17 @@ async fn load(
     total
 }
 
+/// One second of load before measuring: connections, caches and the allocator settle.
+async fn warm_up(base: &str, concurrency: usize, counter: &Arc<AtomicU64>) {
+    load(
+        base.to_owned(),
+        concurrency,
+        Duration::from_secs(1),
+        counter.clone(),
+    )
+    .await;
+}
+
 async fn bare(listener: TcpListener, shutdown: CancellationToken) {
     let app = Router::new().route(PATH, post(|_body: Bytes| async { StatusCode::OK }));
     axum::serve(listener, app)
@@ -174,13 +185,7 @@ fn main() {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         tokio::spawn(bare(listener, stop.clone()));
-        load(
-            base.clone(),
-            concurrency,
-            Duration::from_secs(1),
-            counter.clone(),
-        )
-        .await; // warm-up
+        warm_up(&base, concurrency, &counter).await;
         let bare_run = load(base, concurrency, duration, counter.clone()).await;
         stop.cancel();
         let bare_json = bare_run.report("bare axum 200");
@@ -189,13 +194,7 @@ fn main() {
         let mut ingress_full_rps = 0.0;
         for sync in ["full", "normal"] {
             let (base, stop, queue) = ingress(dir.path(), sync).await;
-            load(
-                base.clone(),
-                concurrency,
-                Duration::from_secs(1),
-                counter.clone(),
-            )
-            .await; // warm-up
+            warm_up(&base, concurrency, &counter).await;
             let before = queue.stats().await.unwrap().visible;
             let run = load(base, concurrency, duration, counter.clone()).await;
             let after = queue.stats().await.unwrap().visible;

@@ -113,12 +113,6 @@ pub enum QueueError {
     Backend(String),
 }
 
-impl QueueError {
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
-}
-
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// The queue's name (used as the `queue` label in metrics).
