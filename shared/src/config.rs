@@ -486,14 +486,21 @@ impl WorkerConfig {
         default_port: u16,
     ) -> Result<Self, ConfigErrors> {
         let mut r = source.reader();
-        let common = CommonConfig::read(&mut r);
+        let config = Self::read(&mut r, bind_var, default_port);
+        r.finish()?;
+        Ok(config)
+    }
+
+    /// Reads the shared part into `r`, so a service can add its own variables and report
+    /// every problem at once.
+    pub fn read(r: &mut Reader<'_>, bind_var: &str, default_port: u16) -> Self {
+        let common = CommonConfig::read(r);
         let ops_bind = r.optional(
             bind_var,
             SocketAddr::from(([0, 0, 0, 0], default_port)),
             "an address like 0.0.0.0:9090",
         );
-        r.finish()?;
-        Ok(Self { common, ops_bind })
+        Self { common, ops_bind }
     }
 }
 

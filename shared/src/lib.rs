@@ -1,5 +1,6 @@
 //! The library the three waconnect services stand on.
 //!
+//! * [`aws`] — the AWS SDK configuration every AWS client is built from.
 //! * [`config`] — typed, validated configuration from the environment.
 //! * [`address`], [`event`], [`outbound`], [`conversation`] — domain types.
 //! * [`queue`] and [`store`] — the two storage contracts, with their engines.
@@ -7,6 +8,7 @@
 //! * [`telemetry`], [`ops`], [`shutdown`] — logs, metrics, probes and graceful shutdown.
 
 pub mod address;
+pub mod aws;
 pub mod backend;
 pub mod config;
 pub mod conversation;

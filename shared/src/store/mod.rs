@@ -86,11 +86,14 @@ pub trait ConversationStore: Send + Sync + 'static {
         expected_version: u64,
     ) -> Result<StoredConversation, StoreError>;
 
-    /// Replaces the record if `lease` is still the current, unexpired lease: the write a
-    /// lease holder makes (e.g. advancing the agent cursor) and a deposed one cannot.
+    /// Replaces the record if `lease` is still the current, unexpired lease and the
+    /// version is still `expected_version`: the write a lease holder makes (e.g. advancing
+    /// the agent cursor) and a deposed one cannot. A lost lease is reported as
+    /// [`StoreError::LeaseLost`] even when the version moved too.
     async fn update_fenced(
         &self,
         conversation: &Conversation,
+        expected_version: u64,
         lease: &Lease,
     ) -> Result<StoredConversation, StoreError>;
 

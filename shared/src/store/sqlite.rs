@@ -181,6 +181,7 @@ impl ConversationStore for SqliteStore {
     async fn update_fenced(
         &self,
         conversation: &Conversation,
+        expected_version: u64,
         lease: &Lease,
     ) -> Result<StoredConversation, StoreError> {
         if conversation.customer != lease.customer {
@@ -196,16 +197,40 @@ impl ConversationStore for SqliteStore {
         let lease_version = lease.version as i64;
         self.db
             .write(move |c| {
-                conditional(
-                    c,
-                    &key,
-                    "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
-                           version = version + 1
-                         WHERE customer = ?1 AND lease_owner = ?5 AND lease_version = ?6
-                           AND lease_expires_at > ?7",
-                    params![key, record, state, ttl, owner, lease_version, now_millis()],
-                    StoreError::LeaseLost,
-                )
+                let now = now_millis();
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE conversations SET record = ?2, state = ?3, ttl = ?4,
+                               version = version + 1
+                             WHERE customer = ?1 AND version = ?5 AND lease_owner = ?6
+                               AND lease_version = ?7 AND lease_expires_at > ?8",
+                    )?
+                    .execute(params![
+                        key,
+                        record,
+                        state,
+                        ttl,
+                        expected_version as i64,
+                        owner,
+                        lease_version,
+                        now
+                    ])?;
+                match load(c, &key)? {
+                    None => Err(StoreError::NotFound),
+                    Some(stored) if changed == 1 => Ok(stored),
+                    // A lost lease outranks a stale read: the caller must stop, not retry.
+                    Some(stored)
+                        if stored.lease.owner.as_deref() != Some(owner.as_str())
+                            || stored.lease.version != lease_version as u64
+                            || stored
+                                .lease
+                                .expires_at
+                                .is_none_or(|at| at.timestamp_millis() <= now) =>
+                    {
+                        Err(StoreError::LeaseLost)
+                    }
+                    Some(_) => Err(StoreError::Conflict),
+                }
             })
             .await
     }

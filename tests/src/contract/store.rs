@@ -254,7 +254,7 @@ pub async fn stale_holder_is_refused_everything(e: &dyn StoreEngine, _: &Path) {
     assert_eq!(store.release_lease(&old).await, Err(StoreError::LeaseLost));
     c.state = ConversationState::Ended;
     assert_eq!(
-        store.update_fenced(&c, &old).await,
+        store.update_fenced(&c, 1, &old).await,
         Err(StoreError::LeaseLost)
     );
     let now = store.get(&customer(1)).await.unwrap().unwrap();
@@ -321,7 +321,7 @@ pub async fn unheld_lists_lapsed_and_released_live_conversations(e: &dyn StoreEn
     let ended = store.acquire_lease(&customer(2), "w", SHORT).await.unwrap();
     let mut c2 = conversation(2);
     c2.state = ConversationState::Ended;
-    store.update_fenced(&c2, &ended).await.unwrap();
+    store.update_fenced(&c2, 1, &ended).await.unwrap();
     let released = store.acquire_lease(&customer(4), "w", LONG).await.unwrap();
     store.release_lease(&released).await.unwrap();
     until_lapsed(store.as_ref(), &customer(1)).await;
@@ -348,20 +348,29 @@ pub async fn fenced_update_needs_the_current_lease(e: &dyn StoreEngine, _: &Path
         id: "item-7".into(),
         absolute_time: "2026-11-24T10:00:00.000Z".into(),
     });
-    let stored = store.update_fenced(&c, &lease).await.unwrap();
+    let stored = store.update_fenced(&c, 1, &lease).await.unwrap();
     assert_eq!(stored.conversation.agent_cursor, c.agent_cursor);
     assert_eq!(stored.version, 2);
-    let renewed = store.renew_lease(&lease, LONG).await.unwrap();
+    // The holder's copy is stale once someone else wrote the record: it must re-read.
     assert_eq!(
-        store.update_fenced(&c, &lease).await,
-        Err(StoreError::LeaseLost)
+        store.update_fenced(&c, 1, &lease).await,
+        Err(StoreError::Conflict)
     );
-    store.update_fenced(&c, &renewed).await.unwrap();
+    let renewed = store.renew_lease(&lease, LONG).await.unwrap();
+    // A lost lease is reported as such even when the version is stale as well.
+    for version in [1, 2] {
+        assert_eq!(
+            store.update_fenced(&c, version, &lease).await,
+            Err(StoreError::LeaseLost)
+        );
+    }
+    let stored = store.update_fenced(&c, 2, &renewed).await.unwrap();
+    assert_eq!(stored.version, 3);
     let mut other = conversation(2);
     store.insert(&other).await.unwrap();
     other.state = ConversationState::Active;
     assert!(matches!(
-        store.update_fenced(&other, &renewed).await,
+        store.update_fenced(&other, 1, &renewed).await,
         Err(StoreError::InvalidArgument(_))
     ));
 }

@@ -1,0 +1,90 @@
+//! The AWS SDK configuration every AWS client in waconnect is built from: the usual
+//! credential chain and region, an HTTPS client on rustls with ring, and an optional
+//! endpoint override (the simulators in tests, VPC endpoints in production).
+
+use crate::config::Reader;
+use crate::secret::Secret;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    pub region: String,
+    /// Keys given to this process's configuration; otherwise the default chain (profile,
+    /// web identity, ECS task role, instance profile) applies.
+    pub static_credentials: Option<StaticCredentials>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+impl AwsConfig {
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`) and, if set, `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, read through the layered config so a
+    /// config file can carry them too.
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let region = match r.raw("AWS_REGION").or_else(|| r.raw("AWS_DEFAULT_REGION")) {
+            Some(region) => region.to_owned(),
+            None => {
+                r.error(
+                    "AWS_REGION",
+                    "is required (the region of the Connect instance)",
+                );
+                String::new()
+            }
+        };
+        let static_credentials = match (
+            r.raw("AWS_ACCESS_KEY_ID"),
+            r.secret("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Some(id), Some(secret)) => Some(StaticCredentials {
+                access_key_id: id.to_owned(),
+                secret_access_key: secret,
+                session_token: r.secret("AWS_SESSION_TOKEN"),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                r.error(
+                    "AWS_SECRET_ACCESS_KEY",
+                    "is required when AWS_ACCESS_KEY_ID is set",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                r.error(
+                    "AWS_ACCESS_KEY_ID",
+                    "is required when AWS_SECRET_ACCESS_KEY is set",
+                );
+                None
+            }
+        };
+        Self {
+            region,
+            static_credentials,
+        }
+    }
+
+    /// Loads the shared SDK configuration (resolving credentials lazily, per call).
+    pub async fn load(&self) -> SdkConfig {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .http_client(http);
+        if let Some(c) = &self.static_credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.expose().to_owned(),
+                c.session_token.as_ref().map(|t| t.expose().to_owned()),
+                None,
+                "waconnect-config",
+            ));
+        }
+        loader.load().await
+    }
+}

@@ -1,0 +1,197 @@
+//! A client for the simulator's agent desk and fault injection, for tests and the sandbox.
+
+use super::desk::ChatSummary;
+use super::wire::Item;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+#[derive(Clone)]
+pub struct DeskClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SimStats {
+    pub operations: BTreeMap<String, u64>,
+    pub contacts: usize,
+    /// Subscribed participant websockets open now.
+    pub sockets: usize,
+    pub calls: usize,
+}
+
+impl SimStats {
+    pub fn calls_to(&self, operation: &str) -> u64 {
+        self.operations.get(operation).copied().unwrap_or(0)
+    }
+}
+
+impl DeskClient {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "{path}: {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(serde_json::from_value(Value::Null)?);
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> anyhow::Result<T> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// Chats, oldest first; `state` is waiting, active or ended.
+    pub async fn chats(&self, state: Option<&str>) -> anyhow::Result<Vec<ChatSummary>> {
+        match state {
+            Some(s) => self.get(&format!("/agent/chats?state={s}")).await,
+            None => self.get("/agent/chats").await,
+        }
+    }
+
+    pub async fn accept(&self, contact_id: &str) -> anyhow::Result<()> {
+        self.post::<Value>(&format!("/agent/chats/{contact_id}/accept"), json!({}))
+            .await
+            .map(drop)
+    }
+
+    pub async fn send(&self, contact_id: &str, content: &str) -> anyhow::Result<Item> {
+        self.send_as(contact_id, "AGENT", content).await
+    }
+
+    pub async fn send_as(
+        &self,
+        contact_id: &str,
+        role: &str,
+        content: &str,
+    ) -> anyhow::Result<Item> {
+        self.post(
+            &format!("/agent/chats/{contact_id}/messages"),
+            json!({ "content": content, "role": role }),
+        )
+        .await
+    }
+
+    pub async fn typing(&self, contact_id: &str) -> anyhow::Result<Item> {
+        self.post(&format!("/agent/chats/{contact_id}/typing"), json!({}))
+            .await
+    }
+
+    pub async fn end(&self, contact_id: &str) -> anyhow::Result<()> {
+        self.post::<Value>(&format!("/agent/chats/{contact_id}/end"), json!({}))
+            .await
+            .map(drop)
+    }
+
+    pub async fn transcript(&self, contact_id: &str) -> anyhow::Result<Vec<Item>> {
+        self.get(&format!("/agent/chats/{contact_id}/transcript"))
+            .await
+    }
+
+    /// The customer's messages in a chat, in order.
+    pub async fn customer_texts(&self, contact_id: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .transcript(contact_id)
+            .await?
+            .into_iter()
+            .filter(|i| i.kind == "MESSAGE" && i.participant_role.as_deref() == Some("CUSTOMER"))
+            .filter_map(|i| i.content)
+            .collect())
+    }
+
+    pub async fn customer_events(&self, contact_id: &str) -> anyhow::Result<Vec<Item>> {
+        self.get(&format!("/agent/chats/{contact_id}/events")).await
+    }
+
+    pub async fn calls(&self) -> anyhow::Result<Vec<Value>> {
+        self.get("/agent/calls").await
+    }
+
+    pub async fn stats(&self) -> anyhow::Result<SimStats> {
+        self.get("/sim/stats").await
+    }
+
+    /// The next `count` REST calls (of `operations`, or any) answer 429 ThrottlingException.
+    pub async fn throttle(&self, count: u32, operations: Option<&[&str]>) -> anyhow::Result<()> {
+        self.post::<()>(
+            "/faults/throttle",
+            json!({ "count": count, "operations": operations }),
+        )
+        .await
+    }
+
+    /// The next `count` REST calls (of `operations`, or any) answer 500.
+    pub async fn fail(&self, count: u32, operations: Option<&[&str]>) -> anyhow::Result<()> {
+        self.post::<()>(
+            "/faults/error",
+            json!({ "count": count, "operations": operations }),
+        )
+        .await
+    }
+
+    pub async fn delay(&self, millis: u64) -> anyhow::Result<()> {
+        self.post::<()>("/faults/delay", json!({ "millis": millis }))
+            .await
+    }
+
+    pub async fn answer_heartbeats(&self, answer: bool) -> anyhow::Result<()> {
+        self.post::<()>("/faults/heartbeats", json!({ "answer": answer }))
+            .await
+    }
+
+    /// Closes participant websockets (one chat's, or all); returns how many.
+    pub async fn drop_sockets(&self, contact_id: Option<&str>) -> anyhow::Result<u64> {
+        let v: Value = self
+            .post("/faults/drop-sockets", json!({ "contact_id": contact_id }))
+            .await?;
+        Ok(v["dropped"].as_u64().unwrap_or(0))
+    }
+
+    pub async fn expire_tokens(&self, contact_id: Option<&str>) -> anyhow::Result<u64> {
+        let v: Value = self
+            .post("/faults/expire-tokens", json!({ "contact_id": contact_id }))
+            .await?;
+        Ok(v["expired"].as_u64().unwrap_or(0))
+    }
+
+    /// Customer messages containing `needle` are refused with ValidationException.
+    pub async fn reject_containing(&self, needle: Option<&str>) -> anyhow::Result<()> {
+        self.post::<()>("/faults/reject", json!({ "contains": needle }))
+            .await
+    }
+
+    pub async fn clear_faults(&self) -> anyhow::Result<()> {
+        self.post::<()>("/faults/clear", json!({})).await
+    }
+}

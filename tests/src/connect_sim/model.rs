@@ -1,0 +1,238 @@
+//! The simulator's state: contacts with their transcripts, tokens, sockets and calls. All
+//! of it sits behind one mutex that is never held across an await.
+
+use super::faults::Faults;
+use super::wire::{ApiError, Item};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub const EVENT_PREFIX: &str = "application/vnd.amazonaws.connect.event.";
+
+/// How long things live in the simulated Connect. Tests shorten them to exercise expiry.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The only instance id the simulator knows; others are ResourceNotFound.
+    pub instance_id: String,
+    /// A websocket URL not used within this long is refused (Connect: about 100 s).
+    pub url_ttl: Duration,
+    /// Connection tokens expire after this (Connect: 1 day).
+    pub connection_ttl: Duration,
+    /// A new chat whose customer never connects ends after this (Connect: 5 minutes).
+    pub connect_window: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            instance_id: "11111111-2222-3333-4444-555555555555".into(),
+            url_ttl: Duration::from_secs(100),
+            connection_ttl: Duration::from_secs(24 * 3600),
+            connect_window: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatState {
+    Waiting,
+    Active,
+    Ended,
+}
+
+/// What a socket task is told to do.
+#[derive(Debug)]
+pub enum SocketCommand {
+    /// A chat item, already serialised as the frame's `content` string.
+    Item(String),
+    Close,
+}
+
+pub struct SocketHandle {
+    pub id: u64,
+    pub subscribed: bool,
+    pub sender: mpsc::UnboundedSender<SocketCommand>,
+}
+
+pub struct Contact {
+    pub contact_id: String,
+    pub initial_contact_id: String,
+    pub continued_from: Option<String>,
+    pub flow_id: String,
+    pub display_name: String,
+    pub attributes: Map<String, Value>,
+    pub customer_participant_id: String,
+    pub agent_participant_id: String,
+    pub state: ChatState,
+    pub transcript: Vec<Item>,
+    /// SendMessage / SendEvent ClientToken → the item they created.
+    pub client_tokens: HashMap<String, (String, String)>,
+    pub customer_events: Vec<Item>,
+    pub sockets: Vec<SocketHandle>,
+    /// The chat ends if its customer has not connected by then.
+    pub connect_by: Instant,
+    pub ends_at: Instant,
+    pub ever_connected: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboundCall {
+    pub contact_id: String,
+    pub destination: String,
+    pub source: Option<String>,
+    pub contact_flow_id: String,
+    pub attributes: Map<String, Value>,
+    pub at: DateTime<Utc>,
+}
+
+pub struct Attachment {
+    pub contact_id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+    pub bytes: Option<Vec<u8>>,
+    pub completed: bool,
+}
+
+pub struct Connection {
+    pub contact_id: String,
+    pub expires: Instant,
+}
+
+pub struct WsUrl {
+    pub contact_id: String,
+    pub expires: Instant,
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub contacts: HashMap<String, Contact>,
+    /// Contact ids in creation order.
+    pub order: Vec<String>,
+    pub participant_tokens: HashMap<String, String>,
+    pub connections: HashMap<String, Connection>,
+    pub ws_urls: HashMap<String, WsUrl>,
+    /// StartChatContact / StartOutboundVoiceContact ClientToken → response.
+    pub start_tokens: HashMap<String, Value>,
+    pub calls: Vec<OutboundCall>,
+    pub attachments: HashMap<String, Attachment>,
+    pub faults: Faults,
+    /// Calls per operation, answered or not.
+    pub operations: BTreeMap<String, u64>,
+    last_time_ms: i64,
+    next_socket: u64,
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Connect's timestamp format: `yyyy-MM-ddThh:mm:ss.SSSZ`.
+pub fn iso(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+impl Inner {
+    /// A transcript time strictly after every earlier one, so items have a total order.
+    pub fn tick(&mut self) -> String {
+        let now = Utc::now().timestamp_millis().max(self.last_time_ms + 1);
+        self.last_time_ms = now;
+        iso(DateTime::from_timestamp_millis(now).expect("valid time"))
+    }
+
+    pub fn socket_id(&mut self) -> u64 {
+        self.next_socket += 1;
+        self.next_socket
+    }
+
+    /// The contact, after applying the lazy lifecycle rules (duration, connect window).
+    pub fn contact_mut(&mut self, contact_id: &str) -> Option<&mut Contact> {
+        let expired = {
+            let c = self.contacts.get(contact_id)?;
+            let now = Instant::now();
+            c.state != ChatState::Ended
+                && (now >= c.ends_at || (!c.ever_connected && now >= c.connect_by))
+        };
+        if expired {
+            self.end_chat(contact_id);
+        }
+        self.contacts.get_mut(contact_id)
+    }
+
+    /// The live contact a connection token speaks for, or the error Connect gives.
+    pub fn contact_for_connection(&mut self, token: &str) -> Result<String, ApiError> {
+        let contact_id = match self.connections.get(token) {
+            Some(c) if c.expires > Instant::now() => c.contact_id.clone(),
+            _ => {
+                return Err(ApiError::access_denied(
+                    "Invalid or expired connection token",
+                ));
+            }
+        };
+        match self.contact_mut(&contact_id) {
+            Some(c) if c.state != ChatState::Ended => Ok(contact_id),
+            _ => Err(ApiError::access_denied("The chat has ended")),
+        }
+    }
+
+    /// Appends an item to a contact's transcript and pushes it to its subscribed sockets.
+    pub fn append(&mut self, contact_id: &str, mut item: Item) -> Item {
+        item.absolute_time = self.tick();
+        let Some(c) = self.contacts.get_mut(contact_id) else {
+            return item;
+        };
+        item.contact_id = c.contact_id.clone();
+        item.initial_contact_id = c.initial_contact_id.clone();
+        let frame = serde_json::to_string(&item).expect("item serialises");
+        c.sockets
+            .retain(|s| !s.subscribed || s.sender.send(SocketCommand::Item(frame.clone())).is_ok());
+        c.transcript.push(item.clone());
+        item
+    }
+
+    pub fn event(&mut self, contact_id: &str, event: &str, role: Option<&str>) -> Option<Item> {
+        let c = self.contacts.get(contact_id)?;
+        let (participant_id, display_name) = match role {
+            Some("AGENT") => (c.agent_participant_id.clone(), "Agent".to_owned()),
+            Some("CUSTOMER") => (c.customer_participant_id.clone(), c.display_name.clone()),
+            _ => (String::new(), String::new()),
+        };
+        let item = Item {
+            id: new_id(),
+            kind: "EVENT".into(),
+            content_type: format!("{EVENT_PREFIX}{event}"),
+            content: None,
+            participant_id: Some(participant_id).filter(|p| !p.is_empty()),
+            display_name: Some(display_name).filter(|d| !d.is_empty()),
+            participant_role: role.map(str::to_owned),
+            ..Item::default()
+        };
+        Some(self.append(contact_id, item))
+    }
+
+    pub fn end_chat(&mut self, contact_id: &str) -> bool {
+        match self.contacts.get(contact_id) {
+            Some(c) if c.state != ChatState::Ended => {}
+            _ => return false,
+        }
+        // chat.ended carries no ParticipantRole.
+        self.event(contact_id, "chat.ended", None);
+        if let Some(c) = self.contacts.get_mut(contact_id) {
+            c.state = ChatState::Ended;
+            for s in c.sockets.drain(..) {
+                let _ = s.sender.send(SocketCommand::Close);
+            }
+        }
+        true
+    }
+
+    pub fn count(&mut self, operation: &str) {
+        *self.operations.entry(operation.to_owned()).or_default() += 1;
+    }
+}
