@@ -1,24 +1,85 @@
-//! waconnect relay-worker: the fleet that owns the Amazon Connect side.
+//! waconnect relay-worker: the fleet that owns the Amazon Connect side (DESIGN.md §1, §4).
 //!
-//! So far it opens its queues and the conversation store, exports their depth and serves
-//! its probes; the Connect relay (chats, leases, websockets, failover) builds on this.
+//! * [`inbound`] consumes the inbound queue: starts (or restarts, rehydrated) the
+//!   customer's chat and sends their text with the Participant API.
+//! * [`fleet`] holds conversations under leases: one [`session`] per held conversation
+//!   keeps its participant [`websocket`], backfills from the transcript and forwards agent
+//!   items to the outbound queue; a sweeper adopts conversations whose holder died.
+//! * [`connect`] wraps the two AWS SDK clients with classified errors, backoff and metrics.
 
+pub mod backoff;
+pub mod config;
+pub mod connect;
+pub mod fleet;
+pub mod inbound;
+pub mod item;
+pub mod session;
+pub mod websocket;
+
+pub use config::{OPS_BIND_VAR, RelayConfig};
+
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigErrors, ConfigSource, WorkerConfig};
+use waconnect_shared::config::{ConfigErrors, ConfigSource};
+use waconnect_shared::queue::Queue;
+use waconnect_shared::store::ConversationStore;
 use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
 
-pub const OPS_BIND_VAR: &str = "WACONNECT_RELAY_OPS_BIND";
-
-pub fn config_from(source: &ConfigSource) -> Result<WorkerConfig, ConfigErrors> {
-    WorkerConfig::from_source(source, OPS_BIND_VAR, 9091)
+/// What every part of the relay shares.
+pub struct Relay {
+    pub api: connect::ConnectApi,
+    pub store: Arc<dyn ConversationStore>,
+    pub inbound: Arc<dyn Queue>,
+    pub outbound: Arc<dyn Queue>,
+    pub config: Arc<RelayConfig>,
 }
 
+pub fn config_from(source: &ConfigSource) -> Result<RelayConfig, ConfigErrors> {
+    RelayConfig::from_source(source)
+}
+
+/// Runs the relay until `shutdown`: then it stops taking messages, finishes or abandons
+/// (for redelivery) the ones in flight, releases its leases, and returns — all within
+/// the configured grace period.
 pub async fn run(
-    config: WorkerConfig,
+    config: RelayConfig,
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let backends = WorkerBackends::open(&config).await?;
-    worker::serve_ops("relay-worker", &config, &backends, ops_listener, shutdown).await
+    let backends = WorkerBackends::open(&config.worker).await?;
+    let sdk = config.aws.load().await;
+    let config = Arc::new(config);
+    let relay = Arc::new(Relay {
+        api: connect::ConnectApi::new(&sdk, config.connect.clone()),
+        store: backends.store.clone(),
+        inbound: backends.inbound.clone(),
+        outbound: backends.outbound.clone(),
+        config: config.clone(),
+    });
+    tracing::info!(worker_id = %config.worker_id, "relay-worker starting");
+    let fleet = fleet::Fleet::new(relay.clone(), CancellationToken::new());
+    let consumer = tokio::spawn(inbound::consume(
+        relay.clone(),
+        fleet.clone(),
+        shutdown.clone(),
+    ));
+    let renewer = tokio::spawn(fleet.clone().renew_loop());
+    let sweeper = tokio::spawn(fleet.clone().sweep_loop());
+    // Adopt what is waiting right away rather than after the first interval.
+    fleet.sweep().await;
+    let served = worker::serve_ops(
+        "relay-worker",
+        &config.worker,
+        &backends,
+        ops_listener,
+        shutdown,
+    )
+    .await;
+    let grace = config.shutdown_grace;
+    let (_, ()) = tokio::join!(consumer, fleet.shutdown(grace));
+    renewer.abort();
+    sweeper.abort();
+    tracing::info!(worker_id = %config.worker_id, "relay-worker stopped; leases released");
+    served
 }

@@ -56,6 +56,11 @@ pub struct Conversation {
     /// Start of the customer's WhatsApp 24 h window.
     #[serde(default)]
     pub last_inbound_at: Option<DateTime<Utc>>,
+    /// When a "call me" keyword last placed a voice call, and for which message.
+    #[serde(default)]
+    pub last_call_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_call_sid: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Epoch seconds after which the record may be deleted (DynamoDB TTL). Never relied on.
     #[serde(default)]
@@ -76,6 +81,8 @@ impl Conversation {
             agent_cursor: None,
             last_inbound_message_sid: None,
             last_inbound_at: None,
+            last_call_at: None,
+            last_call_sid: None,
             created_at: Utc::now(),
             ttl: None,
         }
@@ -102,6 +109,8 @@ mod tests {
         });
         c.last_inbound_message_sid = Some("SM1".into());
         c.last_inbound_at = Some(Utc::now());
+        c.last_call_at = Some(Utc::now());
+        c.last_call_sid = Some("SM2".into());
         c.ttl = Some(1_800_000_000);
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Conversation>(&json).unwrap(), c);

@@ -1,0 +1,231 @@
+//! The relay-worker's configuration: the shared worker part, the Connect instance, and
+//! how leases, sockets and retries behave.
+
+use std::time::Duration;
+use waconnect_shared::aws::AwsConfig;
+use waconnect_shared::config::{ConfigErrors, ConfigSource, Reader, WorkerConfig};
+
+pub const OPS_BIND_VAR: &str = "WACONNECT_RELAY_OPS_BIND";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub worker: WorkerConfig,
+    pub aws: AwsConfig,
+    pub connect: ConnectSettings,
+    /// Names this process in the lease column; unique per process.
+    pub worker_id: String,
+    pub lease: Duration,
+    pub sweep_interval: Duration,
+    pub sweep_batch: usize,
+    pub heartbeat: Duration,
+    /// A socket is replaced by a fresh one this often, well before Connect drops it.
+    pub socket_refresh: Duration,
+    /// Inbound messages handled at once (different customers).
+    pub concurrency: usize,
+    pub visibility: Duration,
+    /// A failed inbound message is retried after this.
+    pub retry_after: Duration,
+    pub forward_system: bool,
+    pub forward_bot: bool,
+    pub closing_text: Option<String>,
+    pub shutdown_grace: Duration,
+    pub call_me: Option<CallMe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectSettings {
+    pub instance_id: String,
+    pub contact_flow_id: String,
+    /// Overrides the Connect API endpoint (VPC endpoint, or the simulator).
+    pub endpoint: Option<String>,
+    /// Overrides the Participant API endpoint; defaults to `endpoint` when that is set.
+    pub participant_endpoint: Option<String>,
+    pub chat_duration_minutes: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallMe {
+    /// Lowercase, without whitespace.
+    pub keywords: Vec<String>,
+    pub contact_flow_id: String,
+    pub source_number: Option<String>,
+    pub cooldown: Duration,
+}
+
+fn url(r: &mut Reader<'_>, name: &str) -> Option<String> {
+    let raw = r.raw(name)?;
+    match url::Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {
+            Some(raw.trim_end_matches('/').to_owned())
+        }
+        _ => {
+            r.error(name, format!("expected an http(s) URL, got {raw:?}"));
+            None
+        }
+    }
+}
+
+/// Keywords compare without case or whitespace: "Call Me" matches "callme".
+pub fn normalise(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl RelayConfig {
+    pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
+        let mut r = source.reader();
+        let worker = WorkerConfig::read(&mut r, OPS_BIND_VAR, 9091);
+        let aws = AwsConfig::read(&mut r);
+        let instance_id = r
+            .required("WACONNECT_CONNECT_INSTANCE_ID", "the Connect instance id")
+            .unwrap_or_default();
+        let contact_flow_id = r
+            .required(
+                "WACONNECT_CONNECT_CONTACT_FLOW_ID",
+                "the inbound chat contact flow id",
+            )
+            .unwrap_or_default();
+        let endpoint = url(&mut r, "WACONNECT_CONNECT_ENDPOINT");
+        let participant_endpoint =
+            url(&mut r, "WACONNECT_CONNECT_PARTICIPANT_ENDPOINT").or_else(|| endpoint.clone());
+        let chat_duration_minutes = r.optional(
+            "WACONNECT_CHAT_DURATION_MINUTES",
+            1500,
+            "minutes (60-10080)",
+        );
+        if !(60..=10080).contains(&chat_duration_minutes) {
+            r.error(
+                "WACONNECT_CHAT_DURATION_MINUTES",
+                "must be between 60 and 10080",
+            );
+        }
+        let worker_id = r.string(
+            "WACONNECT_RELAY_WORKER_ID",
+            &format!(
+                "relay-{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        );
+        let lease = r.duration("WACONNECT_RELAY_LEASE", Duration::from_secs(30));
+        let heartbeat = r.duration("WACONNECT_RELAY_HEARTBEAT", Duration::from_secs(10));
+        if heartbeat * 2 > lease {
+            r.error(
+                "WACONNECT_RELAY_LEASE",
+                "must be at least twice WACONNECT_RELAY_HEARTBEAT",
+            );
+        }
+        let keywords: Vec<String> = r
+            .raw("WACONNECT_CALLME_KEYWORDS")
+            .unwrap_or_default()
+            .split(',')
+            .map(normalise)
+            .filter(|k| !k.is_empty())
+            .collect();
+        let call_me = if keywords.is_empty() {
+            None
+        } else {
+            let flow = r.required::<String>(
+                "WACONNECT_CALLME_CONTACT_FLOW_ID",
+                "the outbound voice contact flow, required with WACONNECT_CALLME_KEYWORDS",
+            );
+            Some(CallMe {
+                keywords,
+                contact_flow_id: flow.unwrap_or_default(),
+                source_number: r.raw("WACONNECT_CALLME_SOURCE_NUMBER").map(str::to_owned),
+                cooldown: r.duration("WACONNECT_CALLME_COOLDOWN", Duration::from_secs(3600)),
+            })
+        };
+        let config = Self {
+            worker,
+            aws,
+            connect: ConnectSettings {
+                instance_id,
+                contact_flow_id,
+                endpoint,
+                participant_endpoint,
+                chat_duration_minutes,
+            },
+            worker_id,
+            lease,
+            sweep_interval: r.duration("WACONNECT_RELAY_SWEEP_INTERVAL", Duration::from_secs(5)),
+            sweep_batch: r.positive("WACONNECT_RELAY_SWEEP_BATCH", 50, "a count"),
+            heartbeat,
+            socket_refresh: r.duration(
+                "WACONNECT_RELAY_SOCKET_REFRESH",
+                Duration::from_secs(59 * 60),
+            ),
+            concurrency: r.positive("WACONNECT_RELAY_CONCURRENCY", 32, "a count"),
+            visibility: r.duration("WACONNECT_RELAY_VISIBILITY", Duration::from_secs(60)),
+            retry_after: r.duration("WACONNECT_RELAY_RETRY_AFTER", Duration::from_secs(2)),
+            forward_system: r.flag("WACONNECT_RELAY_FORWARD_SYSTEM", false),
+            forward_bot: r.flag("WACONNECT_RELAY_FORWARD_BOT", false),
+            closing_text: r.raw("WACONNECT_RELAY_CLOSING_TEXT").map(str::to_owned),
+            shutdown_grace: r.duration("WACONNECT_RELAY_SHUTDOWN_GRACE", Duration::from_secs(10)),
+            call_me,
+        };
+        r.finish()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: [(&str, &str); 3] = [
+        ("AWS_REGION", "eu-west-2"),
+        ("WACONNECT_CONNECT_INSTANCE_ID", "instance"),
+        ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
+    ];
+
+    #[test]
+    fn defaults_with_the_minimum() {
+        let c = RelayConfig::from_source(&ConfigSource::from_pairs(MINIMAL)).unwrap();
+        assert_eq!(c.lease, Duration::from_secs(30));
+        assert_eq!(c.heartbeat, Duration::from_secs(10));
+        assert_eq!(c.connect.chat_duration_minutes, 1500);
+        assert!(c.connect.endpoint.is_none() && c.call_me.is_none());
+        assert!(c.worker_id.starts_with("relay-"));
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let err = RelayConfig::from_source(&ConfigSource::from_pairs([
+            ("WACONNECT_CONNECT_ENDPOINT", "not a url"),
+            ("WACONNECT_RELAY_LEASE", "5s"),
+            ("WACONNECT_CALLME_KEYWORDS", "Call Me, ring me"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+        ]))
+        .unwrap_err();
+        for var in [
+            "AWS_REGION",
+            "WACONNECT_CONNECT_INSTANCE_ID",
+            "WACONNECT_CONNECT_CONTACT_FLOW_ID",
+            "WACONNECT_CONNECT_ENDPOINT",
+            "WACONNECT_RELAY_LEASE",
+            "WACONNECT_CALLME_CONTACT_FLOW_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ] {
+            assert!(err.names(var), "{var} not named in {err}");
+        }
+    }
+
+    #[test]
+    fn keywords_ignore_case_and_spaces_and_the_participant_endpoint_follows() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.extend([
+            ("WACONNECT_CALLME_KEYWORDS", "Call Me, RING  me"),
+            ("WACONNECT_CALLME_CONTACT_FLOW_ID", "voice"),
+            ("WACONNECT_CONNECT_ENDPOINT", "http://127.0.0.1:9/"),
+        ]);
+        let c = RelayConfig::from_source(&ConfigSource::from_pairs(pairs)).unwrap();
+        assert_eq!(c.call_me.unwrap().keywords, ["callme", "ringme"]);
+        assert_eq!(
+            c.connect.participant_endpoint.as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! The Connect and Participant API calls the relay makes, with errors classified, retried
+//! with backoff and jitter on throttling and server errors, and measured per operation.
+
+use crate::backoff::Backoff;
+use crate::config::ConnectSettings;
+use crate::item::ChatItem;
+use aws_sdk_connect::types::{ParticipantDetails, PersistentChat, RehydrationType};
+use aws_sdk_connectparticipant::types::{ConnectionType, ScanDirection, SortKey, StartPosition};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 403: a bad or expired token, or the chat is over.
+    AccessDenied,
+    /// 400-class: the request itself is wrong and will stay wrong.
+    Invalid,
+    Throttled,
+    Server,
+    /// No answer: connect failure, timeout, broken response.
+    Network,
+    Other,
+}
+
+impl ErrorKind {
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::Throttled | Self::Server | Self::Network)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::AccessDenied => "access_denied",
+            Self::Invalid => "invalid",
+            Self::Throttled => "throttled",
+            Self::Server => "server",
+            Self::Network => "network",
+            Self::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} failed ({code}): {message}")]
+pub struct ConnectError {
+    pub operation: &'static str,
+    pub kind: ErrorKind,
+    /// Connect's error type, e.g. `ValidationException`.
+    pub code: String,
+    pub message: String,
+}
+
+fn classify<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> ConnectError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().unwrap_or_default().to_owned();
+    let message = err
+        .message()
+        .map(str::to_owned)
+        .unwrap_or_else(|| aws_smithy_types::error::display::DisplayErrorContext(&err).to_string());
+    let kind = match (&err, code.as_str(), status) {
+        (
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_),
+            _,
+            _,
+        ) => ErrorKind::Network,
+        (_, "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException", _)
+        | (_, _, Some(429)) => ErrorKind::Throttled,
+        (_, "AccessDeniedException", _) | (_, _, Some(403)) => ErrorKind::AccessDenied,
+        (_, _, Some(s)) if s >= 500 => ErrorKind::Server,
+        (_, _, Some(s)) if s >= 400 => ErrorKind::Invalid,
+        _ => ErrorKind::Other,
+    };
+    ConnectError {
+        operation,
+        kind,
+        code: if code.is_empty() {
+            kind.label().to_owned()
+        } else {
+            code
+        },
+        message,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StartedChat {
+    pub contact_id: String,
+    pub participant_id: String,
+    pub participant_token: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParticipantConnection {
+    pub connection_token: String,
+    pub connection_expires_at: DateTime<Utc>,
+    pub websocket_url: String,
+}
+
+pub struct NewChat<'a> {
+    pub display_name: &'a str,
+    pub attributes: HashMap<String, String>,
+    pub client_token: String,
+    /// Rehydrate the whole past session of this (ended) contact.
+    pub continue_from: Option<&'a str>,
+}
+
+pub struct OutboundCall<'a> {
+    pub destination: &'a str,
+    pub contact_flow_id: &'a str,
+    pub source: Option<&'a str>,
+    pub client_token: String,
+    pub attributes: HashMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct ConnectApi {
+    connect: aws_sdk_connect::Client,
+    participant: aws_sdk_connectparticipant::Client,
+    settings: ConnectSettings,
+    retry_base: Duration,
+    retry_cap: Duration,
+    attempts: u32,
+}
+
+impl ConnectApi {
+    pub fn new(sdk: &aws_config::SdkConfig, settings: ConnectSettings) -> Self {
+        // Retries are ours (classified, jittered, measured), so the SDK's are off.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .build();
+        let mut connect = aws_sdk_connect::config::Builder::from(sdk)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts.clone());
+        if let Some(e) = &settings.endpoint {
+            connect = connect.endpoint_url(e);
+        }
+        let mut participant = aws_sdk_connectparticipant::config::Builder::from(sdk)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts);
+        if let Some(e) = &settings.participant_endpoint {
+            participant = participant.endpoint_url(e);
+        }
+        Self {
+            connect: aws_sdk_connect::Client::from_conf(connect.build()),
+            participant: aws_sdk_connectparticipant::Client::from_conf(participant.build()),
+            settings,
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_secs(5),
+            attempts: 6,
+        }
+    }
+
+    async fn call<T, E, F, Fut>(&self, operation: &'static str, mut f: F) -> Result<T, ConnectError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut backoff = Backoff::new(self.retry_base, self.retry_cap);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = f().await;
+            metrics::histogram!("waconnect_connect_call_duration_seconds", "operation" => operation)
+                .record(started.elapsed().as_secs_f64());
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => classify(operation, e),
+            };
+            metrics::counter!(
+                "waconnect_connect_errors_total",
+                "operation" => operation,
+                "kind" => err.kind.label()
+            )
+            .increment(1);
+            if !err.kind.retryable() || attempt >= self.attempts {
+                return Err(err);
+            }
+            tracing::debug!(operation, code = %err.code, attempt, "retrying Connect call");
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    pub async fn start_chat(&self, chat: NewChat<'_>) -> Result<StartedChat, ConnectError> {
+        let details = ParticipantDetails::builder()
+            .display_name(chat.display_name)
+            .build()
+            .map_err(|e| ConnectError {
+                operation: "StartChatContact",
+                kind: ErrorKind::Invalid,
+                code: "build".into(),
+                message: e.to_string(),
+            })?;
+        let persistent = chat.continue_from.map(|source| {
+            PersistentChat::builder()
+                .rehydration_type(RehydrationType::EntirePastSession)
+                .source_contact_id(source)
+                .build()
+        });
+        let out = self
+            .call("StartChatContact", || {
+                self.connect
+                    .start_chat_contact()
+                    .instance_id(&self.settings.instance_id)
+                    .contact_flow_id(&self.settings.contact_flow_id)
+                    .participant_details(details.clone())
+                    .set_attributes(Some(chat.attributes.clone()))
+                    .client_token(&chat.client_token)
+                    .chat_duration_in_minutes(self.settings.chat_duration_minutes)
+                    .supported_messaging_content_types("text/plain")
+                    .set_persistent_chat(persistent.clone())
+                    .send()
+            })
+            .await?;
+        Ok(StartedChat {
+            contact_id: out.contact_id().unwrap_or_default().to_owned(),
+            participant_id: out.participant_id().unwrap_or_default().to_owned(),
+            participant_token: out.participant_token().unwrap_or_default().to_owned(),
+        })
+    }
+
+    pub async fn create_connection(
+        &self,
+        participant_token: &str,
+    ) -> Result<ParticipantConnection, ConnectError> {
+        let out = self
+            .call("CreateParticipantConnection", || {
+                self.participant
+                    .create_participant_connection()
+                    .participant_token(participant_token)
+                    .r#type(ConnectionType::Websocket)
+                    .r#type(ConnectionType::ConnectionCredentials)
+                    .connect_participant(true)
+                    .send()
+            })
+            .await?;
+        let credentials = out.connection_credentials();
+        let expiry = credentials
+            .and_then(|c| c.expiry())
+            .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+            .map(|e| e.with_timezone(&Utc))
+            // Connect documents a day; assume less if it did not say.
+            .unwrap_or_else(|| Utc::now() + chrono::Duration::hours(12));
+        Ok(ParticipantConnection {
+            connection_token: credentials
+                .and_then(|c| c.connection_token())
+                .unwrap_or_default()
+                .to_owned(),
+            connection_expires_at: expiry,
+            websocket_url: out
+                .websocket()
+                .and_then(|w| w.url())
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
+    /// Returns the new item's Id.
+    pub async fn send_message(
+        &self,
+        connection_token: &str,
+        text: &str,
+        client_token: &str,
+    ) -> Result<String, ConnectError> {
+        let out = self
+            .call("SendMessage", || {
+                self.participant
+                    .send_message()
+                    .connection_token(connection_token)
+                    .content_type("text/plain")
+                    .content(text)
+                    .client_token(client_token)
+                    .send()
+            })
+            .await?;
+        Ok(out.id().unwrap_or_default().to_owned())
+    }
+
+    /// One page of the transcript, oldest first, from `start_id` (inclusive) or the start.
+    pub async fn transcript_page(
+        &self,
+        connection_token: &str,
+        start_id: Option<&str>,
+        next_token: Option<String>,
+    ) -> Result<(Vec<ChatItem>, Option<String>), ConnectError> {
+        let position = start_id.map(|id| StartPosition::builder().id(id).build());
+        let out = self
+            .call("GetTranscript", || {
+                self.participant
+                    .get_transcript()
+                    .connection_token(connection_token)
+                    .max_results(100)
+                    .scan_direction(ScanDirection::Forward)
+                    .sort_order(SortKey::Ascending)
+                    .set_start_position(if next_token.is_some() {
+                        None
+                    } else {
+                        position.clone()
+                    })
+                    .set_next_token(next_token.clone())
+                    .send()
+            })
+            .await?;
+        let items = out.transcript().iter().map(ChatItem::from_sdk).collect();
+        Ok((items, out.next_token().map(str::to_owned)))
+    }
+
+    pub async fn start_outbound_voice(
+        &self,
+        call: OutboundCall<'_>,
+    ) -> Result<String, ConnectError> {
+        let out = self
+            .call("StartOutboundVoiceContact", || {
+                self.connect
+                    .start_outbound_voice_contact()
+                    .instance_id(&self.settings.instance_id)
+                    .contact_flow_id(call.contact_flow_id)
+                    .destination_phone_number(call.destination)
+                    .set_source_phone_number(call.source.map(str::to_owned))
+                    .client_token(&call.client_token)
+                    .set_attributes(Some(call.attributes.clone()))
+                    .send()
+            })
+            .await?;
+        Ok(out.contact_id().unwrap_or_default().to_owned())
+    }
+}

@@ -1,0 +1,580 @@
+//! The inbound queue consumer: each customer message becomes Participant API calls on
+//! the customer's chat, started (or restarted, rehydrated) as needed (DESIGN.md §4).
+
+use crate::Relay;
+use crate::config::normalise;
+use crate::connect::{ConnectError, ErrorKind, NewChat, OutboundCall};
+use crate::fleet::Fleet;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::CustomerAddress;
+use waconnect_shared::conversation::{Conversation, ConversationState};
+use waconnect_shared::event::{EventError, EventKind, InboundEvent};
+use waconnect_shared::queue::{FailOutcome, MAX_RECEIVE_BATCH, QueueError, ReceivedMessage};
+use waconnect_shared::store::{StoreError, StoredConversation};
+
+/// Connect's SendMessage limit, in characters.
+pub const MAX_PART_CHARS: usize = 1024;
+/// How often one message may find its chat ended and start another before giving up.
+const MAX_CHAT_RESTARTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("conversation store: {0}")]
+    Store(#[from] StoreError),
+    #[error("inbound event: {0}")]
+    Event(#[from] EventError),
+    #[error("the chat kept ending while this message was relayed")]
+    ChatKeepsEnding,
+}
+
+/// Receives and relays until `stop`, then lets in-flight messages finish within `grace`.
+pub async fn consume(relay: Arc<Relay>, fleet: Arc<Fleet>, stop: CancellationToken) {
+    let config = relay.config.clone();
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let free = permits.available_permits().min(MAX_RECEIVE_BATCH);
+        if free == 0 {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tasks.join_next() => continue,
+            }
+        }
+        let received = tokio::select! {
+            () = stop.cancelled() => break,
+            r = relay.inbound.receive(free, config.visibility, Duration::from_secs(5)) => r,
+        };
+        let messages = match received {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound queue receive failed");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        for message in messages {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
+            let (relay, fleet) = (relay.clone(), fleet.clone());
+            tasks.spawn(async move {
+                process(&relay, &fleet, message).await;
+                drop(permit);
+            });
+        }
+    }
+    // Whatever does not finish in time is redelivered after its visibility timeout;
+    // every Connect call it made carries a ClientToken, so nothing doubles.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tasks.len(),
+            "in-flight inbound messages abandoned at shutdown"
+        );
+        tasks.abort_all();
+    }
+}
+
+async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) {
+    let queue = &relay.inbound;
+    let event = match InboundEvent::from_json(&message.body) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("undecodable inbound event: {e}");
+            tracing::error!(message_id = %message.message_id, %reason, "dead-lettering");
+            log_queue_error(queue.dead_letter(&message.receipt, &reason).await.err());
+            metrics::counter!("waconnect_relay_inbound_total", "outcome" => "dead_lettered")
+                .increment(1);
+            return;
+        }
+    };
+    let result = match event.kind {
+        EventKind::Message => relay_message(relay, fleet, &event, &message).await,
+        EventKind::Status => {
+            record_status(&event);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => {
+            log_queue_error(queue.delete(&message.receipt).await.err());
+            metrics::counter!("waconnect_relay_inbound_total", "outcome" => "relayed").increment(1);
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            match queue
+                .fail(&message.receipt, &reason, relay.config.retry_after)
+                .await
+            {
+                Ok(FailOutcome::DeadLettered) => {
+                    tracing::error!(message_id = %message.message_id, %reason, receives = message.receive_count, "inbound message dead-lettered");
+                    metrics::counter!("waconnect_relay_inbound_total", "outcome" => "dead_lettered").increment(1);
+                }
+                Ok(FailOutcome::WillRetry) => {
+                    tracing::warn!(message_id = %message.message_id, %reason, receives = message.receive_count, "inbound message will be retried");
+                    metrics::counter!("waconnect_relay_inbound_total", "outcome" => "retried")
+                        .increment(1);
+                }
+                Err(q) => log_queue_error(Some(q)),
+            }
+        }
+    }
+}
+
+fn log_queue_error(e: Option<QueueError>) {
+    if let Some(e) = e {
+        // The message comes back after its visibility timeout; nothing is lost.
+        tracing::warn!(error = %e, "inbound queue acknowledgement failed");
+    }
+}
+
+fn record_status(event: &InboundEvent) {
+    let status = event.message_status().unwrap_or("unknown");
+    // A fixed label set, whatever Twilio sends.
+    let status: &'static str = [
+        "queued",
+        "sending",
+        "sent",
+        "delivered",
+        "read",
+        "failed",
+        "undelivered",
+        "accepted",
+        "scheduled",
+        "canceled",
+        "receiving",
+        "received",
+    ]
+    .into_iter()
+    .find(|s| *s == status)
+    .unwrap_or("other");
+    metrics::counter!("waconnect_relay_status_callbacks_total", "status" => status).increment(1);
+    tracing::info!(
+        message_sid = event.message_sid().unwrap_or_default(),
+        status,
+        error_code = event.error_code().unwrap_or_default(),
+        "status callback recorded"
+    );
+}
+
+async fn relay_message(
+    relay: &Relay,
+    fleet: &Arc<Fleet>,
+    event: &InboundEvent,
+    message: &ReceivedMessage,
+) -> Result<(), RelayError> {
+    let customer = event.customer()?;
+    let sid = event.message_sid()?.to_owned();
+    let text = render(event);
+    let parts = split(&text, MAX_PART_CHARS);
+    'chat: for _ in 0..MAX_CHAT_RESTARTS {
+        let mut stored = active_conversation(relay, &customer, event).await?;
+        if stored.lease.owner.is_none()
+            || stored
+                .lease
+                .expires_at
+                .is_some_and(|t| t <= chrono::Utc::now())
+        {
+            fleet.adopt(&customer, "acquired").await;
+        }
+        for (i, part) in parts.iter().enumerate() {
+            loop {
+                let contact = stored.conversation.contact_id.clone().unwrap_or_default();
+                let token = stored
+                    .conversation
+                    .connection_token
+                    .as_ref()
+                    .map(|t| t.expose().to_owned())
+                    .unwrap_or_default();
+                let client_token = client_token(&["message", &sid, &contact, &i.to_string()]);
+                match relay.api.send_message(&token, part, &client_token).await {
+                    Ok(_) => break,
+                    Err(e) if e.kind == ErrorKind::AccessDenied => {
+                        match reconnect(relay, stored).await? {
+                            Some(fresh) => stored = fresh,
+                            None => continue 'chat,
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let lag = (chrono::Utc::now() - message.sent_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::histogram!("waconnect_relay_inbound_lag_seconds").record(lag.as_secs_f64());
+        note_inbound(relay, &customer, &sid, event).await?;
+        if let Some(call_me) = &relay.config.call_me {
+            let wanted = normalise(&text);
+            if call_me.keywords.iter().any(|k| wanted.contains(k.as_str())) {
+                call_customer(relay, &customer, &sid).await?;
+            }
+        }
+        return Ok(());
+    }
+    Err(RelayError::ChatKeepsEnding)
+}
+
+/// The customer's conversation with a live chat and a connection token, started (or
+/// restarted from the ended one) if need be. Every step is a conditional write: a worker
+/// that loses a race reads the winner's record and goes on with it.
+async fn active_conversation(
+    relay: &Relay,
+    customer: &CustomerAddress,
+    event: &InboundEvent,
+) -> Result<StoredConversation, RelayError> {
+    let sid = event.message_sid()?;
+    loop {
+        let Some(stored) = relay.store.get(customer).await? else {
+            let started = relay
+                .api
+                .start_chat(new_chat(
+                    customer,
+                    event,
+                    client_token(&["start", sid]),
+                    None,
+                ))
+                .await?;
+            let mut conversation = Conversation::new(customer.clone());
+            conversation.contact_id = Some(started.contact_id.clone());
+            conversation.initial_contact_id = Some(started.contact_id);
+            conversation.participant_id = Some(started.participant_id);
+            conversation.participant_token = Some(started.participant_token.into());
+            match relay.store.insert(&conversation).await {
+                Ok(_) | Err(StoreError::AlreadyExists) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut conversation = stored.conversation.clone();
+        match conversation.state {
+            ConversationState::Active => return Ok(stored),
+            ConversationState::Ended => {
+                let previous = conversation.contact_id.clone().unwrap_or_default();
+                let token = client_token(&["restart", sid, &previous]);
+                let started = match relay
+                    .api
+                    .start_chat(new_chat(customer, event, token.clone(), Some(&previous)))
+                    .await
+                {
+                    Ok(s) => s,
+                    // Connect would not rehydrate (the old contact is gone or too old):
+                    // a fresh chat is better than none.
+                    Err(e) if e.kind == ErrorKind::Invalid => {
+                        tracing::warn!(customer = %customer, code = %e.code, "persistent chat refused; starting a fresh one");
+                        relay
+                            .api
+                            .start_chat(new_chat(customer, event, format!("{token}-fresh"), None))
+                            .await?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                conversation.state = ConversationState::Starting;
+                conversation.contact_id = Some(started.contact_id.clone());
+                conversation.initial_contact_id = Some(started.contact_id);
+                conversation.participant_id = Some(started.participant_id);
+                conversation.participant_token = Some(started.participant_token.into());
+                conversation.connection_token = None;
+                conversation.connection_expires_at = None;
+                update(relay, &conversation, stored.version).await?;
+                metrics::counter!("waconnect_relay_chats_restarted_total").increment(1);
+            }
+            ConversationState::Starting => {
+                let participant = conversation.participant_token.clone().unwrap_or_default();
+                match relay.api.create_connection(participant.expose()).await {
+                    Ok(c) => {
+                        conversation.state = ConversationState::Active;
+                        conversation.connection_token = Some(c.connection_token.into());
+                        conversation.connection_expires_at = Some(c.connection_expires_at);
+                        update(relay, &conversation, stored.version).await?;
+                        metrics::counter!("waconnect_relay_chats_started_total").increment(1);
+                    }
+                    Err(e) if e.kind == ErrorKind::AccessDenied => {
+                        mark_ended(relay, stored).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+/// A conditional update whose lost race is fine: the caller re-reads either way.
+async fn update(relay: &Relay, c: &Conversation, version: u64) -> Result<(), RelayError> {
+    match relay.store.update(c, version).await {
+        Ok(_) | Err(StoreError::Conflict) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn mark_ended(relay: &Relay, stored: StoredConversation) -> Result<(), RelayError> {
+    let mut conversation = stored.conversation;
+    conversation.state = ConversationState::Ended;
+    conversation.connection_token = None;
+    update(relay, &conversation, stored.version).await
+}
+
+/// After a 403: a new connection if the chat is still on (the token had expired), or
+/// `None` once the chat is recorded as ended.
+async fn reconnect(
+    relay: &Relay,
+    stored: StoredConversation,
+) -> Result<Option<StoredConversation>, RelayError> {
+    let participant = stored
+        .conversation
+        .participant_token
+        .clone()
+        .unwrap_or_default();
+    match relay.api.create_connection(participant.expose()).await {
+        Ok(c) => {
+            let mut conversation = stored.conversation.clone();
+            conversation.connection_token = Some(c.connection_token.into());
+            conversation.connection_expires_at = Some(c.connection_expires_at);
+            match relay.store.update(&conversation, stored.version).await {
+                Ok(s) => Ok(Some(s)),
+                // Someone else wrote meanwhile; their record is at least as current.
+                Err(StoreError::Conflict) => Ok(relay.store.get(&conversation.customer).await?),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) if e.kind == ErrorKind::AccessDenied => {
+            mark_ended(relay, stored).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn note_inbound(
+    relay: &Relay,
+    customer: &CustomerAddress,
+    sid: &str,
+    event: &InboundEvent,
+) -> Result<(), RelayError> {
+    loop {
+        let Some(stored) = relay.store.get(customer).await? else {
+            return Ok(());
+        };
+        let mut conversation = stored.conversation;
+        conversation.last_inbound_message_sid = Some(sid.to_owned());
+        conversation.last_inbound_at = Some(event.received_at);
+        match relay.store.update(&conversation, stored.version).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// "Call me": an outbound voice call to the customer's number, at most once per cooldown
+/// (kept in the record, so the whole fleet honours it) — a toll-fraud guard.
+async fn call_customer(
+    relay: &Relay,
+    customer: &CustomerAddress,
+    sid: &str,
+) -> Result<(), RelayError> {
+    let Some(call_me) = &relay.config.call_me else {
+        return Ok(());
+    };
+    loop {
+        let Some(stored) = relay.store.get(customer).await? else {
+            return Ok(());
+        };
+        let mut conversation = stored.conversation;
+        let cooling = conversation.last_call_at.is_some_and(|at| {
+            (chrono::Utc::now() - at).to_std().unwrap_or_default() < call_me.cooldown
+        });
+        // A redelivery of the message that placed the call finishes recording it.
+        if cooling && conversation.last_call_sid.as_deref() != Some(sid) {
+            metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "cooldown")
+                .increment(1);
+            return Ok(());
+        }
+        let mut attributes = HashMap::new();
+        attributes.insert("Channel".to_owned(), "WhatsApp".to_owned());
+        if let Some(contact) = &conversation.contact_id {
+            attributes.insert("ChatContactId".to_owned(), contact.clone());
+        }
+        relay
+            .api
+            .start_outbound_voice(OutboundCall {
+                destination: customer.e164(),
+                contact_flow_id: &call_me.contact_flow_id,
+                source: call_me.source_number.as_deref(),
+                client_token: client_token(&["call", sid]),
+                attributes,
+            })
+            .await?;
+        conversation.last_call_at = Some(chrono::Utc::now());
+        conversation.last_call_sid = Some(sid.to_owned());
+        match relay.store.update(&conversation, stored.version).await {
+            Ok(_) => {
+                metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "called")
+                    .increment(1);
+                return Ok(());
+            }
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn new_chat<'a>(
+    customer: &'a CustomerAddress,
+    event: &'a InboundEvent,
+    client_token: String,
+    continue_from: Option<&'a str>,
+) -> NewChat<'a> {
+    let mut attributes = HashMap::new();
+    attributes.insert("Channel".to_owned(), "WhatsApp".to_owned());
+    attributes.insert("CustomerNumber".to_owned(), customer.e164().to_owned());
+    if let Some(w) = event.wa_id() {
+        attributes.insert("WaId".to_owned(), w.to_owned());
+    }
+    if let Some(p) = event.profile_name() {
+        attributes.insert("ProfileName".to_owned(), p.to_owned());
+    }
+    NewChat {
+        display_name: event
+            .profile_name()
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or(customer.e164()),
+        attributes,
+        client_token,
+        continue_from,
+    }
+}
+
+/// Connect ClientTokens derived from stable ids, so a redelivered message repeats the
+/// same calls and Connect answers them without doing them twice.
+pub fn client_token(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// What the agent reads for a WhatsApp message: its text, plus a line per attachment and
+/// for a shared location.
+pub fn render(event: &InboundEvent) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    if !event.body().trim().is_empty() {
+        lines.push(event.body().to_owned());
+    }
+    for m in event.media() {
+        lines.push(format!(
+            "[attachment: {}]",
+            m.content_type.unwrap_or("file")
+        ));
+    }
+    if let (Some(lat), Some(lon)) = (event.field("Latitude"), event.field("Longitude")) {
+        let label = event
+            .field("Label")
+            .or(event.field("Address"))
+            .unwrap_or_default();
+        lines.push(format!("[location: {lat},{lon} {label}]").replace(" ]", "]"));
+    }
+    if lines.is_empty() {
+        lines.push(format!(
+            "[{} message]",
+            event.message_type().unwrap_or("empty")
+        ));
+    }
+    lines.join("\n")
+}
+
+/// Splits `text` into parts of at most `max` characters, in order, preferring to cut at
+/// whitespace near the end of a part so words stay whole.
+pub fn split(text: &str, max: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        let mut end = (start + max).min(chars.len());
+        if end < chars.len()
+            && let Some(space) = (start + max * 3 / 4..end)
+                .rev()
+                .find(|&i| chars[i].is_whitespace())
+        {
+            end = space + 1;
+        }
+        parts.push(chars[start..end].iter().collect());
+        start = end;
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_split_in_order_within_the_limit() {
+        let text: String = (0..700).map(|i| format!("w{i} ")).collect();
+        let parts = split(&text, MAX_PART_CHARS);
+        assert!(parts.len() > 1);
+        assert!(parts.iter().all(|p| p.chars().count() <= MAX_PART_CHARS));
+        assert_eq!(parts.concat(), text);
+        assert!(parts[0].ends_with(' '), "cut mid-word");
+        let unbroken = "x".repeat(2500);
+        let parts = split(&unbroken, MAX_PART_CHARS);
+        assert_eq!(
+            parts.iter().map(String::len).collect::<Vec<_>>(),
+            [1024, 1024, 452]
+        );
+        assert_eq!(split("short", MAX_PART_CHARS), ["short"]);
+        let emoji = "😀".repeat(1500);
+        assert!(
+            split(&emoji, MAX_PART_CHARS)
+                .iter()
+                .all(|p| p.chars().count() <= 1024)
+        );
+    }
+
+    #[test]
+    fn client_tokens_are_stable_and_distinct() {
+        assert_eq!(client_token(&["a", "b"]), client_token(&["a", "b"]));
+        assert_ne!(client_token(&["a", "b"]), client_token(&["ab", ""]));
+        assert_eq!(client_token(&["x"]).len(), 32);
+    }
+
+    #[test]
+    fn media_and_locations_are_described() {
+        let event = InboundEvent::new(
+            EventKind::Message,
+            vec![
+                ("MessageSid".into(), "MM1".into()),
+                ("From".into(), "whatsapp:+15551230000".into()),
+                ("To".into(), "whatsapp:+15550000000".into()),
+                ("Body".into(), "".into()),
+                ("NumMedia".into(), "1".into()),
+                ("MediaUrl0".into(), "https://api.twilio.com/x".into()),
+                ("MediaContentType0".into(), "image/jpeg".into()),
+                ("Latitude".into(), "51.5".into()),
+                ("Longitude".into(), "-0.12".into()),
+                ("Label".into(), "Office".into()),
+            ],
+        );
+        assert_eq!(
+            render(&event),
+            "[attachment: image/jpeg]\n[location: 51.5,-0.12 Office]"
+        );
+    }
+}

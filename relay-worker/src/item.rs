@@ -1,0 +1,165 @@
+//! Connect chat items as the relay reads them, from the websocket or GetTranscript, and
+//! which of them go to the customer.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use waconnect_shared::conversation::AgentCursor;
+
+pub const EVENT_PREFIX: &str = "application/vnd.amazonaws.connect.event.";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ChatItem {
+    pub id: String,
+    pub absolute_time: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub content_type: String,
+    #[serde(rename = "Type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub participant_role: Option<String>,
+    #[serde(default)]
+    pub contact_id: Option<String>,
+}
+
+/// What the relay does with an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Text for the customer.
+    Forward,
+    /// The chat is over.
+    ChatEnded,
+    /// Customer's own echo, typing, receipts, joins: not text for the customer.
+    Ignore,
+}
+
+impl ChatItem {
+    pub fn from_sdk(i: &aws_sdk_connectparticipant::types::Item) -> Self {
+        Self {
+            id: i.id().unwrap_or_default().to_owned(),
+            absolute_time: i.absolute_time().unwrap_or_default().to_owned(),
+            content: i.content().map(str::to_owned),
+            content_type: i.content_type().unwrap_or_default().to_owned(),
+            kind: i
+                .r#type()
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default(),
+            participant_role: i.participant_role().map(|r| r.as_str().to_owned()),
+            contact_id: i.contact_id().map(str::to_owned),
+        }
+    }
+
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.absolute_time)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    pub fn role(&self) -> &str {
+        self.participant_role.as_deref().unwrap_or_default()
+    }
+
+    pub fn disposition(&self, forward_system: bool, forward_bot: bool) -> Disposition {
+        if self.content_type == format!("{EVENT_PREFIX}chat.ended") {
+            return Disposition::ChatEnded;
+        }
+        let text = self.kind == "MESSAGE"
+            && self
+                .content
+                .as_deref()
+                .is_some_and(|c| !c.trim().is_empty());
+        let wanted = match self.role() {
+            "AGENT" | "SUPERVISOR" => true,
+            "SYSTEM" => forward_system,
+            "CUSTOM_BOT" => forward_bot,
+            _ => false,
+        };
+        if text && wanted {
+            Disposition::Forward
+        } else {
+            Disposition::Ignore
+        }
+    }
+
+    /// Whether the item comes after `cursor`. Connect's times order the transcript; an
+    /// item with the cursor's own id is never newer.
+    pub fn is_after(&self, cursor: Option<&AgentCursor>) -> bool {
+        let Some(cursor) = cursor else { return true };
+        if self.id == cursor.id {
+            return false;
+        }
+        let parsed = DateTime::parse_from_rfc3339(&cursor.absolute_time).ok();
+        match (self.time(), parsed) {
+            (Some(mine), Some(theirs)) => mine >= theirs,
+            // Same fixed-width format: the strings order as the times do.
+            _ => self.absolute_time >= cursor.absolute_time,
+        }
+    }
+
+    pub fn cursor(&self) -> AgentCursor {
+        AgentCursor {
+            id: self.id.clone(),
+            absolute_time: self.absolute_time.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, time: &str, role: &str, kind: &str, content_type: &str) -> ChatItem {
+        ChatItem {
+            id: id.into(),
+            absolute_time: time.into(),
+            content: Some("hi".into()),
+            content_type: content_type.into(),
+            kind: kind.into(),
+            participant_role: Some(role.into()).filter(|r: &String| !r.is_empty()),
+            contact_id: None,
+        }
+    }
+
+    #[test]
+    fn only_agent_text_is_forwarded_by_default() {
+        let t = "2026-11-24T10:00:00.000Z";
+        let agent = item("a", t, "AGENT", "MESSAGE", "text/plain");
+        assert_eq!(agent.disposition(false, false), Disposition::Forward);
+        let customer = item("c", t, "CUSTOMER", "MESSAGE", "text/plain");
+        assert_eq!(customer.disposition(true, true), Disposition::Ignore);
+        let typing = item("t", t, "AGENT", "EVENT", &format!("{EVENT_PREFIX}typing"));
+        assert_eq!(typing.disposition(true, true), Disposition::Ignore);
+        let read = item(
+            "r",
+            t,
+            "AGENT",
+            "EVENT",
+            &format!("{EVENT_PREFIX}message.read"),
+        );
+        assert_eq!(read.disposition(true, true), Disposition::Ignore);
+        let system = item("s", t, "SYSTEM", "MESSAGE", "text/plain");
+        assert_eq!(system.disposition(false, false), Disposition::Ignore);
+        assert_eq!(system.disposition(true, false), Disposition::Forward);
+        let bot = item("b", t, "CUSTOM_BOT", "MESSAGE", "text/plain");
+        assert_eq!(bot.disposition(false, true), Disposition::Forward);
+        let ended = item("e", t, "", "EVENT", &format!("{EVENT_PREFIX}chat.ended"));
+        assert_eq!(ended.disposition(false, false), Disposition::ChatEnded);
+    }
+
+    #[test]
+    fn items_order_after_the_cursor() {
+        let cursor = AgentCursor {
+            id: "b".into(),
+            absolute_time: "2026-11-24T10:00:01.000Z".into(),
+        };
+        let at = |id: &str, t: &str| item(id, t, "AGENT", "MESSAGE", "text/plain");
+        assert!(!at("b", "2026-11-24T10:00:01.000Z").is_after(Some(&cursor)));
+        assert!(!at("a", "2026-11-24T10:00:00.999Z").is_after(Some(&cursor)));
+        assert!(at("c", "2026-11-24T10:00:01.001Z").is_after(Some(&cursor)));
+        // A different item in the same millisecond is not lost.
+        assert!(at("d", "2026-11-24T10:00:01.000Z").is_after(Some(&cursor)));
+        assert!(at("x", "2026-11-24T10:00:00.000Z").is_after(None));
+    }
+}

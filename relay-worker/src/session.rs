@@ -1,0 +1,397 @@
+//! One held conversation: its participant websocket, kept alive with heartbeats and
+//! replaced when it dies, backfilled from the transcript after every (re)connect, and its
+//! agent items forwarded to the outbound queue exactly once, in order.
+
+use crate::Relay;
+use crate::backoff::Backoff;
+use crate::connect::ErrorKind;
+use crate::item::{ChatItem, Disposition};
+use crate::websocket::{self, Frame, Socket};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::CustomerAddress;
+use waconnect_shared::conversation::{AgentCursor, ConversationState};
+use waconnect_shared::outbound::{Origin, OutboundMessage};
+use waconnect_shared::queue::NewMessage;
+use waconnect_shared::store::{Lease, StoreError, StoredConversation};
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The chat is over (or the record is gone): the lease is released.
+    Ended,
+    /// Another worker holds the conversation now; this one must not touch it.
+    LeaseLost,
+    /// This worker is shutting down: the lease is released for others to adopt.
+    Stopped,
+}
+
+/// Why the loop goes round again, or that it is done.
+enum Step {
+    Reconnect(&'static str),
+    Done(Outcome),
+}
+
+/// The lease as last renewed; the fleet's renewer writes it, the session reads it.
+pub type SharedLease = Arc<Mutex<Lease>>;
+
+/// How many recently forwarded ids are remembered, against same-millisecond ties.
+const RECENT: usize = 64;
+
+pub struct Session {
+    relay: Arc<Relay>,
+    customer: CustomerAddress,
+    lease: SharedLease,
+    /// The contact the socket belongs to.
+    contact_id: String,
+    cursor: Option<AgentCursor>,
+    recent: VecDeque<String>,
+}
+
+pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken) -> Outcome {
+    let customer = lease.lock().expect("lease lock").customer.clone();
+    let mut session = Session {
+        relay,
+        customer,
+        lease,
+        contact_id: String::new(),
+        cursor: None,
+        recent: VecDeque::with_capacity(RECENT),
+    };
+    let outcome = session.run(&stop).await;
+    if outcome != Outcome::LeaseLost {
+        let lease = session.current_lease();
+        if let Err(e) = session.relay.store.release_lease(&lease).await {
+            tracing::debug!(customer = %session.customer, error = %e, "lease release refused");
+        }
+    }
+    outcome
+}
+
+impl Session {
+    fn current_lease(&self) -> Lease {
+        self.lease.lock().expect("lease lock").clone()
+    }
+
+    async fn run(&mut self, stop: &CancellationToken) -> Outcome {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let step = tokio::select! {
+                () = stop.cancelled() => return Outcome::Stopped,
+                connected = self.connect() => match connected {
+                    Ok((socket, refresh_at)) => {
+                        backoff.reset();
+                        self.live(socket, refresh_at, stop).await
+                    }
+                    Err(step) => step,
+                },
+            };
+            match step {
+                Step::Done(outcome) => return outcome,
+                Step::Reconnect(reason) => {
+                    metrics::counter!("waconnect_relay_websocket_reconnects_total", "reason" => reason)
+                        .increment(1);
+                    tracing::debug!(customer = %self.customer, reason, "reconnecting participant websocket");
+                    let wait = if reason == "refresh" {
+                        Duration::ZERO
+                    } else {
+                        backoff.next_delay()
+                    };
+                    tokio::select! {
+                        () = stop.cancelled() => return Outcome::Stopped,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh connection, subscribed and backfilled; returns the socket and when to
+    /// replace it.
+    async fn connect(&mut self) -> Result<(Socket, Instant), Step> {
+        let stored = self.load().await?;
+        let conversation = &stored.conversation;
+        if conversation.state == ConversationState::Ended {
+            return Err(Step::Done(Outcome::Ended));
+        }
+        let (Some(contact_id), Some(participant_token)) =
+            (&conversation.contact_id, &conversation.participant_token)
+        else {
+            return Err(Step::Done(Outcome::Ended));
+        };
+        self.contact_id = contact_id.clone();
+        self.cursor = conversation.agent_cursor.clone();
+        let connection = match self
+            .relay
+            .api
+            .create_connection(participant_token.expose())
+            .await
+        {
+            Ok(c) => c,
+            // The participant token no longer opens the chat: it is over.
+            Err(e) if e.kind == ErrorKind::AccessDenied => {
+                return Err(Step::Done(self.end_chat(None).await));
+            }
+            Err(_) => return Err(Step::Reconnect("connection_error")),
+        };
+        let socket = websocket::open(&connection.websocket_url, Duration::from_secs(10))
+            .await
+            .map_err(|_| Step::Reconnect("socket_error"))?;
+        // Replace the socket before its connection's credentials run out.
+        let until_expiry = (connection.connection_expires_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_secs(300));
+        let refresh_at = Instant::now()
+            + self
+                .relay
+                .config
+                .socket_refresh
+                .min(until_expiry.max(Duration::from_secs(30)));
+        self.backfill(&connection.connection_token).await?;
+        Ok((socket, refresh_at))
+    }
+
+    async fn load(&self) -> Result<StoredConversation, Step> {
+        match self.relay.store.get(&self.customer).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(Step::Done(Outcome::Ended)),
+            Err(_) => Err(Step::Reconnect("store_error")),
+        }
+    }
+
+    /// Forwards what the agent wrote since the cursor, from the transcript.
+    async fn backfill(&mut self, connection_token: &str) -> Result<(), Step> {
+        let mut start = self.cursor.as_ref().map(|c| c.id.clone());
+        let mut next = None;
+        loop {
+            let page = self
+                .relay
+                .api
+                .transcript_page(connection_token, start.as_deref(), next.clone())
+                .await;
+            let (items, next_token) = match page {
+                Ok(p) => p,
+                // The cursor's item is not in this chat's transcript (a rehydrated chat
+                // may renumber): scan it all; the cursor's time still filters.
+                Err(e) if e.kind == ErrorKind::Invalid && start.is_some() && next.is_none() => {
+                    start = None;
+                    continue;
+                }
+                Err(_) => return Err(Step::Reconnect("backfill_error")),
+            };
+            for item in items {
+                let forwarded = self.handle(item).await?;
+                if forwarded {
+                    metrics::counter!("waconnect_relay_backfilled_items_total").increment(1);
+                }
+            }
+            match next_token {
+                Some(t) => next = Some(t),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn live(
+        &mut self,
+        mut socket: Socket,
+        refresh_at: Instant,
+        stop: &CancellationToken,
+    ) -> Step {
+        let period = self.relay.config.heartbeat;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let refresh = tokio::time::sleep_until(refresh_at);
+        tokio::pin!(refresh);
+        let mut awaiting_reply = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Step::Done(Outcome::Stopped),
+                () = &mut refresh => return Step::Reconnect("refresh"),
+                _ = heartbeat.tick() => {
+                    if self.current_lease().expires_at <= chrono::Utc::now() {
+                        return Step::Done(Outcome::LeaseLost);
+                    }
+                    if awaiting_reply {
+                        return Step::Reconnect("heartbeat");
+                    }
+                    if !websocket::heartbeat(&mut socket).await {
+                        return Step::Reconnect("closed");
+                    }
+                    awaiting_reply = true;
+                }
+                frame = websocket::next(&mut socket) => match frame {
+                    Frame::Heartbeat => awaiting_reply = false,
+                    Frame::Chat(item) => {
+                        if let Err(step) = self.handle(item).await {
+                            return step;
+                        }
+                    }
+                    Frame::Closed => return Step::Reconnect("closed"),
+                    Frame::Subscribed => {}
+                    Frame::Other(what) => {
+                        tracing::debug!(customer = %self.customer, frame = %what, "unexpected websocket frame");
+                    }
+                },
+            }
+        }
+    }
+
+    /// Acts on one item; true when it was forwarded.
+    async fn handle(&mut self, item: ChatItem) -> Result<bool, Step> {
+        let config = &self.relay.config;
+        match item.disposition(config.forward_system, config.forward_bot) {
+            Disposition::Ignore => Ok(false),
+            // A rehydrated transcript carries the earlier chats' endings too.
+            Disposition::ChatEnded
+                if item
+                    .contact_id
+                    .as_deref()
+                    .is_some_and(|c| c != self.contact_id) =>
+            {
+                Ok(false)
+            }
+            Disposition::ChatEnded => Err(Step::Done(self.end_chat(Some(&item)).await)),
+            Disposition::Forward => {
+                if !item.is_after(self.cursor.as_ref()) || self.recent.contains(&item.id) {
+                    return Ok(false);
+                }
+                self.forward(&item).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn forward(&mut self, item: &ChatItem) -> Result<(), Step> {
+        let message = OutboundMessage {
+            to: self.customer.clone(),
+            body: item.content.clone().unwrap_or_default(),
+            media_urls: Vec::new(),
+            template: None,
+            origin: Origin::ConnectItem {
+                contact_id: item
+                    .contact_id
+                    .clone()
+                    .unwrap_or_else(|| self.contact_id.clone()),
+                item_id: item.id.clone(),
+                participant_role: item.role().to_owned(),
+            },
+            created_at: chrono::Utc::now(),
+        };
+        self.enqueue(&message).await?;
+        // Only now does the cursor move: a crash before this re-forwards the item from
+        // the transcript, and the outbound queue's dedup (item Id) absorbs it.
+        self.advance_cursor(item.cursor()).await?;
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(item.id.clone());
+        metrics::counter!("waconnect_relay_forwarded_items_total", "role" => role_label(item.role()))
+            .increment(1);
+        Ok(())
+    }
+
+    async fn enqueue(&self, message: &OutboundMessage) -> Result<(), Step> {
+        let new = NewMessage {
+            group_id: self.customer.as_str().to_owned(),
+            dedup_id: message.dedup_id().to_owned(),
+            body: message.to_json(),
+        };
+        match self.relay.outbound.send(new).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(customer = %self.customer, error = %e, "outbound queue refused an agent message; will backfill");
+                Err(Step::Reconnect("outbound_unavailable"))
+            }
+        }
+    }
+
+    async fn advance_cursor(&mut self, cursor: AgentCursor) -> Result<(), Step> {
+        loop {
+            let stored = self.load().await?;
+            let mut conversation = stored.conversation;
+            conversation.agent_cursor = Some(cursor.clone());
+            let lease = self.current_lease();
+            match self
+                .relay
+                .store
+                .update_fenced(&conversation, stored.version, &lease)
+                .await
+            {
+                Ok(_) => {
+                    self.cursor = Some(cursor);
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::LeaseLost) => return Err(Step::Done(Outcome::LeaseLost)),
+                Err(StoreError::NotFound) => return Err(Step::Done(Outcome::Ended)),
+                Err(_) => return Err(Step::Reconnect("store_error")),
+            }
+        }
+    }
+
+    /// Marks the chat ended (unless the record already moved on to a newer chat) and
+    /// sends the closing text, if configured.
+    async fn end_chat(&mut self, item: Option<&ChatItem>) -> Outcome {
+        loop {
+            let Ok(stored) = self.load().await else {
+                return Outcome::Ended;
+            };
+            let mut conversation = stored.conversation;
+            if conversation.state == ConversationState::Ended
+                || conversation.contact_id.as_deref() != Some(self.contact_id.as_str())
+            {
+                return Outcome::Ended;
+            }
+            conversation.state = ConversationState::Ended;
+            conversation.connection_token = None;
+            let lease = self.current_lease();
+            match self
+                .relay
+                .store
+                .update_fenced(&conversation, stored.version, &lease)
+                .await
+            {
+                Ok(_) => break,
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::LeaseLost) => return Outcome::LeaseLost,
+                Err(e) => {
+                    tracing::warn!(customer = %self.customer, error = %e, "cannot record the chat's end");
+                    return Outcome::Ended;
+                }
+            }
+        }
+        metrics::counter!("waconnect_relay_chats_ended_total").increment(1);
+        tracing::info!(customer = %self.customer, contact_id = %self.contact_id, "chat ended");
+        if let (Some(text), Some(_)) = (&self.relay.config.closing_text, item) {
+            let closing = OutboundMessage {
+                to: self.customer.clone(),
+                body: text.clone(),
+                media_urls: Vec::new(),
+                template: None,
+                origin: Origin::Bridge {
+                    reason: "closing".into(),
+                    id: format!("closing-{}", self.contact_id),
+                },
+                created_at: chrono::Utc::now(),
+            };
+            let _ = self.enqueue(&closing).await;
+        }
+        Outcome::Ended
+    }
+}
+
+fn role_label(role: &str) -> &'static str {
+    match role {
+        "AGENT" => "agent",
+        "SUPERVISOR" => "supervisor",
+        "SYSTEM" => "system",
+        "CUSTOM_BOT" => "bot",
+        _ => "other",
+    }
+}
