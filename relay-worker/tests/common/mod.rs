@@ -1,0 +1,235 @@
+//! A relay test stack: a simulated Connect, one SQLite file, and relay-workers run
+//! in-process or as real processes against both.
+
+#![allow(dead_code)] // each test file uses part of it
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::CustomerAddress;
+use waconnect_shared::config::{ConfigSource, Synchronous};
+use waconnect_shared::conversation::ConversationState;
+use waconnect_shared::event::{EventKind, InboundEvent};
+use waconnect_shared::outbound::OutboundMessage;
+use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::queue::{NewMessage, Queue};
+use waconnect_shared::sqlite::Db;
+use waconnect_shared::store::ConversationStore;
+use waconnect_shared::store::sqlite::SqliteStore;
+use waconnect_tests::connect_sim::{ConnectSim, DeskClient, SimOptions};
+use waconnect_tests::{twilio, wait};
+
+pub const LEASE: Duration = Duration::from_secs(3);
+pub const MAX_RECEIVES: u32 = 4;
+
+pub struct Stack {
+    pub dir: TempDir,
+    pub sim: ConnectSim,
+    pub desk: DeskClient,
+    pub inbound: Arc<dyn Queue>,
+    pub outbound: Arc<dyn Queue>,
+    pub store: Arc<dyn ConversationStore>,
+}
+
+pub struct InProcess {
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), waconnect_shared::worker::WorkerError>>,
+}
+
+impl InProcess {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl Stack {
+    pub async fn new() -> Self {
+        Self::with(SimOptions::default()).await
+    }
+
+    pub async fn with(options: SimOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = ConnectSim::start_with(options).await;
+        let path = dir.path().join("waconnect.db");
+        let db = || async { Db::open_path(&path, Synchronous::Normal).await.unwrap() };
+        let inbound = Arc::new(
+            SqliteQueue::open(db().await, "inbound", MAX_RECEIVES)
+                .await
+                .unwrap(),
+        );
+        let outbound = Arc::new(
+            SqliteQueue::open(db().await, "outbound", MAX_RECEIVES)
+                .await
+                .unwrap(),
+        );
+        let store = Arc::new(SqliteStore::open(db().await).await.unwrap());
+        Self {
+            desk: sim.desk(),
+            dir,
+            sim,
+            inbound,
+            outbound,
+            store,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("waconnect.db")
+    }
+
+    pub fn vars(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut vars: BTreeMap<String, String> = [
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret"),
+            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+            ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "chat-flow"),
+            ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
+            ("WACONNECT_RELAY_LEASE", "3s"),
+            ("WACONNECT_RELAY_HEARTBEAT", "1s"),
+            ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
+            ("WACONNECT_RELAY_RETRY_AFTER", "100ms"),
+            ("WACONNECT_RELAY_SHUTDOWN_GRACE", "5s"),
+            ("WACONNECT_MAX_RECEIVES", "4"),
+            ("WACONNECT_QUEUE_DEPTH_INTERVAL", "1s"),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        vars.insert(
+            "WACONNECT_SQLITE_PATH".into(),
+            self.db_path().display().to_string(),
+        );
+        vars.insert(
+            "WACONNECT_CONNECT_INSTANCE_ID".into(),
+            self.sim.instance_id().to_owned(),
+        );
+        vars.insert("WACONNECT_CONNECT_ENDPOINT".into(), self.sim.endpoint());
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        vars.into_iter().collect()
+    }
+
+    pub async fn relay(&self, extra: &[(&str, &str)]) -> InProcess {
+        let config =
+            waconnect_relay_worker::config_from(&ConfigSource::from_pairs(self.vars(extra)))
+                .unwrap();
+        let listener = TcpListener::bind(config.worker.ops_bind).await.unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(waconnect_relay_worker::run(config, listener, stop.clone()));
+        InProcess { stop, task }
+    }
+
+    /// The real relay-worker binary, with `name` as its worker id.
+    pub fn relay_process(&self, name: &str, extra: &[(&str, &str)]) -> Child {
+        let mut vars = self.vars(extra);
+        vars.push(("WACONNECT_RELAY_WORKER_ID".into(), name.into()));
+        Command::new(env!("CARGO_BIN_EXE_relay-worker"))
+            .env_clear()
+            .envs(vars)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// What ingress would enqueue for a customer's text.
+    pub async fn customer_says(&self, customer: &CustomerAddress, sid: &str, text: &str) {
+        let event = InboundEvent::new(
+            EventKind::Message,
+            twilio::incoming_text(sid, customer.as_str(), text),
+        );
+        self.inbound
+            .send(NewMessage {
+                group_id: customer.as_str().to_owned(),
+                dedup_id: sid.to_owned(),
+                body: event.to_json(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The customer's current Connect contact, once the relay has started one.
+    pub async fn contact_of(&self, customer: &CustomerAddress) -> String {
+        wait::until("the chat to start", Duration::from_secs(20), || async {
+            let s = self.store.get(customer).await.ok()??;
+            (s.conversation.state == ConversationState::Active)
+                .then(|| s.conversation.contact_id.clone())
+                .flatten()
+        })
+        .await
+    }
+
+    /// Waits until `customer`'s current chat is held (its websocket subscribed).
+    pub async fn until_held(&self, contact: &str) {
+        wait::until("the chat's websocket", Duration::from_secs(20), || async {
+            let chats = self.desk.chats(None).await.ok()?;
+            chats
+                .iter()
+                .any(|c| c.contact_id == contact && c.sockets > 0)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Drains the outbound queue as the sender would, until `expected` messages in all
+    /// arrived, returning each customer's bodies in queue order.
+    pub async fn outbound_until(
+        &self,
+        expected: usize,
+        deadline: Duration,
+    ) -> HashMap<String, Vec<OutboundMessage>> {
+        let mut got: HashMap<String, Vec<OutboundMessage>> = HashMap::new();
+        let mut count = 0;
+        let end = tokio::time::Instant::now() + deadline;
+        while count < expected {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "only {count} of {expected} outbound messages after {deadline:?}"
+            );
+            let batch = self
+                .outbound
+                .receive(10, Duration::from_secs(30), Duration::from_millis(200))
+                .await
+                .unwrap();
+            for m in batch {
+                self.outbound.delete(&m.receipt).await.unwrap();
+                let message = OutboundMessage::from_json(&m.body).unwrap();
+                got.entry(m.group_id).or_default().push(message);
+                count += 1;
+            }
+        }
+        got
+    }
+
+    /// Asserts nothing more arrives on the outbound queue for a while (no duplicates).
+    pub async fn no_more_outbound(&self, quiet: Duration) {
+        let extra = self
+            .outbound
+            .receive(10, Duration::from_secs(30), quiet)
+            .await
+            .unwrap();
+        assert!(
+            extra.is_empty(),
+            "unexpected outbound: {:?}",
+            extra
+                .iter()
+                .map(|m| OutboundMessage::from_json(&m.body).unwrap().body)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+pub fn bodies(messages: &[OutboundMessage]) -> Vec<String> {
+    messages.iter().map(|m| m.body.clone()).collect()
+}

@@ -1,0 +1,184 @@
+//! The relay end to end over loopback: ingress or the inbound queue in, the Connect
+//! simulator in the middle, the outbound queue out.
+
+mod common;
+
+use common::{Stack, bodies};
+use reqwest::StatusCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::config::{ConfigSource, IngressConfig};
+use waconnect_shared::conversation::ConversationState;
+use waconnect_shared::outbound::Origin;
+use waconnect_tests::{customer, twilio, wait};
+
+const TOKEN: &str = "twilio-auth-token";
+const PUBLIC: &str = "https://wa.example.com";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_customers_fifty_messages_each_both_ways_in_order() {
+    let stack = Stack::new().await;
+    let config = IngressConfig::from_source(&ConfigSource::from_pairs([
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("WACONNECT_PUBLIC_BASE_URL", PUBLIC),
+        ("WACONNECT_SQLITE_PATH", stack.db_path().to_str().unwrap()),
+        ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+        ("WACONNECT_INGRESS_BIND", "127.0.0.1:0"),
+    ]))
+    .unwrap();
+    let listener = TcpListener::bind(config.bind).await.unwrap();
+    let ingress = format!("http://{}/twilio/messages", listener.local_addr().unwrap());
+    let stop_ingress = CancellationToken::new();
+    tokio::spawn(waconnect_ingress::run(
+        config,
+        listener,
+        stop_ingress.clone(),
+    ));
+    let relay = stack.relay(&[]).await;
+
+    const CUSTOMERS: usize = 20;
+    const MESSAGES: usize = 50;
+    let http = reqwest::Client::new();
+    let senders = (0..CUSTOMERS).map(|c| {
+        let (http, ingress) = (http.clone(), ingress.clone());
+        tokio::spawn(async move {
+            let from = customer(c);
+            for m in 0..MESSAGES {
+                let fields = twilio::incoming_text(
+                    &format!("SM{c:04}{m:04}"),
+                    from.as_str(),
+                    &format!("c{c} m{m}"),
+                );
+                let (body, signature) =
+                    twilio::signed(TOKEN, &format!("{PUBLIC}/twilio/messages"), &fields);
+                let status = wait::until("ingress to accept", Duration::from_secs(30), || async {
+                    let r = http
+                        .post(&ingress)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .header("x-twilio-signature", &signature)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .ok()?;
+                    Some(r.status())
+                })
+                .await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        })
+    });
+    for s in senders.collect::<Vec<_>>() {
+        s.await.unwrap();
+    }
+    // The agent sees every customer's texts, in order, once.
+    let mut contacts = Vec::new();
+    for c in 0..CUSTOMERS {
+        let contact = stack.contact_of(&customer(c)).await;
+        let expected: Vec<String> = (0..MESSAGES).map(|m| format!("c{c} m{m}")).collect();
+        wait::until(
+            "the agent to see every text",
+            Duration::from_secs(60),
+            || async {
+                let texts = stack.desk.customer_texts(&contact).await.ok()?;
+                assert!(
+                    expected.starts_with(&texts),
+                    "out of order or duplicated: {texts:?}"
+                );
+                (texts == expected).then_some(())
+            },
+        )
+        .await;
+        stack.desk.accept(&contact).await.unwrap();
+        stack.until_held(&contact).await;
+        contacts.push(contact);
+    }
+    // Agents answer all customers at once.
+    let writers = contacts.iter().enumerate().map(|(c, contact)| {
+        let (desk, contact) = (stack.desk.clone(), contact.clone());
+        tokio::spawn(async move {
+            for m in 0..MESSAGES {
+                desk.send(&contact, &format!("a{c} r{m}")).await.unwrap();
+            }
+        })
+    });
+    for w in writers.collect::<Vec<_>>() {
+        w.await.unwrap();
+    }
+    let got = stack
+        .outbound_until(CUSTOMERS * MESSAGES, Duration::from_secs(60))
+        .await;
+    for c in 0..CUSTOMERS {
+        let expected: Vec<String> = (0..MESSAGES).map(|m| format!("a{c} r{m}")).collect();
+        let messages = &got[customer(c).as_str()];
+        assert_eq!(bodies(messages), expected, "customer {c}");
+        assert!(messages.iter().all(|m| matches!(&m.origin, Origin::ConnectItem { participant_role, .. } if participant_role == "AGENT")));
+    }
+    stack.no_more_outbound(Duration::from_millis(500)).await;
+    relay.shutdown().await;
+    stop_ingress.cancel();
+}
+
+#[tokio::test]
+async fn an_ended_chat_restarts_rehydrated_and_nothing_is_forwarded_twice() {
+    let stack = Stack::new().await;
+    let relay = stack
+        .relay(&[(
+            "WACONNECT_RELAY_CLOSING_TEXT",
+            "Thanks, the chat is closed.",
+        )])
+        .await;
+    let ana = customer(1);
+    stack.customer_says(&ana, "SM1", "hello").await;
+    let first = stack.contact_of(&ana).await;
+    stack.desk.accept(&first).await.unwrap();
+    stack.until_held(&first).await;
+    stack.desk.send(&first, "hi Ana").await.unwrap();
+    stack.desk.end(&first).await.unwrap();
+    let got = stack.outbound_until(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        bodies(&got[ana.as_str()]),
+        ["hi Ana", "Thanks, the chat is closed."]
+    );
+    wait::until(
+        "the conversation to end",
+        Duration::from_secs(10),
+        || async {
+            let s = stack.store.get(&ana).await.ok()??;
+            (s.conversation.state == ConversationState::Ended && s.lease.owner.is_none())
+                .then_some(())
+        },
+    )
+    .await;
+
+    stack.customer_says(&ana, "SM2", "me again").await;
+    let second = wait::until("a new chat", Duration::from_secs(20), || async {
+        let s = stack.store.get(&ana).await.ok()??;
+        let c = s
+            .conversation
+            .contact_id
+            .filter(|c| *c != first && s.conversation.state == ConversationState::Active)?;
+        Some(c)
+    })
+    .await;
+    let chats = stack.desk.chats(None).await.unwrap();
+    let summary = chats.iter().find(|c| c.contact_id == second).unwrap();
+    assert_eq!(
+        summary.continued_from.as_deref(),
+        Some(first.as_str()),
+        "not a persistent chat"
+    );
+    // The agent sees the earlier session, then the new text.
+    wait::until("the new text", Duration::from_secs(10), || async {
+        let texts = stack.desk.customer_texts(&second).await.ok()?;
+        (texts == ["hello", "me again"]).then_some(())
+    })
+    .await;
+    stack.desk.accept(&second).await.unwrap();
+    stack.until_held(&second).await;
+    stack.desk.send(&second, "welcome back").await.unwrap();
+    let got = stack.outbound_until(1, Duration::from_secs(20)).await;
+    assert_eq!(bodies(&got[ana.as_str()]), ["welcome back"]);
+    stack.no_more_outbound(Duration::from_millis(700)).await;
+    relay.shutdown().await;
+}
