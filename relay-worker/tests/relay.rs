@@ -182,3 +182,182 @@ async fn an_ended_chat_restarts_rehydrated_and_nothing_is_forwarded_twice() {
     stack.no_more_outbound(Duration::from_millis(700)).await;
     relay.shutdown().await;
 }
+
+/// The agent writes through socket drops, unanswered heartbeats, expired tokens and a
+/// throttling storm; the customer writes through the same storm. Nothing is lost or
+/// doubled, and each side stays in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_and_double_nothing() {
+    let stack = Stack::new().await;
+    let relay = stack.relay(&[]).await;
+    let ana = customer(7);
+    stack.customer_says(&ana, "SM0", "start").await;
+    let contact = stack.contact_of(&ana).await;
+    stack.desk.accept(&contact).await.unwrap();
+    stack.until_held(&contact).await;
+    let reconnects =
+        |stats: &waconnect_tests::connect_sim::SimStats| stats.calls_to("WebsocketConnect");
+    let mut sent = Vec::new();
+    let mut say = async |text: String| {
+        stack.desk.send(&contact, &text).await.unwrap();
+        sent.push(text);
+    };
+
+    // 1. The socket drops: the agent's next lines arrive by backfill or the new socket.
+    let before = reconnects(&stack.desk.stats().await.unwrap());
+    assert_eq!(stack.desk.drop_sockets(Some(&contact)).await.unwrap(), 1);
+    for i in 0..5 {
+        say(format!("after drop {i}")).await;
+    }
+    stack.until_held(&contact).await;
+    assert!(reconnects(&stack.desk.stats().await.unwrap()) > before);
+
+    // 2. Heartbeats go unanswered: the relay must notice the half-dead socket.
+    stack.desk.answer_heartbeats(false).await.unwrap();
+    let before = reconnects(&stack.desk.stats().await.unwrap());
+    wait::until(
+        "a reconnect after silent heartbeats",
+        Duration::from_secs(15),
+        || async { (reconnects(&stack.desk.stats().await.ok()?) > before).then_some(()) },
+    )
+    .await;
+    for i in 0..5 {
+        say(format!("while silent {i}")).await;
+    }
+    stack.desk.answer_heartbeats(true).await.unwrap();
+
+    // 3. Connection tokens expire: the customer's next message still gets through.
+    stack.desk.expire_tokens(Some(&contact)).await.unwrap();
+    stack.customer_says(&ana, "SM1", "after expiry").await;
+
+    // 4. A throttling storm on every Participant call, then 500s.
+    stack.desk.throttle(12, None).await.unwrap();
+    for i in 0..5 {
+        stack
+            .customer_says(&ana, &format!("SM2{i}"), &format!("in storm {i}"))
+            .await;
+        say(format!("in storm {i}")).await;
+    }
+    stack.desk.drop_sockets(Some(&contact)).await.unwrap();
+    stack.desk.fail(6, None).await.unwrap();
+    for i in 0..5 {
+        say(format!("after errors {i}")).await;
+    }
+
+    let got = stack
+        .outbound_until(sent.len(), Duration::from_secs(60))
+        .await;
+    assert_eq!(bodies(&got[ana.as_str()]), sent);
+    let mut expected = vec!["start".to_owned(), "after expiry".to_owned()];
+    expected.extend((0..5).map(|i| format!("in storm {i}")));
+    wait::until("every customer text", Duration::from_secs(30), || async {
+        let texts = stack.desk.customer_texts(&contact).await.ok()?;
+        assert!(
+            expected.starts_with(&texts),
+            "out of order or doubled: {texts:?}"
+        );
+        (texts == expected).then_some(())
+    })
+    .await;
+    stack.no_more_outbound(Duration::from_millis(1500)).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_the_stream_goes_on() {
+    let stack = Stack::new().await;
+    let relay = stack.relay(&[]).await;
+    let ana = customer(3);
+    stack.customer_says(&ana, "SM1", "first").await;
+    let contact = stack.contact_of(&ana).await;
+    stack.desk.reject_containing(Some("POISON")).await.unwrap();
+    stack.customer_says(&ana, "SM2", "this is POISON").await;
+    stack.customer_says(&ana, "SM3", "after").await;
+    let dead = wait::until("the dead letter", Duration::from_secs(20), || async {
+        stack
+            .inbound
+            .dead_letters(10)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(dead.dedup_id, "SM2");
+    assert_eq!(dead.receive_count, common::MAX_RECEIVES);
+    assert!(
+        dead.reason.contains("ValidationException"),
+        "{}",
+        dead.reason
+    );
+    wait::until(
+        "the rest of the stream",
+        Duration::from_secs(20),
+        || async {
+            let texts = stack.desk.customer_texts(&contact).await.ok()?;
+            (texts == ["first", "after"]).then_some(())
+        },
+    )
+    .await;
+    relay.shutdown().await;
+}
+
+/// A redelivery while the first worker is still inside StartChatContact: both call it
+/// with the same ClientToken, so there is one contact and one copy of the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_racing_for_a_new_customer_make_one_chat() {
+    let stack = Stack::new().await;
+    stack.desk.delay(1500).await.unwrap();
+    let fast_redelivery = [("WACONNECT_RELAY_VISIBILITY", "500ms")];
+    let a = stack.relay(&fast_redelivery).await;
+    let b = stack.relay(&fast_redelivery).await;
+    let ana = customer(9);
+    stack.customer_says(&ana, "SM1", "only once").await;
+    let contact = stack.contact_of(&ana).await;
+    stack.desk.delay(0).await.unwrap();
+    wait::until("the text", Duration::from_secs(20), || async {
+        let texts = stack.desk.customer_texts(&contact).await.ok()?;
+        (texts == ["only once"]).then_some(())
+    })
+    .await;
+    let stats = stack.desk.stats().await.unwrap();
+    assert!(
+        stats.calls_to("StartChatContact") >= 2,
+        "no race happened: {stats:?}"
+    );
+    assert_eq!(
+        stack.desk.chats(None).await.unwrap().len(),
+        1,
+        "two contacts for one customer"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn call_me_places_one_call_per_cooldown_and_still_forwards_the_text() {
+    let stack = Stack::new().await;
+    let relay = stack
+        .relay(&[
+            ("WACONNECT_CALLME_KEYWORDS", "call me,ring me"),
+            ("WACONNECT_CALLME_CONTACT_FLOW_ID", "voice-flow"),
+            ("WACONNECT_CALLME_SOURCE_NUMBER", "+15550001111"),
+        ])
+        .await;
+    let ana = customer(4);
+    stack.customer_says(&ana, "SM1", "Please CALL  ME").await;
+    stack.customer_says(&ana, "SM2", "callme again").await;
+    stack.customer_says(&ana, "SM3", "bye").await;
+    let contact = stack.contact_of(&ana).await;
+    wait::until("all texts", Duration::from_secs(20), || async {
+        let texts = stack.desk.customer_texts(&contact).await.ok()?;
+        (texts == ["Please CALL  ME", "callme again", "bye"]).then_some(())
+    })
+    .await;
+    let calls = stack.desk.calls().await.unwrap();
+    assert_eq!(calls.len(), 1, "cooldown not honoured: {calls:?}");
+    assert_eq!(calls[0]["destination"], ana.e164());
+    assert_eq!(calls[0]["contact_flow_id"], "voice-flow");
+    assert_eq!(calls[0]["source"], "+15550001111");
+    relay.shutdown().await;
+}
