@@ -1,0 +1,259 @@
+//! Relay-worker bench, against the Connect simulator, with the relay as a real process:
+//!
+//! * **Holding cost**: N idle conversations (N = 1k, 10k) adopted by one relay-worker;
+//!   resident memory per conversation and CPU at idle (heartbeats and lease renewals
+//!   only), as a share of one core.
+//! * **Relay latency**: inbound queue → Connect SendMessage accepted (the simulator's
+//!   item time), p50/p99 at 500 messages/s over 50 customers.
+//!
+//! Writes `target/bench/relay.json`. `BENCH_SIZES` (default `1000,10000`),
+//! `BENCH_IDLE_SECONDS` (default 30) and `BENCH_RATE_SECONDS` (default 10) tune it.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Stack;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+use waconnect_relay_worker::config::ConnectSettings;
+use waconnect_relay_worker::connect::{ConnectApi, NewChat};
+use waconnect_shared::config::ConfigSource;
+use waconnect_shared::conversation::{Conversation, ConversationState};
+use waconnect_tests::{customer, wait};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn proc_field(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// user + system CPU time of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+}
+
+async fn free_port() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn until_ready(ops: &str) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{ops}/readyz");
+    wait::until("the relay to be ready", Duration::from_secs(30), || async {
+        http.get(&url).send().await.ok()?.status().is_success().then_some(())
+    })
+    .await;
+}
+
+async fn api(stack: &Stack) -> ConnectApi {
+    let source = ConfigSource::from_pairs(stack.vars(&[]));
+    let mut r = source.reader();
+    let aws = waconnect_shared::aws::AwsConfig::read(&mut r);
+    ConnectApi::new(
+        &aws.load().await,
+        ConnectSettings {
+            instance_id: stack.sim.instance_id().to_owned(),
+            contact_flow_id: "chat-flow".into(),
+            endpoint: Some(stack.sim.endpoint()),
+            participant_endpoint: Some(stack.sim.endpoint()),
+            chat_duration_minutes: 1500,
+        },
+    )
+}
+
+/// N live chats in the simulator with their records in the store, held by nobody.
+async fn seed(stack: &Stack, n: usize) {
+    let api = api(stack).await;
+    let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(n.div_ceil(32)).map(<[usize]>::to_vec).collect();
+    let tasks = chunks.into_iter().map(|chunk| {
+        let (api, store) = (api.clone(), stack.store.clone());
+        tokio::spawn(async move {
+            for i in chunk {
+                let who = customer(i);
+                let chat = api
+                    .start_chat(NewChat {
+                        display_name: "Bench",
+                        attributes: HashMap::new(),
+                        client_token: format!("bench-{i}"),
+                        continue_from: None,
+                    })
+                    .await
+                    .unwrap();
+                let connection = api.create_connection(&chat.participant_token).await.unwrap();
+                let mut c = Conversation::new(who);
+                c.state = ConversationState::Active;
+                c.contact_id = Some(chat.contact_id.clone());
+                c.initial_contact_id = Some(chat.contact_id);
+                c.participant_id = Some(chat.participant_id);
+                c.participant_token = Some(chat.participant_token.into());
+                c.connection_token = Some(connection.connection_token.into());
+                c.connection_expires_at = Some(connection.connection_expires_at);
+                store.insert(&c).await.unwrap();
+            }
+        })
+    });
+    for t in tasks.collect::<Vec<_>>() {
+        t.await.unwrap();
+    }
+}
+
+async fn holding(n: usize, idle: Duration) -> serde_json::Value {
+    let stack = Stack::new().await;
+    let ops = free_port().await;
+    let mut relay = stack.relay_process(
+        "bench",
+        &[
+            ("WACONNECT_RELAY_OPS_BIND", &ops),
+            ("WACONNECT_RELAY_LEASE", "30s"),
+            ("WACONNECT_RELAY_HEARTBEAT", "10s"),
+            ("WACONNECT_RELAY_SWEEP_INTERVAL", "200ms"),
+            ("WACONNECT_RELAY_SWEEP_BATCH", "1000"),
+            ("RUST_LOG", "error"),
+        ],
+    );
+    let pid = relay.id().unwrap();
+    until_ready(&ops).await;
+    let rss_empty = proc_field(pid, "VmRSS:");
+    let started = Instant::now();
+    seed(&stack, n).await;
+    wait::until("every conversation held", Duration::from_secs(600), || async {
+        (stack.desk.stats().await.ok()?.sockets >= n).then_some(())
+    })
+    .await;
+    let adopted_in = started.elapsed();
+    // Let adoption's backfills and first renewals finish before measuring idle.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let rss_held = proc_field(pid, "VmRSS:");
+    let ticks_before = cpu_ticks(pid);
+    let window = Instant::now();
+    let heartbeats_before = stack.desk.stats().await.unwrap().calls_to("Heartbeat");
+    tokio::time::sleep(idle).await;
+    let seconds = window.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - ticks_before) as f64 / clock_ticks_per_second() / seconds;
+    let heartbeats = stack.desk.stats().await.unwrap().calls_to("Heartbeat") - heartbeats_before;
+    let rss_peak = proc_field(pid, "VmHWM:");
+    relay.start_kill().unwrap();
+    let per_conversation_kib = (rss_held.saturating_sub(rss_empty)) as f64 / n as f64;
+    let report = json!({
+        "conversations": n,
+        "adopted_in_seconds": adopted_in.as_secs_f64(),
+        "rss_empty_kib": rss_empty,
+        "rss_held_kib": rss_held,
+        "rss_peak_kib": rss_peak,
+        "rss_per_conversation_kib": per_conversation_kib,
+        "idle_window_seconds": seconds,
+        "idle_cpu_share_of_one_core": cpu,
+        "idle_cpu_share_per_10k": cpu * 10_000.0 / n as f64,
+        "heartbeats_per_second": heartbeats as f64 / seconds,
+    });
+    println!(
+        "holding {n:>6}: {per_conversation_kib:.1} KiB/conversation, idle CPU {:.2}% of a core ({:.2}% per 10k), adopted in {:.1} s",
+        cpu * 100.0,
+        cpu * 100.0 * 10_000.0 / n as f64,
+        adopted_in.as_secs_f64()
+    );
+    report
+}
+
+async fn latency(rate: u32, seconds: u64) -> serde_json::Value {
+    const CUSTOMERS: usize = 50;
+    let stack = Stack::new().await;
+    let ops = free_port().await;
+    let mut relay = stack.relay_process("bench", &[("WACONNECT_RELAY_OPS_BIND", &ops), ("RUST_LOG", "error")]);
+    until_ready(&ops).await;
+    for i in 0..CUSTOMERS {
+        stack.customer_says(&customer(i), &format!("warm-{i}"), "warm").await;
+    }
+    let mut contacts = Vec::new();
+    for i in 0..CUSTOMERS {
+        contacts.push(stack.contact_of(&customer(i)).await);
+    }
+    let total = rate as usize * seconds as usize;
+    let mut sent_at: Vec<i64> = Vec::with_capacity(total);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    for seq in 0..total {
+        tick.tick().await;
+        sent_at.push(chrono::Utc::now().timestamp_millis());
+        stack.customer_says(&customer(seq % CUSTOMERS), &format!("SM{seq}"), &format!("lat {seq}")).await;
+    }
+    let offered = total as f64 / start.elapsed().as_secs_f64();
+    let accepted_at: HashMap<usize, i64> = wait::until("every message in Connect", Duration::from_secs(120), || async {
+        let mut accepted = HashMap::new();
+        for contact in &contacts {
+            for item in stack.desk.transcript(contact).await.ok()? {
+                if let Some(seq) = item.content.as_deref().and_then(|c| c.strip_prefix("lat ")) {
+                    let t = chrono::DateTime::parse_from_rfc3339(&item.absolute_time).ok()?;
+                    accepted.insert(seq.parse().ok()?, t.timestamp_millis());
+                }
+            }
+        }
+        (accepted.len() == total).then_some(accepted)
+    })
+    .await;
+    relay.start_kill().unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for (seq, at) in &accepted_at {
+        h.record((at - sent_at[*seq]).max(0) as u64).unwrap();
+    }
+    println!(
+        "latency at {offered:.0} msg/s: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms ({total} messages)",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.max()
+    );
+    json!({
+        "offered_per_second": offered,
+        "messages": total,
+        "customers": CUSTOMERS,
+        "p50_ms": h.value_at_quantile(0.5),
+        "p90_ms": h.value_at_quantile(0.9),
+        "p99_ms": h.value_at_quantile(0.99),
+        "max_ms": h.max(),
+    })
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+            .unwrap_or_else(|_| "1000,10000".into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        let idle = Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 30));
+        let mut holdings = Vec::new();
+        for n in sizes {
+            holdings.push(holding(n, idle).await);
+        }
+        let latency = latency(500, env_or("BENCH_RATE_SECONDS", 10)).await;
+        let results = json!({ "holding": holdings, "latency": latency });
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        std::fs::create_dir_all(&out).unwrap();
+        let file = out.join("relay.json");
+        std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+        println!("wrote {}", file.display());
+    });
+}
