@@ -25,7 +25,10 @@ use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_tests::{customer, wait};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn proc_field(pid: u32, key: &str) -> u64 {
@@ -47,8 +50,14 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    let out = std::process::Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100.0)
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
 }
 
 async fn free_port() -> String {
@@ -60,7 +69,13 @@ async fn until_ready(ops: &str) {
     let http = reqwest::Client::new();
     let url = format!("http://{ops}/readyz");
     wait::until("the relay to be ready", Duration::from_secs(30), || async {
-        http.get(&url).send().await.ok()?.status().is_success().then_some(())
+        http.get(&url)
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
     })
     .await;
 }
@@ -84,7 +99,11 @@ async fn api(stack: &Stack) -> ConnectApi {
 /// N live chats in the simulator with their records in the store, held by nobody.
 async fn seed(stack: &Stack, n: usize) {
     let api = api(stack).await;
-    let chunks: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(n.div_ceil(32)).map(<[usize]>::to_vec).collect();
+    let chunks: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(n.div_ceil(32))
+        .map(<[usize]>::to_vec)
+        .collect();
     let tasks = chunks.into_iter().map(|chunk| {
         let (api, store) = (api.clone(), stack.store.clone());
         tokio::spawn(async move {
@@ -99,7 +118,10 @@ async fn seed(stack: &Stack, n: usize) {
                     })
                     .await
                     .unwrap();
-                let connection = api.create_connection(&chat.participant_token).await.unwrap();
+                let connection = api
+                    .create_connection(&chat.participant_token)
+                    .await
+                    .unwrap();
                 let mut c = Conversation::new(who);
                 c.state = ConversationState::Active;
                 c.contact_id = Some(chat.contact_id.clone());
@@ -136,9 +158,11 @@ async fn holding(n: usize, idle: Duration) -> serde_json::Value {
     let rss_empty = proc_field(pid, "VmRSS:");
     let started = Instant::now();
     seed(&stack, n).await;
-    wait::until("every conversation held", Duration::from_secs(600), || async {
-        (stack.desk.stats().await.ok()?.sockets >= n).then_some(())
-    })
+    wait::until(
+        "every conversation held",
+        Duration::from_secs(600),
+        || async { (stack.desk.stats().await.ok()?.sockets >= n).then_some(()) },
+    )
     .await;
     let adopted_in = started.elapsed();
     // Let adoption's backfills and first renewals finish before measuring idle.
@@ -179,10 +203,15 @@ async fn latency(rate: u32, seconds: u64) -> serde_json::Value {
     const CUSTOMERS: usize = 50;
     let stack = Stack::new().await;
     let ops = free_port().await;
-    let mut relay = stack.relay_process("bench", &[("WACONNECT_RELAY_OPS_BIND", &ops), ("RUST_LOG", "error")]);
+    let mut relay = stack.relay_process(
+        "bench",
+        &[("WACONNECT_RELAY_OPS_BIND", &ops), ("RUST_LOG", "error")],
+    );
     until_ready(&ops).await;
     for i in 0..CUSTOMERS {
-        stack.customer_says(&customer(i), &format!("warm-{i}"), "warm").await;
+        stack
+            .customer_says(&customer(i), &format!("warm-{i}"), "warm")
+            .await;
     }
     let mut contacts = Vec::new();
     for i in 0..CUSTOMERS {
@@ -196,21 +225,32 @@ async fn latency(rate: u32, seconds: u64) -> serde_json::Value {
     for seq in 0..total {
         tick.tick().await;
         sent_at.push(chrono::Utc::now().timestamp_millis());
-        stack.customer_says(&customer(seq % CUSTOMERS), &format!("SM{seq}"), &format!("lat {seq}")).await;
+        stack
+            .customer_says(
+                &customer(seq % CUSTOMERS),
+                &format!("SM{seq}"),
+                &format!("lat {seq}"),
+            )
+            .await;
     }
     let offered = total as f64 / start.elapsed().as_secs_f64();
-    let accepted_at: HashMap<usize, i64> = wait::until("every message in Connect", Duration::from_secs(120), || async {
-        let mut accepted = HashMap::new();
-        for contact in &contacts {
-            for item in stack.desk.transcript(contact).await.ok()? {
-                if let Some(seq) = item.content.as_deref().and_then(|c| c.strip_prefix("lat ")) {
-                    let t = chrono::DateTime::parse_from_rfc3339(&item.absolute_time).ok()?;
-                    accepted.insert(seq.parse().ok()?, t.timestamp_millis());
+    let accepted_at: HashMap<usize, i64> = wait::until(
+        "every message in Connect",
+        Duration::from_secs(120),
+        || async {
+            let mut accepted = HashMap::new();
+            for contact in &contacts {
+                for item in stack.desk.transcript(contact).await.ok()? {
+                    if let Some(seq) = item.content.as_deref().and_then(|c| c.strip_prefix("lat "))
+                    {
+                        let t = chrono::DateTime::parse_from_rfc3339(&item.absolute_time).ok()?;
+                        accepted.insert(seq.parse().ok()?, t.timestamp_millis());
+                    }
                 }
             }
-        }
-        (accepted.len() == total).then_some(accepted)
-    })
+            (accepted.len() == total).then_some(accepted)
+        },
+    )
     .await;
     relay.start_kill().unwrap();
     let mut h = Histogram::<u64>::new(3).unwrap();
@@ -236,7 +276,10 @@ async fn latency(rate: u32, seconds: u64) -> serde_json::Value {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
             .unwrap_or_else(|_| "1000,10000".into())

@@ -171,7 +171,9 @@ impl ConnectApi {
         loop {
             attempt += 1;
             let started = Instant::now();
-            let result = f().await;
+            // Boxed: SDK futures are large, and a session's state machine would otherwise
+            // reserve room for them in every one of thousands of idle sessions.
+            let result = Box::pin(f()).await;
             metrics::histogram!("waconnect_connect_call_duration_seconds", "operation" => operation)
                 .record(started.elapsed().as_secs_f64());
             let err = match result {

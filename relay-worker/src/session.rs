@@ -8,7 +8,7 @@ use crate::connect::ErrorKind;
 use crate::item::{ChatItem, Disposition};
 use crate::websocket::{self, Frame, Socket};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         lease,
         contact_id: String::new(),
         cursor: None,
-        recent: VecDeque::with_capacity(RECENT),
+        recent: VecDeque::new(),
     };
     let outcome = session.run(&stop).await;
     if outcome != Outcome::LeaseLost {
@@ -81,7 +81,8 @@ impl Session {
         loop {
             let step = tokio::select! {
                 () = stop.cancelled() => return Outcome::Stopped,
-                connected = self.connect() => match connected {
+                // Boxed: connecting is brief, the idle wait is not; keep the latter small.
+                connected = Box::pin(self.connect()) => match connected {
                     Ok((socket, refresh_at)) => {
                         backoff.reset();
                         self.live(socket, refresh_at, stop).await
@@ -203,8 +204,8 @@ impl Session {
         stop: &CancellationToken,
     ) -> Step {
         let period = self.relay.config.heartbeat;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval_at(on_grid(Instant::now() + period), period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let refresh = tokio::time::sleep_until(refresh_at);
         tokio::pin!(refresh);
         let mut awaiting_reply = false;
@@ -384,6 +385,18 @@ impl Session {
         }
         Outcome::Ended
     }
+}
+
+/// Heartbeats of all sessions fire on a shared 250 ms grid: an idle worker then wakes a
+/// few times a second for a batch of sockets instead of once per socket, which is what
+/// idle CPU is mostly made of.
+fn on_grid(at: Instant) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    const GRID: Duration = Duration::from_millis(250);
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let since = at.saturating_duration_since(epoch);
+    let slots = since.as_nanos().div_ceil(GRID.as_nanos()) as u32;
+    epoch + GRID * slots
 }
 
 fn role_label(role: &str) -> &'static str {

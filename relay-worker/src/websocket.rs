@@ -5,6 +5,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -74,12 +75,23 @@ pub async fn next(socket: &mut Socket) -> Frame {
     }
 }
 
+/// Connect's frames are small (an item is at most a few KiB) and a worker holds thousands
+/// of sockets: tungstenite's 128 KiB default read buffer would dominate its memory.
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(1024 * 1024))
+        .max_frame_size(Some(1024 * 1024))
+}
+
 /// Connects and subscribes to `aws/chat`, waiting up to `within` for the confirmation.
 pub async fn open(url: &str, within: Duration) -> Result<Socket, SocketError> {
     let connect = async {
-        let (mut socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| SocketError::Connect(e.to_string()))?;
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(config()), true)
+                .await
+                .map_err(|e| SocketError::Connect(e.to_string()))?;
         socket
             .send(Message::text(SUBSCRIBE))
             .await

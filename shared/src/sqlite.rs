@@ -151,7 +151,8 @@ impl Db {
     /// long poll to learn that a queue may have changed.
     pub async fn data_version(&self) -> Result<i64, DbError> {
         self.read(|c| {
-            c.query_row("PRAGMA data_version", [], |r| r.get(0))
+            c.prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))
                 .map_err(DbError::from)
         })
         .await
@@ -269,7 +270,7 @@ fn serve(conn: Connection, jobs: mpsc::Receiver<Envelope>) {
 }
 
 fn run_batch(conn: &Connection, writes: Vec<Envelope>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let e = DbError::from(e);
         for env in writes {
             (env.run)(Step::Abort(e.clone()));
@@ -296,9 +297,9 @@ fn run_batch(conn: &Connection, writes: Vec<Envelope>) {
             }
         }
     }
-    let commit = conn.execute_batch("COMMIT").map_err(DbError::from);
+    let commit = exec(conn, "COMMIT").map_err(DbError::from);
     if commit.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = exec(conn, "ROLLBACK");
     }
     for completion in done {
         completion(commit.clone());

@@ -57,8 +57,11 @@ CREATE TABLE IF NOT EXISTS queue_dead_letters (
 CREATE INDEX IF NOT EXISTS queue_dead_letters_queue ON queue_dead_letters (queue, seq);
 ";
 
-/// How often a long poll checks for messages committed by other processes.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often a long poll checks for messages committed by other processes: soon after it
+/// starts waiting, then less often while nothing changes, so an idle consumer costs little
+/// and a busy one hears of new messages within milliseconds.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(40);
 /// Expired dedup ids are pruned at most this often.
 const PRUNE_EVERY_MS: i64 = 10_000;
 
@@ -352,11 +355,13 @@ impl Queue for SqliteQueue {
             // Wait for a change in this process, a commit by another process, or a
             // timed-out delivery (checked once per second), whichever comes first.
             let recheck = Instant::now() + Duration::from_secs(1);
+            let mut poll = POLL_INTERVAL;
             loop {
                 tokio::select! {
                     _ = changed.as_mut() => break,
-                    _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                    _ = tokio::time::sleep(poll) => {}
                 }
+                poll = (poll * 2).min(MAX_POLL_INTERVAL);
                 let now = Instant::now();
                 if now >= deadline || now >= recheck {
                     break;
