@@ -29,7 +29,7 @@ pub struct Fleet {
 }
 
 /// Renewals in flight at once, so thousands of leases renew in a fraction of the period.
-const RENEW_CONCURRENCY: usize = 32;
+const RENEW_CONCURRENCY: usize = 256;
 
 impl Fleet {
     pub fn new(relay: Arc<Relay>, stop: CancellationToken) -> Arc<Self> {
