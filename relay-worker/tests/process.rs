@@ -14,4 +14,11 @@ fn refuses_to_start_and_names_the_bad_variables() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("WACONNECT_RELAY_OPS_BIND"), "{stderr}");
     assert!(stderr.contains("WACONNECT_MAX_RECEIVES"), "{stderr}");
+    for required in [
+        "AWS_REGION",
+        "WACONNECT_CONNECT_INSTANCE_ID",
+        "WACONNECT_CONNECT_CONTACT_FLOW_ID",
+    ] {
+        assert!(stderr.contains(required), "{required} not named: {stderr}");
+    }
 }
