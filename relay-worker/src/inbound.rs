@@ -49,10 +49,25 @@ pub async fn consume(relay: Arc<Relay>, fleet: Arc<Fleet>, stop: CancellationTok
                 _ = tasks.join_next() => continue,
             }
         }
-        let received = tokio::select! {
-            () = stop.cancelled() => break,
-            r = relay.inbound.receive(free, config.visibility, Duration::from_secs(5)) => r,
-        };
+        // Not raced against `stop`: a receive abandoned midway would leave its messages
+        // invisible for a whole visibility timeout. A short poll keeps shutdown prompt.
+        let received = relay
+            .inbound
+            .receive(free, config.visibility, Duration::from_secs(1))
+            .await;
+        if stop.is_cancelled() {
+            for m in received.iter().flatten() {
+                // Straight back to the queue for another worker.
+                log_queue_error(
+                    relay
+                        .inbound
+                        .change_visibility(&m.receipt, Duration::ZERO)
+                        .await
+                        .err(),
+                );
+            }
+            break;
+        }
         let messages = match received {
             Ok(m) => m,
             Err(e) => {
