@@ -174,6 +174,10 @@ impl Webhooks {
             .get("i-twilio-idempotency-token")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        event.query = uri
+            .query()
+            .and_then(|q| form::decode(q.as_bytes()).ok())
+            .unwrap_or_default();
         event
             .validate()
             .map_err(|e| Refusal::Malformed(e.to_string()))?;

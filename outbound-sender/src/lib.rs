@@ -1,31 +1,80 @@
-//! waconnect outbound-sender: drains the outbound queue to Twilio's Messages API.
+//! waconnect outbound-sender: drains the outbound queue to Twilio's Messages API
+//! (DESIGN.md §1, §7).
 //!
-//! So far it opens its queues and the conversation store, exports their depth and serves
-//! its probes; sending, rate limiting and retries build on this.
+//! * [`sender`] — the consumer: per-customer order, rate limit, retries that keep the
+//!   message, the delivery ledger against duplicates, dead letters with the agent told.
+//! * [`twilio`] — the Messages API client and its error classes.
+//! * [`ratelimit`] — the shared token bucket.
 
+pub mod config;
+pub mod ratelimit;
+pub mod sender;
+pub mod twilio;
+
+pub use config::{OPS_BIND_VAR, SenderConfig};
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigErrors, ConfigSource, WorkerConfig};
+use waconnect_shared::config::{ConfigErrors, ConfigSource};
+use waconnect_shared::consumer::ConsumerSettings;
+use waconnect_shared::ops::Readiness;
 use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
 
-pub const OPS_BIND_VAR: &str = "WACONNECT_SENDER_OPS_BIND";
-
-pub fn config_from(source: &ConfigSource) -> Result<WorkerConfig, ConfigErrors> {
-    WorkerConfig::from_source(source, OPS_BIND_VAR, 9092)
+pub fn config_from(source: &ConfigSource) -> Result<SenderConfig, ConfigErrors> {
+    SenderConfig::from_source(source)
 }
 
+/// Not ready while Twilio refuses the credentials: the queue keeps every message, and a
+/// failing probe makes the problem visible where operators look.
+struct TwilioReady(Arc<sender::Sender>);
+
+#[async_trait]
+impl Readiness for TwilioReady {
+    async fn check(&self) -> Result<(), String> {
+        if self.0.auth_failing.load(Ordering::Relaxed) {
+            return Err("Twilio refuses the credentials (HTTP 401)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Sends until `shutdown`, then finishes or hands back in-flight messages within the
+/// grace period.
 pub async fn run(
-    config: WorkerConfig,
+    config: SenderConfig,
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let backends = WorkerBackends::open(&config).await?;
-    worker::serve_ops(
+    let backends = WorkerBackends::open(&config.worker).await?;
+    metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
+    let sender = Arc::new(sender::Sender {
+        twilio: twilio::TwilioClient::new(config.twilio.clone(), config.timeout),
+        outbound: backends.outbound.clone(),
+        inbound: backends.inbound.clone(),
+        ledger: backends.ledger.clone(),
+        limiter: ratelimit::RateLimiter::new(config.rate),
+        visibility: config.visibility,
+        max_backoff: config.max_backoff,
+        auth_failing: AtomicBool::new(false),
+    });
+    let settings = ConsumerSettings {
+        concurrency: config.concurrency,
+        visibility: config.visibility,
+        grace: config.shutdown_grace,
+    };
+    let consumer = tokio::spawn(sender::consume(sender.clone(), settings, shutdown.clone()));
+    let served = worker::serve_ops(
         "outbound-sender",
-        &config,
+        &config.worker,
         &backends,
         ops_listener,
         shutdown,
+        vec![Arc::new(TwilioReady(sender))],
     )
-    .await
+    .await;
+    let _ = consumer.await;
+    served
 }

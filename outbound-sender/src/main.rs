@@ -6,14 +6,16 @@ use waconnect_shared::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = waconnect_outbound_sender::config_from(&ConfigSource::from_env()?)?;
-    telemetry::init_logging(&config.common.telemetry)?;
-    let listener = TcpListener::bind(config.ops_bind).await.with_context(|| {
-        format!(
-            "{}: cannot listen on {}",
-            waconnect_outbound_sender::OPS_BIND_VAR,
-            config.ops_bind
-        )
-    })?;
+    telemetry::init_logging(&config.worker.common.telemetry)?;
+    let listener = TcpListener::bind(config.worker.ops_bind)
+        .await
+        .with_context(|| {
+            format!(
+                "{}: cannot listen on {}",
+                waconnect_outbound_sender::OPS_BIND_VAR,
+                config.worker.ops_bind
+            )
+        })?;
     waconnect_outbound_sender::run(config, listener, shutdown::on_signals()).await?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 use waconnect_shared::aws::AwsConfig;
 use waconnect_shared::config::{ConfigErrors, ConfigSource, Reader, WorkerConfig};
+use waconnect_shared::outbound::Template;
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_RELAY_OPS_BIND";
 
@@ -28,6 +29,9 @@ pub struct RelayConfig {
     pub forward_system: bool,
     pub forward_bot: bool,
     pub closing_text: Option<String>,
+    /// Sent (a WhatsApp template, by ContentSid) when a reply failed with 63016 because
+    /// the customer's 24-hour window had closed, asking them to write back.
+    pub window_template: Option<Template>,
     pub shutdown_grace: Duration,
     pub call_me: Option<CallMe>,
 }
@@ -163,6 +167,12 @@ impl RelayConfig {
             forward_system: r.flag("WACONNECT_RELAY_FORWARD_SYSTEM", false),
             forward_bot: r.flag("WACONNECT_RELAY_FORWARD_BOT", false),
             closing_text: r.raw("WACONNECT_RELAY_CLOSING_TEXT").map(str::to_owned),
+            window_template: r.raw("WACONNECT_WINDOW_TEMPLATE_SID").map(|sid| Template {
+                content_sid: sid.to_owned(),
+                variables: r
+                    .raw("WACONNECT_WINDOW_TEMPLATE_VARIABLES")
+                    .map(str::to_owned),
+            }),
             shutdown_grace: r.duration("WACONNECT_RELAY_SHUTDOWN_GRACE", Duration::from_secs(10)),
             call_me,
         };

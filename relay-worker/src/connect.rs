@@ -289,6 +289,27 @@ impl ConnectApi {
         Ok(out.id().unwrap_or_default().to_owned())
     }
 
+    /// Sends an event (e.g. `message.delivered`) on the customer's side of the chat.
+    pub async fn send_event(
+        &self,
+        connection_token: &str,
+        content_type: &str,
+        content: &str,
+        client_token: &str,
+    ) -> Result<(), ConnectError> {
+        self.call("SendEvent", || {
+            self.participant
+                .send_event()
+                .connection_token(connection_token)
+                .content_type(content_type)
+                .content(content)
+                .client_token(client_token)
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
     /// One page of the transcript, oldest first, from `start_id` (inclusive) or the start.
     pub async fn transcript_page(
         &self,

@@ -8,15 +8,15 @@ use crate::fleet::Fleet;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::CustomerAddress;
+use waconnect_shared::consumer::{self, ConsumerSettings};
 use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_shared::event::{EventError, EventKind, InboundEvent};
-use waconnect_shared::queue::{FailOutcome, MAX_RECEIVE_BATCH, QueueError, ReceivedMessage};
+use waconnect_shared::outbound::{Origin, OutboundMessage, Template};
+use waconnect_shared::queue::{FailOutcome, NewMessage, QueueError, ReceivedMessage};
 use waconnect_shared::store::{StoreError, StoredConversation};
+use waconnect_shared::text::split;
 
 /// Connect's SendMessage limit, in characters.
 pub const MAX_PART_CHARS: usize = 1024;
@@ -35,75 +35,20 @@ pub enum RelayError {
     ChatKeepsEnding,
 }
 
-/// Receives and relays until `stop`, then lets in-flight messages finish within `grace`.
+/// Receives and relays until `stop`, then lets in-flight messages finish within the grace
+/// period. Whatever does not finish is redelivered after its visibility timeout; every
+/// Connect call it made carries a ClientToken, so nothing doubles.
 pub async fn consume(relay: Arc<Relay>, fleet: Arc<Fleet>, stop: CancellationToken) {
-    let config = relay.config.clone();
-    let permits = Arc::new(Semaphore::new(config.concurrency));
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let free = permits.available_permits().min(MAX_RECEIVE_BATCH);
-        if free == 0 {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tasks.join_next() => continue,
-            }
-        }
-        // Not raced against `stop`: a receive abandoned midway would leave its messages
-        // invisible for a whole visibility timeout. A short poll keeps shutdown prompt.
-        let received = relay
-            .inbound
-            .receive(free, config.visibility, Duration::from_secs(1))
-            .await;
-        if stop.is_cancelled() {
-            for m in received.iter().flatten() {
-                // Straight back to the queue for another worker.
-                log_queue_error(
-                    relay
-                        .inbound
-                        .change_visibility(&m.receipt, Duration::ZERO)
-                        .await
-                        .err(),
-                );
-            }
-            break;
-        }
-        let messages = match received {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound queue receive failed");
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        for message in messages {
-            let permit = permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore open");
-            let (relay, fleet) = (relay.clone(), fleet.clone());
-            tasks.spawn(async move {
-                process(&relay, &fleet, message).await;
-                drop(permit);
-            });
-        }
-    }
-    // Whatever does not finish in time is redelivered after its visibility timeout;
-    // every Connect call it made carries a ClientToken, so nothing doubles.
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(config.shutdown_grace, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = tasks.len(),
-            "in-flight inbound messages abandoned at shutdown"
-        );
-        tasks.abort_all();
-    }
+    let settings = ConsumerSettings {
+        concurrency: relay.config.concurrency,
+        visibility: relay.config.visibility,
+        grace: relay.config.shutdown_grace,
+    };
+    consumer::consume(relay.inbound.clone(), settings, stop, |message| {
+        let (relay, fleet) = (relay.clone(), fleet.clone());
+        async move { process(&relay, &fleet, message).await }
+    })
+    .await;
 }
 
 async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) {
@@ -121,10 +66,7 @@ async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) {
     };
     let result = match event.kind {
         EventKind::Message => relay_message(relay, fleet, &event, &message).await,
-        EventKind::Status => {
-            record_status(&event);
-            Ok(())
-        }
+        EventKind::Status => relay_status(relay, &event).await,
     };
     match result {
         Ok(()) => {
@@ -186,6 +128,109 @@ fn record_status(event: &InboundEvent) {
         error_code = event.error_code().unwrap_or_default(),
         "status callback recorded"
     );
+}
+
+/// Tells the agent what became of their message: Connect's delivered / read receipts,
+/// or a clearly marked notice in the chat when it could not be delivered.
+async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayError> {
+    record_status(event);
+    let (Some(item), Some(contact)) = (event.query_param("item"), event.query_param("contact"))
+    else {
+        return Ok(());
+    };
+    let first_part = event.query_param("part").is_none_or(|p| p == "0");
+    let status = event.message_status().unwrap_or_default();
+    let customer = event.customer()?;
+    let Some(stored) = relay.store.get(&customer).await? else {
+        return Ok(());
+    };
+    let conversation = &stored.conversation;
+    // Receipts belong to the chat the message came from, while it lasts.
+    if conversation.contact_id.as_deref() != Some(contact)
+        || conversation.state != ConversationState::Active
+    {
+        return Ok(());
+    }
+    let token = conversation
+        .connection_token
+        .as_ref()
+        .map(|t| t.expose().to_owned())
+        .unwrap_or_default();
+    let sent = match status {
+        "delivered" | "read" if first_part => {
+            let content = serde_json::json!({ "messageId": item }).to_string();
+            relay
+                .api
+                .send_event(
+                    &token,
+                    &format!("{}message.{status}", crate::item::EVENT_PREFIX),
+                    &content,
+                    &client_token(&["receipt", item, status]),
+                )
+                .await
+        }
+        "failed" | "undelivered" => {
+            let code = event.error_code().unwrap_or("unknown");
+            let why = event.field("ErrorMessage").unwrap_or("no reason given");
+            // Sent on the customer's side of the chat, so it must not read like them.
+            let notice = format!(
+                "[waconnect notice - not from the customer] Your message was not delivered on WhatsApp (Twilio error {code}: {why})."
+            );
+            let sent = relay
+                .api
+                .send_message(
+                    &token,
+                    &notice,
+                    &client_token(&["notice", item, event.query_param("part").unwrap_or("0")]),
+                )
+                .await
+                .map(drop);
+            metrics::counter!("waconnect_relay_delivery_failures_total", "code" => failure_label(code)).increment(1);
+            if code == "63016"
+                && let Some(template) = &relay.config.window_template
+            {
+                nudge(relay, &customer, contact, template).await;
+            }
+            sent
+        }
+        _ => Ok(()),
+    };
+    match sent {
+        // The chat is over: nobody is left to tell.
+        Err(e) if e.kind == ErrorKind::AccessDenied => Ok(()),
+        other => other.map_err(RelayError::from),
+    }
+}
+
+fn failure_label(code: &str) -> &'static str {
+    ["63016", "21211", "21610", "21617", "63018", "11751"]
+        .into_iter()
+        .find(|c| *c == code)
+        .unwrap_or("other")
+}
+
+/// After 63016 (the 24-hour window closed), the configured template asks the customer
+/// to write back; once per chat within the queue's dedup window.
+async fn nudge(relay: &Relay, customer: &CustomerAddress, contact: &str, template: &Template) {
+    let message = OutboundMessage {
+        to: customer.clone(),
+        body: String::new(),
+        media_urls: Vec::new(),
+        template: Some(template.clone()),
+        origin: Origin::Bridge {
+            reason: "window".into(),
+            id: format!("window-{contact}"),
+        },
+        created_at: chrono::Utc::now(),
+    };
+    let new = NewMessage {
+        group_id: customer.as_str().to_owned(),
+        dedup_id: message.dedup_id().to_owned(),
+        body: message.to_json(),
+    };
+    if let Err(e) = relay.outbound.send(new).await {
+        tracing::warn!(error = %e, "cannot queue the 24-hour-window template");
+    }
 }
 
 async fn relay_message(
@@ -515,53 +560,9 @@ pub fn render(event: &InboundEvent) -> String {
     lines.join("\n")
 }
 
-/// Splits `text` into parts of at most `max` characters, in order, preferring to cut at
-/// whitespace near the end of a part so words stay whole.
-pub fn split(text: &str, max: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < chars.len() {
-        let mut end = (start + max).min(chars.len());
-        if end < chars.len()
-            && let Some(space) = (start + max * 3 / 4..end)
-                .rev()
-                .find(|&i| chars[i].is_whitespace())
-        {
-            end = space + 1;
-        }
-        parts.push(chars[start..end].iter().collect());
-        start = end;
-    }
-    parts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_texts_split_in_order_within_the_limit() {
-        let text: String = (0..700).map(|i| format!("w{i} ")).collect();
-        let parts = split(&text, MAX_PART_CHARS);
-        assert!(parts.len() > 1);
-        assert!(parts.iter().all(|p| p.chars().count() <= MAX_PART_CHARS));
-        assert_eq!(parts.concat(), text);
-        assert!(parts[0].ends_with(' '), "cut mid-word");
-        let unbroken = "x".repeat(2500);
-        let parts = split(&unbroken, MAX_PART_CHARS);
-        assert_eq!(
-            parts.iter().map(String::len).collect::<Vec<_>>(),
-            [1024, 1024, 452]
-        );
-        assert_eq!(split("short", MAX_PART_CHARS), ["short"]);
-        let emoji = "😀".repeat(1500);
-        assert!(
-            split(&emoji, MAX_PART_CHARS)
-                .iter()
-                .all(|p| p.chars().count() <= 1024)
-        );
-    }
 
     #[test]
     fn client_tokens_are_stable_and_distinct() {

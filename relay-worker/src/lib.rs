@@ -74,6 +74,7 @@ pub async fn run(
         &backends,
         ops_listener,
         shutdown,
+        Vec::new(),
     )
     .await;
     let grace = config.shutdown_grace;

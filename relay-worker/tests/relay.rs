@@ -361,3 +361,82 @@ async fn call_me_places_one_call_per_cooldown_and_still_forwards_the_text() {
     assert_eq!(calls[0]["source"], "+15550001111");
     relay.shutdown().await;
 }
+
+/// Status callbacks (carrying the Connect item in their URL) become Connect receipts, and
+/// failures a clearly marked notice for the agent; 63016 sends the window template.
+#[tokio::test]
+async fn receipts_and_delivery_failures_reach_the_agent() {
+    use waconnect_shared::event::{EventKind, InboundEvent};
+    use waconnect_shared::queue::NewMessage;
+    let stack = Stack::new().await;
+    let relay = stack
+        .relay(&[("WACONNECT_WINDOW_TEMPLATE_SID", "HX123")])
+        .await;
+    let ana = customer(11);
+    stack.customer_says(&ana, "SM1", "hi").await;
+    let contact = stack.contact_of(&ana).await;
+    stack.desk.accept(&contact).await.unwrap();
+    let reply = stack.desk.send(&contact, "hello Ana").await.unwrap();
+    let late = stack.desk.send(&contact, "still there?").await.unwrap();
+    let status = |sid: &str, item: &str, status: &str, code: Option<&str>| {
+        let mut fields = twilio::status_callback(sid, ana.as_str(), status);
+        if let Some(code) = code {
+            fields.push(("ErrorCode".into(), code.into()));
+            fields.push(("ErrorMessage".into(), "outside the allowed window".into()));
+        }
+        let mut event = InboundEvent::new(EventKind::Status, fields);
+        event.query = vec![
+            ("item".into(), item.into()),
+            ("contact".into(), contact.clone()),
+            ("part".into(), "0".into()),
+        ];
+        NewMessage {
+            group_id: ana.as_str().to_owned(),
+            dedup_id: format!("{sid}:{status}"),
+            body: event.to_json(),
+        }
+    };
+    for m in [
+        status("SMa", &reply.id, "sent", None),
+        status("SMa", &reply.id, "delivered", None),
+        status("SMa", &reply.id, "read", None),
+        status("SMb", &late.id, "failed", Some("63016")),
+    ] {
+        stack.inbound.send(m).await.unwrap();
+    }
+    let events = wait::until("the receipts", Duration::from_secs(20), || async {
+        let events = stack.desk.customer_events(&contact).await.ok()?;
+        (events.len() >= 2).then_some(events)
+    })
+    .await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e.content_type.rsplit('.').next().unwrap())
+        .collect();
+    assert_eq!(kinds, ["delivered", "read"]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.content.as_deref() == Some(&*format!("{{\"messageId\":\"{}\"}}", reply.id)))
+    );
+    let notice = wait::until("the failure notice", Duration::from_secs(20), || async {
+        let texts = stack.desk.customer_texts(&contact).await.ok()?;
+        texts.into_iter().find(|t| t.contains("not delivered"))
+    })
+    .await;
+    assert!(
+        notice.starts_with("[waconnect notice - not from the customer]"),
+        "{notice}"
+    );
+    assert!(notice.contains("63016"), "{notice}");
+    // The two agent texts, then the template asking Ana to write back.
+    let got = stack.outbound_until(3, Duration::from_secs(10)).await;
+    let (templates, texts): (Vec<_>, Vec<_>) = got[ana.as_str()]
+        .iter()
+        .cloned()
+        .partition(|m| m.template.is_some());
+    assert_eq!(bodies(&texts), ["hello Ana", "still there?"]);
+    assert_eq!(templates.len(), 1);
+    assert_eq!(templates[0].template.as_ref().unwrap().content_sid, "HX123");
+    relay.shutdown().await;
+}

@@ -1,6 +1,8 @@
 //! Opens the engines the configuration names.
 
 use crate::config::{QueuesConfig, StorageConfig};
+use crate::delivery::sqlite::SqliteLedger;
+use crate::delivery::{DeliveryLedger, LedgerError};
 use crate::ops::Readiness;
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::{Queue, QueueError};
@@ -18,6 +20,8 @@ pub enum BackendError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// The storage a process uses: one connection shared by its queues and its store.
@@ -50,6 +54,10 @@ impl Backend {
     async fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, BackendError> {
         let q = SqliteQueue::open(self.db.clone(), name, self.queues.max_receives).await?;
         Ok(Arc::new(q))
+    }
+
+    pub async fn ledger(&self) -> Result<Arc<dyn DeliveryLedger>, BackendError> {
+        Ok(Arc::new(SqliteLedger::open(self.db.clone()).await?))
     }
 
     pub async fn store(&self) -> Result<Arc<dyn ConversationStore>, BackendError> {

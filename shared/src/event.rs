@@ -24,6 +24,10 @@ pub struct InboundEvent {
     /// Twilio's `I-Twilio-Idempotency-Token` header, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_token: Option<String>,
+    /// The query parameters of the URL Twilio called (covered by its signature). The
+    /// outbound-sender puts the Connect item a status callback is about here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,7 +54,16 @@ impl InboundEvent {
             fields,
             received_at: Utc::now(),
             idempotency_token: None,
+            query: Vec::new(),
         }
+    }
+
+    /// The first value of a query parameter of the called URL.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The first value of a field, as Twilio sent it.

@@ -11,7 +11,9 @@ pub mod address;
 pub mod aws;
 pub mod backend;
 pub mod config;
+pub mod consumer;
 pub mod conversation;
+pub mod delivery;
 pub mod event;
 pub mod form;
 pub mod ops;
@@ -23,6 +25,7 @@ pub mod signature;
 pub mod sqlite;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 pub mod worker;
 

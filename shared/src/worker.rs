@@ -4,9 +4,11 @@
 
 use crate::backend::{Backend, BackendError, QueuesReady};
 use crate::config::WorkerConfig;
-use crate::ops;
+use crate::delivery::DeliveryLedger;
+use crate::ops::{self, Readiness};
 use crate::queue::{Queue, depth};
 use crate::store::ConversationStore;
+use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,7 @@ pub struct WorkerBackends {
     pub inbound: Arc<dyn Queue>,
     pub outbound: Arc<dyn Queue>,
     pub store: Arc<dyn ConversationStore>,
+    pub ledger: Arc<dyn DeliveryLedger>,
 }
 
 impl WorkerBackends {
@@ -33,6 +36,7 @@ impl WorkerBackends {
             inbound: backend.inbound().await?,
             outbound: backend.outbound().await?,
             store: backend.store().await?,
+            ledger: backend.ledger().await?,
         })
     }
 
@@ -42,13 +46,14 @@ impl WorkerBackends {
 }
 
 /// Serves `/healthz`, `/readyz`, `/metrics` on `listener` and samples queue depth until
-/// `shutdown`.
+/// `shutdown`. Ready when the queues answer and every `extra` check passes.
 pub async fn serve_ops(
     name: &'static str,
     config: &WorkerConfig,
     backends: &WorkerBackends,
     listener: TcpListener,
     shutdown: CancellationToken,
+    extra: Vec<Arc<dyn Readiness>>,
 ) -> Result<(), WorkerError> {
     let sampler = depth::spawn_sampler(
         backends.queues(),
@@ -56,10 +61,29 @@ pub async fn serve_ops(
         shutdown.child_token(),
     );
     tracing::info!(service = name, address = %listener.local_addr()?, "operations endpoints listening");
-    let router = ops::router(Arc::new(QueuesReady(backends.queues())));
+    let router = ops::router(Arc::new(AllReady {
+        queues: QueuesReady(backends.queues()),
+        extra,
+    }));
     let served = ops::serve(listener, router, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampler.await;
     tracing::info!(service = name, "stopped");
     Ok(served?)
+}
+
+struct AllReady {
+    queues: QueuesReady,
+    extra: Vec<Arc<dyn Readiness>>,
+}
+
+#[async_trait]
+impl Readiness for AllReady {
+    async fn check(&self) -> Result<(), String> {
+        self.queues.check().await?;
+        for check in &self.extra {
+            check.check().await?;
+        }
+        Ok(())
+    }
 }

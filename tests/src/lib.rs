@@ -5,6 +5,7 @@ pub mod connect_sim;
 pub mod contract;
 pub mod engines;
 pub mod twilio;
+pub mod twilio_sim;
 pub mod wait;
 
 use waconnect_shared::CustomerAddress;

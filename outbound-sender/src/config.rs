@@ -1,0 +1,157 @@
+//! The outbound-sender's configuration: the Twilio account and sender, where status
+//! callbacks go, and how fast and how stubbornly to send.
+
+use std::time::Duration;
+use waconnect_shared::Secret;
+use waconnect_shared::config::{ConfigErrors, ConfigSource, WorkerConfig};
+
+pub const OPS_BIND_VAR: &str = "WACONNECT_SENDER_OPS_BIND";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SenderConfig {
+    pub worker: WorkerConfig,
+    pub twilio: TwilioSettings,
+    /// Messages per second to Twilio from this process (WhatsApp's default: 80).
+    pub rate: f64,
+    pub concurrency: usize,
+    pub visibility: Duration,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwilioSettings {
+    /// `https://api.twilio.com` in production.
+    pub api_base: String,
+    pub account_sid: String,
+    /// Basic auth user: the account SID, or an API key SID.
+    pub username: String,
+    pub password: Secret,
+    pub sender: Sender,
+    /// Ingress's public status-callback URL.
+    pub status_callback_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    From(String),
+    MessagingService(String),
+}
+
+impl SenderConfig {
+    pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
+        let mut r = source.reader();
+        let worker = WorkerConfig::read(&mut r, OPS_BIND_VAR, 9092);
+        let account_sid: String = r
+            .required("TWILIO_ACCOUNT_SID", "the Twilio account SID (AC...)")
+            .unwrap_or_default();
+        let (username, password) = match (
+            r.raw("TWILIO_API_KEY_SID"),
+            r.secret("TWILIO_API_KEY_SECRET"),
+            r.secret("TWILIO_AUTH_TOKEN"),
+        ) {
+            (Some(key), Some(secret), _) => (key.to_owned(), secret),
+            (None, None, Some(token)) => (account_sid.clone(), token),
+            (Some(_), None, _) => {
+                r.error(
+                    "TWILIO_API_KEY_SECRET",
+                    "is required with TWILIO_API_KEY_SID",
+                );
+                (String::new(), Secret::default())
+            }
+            _ => {
+                r.error(
+                    "TWILIO_AUTH_TOKEN",
+                    "is required (or TWILIO_API_KEY_SID with TWILIO_API_KEY_SECRET)",
+                );
+                (String::new(), Secret::default())
+            }
+        };
+        let sender = match (r.raw("TWILIO_FROM"), r.raw("TWILIO_MESSAGING_SERVICE_SID")) {
+            (_, Some(service)) => Sender::MessagingService(service.to_owned()),
+            (Some(from), None) if waconnect_shared::CustomerAddress::parse(from).is_ok() => {
+                Sender::From(from.to_owned())
+            }
+            (Some(from), None) => {
+                r.error(
+                    "TWILIO_FROM",
+                    format!("expected whatsapp:+<E.164>, got {from:?}"),
+                );
+                Sender::From(String::new())
+            }
+            (None, None) => {
+                r.error(
+                    "TWILIO_FROM",
+                    "is required (the WhatsApp sender, whatsapp:+<E.164>), or TWILIO_MESSAGING_SERVICE_SID",
+                );
+                Sender::From(String::new())
+            }
+        };
+        let api_base = r.string("WACONNECT_TWILIO_API_BASE", "https://api.twilio.com");
+        if url::Url::parse(&api_base).is_err() {
+            r.error(
+                "WACONNECT_TWILIO_API_BASE",
+                format!("expected a URL, got {api_base:?}"),
+            );
+        }
+        let status_callback_url = r.raw("WACONNECT_STATUS_CALLBACK_URL").map(str::to_owned);
+        if let Some(u) = &status_callback_url
+            && url::Url::parse(u).is_err()
+        {
+            r.error(
+                "WACONNECT_STATUS_CALLBACK_URL",
+                format!("expected a URL, got {u:?}"),
+            );
+        }
+        let config = Self {
+            worker,
+            twilio: TwilioSettings {
+                api_base: api_base.trim_end_matches('/').to_owned(),
+                account_sid,
+                username,
+                password,
+                sender,
+                status_callback_url,
+            },
+            rate: r.positive("WACONNECT_SENDER_RATE", 80.0, "messages per second"),
+            concurrency: r.positive("WACONNECT_SENDER_CONCURRENCY", 32, "a count"),
+            visibility: r.duration("WACONNECT_SENDER_VISIBILITY", Duration::from_secs(30)),
+            timeout: r.duration("WACONNECT_SENDER_TIMEOUT", Duration::from_secs(10)),
+            max_backoff: r.duration("WACONNECT_SENDER_MAX_BACKOFF", Duration::from_secs(30)),
+            shutdown_grace: r.duration("WACONNECT_SENDER_SHUTDOWN_GRACE", Duration::from_secs(10)),
+        };
+        r.finish()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_an_account_credentials_and_a_sender() {
+        let err =
+            SenderConfig::from_source(&ConfigSource::from_pairs([("WACONNECT_SENDER_RATE", "0")]))
+                .unwrap_err();
+        for var in [
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN",
+            "TWILIO_FROM",
+            "WACONNECT_SENDER_RATE",
+        ] {
+            assert!(err.names(var), "{var} not named in {err}");
+        }
+        let ok = SenderConfig::from_source(&ConfigSource::from_pairs([
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_API_KEY_SID", "SK1"),
+            ("TWILIO_API_KEY_SECRET", "s"),
+            ("TWILIO_FROM", "whatsapp:+14155238886"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.twilio.username, "SK1");
+        assert_eq!(ok.rate, 80.0);
+        assert!(!format!("{ok:?}").contains("\"s\""));
+    }
+}

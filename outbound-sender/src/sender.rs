@@ -1,0 +1,312 @@
+//! Drains the outbound queue to Twilio: per-customer order (the FIFO group), customers in
+//! parallel, a shared rate limit, retries that hold the message (extending its
+//! visibility) instead of burning receives, the delivery ledger against duplicates, and
+//! permanent failures dead-lettered with the agent told why.
+
+use crate::ratelimit::RateLimiter;
+use crate::twilio::{ErrorKind, SendError, TwilioClient};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::consumer::{self, ConsumerSettings};
+use waconnect_shared::delivery::{Claim, DeliveryLedger};
+use waconnect_shared::event::{EventKind, InboundEvent};
+use waconnect_shared::outbound::{Origin, OutboundMessage};
+use waconnect_shared::queue::{NewMessage, Queue, ReceivedMessage};
+use waconnect_shared::text::split;
+
+/// Twilio's Body limit, in characters.
+pub const MAX_BODY_CHARS: usize = 1600;
+
+pub struct Sender {
+    pub twilio: TwilioClient,
+    pub outbound: Arc<dyn Queue>,
+    pub inbound: Arc<dyn Queue>,
+    pub ledger: Arc<dyn DeliveryLedger>,
+    pub limiter: RateLimiter,
+    pub visibility: Duration,
+    pub max_backoff: Duration,
+    /// Set while Twilio refuses our credentials; readiness reports it.
+    pub auth_failing: AtomicBool,
+}
+
+enum Done {
+    Delivered,
+    DeadLettered,
+    /// Shutting down, or the delivery was taken over: leave it to the queue.
+    Abandoned,
+}
+
+pub async fn consume(sender: Arc<Sender>, settings: ConsumerSettings, stop: CancellationToken) {
+    let queue = sender.outbound.clone();
+    consumer::consume(queue, settings, stop.clone(), |message| {
+        let (sender, stop) = (sender.clone(), stop.clone());
+        async move {
+            if let Done::Abandoned = deliver(&sender, &message, &stop).await {
+                let _ = sender
+                    .outbound
+                    .change_visibility(&message.receipt, Duration::ZERO)
+                    .await;
+            }
+        }
+    })
+    .await;
+}
+
+async fn deliver(s: &Sender, m: &ReceivedMessage, stop: &CancellationToken) -> Done {
+    let message = match OutboundMessage::from_json(&m.body) {
+        Ok(o) => o,
+        Err(e) => {
+            let reason = format!("undecodable outbound message: {e}");
+            let _ = s.outbound.dead_letter(&m.receipt, &reason).await;
+            metrics::counter!("waconnect_sender_failed_total", "code" => "undecodable")
+                .increment(1);
+            return Done::DeadLettered;
+        }
+    };
+    let mut parts = split(&message.body, MAX_BODY_CHARS);
+    if parts.is_empty() {
+        // A media-only or template message: one part without a body.
+        parts.push(String::new());
+    }
+    let mut held_until = Instant::now() + s.visibility;
+    for (i, part) in parts.iter().enumerate() {
+        let key = format!("{}#{i}", message.dedup_id());
+        let fields = form_for(s, &message, part, i);
+        let mut backoff = Duration::from_millis(200);
+        // When set, an attempt since then may have reached Twilio without us hearing so:
+        // ask Twilio before sending again.
+        let mut unsure_since = match s.ledger.claim(&key).await {
+            Ok(Claim::Sent { .. }) => continue,
+            Ok(Claim::Fresh) => None,
+            Ok(Claim::Unknown { since }) => Some(since),
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery ledger unavailable; will retry");
+                return Done::Abandoned;
+            }
+        };
+        loop {
+            if let Some(since) = unsure_since {
+                match reconcile(s, &message, part, since).await {
+                    Reconciled::Sent(sid) => {
+                        let _ = s.ledger.sent(&key, &sid).await;
+                        metrics::counter!("waconnect_sender_reconciled_total").increment(1);
+                        break;
+                    }
+                    Reconciled::NotSent => unsure_since = None,
+                    Reconciled::CannotTell => {}
+                }
+            }
+            if stop.is_cancelled() {
+                return Done::Abandoned;
+            }
+            let err = if unsure_since.is_some() {
+                // Twilio could not be asked: do not risk a duplicate, wait and ask again.
+                SendError {
+                    kind: ErrorKind::Transient { retry_after: None },
+                    code: None,
+                    message: "earlier attempt's outcome unknown and Twilio cannot be asked".into(),
+                }
+            } else {
+                let waited = s.limiter.acquire().await;
+                metrics::histogram!("waconnect_sender_rate_limit_wait_seconds")
+                    .record(waited.as_secs_f64());
+                let attempt_at = chrono::Utc::now();
+                let started = Instant::now();
+                let result = s.twilio.send(&fields).await;
+                metrics::histogram!("waconnect_sender_send_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(sid) => {
+                        if s.auth_failing.swap(false, Ordering::Relaxed) {
+                            tracing::info!("Twilio accepts the credentials again");
+                            metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
+                        }
+                        if let Err(e) = s.ledger.sent(&key, &sid).await {
+                            tracing::warn!(error = %e, "sent, but the delivery ledger did not record it");
+                        }
+                        metrics::counter!("waconnect_sender_sent_total").increment(1);
+                        break;
+                    }
+                    Err(e) => {
+                        if e.kind == ErrorKind::Unknown {
+                            unsure_since = Some(attempt_at);
+                        }
+                        e
+                    }
+                }
+            };
+            let code = err
+                .code
+                .map_or_else(|| "none".to_owned(), |c| c.to_string());
+            match &err.kind {
+                ErrorKind::Permanent => {
+                    let _ = s.ledger.release(&key).await;
+                    return fail_permanently(s, m, &message, &err).await;
+                }
+                ErrorKind::Auth => {
+                    if !s.auth_failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %err, "Twilio refuses the credentials; holding messages until it accepts them");
+                        metrics::gauge!("waconnect_sender_twilio_auth_failing").set(1.0);
+                    }
+                }
+                ErrorKind::Transient { .. } | ErrorKind::Unknown => {}
+            }
+            metrics::counter!("waconnect_sender_retried_total", "code" => code).increment(1);
+            let retry_after = match err.kind {
+                ErrorKind::Transient { retry_after } => retry_after,
+                _ => None,
+            };
+            let jitter = rand::random_range(0.5..1.0);
+            let wait = retry_after
+                .unwrap_or(backoff.mul_f64(jitter))
+                .min(s.max_backoff);
+            backoff = (backoff * 2).min(s.max_backoff);
+            tracing::debug!(error = %err, ?wait, "Twilio send will be retried");
+            // Keep the message ours for the whole wait, so no one else sends it meanwhile.
+            if Instant::now() + wait + Duration::from_secs(2) > held_until {
+                let extend = (wait + s.visibility).min(Duration::from_secs(12 * 3600));
+                if s.outbound
+                    .change_visibility(&m.receipt, extend)
+                    .await
+                    .is_err()
+                {
+                    return Done::Abandoned;
+                }
+                held_until = Instant::now() + extend;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Done::Abandoned,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    if let Err(e) = s.outbound.delete(&m.receipt).await {
+        tracing::warn!(error = %e, "sent, but the queue delete failed; the ledger stops a resend");
+    }
+    Done::Delivered
+}
+
+enum Reconciled {
+    Sent(String),
+    NotSent,
+    CannotTell,
+}
+
+/// Whether Twilio already has this part: a message to the same customer with the same
+/// body, created since the attempt whose answer was lost.
+async fn reconcile(
+    s: &Sender,
+    message: &OutboundMessage,
+    part: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Reconciled {
+    let Ok(listed) = s.twilio.sent_to(message.to.as_str()).await else {
+        return Reconciled::CannotTell;
+    };
+    // Clocks differ a little between here and Twilio.
+    let since = since - chrono::Duration::seconds(2);
+    match listed
+        .into_iter()
+        .find(|l| l.body == part && l.created().is_none_or(|c| c >= since))
+    {
+        Some(l) => Reconciled::Sent(l.sid),
+        None => Reconciled::NotSent,
+    }
+}
+
+fn form_for(
+    s: &Sender,
+    message: &OutboundMessage,
+    part: &str,
+    index: usize,
+) -> Vec<(String, String)> {
+    let mut fields = vec![("To".to_owned(), message.to.as_str().to_owned())];
+    if !part.is_empty() {
+        fields.push(("Body".into(), part.to_owned()));
+    }
+    if index == 0 {
+        for url in &message.media_urls {
+            fields.push(("MediaUrl".into(), url.clone()));
+        }
+        if let Some(t) = &message.template {
+            fields.push(("ContentSid".into(), t.content_sid.clone()));
+            if let Some(v) = &t.variables {
+                fields.push(("ContentVariables".into(), v.clone()));
+            }
+        }
+    }
+    if let Some(base) = s.twilio.status_callback_url() {
+        // The status callback names the Connect item, so the relay can tell the agent
+        // it was delivered or read without any lookup table.
+        let query: String = match &message.origin {
+            Origin::ConnectItem {
+                contact_id,
+                item_id,
+                ..
+            } => url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("item", item_id)
+                .append_pair("contact", contact_id)
+                .append_pair("part", &index.to_string())
+                .finish(),
+            Origin::Bridge { id, .. } => url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("bridge", id)
+                .finish(),
+        };
+        let joiner = if base.contains('?') { '&' } else { '?' };
+        fields.push(("StatusCallback".into(), format!("{base}{joiner}{query}")));
+    }
+    s.twilio.with_sender(fields)
+}
+
+/// Dead-letters the message and puts a delivery failure on the inbound queue, so the
+/// relay tells the agent in the chat.
+async fn fail_permanently(
+    s: &Sender,
+    m: &ReceivedMessage,
+    message: &OutboundMessage,
+    err: &SendError,
+) -> Done {
+    let code = err
+        .code
+        .map_or_else(|| "none".to_owned(), |c| c.to_string());
+    let reason = err.to_string();
+    tracing::warn!(customer = %message.to, code = %code, "outbound message refused by Twilio; dead-lettering");
+    metrics::counter!("waconnect_sender_failed_total", "code" => code.clone()).increment(1);
+    if let Origin::ConnectItem {
+        contact_id,
+        item_id,
+        ..
+    } = &message.origin
+    {
+        let mut event = InboundEvent::new(
+            EventKind::Status,
+            vec![
+                ("MessageSid".into(), format!("refused-{item_id}")),
+                ("MessageStatus".into(), "failed".into()),
+                ("ErrorCode".into(), code),
+                ("ErrorMessage".into(), err.message.clone()),
+                ("To".into(), message.to.as_str().to_owned()),
+            ],
+        );
+        event.query = vec![
+            ("item".into(), item_id.clone()),
+            ("contact".into(), contact_id.clone()),
+            ("part".into(), "0".into()),
+        ];
+        let notice = NewMessage {
+            group_id: message.to.as_str().to_owned(),
+            dedup_id: format!("refused-{item_id}"),
+            body: event.to_json(),
+        };
+        if let Err(e) = s.inbound.send(notice).await {
+            // Not dead-lettered yet: the message comes back and this is tried again.
+            tracing::warn!(error = %e, "cannot tell the agent about the failure yet");
+            return Done::Abandoned;
+        }
+    }
+    let _ = s.outbound.dead_letter(&m.receipt, &reason).await;
+    Done::DeadLettered
+}

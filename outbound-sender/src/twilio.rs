@@ -1,0 +1,196 @@
+//! The Messages API client: one POST per message part, errors classified by what the
+//! sender should do about them (DESIGN.md §7).
+
+use crate::config::{Sender, TwilioSettings};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not processed (429 / 20429 / 63018, 5xx): retry with backoff.
+    Transient { retry_after: Option<Duration> },
+    /// No answer after the request went out: Twilio may or may not have it.
+    Unknown,
+    /// The credentials are refused: nothing can be sent until someone fixes them.
+    Auth,
+    /// This message can never be sent (21211 invalid To, 21610 opted out, 21617 too long…).
+    Permanent,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("Twilio {}: {message}", code.map_or("error".to_owned(), |c| c.to_string()))]
+pub struct SendError {
+    pub kind: ErrorKind,
+    pub code: Option<u32>,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    code: Option<u32>,
+    message: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listed {
+    pub sid: String,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub date_created: Option<String>,
+}
+
+impl Listed {
+    pub fn created(&self) -> Option<DateTime<Utc>> {
+        self.date_created
+            .as_deref()
+            .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.with_timezone(&Utc))
+    }
+}
+
+#[derive(Clone)]
+pub struct TwilioClient {
+    http: reqwest::Client,
+    messages_url: String,
+    settings: TwilioSettings,
+}
+
+impl TwilioClient {
+    pub fn new(settings: TwilioSettings, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .expect("an HTTP client with default TLS");
+        Self {
+            messages_url: format!(
+                "{}/2010-04-01/Accounts/{}/Messages.json",
+                settings.api_base, settings.account_sid
+            ),
+            http,
+            settings,
+        }
+    }
+
+    /// The form for one part. `From` or `MessagingServiceSid` comes from configuration.
+    pub fn with_sender(&self, mut fields: Vec<(String, String)>) -> Vec<(String, String)> {
+        match &self.settings.sender {
+            Sender::From(f) => fields.push(("From".into(), f.clone())),
+            Sender::MessagingService(s) => fields.push(("MessagingServiceSid".into(), s.clone())),
+        }
+        fields
+    }
+
+    pub fn status_callback_url(&self) -> Option<&str> {
+        self.settings.status_callback_url.as_deref()
+    }
+
+    /// Posts one message; returns its SID.
+    pub async fn send(&self, fields: &[(String, String)]) -> Result<String, SendError> {
+        let response = self
+            .http
+            .post(&self.messages_url)
+            .basic_auth(
+                &self.settings.username,
+                Some(self.settings.password.expose()),
+            )
+            .form(fields)
+            .send()
+            .await
+            .map_err(|e| SendError {
+                // A connect failure never reached Twilio; anything later might have.
+                kind: if e.is_connect() {
+                    ErrorKind::Transient { retry_after: None }
+                } else {
+                    ErrorKind::Unknown
+                },
+                code: None,
+                message: e.to_string(),
+            })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if status.is_success() {
+            #[derive(Deserialize)]
+            struct Created {
+                sid: String,
+            }
+            return response
+                .json::<Created>()
+                .await
+                .map(|c| c.sid)
+                .map_err(|e| SendError {
+                    kind: ErrorKind::Unknown,
+                    code: None,
+                    message: format!("unreadable 2xx answer: {e}"),
+                });
+        }
+        let body: Option<ErrorBody> = response.json().await.ok();
+        let code = body.as_ref().and_then(|b| b.code);
+        let message = body
+            .and_then(|b| b.message)
+            .unwrap_or_else(|| status.to_string());
+        let kind = match (status.as_u16(), code) {
+            (429, _) | (_, Some(20429 | 63018)) => ErrorKind::Transient { retry_after },
+            (401 | 403, _) | (_, Some(20003)) => ErrorKind::Auth,
+            (s, _) if s >= 500 => ErrorKind::Transient { retry_after },
+            _ => ErrorKind::Permanent,
+        };
+        Err(SendError {
+            kind,
+            code,
+            message,
+        })
+    }
+
+    /// Messages sent to `to` (newest first, one page): used to learn whether an attempt
+    /// whose answer was lost did reach Twilio.
+    pub async fn sent_to(&self, to: &str) -> Result<Vec<Listed>, SendError> {
+        #[derive(Deserialize)]
+        struct Page {
+            messages: Vec<Listed>,
+        }
+        let response = self
+            .http
+            .get(&self.messages_url)
+            .basic_auth(
+                &self.settings.username,
+                Some(self.settings.password.expose()),
+            )
+            .query(&[("To", to), ("PageSize", "100")])
+            .send()
+            .await
+            .map_err(|e| SendError {
+                kind: ErrorKind::Transient { retry_after: None },
+                code: None,
+                message: e.to_string(),
+            })?;
+        if !response.status().is_success() {
+            let auth = matches!(response.status().as_u16(), 401 | 403);
+            return Err(SendError {
+                kind: if auth {
+                    ErrorKind::Auth
+                } else {
+                    ErrorKind::Transient { retry_after: None }
+                },
+                code: None,
+                message: response.status().to_string(),
+            });
+        }
+        response
+            .json::<Page>()
+            .await
+            .map(|p| p.messages)
+            .map_err(|e| SendError {
+                kind: ErrorKind::Transient { retry_after: None },
+                code: None,
+                message: e.to_string(),
+            })
+    }
+}

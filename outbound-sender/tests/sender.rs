@@ -1,0 +1,239 @@
+//! The outbound-sender against the Twilio simulator over loopback, with ingress taking
+//! the signed status callbacks.
+
+mod common;
+
+use common::Stack;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use waconnect_shared::event::EventKind;
+use waconnect_tests::twilio_sim::TwilioOptions;
+use waconnect_tests::{customer, wait};
+
+fn open_window() -> TwilioOptions {
+    TwilioOptions {
+        window_always_open: true,
+        ..TwilioOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_in_order_per_customer_and_receipts_come_back_signed() {
+    let stack = Stack::new(open_window()).await;
+    let sender = stack.sender(&[]).await;
+    for m in 0..10 {
+        for c in 0..5 {
+            stack
+                .agent_says(
+                    &customer(c),
+                    &format!("item-{c}-{m}"),
+                    &format!("c{c} m{m}"),
+                )
+                .await;
+        }
+    }
+    let long: String = (0..500).map(|i| format!("w{i} ")).collect();
+    stack.agent_says(&customer(9), "item-long", &long).await;
+    for c in 0..5 {
+        let expected: Vec<String> = (0..10).map(|m| format!("c{c} m{m}")).collect();
+        assert_eq!(
+            stack
+                .inbox_of(&customer(c), 10, Duration::from_secs(20))
+                .await,
+            expected
+        );
+    }
+    let parts = stack
+        .inbox_of(&customer(9), 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(parts.concat(), long, "split out of order or lossy");
+    assert!(parts.iter().all(|p| p.chars().count() <= 1600));
+    // sent, delivered and read for each of 52 parts, through ingress's signature check.
+    let events = stack.statuses(52 * 3, Duration::from_secs(20)).await;
+    let mut by_item: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in &events {
+        assert_eq!(e.kind, EventKind::Status);
+        let item = e
+            .query_param("item")
+            .expect("the status callback names the item")
+            .to_owned();
+        assert_eq!(e.query_param("contact"), Some("contact-1"));
+        by_item
+            .entry(item)
+            .or_default()
+            .push(e.message_status().unwrap().to_owned());
+    }
+    assert_eq!(by_item.len(), 51);
+    assert!(by_item.values().all(|s| s.contains(&"read".to_owned())));
+    sender.shutdown().await;
+}
+
+/// Twilio answers 429 to everything for longer than several visibility timeouts and
+/// more receives than the dead-letter limit would allow: the sender holds the messages
+/// and sends them all, in order, once it lets up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_delays_but_loses_nothing() {
+    let stack = Stack::new(open_window()).await;
+    stack.phone.storm(12.0).await.unwrap();
+    let sender = stack.sender(&[]).await;
+    for m in 0..5 {
+        for c in 0..3 {
+            stack
+                .agent_says(&customer(c), &format!("i-{c}-{m}"), &format!("c{c} m{m}"))
+                .await;
+        }
+    }
+    wait::until("the storm to be felt", Duration::from_secs(5), || async {
+        (stack.phone.api_calls().await.ok()? > 10).then_some(())
+    })
+    .await;
+    for c in 0..3 {
+        let expected: Vec<String> = (0..5).map(|m| format!("c{c} m{m}")).collect();
+        assert_eq!(
+            stack
+                .inbox_of(&customer(c), 5, Duration::from_secs(40))
+                .await,
+            expected
+        );
+    }
+    assert_eq!(stack.outbound.stats().await.unwrap().dead_letters, 0);
+    sender.shutdown().await;
+}
+
+#[tokio::test]
+async fn permanent_refusals_are_dead_lettered_and_reported_for_the_agent() {
+    let stack = Stack::new(open_window()).await;
+    let gone = customer(1);
+    stack.phone.opt_out(gone.as_str()).await.unwrap();
+    let sender = stack.sender(&[]).await;
+    stack.agent_says(&gone, "item-x", "are you there?").await;
+    stack.agent_says(&customer(2), "item-y", "hello").await;
+    let dead = wait::until("the dead letter", Duration::from_secs(10), || async {
+        stack
+            .outbound
+            .dead_letters(10)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(dead.reason.contains("21610"), "{}", dead.reason);
+    assert_eq!(
+        stack
+            .inbox_of(&customer(2), 1, Duration::from_secs(10))
+            .await,
+        ["hello"]
+    );
+    // The relay learns of it through the inbound queue, like a failed status callback.
+    let events = stack.statuses(4, Duration::from_secs(10)).await;
+    let refused = events
+        .iter()
+        .find(|e| e.query_param("item") == Some("item-x"))
+        .expect("a failure notice for the agent");
+    assert_eq!(refused.message_status(), Some("failed"));
+    assert_eq!(refused.error_code(), Some("21610"));
+    sender.shutdown().await;
+}
+
+#[tokio::test]
+async fn outside_the_24_hour_window_the_failure_arrives_by_status_callback() {
+    let stack = Stack::new(TwilioOptions::default()).await;
+    let sender = stack.sender(&[]).await;
+    stack
+        .agent_says(&customer(5), "item-late", "sorry for the wait")
+        .await;
+    let events = stack.statuses(2, Duration::from_secs(10)).await;
+    let failed = events
+        .iter()
+        .find(|e| e.message_status() == Some("failed"))
+        .unwrap();
+    assert_eq!(failed.error_code(), Some("63016"));
+    assert_eq!(failed.query_param("item"), Some("item-late"));
+    sender.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_credentials_fail_readiness_and_keep_every_message() {
+    let stack = Stack::new(open_window()).await;
+    let sender = stack.sender(&[("TWILIO_AUTH_TOKEN", "wrong")]).await;
+    for m in 0..3 {
+        stack
+            .agent_says(&customer(1), &format!("i{m}"), &format!("m{m}"))
+            .await;
+    }
+    let http = reqwest::Client::new();
+    let ready = format!("http://{}/readyz", sender.ops);
+    let body = wait::until("readiness to fail", Duration::from_secs(10), || async {
+        let r = http.get(&ready).send().await.ok()?;
+        (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert!(body.contains("credentials"), "{body}");
+    let metrics = http
+        .get(format!("http://{}/metrics", sender.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("waconnect_sender_twilio_auth_failing 1"),
+        "{metrics}"
+    );
+    let stats = stack.outbound.stats().await.unwrap();
+    assert_eq!(
+        (stats.visible + stats.in_flight, stats.dead_letters),
+        (3, 0)
+    );
+    sender.shutdown().await;
+    // Fixed credentials: everything goes out, in order.
+    let fixed = stack.sender(&[]).await;
+    assert_eq!(
+        stack
+            .inbox_of(&customer(1), 3, Duration::from_secs(20))
+            .await,
+        ["m0", "m1", "m2"]
+    );
+    fixed.shutdown().await;
+}
+
+/// SIGKILL the sender mid-run; a new one finishes. The ledger, reconciled against
+/// Twilio, keeps anything from going out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sender_loses_and_doubles_nothing() {
+    let stack = Stack::new(open_window()).await;
+    stack.phone.delay(5).await.unwrap();
+    const CUSTOMERS: usize = 20;
+    const EACH: usize = 20;
+    for m in 0..EACH {
+        for c in 0..CUSTOMERS {
+            stack
+                .agent_says(&customer(c), &format!("k-{c}-{m}"), &format!("c{c} m{m}"))
+                .await;
+        }
+    }
+    let mut first = stack.sender_process(&[]);
+    wait::until("sending under way", Duration::from_secs(20), || async {
+        (stack.phone.sent().await.ok()?.len() >= CUSTOMERS * EACH / 3).then_some(())
+    })
+    .await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let at_kill = stack.phone.sent().await.unwrap().len();
+    assert!(at_kill < CUSTOMERS * EACH, "finished before the kill");
+    let mut second = stack.sender_process(&[]);
+    for c in 0..CUSTOMERS {
+        let expected: Vec<String> = (0..EACH).map(|m| format!("c{c} m{m}")).collect();
+        assert_eq!(
+            stack
+                .inbox_of(&customer(c), EACH, Duration::from_secs(60))
+                .await,
+            expected,
+            "customer {c}"
+        );
+    }
+    second.start_kill().unwrap();
+    eprintln!("killed after {at_kill} of {} sends", CUSTOMERS * EACH);
+}

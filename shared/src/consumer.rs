@@ -1,0 +1,91 @@
+//! The queue-consuming loop both workers run: receive as many messages as there are free
+//! slots, handle each in its own task, and on shutdown stop receiving, hand back what was
+//! just received, and give in-flight work a bounded grace period.
+
+use crate::queue::{MAX_RECEIVE_BATCH, Queue, ReceivedMessage};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerSettings {
+    /// Messages handled at once (each from a different FIFO group).
+    pub concurrency: usize,
+    pub visibility: Duration,
+    /// Bound on waiting for in-flight messages at shutdown.
+    pub grace: Duration,
+}
+
+/// Runs `handle` for every message received from `queue` until `stop`. The handler owns
+/// the outcome (delete, fail, dead-letter); one that does not finish within the grace
+/// period is aborted and its message comes back after its visibility timeout.
+pub async fn consume<H, Fut>(
+    queue: Arc<dyn Queue>,
+    settings: ConsumerSettings,
+    stop: CancellationToken,
+    handle: H,
+) where
+    H: Fn(ReceivedMessage) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let free = permits.available_permits().min(MAX_RECEIVE_BATCH);
+        if free == 0 {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tasks.join_next() => continue,
+            }
+        }
+        // Not raced against `stop`: a receive abandoned midway would leave its messages
+        // invisible for a whole visibility timeout. A short poll keeps shutdown prompt.
+        let received = queue
+            .receive(free, settings.visibility, Duration::from_secs(1))
+            .await;
+        if stop.is_cancelled() {
+            for m in received.iter().flatten() {
+                // Straight back to the queue for another worker.
+                if let Err(e) = queue.change_visibility(&m.receipt, Duration::ZERO).await {
+                    tracing::warn!(queue = queue.name(), error = %e, "cannot hand a message back");
+                }
+            }
+            break;
+        }
+        let messages = match received {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(queue = queue.name(), error = %e, "receive failed");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        for message in messages {
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let work = handle(message);
+            tasks.spawn(async move {
+                work.await;
+                drop(permit);
+            });
+        }
+    }
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(settings.grace, drain).await.is_err() {
+        tracing::warn!(
+            queue = queue.name(),
+            left = tasks.len(),
+            "in-flight messages left to the queue at shutdown"
+        );
+        tasks.abort_all();
+    }
+}

@@ -1,0 +1,43 @@
+//! The delivery ledger: which outbound parts have reached Twilio. Twilio's Messages API
+//! has no idempotency key, so the sender claims a part here before posting it and records
+//! the SID after; a part whose claim is older than this attempt had an unknown outcome
+//! (the sender died, or the call timed out) and is reconciled against Twilio before any
+//! second send.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody has tried this part: send it.
+    Fresh,
+    /// An earlier attempt claimed it at `since` and never recorded an outcome.
+    Unknown { since: DateTime<Utc> },
+    /// Twilio accepted it already.
+    Sent { sid: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("delivery ledger unavailable: {0}")]
+    Unavailable(String),
+    #[error("delivery ledger backend error: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait DeliveryLedger: Send + Sync + 'static {
+    /// Claims `key` for a send now, or says what an earlier attempt left.
+    async fn claim(&self, key: &str) -> Result<Claim, LedgerError>;
+
+    /// Twilio accepted the part as `sid`.
+    async fn sent(&self, key: &str, sid: &str) -> Result<(), LedgerError>;
+
+    /// The attempt failed with a definite answer (nothing was sent): forget the claim.
+    async fn release(&self, key: &str) -> Result<(), LedgerError>;
+
+    /// Forgets entries older than `before` (the queue's dedup window has long passed).
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, LedgerError>;
+}

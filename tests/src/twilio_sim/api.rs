@@ -1,0 +1,302 @@
+//! The Messages API and the status callbacks that follow a send.
+
+use super::{Sent, Twilio, sid};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use chrono::Utc;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use waconnect_shared::{form, signature};
+
+pub fn routes() -> Router<Arc<Twilio>> {
+    Router::new().route(
+        "/2010-04-01/Accounts/{account}/Messages.json",
+        post(create_message).get(list_messages),
+    )
+}
+
+/// Twilio's error body.
+fn error(status: u16, code: u32, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).expect("valid status");
+    let body = json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status.as_u16(),
+    });
+    (status, Json(body)).into_response()
+}
+
+fn authorised(twilio: &Twilio, account: &str, headers: &HeaderMap) -> bool {
+    let Some(basic) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+    else {
+        return false;
+    };
+    let expected = format!(
+        "{}:{}",
+        twilio.options.account_sid, twilio.options.auth_token
+    );
+    account == twilio.options.account_sid && basic == expected
+}
+
+async fn create_message(
+    State(twilio): State<Arc<Twilio>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let delay = {
+        let mut inner = twilio.lock();
+        inner.api_calls += 1;
+        inner.faults.delay
+    };
+    if !authorised(&twilio, &account, &headers) {
+        return error(401, 20003, "Authenticate");
+    }
+    let Ok(fields) = form::decode(&body) else {
+        return error(400, 21602, "Message body is invalid");
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let media_urls: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k == "MediaUrl")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let (to, from) = (field("To").unwrap_or_default(), field("From"));
+    let text = field("Body").unwrap_or_default();
+    let content_sid = field("ContentSid");
+    let now = Instant::now();
+    {
+        let mut inner = twilio.lock();
+        if inner.faults.storm_until.is_some_and(|u| u > now) {
+            return error(429, 20429, "Too Many Requests");
+        }
+        if inner.faults.errors > 0 {
+            inner.faults.errors -= 1;
+            return error(500, 20500, "Internal Server Error");
+        }
+        let window = match inner.window {
+            Some((start, n)) if now.duration_since(start) < Duration::from_secs(1) => {
+                (start, n + 1)
+            }
+            _ => (now, 1),
+        };
+        inner.window = Some(window);
+        if window.1 > twilio.options.sender_rate {
+            return error(429, 63018, "Rate limit exceeded for the WhatsApp sender");
+        }
+    }
+    if from.is_none() && field("MessagingServiceSid").is_none() {
+        return error(
+            400,
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required",
+        );
+    }
+    if waconnect_shared::CustomerAddress::parse(&to).is_err() {
+        return error(400, 21211, "Invalid 'To' Phone Number");
+    }
+    if text.chars().count() > 1600 {
+        return error(
+            400,
+            21617,
+            "The concatenated message body exceeds the 1600 character limit",
+        );
+    }
+    if text.is_empty() && media_urls.is_empty() && content_sid.is_none() {
+        return error(400, 21602, "Message body is required");
+    }
+    if media_urls.len() > 10 {
+        return error(400, 21623, "Too many media URLs");
+    }
+    let sent = {
+        let mut inner = twilio.lock();
+        if inner.customers.get(&to).is_some_and(|c| c.opted_out) {
+            return error(400, 21610, "Attempt to send to unsubscribed recipient");
+        }
+        let sent = Sent {
+            sid: sid(if media_urls.is_empty() { "SM" } else { "MM" }),
+            to: to.clone(),
+            from: from.unwrap_or_else(|| twilio.options.sender.clone()),
+            body: text,
+            media_urls,
+            content_sid,
+            status: "queued".into(),
+            error_code: None,
+            status_callback: field("StatusCallback"),
+            created_at: Utc::now(),
+        };
+        let index = inner.sent.len();
+        inner.by_sid.insert(sent.sid.clone(), index);
+        inner.sent.push(sent.clone());
+        sent
+    };
+    tokio::spawn(deliver(twilio.clone(), sent.sid.clone()));
+    // A slow answer comes after Twilio has the message: a client that gives up (or dies)
+    // meanwhile does not know it was sent.
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let body = json!({
+        "sid": sent.sid,
+        "account_sid": twilio.options.account_sid,
+        "status": "queued",
+        "to": sent.to,
+        "from": sent.from,
+        "body": sent.body,
+        "num_media": sent.media_urls.len().to_string(),
+        "error_code": null,
+        "error_message": null,
+        "date_created": sent.created_at.to_rfc2822(),
+        "uri": format!("/2010-04-01/Accounts/{}/Messages/{}.json", twilio.options.account_sid, sent.sid),
+    });
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    #[serde(rename = "To")]
+    to: Option<String>,
+}
+
+/// Messages, newest first, optionally only those to `To` (one page).
+async fn list_messages(
+    State(twilio): State<Arc<Twilio>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Response {
+    if !authorised(&twilio, &account, &headers) {
+        return error(401, 20003, "Authenticate");
+    }
+    let inner = twilio.lock();
+    let messages: Vec<serde_json::Value> = inner
+        .sent
+        .iter()
+        .rev()
+        .filter(|s| q.to.as_ref().is_none_or(|t| *t == s.to))
+        .take(100)
+        .map(|s| {
+            json!({
+                "sid": s.sid,
+                "to": s.to,
+                "from": s.from,
+                "body": s.body,
+                "status": s.status,
+                "date_created": s.created_at.to_rfc2822(),
+            })
+        })
+        .collect();
+    Json(json!({ "messages": messages, "next_page_uri": null })).into_response()
+}
+
+/// `sent`, then `delivered` (or `failed` 63016 outside the 24 h window), then `read` if
+/// the customer reads at once.
+async fn deliver(twilio: Arc<Twilio>, sid: String) {
+    let (to, template) = {
+        let inner = twilio.lock();
+        let s = &inner.sent[inner.by_sid[&sid]];
+        (s.to.clone(), s.content_sid.is_some())
+    };
+    let now = twilio.now();
+    let in_window = twilio.options.window_always_open
+        || twilio
+            .lock()
+            .customers
+            .get(&to)
+            .and_then(|c| c.last_inbound)
+            .is_some_and(|at| now - at < chrono::Duration::hours(24));
+    let mut steps: Vec<(&str, Option<(u32, &str)>)> = vec![("sent", None)];
+    if in_window || template {
+        steps.push(("delivered", None));
+        if twilio.options.auto_read {
+            steps.push(("read", None));
+        }
+    } else {
+        steps.push((
+            "failed",
+            Some((
+                63016,
+                "Failed to send freeform message because you are outside the allowed window.",
+            )),
+        ));
+    }
+    if twilio.lock().faults.shuffle_statuses {
+        steps.reverse();
+    }
+    for (status, error) in steps {
+        tokio::time::sleep(twilio.options.status_delay).await;
+        set_status(&twilio, &sid, status, error).await;
+    }
+}
+
+/// Records a status and posts its callback, signed as Twilio signs it. Best effort.
+pub(super) async fn set_status(
+    twilio: &Twilio,
+    sid: &str,
+    status: &str,
+    error: Option<(u32, &str)>,
+) {
+    let (callback, fields) = {
+        let mut inner = twilio.lock();
+        let Some(&i) = inner.by_sid.get(sid) else {
+            return;
+        };
+        let s = &mut inner.sent[i];
+        s.status = status.to_owned();
+        s.error_code = error.map(|(c, _)| c);
+        let mut fields = vec![
+            (
+                "ChannelToAddress",
+                s.to.trim_start_matches("whatsapp:").to_owned(),
+            ),
+            ("ApiVersion", "2010-04-01".to_owned()),
+            ("MessageStatus", status.to_owned()),
+            ("SmsSid", sid.to_owned()),
+            ("SmsStatus", status.to_owned()),
+            ("To", s.to.clone()),
+            ("From", s.from.clone()),
+            ("MessageSid", sid.to_owned()),
+            ("AccountSid", twilio.options.account_sid.clone()),
+            ("ChannelPrefix", "whatsapp".to_owned()),
+            ("EventType", status.to_ascii_uppercase()),
+        ];
+        if let Some((code, message)) = error {
+            fields.push(("ErrorCode", code.to_string()));
+            fields.push(("ErrorMessage", message.to_owned()));
+        }
+        let fields: Vec<(String, String)> =
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        (s.status_callback.clone(), fields)
+    };
+    if let Some(url) = callback {
+        let signature = signature::compute(&twilio.options.auth_token, &url, &fields);
+        let body = form::encode(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let _ = twilio
+            .http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", signature)
+            .header("user-agent", "TwilioProxy/1.1")
+            .body(body)
+            .send()
+            .await;
+    }
+}

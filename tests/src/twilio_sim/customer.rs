@@ -1,0 +1,453 @@
+//! The WhatsApp customer's side (the phone), the simulated clock and fault injection, over
+//! JSON HTTP; and a client for them.
+
+use super::{Sent, Twilio, api, sid};
+use anyhow::{Context, bail};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use waconnect_shared::{form, signature};
+
+pub fn routes() -> Router<Arc<Twilio>> {
+    Router::new()
+        .route("/phone/messages", post(customer_sends))
+        .route("/phone/inbox", get(inbox))
+        .route("/phone/read", post(read_all))
+        .route("/phone/opt-out", post(opt_out))
+        .route("/sim/messages", get(all_sent))
+        .route("/sim/stats", get(stats))
+        .route("/sim/webhook", post(set_webhook))
+        .route("/sim/clock", post(advance_clock))
+        .route("/faults/storm", post(storm))
+        .route("/faults/error", post(errors))
+        .route("/faults/delay", post(delay))
+        .route("/faults/shuffle", post(shuffle))
+        .route("/faults/clear", post(clear))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Media {
+    pub url: String,
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Location {
+    pub latitude: f64,
+    pub longitude: f64,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct CustomerMessage {
+    /// `whatsapp:+<E.164>`
+    pub from: String,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub profile_name: Option<String>,
+    #[serde(default)]
+    pub media: Vec<Media>,
+    #[serde(default)]
+    pub location: Option<Location>,
+}
+
+/// Twilio's retry fragment: `#rc=<count>&rp=<policies>`; by default one retry, only when
+/// the connection failed.
+fn retry_policy(url: &str) -> (String, u32, Vec<String>) {
+    let (base, fragment) = url.split_once('#').unwrap_or((url, ""));
+    let mut count = 1;
+    let mut policies = vec!["ct".to_owned()];
+    for (k, v) in form::decode(fragment.as_bytes()).unwrap_or_default() {
+        match k.as_str() {
+            "rc" => count = v.parse().unwrap_or(count),
+            "rp" => policies = v.split(',').map(str::to_owned).collect(),
+            _ => {}
+        }
+    }
+    (base.to_owned(), count, policies)
+}
+
+async fn customer_sends(
+    State(twilio): State<Arc<Twilio>>,
+    Json(m): Json<CustomerMessage>,
+) -> impl IntoResponse {
+    let Some(url) = twilio.lock().webhook_url.clone() else {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "message": "no webhook URL configured" })),
+        );
+    };
+    if waconnect_shared::CustomerAddress::parse(&m.from).is_err() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "message": "from must be whatsapp:+E.164" })),
+        );
+    }
+    let message_sid = sid(if m.media.is_empty() { "SM" } else { "MM" });
+    let wa_id = m.from.trim_start_matches("whatsapp:+").to_owned();
+    let kind = if m.location.is_some() {
+        "location"
+    } else if let Some(first) = m.media.first() {
+        first.content_type.split('/').next().unwrap_or("document")
+    } else {
+        "text"
+    };
+    let mut fields: Vec<(String, String)> = vec![
+        ("SmsMessageSid".into(), message_sid.clone()),
+        ("NumMedia".into(), m.media.len().to_string()),
+        (
+            "ProfileName".into(),
+            m.profile_name
+                .clone()
+                .unwrap_or_else(|| "WhatsApp User".into()),
+        ),
+        ("MessageType".into(), kind.into()),
+        ("SmsSid".into(), message_sid.clone()),
+        ("WaId".into(), wa_id),
+        ("SmsStatus".into(), "received".into()),
+        ("Body".into(), m.body.clone()),
+        ("To".into(), twilio.options.sender.clone()),
+        ("NumSegments".into(), "1".into()),
+        ("ReferralNumMedia".into(), "0".into()),
+        ("MessageSid".into(), message_sid.clone()),
+        ("AccountSid".into(), twilio.options.account_sid.clone()),
+        ("From".into(), m.from.clone()),
+        ("ApiVersion".into(), "2010-04-01".into()),
+    ];
+    for (i, media) in m.media.iter().enumerate() {
+        fields.push((format!("MediaContentType{i}"), media.content_type.clone()));
+        fields.push((format!("MediaUrl{i}"), media.url.clone()));
+    }
+    if let Some(l) = &m.location {
+        fields.push(("Latitude".into(), l.latitude.to_string()));
+        fields.push(("Longitude".into(), l.longitude.to_string()));
+        if let Some(label) = &l.label {
+            fields.push(("Label".into(), label.clone()));
+        }
+    }
+    let (target, retries, policies) = retry_policy(&url);
+    let signature = signature::compute(&twilio.options.auth_token, &target, &fields);
+    let body = form::encode(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let idempotency = format!("{}-{}", message_sid, uuid::Uuid::new_v4().simple());
+    let mut attempts = 0;
+    let status = loop {
+        attempts += 1;
+        let result = twilio
+            .http
+            .post(&target)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", &signature)
+            .header("i-twilio-idempotency-token", &idempotency)
+            .header("user-agent", "TwilioProxy/1.1")
+            .timeout(Duration::from_secs(15))
+            .body(body.clone())
+            .send()
+            .await;
+        let retry = match &result {
+            Ok(r) if r.status().is_server_error() => {
+                policies.iter().any(|p| p == "5xx" || p == "all")
+            }
+            Ok(r) if r.status().is_client_error() => {
+                policies.iter().any(|p| p == "4xx" || p == "all")
+            }
+            Ok(_) => false,
+            Err(e) if e.is_timeout() => policies.iter().any(|p| p == "rt" || p == "all"),
+            Err(_) => policies.iter().any(|p| p == "ct" || p == "all"),
+        };
+        if !retry || attempts > retries {
+            break result.map(|r| r.status().as_u16()).unwrap_or(0);
+        }
+    };
+    if (200..300).contains(&status) {
+        let now = twilio.now();
+        twilio
+            .lock()
+            .customers
+            .entry(m.from.clone())
+            .or_default()
+            .last_inbound = Some(now);
+    }
+    (
+        StatusCode::OK,
+        Json(json!({ "message_sid": message_sid, "status": status, "attempts": attempts })),
+    )
+}
+
+/// A message as the customer's phone shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InboxMessage {
+    pub sid: String,
+    pub body: String,
+    pub media_urls: Vec<String>,
+    pub content_sid: Option<String>,
+    pub status: String,
+    pub error_code: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct Number {
+    number: String,
+}
+
+fn inbox_of(twilio: &Twilio, number: &str) -> Vec<InboxMessage> {
+    twilio
+        .lock()
+        .sent
+        .iter()
+        .filter(|s| s.to == number)
+        .map(|s| InboxMessage {
+            sid: s.sid.clone(),
+            body: s.body.clone(),
+            media_urls: s.media_urls.clone(),
+            content_sid: s.content_sid.clone(),
+            status: s.status.clone(),
+            error_code: s.error_code,
+        })
+        .collect()
+}
+
+async fn inbox(
+    State(twilio): State<Arc<Twilio>>,
+    Query(n): Query<Number>,
+) -> Json<Vec<InboxMessage>> {
+    Json(inbox_of(&twilio, &n.number))
+}
+
+async fn read_all(State(twilio): State<Arc<Twilio>>, Json(n): Json<Number>) -> Json<Value> {
+    let unread: Vec<String> = inbox_of(&twilio, &n.number)
+        .into_iter()
+        .filter(|m| m.status == "delivered")
+        .map(|m| m.sid)
+        .collect();
+    for sid in &unread {
+        api::set_status(&twilio, sid, "read", None).await;
+    }
+    Json(json!({ "read": unread.len() }))
+}
+
+async fn opt_out(State(twilio): State<Arc<Twilio>>, Json(n): Json<Number>) -> StatusCode {
+    twilio
+        .lock()
+        .customers
+        .entry(n.number)
+        .or_default()
+        .opted_out = true;
+    StatusCode::NO_CONTENT
+}
+
+async fn all_sent(State(twilio): State<Arc<Twilio>>) -> Json<Vec<Sent>> {
+    Json(twilio.lock().sent.clone())
+}
+
+async fn stats(State(twilio): State<Arc<Twilio>>) -> Json<Value> {
+    let inner = twilio.lock();
+    Json(json!({ "api_calls": inner.api_calls, "sent": inner.sent.len() }))
+}
+
+#[derive(Deserialize)]
+struct Webhook {
+    url: String,
+}
+
+async fn set_webhook(State(twilio): State<Arc<Twilio>>, Json(w): Json<Webhook>) -> StatusCode {
+    twilio.lock().webhook_url = Some(w.url);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Advance {
+    seconds: i64,
+}
+
+async fn advance_clock(State(twilio): State<Arc<Twilio>>, Json(a): Json<Advance>) -> StatusCode {
+    twilio.lock().clock_offset += chrono::Duration::seconds(a.seconds);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Seconds {
+    seconds: f64,
+}
+
+async fn storm(State(twilio): State<Arc<Twilio>>, Json(s): Json<Seconds>) -> StatusCode {
+    twilio.lock().faults.storm_until = Some(Instant::now() + Duration::from_secs_f64(s.seconds));
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Count {
+    count: u32,
+}
+
+async fn errors(State(twilio): State<Arc<Twilio>>, Json(c): Json<Count>) -> StatusCode {
+    twilio.lock().faults.errors = c.count;
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Millis {
+    millis: u64,
+}
+
+async fn delay(State(twilio): State<Arc<Twilio>>, Json(m): Json<Millis>) -> StatusCode {
+    twilio.lock().faults.delay = Duration::from_millis(m.millis);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Switch {
+    on: bool,
+}
+
+async fn shuffle(State(twilio): State<Arc<Twilio>>, Json(s): Json<Switch>) -> StatusCode {
+    twilio.lock().faults.shuffle_statuses = s.on;
+    StatusCode::NO_CONTENT
+}
+
+async fn clear(State(twilio): State<Arc<Twilio>>) -> StatusCode {
+    twilio.lock().faults = Default::default();
+    StatusCode::NO_CONTENT
+}
+
+/// Drives the customer's phone and the simulator's controls over HTTP.
+#[derive(Clone)]
+pub struct PhoneClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl PhoneClient {
+    pub fn new(base: String) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!("{path}: {status}: {}", r.text().await.unwrap_or_default());
+        }
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        Ok(r.json().await?)
+    }
+
+    /// The customer sends `message`; returns (MessageSid, HTTP status ingress answered).
+    pub async fn send(&self, message: &CustomerMessage) -> anyhow::Result<(String, u16)> {
+        let v = self
+            .post("/phone/messages", serde_json::to_value(message)?)
+            .await?;
+        Ok((
+            v["message_sid"].as_str().unwrap_or_default().to_owned(),
+            v["status"].as_u64().unwrap_or(0) as u16,
+        ))
+    }
+
+    pub async fn text(&self, from: &str, body: &str) -> anyhow::Result<(String, u16)> {
+        self.send(&CustomerMessage {
+            from: from.to_owned(),
+            body: body.to_owned(),
+            ..CustomerMessage::default()
+        })
+        .await
+    }
+
+    pub async fn inbox(&self, number: &str) -> anyhow::Result<Vec<InboxMessage>> {
+        let r = self
+            .http
+            .get(format!("{}/phone/inbox", self.base))
+            .query(&[("number", number)])
+            .send()
+            .await?;
+        Ok(r.error_for_status()?.json().await?)
+    }
+
+    pub async fn read_all(&self, number: &str) -> anyhow::Result<()> {
+        self.post("/phone/read", json!({ "number": number }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn opt_out(&self, number: &str) -> anyhow::Result<()> {
+        self.post("/phone/opt-out", json!({ "number": number }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn sent(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .http
+            .get(format!("{}/sim/messages", self.base))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn api_calls(&self) -> anyhow::Result<u64> {
+        let v: Value = self
+            .http
+            .get(format!("{}/sim/stats", self.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v["api_calls"].as_u64().unwrap_or(0))
+    }
+
+    pub async fn set_webhook(&self, url: &str) -> anyhow::Result<()> {
+        self.post("/sim/webhook", json!({ "url": url }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn advance_clock(&self, seconds: i64) -> anyhow::Result<()> {
+        self.post("/sim/clock", json!({ "seconds": seconds }))
+            .await
+            .map(drop)
+    }
+
+    /// Every Messages API call answers 429 (20429) for `seconds`.
+    pub async fn storm(&self, seconds: f64) -> anyhow::Result<()> {
+        self.post("/faults/storm", json!({ "seconds": seconds }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn fail(&self, count: u32) -> anyhow::Result<()> {
+        self.post("/faults/error", json!({ "count": count }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn delay(&self, millis: u64) -> anyhow::Result<()> {
+        self.post("/faults/delay", json!({ "millis": millis }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn shuffle_statuses(&self, on: bool) -> anyhow::Result<()> {
+        self.post("/faults/shuffle", json!({ "on": on }))
+            .await
+            .map(drop)
+    }
+}

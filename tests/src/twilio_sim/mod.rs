@@ -1,0 +1,186 @@
+//! A simulated Twilio (DESIGN.md §7): the Messages API with Basic auth and Twilio's error
+//! bodies, signed status callbacks (`sent` → `delivered` → `read`), the WhatsApp 24-hour
+//! window on a simulated clock, a customer side that posts signed webhooks to ingress, and
+//! fault injection. The real outbound-sender and ingress talk to it unchanged.
+
+mod api;
+mod customer;
+
+pub use customer::{CustomerMessage, InboxMessage, Location, Media, PhoneClient};
+
+use axum::Router;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct TwilioOptions {
+    pub account_sid: String,
+    pub auth_token: String,
+    /// The business's WhatsApp sender.
+    pub sender: String,
+    /// Where incoming-message webhooks go, as configured in Twilio (fragment included).
+    pub webhook_url: Option<String>,
+    /// Pause before each status callback.
+    pub status_delay: Duration,
+    /// Customers read what they receive at once (the phone UI can also read by hand).
+    pub auto_read: bool,
+    /// Messages per second one sender may send before 63018.
+    pub sender_rate: u32,
+    /// Treat every customer as inside the 24-hour window (tests of the sender alone,
+    /// where no customer wrote first).
+    pub window_always_open: bool,
+}
+
+impl Default for TwilioOptions {
+    fn default() -> Self {
+        Self {
+            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+            auth_token: "sim-auth-token".into(),
+            sender: "whatsapp:+14155238886".into(),
+            webhook_url: None,
+            status_delay: Duration::from_millis(10),
+            auto_read: true,
+            sender_rate: 80,
+            window_always_open: false,
+        }
+    }
+}
+
+/// One message sent through the Messages API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sent {
+    pub sid: String,
+    pub to: String,
+    pub from: String,
+    pub body: String,
+    pub media_urls: Vec<String>,
+    pub content_sid: Option<String>,
+    pub status: String,
+    pub error_code: Option<u32>,
+    pub status_callback: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Customer {
+    /// Simulated time of the customer's last message (the 24 h window).
+    last_inbound: Option<DateTime<Utc>>,
+    opted_out: bool,
+}
+
+#[derive(Default)]
+struct Faults {
+    /// Every Messages API call answers 429 / 20429 until then.
+    storm_until: Option<Instant>,
+    errors: u32,
+    delay: Duration,
+    /// Status callbacks go out in a scrambled order.
+    shuffle_statuses: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    sent: Vec<Sent>,
+    by_sid: HashMap<String, usize>,
+    customers: HashMap<String, Customer>,
+    /// How far the simulated clock is ahead of the real one.
+    clock_offset: chrono::Duration,
+    faults: Faults,
+    /// Sender rate limiting: the current one-second window and its count.
+    window: Option<(Instant, u32)>,
+    api_calls: u64,
+    webhook_url: Option<String>,
+}
+
+pub struct Twilio {
+    inner: Mutex<Inner>,
+    options: TwilioOptions,
+    http: reqwest::Client,
+}
+
+impl Twilio {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.lock().clock_offset
+    }
+}
+
+/// A running simulator; stops when dropped.
+pub struct TwilioSim {
+    address: SocketAddr,
+    options: TwilioOptions,
+    stop: CancellationToken,
+}
+
+impl TwilioSim {
+    pub async fn start() -> Self {
+        Self::start_with(TwilioOptions::default()).await
+    }
+
+    pub async fn start_with(options: TwilioOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let address = listener.local_addr().expect("bound address");
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, options.clone(), stop.clone()));
+        Self {
+            address,
+            options,
+            stop,
+        }
+    }
+
+    /// The Messages API base (what `https://api.twilio.com` is in production).
+    pub fn api_base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn options(&self) -> &TwilioOptions {
+        &self.options
+    }
+
+    pub fn phone(&self) -> PhoneClient {
+        PhoneClient::new(self.api_base())
+    }
+}
+
+impl Drop for TwilioSim {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Serves the simulator on `listener` until `stop` (the sandbox runs it this way).
+pub async fn serve(
+    listener: TcpListener,
+    options: TwilioOptions,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let twilio = Arc::new(Twilio {
+        inner: Mutex::new(Inner {
+            webhook_url: options.webhook_url.clone(),
+            ..Inner::default()
+        }),
+        options,
+        http: reqwest::Client::new(),
+    });
+    let app: Router = api::routes().merge(customer::routes()).with_state(twilio);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+/// Twilio's message SIDs: `SM` (or `MM` with media) and 32 hex digits.
+fn sid(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
