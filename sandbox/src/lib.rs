@@ -1,0 +1,230 @@
+//! The sandbox: ingress, relay-worker and outbound-sender — the production services, in
+//! this process — on the embedded SQLite engine, with the Twilio and Connect simulators
+//! as the only stand-ins, and a web page to drive both ends.
+
+mod ui;
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous, TelemetryConfig};
+use waconnect_shared::queue::Queue;
+use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::sqlite::Db;
+use waconnect_tests::connect_sim::{self, DeskClient, SimOptions};
+use waconnect_tests::twilio_sim::{self, PhoneClient, TwilioOptions};
+
+pub struct Options {
+    /// Where the page is served (`WACONNECT_SANDBOX_BIND`, default 127.0.0.1:8700; port 0
+    /// picks a free one).
+    pub bind: SocketAddr,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Options {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let source = ConfigSource::from_env()?;
+        let mut r = source.reader();
+        let bind = r.optional(
+            "WACONNECT_SANDBOX_BIND",
+            SocketAddr::from(([127, 0, 0, 1], 8700)),
+            "a loopback address like 127.0.0.1:8700",
+        );
+        if !bind.ip().is_loopback() {
+            r.error(
+                "WACONNECT_SANDBOX_BIND",
+                "the sandbox only listens on loopback",
+            );
+        }
+        let common = waconnect_shared::config::CommonConfig::read(&mut r);
+        r.finish()?;
+        Ok(Self {
+            bind,
+            telemetry: common.telemetry,
+        })
+    }
+}
+
+pub struct Sandbox {
+    url: String,
+    dir: tempfile::TempDir,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the page's API talks to.
+pub(crate) struct Parts {
+    pub phone: PhoneClient,
+    pub desk: DeskClient,
+    pub inbound: Arc<dyn Queue>,
+    pub outbound: Arc<dyn Queue>,
+}
+
+async fn listen() -> anyhow::Result<(TcpListener, String)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let a = l.local_addr()?.to_string();
+    Ok((l, a))
+}
+
+fn pairs(list: &[(&str, &str)], db: &Path) -> ConfigSource {
+    let mut vars: Vec<(String, String)> = list
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    vars.push(("WACONNECT_SQLITE_PATH".into(), db.display().to_string()));
+    vars.push(("WACONNECT_SQLITE_SYNCHRONOUS".into(), "normal".into()));
+    vars.push(("WACONNECT_QUEUE_DEPTH_INTERVAL".into(), "1s".into()));
+    ConfigSource::from_pairs(vars)
+}
+
+impl Sandbox {
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("waconnect.db");
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        // The two simulators.
+        let (connect_listener, connect_addr) = listen().await?;
+        let sim = SimOptions::default();
+        let instance = sim.instance_id.clone();
+        let connect = format!("http://{connect_addr}");
+        tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = connect_sim::serve(connect_listener, sim, stop).await;
+            }
+        }));
+        let (ingress_listener, ingress_addr) = listen().await?;
+        let ingress = format!("http://{ingress_addr}");
+        let twilio_options = TwilioOptions {
+            webhook_url: Some(format!("{ingress}/twilio/messages#rc=3&rp=5xx,ct,rt")),
+            // The phone reads what it shows, like a customer opening the chat.
+            auto_read: false,
+            status_delay: std::time::Duration::from_millis(150),
+            ..TwilioOptions::default()
+        };
+        let (twilio_listener, twilio_addr) = listen().await?;
+        let twilio = format!("http://{twilio_addr}");
+        tasks.push(tokio::spawn({
+            let (stop, o) = (stop.clone(), twilio_options.clone());
+            async move {
+                let _ = twilio_sim::serve(twilio_listener, o, stop).await;
+            }
+        }));
+
+        // The three services, exactly as in production but for their endpoints.
+        let ingress_config = IngressConfig::from_source(&pairs(
+            &[
+                ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
+                ("WACONNECT_PUBLIC_BASE_URL", &ingress),
+                ("WACONNECT_INGRESS_BIND", &ingress_addr),
+            ],
+            &db,
+        ))?;
+        tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                if let Err(e) = waconnect_ingress::run(ingress_config, ingress_listener, stop).await
+                {
+                    tracing::error!(error = %e, "ingress stopped");
+                }
+            }
+        }));
+        let relay_config = waconnect_relay_worker::config_from(&pairs(
+            &[
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "AKIDSANDBOX"),
+                ("AWS_SECRET_ACCESS_KEY", "sandbox"),
+                ("WACONNECT_CONNECT_INSTANCE_ID", &instance),
+                ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "sandbox-chat-flow"),
+                ("WACONNECT_CONNECT_ENDPOINT", &connect),
+                ("WACONNECT_RELAY_SWEEP_INTERVAL", "1s"),
+                (
+                    "WACONNECT_RELAY_CLOSING_TEXT",
+                    "The agent has closed this chat. Write again any time.",
+                ),
+            ],
+            &db,
+        ))?;
+        let (relay_ops, _) = listen().await?;
+        tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                if let Err(e) = waconnect_relay_worker::run(relay_config, relay_ops, stop).await {
+                    tracing::error!(error = %e, "relay-worker stopped");
+                }
+            }
+        }));
+        let sender_config = waconnect_outbound_sender::config_from(&pairs(
+            &[
+                ("TWILIO_ACCOUNT_SID", &twilio_options.account_sid),
+                ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
+                ("TWILIO_FROM", &twilio_options.sender),
+                ("WACONNECT_TWILIO_API_BASE", &twilio),
+                (
+                    "WACONNECT_STATUS_CALLBACK_URL",
+                    &format!("{ingress}/twilio/status"),
+                ),
+            ],
+            &db,
+        ))?;
+        let (sender_ops, _) = listen().await?;
+        tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                if let Err(e) =
+                    waconnect_outbound_sender::run(sender_config, sender_ops, stop).await
+                {
+                    tracing::error!(error = %e, "outbound-sender stopped");
+                }
+            }
+        }));
+
+        // The page.
+        let open = || async { Db::open_path(&db, Synchronous::Normal).await };
+        let parts = Parts {
+            phone: PhoneClient::new(twilio),
+            desk: DeskClient::new(connect),
+            inbound: Arc::new(SqliteQueue::open(open().await?, "inbound", 5).await?),
+            outbound: Arc::new(SqliteQueue::open(open().await?, "outbound", 5).await?),
+        };
+        let listener = TcpListener::bind(options.bind).await.with_context(|| {
+            format!("WACONNECT_SANDBOX_BIND: cannot listen on {}", options.bind)
+        })?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tasks.push(tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = axum::serve(listener, ui::router(Arc::new(parts)))
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+            }
+        }));
+        Ok(Self {
+            url,
+            dir,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir.path().join("waconnect.db")
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
