@@ -1,0 +1,58 @@
+// The sandbox in a real browser: the customer types, the agent accepts and replies, and
+// the phone shows the reply with its read tick; the agent desk shows the read receipt.
+// Usage: node sandbox.mjs <waconnect-sandbox binary> <screenshot.png>
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+
+const [binary, screenshot] = process.argv.slice(2);
+const sandbox = spawn(binary, [], {
+  env: { ...process.env, WACONNECT_SANDBOX_BIND: '127.0.0.1:0', RUST_LOG: 'warn', WACONNECT_LOG_FORMAT: 'json' },
+  stdio: ['ignore', 'pipe', 'inherit'],
+});
+const url = await new Promise((resolve, reject) => {
+  let seen = '';
+  const timer = setTimeout(() => reject(new Error('the sandbox did not print its URL: ' + seen)), 60000);
+  sandbox.stdout.on('data', (chunk) => {
+    seen += chunk;
+    const m = seen.match(/running: (http:\/\/127\.0\.0\.1:\d+)/);
+    if (m) { clearTimeout(timer); resolve(m[1]); }
+  });
+  sandbox.on('exit', (code) => reject(new Error('the sandbox exited with ' + code)));
+});
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  await page.goto(url);
+  await page.fill('#phone-input', 'Hi! My order #1042 has not arrived yet.');
+  await page.click('#phone-send');
+  await page.locator('#phone-messages .msg.out[data-status="sent"]').waitFor({ timeout: 20000 });
+
+  await page.locator('#chats .chat button.accept').first().click({ timeout: 20000 });
+  await page.locator('#transcript .msg.customer', { hasText: 'order #1042' }).waitFor({ timeout: 20000 });
+  await page.waitForSelector('#agent-input:not([disabled])', { timeout: 20000 });
+  await page.fill('#agent-input', 'Sorry about that! It ships today, tracking number follows.');
+  await page.click('#agent-send');
+
+  const reply = page.locator('#phone-messages .msg.in', { hasText: 'It ships today' });
+  await reply.waitFor({ timeout: 20000 });
+  await page.locator('#phone-messages .msg.in[data-status="read"]', { hasText: 'It ships today' }).waitFor({ timeout: 20000 });
+  const tick = await reply.locator('.tick').getAttribute('class');
+  if (!tick.includes('read')) throw new Error('the reply has no read tick: ' + tick);
+  await page.locator('#transcript .msg.agentmsg[data-receipt="read"]').waitFor({ timeout: 20000 });
+  await page.waitForFunction(() => document.getElementById('stats').textContent.includes('1 active'), null, { timeout: 10000 });
+  await page.screenshot({ path: screenshot });
+  console.log('browser test passed; screenshot at ' + screenshot);
+} catch (e) {
+  failed = true;
+  console.error('browser test failed:', e.message);
+} finally {
+  await browser.close();
+  sandbox.kill('SIGTERM');
+}
+process.exit(failed ? 1 : 0);
