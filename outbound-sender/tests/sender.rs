@@ -74,7 +74,7 @@ async fn sends_in_order_per_customer_and_receipts_come_back_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_storm_delays_but_loses_nothing() {
     let stack = Stack::new(open_window()).await;
-    stack.phone.storm(12.0).await.unwrap();
+    stack.phone.storm(60.0).await.unwrap();
     let sender = stack.sender(&[]).await;
     for m in 0..5 {
         for c in 0..3 {
@@ -87,11 +87,15 @@ async fn a_429_storm_delays_but_loses_nothing() {
         (stack.phone.api_calls().await.ok()? > 10).then_some(())
     })
     .await;
+    assert!(
+        stack.phone.sent().await.unwrap().is_empty(),
+        "sent through the storm"
+    );
     for c in 0..3 {
         let expected: Vec<String> = (0..5).map(|m| format!("c{c} m{m}")).collect();
         assert_eq!(
             stack
-                .inbox_of(&customer(c), 5, Duration::from_secs(40))
+                .inbox_of(&customer(c), 5, Duration::from_secs(100))
                 .await,
             expected
         );

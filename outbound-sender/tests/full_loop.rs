@@ -1,0 +1,215 @@
+//! The full loop over real processes: the customer's phone (Twilio simulator) → ingress →
+//! relay-worker → the agent (Connect simulator) → relay-worker → outbound-sender → the
+//! phone, with receipts back to the agent, for 50 customers at once — and the sender
+//! SIGKILLed mid-run.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use waconnect_tests::connect_sim::ConnectSim;
+use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
+use waconnect_tests::{customer, wait};
+
+/// The workspace's other binaries, built beside this package's by `cargo test --workspace`.
+fn sibling(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_outbound-sender")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the workspace's tests (tests/run)",
+        path.display()
+    );
+    path
+}
+
+fn spawn(binary: PathBuf, vars: &[(String, String)]) -> Child {
+    Command::new(binary)
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
+    const CUSTOMERS: usize = 50;
+    const EACH: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("waconnect.db").display().to_string();
+    let connect = ConnectSim::start().await;
+    let ingress_port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ingress = format!("http://{ingress_port}");
+    let twilio = TwilioSim::start_with(TwilioOptions {
+        webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
+        auto_read: false,
+        ..TwilioOptions::default()
+    })
+    .await;
+    let o = twilio.options().clone();
+    let common = [
+        ("WACONNECT_SQLITE_PATH", db.as_str()),
+        ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+        ("RUST_LOG", "warn"),
+    ];
+    let mut ingress_vars = vars(&common);
+    ingress_vars.extend(vars(&[
+        ("TWILIO_AUTH_TOKEN", &o.auth_token),
+        ("WACONNECT_PUBLIC_BASE_URL", &ingress),
+        ("WACONNECT_INGRESS_BIND", &ingress_port.to_string()),
+    ]));
+    let _ingress = spawn(sibling("ingress"), &ingress_vars);
+    let mut relay_vars = vars(&common);
+    relay_vars.extend(vars(&[
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
+        ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
+        ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
+        ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
+        ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
+    ]));
+    let _relay = spawn(sibling("relay-worker"), &relay_vars);
+    let mut sender_vars = vars(&common);
+    sender_vars.extend(vars(&[
+        ("TWILIO_ACCOUNT_SID", &o.account_sid),
+        ("TWILIO_AUTH_TOKEN", &o.auth_token),
+        ("TWILIO_FROM", &o.sender),
+        ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
+        (
+            "WACONNECT_STATUS_CALLBACK_URL",
+            &format!("{ingress}/twilio/status"),
+        ),
+        ("WACONNECT_SENDER_OPS_BIND", "127.0.0.1:0"),
+        ("WACONNECT_SENDER_VISIBILITY", "3s"),
+    ]));
+    let mut sender = spawn(sibling("outbound-sender"), &sender_vars);
+
+    let phone = twilio.phone();
+    let desk = connect.desk();
+    // Customers write; ingress may not be up yet, which the retry fragment covers.
+    let writers = (0..CUSTOMERS).map(|c| {
+        let phone = phone.clone();
+        tokio::spawn(async move {
+            for m in 0..EACH {
+                let (_, status) = wait::until(
+                    "ingress to take the webhook",
+                    Duration::from_secs(30),
+                    || async {
+                        let (sid, status) = phone
+                            .text(customer(c).as_str(), &format!("c{c} says {m}"))
+                            .await
+                            .ok()?;
+                        (status == 200).then_some((sid, status))
+                    },
+                )
+                .await;
+                assert_eq!(status, 200);
+            }
+        })
+    });
+    for w in writers.collect::<Vec<_>>() {
+        w.await.unwrap();
+    }
+    // Agents accept and see each customer's texts in order.
+    let mut contacts = Vec::new();
+    for c in 0..CUSTOMERS {
+        let expected: Vec<String> = (0..EACH).map(|m| format!("c{c} says {m}")).collect();
+        let name = customer(c).e164().to_owned();
+        let contact = wait::until("the customer's chat", Duration::from_secs(60), || async {
+            let chats = desk.chats(None).await.ok()?;
+            let chat = chats.iter().find(|s| {
+                s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&name)
+            })?;
+            let texts = desk.customer_texts(&chat.contact_id).await.ok()?;
+            (texts == expected).then(|| chat.contact_id.clone())
+        })
+        .await;
+        desk.accept(&contact).await.unwrap();
+        contacts.push(contact);
+    }
+    wait::until("every chat held", Duration::from_secs(30), || async {
+        (desk.stats().await.ok()?.sockets >= CUSTOMERS).then_some(())
+    })
+    .await;
+    // Agents reply; the sender dies partway through.
+    let replies = contacts.iter().enumerate().map(|(c, contact)| {
+        let (desk, contact) = (desk.clone(), contact.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for m in 0..EACH {
+                ids.push(
+                    desk.send(&contact, &format!("agent to c{c}: {m}"))
+                        .await
+                        .unwrap()
+                        .id,
+                );
+            }
+            ids
+        })
+    });
+    let mut reply_ids = Vec::new();
+    for r in replies.collect::<Vec<_>>() {
+        reply_ids.push(r.await.unwrap());
+    }
+    wait::until("sending under way", Duration::from_secs(30), || async {
+        (phone.sent().await.ok()?.len() >= CUSTOMERS * EACH / 4).then_some(())
+    })
+    .await;
+    sender.start_kill().unwrap();
+    sender.wait().await.unwrap();
+    let _sender = spawn(sibling("outbound-sender"), &sender_vars);
+
+    for c in 0..CUSTOMERS {
+        let number = customer(c);
+        let expected: Vec<String> = (0..EACH).map(|m| format!("agent to c{c}: {m}")).collect();
+        wait::until(
+            "every reply on the phone, once, in order",
+            Duration::from_secs(60),
+            || async {
+                let inbox = phone.inbox(number.as_str()).await.ok()?;
+                let bodies: Vec<String> = inbox.iter().map(|m| m.body.clone()).collect();
+                assert!(expected.starts_with(&bodies), "customer {c}: {bodies:?}");
+                let delivered = inbox.iter().all(|m| m.status == "delivered");
+                (bodies == expected && delivered).then_some(())
+            },
+        )
+        .await;
+        phone.read_all(number.as_str()).await.unwrap();
+    }
+    // The customers read everything: every agent message gets its read receipt in Connect.
+    for (c, contact) in contacts.iter().enumerate() {
+        wait::until(
+            "read receipts for the agent",
+            Duration::from_secs(60),
+            || async {
+                let events = desk.customer_events(contact).await.ok()?;
+                let read = |id: &String| {
+                    events.iter().any(|e| {
+                        e.content_type.ends_with("message.read")
+                            && e.content
+                                .as_deref()
+                                .is_some_and(|x| x.contains(id.as_str()))
+                    })
+                };
+                reply_ids[c].iter().all(read).then_some(())
+            },
+        )
+        .await;
+    }
+}
