@@ -23,6 +23,8 @@ pub struct Options {
     /// picks a free one).
     pub bind: SocketAddr,
     pub telemetry: TelemetryConfig,
+    /// The WhatsApp sender's rate (Twilio's and the sender's limit), messages per second.
+    pub sender_rate: u32,
 }
 
 impl Options {
@@ -45,12 +47,15 @@ impl Options {
         Ok(Self {
             bind,
             telemetry: common.telemetry,
+            sender_rate: 80,
         })
     }
 }
 
 pub struct Sandbox {
     url: String,
+    phone: PhoneClient,
+    desk: DeskClient,
     dir: tempfile::TempDir,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -106,6 +111,7 @@ impl Sandbox {
             // The phone reads what it shows, like a customer opening the chat.
             auto_read: false,
             status_delay: std::time::Duration::from_millis(150),
+            sender_rate: options.sender_rate,
             ..TwilioOptions::default()
         };
         let (twilio_listener, twilio_addr) = listen().await?;
@@ -170,6 +176,7 @@ impl Sandbox {
                     "WACONNECT_STATUS_CALLBACK_URL",
                     &format!("{ingress}/twilio/status"),
                 ),
+                ("WACONNECT_SENDER_RATE", &options.sender_rate.to_string()),
             ],
             &db,
         ))?;
@@ -187,9 +194,10 @@ impl Sandbox {
 
         // The page.
         let open = || async { Db::open_path(&db, Synchronous::Normal).await };
+        let (phone, desk) = (PhoneClient::new(twilio), DeskClient::new(connect));
         let parts = Parts {
-            phone: PhoneClient::new(twilio),
-            desk: DeskClient::new(connect),
+            phone: phone.clone(),
+            desk: desk.clone(),
             inbound: Arc::new(SqliteQueue::open(open().await?, "inbound", 5).await?),
             outbound: Arc::new(SqliteQueue::open(open().await?, "outbound", 5).await?),
         };
@@ -207,10 +215,22 @@ impl Sandbox {
         }));
         Ok(Self {
             url,
+            phone,
+            desk,
             dir,
             stop,
             tasks,
         })
+    }
+
+    /// The customer's phone (Twilio simulator).
+    pub fn phone(&self) -> PhoneClient {
+        self.phone.clone()
+    }
+
+    /// The agent desk (Connect simulator).
+    pub fn desk(&self) -> DeskClient {
+        self.desk.clone()
     }
 
     pub fn url(&self) -> &str {

@@ -15,6 +15,7 @@ async fn customer_to_agent_and_back_with_receipts() {
             log_format: LogFormat::Json,
             log_filter: "warn".into(),
         },
+        sender_rate: 80,
     })
     .await
     .unwrap();

@@ -61,7 +61,7 @@ CREATE INDEX IF NOT EXISTS queue_dead_letters_queue ON queue_dead_letters (queue
 /// starts waiting, then less often while nothing changes, so an idle consumer costs little
 /// and a busy one hears of new messages within milliseconds.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
-const MAX_POLL_INTERVAL: Duration = Duration::from_millis(40);
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Expired dedup ids are pruned at most this often.
 const PRUNE_EVERY_MS: i64 = 10_000;
 

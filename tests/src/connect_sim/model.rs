@@ -78,6 +78,8 @@ pub struct Contact {
     pub connect_by: Instant,
     pub ends_at: Instant,
     pub ever_connected: bool,
+    /// The last item's time, in milliseconds: items of one chat are strictly ordered.
+    pub last_time_ms: i64,
     pub created_at: DateTime<Utc>,
 }
 
@@ -125,7 +127,6 @@ pub struct Inner {
     pub faults: Faults,
     /// Calls per operation, answered or not.
     pub operations: BTreeMap<String, u64>,
-    last_time_ms: i64,
     next_socket: u64,
 }
 
@@ -139,13 +140,6 @@ pub fn iso(t: DateTime<Utc>) -> String {
 }
 
 impl Inner {
-    /// A transcript time strictly after every earlier one, so items have a total order.
-    pub fn tick(&mut self) -> String {
-        let now = Utc::now().timestamp_millis().max(self.last_time_ms + 1);
-        self.last_time_ms = now;
-        iso(DateTime::from_timestamp_millis(now).expect("valid time"))
-    }
-
     pub fn socket_id(&mut self) -> u64 {
         self.next_socket += 1;
         self.next_socket
@@ -182,11 +176,15 @@ impl Inner {
     }
 
     /// Appends an item to a contact's transcript and pushes it to its subscribed sockets.
+    /// Its time is the wall clock, nudged to stay strictly after the chat's previous item
+    /// (per chat, so a busy simulator's clock never runs ahead of real time).
     pub fn append(&mut self, contact_id: &str, mut item: Item) -> Item {
-        item.absolute_time = self.tick();
         let Some(c) = self.contacts.get_mut(contact_id) else {
             return item;
         };
+        let now = Utc::now().timestamp_millis().max(c.last_time_ms + 1);
+        c.last_time_ms = now;
+        item.absolute_time = iso(DateTime::from_timestamp_millis(now).expect("valid time"));
         item.contact_id = c.contact_id.clone();
         item.initial_contact_id = c.initial_contact_id.clone();
         let frame = serde_json::to_string(&item).expect("item serialises");

@@ -173,6 +173,7 @@ async fn start_chat(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answer {
         connect_by: now + sim.options.connect_window,
         ends_at: now + std::time::Duration::from_secs(minutes * 60),
         ever_connected: false,
+        last_time_ms: 0,
         created_at: Utc::now(),
     };
     let participant_id = contact.customer_participant_id.clone();

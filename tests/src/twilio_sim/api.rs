@@ -92,16 +92,6 @@ async fn create_message(
             inner.faults.errors -= 1;
             return error(500, 20500, "Internal Server Error");
         }
-        let window = match inner.window {
-            Some((start, n)) if now.duration_since(start) < Duration::from_secs(1) => {
-                (start, n + 1)
-            }
-            _ => (now, 1),
-        };
-        inner.window = Some(window);
-        if window.1 > twilio.options.sender_rate {
-            return error(429, 63018, "Rate limit exceeded for the WhatsApp sender");
-        }
     }
     if from.is_none() && field("MessagingServiceSid").is_none() {
         return error(
@@ -130,6 +120,17 @@ async fn create_message(
         let mut inner = twilio.lock();
         if inner.customers.get(&to).is_some_and(|c| c.opted_out) {
             return error(400, 21610, "Attempt to send to unsubscribed recipient");
+        }
+        // The sender's throughput counts the messages Twilio takes.
+        let window = match inner.window {
+            Some((start, n)) if now.duration_since(start) < Duration::from_secs(1) => {
+                (start, n + 1)
+            }
+            _ => (now, 1),
+        };
+        inner.window = Some(window);
+        if window.1 > twilio.options.sender_rate {
+            return error(429, 63018, "Rate limit exceeded for the WhatsApp sender");
         }
         let sent = Sent {
             sid: sid(if media_urls.is_empty() { "SM" } else { "MM" }),

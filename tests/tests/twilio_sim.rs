@@ -1,0 +1,360 @@
+//! Fidelity of the Twilio simulator: the Messages API's auth, answers and error bodies,
+//! signed status callbacks, the 24-hour window, the customer's signed webhooks with the
+//! retry fragment, and every fault.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use waconnect_shared::{form, signature};
+use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
+use waconnect_tests::wait;
+
+/// A webhook receiver that checks Twilio's signature and answers the given statuses in
+/// turn (then 200).
+/// One webhook's form fields.
+type Form = Vec<(String, String)>;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Form>>>,
+    answers: Arc<Mutex<Vec<u16>>>,
+}
+
+async fn receive(
+    State((r, token, base)): State<(Receiver, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    // Twilio signs the URL it was given, query included.
+    let url = format!("{base}{}", uri.path_and_query().map_or("", |p| p.as_str()));
+    let fields = form::decode(&body).unwrap();
+    let sig = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        signature::validate(&token, &url, &fields, sig),
+        "bad signature for {url}"
+    );
+    r.got.lock().unwrap().push(fields);
+    let next = r.answers.lock().unwrap().pop();
+    StatusCode::from_u16(next.unwrap_or(200)).unwrap()
+}
+
+async fn receiver(token: &str, path: &str) -> (Receiver, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("{base}{path}");
+    let r = Receiver::default();
+    let app =
+        Router::new()
+            .route(path, post(receive))
+            .with_state((r.clone(), token.to_owned(), base));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}
+
+async fn create(sim: &TwilioSim, auth: (&str, &str), form: &[(&str, &str)]) -> (u16, Value) {
+    let o = sim.options();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            sim.api_base(),
+            o.account_sid
+        ))
+        .basic_auth(auth.0, Some(auth.1))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn the_messages_api_answers_and_refuses_as_twilio_does() {
+    let sim = TwilioSim::start_with(TwilioOptions {
+        window_always_open: true,
+        sender_rate: 3,
+        ..TwilioOptions::default()
+    })
+    .await;
+    let o = sim.options().clone();
+    let auth = (o.account_sid.as_str(), o.auth_token.as_str());
+    let to = "whatsapp:+15551230000";
+    let (status, body) = create(
+        &sim,
+        (&o.account_sid, "wrong"),
+        &[("To", to), ("From", &o.sender), ("Body", "x")],
+    )
+    .await;
+    assert_eq!((status, body["code"].as_u64()), (401, Some(20003)));
+    for key in ["code", "message", "more_info", "status"] {
+        assert!(body.get(key).is_some(), "error body lacks {key}: {body}");
+    }
+    let (status, body) = create(
+        &sim,
+        auth,
+        &[("To", to), ("From", &o.sender), ("Body", "hello")],
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(
+        body["sid"].as_str().unwrap().starts_with("SM")
+            && body["sid"].as_str().unwrap().len() == 34
+    );
+    assert_eq!(body["status"], "queued");
+    for key in [
+        "to",
+        "from",
+        "body",
+        "num_media",
+        "error_code",
+        "error_message",
+        "date_created",
+        "uri",
+    ] {
+        assert!(body.get(key).is_some(), "answer lacks {key}: {body}");
+    }
+    let (status, body) = create(
+        &sim,
+        auth,
+        &[("To", "+1555"), ("From", &o.sender), ("Body", "x")],
+    )
+    .await;
+    assert_eq!((status, body["code"].as_u64()), (400, Some(21211)));
+    let long = "x".repeat(1601);
+    let (status, body) = create(
+        &sim,
+        auth,
+        &[("To", to), ("From", &o.sender), ("Body", &long)],
+    )
+    .await;
+    assert_eq!((status, body["code"].as_u64()), (400, Some(21617)));
+    sim.phone().opt_out("whatsapp:+15550000001").await.unwrap();
+    let (status, body) = create(
+        &sim,
+        auth,
+        &[
+            ("To", "whatsapp:+15550000001"),
+            ("From", &o.sender),
+            ("Body", "x"),
+        ],
+    )
+    .await;
+    assert_eq!((status, body["code"].as_u64()), (400, Some(21610)));
+    // The per-sender rate (3/s here): the next sends within the second are refused.
+    let mut limited = false;
+    for _ in 0..4 {
+        let (status, body) = create(
+            &sim,
+            auth,
+            &[("To", to), ("From", &o.sender), ("Body", "burst")],
+        )
+        .await;
+        limited |= status == 429 && body["code"] == 63018;
+    }
+    assert!(limited, "no 63018 over the sender's rate");
+    wait::until(
+        "the sender's rate window to pass",
+        Duration::from_secs(5),
+        || async {
+            let (status, _) = create(
+                &sim,
+                auth,
+                &[("To", to), ("From", &o.sender), ("Body", "later")],
+            )
+            .await;
+            (status == 201).then_some(())
+        },
+    )
+    .await;
+    sim.phone().fail(1).await.unwrap();
+    let (status, _) = create(
+        &sim,
+        auth,
+        &[("To", to), ("From", &o.sender), ("Body", "x")],
+    )
+    .await;
+    assert_eq!(status, 500);
+    sim.phone().storm(0.5).await.unwrap();
+    let (status, body) = create(
+        &sim,
+        auth,
+        &[("To", to), ("From", &o.sender), ("Body", "x")],
+    )
+    .await;
+    assert_eq!((status, body["code"].as_u64()), (429, Some(20429)));
+}
+
+#[tokio::test]
+async fn status_callbacks_are_signed_ordered_or_shuffled_and_the_window_is_kept() {
+    let sim = TwilioSim::start().await;
+    let o = sim.options().clone();
+    let auth = (o.account_sid.as_str(), o.auth_token.as_str());
+    let (callbacks, url) = receiver(&o.auth_token, "/status").await;
+    let callback = format!("{url}?item=i-1");
+    // Nobody wrote first: outside the 24 h window a free-form text fails with 63016,
+    let to = "whatsapp:+15551230001";
+    create(
+        &sim,
+        auth,
+        &[
+            ("To", to),
+            ("From", &o.sender),
+            ("Body", "late"),
+            ("StatusCallback", &callback),
+        ],
+    )
+    .await;
+    // but a template passes.
+    create(
+        &sim,
+        auth,
+        &[
+            ("To", to),
+            ("From", &o.sender),
+            ("ContentSid", "HX1"),
+            ("StatusCallback", &callback),
+        ],
+    )
+    .await;
+    let got = wait::until("five callbacks", Duration::from_secs(10), || async {
+        let got = callbacks.got.lock().unwrap().clone();
+        (got.len() >= 5).then_some(got)
+    })
+    .await;
+    let statuses: Vec<(&str, Option<&str>)> = got
+        .iter()
+        .map(|f| (field(f, "MessageStatus").unwrap(), field(f, "ErrorCode")))
+        .collect();
+    assert!(
+        statuses.contains(&("failed", Some("63016"))),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&("read", None)), "{statuses:?}");
+
+    sim.phone().shuffle_statuses(true).await.unwrap();
+    callbacks.got.lock().unwrap().clear();
+    create(
+        &sim,
+        auth,
+        &[
+            ("To", to),
+            ("From", &o.sender),
+            ("ContentSid", "HX1"),
+            ("StatusCallback", &callback),
+        ],
+    )
+    .await;
+    let got = wait::until("three callbacks", Duration::from_secs(10), || async {
+        let got = callbacks.got.lock().unwrap().clone();
+        (got.len() >= 3).then_some(got)
+    })
+    .await;
+    let order: Vec<&str> = got
+        .iter()
+        .map(|f| field(f, "MessageStatus").unwrap())
+        .collect();
+    assert_eq!(order, ["read", "delivered", "sent"]);
+    // Advancing the simulated clock closes a window the customer had opened.
+    let (webhooks, hook) = receiver(&o.auth_token, "/messages").await;
+    let phone = sim.phone();
+    phone.set_webhook(&hook).await.unwrap();
+    let writer = "whatsapp:+15551230002";
+    phone.text(writer, "hi").await.unwrap();
+    assert_eq!(webhooks.got.lock().unwrap().len(), 1);
+    phone.advance_clock(25 * 3600).await.unwrap();
+    sim.phone().shuffle_statuses(false).await.unwrap();
+    callbacks.got.lock().unwrap().clear();
+    create(
+        &sim,
+        auth,
+        &[
+            ("To", writer),
+            ("From", &o.sender),
+            ("Body", "too late"),
+            ("StatusCallback", &callback),
+        ],
+    )
+    .await;
+    wait::until("the 63016", Duration::from_secs(10), || async {
+        callbacks
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|f| field(f, "ErrorCode") == Some("63016"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_customer_posts_signed_webhooks_and_retries_as_the_fragment_says() {
+    let sim = TwilioSim::start().await;
+    let o = sim.options().clone();
+    let (webhooks, url) = receiver(&o.auth_token, "/twilio/messages").await;
+    let phone = sim.phone();
+    phone
+        .set_webhook(&format!("{url}#rc=2&rp=5xx"))
+        .await
+        .unwrap();
+    webhooks.answers.lock().unwrap().extend([503, 503]);
+    let (sid, status) = phone
+        .text("whatsapp:+15551239999", "where is my order?")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "retries did not reach the third attempt");
+    let got = webhooks.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 3);
+    let fields = &got[0];
+    assert_eq!(field(fields, "MessageSid"), Some(sid.as_str()));
+    assert_eq!(field(fields, "From"), Some("whatsapp:+15551239999"));
+    assert_eq!(field(fields, "WaId"), Some("15551239999"));
+    assert_eq!(field(fields, "To"), Some(o.sender.as_str()));
+    assert_eq!(field(fields, "Body"), Some("where is my order?"));
+    assert_eq!(field(fields, "NumMedia"), Some("0"));
+    // Without the fragment, a 5xx is not retried.
+    phone.set_webhook(&url).await.unwrap();
+    webhooks.answers.lock().unwrap().push(500);
+    let (_, status) = phone.text("whatsapp:+15551239999", "again").await.unwrap();
+    assert_eq!(status, 500);
+    assert_eq!(webhooks.got.lock().unwrap().len(), 4);
+    // Media and a location, with Twilio's fields.
+    let (sid, _) = phone
+        .send(&waconnect_tests::twilio_sim::CustomerMessage {
+            from: "whatsapp:+15551239999".into(),
+            media: vec![waconnect_tests::twilio_sim::Media {
+                url: "https://example.test/p.jpg".into(),
+                content_type: "image/jpeg".into(),
+            }],
+            location: Some(waconnect_tests::twilio_sim::Location {
+                latitude: 51.5,
+                longitude: -0.12,
+                label: Some("Office".into()),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(sid.starts_with("MM"));
+    let fields = webhooks.got.lock().unwrap().last().unwrap().clone();
+    assert_eq!(field(&fields, "NumMedia"), Some("1"));
+    assert_eq!(field(&fields, "MediaContentType0"), Some("image/jpeg"));
+    assert_eq!(field(&fields, "Latitude"), Some("51.5"));
+    assert_eq!(field(&fields, "MessageType"), Some("location"));
+}
