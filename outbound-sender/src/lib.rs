@@ -48,6 +48,8 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    // Installed before anything is recorded, so no early sample is lost.
+    waconnect_shared::telemetry::metrics();
     let backends = WorkerBackends::open(&config.worker).await?;
     metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
     let sender = Arc::new(sender::Sender {

@@ -35,6 +35,11 @@ fn spawn(binary: PathBuf, vars: &[(String, String)]) -> Child {
         .unwrap()
 }
 
+async fn free_port() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -54,6 +59,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
         .local_addr()
         .unwrap();
     let ingress = format!("http://{ingress_port}");
+    let (relay_ops, sender_ops) = (free_port().await, free_port().await);
     let twilio = TwilioSim::start_with(TwilioOptions {
         webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
         auto_read: false,
@@ -81,7 +87,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
         ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
         ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
         ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
-        ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
+        ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
         ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
     ]));
     let _relay = spawn(sibling("relay-worker"), &relay_vars);
@@ -95,7 +101,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
             "WACONNECT_STATUS_CALLBACK_URL",
             &format!("{ingress}/twilio/status"),
         ),
-        ("WACONNECT_SENDER_OPS_BIND", "127.0.0.1:0"),
+        ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
         ("WACONNECT_SENDER_VISIBILITY", "3s"),
     ]));
     let mut sender = spawn(sibling("outbound-sender"), &sender_vars);
@@ -211,5 +217,56 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
             },
         )
         .await;
+    }
+    // Every service's /metrics after real traffic: the names the dashboards and alerts
+    // use must be there, and `tests/run` checks the files with promtool.
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/metrics");
+    std::fs::create_dir_all(&out).unwrap();
+    let http = reqwest::Client::new();
+    for (service, ops, expected) in [
+        (
+            "ingress",
+            ingress_port.to_string(),
+            &[
+                "waconnect_ingress_requests_total",
+                "waconnect_queue_messages",
+            ][..],
+        ),
+        (
+            "relay-worker",
+            relay_ops.clone(),
+            &[
+                "waconnect_relay_conversations_held",
+                "waconnect_connect_call_duration_seconds_bucket",
+                "waconnect_queue_message_age_seconds_bucket",
+                "waconnect_queue_oldest_message_age_seconds",
+            ][..],
+        ),
+        (
+            "outbound-sender",
+            sender_ops.clone(),
+            &[
+                "waconnect_sender_sent_total",
+                "waconnect_sender_twilio_auth_failing",
+                "waconnect_sender_send_duration_seconds_bucket",
+            ][..],
+        ),
+    ] {
+        let text = wait::until("the service's metrics", Duration::from_secs(10), || async {
+            let text = http
+                .get(format!("http://{ops}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            expected
+                .iter()
+                .all(|name| text.contains(name))
+                .then_some(text)
+        })
+        .await;
+        std::fs::write(out.join(format!("{service}.prom")), text).unwrap();
     }
 }

@@ -47,6 +47,8 @@ pub async fn run(
     ops_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    // Installed before anything is recorded, so no early sample is lost.
+    waconnect_shared::telemetry::metrics();
     let backends = WorkerBackends::open(&config.worker).await?;
     let sdk = config.aws.load().await;
     let config = Arc::new(config);

@@ -1,6 +1,7 @@
 //! Samples queue depth into gauges for dashboards and autoscalers:
 //! `waconnect_queue_messages{queue, state}` with state `visible`, `in_flight`, `delayed`;
-//! the dead-letter queue appears as `queue="<name>-dlq"`, state `visible`.
+//! the dead-letter queue appears as `queue="<name>-dlq"`, state `visible`; and
+//! `waconnect_queue_oldest_message_age_seconds{queue}`.
 
 use super::Queue;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub async fn sample(queue: &dyn Queue) -> bool {
             gauge(name.clone(), "in_flight", s.in_flight);
             gauge(name.clone(), "delayed", s.delayed);
             gauge(format!("{name}-dlq"), "visible", s.dead_letters);
+            metrics::gauge!("waconnect_queue_oldest_message_age_seconds", "queue" => name.clone())
+                .set(s.oldest_age.as_secs_f64());
             true
         }
         Err(e) => {

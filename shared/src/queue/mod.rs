@@ -86,6 +86,9 @@ pub struct QueueStats {
     pub delayed: u64,
     /// In the dead-letter queue.
     pub dead_letters: u64,
+    /// How long the oldest message not yet deleted has been in the queue (SQS's
+    /// ApproximateAgeOfOldestMessage): the alert that a consumer is stuck or missing.
+    pub oldest_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -488,16 +488,17 @@ impl Queue for SqliteQueue {
             .db
             .read(move |c| {
                 let now = now_millis();
-                let (visible, in_flight, delayed): (i64, i64, i64) = c
+                let (visible, in_flight, delayed, oldest): (i64, i64, i64, Option<i64>) = c
                     .prepare_cached(
                         "SELECT
                            COALESCE(SUM(visible_at <= ?2), 0),
                            COALESCE(SUM(visible_at > ?2 AND receipt IS NOT NULL), 0),
-                           COALESCE(SUM(visible_at > ?2 AND receipt IS NULL), 0)
+                           COALESCE(SUM(visible_at > ?2 AND receipt IS NULL), 0),
+                           MIN(sent_at)
                          FROM queue_messages WHERE queue = ?1",
                     )?
                     .query_row(params![name, now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })?;
                 let dead: i64 = c
                     .prepare_cached("SELECT COUNT(*) FROM queue_dead_letters WHERE queue = ?1")?
@@ -507,6 +508,9 @@ impl Queue for SqliteQueue {
                     in_flight: in_flight as u64,
                     delayed: delayed as u64,
                     dead_letters: dead as u64,
+                    oldest_age: Duration::from_millis(
+                        oldest.map_or(0, |sent| (now - sent).max(0)) as u64
+                    ),
                 })
             })
             .await

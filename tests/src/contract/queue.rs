@@ -331,6 +331,11 @@ pub async fn stats_count_each_state(e: &dyn QueueEngine) {
         (2, 1, 1, 0),
         "{s:?}"
     );
+    // The oldest undeleted message ages (an empty queue's is zero, checked above).
+    wait::until("the oldest message to age", DEADLINE, || async {
+        (q.stats().await.ok()?.oldest_age >= Duration::from_millis(20)).then_some(())
+    })
+    .await;
 }
 
 pub async fn refuses_oversized_bodies_and_bad_ids(e: &dyn QueueEngine) {

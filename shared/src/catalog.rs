@@ -1,0 +1,264 @@
+//! Every metric waconnect exports, with its help text: registered with the recorder so
+//! `/metrics` carries `# HELP` lines, and the list the dashboards and alerts in `deploy/`
+//! are checked against.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "waconnect_ingress_requests_total",
+        Kind::Counter,
+        "Twilio webhooks by route and outcome.",
+    ),
+    (
+        "waconnect_ingress_enqueue_duration_seconds",
+        Kind::Histogram,
+        "Time to put a webhook on the inbound queue.",
+    ),
+    (
+        "waconnect_ingress_insecure_mode",
+        Kind::Gauge,
+        "1 while Twilio signature checks are off.",
+    ),
+    (
+        "waconnect_queue_messages",
+        Kind::Gauge,
+        "Queue depth by queue and state (visible, in_flight, delayed).",
+    ),
+    (
+        "waconnect_queue_oldest_message_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest message not yet deleted, by queue.",
+    ),
+    (
+        "waconnect_queue_message_age_seconds",
+        Kind::Histogram,
+        "Time from enqueue to receive, by queue.",
+    ),
+    (
+        "waconnect_queue_sent_total",
+        Kind::Counter,
+        "Messages sent to a queue, by outcome (new, duplicate).",
+    ),
+    (
+        "waconnect_queue_dead_lettered_total",
+        Kind::Counter,
+        "Messages moved to a dead-letter queue.",
+    ),
+    (
+        "waconnect_relay_conversations_held",
+        Kind::Gauge,
+        "Conversations whose websocket this worker holds.",
+    ),
+    (
+        "waconnect_relay_leases_total",
+        Kind::Counter,
+        "Lease events (acquired, adopted, lost, released).",
+    ),
+    (
+        "waconnect_relay_websocket_reconnects_total",
+        Kind::Counter,
+        "Participant websocket reconnects by reason.",
+    ),
+    (
+        "waconnect_relay_backfilled_items_total",
+        Kind::Counter,
+        "Agent items forwarded from the transcript.",
+    ),
+    (
+        "waconnect_relay_forwarded_items_total",
+        Kind::Counter,
+        "Connect items forwarded to the customer, by role.",
+    ),
+    (
+        "waconnect_relay_inbound_total",
+        Kind::Counter,
+        "Inbound messages by outcome (relayed, retried, dead_lettered).",
+    ),
+    (
+        "waconnect_relay_inbound_lag_seconds",
+        Kind::Histogram,
+        "Inbound enqueue to Connect accepting the message.",
+    ),
+    (
+        "waconnect_relay_chats_started_total",
+        Kind::Counter,
+        "Chats started.",
+    ),
+    (
+        "waconnect_relay_chats_restarted_total",
+        Kind::Counter,
+        "Ended chats restarted as persistent chats.",
+    ),
+    (
+        "waconnect_relay_chats_ended_total",
+        Kind::Counter,
+        "Chats that ended.",
+    ),
+    (
+        "waconnect_relay_status_callbacks_total",
+        Kind::Counter,
+        "Twilio status callbacks by status.",
+    ),
+    (
+        "waconnect_relay_delivery_failures_total",
+        Kind::Counter,
+        "Replies the customer never got, by Twilio error code.",
+    ),
+    (
+        "waconnect_relay_call_requests_total",
+        Kind::Counter,
+        "\"Call me\" requests by outcome (called, cooldown).",
+    ),
+    (
+        "waconnect_connect_call_duration_seconds",
+        Kind::Histogram,
+        "Connect and Participant API call latency, by operation.",
+    ),
+    (
+        "waconnect_connect_errors_total",
+        Kind::Counter,
+        "Connect and Participant API errors by operation and kind.",
+    ),
+    (
+        "waconnect_sender_sent_total",
+        Kind::Counter,
+        "Message parts Twilio accepted.",
+    ),
+    (
+        "waconnect_sender_retried_total",
+        Kind::Counter,
+        "Twilio sends retried, by error code.",
+    ),
+    (
+        "waconnect_sender_failed_total",
+        Kind::Counter,
+        "Messages refused for good and dead-lettered, by error code.",
+    ),
+    (
+        "waconnect_sender_reconciled_total",
+        Kind::Counter,
+        "Sends whose answer was lost, found at Twilio instead of resent.",
+    ),
+    (
+        "waconnect_sender_send_duration_seconds",
+        Kind::Histogram,
+        "Twilio Messages API latency.",
+    ),
+    (
+        "waconnect_sender_rate_limit_wait_seconds",
+        Kind::Histogram,
+        "Time waiting for the sender's rate limit.",
+    ),
+    (
+        "waconnect_sender_twilio_auth_failing",
+        Kind::Gauge,
+        "1 while Twilio refuses the credentials.",
+    ),
+];
+
+/// Registers every description with the installed recorder.
+pub fn describe() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
+/// Whether `series` (a name as it appears in PromQL or exposition, e.g. with `_bucket`)
+/// is one of ours.
+pub fn knows(series: &str) -> bool {
+    METRICS.iter().any(|&(name, kind, _)| {
+        series == name
+            || (kind == Kind::Histogram
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| series.strip_suffix(s) == Some(name)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for &(name, kind, _) in METRICS {
+            assert!(name.starts_with("waconnect_"), "{name}");
+            if kind == Kind::Counter {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+            if kind == Kind::Histogram {
+                assert!(name.ends_with("_seconds"), "{name}");
+            }
+        }
+        assert!(knows("waconnect_queue_message_age_seconds_bucket"));
+        assert!(!knows("waconnect_queue_messages_bucket"));
+        assert!(!knows("waconnect_nothing"));
+    }
+
+    #[test]
+    fn every_metric_the_code_records_is_catalogued() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let mut missing = Vec::new();
+        for dir in [
+            "shared/src",
+            "ingress/src",
+            "relay-worker/src",
+            "outbound-sender/src",
+        ] {
+            visit(&std::path::Path::new(root).join(dir), &mut |text| {
+                for (i, _) in text.match_indices("\"waconnect_") {
+                    let name: String = text[i + 1..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if !knows(&name) && !missing.contains(&name) {
+                        missing.push(name);
+                    }
+                }
+            });
+        }
+        assert!(
+            missing.is_empty(),
+            "recorded but not in the catalog: {missing:?}"
+        );
+        // And the other way round: nothing catalogued (and so charted) is never recorded.
+        let mut sources = String::new();
+        for dir in [
+            "shared/src",
+            "ingress/src",
+            "relay-worker/src",
+            "outbound-sender/src",
+        ] {
+            visit(&std::path::Path::new(root).join(dir), &mut |text| {
+                sources.push_str(text)
+            });
+        }
+        let stale: Vec<&str> = METRICS
+            .iter()
+            .map(|m| m.0)
+            .filter(|name| !sources.contains(&format!("\"{name}\"")))
+            .collect();
+        assert!(stale.is_empty(), "catalogued but never recorded: {stale:?}");
+    }
+
+    fn visit(dir: &std::path::Path, f: &mut dyn FnMut(&str)) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                visit(&path, f);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("catalog.rs") {
+                f(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+}
