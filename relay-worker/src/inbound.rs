@@ -122,7 +122,7 @@ fn record_status(event: &InboundEvent) {
     .find(|s| *s == status)
     .unwrap_or("other");
     metrics::counter!("waconnect_relay_status_callbacks_total", "status" => status).increment(1);
-    tracing::info!(
+    tracing::debug!(
         message_sid = event.message_sid().unwrap_or_default(),
         status,
         error_code = event.error_code().unwrap_or_default(),
