@@ -470,7 +470,7 @@ async fn call_customer(
         if let Some(contact) = &conversation.contact_id {
             attributes.insert("ChatContactId".to_owned(), contact.clone());
         }
-        relay
+        let placed = relay
             .api
             .start_outbound_voice(OutboundCall {
                 destination: customer.e164(),
@@ -479,7 +479,19 @@ async fn call_customer(
                 client_token: client_token(&["call", sid]),
                 attributes,
             })
-            .await?;
+            .await;
+        match placed {
+            Ok(_) => {}
+            // Connect will not call this number (not allowed, not permitted, bad flow):
+            // the text already reached the agent, so the message is done.
+            Err(e) if !e.kind.retryable() => {
+                tracing::warn!(customer = %customer, code = %e.code, "call-me refused by Connect");
+                metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "refused")
+                    .increment(1);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
         conversation.last_call_at = Some(chrono::Utc::now());
         conversation.last_call_sid = Some(sid.to_owned());
         match relay.store.update(&conversation, stored.version).await {

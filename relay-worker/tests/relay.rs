@@ -440,3 +440,29 @@ async fn receipts_and_delivery_failures_reach_the_agent() {
     assert_eq!(templates[0].template.as_ref().unwrap().content_sid, "HX123");
     relay.shutdown().await;
 }
+
+/// A number Connect will not call: the text still reaches the agent and the customer's
+/// stream goes on, without retries piling up.
+#[tokio::test]
+async fn a_call_connect_refuses_does_not_hold_up_the_stream() {
+    let stack = Stack::new().await;
+    let relay = stack
+        .relay(&[
+            ("WACONNECT_CALLME_KEYWORDS", "call me"),
+            ("WACONNECT_CALLME_CONTACT_FLOW_ID", "voice-flow"),
+        ])
+        .await;
+    let far = waconnect_shared::CustomerAddress::parse("whatsapp:+99912345678").unwrap();
+    stack.customer_says(&far, "SM1", "call me").await;
+    stack.customer_says(&far, "SM2", "hello?").await;
+    let contact = stack.contact_of(&far).await;
+    wait::until("both texts", Duration::from_secs(20), || async {
+        let texts = stack.desk.customer_texts(&contact).await.ok()?;
+        (texts == ["call me", "hello?"]).then_some(())
+    })
+    .await;
+    assert!(stack.desk.calls().await.unwrap().is_empty());
+    let stats = stack.inbound.stats().await.unwrap();
+    assert_eq!((stats.dead_letters, stats.delayed), (0, 0));
+    relay.shutdown().await;
+}

@@ -113,7 +113,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "waconnect_relay_call_requests_total",
         Kind::Counter,
-        "\"Call me\" requests by outcome (called, cooldown).",
+        "\"Call me\" requests by outcome (called, cooldown, refused).",
     ),
     (
         "waconnect_connect_call_duration_seconds",

@@ -273,7 +273,7 @@ async fn every_modelled_error_reaches_the_sdk() {
 
     desk.throttle(1, Some(&["StartChatContact"])).await.unwrap();
     let throttled = chat_request(&c, &sim).send().await.unwrap_err();
-    assert_eq!(throttled.code(), Some("ThrottlingException"));
+    assert_eq!(throttled.code(), Some("LimitExceededException"));
     assert_eq!(throttled.raw_response().unwrap().status().as_u16(), 429);
     desk.fail(1, Some(&["StartChatContact"])).await.unwrap();
     let failed = chat_request(&c, &sim).send().await.unwrap_err();
@@ -474,6 +474,19 @@ async fn persistent_chat_rehydrates_the_past_session_and_calls_are_recorded() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Some("DestinationNotAllowedException"));
+    let forbidden = c
+        .connect
+        .start_outbound_voice_contact()
+        .instance_id(sim.instance_id())
+        .contact_flow_id("voice-flow")
+        .destination_phone_number("+99912345678")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        forbidden.code(),
+        Some("OutboundContactNotPermittedException")
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ impl Faults {
     /// The injected error, if any, for one call of `operation`.
     pub fn on_call(&mut self, service: Service, operation: &str) -> Option<ApiError> {
         if self.throttle.take(operation) {
-            return Some(ApiError::throttled());
+            return Some(ApiError::throttled(service));
         }
         if self.errors.take(operation) {
             return Some(ApiError::internal(service));

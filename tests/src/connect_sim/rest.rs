@@ -237,6 +237,14 @@ async fn start_outbound_voice(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answ
             "The destination number is not allowed",
         ));
     }
+    // The simulator's stand-in for a country the instance may not call.
+    if destination.starts_with("+999") {
+        return Err(ApiError::new(
+            403,
+            "OutboundContactNotPermittedException",
+            "Outbound calls to this destination are not permitted",
+        ));
+    }
     let client_token = text(&m, "ClientToken").map(str::to_owned);
     let mut inner = sim.lock();
     if let Some(previous) = client_token

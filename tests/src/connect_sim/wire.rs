@@ -68,8 +68,13 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, "ResourceNotFoundException", message)
     }
-    pub fn throttled() -> Self {
-        Self::new(429, "ThrottlingException", "Rate exceeded")
+    /// Throttling: the Participant API calls it ThrottlingException, the Connect API
+    /// LimitExceededException (DESIGN.md §6).
+    pub fn throttled(service: Service) -> Self {
+        match service {
+            Service::Connect => Self::new(429, "LimitExceededException", "Rate exceeded"),
+            Service::Participant => Self::new(429, "ThrottlingException", "Rate exceeded"),
+        }
     }
     /// The server-error name differs between the two services.
     pub fn internal(service: Service) -> Self {
