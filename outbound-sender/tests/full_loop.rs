@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use waconnect_tests::connect_sim::ConnectSim;
 use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
-use waconnect_tests::{customer, wait};
+use waconnect_tests::{customer, free_port, wait};
 
 /// The workspace's other binaries, built beside this package's by `cargo test --workspace`.
 fn sibling(name: &str) -> PathBuf {
@@ -35,11 +35,6 @@ fn spawn(binary: PathBuf, vars: &[(String, String)]) -> Child {
         .unwrap()
 }
 
-async fn free_port() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
     list.iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -53,11 +48,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("waconnect.db").display().to_string();
     let connect = ConnectSim::start().await;
-    let ingress_port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let ingress_port = free_port().await;
     let ingress = format!("http://{ingress_port}");
     let (relay_ops, sender_ops) = (free_port().await, free_port().await);
     let twilio = TwilioSim::start_with(TwilioOptions {
@@ -76,7 +67,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
     ingress_vars.extend(vars(&[
         ("TWILIO_AUTH_TOKEN", &o.auth_token),
         ("WACONNECT_PUBLIC_BASE_URL", &ingress),
-        ("WACONNECT_INGRESS_BIND", &ingress_port.to_string()),
+        ("WACONNECT_INGRESS_BIND", &ingress_port),
     ]));
     let _ingress = spawn(sibling("ingress"), &ingress_vars);
     let mut relay_vars = vars(&common);
@@ -226,7 +217,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
     for (service, ops, expected) in [
         (
             "ingress",
-            ingress_port.to_string(),
+            ingress_port.clone(),
             &[
                 "waconnect_ingress_requests_total",
                 "waconnect_queue_messages",

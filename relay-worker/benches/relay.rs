@@ -22,14 +22,7 @@ use waconnect_relay_worker::config::ConnectSettings;
 use waconnect_relay_worker::connect::{ConnectApi, NewChat};
 use waconnect_shared::config::ConfigSource;
 use waconnect_shared::conversation::{Conversation, ConversationState};
-use waconnect_tests::{customer, wait};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use waconnect_tests::{bench_setting, customer, free_port, wait, write_bench_report};
 
 fn proc_field(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -58,11 +51,6 @@ fn clock_ticks_per_second() -> f64 {
         .trim()
         .parse()
         .unwrap_or(100.0)
-}
-
-async fn free_port() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().to_string()
 }
 
 async fn until_ready(ops: &str) {
@@ -286,17 +274,13 @@ fn main() {
             .split(',')
             .filter_map(|s| s.trim().parse().ok())
             .collect();
-        let idle = Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 30));
+        let idle = Duration::from_secs(bench_setting("BENCH_IDLE_SECONDS", 30));
         let mut holdings = Vec::new();
         for n in sizes {
             holdings.push(holding(n, idle).await);
         }
-        let latency = latency(500, env_or("BENCH_RATE_SECONDS", 10)).await;
+        let latency = latency(500, bench_setting("BENCH_RATE_SECONDS", 10)).await;
         let results = json!({ "holding": holdings, "latency": latency });
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-        std::fs::create_dir_all(&out).unwrap();
-        let file = out.join("relay.json");
-        std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
-        println!("wrote {}", file.display());
+        write_bench_report("relay", &results);
     });
 }

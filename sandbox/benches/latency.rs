@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use waconnect_sandbox::{Options, Sandbox};
 use waconnect_shared::config::{LogFormat, TelemetryConfig};
-use waconnect_tests::{customer, wait};
+use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
 
 const CUSTOMERS: usize = 50;
 
@@ -158,10 +158,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let seconds: u64 = std::env::var("BENCH_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(10);
+        let seconds: u64 = bench_setting("BENCH_SECONDS", 10);
         let sandbox = Sandbox::start(Options {
             bind: "127.0.0.1:0".parse().unwrap(),
             telemetry: TelemetryConfig {
@@ -204,15 +201,7 @@ fn main() {
             }
             r
         };
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-        std::fs::create_dir_all(&out).unwrap();
-        let file = out.join("latency.json");
-        std::fs::write(
-            &file,
-            serde_json::to_string_pretty(&json!({ "runs": results, "seconds": seconds })).unwrap(),
-        )
-        .unwrap();
-        println!("wrote {}", file.display());
+        write_bench_report("latency", &json!({ "runs": results, "seconds": seconds }));
         sandbox.stop().await;
     });
 }

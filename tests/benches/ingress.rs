@@ -21,8 +21,8 @@ use waconnect_shared::config::{ConfigSource, IngressConfig};
 use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::sqlite::Db;
-use waconnect_tests::customer;
 use waconnect_tests::twilio::{incoming_text, signed};
+use waconnect_tests::{bench_setting, customer, write_bench_report};
 
 const TOKEN: &str = "bench-token";
 const PUBLIC: &str = "https://wa.example.test";
@@ -163,14 +163,8 @@ async fn ingress(
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+    let seconds: u64 = bench_setting("BENCH_SECONDS", 5);
+    let concurrency: usize = bench_setting("BENCH_CONCURRENCY", 64);
     let duration = Duration::from_secs(seconds);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -221,10 +215,6 @@ fn main() {
         results["ratio_ingress_full_to_bare"] = json!(ratio);
         results["concurrency"] = json!(concurrency);
         results["seconds_per_target"] = json!(seconds);
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-        std::fs::create_dir_all(&out).unwrap();
-        let file = out.join("ingress.json");
-        std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
-        println!("wrote {}", file.display());
+        write_bench_report("ingress", &results);
     });
 }

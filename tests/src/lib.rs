@@ -14,3 +14,32 @@ use waconnect_shared::CustomerAddress;
 pub fn customer(i: usize) -> CustomerAddress {
     CustomerAddress::parse(&format!("whatsapp:+1555{i:07}")).expect("valid test number")
 }
+
+/// A loopback address nobody listens on right now, for a process that binds it itself.
+pub async fn free_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    listener.local_addr().expect("bound address").to_string()
+}
+
+/// A bench knob from the environment, or its default.
+pub fn bench_setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Writes a bench's figures to `target/bench/<name>.json` and says where.
+pub fn write_bench_report(name: &str, report: &serde_json::Value) {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out).expect("create target/bench");
+    let file = out.join(format!("{name}.json"));
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(report).expect("JSON serialises"),
+    )
+    .expect("write the bench report");
+    println!("wrote {}", file.display());
+}
