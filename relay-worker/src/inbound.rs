@@ -279,7 +279,7 @@ async fn relay_message(
             .to_std()
             .unwrap_or_default();
         metrics::histogram!("waconnect_relay_inbound_lag_seconds").record(lag.as_secs_f64());
-        note_inbound(relay, &customer, &sid, event).await?;
+        note_inbound(relay, stored, &sid, event).await?;
         if let Some(call_me) = &relay.config.call_me {
             let wanted = normalise(&text);
             if call_me.keywords.iter().any(|k| wanted.contains(k.as_str())) {
@@ -420,15 +420,23 @@ async fn reconnect(
     }
 }
 
+/// Records the customer's latest message (the WhatsApp 24 h window) on the record just
+/// used, reading it again only if someone wrote it since.
 async fn note_inbound(
     relay: &Relay,
-    customer: &CustomerAddress,
+    stored: StoredConversation,
     sid: &str,
     event: &InboundEvent,
 ) -> Result<(), RelayError> {
+    let customer = stored.conversation.customer.clone();
+    let mut current = Some(stored);
     loop {
-        let Some(stored) = relay.store.get(customer).await? else {
-            return Ok(());
+        let stored = match current.take() {
+            Some(s) => s,
+            None => match relay.store.get(&customer).await? {
+                Some(s) => s,
+                None => return Ok(()),
+            },
         };
         let mut conversation = stored.conversation;
         conversation.last_inbound_message_sid = Some(sid.to_owned());

@@ -48,6 +48,9 @@ pub struct Session {
     /// The contact the socket belongs to.
     contact_id: String,
     cursor: Option<AgentCursor>,
+    /// The record as last read or written, so advancing the cursor needs no read first;
+    /// dropped when a write finds it stale.
+    record: Option<StoredConversation>,
     recent: VecDeque<String>,
 }
 
@@ -59,6 +62,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         lease,
         contact_id: String::new(),
         cursor: None,
+        record: None,
         recent: VecDeque::new(),
     };
     let outcome = session.run(&stop).await;
@@ -125,6 +129,8 @@ impl Session {
         };
         self.contact_id = contact_id.clone();
         self.cursor = conversation.agent_cursor.clone();
+        let participant_token = participant_token.clone();
+        self.record = Some(stored);
         let connection = match self
             .relay
             .api
@@ -314,7 +320,10 @@ impl Session {
 
     async fn advance_cursor(&mut self, cursor: AgentCursor) -> Result<(), Step> {
         loop {
-            let stored = self.load().await?;
+            let stored = match self.record.take() {
+                Some(s) => s,
+                None => self.load().await?,
+            };
             let mut conversation = stored.conversation;
             conversation.agent_cursor = Some(cursor.clone());
             let lease = self.current_lease();
@@ -324,10 +333,12 @@ impl Session {
                 .update_fenced(&conversation, stored.version, &lease)
                 .await
             {
-                Ok(_) => {
+                Ok(written) => {
+                    self.record = Some(written);
                     self.cursor = Some(cursor);
                     return Ok(());
                 }
+                // Someone else wrote the record since: read it and try again.
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::LeaseLost) => return Err(Step::Done(Outcome::LeaseLost)),
                 Err(StoreError::NotFound) => return Err(Step::Done(Outcome::Ended)),

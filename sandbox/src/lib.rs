@@ -193,13 +193,14 @@ impl Sandbox {
         }));
 
         // The page.
-        let open = || async { Db::open_path(&db, Synchronous::Normal).await };
+        // One connection (and one database thread) for the page's depth readings.
+        let page_db = Db::open_path(&db, Synchronous::Normal).await?;
         let (phone, desk) = (PhoneClient::new(twilio), DeskClient::new(connect));
         let parts = Parts {
             phone: phone.clone(),
             desk: desk.clone(),
-            inbound: Arc::new(SqliteQueue::open(open().await?, "inbound", 5).await?),
-            outbound: Arc::new(SqliteQueue::open(open().await?, "outbound", 5).await?),
+            inbound: Arc::new(SqliteQueue::open(page_db.clone(), "inbound", 5).await?),
+            outbound: Arc::new(SqliteQueue::open(page_db, "outbound", 5).await?),
         };
         let listener = TcpListener::bind(options.bind).await.with_context(|| {
             format!("WACONNECT_SANDBOX_BIND: cannot listen on {}", options.bind)
