@@ -218,10 +218,10 @@ impl Webhooks {
             route = ?kind,
             customer = %customer,
             message_sid = event.message_sid().unwrap_or_default(),
-            duplicate = sent.duplicate,
+            duplicate = sent.duplicate == Some(true),
             "webhook enqueued"
         );
-        Ok(sent.duplicate)
+        Ok(sent.duplicate == Some(true))
     }
 
     fn verify(

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::consumer::{self, ConsumerSettings};
+use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::outbound::{Origin, OutboundMessage};
@@ -41,14 +41,18 @@ enum Done {
 
 pub async fn consume(sender: Arc<Sender>, settings: ConsumerSettings, stop: CancellationToken) {
     let queue = sender.outbound.clone();
-    consumer::consume(queue, settings, stop.clone(), |message| {
+    consumer::consume(queue, settings, stop.clone(), move |message| {
         let (sender, stop) = (sender.clone(), stop.clone());
         async move {
-            if let Done::Abandoned = deliver(&sender, &message, &stop).await {
-                let _ = sender
-                    .outbound
-                    .change_visibility(&message.receipt, Duration::ZERO)
-                    .await;
+            match deliver(&sender, &message, &stop).await {
+                Done::Delivered | Done::DeadLettered => Handled::Settled,
+                Done::Abandoned => {
+                    let _ = sender
+                        .outbound
+                        .change_visibility(&message.receipt, Duration::ZERO)
+                        .await;
+                    Handled::Pending
+                }
             }
         }
     })

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::CustomerAddress;
-use waconnect_shared::consumer::{self, ConsumerSettings};
+use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_shared::event::{EventError, EventKind, InboundEvent};
 use waconnect_shared::outbound::{Origin, OutboundMessage, Template};
@@ -44,14 +44,14 @@ pub async fn consume(relay: Arc<Relay>, fleet: Arc<Fleet>, stop: CancellationTok
         visibility: relay.config.visibility,
         grace: relay.config.shutdown_grace,
     };
-    consumer::consume(relay.inbound.clone(), settings, stop, |message| {
+    consumer::consume(relay.inbound.clone(), settings, stop, move |message| {
         let (relay, fleet) = (relay.clone(), fleet.clone());
         async move { process(&relay, &fleet, message).await }
     })
     .await;
 }
 
-async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) {
+async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) -> Handled {
     let queue = &relay.inbound;
     let event = match InboundEvent::from_json(&message.body) {
         Ok(e) => e,
@@ -61,7 +61,7 @@ async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) {
             log_queue_error(queue.dead_letter(&message.receipt, &reason).await.err());
             metrics::counter!("waconnect_relay_inbound_total", "outcome" => "dead_lettered")
                 .increment(1);
-            return;
+            return Handled::Settled;
         }
     };
     let result = match event.kind {
@@ -70,8 +70,15 @@ async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) {
     };
     match result {
         Ok(()) => {
-            log_queue_error(queue.delete(&message.receipt).await.err());
+            let deleted = queue.delete(&message.receipt).await;
             metrics::counter!("waconnect_relay_inbound_total", "outcome" => "relayed").increment(1);
+            match deleted {
+                Ok(()) => Handled::Settled,
+                Err(e) => {
+                    log_queue_error(Some(e));
+                    Handled::Pending
+                }
+            }
         }
         Err(e) => {
             let reason = e.to_string();
@@ -82,13 +89,18 @@ async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) {
                 Ok(FailOutcome::DeadLettered) => {
                     tracing::error!(message_id = %message.message_id, %reason, receives = message.receive_count, "inbound message dead-lettered");
                     metrics::counter!("waconnect_relay_inbound_total", "outcome" => "dead_lettered").increment(1);
+                    Handled::Settled
                 }
                 Ok(FailOutcome::WillRetry) => {
                     tracing::warn!(message_id = %message.message_id, %reason, receives = message.receive_count, "inbound message will be retried");
                     metrics::counter!("waconnect_relay_inbound_total", "outcome" => "retried")
                         .increment(1);
+                    Handled::Pending
                 }
-                Err(q) => log_queue_error(Some(q)),
+                Err(q) => {
+                    log_queue_error(Some(q));
+                    Handled::Pending
+                }
             }
         }
     }

@@ -6,6 +6,10 @@ use crate::config::Reader;
 use crate::secret::Secret;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsConfig {
@@ -86,5 +90,67 @@ impl AwsConfig {
             ));
         }
         loader.load().await
+    }
+}
+
+/// What went wrong with one AWS call, reduced to what the engines decide on.
+#[derive(Debug, Clone)]
+pub(crate) struct CallError {
+    /// Worth retrying later: the service could not be reached, timed out, throttled or
+    /// failed on its side.
+    pub unavailable: bool,
+    /// The service's error code (`QueueDoesNotExist`, `ConditionalCheckFailedException`…).
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl CallError {
+    pub fn from_sdk<E>(e: &SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let message = DisplayErrorContext(e).to_string();
+        match e {
+            SdkError::ServiceError(s) => {
+                let code = s.err().code().map(str::to_owned);
+                let throttled = code.as_deref().is_some_and(|c| {
+                    c.contains("Throttl")
+                        || matches!(
+                            c,
+                            "RequestLimitExceeded"
+                                | "ProvisionedThroughputExceededException"
+                                | "ServiceUnavailable"
+                                | "InternalError"
+                                | "InternalServerError"
+                                | "KMSThrottlingException"
+                        )
+                });
+                Self {
+                    unavailable: throttled || s.raw().status().is_server_error(),
+                    code,
+                    message,
+                }
+            }
+            SdkError::ConstructionFailure(_) => Self {
+                unavailable: false,
+                code: None,
+                message,
+            },
+            _ => Self {
+                unavailable: true,
+                code: None,
+                message,
+            },
+        }
+    }
+
+    pub fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }

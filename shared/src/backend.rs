@@ -1,14 +1,19 @@
 //! Opens the engines the configuration names.
 
-use crate::config::{QueuesConfig, StorageConfig};
+use crate::config::{AwsStorageConfig, QueuesConfig, StorageConfig};
+use crate::delivery::dynamodb::DynamoLedger;
 use crate::delivery::sqlite::SqliteLedger;
 use crate::delivery::{DeliveryLedger, LedgerError};
 use crate::ops::Readiness;
+use crate::queue::failures::FailureLog;
 use crate::queue::sqlite::SqliteQueue;
+use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError};
 use crate::sqlite::{Db, DbError};
+use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ConversationStore, StoreError};
+use crate::table::Table;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -24,11 +29,25 @@ pub enum BackendError {
     Ledger(#[from] LedgerError),
 }
 
-/// The storage a process uses: one connection shared by its queues and its store.
+/// The storage a process uses.
 #[derive(Clone)]
 pub struct Backend {
-    db: Db,
+    engine: Engine,
     queues: QueuesConfig,
+}
+
+#[derive(Clone)]
+enum Engine {
+    /// One connection shared by the process's queues, store and ledger.
+    Embedded(Db),
+    Aws(Box<AwsEngines>),
+}
+
+#[derive(Clone)]
+struct AwsEngines {
+    sqs: aws_sdk_sqs::Client,
+    table: Table,
+    config: AwsStorageConfig,
 }
 
 impl Backend {
@@ -36,33 +55,85 @@ impl Backend {
         storage: &StorageConfig,
         queues: &QueuesConfig,
     ) -> Result<Self, BackendError> {
-        let StorageConfig::Embedded(embedded) = storage;
+        let engine = match storage {
+            StorageConfig::Embedded(embedded) => Engine::Embedded(Db::open(embedded).await?),
+            StorageConfig::Aws(config) => {
+                let (sqs, dynamodb) = aws_clients(config).await;
+                Engine::Aws(Box::new(AwsEngines {
+                    sqs,
+                    table: Table::new(dynamodb, &config.table),
+                    config: config.clone(),
+                }))
+            }
+        };
         Ok(Self {
-            db: Db::open(embedded).await?,
+            engine,
             queues: queues.clone(),
         })
     }
 
     pub async fn inbound(&self) -> Result<Arc<dyn Queue>, BackendError> {
-        self.queue(&self.queues.inbound).await
+        self.queue(&self.queues.inbound, |c| &c.inbound_queue_url)
+            .await
     }
 
     pub async fn outbound(&self) -> Result<Arc<dyn Queue>, BackendError> {
-        self.queue(&self.queues.outbound).await
+        self.queue(&self.queues.outbound, |c| &c.outbound_queue_url)
+            .await
     }
 
-    async fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, BackendError> {
-        let q = SqliteQueue::open(self.db.clone(), name, self.queues.max_receives).await?;
-        Ok(Arc::new(q))
+    async fn queue(
+        &self,
+        name: &str,
+        url: impl Fn(&AwsStorageConfig) -> &String,
+    ) -> Result<Arc<dyn Queue>, BackendError> {
+        Ok(match &self.engine {
+            Engine::Embedded(db) => {
+                Arc::new(SqliteQueue::open(db.clone(), name, self.queues.max_receives).await?)
+            }
+            Engine::Aws(aws) => Arc::new(
+                SqsQueue::open(
+                    aws.sqs.clone(),
+                    name,
+                    url(&aws.config),
+                    FailureLog::new(aws.table.clone()),
+                )
+                .await?,
+            ),
+        })
     }
 
     pub async fn ledger(&self) -> Result<Arc<dyn DeliveryLedger>, BackendError> {
-        Ok(Arc::new(SqliteLedger::open(self.db.clone()).await?))
+        Ok(match &self.engine {
+            Engine::Embedded(db) => Arc::new(SqliteLedger::open(db.clone()).await?),
+            Engine::Aws(aws) => Arc::new(DynamoLedger::new(aws.table.clone())),
+        })
     }
 
     pub async fn store(&self) -> Result<Arc<dyn ConversationStore>, BackendError> {
-        Ok(Arc::new(SqliteStore::open(self.db.clone()).await?))
+        Ok(match &self.engine {
+            Engine::Embedded(db) => Arc::new(SqliteStore::open(db.clone()).await?),
+            Engine::Aws(aws) => Arc::new(DynamoStore::new(aws.table.clone())),
+        })
     }
+}
+
+/// SQS and DynamoDB clients on the shared AWS configuration, at the override endpoint if
+/// one is set.
+pub async fn aws_clients(
+    config: &AwsStorageConfig,
+) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
+    let sdk = config.aws.load().await;
+    let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk);
+    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk);
+    if let Some(endpoint) = &config.endpoint {
+        sqs = sqs.endpoint_url(endpoint);
+        dynamodb = dynamodb.endpoint_url(endpoint);
+    }
+    (
+        aws_sdk_sqs::Client::from_conf(sqs.build()),
+        aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+    )
 }
 
 /// Ready when every queue answers a depth query.

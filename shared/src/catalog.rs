@@ -43,7 +43,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "waconnect_queue_sent_total",
         Kind::Counter,
-        "Messages sent to a queue, by outcome (new, duplicate).",
+        "Messages sent to a queue, by outcome (new, duplicate; accepted on SQS, which de-duplicates without saying).",
     ),
     (
         "waconnect_queue_dead_lettered_total",

@@ -109,10 +109,14 @@ impl<'a> Reader<'a> {
     }
 
     pub fn error(&mut self, name: &str, problem: impl Into<String>) {
-        self.errors.push(ConfigError {
+        let error = ConfigError {
             variable: name.to_owned(),
             problem: problem.into(),
-        });
+        };
+        // Parts of a service that read the same variable report its problem once.
+        if !self.errors.contains(&error) {
+            self.errors.push(error);
+        }
     }
 
     fn parse<T: FromStr>(&mut self, name: &str, raw: &str, expected: &str) -> Option<T> {
@@ -209,6 +213,63 @@ impl<'a> Reader<'a> {
 pub enum StorageConfig {
     /// One SQLite file shared by the processes of one host.
     Embedded(EmbeddedConfig),
+    /// SQS FIFO queues and a DynamoDB table, for a fleet.
+    Aws(AwsStorageConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsStorageConfig {
+    pub aws: crate::aws::AwsConfig,
+    /// Overrides the SQS and DynamoDB endpoints (VPC endpoints, or moto in tests).
+    pub endpoint: Option<String>,
+    pub inbound_queue_url: String,
+    pub outbound_queue_url: String,
+    pub table: String,
+}
+
+impl AwsStorageConfig {
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let aws = crate::aws::AwsConfig::read(r);
+        let url = |r: &mut Reader<'_>, name: &str, required: Option<&str>| match (
+            r.raw(name).map(str::to_owned),
+            required,
+        ) {
+            (Some(raw), _) => match url::Url::parse(&raw) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(raw),
+                _ => {
+                    r.error(name, format!("expected an http(s) URL, got {raw:?}"));
+                    None
+                }
+            },
+            (None, Some(what)) => {
+                r.error(name, format!("is required ({what})"));
+                None
+            }
+            (None, None) => None,
+        };
+        let endpoint = url(r, "WACONNECT_AWS_ENDPOINT_URL", None);
+        let inbound_queue_url = url(
+            r,
+            "WACONNECT_INBOUND_QUEUE_URL",
+            Some("the inbound SQS FIFO queue's URL"),
+        );
+        let outbound_queue_url = url(
+            r,
+            "WACONNECT_OUTBOUND_QUEUE_URL",
+            Some("the outbound SQS FIFO queue's URL"),
+        );
+        let table = r.raw("WACONNECT_TABLE").map(str::to_owned);
+        if table.is_none() {
+            r.error("WACONNECT_TABLE", "is required (the DynamoDB table's name)");
+        }
+        Self {
+            aws,
+            endpoint,
+            inbound_queue_url: inbound_queue_url.unwrap_or_default(),
+            outbound_queue_url: outbound_queue_url.unwrap_or_default(),
+            table: table.unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,20 +346,27 @@ pub struct CommonConfig {
 impl CommonConfig {
     pub fn read(r: &mut Reader<'_>) -> Self {
         let backend = r.string("WACONNECT_BACKEND", "embedded");
-        if backend != "embedded" {
-            r.error(
-                "WACONNECT_BACKEND",
-                format!("unsupported backend {backend:?} (this build supports: embedded)"),
-            );
-        }
-        let storage = StorageConfig::Embedded(EmbeddedConfig {
-            path: PathBuf::from(r.string("WACONNECT_SQLITE_PATH", "waconnect.db")),
-            synchronous: r.optional(
-                "WACONNECT_SQLITE_SYNCHRONOUS",
-                Synchronous::Full,
-                "full or normal",
-            ),
-        });
+        let embedded = |r: &mut Reader<'_>| {
+            StorageConfig::Embedded(EmbeddedConfig {
+                path: PathBuf::from(r.string("WACONNECT_SQLITE_PATH", "waconnect.db")),
+                synchronous: r.optional(
+                    "WACONNECT_SQLITE_SYNCHRONOUS",
+                    Synchronous::Full,
+                    "full or normal",
+                ),
+            })
+        };
+        let storage = match backend.as_str() {
+            "embedded" => embedded(r),
+            "aws" => StorageConfig::Aws(AwsStorageConfig::read(r)),
+            other => {
+                r.error(
+                    "WACONNECT_BACKEND",
+                    format!("unsupported backend {other:?} (expected embedded or aws)"),
+                );
+                embedded(r)
+            }
+        };
         let queues = QueuesConfig {
             inbound: r.string("WACONNECT_INBOUND_QUEUE", "inbound"),
             outbound: r.string("WACONNECT_OUTBOUND_QUEUE", "outbound"),
@@ -533,9 +601,54 @@ mod tests {
                 trust_forwarded_headers: false,
             }
         );
-        let StorageConfig::Embedded(e) = &c.common.storage;
+        let StorageConfig::Embedded(e) = &c.common.storage else {
+            panic!("embedded is the default: {:?}", c.common.storage);
+        };
         assert_eq!(e.synchronous, Synchronous::Full);
         assert_eq!(c.common.queues.max_receives, 5);
+    }
+
+    #[test]
+    fn the_aws_backend_needs_its_queues_table_and_region_named() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("WACONNECT_BACKEND", "aws"));
+        pairs.push(("WACONNECT_INBOUND_QUEUE_URL", "not a url"));
+        let err = ingress(&pairs).unwrap_err();
+        for var in [
+            "AWS_REGION",
+            "WACONNECT_INBOUND_QUEUE_URL",
+            "WACONNECT_OUTBOUND_QUEUE_URL",
+            "WACONNECT_TABLE",
+        ] {
+            assert!(err.names(var), "{var} not named in: {err}");
+        }
+        assert_eq!(
+            err.0.iter().filter(|e| e.variable == "AWS_REGION").count(),
+            1,
+            "{err}"
+        );
+        pairs.pop();
+        pairs.extend([
+            ("AWS_REGION", "eu-west-1"),
+            (
+                "WACONNECT_INBOUND_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/1/in.fifo",
+            ),
+            (
+                "WACONNECT_OUTBOUND_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/1/out.fifo",
+            ),
+            ("WACONNECT_TABLE", "waconnect"),
+            ("WACONNECT_AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ]);
+        let c = ingress(&pairs).unwrap();
+        let StorageConfig::Aws(aws) = &c.common.storage else {
+            panic!("not aws: {:?}", c.common.storage);
+        };
+        assert_eq!(aws.table, "waconnect");
+        assert_eq!(aws.aws.region, "eu-west-1");
+        assert_eq!(aws.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert!(aws.inbound_queue_url.ends_with("/in.fifo"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The queue-consuming loop both workers run: receive as many messages as there are free
-//! slots, handle each in its own task, and on shutdown stop receiving, hand back what was
-//! just received, and give in-flight work a bounded grace period.
+//! slots, handle each group's messages in order in its own task, and on shutdown stop
+//! receiving, hand back what was just received, and give in-flight work a bounded grace
+//! period.
 
 use crate::queue::{MAX_RECEIVE_BATCH, Queue, ReceivedMessage};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,18 +21,33 @@ pub struct ConsumerSettings {
     pub grace: Duration,
 }
 
+/// What a handler did with its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Deleted or dead-lettered: the group's next message may go.
+    Settled,
+    /// Left in the queue (a retry, a failed acknowledgement, shutdown): it comes back
+    /// first, so the group's later messages must wait for it.
+    Pending,
+}
+
 /// Runs `handle` for every message received from `queue` until `stop`. The handler owns
 /// the outcome (delete, fail, dead-letter); one that does not finish within the grace
 /// period is aborted and its message comes back after its visibility timeout.
+///
+/// An SQS FIFO receive may return several messages of one group, in order: they run one
+/// after another, and when one stays pending the rest are handed back at once (the queue
+/// keeps them behind it).
 pub async fn consume<H, Fut>(
     queue: Arc<dyn Queue>,
     settings: ConsumerSettings,
     stop: CancellationToken,
     handle: H,
 ) where
-    H: Fn(ReceivedMessage) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    H: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
 {
+    let handle = Arc::new(handle);
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let mut tasks = JoinSet::new();
     loop {
@@ -66,15 +83,15 @@ pub async fn consume<H, Fut>(
                 }
             }
         };
-        for message in messages {
+        for group in by_group(messages) {
             let permit = permits
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let work = handle(message);
+            let (handle, queue) = (handle.clone(), queue.clone());
             tasks.spawn(async move {
-                work.await;
+                run_group(queue.as_ref(), group, handle.as_ref()).await;
                 drop(permit);
             });
         }
@@ -87,5 +104,37 @@ pub async fn consume<H, Fut>(
             "in-flight messages left to the queue at shutdown"
         );
         tasks.abort_all();
+    }
+}
+
+/// Splits a batch into its groups, each in received (queue) order.
+fn by_group(messages: Vec<ReceivedMessage>) -> Vec<VecDeque<ReceivedMessage>> {
+    let mut groups: Vec<VecDeque<ReceivedMessage>> = Vec::new();
+    for m in messages {
+        match groups.iter_mut().find(|g| g[0].group_id == m.group_id) {
+            Some(g) => g.push_back(m),
+            None => groups.push(VecDeque::from([m])),
+        }
+    }
+    groups
+}
+
+async fn run_group<H, Fut>(queue: &dyn Queue, mut group: VecDeque<ReceivedMessage>, handle: &H)
+where
+    H: Fn(ReceivedMessage) -> Fut,
+    Fut: Future<Output = Handled>,
+{
+    while let Some(message) = group.pop_front() {
+        if handle(message).await == Handled::Pending {
+            for later in group {
+                if let Err(e) = queue
+                    .change_visibility(&later.receipt, Duration::ZERO)
+                    .await
+                {
+                    tracing::warn!(queue = queue.name(), error = %e, "cannot hand a message back");
+                }
+            }
+            return;
+        }
     }
 }

@@ -25,6 +25,7 @@ pub mod shutdown;
 pub mod signature;
 pub mod sqlite;
 pub mod store;
+pub mod table;
 pub mod telemetry;
 pub mod text;
 pub mod time;

@@ -21,6 +21,16 @@ pub trait QueueEngine: Send + Sync {
     /// A new, empty queue and a second handle to it over its own connection, as another
     /// process would hold it.
     async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>);
+
+    /// Whether `Sent::duplicate` says what happened (SQS de-duplicates silently).
+    fn reports_duplicates(&self) -> bool {
+        true
+    }
+
+    /// Whether `QueueStats::oldest_age` is known (on SQS it is a CloudWatch metric).
+    fn reports_oldest_age(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -82,7 +92,7 @@ impl StoreEngine for SqliteEngine {
 }
 
 /// Unique within this machine: the process id and a counter.
-fn unique_suffix() -> String {
+pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -90,4 +100,73 @@ fn unique_suffix() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The AWS engines (SQS FIFO, DynamoDB) on this process's moto server; every queue and
+/// store is new and its own.
+pub struct AwsEngine {
+    moto: &'static crate::moto::Moto,
+    last_table: std::sync::Mutex<String>,
+}
+
+impl AwsEngine {
+    pub async fn new() -> Self {
+        Self {
+            moto: crate::moto::Moto::shared(),
+            last_table: Default::default(),
+        }
+    }
+
+    async fn table(&self, name: &str) -> waconnect_shared::table::Table {
+        let (_, dynamodb) = self.moto.clients().await;
+        waconnect_shared::table::Table::new(dynamodb, name)
+    }
+}
+
+#[async_trait]
+impl QueueEngine for AwsEngine {
+    async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
+        use waconnect_shared::queue::failures::FailureLog;
+        use waconnect_shared::queue::sqs::SqsQueue;
+        let name = format!("q-{}", unique_suffix());
+        let url = self.moto.queue(&name, max_receives).await;
+        let table = self.moto.table(&format!("{name}-table")).await;
+        let mut handles = Vec::new();
+        for _ in 0..2 {
+            let (sqs, _) = self.moto.clients().await;
+            let failures = FailureLog::new(self.table(&table).await);
+            let q = SqsQueue::open(sqs, &name, &url, failures).await.unwrap();
+            handles.push(Arc::new(q) as Arc<dyn Queue>);
+        }
+        let b = handles.pop().unwrap();
+        (handles.pop().unwrap(), b)
+    }
+
+    fn reports_duplicates(&self) -> bool {
+        false
+    }
+
+    fn reports_oldest_age(&self) -> bool {
+        false
+    }
+}
+
+#[async_trait]
+impl StoreEngine for AwsEngine {
+    async fn store(&self) -> Arc<dyn ConversationStore> {
+        let name = self.moto.table(&format!("t-{}", unique_suffix())).await;
+        *self.last_table.lock().unwrap() = name.clone();
+        Arc::new(waconnect_shared::store::dynamodb::DynamoStore::new(
+            self.table(&name).await,
+        ))
+    }
+
+    fn contender_args(&self) -> Vec<String> {
+        vec![
+            "--dynamodb".into(),
+            self.moto.endpoint.clone(),
+            "--table".into(),
+            self.last_table.lock().unwrap().clone(),
+        ]
+    }
 }

@@ -4,6 +4,7 @@
 //! (the sender died, or the call timed out) and is reconciled against Twilio before any
 //! second send.
 
+pub mod dynamodb;
 pub mod sqlite;
 
 use async_trait::async_trait;

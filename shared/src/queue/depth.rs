@@ -21,8 +21,10 @@ pub async fn sample(queue: &dyn Queue) -> bool {
             gauge(name.clone(), "in_flight", s.in_flight);
             gauge(name.clone(), "delayed", s.delayed);
             gauge(format!("{name}-dlq"), "visible", s.dead_letters);
-            metrics::gauge!("waconnect_queue_oldest_message_age_seconds", "queue" => name.clone())
-                .set(s.oldest_age.as_secs_f64());
+            if let Some(age) = s.oldest_age {
+                metrics::gauge!("waconnect_queue_oldest_message_age_seconds", "queue" => name.clone())
+                    .set(age.as_secs_f64());
+            }
             true
         }
         Err(e) => {

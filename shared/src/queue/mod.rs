@@ -10,11 +10,13 @@
 //! * A message received `max_receives` times without success is moved to the queue's
 //!   dead-letter queue, keeping its body and the last error a consumer recorded.
 //!
-//! Engines: [`sqlite::SqliteQueue`] (embedded). The same suite in `waconnect-tests`
+//! Engines: [`sqlite::SqliteQueue`] (embedded) and [`sqs::SqsQueue`] (AWS). The same suite in `waconnect-tests`
 //! runs against every engine.
 
 pub mod depth;
+pub mod failures;
 pub mod sqlite;
+pub mod sqs;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -41,8 +43,10 @@ pub struct NewMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
     pub message_id: String,
-    /// The dedup id was seen within the window; nothing new was enqueued.
-    pub duplicate: bool,
+    /// `Some(true)`: the dedup id was seen within the window and nothing new was enqueued.
+    /// `None`: the engine de-duplicates without saying so (SQS FIFO accepts a duplicate
+    /// like any other send and just never delivers it).
+    pub duplicate: Option<bool>,
 }
 
 /// Proof of one receive; needed to delete or extend that delivery.
@@ -88,7 +92,9 @@ pub struct QueueStats {
     pub dead_letters: u64,
     /// How long the oldest message not yet deleted has been in the queue (SQS's
     /// ApproximateAgeOfOldestMessage): the alert that a consumer is stuck or missing.
-    pub oldest_age: Duration,
+    /// `None` where the engine cannot tell: on SQS it is a CloudWatch metric, not a queue
+    /// attribute, and the CloudFormation stack alarms on it there.
+    pub oldest_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +182,15 @@ pub(crate) fn validate_send(message: &NewMessage) -> Result<(), QueueError> {
                 "{what} must be 1-128 printable ASCII characters"
             )));
         }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_visibility(timeout: Duration) -> Result<(), QueueError> {
+    if timeout > MAX_VISIBILITY {
+        return Err(QueueError::InvalidArgument(
+            "visibility is over the limit".into(),
+        ));
     }
     Ok(())
 }

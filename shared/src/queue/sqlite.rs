@@ -306,7 +306,7 @@ impl Queue for SqliteQueue {
                 if let Some(message_id) = existing {
                     return Ok::<_, QueueError>(Sent {
                         message_id,
-                        duplicate: true,
+                        duplicate: Some(true),
                     });
                 }
                 let id = uuid::Uuid::new_v4().to_string();
@@ -322,11 +322,15 @@ impl Queue for SqliteQueue {
                 .execute(params![name, message.dedup_id, id, now + ms(DEDUP_WINDOW)])?;
                 Ok(Sent {
                     message_id: id,
-                    duplicate: false,
+                    duplicate: Some(false),
                 })
             })
             .await?;
-        let outcome = if sent.duplicate { "duplicate" } else { "new" };
+        let outcome = if sent.duplicate == Some(true) {
+            "duplicate"
+        } else {
+            "new"
+        };
         metrics::counter!("waconnect_queue_sent_total", "queue" => self.inner.name.clone(), "outcome" => outcome)
             .increment(1);
         Ok(sent)
@@ -395,11 +399,7 @@ impl Queue for SqliteQueue {
         receipt: &Receipt,
         timeout: Duration,
     ) -> Result<(), QueueError> {
-        if timeout > super::MAX_VISIBILITY {
-            return Err(QueueError::InvalidArgument(
-                "visibility over the limit".into(),
-            ));
-        }
+        super::validate_visibility(timeout)?;
         let name = self.inner.name.clone();
         let receipt = receipt.0.clone();
         self.mutate(move |c| {
@@ -508,9 +508,9 @@ impl Queue for SqliteQueue {
                     in_flight: in_flight as u64,
                     delayed: delayed as u64,
                     dead_letters: dead as u64,
-                    oldest_age: Duration::from_millis(
-                        oldest.map_or(0, |sent| (now - sent).max(0)) as u64
-                    ),
+                    oldest_age: Some(Duration::from_millis(
+                        oldest.map_or(0, |sent| (now - sent).max(0)) as u64,
+                    )),
                 })
             })
             .await

@@ -12,6 +12,7 @@
 //!   released leases) for the sweepers to adopt. Expiry is always compared in the
 //!   condition itself; nothing relies on TTL deletion.
 
+pub mod dynamodb;
 pub mod sqlite;
 
 use crate::address::CustomerAddress;
@@ -122,4 +123,35 @@ pub(crate) fn lease_millis(duration: Duration) -> Result<i64, StoreError> {
         ));
     }
     Ok(duration.as_millis() as i64)
+}
+
+/// A fenced write names its own conversation's lease.
+pub(crate) fn check_fence(conversation: &Conversation, lease: &Lease) -> Result<(), StoreError> {
+    if conversation.customer != lease.customer {
+        return Err(StoreError::InvalidArgument(
+            "the lease is for another conversation".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Why a fenced write was refused: a lost lease outranks a stale read, because the caller
+/// must stop rather than retry.
+pub(crate) fn fence_refusal(
+    stored: &StoredConversation,
+    owner: &str,
+    version: u64,
+    now: i64,
+) -> StoreError {
+    let lost = stored.lease.owner.as_deref() != Some(owner)
+        || stored.lease.version != version
+        || stored
+            .lease
+            .expires_at
+            .is_none_or(|at| at.timestamp_millis() <= now);
+    if lost {
+        StoreError::LeaseLost
+    } else {
+        StoreError::Conflict
+    }
 }

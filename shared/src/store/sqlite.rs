@@ -1,7 +1,10 @@
 //! The embedded store engine: the conversation table in the shared SQLite file. The record
 //! is JSON; lease columns sit beside it so conditions compare them directly.
 
-use super::{ConversationStore, Lease, LeaseState, StoreError, StoredConversation, lease_millis};
+use super::{
+    ConversationStore, Lease, LeaseState, StoreError, StoredConversation, check_fence,
+    fence_refusal, lease_millis,
+};
 use crate::address::CustomerAddress;
 use crate::conversation::Conversation;
 use crate::sqlite::{Db, DbError};
@@ -184,11 +187,7 @@ impl ConversationStore for SqliteStore {
         expected_version: u64,
         lease: &Lease,
     ) -> Result<StoredConversation, StoreError> {
-        if conversation.customer != lease.customer {
-            return Err(StoreError::InvalidArgument(
-                "the lease is for another conversation".into(),
-            ));
-        }
+        check_fence(conversation, lease)?;
         let key = conversation.customer.as_str().to_owned();
         let record = encode(conversation)?;
         let state = conversation.state.as_str();
@@ -218,18 +217,7 @@ impl ConversationStore for SqliteStore {
                 match load(c, &key)? {
                     None => Err(StoreError::NotFound),
                     Some(stored) if changed == 1 => Ok(stored),
-                    // A lost lease outranks a stale read: the caller must stop, not retry.
-                    Some(stored)
-                        if stored.lease.owner.as_deref() != Some(owner.as_str())
-                            || stored.lease.version != lease_version as u64
-                            || stored
-                                .lease
-                                .expires_at
-                                .is_none_or(|at| at.timestamp_millis() <= now) =>
-                    {
-                        Err(StoreError::LeaseLost)
-                    }
-                    Some(_) => Err(StoreError::Conflict),
+                    Some(stored) => Err(fence_refusal(&stored, &owner, lease_version as u64, now)),
                 }
             })
             .await

@@ -1,6 +1,6 @@
 //! A separate process racing for leases, for the two-process store contract test.
 //!
-//! Usage: `lease-contender --sqlite PATH --owner NAME --keys N`
+//! Usage: `lease-contender (--sqlite PATH | --dynamodb ENDPOINT --table NAME) --owner NAME --keys N`
 //! Prints `ready`, waits for a line on stdin, then tries to acquire the lease of test
 //! customers 0..N in order, printing `won K` or `lost K` for each.
 
@@ -24,9 +24,17 @@ async fn main() -> anyhow::Result<()> {
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))
     };
-    let store: Arc<dyn ConversationStore> = {
-        let db = Db::open_path(arg("--sqlite")?.as_ref(), Synchronous::Normal).await?;
-        Arc::new(SqliteStore::open(db).await?)
+    let store: Arc<dyn ConversationStore> = match arg("--dynamodb") {
+        Ok(endpoint) => {
+            let moto = waconnect_tests::moto::Moto::storage_at(&endpoint);
+            let (_, dynamodb) = waconnect_shared::backend::aws_clients(&moto).await;
+            let table = waconnect_shared::table::Table::new(dynamodb, arg("--table")?);
+            Arc::new(waconnect_shared::store::dynamodb::DynamoStore::new(table))
+        }
+        Err(_) => {
+            let db = Db::open_path(arg("--sqlite")?.as_ref(), Synchronous::Normal).await?;
+            Arc::new(SqliteStore::open(db).await?)
+        }
     };
     let owner = arg("--owner")?;
     let keys: usize = arg("--keys")?.parse()?;

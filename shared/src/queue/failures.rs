@@ -1,0 +1,140 @@
+//! What SQS cannot hold for a message: the reason its last attempt failed, and whether it
+//! is now waiting out a retry backoff (SQS counts that as in flight). Both live in the
+//! DynamoDB table as `qfail#<queue>#<message id>` items, written only when an attempt
+//! fails and read only for redeliveries and depth samples, so a message that succeeds
+//! first time costs nothing here.
+
+use super::QueueError;
+use crate::aws::CallError;
+use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, Item, KEY, TTL, Table, get_s, n, s};
+use crate::time::now_millis;
+use aws_sdk_dynamodb::types::{KeysAndAttributes, Select};
+use std::collections::HashMap;
+
+/// As long as SQS keeps a message by default (4 days); TTL then removes the record.
+const KEEP_SECONDS: i64 = 4 * 24 * 3600;
+
+#[derive(Clone, Debug)]
+pub struct FailureLog {
+    table: Table,
+}
+
+impl From<CallError> for QueueError {
+    fn from(e: CallError) -> Self {
+        if e.unavailable {
+            QueueError::Unavailable(e.message)
+        } else {
+            QueueError::Backend(e.message)
+        }
+    }
+}
+
+impl FailureLog {
+    pub fn new(table: Table) -> Self {
+        Self { table }
+    }
+
+    fn pk(queue: &str, message_id: &str) -> String {
+        format!("qfail#{queue}#{message_id}")
+    }
+
+    fn shard(queue: &str) -> String {
+        format!("qfail#{queue}")
+    }
+
+    /// Records a failed attempt; the message is back in the queue at `until_millis`.
+    pub async fn record(
+        &self,
+        queue: &str,
+        message_id: &str,
+        reason: &str,
+        until_millis: i64,
+    ) -> Result<(), QueueError> {
+        self.table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .item(KEY, s(Self::pk(queue, message_id)))
+            .item("reason", s(reason))
+            .item(DUE_SHARD, s(Self::shard(queue)))
+            .item(DUE_AT, n(until_millis))
+            .item(TTL, n(now_millis() / 1000 + KEEP_SECONDS))
+            .send()
+            .await
+            .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
+        Ok(())
+    }
+
+    /// The last recorded failure of each of `message_ids` that has one.
+    pub async fn last_errors(
+        &self,
+        queue: &str,
+        message_ids: &[&str],
+    ) -> Result<HashMap<String, String>, QueueError> {
+        let mut found = HashMap::new();
+        if message_ids.is_empty() {
+            return Ok(found);
+        }
+        let mut keys = KeysAndAttributes::builder();
+        for id in message_ids {
+            keys = keys.keys(Item::from([(KEY.to_owned(), s(Self::pk(queue, id)))]));
+        }
+        let keys = keys
+            .build()
+            .map_err(|e| QueueError::Backend(e.to_string()))?;
+        let mut request = Some(HashMap::from([(self.table.name.clone(), keys)]));
+        // BatchGetItem may hand back part of the keys as unprocessed under load.
+        while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+            let out = self
+                .table
+                .client
+                .batch_get_item()
+                .set_request_items(Some(items))
+                .send()
+                .await
+                .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
+            for item in out
+                .responses()
+                .and_then(|r| r.get(&self.table.name))
+                .into_iter()
+                .flatten()
+            {
+                if let (Some(pk), Some(reason)) = (get_s(item, KEY), get_s(item, "reason")) {
+                    let id = pk.rsplit('#').next().unwrap_or_default();
+                    found.insert(id.to_owned(), reason.to_owned());
+                }
+            }
+            request = out.unprocessed_keys;
+        }
+        Ok(found)
+    }
+
+    /// How many of the queue's messages are waiting out a backoff now.
+    pub async fn backing_off(&self, queue: &str) -> Result<u64, QueueError> {
+        let mut total = 0;
+        let mut start = None;
+        loop {
+            let out = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .index_name(DUE_INDEX)
+                .key_condition_expression("#shard = :shard AND #due > :now")
+                .expression_attribute_names("#shard", DUE_SHARD)
+                .expression_attribute_names("#due", DUE_AT)
+                .expression_attribute_values(":shard", s(Self::shard(queue)))
+                .expression_attribute_values(":now", n(now_millis()))
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
+            total += out.count.max(0) as u64;
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! The AWS store engine: conversations in the DynamoDB table (see [`crate::table`]).
+//!
+//! Every write is one conditional `UpdateItem`/`PutItem` that returns the new item, so no
+//! write needs a read before or after it; only a refused condition reads the old item
+//! (returned with the refusal) to say why. A live conversation carries `due_shard` /
+//! `due_at` (its lease expiry, 0 when free) so [`ConversationStore::unheld`] is a few
+//! index Queries, one per shard, never a Scan.
+
+use super::{
+    ConversationStore, Lease, LeaseState, StoreError, StoredConversation, check_fence,
+    fence_refusal, lease_millis,
+};
+use crate::address::CustomerAddress;
+use crate::aws::CallError;
+use crate::conversation::{Conversation, ConversationState};
+use crate::table::{self, DUE_AT, DUE_INDEX, DUE_SHARD, Item, KEY, TTL, Table, get_n, get_s, n, s};
+use crate::time::{from_millis, now_millis};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+/// Index partitions the conversations spread over, so lease renewals of a large fleet do
+/// not all write one index partition.
+pub const SHARDS: u32 = 4;
+
+const RECORD: &str = "record";
+const VERSION: &str = "version";
+const OWNER: &str = "lease_owner";
+const EXPIRES: &str = "lease_expires_at";
+const LEASE_VERSION: &str = "lease_version";
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    table: Table,
+}
+
+impl DynamoStore {
+    pub fn new(table: Table) -> Self {
+        Self { table }
+    }
+}
+
+fn pk(customer: &CustomerAddress) -> String {
+    format!("conv#{}", customer.as_str())
+}
+
+/// A stable shard (not `DefaultHasher`'s per-process seed: every process must agree).
+fn shard(customer: &CustomerAddress) -> String {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    customer.as_str().hash(&mut h);
+    format!("conv#{}", h.finish() % u64::from(SHARDS))
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+fn stored(item: &Item) -> Result<StoredConversation, StoreError> {
+    let corrupt = |what: &str| StoreError::Backend(format!("corrupt conversation item: {what}"));
+    let record = get_s(item, RECORD).ok_or_else(|| corrupt("no record"))?;
+    let conversation: Conversation =
+        serde_json::from_str(record).map_err(|e| corrupt(&e.to_string()))?;
+    let owner = get_s(item, OWNER).map(str::to_owned);
+    Ok(StoredConversation {
+        conversation,
+        version: get_n(item, VERSION).ok_or_else(|| corrupt("no version"))? as u64,
+        lease: LeaseState {
+            expires_at: owner
+                .as_ref()
+                .map(|_| from_millis(get_n(item, EXPIRES).unwrap_or(0))),
+            owner,
+            version: get_n(item, LEASE_VERSION).unwrap_or(0) as u64,
+        },
+    })
+}
+
+fn lease_of(s: &StoredConversation) -> Lease {
+    Lease {
+        customer: s.conversation.customer.clone(),
+        owner: s.lease.owner.clone().unwrap_or_default(),
+        version: s.lease.version,
+        expires_at: s.lease.expires_at.unwrap_or_default(),
+    }
+}
+
+fn encode(c: &Conversation) -> Result<String, StoreError> {
+    serde_json::to_string(c)
+        .map_err(|e| StoreError::Backend(format!("cannot encode conversation: {e}")))
+}
+
+impl From<CallError> for StoreError {
+    fn from(e: CallError) -> Self {
+        if e.unavailable {
+            StoreError::Unavailable(e.message)
+        } else {
+            StoreError::Backend(e.message)
+        }
+    }
+}
+
+/// How a conditional write ended.
+enum Written {
+    Done(Item),
+    /// The condition failed; the item as it was, if there was one.
+    Refused(Option<Item>),
+}
+
+impl DynamoStore {
+    fn update(&self, customer: &CustomerAddress) -> UpdateItemFluentBuilder {
+        self.table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .set_key(Some(table::key(pk(customer))))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+    }
+
+    async fn write(&self, request: UpdateItemFluentBuilder) -> Result<Written, StoreError> {
+        match request.send().await {
+            Ok(out) => Ok(Written::Done(out.attributes.unwrap_or_default())),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                let old = match e.into_err() {
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item,
+                    _ => None,
+                };
+                Ok(Written::Refused(old.filter(|i| !i.is_empty())))
+            }
+            Err(e) => Err(CallError::from_sdk(&e).into()),
+        }
+    }
+
+    /// A data write: record, state, TTL and index membership, version raised.
+    fn data_write(
+        &self,
+        conversation: &Conversation,
+        condition: &str,
+    ) -> Result<UpdateItemFluentBuilder, StoreError> {
+        let live = conversation.state != ConversationState::Ended;
+        let mut set = vec!["#record = :record", "#version = #version + :one"];
+        let mut remove = Vec::new();
+        let mut request = self
+            .update(&conversation.customer)
+            .condition_expression(condition)
+            .expression_attribute_names("#record", RECORD)
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":record", s(encode(conversation)?))
+            .expression_attribute_values(":one", n(1));
+        if live {
+            set.push("#shard = :shard");
+            request =
+                request.expression_attribute_values(":shard", s(shard(&conversation.customer)));
+        } else {
+            remove.push("#shard");
+        }
+        request = request.expression_attribute_names("#shard", DUE_SHARD);
+        match conversation.ttl {
+            Some(ttl) => {
+                set.push("#ttl = :ttl");
+                request = request.expression_attribute_values(":ttl", n(ttl));
+            }
+            None => remove.push("#ttl"),
+        }
+        request = request.expression_attribute_names("#ttl", TTL);
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        Ok(request.update_expression(expression))
+    }
+
+    /// A lease write: owner and expiry (and the index sort key with it), fencing version raised.
+    fn lease_write(
+        &self,
+        customer: &CustomerAddress,
+        owner: Option<&str>,
+        expires_at: i64,
+        condition: &str,
+    ) -> UpdateItemFluentBuilder {
+        let request = self
+            .update(customer)
+            .condition_expression(condition)
+            .expression_attribute_names("#owner", OWNER)
+            .expression_attribute_names("#expires", EXPIRES)
+            .expression_attribute_names("#due", DUE_AT)
+            .expression_attribute_names("#lv", LEASE_VERSION)
+            .expression_attribute_values(":expires", n(expires_at))
+            .expression_attribute_values(":one", n(1));
+        match owner {
+            Some(owner) => request
+                .update_expression(
+                    "SET #owner = :owner, #expires = :expires, #due = :expires, #lv = #lv + :one",
+                )
+                .expression_attribute_values(":owner", s(owner)),
+            None => request.update_expression(
+                "SET #expires = :expires, #due = :expires, #lv = #lv + :one REMOVE #owner",
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ConversationStore for DynamoStore {
+    async fn get(
+        &self,
+        customer: &CustomerAddress,
+    ) -> Result<Option<StoredConversation>, StoreError> {
+        let out = self
+            .table
+            .client
+            .get_item()
+            .table_name(&self.table.name)
+            .set_key(Some(table::key(pk(customer))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
+        out.item.as_ref().map(stored).transpose()
+    }
+
+    async fn insert(&self, conversation: &Conversation) -> Result<StoredConversation, StoreError> {
+        let mut item = Item::from([
+            (KEY.to_owned(), s(pk(&conversation.customer))),
+            (RECORD.to_owned(), s(encode(conversation)?)),
+            (VERSION.to_owned(), n(1)),
+            (EXPIRES.to_owned(), n(0)),
+            (LEASE_VERSION.to_owned(), n(0)),
+            (DUE_AT.to_owned(), n(0)),
+        ]);
+        if conversation.state != ConversationState::Ended {
+            item.insert(DUE_SHARD.to_owned(), s(shard(&conversation.customer)));
+        }
+        if let Some(ttl) = conversation.ttl {
+            item.insert(TTL.to_owned(), n(ttl));
+        }
+        let result = self
+            .table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => stored(&item),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(StoreError::AlreadyExists)
+            }
+            Err(e) => Err(CallError::from_sdk(&e).into()),
+        }
+    }
+
+    async fn update(
+        &self,
+        conversation: &Conversation,
+        expected_version: u64,
+    ) -> Result<StoredConversation, StoreError> {
+        let request = self
+            .data_write(conversation, "#version = :expected")?
+            .expression_attribute_values(":expected", n(expected_version));
+        match self.write(request).await? {
+            Written::Done(item) => stored(&item),
+            Written::Refused(None) => Err(StoreError::NotFound),
+            Written::Refused(Some(_)) => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn update_fenced(
+        &self,
+        conversation: &Conversation,
+        expected_version: u64,
+        lease: &Lease,
+    ) -> Result<StoredConversation, StoreError> {
+        check_fence(conversation, lease)?;
+        let now = now_millis();
+        let request = self
+            .data_write(
+                conversation,
+                "#version = :expected AND #owner = :owner AND #lv = :lv AND #expires > :now",
+            )?
+            .expression_attribute_names("#owner", OWNER)
+            .expression_attribute_names("#lv", LEASE_VERSION)
+            .expression_attribute_names("#expires", EXPIRES)
+            .expression_attribute_values(":expected", n(expected_version))
+            .expression_attribute_values(":owner", s(&lease.owner))
+            .expression_attribute_values(":lv", n(lease.version))
+            .expression_attribute_values(":now", n(now));
+        match self.write(request).await? {
+            Written::Done(item) => stored(&item),
+            Written::Refused(None) => Err(StoreError::NotFound),
+            Written::Refused(Some(old)) => Err(fence_refusal(
+                &stored(&old)?,
+                &lease.owner,
+                lease.version,
+                now,
+            )),
+        }
+    }
+
+    async fn acquire_lease(
+        &self,
+        customer: &CustomerAddress,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Lease, StoreError> {
+        let length = lease_millis(duration)?;
+        if owner.is_empty() {
+            return Err(StoreError::InvalidArgument("lease owner is empty".into()));
+        }
+        let now = now_millis();
+        let request = self
+            .lease_write(
+                customer,
+                Some(owner),
+                now + length,
+                "attribute_exists(pk) AND (attribute_not_exists(#owner) OR #expires <= :now)",
+            )
+            .expression_attribute_values(":now", n(now));
+        match self.write(request).await? {
+            Written::Done(item) => Ok(lease_of(&stored(&item)?)),
+            Written::Refused(None) => Err(StoreError::NotFound),
+            Written::Refused(Some(_)) => Err(StoreError::LeaseHeld),
+        }
+    }
+
+    async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError> {
+        let length = lease_millis(duration)?;
+        let now = now_millis();
+        let request = self
+            .lease_write(
+                &lease.customer,
+                Some(&lease.owner),
+                now + length,
+                "#owner = :owner AND #lv = :lv AND #expires > :now",
+            )
+            .expression_attribute_values(":lv", n(lease.version))
+            .expression_attribute_values(":now", n(now));
+        match self.write(request).await? {
+            Written::Done(item) => Ok(lease_of(&stored(&item)?)),
+            Written::Refused(None) => Err(StoreError::NotFound),
+            Written::Refused(Some(_)) => Err(StoreError::LeaseLost),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let request = self
+            .lease_write(&lease.customer, None, 0, "#owner = :owner AND #lv = :lv")
+            .expression_attribute_values(":owner", s(&lease.owner))
+            .expression_attribute_values(":lv", n(lease.version));
+        match self.write(request).await? {
+            Written::Done(_) => Ok(()),
+            Written::Refused(None) => Err(StoreError::NotFound),
+            Written::Refused(Some(_)) => Err(StoreError::LeaseLost),
+        }
+    }
+
+    async fn unheld(&self, limit: usize) -> Result<Vec<StoredConversation>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_millis();
+        let queries = (0..SHARDS).map(|shard| {
+            self.table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .index_name(DUE_INDEX)
+                .key_condition_expression("#shard = :shard AND #due <= :now")
+                .expression_attribute_names("#shard", DUE_SHARD)
+                .expression_attribute_names("#due", DUE_AT)
+                .expression_attribute_values(":shard", s(format!("conv#{shard}")))
+                .expression_attribute_values(":now", n(now))
+                .limit(limit.min(1000) as i32)
+                .send()
+        });
+        let mut found = Vec::new();
+        for result in futures_util::future::join_all(queries).await {
+            let out = result.map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
+            for item in out.items() {
+                found.push((get_n(item, DUE_AT).unwrap_or(0), stored(item)?));
+            }
+        }
+        found.sort_by_key(|(due, _)| *due);
+        Ok(found.into_iter().take(limit).map(|(_, s)| s).collect())
+    }
+}

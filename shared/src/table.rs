@@ -1,0 +1,71 @@
+//! The one DynamoDB table the AWS engines share (`WACONNECT_TABLE`, created by
+//! `deploy/aws/waconnect.yaml`). Items of every kind live side by side, told apart by the
+//! prefix of their key `pk`:
+//!
+//! * `conv#<customer>`: a conversation ([`crate::store::dynamodb`]);
+//! * `dlv#<part>`: a delivery-ledger entry ([`crate::delivery::dynamodb`]);
+//! * `qfail#<queue>#<message id>`: a queue message's last failure
+//!   ([`crate::queue::failures`]).
+//!
+//! The sparse global secondary index [`DUE_INDEX`] (partition `due_shard`, sort `due_at`)
+//! finds what is due without a Scan: live conversations by lease expiry, for the sweepers,
+//! and messages waiting out a retry backoff, for the depth gauges. TTL (`ttl`, epoch
+//! seconds) only tidies up; every condition compares times itself.
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::HashMap;
+
+pub const KEY: &str = "pk";
+pub const DUE_INDEX: &str = "due";
+pub const DUE_SHARD: &str = "due_shard";
+pub const DUE_AT: &str = "due_at";
+pub const TTL: &str = "ttl";
+
+pub type Item = HashMap<String, AttributeValue>;
+
+/// A handle on the table.
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub(crate) client: Client,
+    pub(crate) name: String,
+}
+
+impl Table {
+    pub fn new(client: Client, name: impl Into<String>) -> Self {
+        Self {
+            client,
+            name: name.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(crate) fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(crate) fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v),
+        _ => None,
+    }
+}
+
+pub(crate) fn get_n(item: &Item, name: &str) -> Option<i64> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn key(pk: String) -> Item {
+    HashMap::from([(KEY.to_owned(), s(pk))])
+}

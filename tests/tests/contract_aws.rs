@@ -1,0 +1,13 @@
+//! The queue and store contracts against the AWS engines (SQS FIFO, DynamoDB) on moto.
+
+use waconnect_tests::engines::AwsEngine;
+
+mod queue {
+    use super::*;
+    waconnect_tests::queue_contract_tests!(AwsEngine::new());
+}
+
+mod store {
+    use super::*;
+    waconnect_tests::store_contract_tests!(AwsEngine::new(), env!("CARGO_BIN_EXE_lease-contender"));
+}
