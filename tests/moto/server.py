@@ -3,8 +3,9 @@
 Prints the port it listens on as the first line of stdout, then serves until its stdin
 closes (the test process that started it exited, however it died).
 
-Two places where moto 5 departs from SQS FIFO as AWS documents it are brought in line
-here, so the contract suites test the real behaviour rather than the emulator's:
+Three places where moto 5 departs from SQS FIFO and DynamoDB as AWS documents them are
+brought in line here, so the contract suites test the real behaviour rather than the
+emulator's:
 
 * "Amazon SQS continues to keep track of the message deduplication ID even after the
   message has been received and deleted" (SQS Developer Guide, "Using the message
@@ -12,13 +13,18 @@ here, so the contract suites test the real behaviour rather than the emulator's:
 * A long poll returns a FIFO group's next message as soon as the group's head is deleted
   or made visible. moto decides which groups are blocked once, when the poll starts, and
   then spins on the CPU for the whole wait while a blocked group has messages.
+* A DynamoDB conditional write is atomic. moto checks the condition and then writes
+  without a lock, so two racing writers can both succeed; its writes are serialised here.
 """
 
 import sys
 import threading
 import time
 
+import functools
+
 from moto.core.utils import unix_time
+from moto.dynamodb.models import DynamoDBBackend
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.sqs import models
 from moto.sqs.models import DEDUPLICATION_TIME_IN_SECONDS, Queue, SQSBackend
@@ -37,29 +43,34 @@ def _remembered(queue):
     return queue._waconnect_dedup
 
 
+# Every change to a queue holds its lock (a re-entrant Condition), so a receive never
+# sees a message half deleted or hands one out twice.
+
+
 def add_message(self, message):
-    if self.fifo_queue and message.deduplication_id:
-        seen = _remembered(self)
-        now = message.sent_timestamp / 1000
-        for key, at in list(seen.items()):
-            if now - at >= DEDUPLICATION_TIME_IN_SECONDS:
-                del seen[key]
-        if message.deduplication_id in seen:
-            return
-        seen[message.deduplication_id] = now
-    _original_add(self, message)
+    with self._messages_lock:
+        if self.fifo_queue and message.deduplication_id:
+            seen = _remembered(self)
+            now = message.sent_timestamp / 1000
+            for key, at in list(seen.items()):
+                if now - at >= DEDUPLICATION_TIME_IN_SECONDS:
+                    del seen[key]
+            if message.deduplication_id in seen:
+                return
+            seen[message.deduplication_id] = now
+        _original_add(self, message)
 
 
 def delete_message(self, receipt_handle):
-    _original_delete(self, receipt_handle)
     with self._messages_lock:
+        _original_delete(self, receipt_handle)
         self._messages_lock.notify_all()
 
 
 def change_message_visibility(self, queue_name, receipt_handle, visibility_timeout):
-    _original_change_visibility(self, queue_name, receipt_handle, visibility_timeout)
     queue = self.get_queue(queue_name)
     with queue._messages_lock:
+        _original_change_visibility(self, queue_name, receipt_handle, visibility_timeout)
         queue._messages_lock.notify_all()
 
 
@@ -117,6 +128,21 @@ def receive_message(
         with queue._messages_lock:
             queue._messages_lock.wait(min(remaining, RECHECK_SECONDS))
 
+
+_dynamodb_writes = threading.Lock()
+
+
+def _serialised(write):
+    @functools.wraps(write)
+    def locked(*args, **kwargs):
+        with _dynamodb_writes:
+            return write(*args, **kwargs)
+
+    return locked
+
+
+for _name in ("put_item", "update_item", "delete_item", "transact_write_items"):
+    setattr(DynamoDBBackend, _name, _serialised(getattr(DynamoDBBackend, _name)))
 
 Queue.add_message = add_message
 Queue.delete_message = delete_message
