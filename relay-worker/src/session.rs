@@ -76,6 +76,12 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
 }
 
 impl Session {
+    /// Whether the renew loop replaced `lease` with a newer one of ours.
+    fn renewed_since(&self, lease: &Lease) -> bool {
+        let current = self.current_lease();
+        current.version > lease.version && current.owner == lease.owner
+    }
+
     fn current_lease(&self) -> Lease {
         self.lease.lock().expect("lease lock").clone()
     }
@@ -340,6 +346,9 @@ impl Session {
                 }
                 // Someone else wrote the record since: read it and try again.
                 Err(StoreError::Conflict) => continue,
+                // Our own renewal raised the fencing version while the write was on its
+                // way (a window of one store round trip): the lease is still ours.
+                Err(StoreError::LeaseLost) if self.renewed_since(&lease) => continue,
                 Err(StoreError::LeaseLost) => return Err(Step::Done(Outcome::LeaseLost)),
                 Err(StoreError::NotFound) => return Err(Step::Done(Outcome::Ended)),
                 Err(_) => return Err(Step::Reconnect("store_error")),
@@ -371,6 +380,7 @@ impl Session {
             {
                 Ok(_) => break,
                 Err(StoreError::Conflict) => continue,
+                Err(StoreError::LeaseLost) if self.renewed_since(&lease) => continue,
                 Err(StoreError::LeaseLost) => return Outcome::LeaseLost,
                 Err(e) => {
                     tracing::warn!(customer = %self.customer, error = %e, "cannot record the chat's end");

@@ -1,7 +1,10 @@
-//! A relay test stack: a simulated Connect, one SQLite file, and relay-workers run
-//! in-process or as real processes against both.
+//! A relay test stack: a simulated Connect, the storage (one SQLite file, or SQS queues
+//! and a DynamoDB table on moto), and relay-workers run in-process or as real processes
+//! against both.
 
 #![allow(dead_code)] // each test file uses part of it
+
+pub mod failover;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -13,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::CustomerAddress;
+use waconnect_shared::backend::Backend;
 use waconnect_shared::config::{ConfigSource, Synchronous};
 use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::event::{EventKind, InboundEvent};
@@ -23,6 +27,7 @@ use waconnect_shared::sqlite::Db;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::sqlite::SqliteStore;
 use waconnect_tests::connect_sim::{ConnectSim, DeskClient, SimOptions};
+use waconnect_tests::moto::Moto;
 use waconnect_tests::{twilio, wait};
 
 pub const LEASE: Duration = Duration::from_secs(3);
@@ -35,6 +40,8 @@ pub struct Stack {
     pub inbound: Arc<dyn Queue>,
     pub outbound: Arc<dyn Queue>,
     pub store: Arc<dyn ConversationStore>,
+    /// The variables that point a service at this stack's storage.
+    storage: Vec<(String, String)>,
 }
 
 pub struct InProcess {
@@ -70,6 +77,16 @@ impl Stack {
                 .unwrap(),
         );
         let store = Arc::new(SqliteStore::open(db().await).await.unwrap());
+        let storage = vec![
+            (
+                "WACONNECT_SQLITE_PATH".to_owned(),
+                path.display().to_string(),
+            ),
+            (
+                "WACONNECT_SQLITE_SYNCHRONOUS".to_owned(),
+                "normal".to_owned(),
+            ),
+        ];
         Self {
             desk: sim.desk(),
             dir,
@@ -77,6 +94,31 @@ impl Stack {
             inbound,
             outbound,
             store,
+            storage,
+        }
+    }
+
+    /// The same stack on the AWS engines: fresh SQS FIFO queues and a DynamoDB table on
+    /// moto, laid out as the CloudFormation stack creates them.
+    pub async fn on_aws() -> Self {
+        let moto = Moto::shared();
+        let config = moto.fresh("relay", MAX_RECEIVES).await;
+        let mut common = waconnect_shared::config::CommonConfig::read(
+            &mut ConfigSource::from_pairs(Moto::env(&config)).reader(),
+        );
+        common.queues.max_receives = MAX_RECEIVES;
+        let backend = Backend::open(&common.storage, &common.queues)
+            .await
+            .unwrap();
+        let sim = ConnectSim::start().await;
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            desk: sim.desk(),
+            sim,
+            inbound: backend.inbound().await.unwrap(),
+            outbound: backend.outbound().await.unwrap(),
+            store: backend.store().await.unwrap(),
+            storage: Moto::env(&config),
         }
     }
 
@@ -89,7 +131,6 @@ impl Stack {
             ("AWS_REGION", "us-east-1"),
             ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
             ("AWS_SECRET_ACCESS_KEY", "test-secret"),
-            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
             ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "chat-flow"),
             ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
             ("WACONNECT_RELAY_LEASE", "3s"),
@@ -104,10 +145,7 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        vars.insert(
-            "WACONNECT_SQLITE_PATH".into(),
-            self.db_path().display().to_string(),
-        );
+        vars.extend(self.storage.iter().cloned());
         vars.insert(
             "WACONNECT_CONNECT_INSTANCE_ID".into(),
             self.sim.instance_id().to_owned(),
