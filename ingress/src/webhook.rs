@@ -58,6 +58,15 @@ async fn status(
     hooks.handle(EventKind::Status, &uri, &headers, body).await
 }
 
+/// What became of an accepted webhook.
+enum Taken {
+    Queued,
+    /// A Twilio retry of an event already on the queue.
+    Duplicate,
+    /// A status nothing acts on, acknowledged without queueing.
+    Ignored,
+}
+
 /// Why a webhook was not accepted; each maps to a status code and a metric outcome.
 #[derive(Debug)]
 enum Refusal {
@@ -126,8 +135,12 @@ impl Webhooks {
             EventKind::Status => "status",
         };
         let (outcome, response) = match self.accept(kind, uri, headers, body).await {
-            Ok(duplicate) => (
-                if duplicate { "duplicate" } else { "accepted" },
+            Ok(taken) => (
+                match taken {
+                    Taken::Queued => "accepted",
+                    Taken::Duplicate => "duplicate",
+                    Taken::Ignored => "ignored",
+                },
                 ([(header::CONTENT_TYPE, "text/xml")], TWIML_EMPTY).into_response(),
             ),
             Err(refusal) => {
@@ -151,14 +164,13 @@ impl Webhooks {
         response
     }
 
-    /// `Ok(true)` when the event was a duplicate Twilio retry already on the queue.
     async fn accept(
         &self,
         kind: EventKind,
         uri: &axum::http::Uri,
         headers: &HeaderMap,
         body: Result<Bytes, BytesRejection>,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<Taken, Refusal> {
         let body = body.map_err(|r| match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => Refusal::TooLarge,
             _ => Refusal::UnreadableBody,
@@ -186,6 +198,9 @@ impl Webhooks {
             .map_err(|e| Refusal::Malformed(e.to_string()))?;
         if customer.channel() != Channel::WhatsApp && !self.allow_non_whatsapp {
             return Err(Refusal::RefusedChannel);
+        }
+        if kind == EventKind::Status && !event.is_relayed_status() {
+            return Ok(Taken::Ignored);
         }
         let message = NewMessage {
             group_id: customer.as_str().to_owned(),
@@ -221,7 +236,11 @@ impl Webhooks {
             duplicate = sent.duplicate == Some(true),
             "webhook enqueued"
         );
-        Ok(sent.duplicate == Some(true))
+        Ok(if sent.duplicate == Some(true) {
+            Taken::Duplicate
+        } else {
+            Taken::Queued
+        })
     }
 
     fn verify(

@@ -139,12 +139,14 @@ impl ConnectApi {
             .operation_attempt_timeout(Duration::from_secs(10))
             .build();
         let mut connect = aws_sdk_connect::config::Builder::from(sdk)
+            .interceptor(waconnect_shared::aws::CallCounter)
             .retry_config(RetryConfig::disabled())
             .timeout_config(timeouts.clone());
         if let Some(e) = &settings.endpoint {
             connect = connect.endpoint_url(e);
         }
         let mut participant = aws_sdk_connectparticipant::config::Builder::from(sdk)
+            .interceptor(waconnect_shared::aws::CallCounter)
             .retry_config(RetryConfig::disabled())
             .timeout_config(timeouts);
         if let Some(e) = &settings.participant_endpoint {

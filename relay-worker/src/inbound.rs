@@ -152,6 +152,10 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     };
     let first_part = event.query_param("part").is_none_or(|p| p == "0");
     let status = event.message_status().unwrap_or_default();
+    // The rest (queued, sending, sent…) need no record read.
+    if !event.is_relayed_status() {
+        return Ok(());
+    }
     let customer = event.customer()?;
     let Some(stored) = relay.store.get(&customer).await? else {
         return Ok(());
@@ -433,7 +437,10 @@ async fn reconnect(
 }
 
 /// Records the customer's latest message (the WhatsApp 24 h window) on the record just
-/// used, reading it again only if someone wrote it since.
+/// used, reading it again only if someone wrote it since. A window measured in hours needs
+/// no per-message precision: within [`INBOUND_NOTE_EVERY`] of the last note, no write.
+const INBOUND_NOTE_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
 async fn note_inbound(
     relay: &Relay,
     stored: StoredConversation,
@@ -451,6 +458,11 @@ async fn note_inbound(
             },
         };
         let mut conversation = stored.conversation;
+        if conversation.last_inbound_at.is_some_and(|at| {
+            event.received_at - at < INBOUND_NOTE_EVERY && at <= event.received_at
+        }) {
+            return Ok(());
+        }
         conversation.last_inbound_message_sid = Some(sid.to_owned());
         conversation.last_inbound_at = Some(event.received_at);
         match relay.store.update(&conversation, stored.version).await {

@@ -166,6 +166,7 @@ fn main() {
                 log_filter: "error".into(),
             },
             sender_rate: 1000,
+            storage: Vec::new(),
         })
         .await
         .unwrap();

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous, TelemetryConfig};
+use waconnect_shared::backend::Backend;
+use waconnect_shared::config::{
+    CommonConfig, ConfigSource, IngressConfig, Synchronous, TelemetryConfig,
+};
 use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::sqlite::Db;
@@ -25,6 +28,9 @@ pub struct Options {
     pub telemetry: TelemetryConfig,
     /// The WhatsApp sender's rate (Twilio's and the sender's limit), messages per second.
     pub sender_rate: u32,
+    /// Variables that replace the embedded engine (e.g. `WACONNECT_BACKEND=aws` and its
+    /// queues and table, as the benches set for moto); empty for the embedded default.
+    pub storage: Vec<(String, String)>,
 }
 
 impl Options {
@@ -48,6 +54,7 @@ impl Options {
             bind,
             telemetry: common.telemetry,
             sender_rate: 80,
+            storage: Vec::new(),
         })
     }
 }
@@ -75,7 +82,7 @@ async fn listen() -> anyhow::Result<(TcpListener, String)> {
     Ok((l, a))
 }
 
-fn pairs(list: &[(&str, &str)], db: &Path) -> ConfigSource {
+fn pairs(list: &[(&str, &str)], db: &Path, storage: &[(String, String)]) -> ConfigSource {
     let mut vars: Vec<(String, String)> = list
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -83,6 +90,8 @@ fn pairs(list: &[(&str, &str)], db: &Path) -> ConfigSource {
     vars.push(("WACONNECT_SQLITE_PATH".into(), db.display().to_string()));
     vars.push(("WACONNECT_SQLITE_SYNCHRONOUS".into(), "normal".into()));
     vars.push(("WACONNECT_QUEUE_DEPTH_INTERVAL".into(), "1s".into()));
+    // Later pairs win.
+    vars.extend(storage.iter().cloned());
     ConfigSource::from_pairs(vars)
 }
 
@@ -131,6 +140,7 @@ impl Sandbox {
                 ("WACONNECT_INGRESS_BIND", &ingress_addr),
             ],
             &db,
+            &options.storage,
         ))?;
         tasks.push(tokio::spawn({
             let stop = stop.clone();
@@ -156,6 +166,7 @@ impl Sandbox {
                 ),
             ],
             &db,
+            &options.storage,
         ))?;
         let (relay_ops, _) = listen().await?;
         tasks.push(tokio::spawn({
@@ -179,6 +190,7 @@ impl Sandbox {
                 ("WACONNECT_SENDER_RATE", &options.sender_rate.to_string()),
             ],
             &db,
+            &options.storage,
         ))?;
         let (sender_ops, _) = listen().await?;
         tasks.push(tokio::spawn({
@@ -194,13 +206,23 @@ impl Sandbox {
 
         // The page.
         // One connection (and one database thread) for the page's depth readings.
-        let page_db = Db::open_path(&db, Synchronous::Normal).await?;
+        let (inbound, outbound): (Arc<dyn Queue>, Arc<dyn Queue>) = if options.storage.is_empty() {
+            let page_db = Db::open_path(&db, Synchronous::Normal).await?;
+            (
+                Arc::new(SqliteQueue::open(page_db.clone(), "inbound", 5).await?),
+                Arc::new(SqliteQueue::open(page_db, "outbound", 5).await?),
+            )
+        } else {
+            let common = CommonConfig::read(&mut pairs(&[], &db, &options.storage).reader());
+            let backend = Backend::open(&common.storage, &common.queues).await?;
+            (backend.inbound().await?, backend.outbound().await?)
+        };
         let (phone, desk) = (PhoneClient::new(twilio), DeskClient::new(connect));
         let parts = Parts {
             phone: phone.clone(),
             desk: desk.clone(),
-            inbound: Arc::new(SqliteQueue::open(page_db.clone(), "inbound", 5).await?),
-            outbound: Arc::new(SqliteQueue::open(page_db, "outbound", 5).await?),
+            inbound,
+            outbound,
         };
         let listener = TcpListener::bind(options.bind).await.with_context(|| {
             format!("WACONNECT_SANDBOX_BIND: cannot listen on {}", options.bind)

@@ -16,6 +16,7 @@ async fn customer_to_agent_and_back_with_receipts() {
             log_filter: "warn".into(),
         },
         sender_rate: 80,
+        storage: Vec::new(),
     })
     .await
     .unwrap();

@@ -1,5 +1,6 @@
 //! Opens the engines the configuration names.
 
+use crate::aws::CallCounter;
 use crate::config::{AwsStorageConfig, QueuesConfig, StorageConfig};
 use crate::delivery::dynamodb::DynamoLedger;
 use crate::delivery::sqlite::SqliteLedger;
@@ -124,8 +125,8 @@ pub async fn aws_clients(
     config: &AwsStorageConfig,
 ) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
     let sdk = config.aws.load().await;
-    let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk);
-    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk);
+    let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk).interceptor(CallCounter);
+    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(CallCounter);
     if let Some(endpoint) = &config.endpoint {
         sqs = sqs.endpoint_url(endpoint);
         dynamodb = dynamodb.endpoint_url(endpoint);

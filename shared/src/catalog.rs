@@ -41,6 +41,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Time from enqueue to receive, by queue.",
     ),
     (
+        "waconnect_aws_calls_total",
+        Kind::Counter,
+        "AWS API calls made (each attempt), by service and operation.",
+    ),
+    (
         "waconnect_queue_sent_total",
         Kind::Counter,
         "Messages sent to a queue, by outcome (new, duplicate; accepted on SQS, which de-duplicates without saying).",

@@ -53,7 +53,8 @@ pub struct Conversation {
     pub agent_cursor: Option<AgentCursor>,
     #[serde(default)]
     pub last_inbound_message_sid: Option<String>,
-    /// Start of the customer's WhatsApp 24 h window.
+    /// Start of the customer's WhatsApp 24 h window, to the minute: the relay refreshes it
+    /// (and `last_inbound_message_sid`) at most once a minute.
     #[serde(default)]
     pub last_inbound_at: Option<DateTime<Utc>>,
     /// When a "call me" keyword last placed a voice call, and for which message.

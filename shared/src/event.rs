@@ -137,6 +137,16 @@ impl InboundEvent {
         self.field("MessageStatus")
     }
 
+    /// Whether this status reaches the agent (a receipt, or a failure notice). The others
+    /// (queued, sending, sent…) change nothing anywhere, so ingress acknowledges them
+    /// without queueing: three queue calls per outbound message saved.
+    pub fn is_relayed_status(&self) -> bool {
+        matches!(
+            self.message_status(),
+            Some("delivered" | "read" | "failed" | "undelivered")
+        )
+    }
+
     pub fn error_code(&self) -> Option<&str> {
         self.field("ErrorCode").filter(|v| !v.is_empty())
     }

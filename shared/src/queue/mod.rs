@@ -13,6 +13,7 @@
 //! Engines: [`sqlite::SqliteQueue`] (embedded) and [`sqs::SqsQueue`] (AWS). The same suite in `waconnect-tests`
 //! runs against every engine.
 
+pub(crate) mod batch;
 pub mod depth;
 pub mod failures;
 pub mod sqlite;

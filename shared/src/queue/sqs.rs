@@ -19,6 +19,7 @@
 //! SQS de-duplicates without saying so, so [`Sent::duplicate`] is `None` here.
 //! `maxReceiveCount` of the redrive policy is the one dead-letter threshold on AWS.
 
+use super::batch::Deletes;
 use super::failures::FailureLog;
 use super::{
     DeadLetter, FailOutcome, MAX_RECEIVE_BATCH, NewMessage, Queue, QueueError, QueueStats, Receipt,
@@ -64,6 +65,7 @@ pub struct SqsQueue {
     dlq_url: String,
     max_receives: u32,
     failures: FailureLog,
+    deletes: Deletes,
     held: Mutex<HashMap<String, Held>>,
 }
 
@@ -85,6 +87,7 @@ impl SqsQueue {
     ) -> Result<Self, QueueError> {
         let setup = Self::setup(&client, url).await?;
         Ok(Self {
+            deletes: Deletes::start(client.clone(), url.to_owned()),
             client,
             name: name.to_owned(),
             url: url.to_owned(),
@@ -443,7 +446,7 @@ impl Queue for SqsQueue {
 
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
         self.current(receipt)?;
-        let result = self.delete_from_sqs(&self.url, receipt).await;
+        let result = self.deletes.delete(&receipt.0).await.map_err(stale_or);
         if !matches!(result, Err(QueueError::Unavailable(_))) {
             self.end(receipt);
         }

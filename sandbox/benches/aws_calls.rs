@@ -1,0 +1,225 @@
+//! AWS API calls per delivered message, each way, on the AWS engines (SQS FIFO and
+//! DynamoDB on moto) beside the embedded engine in the same run. Every call the three
+//! services make counts (`waconnect_aws_calls_total`: SQS, DynamoDB, Connect and the
+//! Participant API, retries included), idle work too: lease renewals, sweeps, depth
+//! samples and empty long polls that fall inside a phase. moto's absolute times mean
+//! little; the call profile is what carries over to AWS.
+//!
+//! Per engine: 20 customers with chats held, then an inbound phase (customers write, the
+//! agents receive) and an outbound phase (agents write, Twilio is called; the delivery
+//! receipts that come back are part of its cost). `BENCH_MESSAGES` per phase (default
+//! 400) at `BENCH_RATE` messages/s (default 50). Writes `target/bench/aws_calls.json`.
+
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use waconnect_sandbox::{Options, Sandbox};
+use waconnect_shared::config::{LogFormat, TelemetryConfig};
+use waconnect_tests::moto::Moto;
+use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
+
+const CUSTOMERS: usize = 20;
+
+/// `service/operation` → calls so far.
+fn calls() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in waconnect_shared::telemetry::render_metrics().lines() {
+        let Some(rest) = line.strip_prefix("waconnect_aws_calls_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let key = format!("{}/{}", label("service"), label("operation"));
+        *out.entry(key).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+fn delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    per: usize,
+) -> serde_json::Value {
+    let mut by_call = serde_json::Map::new();
+    let mut by_service: BTreeMap<String, f64> = BTreeMap::new();
+    let mut total = 0.0;
+    for (k, v) in after {
+        let d = v - before.get(k).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            by_call.insert(k.clone(), json!(d / per as f64));
+            *by_service
+                .entry(k.split('/').next().unwrap_or_default().to_owned())
+                .or_default() += d;
+            total += d;
+        }
+    }
+    json!({
+        "per_message": total / per as f64,
+        "by_service": by_service.into_iter().map(|(k, v)| (k, json!(v / per as f64))).collect::<serde_json::Map<_, _>>(),
+        "by_call": by_call,
+    })
+}
+
+async fn phase(
+    name: &str,
+    messages: usize,
+    rate: u32,
+    send: impl AsyncFn(usize),
+    arrived: impl AsyncFn() -> usize,
+) -> serde_json::Value {
+    let before = calls();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    for seq in 0..messages {
+        tick.tick().await;
+        send(seq).await;
+    }
+    wait::until(name, Duration::from_secs(300), || async {
+        (arrived().await >= messages).then_some(())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let report = delta(&before, &calls(), messages);
+    println!(
+        "  {name:<8} {messages} messages in {:>5.1} s: {:.2} AWS calls per message {}",
+        elapsed.as_secs_f64(),
+        report["per_message"].as_f64().unwrap_or(0.0),
+        report["by_service"]
+    );
+    json!({ "seconds": elapsed.as_secs_f64(), "calls": report })
+}
+
+async fn engine(
+    name: &str,
+    mut storage: Vec<(String, String)>,
+    messages: usize,
+    rate: u32,
+) -> serde_json::Value {
+    println!("{name}:");
+    // Production's periodic work, not the sandbox's brisker page-friendly settings.
+    for (k, v) in [
+        ("WACONNECT_QUEUE_DEPTH_INTERVAL", "10s"),
+        ("WACONNECT_RELAY_SWEEP_INTERVAL", "5s"),
+    ] {
+        storage.push((k.to_owned(), v.to_owned()));
+    }
+    let sandbox = Sandbox::start(Options {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        telemetry: TelemetryConfig {
+            log_format: LogFormat::Json,
+            log_filter: "error".into(),
+        },
+        sender_rate: 1000,
+        storage,
+    })
+    .await
+    .unwrap();
+    let (phone, desk) = (sandbox.phone(), sandbox.desk());
+    for c in 0..CUSTOMERS {
+        phone.text(customer(c).as_str(), "warm").await.unwrap();
+    }
+    let mut contacts = Vec::new();
+    for c in 0..CUSTOMERS {
+        let number = customer(c).e164().to_owned();
+        let contact = wait::until("the warm-up chat", Duration::from_secs(120), || async {
+            let chats = desk.chats(None).await.ok()?;
+            chats
+                .iter()
+                .find(|s| {
+                    s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&number)
+                })
+                .map(|s| s.contact_id.clone())
+        })
+        .await;
+        desk.accept(&contact).await.unwrap();
+        contacts.push(contact);
+    }
+    wait::until("every chat held", Duration::from_secs(120), || async {
+        (desk.stats().await.ok()?.sockets >= CUSTOMERS).then_some(())
+    })
+    .await;
+    let inbound = phase(
+        "inbound",
+        messages,
+        rate,
+        async |seq| {
+            let phone = phone.clone();
+            tokio::spawn(async move {
+                phone
+                    .text(customer(seq % CUSTOMERS).as_str(), &format!("in {seq}"))
+                    .await
+                    .unwrap();
+            });
+        },
+        async || {
+            let mut n = 0;
+            for c in &contacts {
+                n += desk
+                    .transcript(c)
+                    .await
+                    .map(|t| {
+                        t.iter()
+                            .filter(|i| i.content.as_deref().is_some_and(|b| b.starts_with("in ")))
+                            .count()
+                    })
+                    .unwrap_or(0);
+            }
+            n
+        },
+    )
+    .await;
+    let outbound = phase(
+        "outbound",
+        messages,
+        rate,
+        async |seq| {
+            let (desk, contact) = (desk.clone(), contacts[seq % CUSTOMERS].clone());
+            tokio::spawn(async move {
+                desk.send(&contact, &format!("out {seq}")).await.unwrap();
+            });
+        },
+        async || {
+            phone
+                .sent()
+                .await
+                .map(|s| {
+                    s.iter()
+                        .filter(|m| m["body"].as_str().is_some_and(|b| b.starts_with("out ")))
+                        .count()
+                })
+                .unwrap_or(0)
+        },
+    )
+    .await;
+    sandbox.stop().await;
+    json!({ "inbound": inbound, "outbound": outbound })
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The recorder must be in place before the services count anything.
+    waconnect_shared::telemetry::metrics();
+    runtime.block_on(async {
+        let messages: usize = bench_setting("BENCH_MESSAGES", 400);
+        let rate: u32 = bench_setting("BENCH_RATE", 50);
+        let embedded = engine("embedded (SQLite)", Vec::new(), messages, rate).await;
+        let moto = Moto::shared();
+        let storage = Moto::env(&moto.fresh("bench", 5).await);
+        let aws = engine("aws (SQS + DynamoDB on moto)", storage, messages, rate).await;
+        write_bench_report(
+            "aws_calls",
+            &json!({ "messages": messages, "rate": rate, "customers": CUSTOMERS, "embedded": embedded, "aws": aws }),
+        );
+    });
+}
