@@ -123,29 +123,9 @@ async fn engine(
     .await
     .unwrap();
     let (phone, desk) = (sandbox.phone(), sandbox.desk());
-    for c in 0..CUSTOMERS {
-        phone.text(customer(c).as_str(), "warm").await.unwrap();
-    }
-    let mut contacts = Vec::new();
-    for c in 0..CUSTOMERS {
-        let number = customer(c).e164().to_owned();
-        let contact = wait::until("the warm-up chat", Duration::from_secs(120), || async {
-            let chats = desk.chats(None).await.ok()?;
-            chats
-                .iter()
-                .find(|s| {
-                    s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&number)
-                })
-                .map(|s| s.contact_id.clone())
-        })
+    let contacts = sandbox
+        .open_chats(CUSTOMERS, Duration::from_secs(120))
         .await;
-        desk.accept(&contact).await.unwrap();
-        contacts.push(contact);
-    }
-    wait::until("every chat held", Duration::from_secs(120), || async {
-        (desk.stats().await.ok()?.sockets >= CUSTOMERS).then_some(())
-    })
-    .await;
     let inbound = phase(
         "inbound",
         messages,

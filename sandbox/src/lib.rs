@@ -260,6 +260,37 @@ impl Sandbox {
         &self.url
     }
 
+    /// Test customers `0..customers` each write once; agents accept every chat, and this
+    /// waits until the relay holds them all. Returns their contacts, by customer.
+    /// Panics after `deadline` (for the benches and tests that drive the sandbox).
+    pub async fn open_chats(&self, customers: usize, deadline: std::time::Duration) -> Vec<String> {
+        use waconnect_tests::{customer, wait};
+        for c in 0..customers {
+            self.phone.text(customer(c).as_str(), "warm").await.unwrap();
+        }
+        let mut contacts = Vec::new();
+        for c in 0..customers {
+            let number = customer(c).e164().to_owned();
+            let contact = wait::until("the warm-up chat", deadline, || async {
+                let chats = self.desk.chats(None).await.ok()?;
+                chats
+                    .iter()
+                    .find(|s| {
+                        s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&number)
+                    })
+                    .map(|s| s.contact_id.clone())
+            })
+            .await;
+            self.desk.accept(&contact).await.unwrap();
+            contacts.push(contact);
+        }
+        wait::until("every chat held", deadline, || async {
+            (self.desk.stats().await.ok()?.sockets >= customers).then_some(())
+        })
+        .await;
+        contacts
+    }
+
     pub fn database(&self) -> PathBuf {
         self.dir.path().join("waconnect.db")
     }
