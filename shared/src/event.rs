@@ -182,6 +182,27 @@ impl InboundEvent {
 mod tests {
     use super::*;
 
+    /// Ingress accepts at most 64 KiB of form by default; the event it queues must fit SQS's
+    /// 256 KiB with room to spare, even when every character is one JSON escapes at six
+    /// bytes (a control character costs three in the form: `%01`).
+    #[test]
+    fn the_largest_default_webhook_fits_the_queue() {
+        let limit = 64 * 1024;
+        let mut form = String::from(
+            "MessageSid=SM1&From=whatsapp%3A%2B15551234567&To=whatsapp%3A%2B14155238886&Body=",
+        );
+        while form.len() + 3 <= limit {
+            form.push_str("%01");
+        }
+        let fields = crate::form::decode(form.as_bytes()).unwrap();
+        let json = InboundEvent::new(EventKind::Message, fields).to_json();
+        assert!(
+            json.len() * 3 / 2 < crate::queue::MAX_BODY_BYTES,
+            "a {limit}-byte webhook makes a {}-byte event",
+            json.len()
+        );
+    }
+
     fn message() -> InboundEvent {
         let f = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         InboundEvent::new(
