@@ -17,11 +17,9 @@ emulator's:
   without a lock, so two racing writers can both succeed; its writes are serialised here.
 """
 
+import functools
 import sys
 import threading
-import time
-
-import functools
 
 from moto.core.utils import unix_time
 from moto.dynamodb.models import DynamoDBBackend
