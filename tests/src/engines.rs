@@ -116,11 +116,6 @@ impl AwsEngine {
             last_table: Default::default(),
         }
     }
-
-    async fn table(&self, name: &str) -> waconnect_shared::table::Table {
-        let (_, dynamodb) = self.moto.clients().await;
-        waconnect_shared::table::Table::new(dynamodb, name)
-    }
 }
 
 #[async_trait]
@@ -133,8 +128,9 @@ impl QueueEngine for AwsEngine {
         let table = self.moto.table(&format!("{name}-table")).await;
         let mut handles = Vec::new();
         for _ in 0..2 {
-            let (sqs, _) = self.moto.clients().await;
-            let failures = FailureLog::new(self.table(&table).await);
+            // Each handle on clients of its own, as another process would have.
+            let (sqs, dynamodb) = self.moto.clients().await;
+            let failures = FailureLog::new(waconnect_shared::table::Table::new(dynamodb, &table));
             let q = SqsQueue::open(sqs, &name, &url, failures).await.unwrap();
             handles.push(Arc::new(q) as Arc<dyn Queue>);
         }
@@ -156,8 +152,9 @@ impl StoreEngine for AwsEngine {
     async fn store(&self) -> Arc<dyn ConversationStore> {
         let name = self.moto.table(&format!("t-{}", unique_suffix())).await;
         *self.last_table.lock().unwrap() = name.clone();
+        let (_, dynamodb) = self.moto.clients().await;
         Arc::new(waconnect_shared::store::dynamodb::DynamoStore::new(
-            self.table(&name).await,
+            waconnect_shared::table::Table::new(dynamodb, name),
         ))
     }
 

@@ -78,11 +78,10 @@ impl Moto {
     /// `table` as given.
     pub fn storage(&self, inbound: String, outbound: String, table: String) -> AwsStorageConfig {
         AwsStorageConfig {
-            aws: aws_config(),
-            endpoint: Some(self.endpoint.clone()),
             inbound_queue_url: inbound,
             outbound_queue_url: outbound,
             table,
+            ..Self::storage_at(&self.endpoint)
         }
     }
 

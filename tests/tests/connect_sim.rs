@@ -47,6 +47,36 @@ async fn clients(sim: &ConnectSim) -> Clients {
 }
 
 /// A StartChatContact request with the required fields filled in.
+/// A chat that continues `old`'s transcript (Connect's persistent chat).
+fn rehydrate(
+    c: &Clients,
+    sim: &ConnectSim,
+    old: &str,
+) -> aws_sdk_connect::operation::start_chat_contact::builders::StartChatContactFluentBuilder {
+    chat_request(c, sim).persistent_chat(
+        PersistentChat::builder()
+            .rehydration_type(RehydrationType::EntirePastSession)
+            .source_contact_id(old)
+            .build(),
+    )
+}
+
+async fn stop(
+    c: &Clients,
+    sim: &ConnectSim,
+    contact: &str,
+) -> Result<
+    aws_sdk_connect::operation::stop_contact::StopContactOutput,
+    aws_sdk_connect::error::SdkError<aws_sdk_connect::operation::stop_contact::StopContactError>,
+> {
+    c.connect
+        .stop_contact()
+        .instance_id(sim.instance_id())
+        .contact_id(contact)
+        .send()
+        .await
+}
+
 fn chat_request(
     c: &Clients,
     sim: &ConnectSim,
@@ -379,44 +409,13 @@ async fn persistent_chat_rehydrates_the_past_session_and_calls_are_recorded() {
     desk.accept(old).await.unwrap();
     desk.send(old, "agent said").await.unwrap();
 
-    let still_live = chat_request(&c, &sim)
-        .persistent_chat(
-            PersistentChat::builder()
-                .rehydration_type(RehydrationType::EntirePastSession)
-                .source_contact_id(old)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap_err();
+    let still_live = rehydrate(&c, &sim, old).send().await.unwrap_err();
     assert_eq!(still_live.code(), Some("InvalidRequestException"));
-    c.connect
-        .stop_contact()
-        .instance_id(sim.instance_id())
-        .contact_id(old)
-        .send()
-        .await
-        .unwrap();
-    let gone = c
-        .connect
-        .stop_contact()
-        .instance_id(sim.instance_id())
-        .contact_id("no-such-contact")
-        .send()
-        .await
-        .unwrap_err();
+    stop(&c, &sim, old).await.unwrap();
+    let gone = stop(&c, &sim, "no-such-contact").await.unwrap_err();
     assert_eq!(gone.code(), Some("ResourceNotFoundException"));
 
-    let second = chat_request(&c, &sim)
-        .persistent_chat(
-            PersistentChat::builder()
-                .rehydration_type(RehydrationType::EntirePastSession)
-                .source_contact_id(old)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let second = rehydrate(&c, &sim, old).send().await.unwrap();
     assert_eq!(second.continued_from_contact_id(), Some(old));
     let new_id = second.contact_id().unwrap();
     assert_ne!(new_id, old);

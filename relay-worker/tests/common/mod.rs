@@ -103,10 +103,10 @@ impl Stack {
     pub async fn on_aws() -> Self {
         let moto = Moto::shared();
         let config = moto.fresh("relay", MAX_RECEIVES).await;
-        let mut common = waconnect_shared::config::CommonConfig::read(
+        // The redrive policy (MAX_RECEIVES) is the dead-letter threshold on SQS.
+        let common = waconnect_shared::config::CommonConfig::read(
             &mut ConfigSource::from_pairs(Moto::env(&config)).reader(),
         );
-        common.queues.max_receives = MAX_RECEIVES;
         let backend = Backend::open(&common.storage, &common.queues)
             .await
             .unwrap();

@@ -71,9 +71,9 @@ pub struct SqsQueue {
 
 /// What a queue URL and its redrive policy say about the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSetup {
-    pub dlq_url: String,
-    pub max_receives: u32,
+struct QueueSetup {
+    dlq_url: String,
+    max_receives: u32,
 }
 
 impl SqsQueue {
@@ -98,7 +98,7 @@ impl SqsQueue {
         })
     }
 
-    pub async fn setup(client: &Client, url: &str) -> Result<QueueSetup, QueueError> {
+    async fn setup(client: &Client, url: &str) -> Result<QueueSetup, QueueError> {
         let attributes = client
             .get_queue_attributes()
             .queue_url(url)
@@ -171,20 +171,6 @@ impl SqsQueue {
             .remove(&receipt.0);
     }
 
-    async fn delete_from_sqs(&self, url: &str, receipt: &Receipt) -> Result<(), QueueError> {
-        match self
-            .client
-            .delete_message()
-            .queue_url(url)
-            .receipt_handle(&receipt.0)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(stale_or(CallError::from_sdk(&e))),
-        }
-    }
-
     async fn set_visibility(&self, receipt: &Receipt, timeout: Duration) -> Result<(), QueueError> {
         self.client
             .change_message_visibility()
@@ -229,7 +215,11 @@ impl SqsQueue {
             .send()
             .await
             .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
-        let deleted = self.delete_from_sqs(&self.url, &message.receipt).await;
+        let deleted = self
+            .deletes
+            .delete(&message.receipt.0)
+            .await
+            .map_err(stale_or);
         self.end(&message.receipt);
         deleted
     }
