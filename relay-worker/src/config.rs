@@ -8,6 +8,8 @@ use waconnect_shared::outbound::Template;
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_RELAY_OPS_BIND";
 
+const MAX_CURSOR_FLUSH: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
     pub worker: WorkerConfig,
@@ -19,6 +21,8 @@ pub struct RelayConfig {
     pub sweep_interval: Duration,
     pub sweep_batch: usize,
     pub heartbeat: Duration,
+    /// How long the agent cursor may move in memory before it is written to the record.
+    pub cursor_flush: Duration,
     /// A socket is replaced by a fresh one this often, well before Connect drops it.
     pub socket_refresh: Duration,
     /// Inbound messages handled at once (different customers).
@@ -121,6 +125,13 @@ impl RelayConfig {
                 "must be at least twice WACONNECT_RELAY_HEARTBEAT",
             );
         }
+        let cursor_flush = r.duration("WACONNECT_RELAY_CURSOR_FLUSH", Duration::from_secs(5));
+        if cursor_flush > MAX_CURSOR_FLUSH {
+            r.error(
+                "WACONNECT_RELAY_CURSOR_FLUSH",
+                "must be at most 60s: what a crash re-forwards must stay well inside the outbound queue's 5-minute deduplication window",
+            );
+        }
         let keywords: Vec<String> = r
             .raw("WACONNECT_CALLME_KEYWORDS")
             .unwrap_or_default()
@@ -157,6 +168,7 @@ impl RelayConfig {
             sweep_interval: r.duration("WACONNECT_RELAY_SWEEP_INTERVAL", Duration::from_secs(5)),
             sweep_batch: r.positive("WACONNECT_RELAY_SWEEP_BATCH", 50, "a count"),
             heartbeat,
+            cursor_flush,
             socket_refresh: r.duration(
                 "WACONNECT_RELAY_SOCKET_REFRESH",
                 Duration::from_secs(59 * 60),
@@ -206,6 +218,7 @@ mod tests {
         let err = RelayConfig::from_source(&ConfigSource::from_pairs([
             ("WACONNECT_CONNECT_ENDPOINT", "not a url"),
             ("WACONNECT_RELAY_LEASE", "5s"),
+            ("WACONNECT_RELAY_CURSOR_FLUSH", "5m"),
             ("WACONNECT_CALLME_KEYWORDS", "Call Me, ring me"),
             ("AWS_ACCESS_KEY_ID", "AKID"),
         ]))
@@ -216,6 +229,7 @@ mod tests {
             "WACONNECT_CONNECT_CONTACT_FLOW_ID",
             "WACONNECT_CONNECT_ENDPOINT",
             "WACONNECT_RELAY_LEASE",
+            "WACONNECT_RELAY_CURSOR_FLUSH",
             "WACONNECT_CALLME_CONTACT_FLOW_ID",
             "AWS_SECRET_ACCESS_KEY",
         ] {

@@ -150,35 +150,82 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     else {
         return Ok(());
     };
-    let first_part = event.query_param("part").is_none_or(|p| p == "0");
     let status = event.message_status().unwrap_or_default();
     // The rest (queued, sending, sent…) need no record read.
     if !event.is_relayed_status() {
         return Ok(());
     }
     let customer = event.customer()?;
-    let Some(stored) = relay.store.get(&customer).await? else {
-        return Ok(());
-    };
-    let conversation = &stored.conversation;
-    // Receipts belong to the chat the message came from, while it lasts.
-    if conversation.contact_id.as_deref() != Some(contact)
-        || conversation.state != ConversationState::Active
-    {
-        return Ok(());
+    let failed = matches!(status, "failed" | "undelivered");
+    let code = event.error_code().unwrap_or("unknown");
+    for use_cache in [true, false] {
+        let cached = use_cache
+            .then(|| relay.records.active(&customer))
+            .flatten()
+            .filter(|s| s.conversation.contact_id.as_deref() == Some(contact));
+        let from_cache = cached.is_some();
+        let stored = match cached {
+            Some(s) => s,
+            None => match relay.store.get(&customer).await? {
+                Some(s) => {
+                    relay.records.keep(&s);
+                    s
+                }
+                None => return Ok(()),
+            },
+        };
+        let conversation = &stored.conversation;
+        // Receipts belong to the chat the message came from, while it lasts.
+        if conversation.contact_id.as_deref() != Some(contact)
+            || conversation.state != ConversationState::Active
+        {
+            return Ok(());
+        }
+        let token = conversation
+            .connection_token
+            .as_ref()
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default();
+        match tell_agent(relay, event, &token, item, status).await {
+            // A remembered token Connect refuses may just be stale: read the record.
+            Err(e) if e.kind == ErrorKind::AccessDenied && from_cache => {
+                relay.records.forget(&customer);
+                continue;
+            }
+            // The chat is over: nobody is left to tell.
+            Err(e) if e.kind == ErrorKind::AccessDenied => return Ok(()),
+            Err(e) => return Err(e.into()),
+            Ok(()) => break,
+        }
     }
-    let token = conversation
-        .connection_token
-        .as_ref()
-        .map(|t| t.expose().to_owned())
-        .unwrap_or_default();
-    let sent = match status {
+    if failed {
+        metrics::counter!("waconnect_relay_delivery_failures_total", "code" => failure_label(code))
+            .increment(1);
+        if code == "63016"
+            && let Some(template) = &relay.config.window_template
+        {
+            nudge(relay, &customer, contact, template).await;
+        }
+    }
+    Ok(())
+}
+
+/// The Connect call that tells the agent about `status` of their item.
+async fn tell_agent(
+    relay: &Relay,
+    event: &InboundEvent,
+    token: &str,
+    item: &str,
+    status: &str,
+) -> Result<(), ConnectError> {
+    let first_part = event.query_param("part").is_none_or(|p| p == "0");
+    match status {
         "delivered" | "read" if first_part => {
             let content = serde_json::json!({ "messageId": item }).to_string();
             relay
                 .api
                 .send_event(
-                    &token,
+                    token,
                     &format!("{}message.{status}", crate::item::EVENT_PREFIX),
                     &content,
                     &client_token(&["receipt", item, status]),
@@ -192,29 +239,17 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
             let notice = format!(
                 "[waconnect notice - not from the customer] Your message was not delivered on WhatsApp (Twilio error {code}: {why})."
             );
-            let sent = relay
+            relay
                 .api
                 .send_message(
-                    &token,
+                    token,
                     &notice,
                     &client_token(&["notice", item, event.query_param("part").unwrap_or("0")]),
                 )
                 .await
-                .map(drop);
-            metrics::counter!("waconnect_relay_delivery_failures_total", "code" => failure_label(code)).increment(1);
-            if code == "63016"
-                && let Some(template) = &relay.config.window_template
-            {
-                nudge(relay, &customer, contact, template).await;
-            }
-            sent
+                .map(drop)
         }
         _ => Ok(()),
-    };
-    match sent {
-        // The chat is over: nobody is left to tell.
-        Err(e) if e.kind == ErrorKind::AccessDenied => Ok(()),
-        other => other.map_err(RelayError::from),
     }
 }
 
@@ -259,13 +294,22 @@ async fn relay_message(
     let sid = event.message_sid()?.to_owned();
     let text = render(event);
     let parts = split(&text, MAX_PART_CHARS);
-    'chat: for _ in 0..MAX_CHAT_RESTARTS {
-        let mut stored = active_conversation(relay, &customer, event).await?;
-        if stored.lease.owner.is_none()
-            || stored
-                .lease
-                .expires_at
-                .is_some_and(|t| t <= chrono::Utc::now())
+    let mut use_cache = true;
+    let mut restarts = 0;
+    'chat: loop {
+        if restarts == MAX_CHAT_RESTARTS {
+            return Err(RelayError::ChatKeepsEnding);
+        }
+        let (mut stored, cached) =
+            active_conversation(relay, &customer, event, std::mem::take(&mut use_cache)).await?;
+        // A remembered record's lease may be long out of date; the sweepers see to
+        // conversations whose holder died.
+        if !cached
+            && (stored.lease.owner.is_none()
+                || stored
+                    .lease
+                    .expires_at
+                    .is_some_and(|t| t <= chrono::Utc::now()))
         {
             fleet.adopt(&customer, "acquired").await;
         }
@@ -281,10 +325,21 @@ async fn relay_message(
                 let client_token = client_token(&["message", &sid, &contact, &i.to_string()]);
                 match relay.api.send_message(&token, part, &client_token).await {
                     Ok(_) => break,
+                    // A remembered token Connect refuses may just be stale: read the record.
+                    Err(e) if e.kind == ErrorKind::AccessDenied && cached => {
+                        relay.records.forget(&customer);
+                        continue 'chat;
+                    }
                     Err(e) if e.kind == ErrorKind::AccessDenied => {
                         match reconnect(relay, stored).await? {
-                            Some(fresh) => stored = fresh,
-                            None => continue 'chat,
+                            Some(fresh) => {
+                                relay.records.keep(&fresh);
+                                stored = fresh;
+                            }
+                            None => {
+                                restarts += 1;
+                                continue 'chat;
+                            }
                         }
                     }
                     Err(e) => return Err(e.into()),
@@ -304,17 +359,21 @@ async fn relay_message(
         }
         return Ok(());
     }
-    Err(RelayError::ChatKeepsEnding)
 }
 
 /// The customer's conversation with a live chat and a connection token, started (or
-/// restarted from the ended one) if need be. Every step is a conditional write: a worker
-/// that loses a race reads the winner's record and goes on with it.
+/// restarted from the ended one) if need be, and whether it came from the cache (only if
+/// `use_cache`). Every step is a conditional write: a worker that loses a race reads the
+/// winner's record and goes on with it.
 async fn active_conversation(
     relay: &Relay,
     customer: &CustomerAddress,
     event: &InboundEvent,
-) -> Result<StoredConversation, RelayError> {
+    use_cache: bool,
+) -> Result<(StoredConversation, bool), RelayError> {
+    if use_cache && let Some(stored) = relay.records.active(customer) {
+        return Ok((stored, true));
+    }
     let sid = event.message_sid()?;
     loop {
         let Some(stored) = relay.store.get(customer).await? else {
@@ -337,9 +396,10 @@ async fn active_conversation(
                 Err(e) => return Err(e.into()),
             }
         };
+        relay.records.keep(&stored);
         let mut conversation = stored.conversation.clone();
         match conversation.state {
-            ConversationState::Active => return Ok(stored),
+            ConversationState::Active => return Ok((stored, false)),
             ConversationState::Ended => {
                 let previous = conversation.contact_id.clone().unwrap_or_default();
                 let token = client_token(&["restart", sid, &previous]);
@@ -399,6 +459,7 @@ async fn update(relay: &Relay, c: &Conversation, version: u64) -> Result<(), Rel
 }
 
 async fn mark_ended(relay: &Relay, stored: StoredConversation) -> Result<(), RelayError> {
+    relay.records.forget(&stored.conversation.customer);
     let mut conversation = stored.conversation;
     conversation.state = ConversationState::Ended;
     conversation.connection_token = None;
@@ -453,7 +514,10 @@ async fn note_inbound(
         let stored = match current.take() {
             Some(s) => s,
             None => match relay.store.get(&customer).await? {
-                Some(s) => s,
+                Some(s) => {
+                    relay.records.keep(&s);
+                    s
+                }
                 None => return Ok(()),
             },
         };
@@ -466,7 +530,10 @@ async fn note_inbound(
         conversation.last_inbound_message_sid = Some(sid.to_owned());
         conversation.last_inbound_at = Some(event.received_at);
         match relay.store.update(&conversation, stored.version).await {
-            Ok(_) => return Ok(()),
+            Ok(written) => {
+                relay.records.keep(&written);
+                return Ok(());
+            }
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e.into()),
         }

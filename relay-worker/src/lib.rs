@@ -5,6 +5,7 @@
 //! * [`fleet`] holds conversations under leases: one [`session`] per held conversation
 //!   keeps its participant [`websocket`], backfills from the transcript and forwards agent
 //!   items to the outbound queue; a sweeper adopts conversations whose holder died.
+//! * [`records`] spares the inbound side a read per message.
 //! * [`connect`] wraps the two AWS SDK clients with classified errors, backoff and metrics.
 
 pub mod backoff;
@@ -13,6 +14,7 @@ pub mod connect;
 pub mod fleet;
 pub mod inbound;
 pub mod item;
+pub mod records;
 pub mod session;
 pub mod websocket;
 
@@ -33,6 +35,8 @@ pub struct Relay {
     pub inbound: Arc<dyn Queue>,
     pub outbound: Arc<dyn Queue>,
     pub config: Arc<RelayConfig>,
+    /// Records the inbound side read or wrote lately.
+    pub records: records::Records,
 }
 
 pub fn config_from(source: &ConfigSource) -> Result<RelayConfig, ConfigErrors> {
@@ -58,6 +62,7 @@ pub async fn run(
         inbound: backends.inbound.clone(),
         outbound: backends.outbound.clone(),
         config: config.clone(),
+        records: records::Records::default(),
     });
     tracing::info!(worker_id = %config.worker_id, "relay-worker starting");
     let fleet = fleet::Fleet::new(relay.clone(), CancellationToken::new());

@@ -1,6 +1,13 @@
 //! One held conversation: its participant websocket, kept alive with heartbeats and
 //! replaced when it dies, backfilled from the transcript after every (re)connect, and its
 //! agent items forwarded to the outbound queue exactly once, in order.
+//!
+//! The agent cursor (the last item forwarded) moves in memory with every item and reaches
+//! the conversation record at most once per `cursor_flush`, and before the lease is
+//! handed back. A worker that dies in between leaves the record up to that much behind:
+//! its successor's backfill forwards those items again, and the outbound queue's
+//! deduplication on the item id (backed by the sender's delivery ledger) drops them. That
+//! trade saves a conditional write per agent message.
 
 use crate::Relay;
 use crate::backoff::Backoff;
@@ -48,6 +55,8 @@ pub struct Session {
     /// The contact the socket belongs to.
     contact_id: String,
     cursor: Option<AgentCursor>,
+    /// When the cursor, moved since it was last written, is due to be written.
+    cursor_due: Option<Instant>,
     /// The record as last read or written, so advancing the cursor needs no read first;
     /// dropped when a write finds it stale.
     record: Option<StoredConversation>,
@@ -62,10 +71,16 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         lease,
         contact_id: String::new(),
         cursor: None,
+        cursor_due: None,
         record: None,
         recent: VecDeque::new(),
     };
     let outcome = session.run(&stop).await;
+    if outcome == Outcome::Stopped
+        && let Err(Step::Done(Outcome::LeaseLost)) = session.save_cursor().await
+    {
+        return Outcome::LeaseLost;
+    }
     if outcome != Outcome::LeaseLost {
         let lease = session.current_lease();
         if let Err(e) = session.relay.store.release_lease(&lease).await {
@@ -134,7 +149,10 @@ impl Session {
             return Err(Step::Done(Outcome::Ended));
         };
         self.contact_id = contact_id.clone();
-        self.cursor = conversation.agent_cursor.clone();
+        // While the lease is ours nobody else moves the cursor, so ours is the newer one.
+        if self.cursor.is_none() {
+            self.cursor = conversation.agent_cursor.clone();
+        }
         let participant_token = participant_token.clone();
         self.record = Some(stored);
         let connection = match self
@@ -222,10 +240,16 @@ impl Session {
         tokio::pin!(refresh);
         let mut awaiting_reply = false;
         loop {
+            let cursor_due = self.cursor_due;
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Step::Done(Outcome::Stopped),
                 () = &mut refresh => return Step::Reconnect("refresh"),
+                () = sleep_until_some(cursor_due), if cursor_due.is_some() => {
+                    if let Err(step) = self.save_cursor().await {
+                        return step;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if self.current_lease().expires_at <= chrono::Utc::now() {
                         return Step::Done(Outcome::LeaseLost);
@@ -299,7 +323,9 @@ impl Session {
         self.enqueue(&message).await?;
         // Only now does the cursor move: a crash before this re-forwards the item from
         // the transcript, and the outbound queue's dedup (item Id) absorbs it.
-        self.advance_cursor(item.cursor()).await?;
+        self.cursor = Some(item.cursor());
+        self.cursor_due
+            .get_or_insert_with(|| Instant::now() + self.relay.config.cursor_flush);
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
@@ -324,7 +350,20 @@ impl Session {
         }
     }
 
-    async fn advance_cursor(&mut self, cursor: AgentCursor) -> Result<(), Step> {
+    /// Writes the cursor if it moved since it was last written.
+    async fn save_cursor(&mut self) -> Result<(), Step> {
+        if self.cursor_due.is_none() {
+            return Ok(());
+        }
+        let Some(cursor) = self.cursor.clone() else {
+            return Ok(());
+        };
+        self.write_cursor(cursor).await?;
+        self.cursor_due = None;
+        Ok(())
+    }
+
+    async fn write_cursor(&mut self, cursor: AgentCursor) -> Result<(), Step> {
         loop {
             let stored = match self.record.take() {
                 Some(s) => s,
@@ -371,6 +410,9 @@ impl Session {
             }
             conversation.state = ConversationState::Ended;
             conversation.connection_token = None;
+            if self.cursor.is_some() {
+                conversation.agent_cursor = self.cursor.clone();
+            }
             let lease = self.current_lease();
             match self
                 .relay
@@ -378,7 +420,10 @@ impl Session {
                 .update_fenced(&conversation, stored.version, &lease)
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => {
+                    self.cursor_due = None;
+                    break;
+                }
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::LeaseLost) if self.renewed_since(&lease) => continue,
                 Err(StoreError::LeaseLost) => return Outcome::LeaseLost,
@@ -405,6 +450,13 @@ impl Session {
             let _ = self.enqueue(&closing).await;
         }
         Outcome::Ended
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod address;
 pub mod aws;
 pub mod backend;
+pub(crate) mod batch;
 pub mod catalog;
 pub mod config;
 pub mod consumer;

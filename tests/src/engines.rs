@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tempfile::TempDir;
 use waconnect_shared::config::Synchronous;
+use waconnect_shared::delivery::DeliveryLedger;
+use waconnect_shared::delivery::dynamodb::DynamoLedger;
+use waconnect_shared::delivery::sqlite::SqliteLedger;
 use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::sqlite::Db;
@@ -41,6 +44,13 @@ pub trait StoreEngine: Send + Sync {
     /// Arguments that make `lease-contender` open the store [`StoreEngine::store`] returned
     /// last, from another process.
     fn contender_args(&self) -> Vec<String>;
+}
+
+#[async_trait]
+pub trait LedgerEngine: Send + Sync {
+    /// Two handles on a new, empty ledger, each over its own connection, as two processes
+    /// would hold it.
+    async fn ledgers(&self) -> (Arc<dyn DeliveryLedger>, Arc<dyn DeliveryLedger>);
 }
 
 /// The embedded engine on a file in a temporary directory.
@@ -88,6 +98,15 @@ impl StoreEngine for SqliteEngine {
 
     fn contender_args(&self) -> Vec<String> {
         vec!["--sqlite".into(), self.path().display().to_string()]
+    }
+}
+
+#[async_trait]
+impl LedgerEngine for SqliteEngine {
+    async fn ledgers(&self) -> (Arc<dyn DeliveryLedger>, Arc<dyn DeliveryLedger>) {
+        let a = SqliteLedger::open(self.db().await).await.unwrap();
+        let b = SqliteLedger::open(self.db().await).await.unwrap();
+        (Arc::new(a), Arc::new(b))
     }
 }
 
@@ -165,5 +184,19 @@ impl StoreEngine for AwsEngine {
             "--table".into(),
             self.last_table.lock().unwrap().clone(),
         ]
+    }
+}
+
+#[async_trait]
+impl LedgerEngine for AwsEngine {
+    async fn ledgers(&self) -> (Arc<dyn DeliveryLedger>, Arc<dyn DeliveryLedger>) {
+        let name = self.moto.table(&format!("l-{}", unique_suffix())).await;
+        let (_, a) = self.moto.clients().await;
+        let (_, b) = self.moto.clients().await;
+        let table = |client| waconnect_shared::table::Table::new(client, name.clone());
+        (
+            Arc::new(DynamoLedger::new(table(a))),
+            Arc::new(DynamoLedger::new(table(b))),
+        )
     }
 }

@@ -1,4 +1,4 @@
-//! The queue and store contracts against the AWS engines (SQS FIFO, DynamoDB) on moto.
+//! The queue, store and delivery-ledger contracts against the AWS engines (SQS FIFO, DynamoDB) on moto.
 
 use waconnect_tests::engines::AwsEngine;
 
@@ -10,4 +10,9 @@ mod queue {
 mod store {
     use super::*;
     waconnect_tests::store_contract_tests!(AwsEngine::new(), env!("CARGO_BIN_EXE_lease-contender"));
+}
+
+mod ledger {
+    use super::*;
+    waconnect_tests::ledger_contract_tests!(AwsEngine::new());
 }

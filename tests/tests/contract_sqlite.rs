@@ -1,4 +1,4 @@
-//! The queue and store contracts against the embedded SQLite engine.
+//! The queue, store and delivery-ledger contracts against the embedded SQLite engine.
 
 use waconnect_tests::engines::SqliteEngine;
 
@@ -13,4 +13,9 @@ mod store {
         SqliteEngine::new(),
         env!("CARGO_BIN_EXE_lease-contender")
     );
+}
+
+mod ledger {
+    use super::*;
+    waconnect_tests::ledger_contract_tests!(SqliteEngine::new());
 }

@@ -1,28 +1,115 @@
 //! The AWS delivery ledger: `dlv#<part>` items in the DynamoDB table. A claim is one
 //! conditional PutItem; a refused one carries the earlier claim back, so no read is needed.
+//! Outcomes (`sent`) need no condition, so concurrent ones share one BatchWriteItem.
 
 use super::{Claim, DeliveryLedger, LedgerError};
 use crate::aws::CallError;
+use crate::batch::Batcher;
 use crate::table::{Item, KEY, TTL, Table, get_n, get_s, n, s};
 use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use aws_sdk_dynamodb::types::{PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest};
 use chrono::{DateTime, Utc};
 
 /// Entries outlive the outbound queue's 5-minute dedup window by far; TTL then removes them.
 const KEEP_SECONDS: i64 = 24 * 3600;
 
+/// BatchWriteItem's limit.
+const MAX_BATCH_WRITE: usize = 25;
+/// Attempts at the items a BatchWriteItem left unprocessed (throttling) before giving up.
+const UNPROCESSED_ATTEMPTS: u32 = 4;
+
 #[derive(Clone, Debug)]
 pub struct DynamoLedger {
     table: Table,
+    /// `(key, sid)` outcomes on their way to the table.
+    outcomes: Batcher<(String, String)>,
 }
 
 impl DynamoLedger {
+    /// Starts the outcome batcher on the current tokio runtime.
     pub fn new(table: Table) -> Self {
-        Self { table }
+        let writer = table.clone();
+        let outcomes = Batcher::start(
+            MAX_BATCH_WRITE,
+            Box::new(move |batch| Box::pin(write_outcomes(writer.clone(), batch))),
+        );
+        Self { table, outcomes }
     }
+}
+
+/// Writes `(key, sid)` outcomes in one BatchWriteItem, retrying what it leaves unprocessed.
+async fn write_outcomes(table: Table, batch: Vec<(String, String)>) -> Vec<Result<(), CallError>> {
+    // One request may not name an item twice; the last outcome for a key stands.
+    let mut items: std::collections::HashMap<String, Item> = std::collections::HashMap::new();
+    for (key, sid) in &batch {
+        let item = Item::from([
+            (KEY.to_owned(), s(pk(key))),
+            ("sid".to_owned(), s(sid.as_str())),
+            ("claimed_at".to_owned(), n(now_millis())),
+            (TTL.to_owned(), n(ttl())),
+        ]);
+        items.insert(pk(key), item);
+    }
+    let mut pending: Vec<WriteRequest> = items
+        .into_values()
+        .map(|item| {
+            WriteRequest::builder()
+                .put_request(
+                    PutRequest::builder()
+                        .set_item(Some(item))
+                        .build()
+                        .expect("the item is set"),
+                )
+                .build()
+        })
+        .collect();
+    let mut delay = std::time::Duration::from_millis(25);
+    for attempt in 1..=UNPROCESSED_ATTEMPTS {
+        let result = table
+            .client
+            .batch_write_item()
+            .request_items(&table.name, pending)
+            .send()
+            .await;
+        pending = match result {
+            Ok(out) => out
+                .unprocessed_items
+                .and_then(|mut u| u.remove(&table.name))
+                .unwrap_or_default(),
+            Err(e) => {
+                let e = CallError::from_sdk(&e);
+                return batch.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        if pending.is_empty() {
+            return batch.iter().map(|_| Ok(())).collect();
+        }
+        if attempt < UNPROCESSED_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    let left: std::collections::HashSet<&str> = pending
+        .iter()
+        .filter_map(|w| w.put_request().and_then(|p| get_s(p.item(), KEY)))
+        .collect();
+    batch
+        .iter()
+        .map(|(key, _)| {
+            if left.contains(pk(key).as_str()) {
+                Err(CallError {
+                    unavailable: true,
+                    code: Some("UnprocessedItems".into()),
+                    message: "DynamoDB left the outcome unprocessed (throttled)".into(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+        .collect()
 }
 
 fn pk(key: &str) -> String {
@@ -81,23 +168,13 @@ impl DeliveryLedger for DynamoLedger {
         }
     }
 
+    /// A put, not an update: an outcome replaces the claim whole, which is what lets
+    /// concurrent ones share a BatchWriteItem.
     async fn sent(&self, key: &str, sid: &str) -> Result<(), LedgerError> {
-        self.table
-            .client
-            .update_item()
-            .table_name(&self.table.name)
-            .key(KEY, s(pk(key)))
-            .update_expression(
-                "SET sid = :sid, claimed_at = if_not_exists(claimed_at, :now), #ttl = :ttl",
-            )
-            .expression_attribute_names("#ttl", TTL)
-            .expression_attribute_values(":sid", s(sid))
-            .expression_attribute_values(":now", n(now_millis()))
-            .expression_attribute_values(":ttl", n(ttl()))
-            .send()
+        self.outcomes
+            .call((key.to_owned(), sid.to_owned()))
             .await
-            .map_err(|e| LedgerError::from(CallError::from_sdk(&e)))?;
-        Ok(())
+            .map_err(LedgerError::from)
     }
 
     async fn release(&self, key: &str) -> Result<(), LedgerError> {

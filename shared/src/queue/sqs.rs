@@ -19,7 +19,7 @@
 //! SQS de-duplicates without saying so, so [`Sent::duplicate`] is `None` here.
 //! `maxReceiveCount` of the redrive policy is the one dead-letter threshold on AWS.
 
-use super::batch::Deletes;
+use super::batch::{Deletes, deletes};
 use super::failures::FailureLog;
 use super::{
     DeadLetter, FailOutcome, MAX_RECEIVE_BATCH, NewMessage, Queue, QueueError, QueueStats, Receipt,
@@ -87,7 +87,7 @@ impl SqsQueue {
     ) -> Result<Self, QueueError> {
         let setup = Self::setup(&client, url).await?;
         Ok(Self {
-            deletes: Deletes::start(client.clone(), url.to_owned()),
+            deletes: deletes(client.clone(), url.to_owned()),
             client,
             name: name.to_owned(),
             url: url.to_owned(),
@@ -217,7 +217,7 @@ impl SqsQueue {
             .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
         let deleted = self
             .deletes
-            .delete(&message.receipt.0)
+            .call(message.receipt.0.clone())
             .await
             .map_err(stale_or);
         self.end(&message.receipt);
@@ -436,7 +436,7 @@ impl Queue for SqsQueue {
 
     async fn delete(&self, receipt: &Receipt) -> Result<(), QueueError> {
         self.current(receipt)?;
-        let result = self.deletes.delete(&receipt.0).await.map_err(stale_or);
+        let result = self.deletes.call(receipt.0.clone()).await.map_err(stale_or);
         if !matches!(result, Err(QueueError::Unavailable(_))) {
             self.end(receipt);
         }

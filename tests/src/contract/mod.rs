@@ -1,7 +1,10 @@
-//! Contract suites: one test per behaviour a queue or store engine promises, written once
-//! and run against every engine through [`queue_contract_tests!`](crate::queue_contract_tests)
-//! and [`store_contract_tests!`](crate::store_contract_tests).
+//! Contract suites: one test per behaviour a queue, store or delivery-ledger engine
+//! promises, written once and run against every engine through
+//! [`queue_contract_tests!`](crate::queue_contract_tests),
+//! [`store_contract_tests!`](crate::store_contract_tests) and
+//! [`ledger_contract_tests!`](crate::ledger_contract_tests).
 
+pub mod ledger;
 pub mod queue;
 pub mod store;
 
@@ -48,6 +51,20 @@ macro_rules! store_contract_tests {
             unheld_lists_lapsed_and_released_live_conversations,
             fenced_update_needs_the_current_lease,
             lease_changes_and_data_writes_do_not_interfere,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per delivery-ledger contract case.
+#[macro_export]
+macro_rules! ledger_contract_tests {
+    ($engine:expr) => {
+        $crate::contract_cases!(ledger, $engine;
+            first_claim_is_fresh_and_a_second_is_unknown_since_it,
+            a_sent_part_is_reported_with_its_sid,
+            release_forgets_an_unsent_claim_only,
+            racing_claims_have_exactly_one_fresh_winner,
+            many_outcomes_at_once_are_all_kept,
         );
     };
 }

@@ -1,0 +1,105 @@
+//! The delivery-ledger contract (see `waconnect_shared::delivery`).
+
+use crate::engines::LedgerEngine;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::Barrier;
+use waconnect_shared::delivery::Claim;
+
+fn key(i: usize) -> String {
+    format!("item-{i}#0")
+}
+
+pub async fn first_claim_is_fresh_and_a_second_is_unknown_since_it(e: &dyn LedgerEngine) {
+    let (ledger, _) = e.ledgers().await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    match ledger.claim(&key(1)).await.unwrap() {
+        Claim::Unknown { since } => {
+            assert!(
+                since >= before && since <= chrono::Utc::now(),
+                "claimed at {since}"
+            );
+        }
+        other => panic!("a second claim must report the first, got {other:?}"),
+    }
+    // Keys are independent.
+    assert_eq!(ledger.claim(&key(2)).await.unwrap(), Claim::Fresh);
+}
+
+pub async fn a_sent_part_is_reported_with_its_sid(e: &dyn LedgerEngine) {
+    let (ledger, other) = e.ledgers().await;
+    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    ledger.sent(&key(1), "SM1").await.unwrap();
+    let sent = Claim::Sent { sid: "SM1".into() };
+    assert_eq!(ledger.claim(&key(1)).await.unwrap(), sent);
+    // Another process sees it too.
+    assert_eq!(other.claim(&key(1)).await.unwrap(), sent);
+}
+
+pub async fn release_forgets_an_unsent_claim_only(e: &dyn LedgerEngine) {
+    let (ledger, _) = e.ledgers().await;
+    ledger.claim(&key(1)).await.unwrap();
+    ledger.release(&key(1)).await.unwrap();
+    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+
+    ledger.claim(&key(2)).await.unwrap();
+    ledger.sent(&key(2), "SM2").await.unwrap();
+    ledger.release(&key(2)).await.unwrap();
+    assert_eq!(
+        ledger.claim(&key(2)).await.unwrap(),
+        Claim::Sent { sid: "SM2".into() }
+    );
+}
+
+pub async fn racing_claims_have_exactly_one_fresh_winner(e: &dyn LedgerEngine) {
+    let (a, b) = e.ledgers().await;
+    const RACERS: usize = 16;
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let ledger = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                ledger.claim(&key(7)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut fresh = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Claim::Fresh => fresh += 1,
+            Claim::Unknown { .. } => {}
+            Claim::Sent { .. } => panic!("nothing was sent"),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one racer may send");
+}
+
+/// Outcomes recorded at once (an engine may batch them) are each kept, with their own sid.
+pub async fn many_outcomes_at_once_are_all_kept(e: &dyn LedgerEngine) {
+    let (ledger, _) = e.ledgers().await;
+    const PARTS: usize = 60;
+    for i in 0..PARTS {
+        assert_eq!(ledger.claim(&key(i)).await.unwrap(), Claim::Fresh);
+    }
+    let writes = (0..PARTS).map(|i| {
+        let ledger = ledger.clone();
+        async move { ledger.sent(&key(i), &format!("SM{i}")).await }
+    });
+    for result in futures_util::future::join_all(writes).await {
+        result.unwrap();
+    }
+    let mut sids = HashSet::new();
+    for i in 0..PARTS {
+        match ledger.claim(&key(i)).await.unwrap() {
+            Claim::Sent { sid } => {
+                assert_eq!(sid, format!("SM{i}"));
+                sids.insert(sid);
+            }
+            other => panic!("part {i}: {other:?}"),
+        }
+    }
+    assert_eq!(sids.len(), PARTS);
+}
