@@ -61,6 +61,7 @@ pub async fn run(
         visibility: config.visibility,
         max_backoff: config.max_backoff,
         auth_failing: AtomicBool::new(false),
+        outcomes: tokio_util::task::TaskTracker::new(),
     });
     let settings = ConsumerSettings {
         concurrency: config.concurrency,
@@ -74,9 +75,10 @@ pub async fn run(
         &backends,
         ops_listener,
         shutdown,
-        vec![Arc::new(TwilioReady(sender))],
+        vec![Arc::new(TwilioReady(sender.clone()))],
     )
     .await;
     let _ = consumer.await;
+    sender.flush_outcomes(config.shutdown_grace).await;
     served
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::event::{EventKind, InboundEvent};
@@ -30,6 +31,36 @@ pub struct Sender {
     pub max_backoff: Duration,
     /// Set while Twilio refuses our credentials; readiness reports it.
     pub auth_failing: AtomicBool,
+    /// Ledger outcomes being written; waited for at shutdown.
+    pub outcomes: TaskTracker,
+}
+
+impl Sender {
+    /// Records that Twilio accepted `key` as `sid`, without holding up the message: the
+    /// outcome only matters if the part is claimed again, and a message is only received
+    /// again if its delete did not happen, which is no later than this write would be.
+    /// An outcome lost with the process leaves the claim, which is reconciled with Twilio.
+    fn record_sent(&self, key: String, sid: String) -> tokio::task::JoinHandle<()> {
+        let ledger = self.ledger.clone();
+        self.outcomes.spawn(async move {
+            if let Err(e) = ledger.sent(&key, &sid).await {
+                tracing::warn!(error = %e, "sent, but the delivery ledger did not record it");
+            }
+        })
+    }
+
+    /// Waits up to `grace` for the outcomes still being written.
+    pub async fn flush_outcomes(&self, grace: Duration) {
+        self.outcomes.close();
+        if tokio::time::timeout(grace, self.outcomes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "delivery outcomes still unwritten at shutdown; their claims will be reconciled with Twilio"
+            );
+        }
+    }
 }
 
 enum Done {
@@ -60,6 +91,23 @@ pub async fn consume(sender: Arc<Sender>, settings: ConsumerSettings, stop: Canc
 }
 
 async fn deliver(s: &Sender, m: &ReceivedMessage, stop: &CancellationToken) -> Done {
+    let mut outcomes = Vec::new();
+    let done = deliver_parts(s, m, stop, &mut outcomes).await;
+    if matches!(done, Done::Abandoned) {
+        // Whoever takes the message next must find the parts already sent recorded.
+        for written in outcomes {
+            let _ = written.await;
+        }
+    }
+    done
+}
+
+async fn deliver_parts(
+    s: &Sender,
+    m: &ReceivedMessage,
+    stop: &CancellationToken,
+    outcomes: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Done {
     let message = match OutboundMessage::from_json(&m.body) {
         Ok(o) => o,
         Err(e) => {
@@ -95,7 +143,7 @@ async fn deliver(s: &Sender, m: &ReceivedMessage, stop: &CancellationToken) -> D
             if let Some(since) = unsure_since {
                 match reconcile(s, &message, part, since).await {
                     Reconciled::Sent(sid) => {
-                        let _ = s.ledger.sent(&key, &sid).await;
+                        outcomes.push(s.record_sent(key.clone(), sid));
                         metrics::counter!("waconnect_sender_reconciled_total").increment(1);
                         break;
                     }
@@ -128,9 +176,7 @@ async fn deliver(s: &Sender, m: &ReceivedMessage, stop: &CancellationToken) -> D
                             tracing::info!("Twilio accepts the credentials again");
                             metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
                         }
-                        if let Err(e) = s.ledger.sent(&key, &sid).await {
-                            tracing::warn!(error = %e, "sent, but the delivery ledger did not record it");
-                        }
+                        outcomes.push(s.record_sent(key.clone(), sid));
                         metrics::counter!("waconnect_sender_sent_total").increment(1);
                         break;
                     }

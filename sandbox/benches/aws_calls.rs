@@ -7,8 +7,11 @@
 //!
 //! Per engine: 20 customers with chats held, then an inbound phase (customers write, the
 //! agents receive) and an outbound phase (agents write, Twilio is called; the delivery
-//! receipts that come back are part of its cost). `BENCH_MESSAGES` per phase (default
-//! 400) at `BENCH_RATE` messages/s (default 50). Writes `target/bench/aws_calls.json`.
+//! receipts that come back are part of its cost). A second run per engine, with Twilio
+//! asked for no status callbacks, measures the outbound message alone; the difference is
+//! what its receipts cost (a receipt is an inbound event: ingress, the inbound queue,
+//! Connect's SendEvent). `BENCH_MESSAGES` per phase (default 400) at `BENCH_RATE`
+//! messages/s (default 50). Writes `target/bench/aws_calls.json`.
 
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -97,13 +100,27 @@ async fn phase(
     json!({ "seconds": elapsed.as_secs_f64(), "calls": report })
 }
 
+/// Which phases an engine run has.
+#[derive(Clone, Copy, PartialEq)]
+enum Run {
+    /// Inbound, then outbound with its delivery receipts.
+    Full,
+    /// Outbound only, and no status callbacks asked of Twilio.
+    OutboundWithoutReceipts,
+}
+
 async fn engine(
     name: &str,
     mut storage: Vec<(String, String)>,
     messages: usize,
     rate: u32,
+    run: Run,
 ) -> serde_json::Value {
     println!("{name}:");
+    if run == Run::OutboundWithoutReceipts {
+        // Empty is unset: the sender then asks Twilio for no status callbacks.
+        storage.push(("WACONNECT_STATUS_CALLBACK_URL".into(), String::new()));
+    }
     // Production's periodic work, not the sandbox's brisker page-friendly settings.
     for (k, v) in [
         ("WACONNECT_QUEUE_DEPTH_INTERVAL", "10s"),
@@ -126,36 +143,42 @@ async fn engine(
     let contacts = sandbox
         .open_chats(CUSTOMERS, Duration::from_secs(120))
         .await;
-    let inbound = phase(
-        "inbound",
-        messages,
-        rate,
-        async |seq| {
-            let phone = phone.clone();
-            tokio::spawn(async move {
-                phone
-                    .text(customer(seq % CUSTOMERS).as_str(), &format!("in {seq}"))
-                    .await
-                    .unwrap();
-            });
-        },
-        async || {
-            let mut n = 0;
-            for c in &contacts {
-                n += desk
-                    .transcript(c)
-                    .await
-                    .map(|t| {
-                        t.iter()
-                            .filter(|i| i.content.as_deref().is_some_and(|b| b.starts_with("in ")))
-                            .count()
-                    })
-                    .unwrap_or(0);
-            }
-            n
-        },
-    )
-    .await;
+    let inbound = if run == Run::Full {
+        phase(
+            "inbound",
+            messages,
+            rate,
+            async |seq| {
+                let phone = phone.clone();
+                tokio::spawn(async move {
+                    phone
+                        .text(customer(seq % CUSTOMERS).as_str(), &format!("in {seq}"))
+                        .await
+                        .unwrap();
+                });
+            },
+            async || {
+                let mut n = 0;
+                for c in &contacts {
+                    n += desk
+                        .transcript(c)
+                        .await
+                        .map(|t| {
+                            t.iter()
+                                .filter(|i| {
+                                    i.content.as_deref().is_some_and(|b| b.starts_with("in "))
+                                })
+                                .count()
+                        })
+                        .unwrap_or(0);
+                }
+                n
+            },
+        )
+        .await
+    } else {
+        serde_json::Value::Null
+    };
     let outbound = phase(
         "outbound",
         messages,
@@ -180,7 +203,17 @@ async fn engine(
     )
     .await;
     sandbox.stop().await;
-    json!({ "inbound": inbound, "outbound": outbound })
+    match run {
+        Run::Full => json!({ "inbound": inbound, "outbound": outbound }),
+        Run::OutboundWithoutReceipts => outbound,
+    }
+}
+
+/// Per-message calls of the outbound run with receipts, less the one without: the
+/// receipts' share.
+fn receipts_share(full: &serde_json::Value, alone: &serde_json::Value) -> f64 {
+    let per = |v: &serde_json::Value| v["calls"]["per_message"].as_f64().unwrap_or(0.0);
+    per(&full["outbound"]) - per(alone)
 }
 
 fn main() {
@@ -193,13 +226,36 @@ fn main() {
     runtime.block_on(async {
         let messages: usize = bench_setting("BENCH_MESSAGES", 400);
         let rate: u32 = bench_setting("BENCH_RATE", 50);
-        let embedded = engine("embedded (SQLite)", Vec::new(), messages, rate).await;
-        let moto = Moto::shared();
-        let storage = Moto::env(&moto.fresh("bench", 5).await);
-        let aws = engine("aws (SQS + DynamoDB on moto)", storage, messages, rate).await;
-        write_bench_report(
-            "aws_calls",
-            &json!({ "messages": messages, "rate": rate, "customers": CUSTOMERS, "embedded": embedded, "aws": aws }),
-        );
+        let mut report = serde_json::Map::new();
+        for (key, label) in [
+            ("embedded", "embedded (SQLite)"),
+            ("aws", "aws (SQS + DynamoDB on moto)"),
+        ] {
+            let storage = || async {
+                if key == "aws" {
+                    Moto::env(&Moto::shared().fresh("bench", 5).await)
+                } else {
+                    Vec::new()
+                }
+            };
+            let mut full = engine(label, storage().await, messages, rate, Run::Full).await;
+            let alone = engine(
+                &format!("{label}, no receipts"),
+                storage().await,
+                messages,
+                rate,
+                Run::OutboundWithoutReceipts,
+            )
+            .await;
+            let receipts = receipts_share(&full, &alone);
+            println!("  receipts {receipts:.2} AWS calls per outbound message");
+            full["outbound_message_alone"] = alone;
+            full["receipts_per_outbound_message"] = json!(receipts);
+            report.insert(key.to_owned(), full);
+        }
+        report.insert("messages".into(), json!(messages));
+        report.insert("rate".into(), json!(rate));
+        report.insert("customers".into(), json!(CUSTOMERS));
+        write_bench_report("aws_calls", &serde_json::Value::Object(report));
     });
 }

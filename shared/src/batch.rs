@@ -8,7 +8,8 @@ use futures_util::future::BoxFuture;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Long enough for concurrent work to meet, short next to one AWS round trip.
+/// For requests someone waits on: long enough for concurrent work to meet, short next to
+/// one AWS round trip.
 pub const LINGER: Duration = Duration::from_millis(5);
 
 type Reply = oneshot::Sender<Result<(), CallError>>;
@@ -36,10 +37,11 @@ impl<T> std::fmt::Debug for Batcher<T> {
 }
 
 impl<T: Send + 'static> Batcher<T> {
-    /// Starts the batching task (on the current tokio runtime): batches of at most `max`.
-    pub fn start(max: usize, flush: Flush<T>) -> Self {
+    /// Starts the batching task (on the current tokio runtime): batches of at most `max`,
+    /// sent at most `linger` after their first request.
+    pub fn start(max: usize, linger: Duration, flush: Flush<T>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(max.max(1), flush, rx));
+        tokio::spawn(run(max.max(1), linger, flush, rx));
         Self { tx }
     }
 
@@ -56,10 +58,15 @@ impl<T: Send + 'static> Batcher<T> {
     }
 }
 
-async fn run<T>(max: usize, flush: Flush<T>, mut rx: mpsc::UnboundedReceiver<(T, Reply)>) {
+async fn run<T>(
+    max: usize,
+    linger: Duration,
+    flush: Flush<T>,
+    mut rx: mpsc::UnboundedReceiver<(T, Reply)>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        let linger = tokio::time::sleep(LINGER);
+        let linger = tokio::time::sleep(linger);
         tokio::pin!(linger);
         while batch.len() < max {
             tokio::select! {
@@ -96,6 +103,7 @@ mod tests {
         let seen = calls.clone();
         let batcher: Batcher<u32> = Batcher::start(
             3,
+            LINGER,
             Box::new(move |batch: Vec<u32>| {
                 seen.lock().unwrap().push(batch.clone());
                 Box::pin(async move {

@@ -1,6 +1,8 @@
 //! The AWS delivery ledger: `dlv#<part>` items in the DynamoDB table. A claim is one
 //! conditional PutItem; a refused one carries the earlier claim back, so no read is needed.
-//! Outcomes (`sent`) need no condition, so concurrent ones share one BatchWriteItem.
+//! Outcomes (`sent`) need no condition, so concurrent ones share one BatchWriteItem: they
+//! linger up to [`OUTCOME_LINGER`] for company, since nothing on a message's path waits
+//! for them (the sender records them in the background).
 
 use super::{Claim, DeliveryLedger, LedgerError};
 use crate::aws::CallError;
@@ -16,6 +18,7 @@ use chrono::{DateTime, Utc};
 /// Entries outlive the outbound queue's 5-minute dedup window by far; TTL then removes them.
 const KEEP_SECONDS: i64 = 24 * 3600;
 
+pub const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 /// BatchWriteItem's limit.
 const MAX_BATCH_WRITE: usize = 25;
 /// Attempts at the items a BatchWriteItem left unprocessed (throttling) before giving up.
@@ -34,6 +37,7 @@ impl DynamoLedger {
         let writer = table.clone();
         let outcomes = Batcher::start(
             MAX_BATCH_WRITE,
+            OUTCOME_LINGER,
             Box::new(move |batch| Box::pin(write_outcomes(writer.clone(), batch))),
         );
         Self { table, outcomes }

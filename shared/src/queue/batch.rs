@@ -2,7 +2,7 @@
 
 use super::MAX_RECEIVE_BATCH;
 use crate::aws::CallError;
-use crate::batch::Batcher;
+use crate::batch::{Batcher, LINGER};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 
@@ -12,6 +12,7 @@ pub type Deletes = Batcher<String>;
 pub fn deletes(client: Client, url: String) -> Deletes {
     Batcher::start(
         MAX_RECEIVE_BATCH,
+        LINGER,
         Box::new(move |handles| Box::pin(flush(client.clone(), url.clone(), handles))),
     )
 }
