@@ -67,6 +67,7 @@ pub async fn run(
         concurrency: config.concurrency,
         visibility: config.visibility,
         grace: config.shutdown_grace,
+        gather: config.worker.receive_gather,
     };
     let consumer = tokio::spawn(sender::consume(sender.clone(), settings, shutdown.clone()));
     let served = worker::serve_ops(

@@ -545,7 +545,13 @@ pub struct WorkerConfig {
     pub common: CommonConfig,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub ops_bind: SocketAddr,
+    /// After a receive that emptied the queue, how long to let messages gather before the
+    /// next one (see [`crate::consumer`]).
+    pub receive_gather: Duration,
 }
+
+/// The longest `WACONNECT_RECEIVE_GATHER` allowed: it is added to a message's latency.
+const MAX_RECEIVE_GATHER: Duration = Duration::from_secs(1);
 
 impl WorkerConfig {
     pub fn from_source(
@@ -568,7 +574,29 @@ impl WorkerConfig {
             SocketAddr::from(([0, 0, 0, 0], default_port)),
             "an address like 0.0.0.0:9090",
         );
-        Self { common, ops_bind }
+        // Receives are billed calls on SQS and cost nothing on SQLite.
+        let default_gather = match common.storage {
+            StorageConfig::Embedded(_) => Duration::ZERO,
+            StorageConfig::Aws(_) => Duration::from_millis(50),
+        };
+        let receive_gather = match r.raw("WACONNECT_RECEIVE_GATHER") {
+            None => default_gather,
+            Some(raw) => match humantime::parse_duration(raw) {
+                Ok(d) if d <= MAX_RECEIVE_GATHER => d,
+                _ => {
+                    r.error(
+                        "WACONNECT_RECEIVE_GATHER",
+                        format!("expected a duration from 0 to 1s like 50ms, got {raw:?}"),
+                    );
+                    default_gather
+                }
+            },
+        };
+        Self {
+            common,
+            ops_bind,
+            receive_gather,
+        }
     }
 }
 
@@ -606,6 +634,40 @@ mod tests {
         };
         assert_eq!(e.synchronous, Synchronous::Full);
         assert_eq!(c.common.queues.max_receives, 5);
+    }
+
+    #[test]
+    fn receives_gather_on_sqs_only_unless_told() {
+        let worker = |extra: &[(&str, &str)]| {
+            WorkerConfig::from_source(
+                &ConfigSource::from_pairs(extra.iter().copied()),
+                "OPS",
+                9000,
+            )
+        };
+        assert_eq!(worker(&[]).unwrap().receive_gather, Duration::ZERO);
+        let aws = [
+            ("WACONNECT_BACKEND", "aws"),
+            ("AWS_REGION", "eu-west-2"),
+            (
+                "WACONNECT_INBOUND_QUEUE_URL",
+                "http://127.0.0.1:1/q/in.fifo",
+            ),
+            (
+                "WACONNECT_OUTBOUND_QUEUE_URL",
+                "http://127.0.0.1:1/q/out.fifo",
+            ),
+            ("WACONNECT_TABLE", "waconnect"),
+        ];
+        assert_eq!(
+            worker(&aws).unwrap().receive_gather,
+            Duration::from_millis(50)
+        );
+        let mut off = aws.to_vec();
+        off.push(("WACONNECT_RECEIVE_GATHER", "0"));
+        assert_eq!(worker(&off).unwrap().receive_gather, Duration::ZERO);
+        let err = worker(&[("WACONNECT_RECEIVE_GATHER", "5s")]).unwrap_err();
+        assert!(err.names("WACONNECT_RECEIVE_GATHER"), "{err}");
     }
 
     #[test]

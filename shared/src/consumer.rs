@@ -19,6 +19,11 @@ pub struct ConsumerSettings {
     pub visibility: Duration,
     /// Bound on waiting for in-flight messages at shutdown.
     pub grace: Duration,
+    /// After a receive that took everything there was, wait this long before the next:
+    /// later messages then share a receive (and their deletes a batch) instead of costing
+    /// a call each. A message arriving into an idle queue is not delayed, since the long
+    /// poll answers at once; one arriving while the consumer waits is, by at most this.
+    pub gather: Duration,
 }
 
 /// What a handler did with its message.
@@ -83,6 +88,7 @@ pub async fn consume<H, Fut>(
                 }
             }
         };
+        let drained = messages.len() < free;
         for group in by_group(messages) {
             let permit = permits
                 .clone()
@@ -94,6 +100,12 @@ pub async fn consume<H, Fut>(
                 run_group(queue.as_ref(), group, handle.as_ref()).await;
                 drop(permit);
             });
+        }
+        if drained && !settings.gather.is_zero() {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(settings.gather) => {}
+            }
         }
     }
     let drain = async { while tasks.join_next().await.is_some() {} };
