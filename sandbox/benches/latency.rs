@@ -6,9 +6,12 @@
 //! * outbound: the agent's message (its item time) → Twilio's Messages API called (the
 //!   Twilio simulator's creation time).
 //!
-//! At 20 and 500 messages/s over 50 customers, for `BENCH_SECONDS` (default 10) each.
-//! The sender's rate limit is raised to 1,000/s for this (a WhatsApp sender allows 80/s by
-//! default). Writes `target/bench/latency.json`.
+//! At `BENCH_RATES` (default 20 and 500) messages/s over 50 customers, for `BENCH_SECONDS`
+//! (default 10) each. The sender's rate limit is raised to 1,000/s for this (a WhatsApp
+//! sender allows 80/s by default). `BENCH_ENGINE=aws` runs it on SQS and DynamoDB on moto
+//! instead (moto's own latency then dominates; compare settings within one engine), and
+//! `BENCH_GATHER` sets `WACONNECT_RECEIVE_GATHER`. Writes `target/bench/latency.json`
+//! (`latency-aws.json` on moto).
 
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
@@ -159,6 +162,24 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let seconds: u64 = bench_setting("BENCH_SECONDS", 10);
+        let rates: Vec<u32> = bench_setting("BENCH_RATES", "20,500".to_owned())
+            .split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .collect();
+        let aws = bench_setting("BENCH_ENGINE", String::new()) == "aws";
+        let mut storage = if aws {
+            waconnect_tests::moto::Moto::env(
+                &waconnect_tests::moto::Moto::shared()
+                    .fresh("latency", 5)
+                    .await,
+            )
+        } else {
+            Vec::new()
+        };
+        let gather = bench_setting("BENCH_GATHER", String::new());
+        if !gather.is_empty() {
+            storage.push(("WACONNECT_RECEIVE_GATHER".into(), gather.clone()));
+        }
         let sandbox = Sandbox::start(Options {
             bind: "127.0.0.1:0".parse().unwrap(),
             telemetry: TelemetryConfig {
@@ -166,7 +187,7 @@ fn main() {
                 log_filter: "error".into(),
             },
             sender_rate: 1000,
-            storage: Vec::new(),
+            storage,
         })
         .await
         .unwrap();
@@ -174,12 +195,15 @@ fn main() {
         let contacts = sandbox.open_chats(CUSTOMERS, Duration::from_secs(60)).await;
         let results: Vec<serde_json::Value> = {
             let mut r = Vec::new();
-            for (round, rate) in [20, 500].into_iter().enumerate() {
+            for (round, rate) in rates.iter().copied().enumerate() {
                 r.push(run(&sandbox, &contacts, rate, seconds, round).await);
             }
             r
         };
-        write_bench_report("latency", &json!({ "runs": results, "seconds": seconds }));
+        write_bench_report(
+            if aws { "latency-aws" } else { "latency" },
+            &json!({ "runs": results, "seconds": seconds, "engine": if aws { "aws" } else { "embedded" }, "gather": gather }),
+        );
         sandbox.stop().await;
     });
 }

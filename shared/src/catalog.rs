@@ -76,6 +76,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Agent items forwarded from the transcript.",
     ),
     (
+        "waconnect_relay_record_cache_total",
+        Kind::Counter,
+        "Inbound messages and receipts answered by a record seen lately (hit) or read (miss).",
+    ),
+    (
         "waconnect_relay_forwarded_items_total",
         Kind::Counter,
         "Connect items forwarded to the customer, by role.",

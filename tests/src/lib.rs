@@ -17,11 +17,29 @@ pub fn customer(i: usize) -> CustomerAddress {
 }
 
 /// A loopback address nobody listens on right now, for a process that binds it itself.
+///
+/// Picked below the kernel's ephemeral range (32768 and up), so nothing that binds port 0
+/// meanwhile (the simulators, moto, client sockets) can take it before its process
+/// starts, and never handed out twice by one test process.
 pub async fn free_port() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    listener.local_addr().expect("bound address").to_string()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..1000 {
+        let port: u16 = rand::random_range(20_000..32_000);
+        if !GIVEN
+            .lock()
+            .expect("ports lock")
+            .get_or_insert_with(HashSet::new)
+            .insert(port)
+        {
+            continue;
+        }
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener.local_addr().expect("bound address").to_string();
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// A bench knob from the environment, or its default.
