@@ -120,6 +120,13 @@ impl Session {
                 Step::Reconnect(reason) => {
                     metrics::counter!("waconnect_relay_websocket_reconnects_total", "reason" => reason)
                         .increment(1);
+                    // Connect may keep the socket away for a while; the cursor still
+                    // reaches the record on time.
+                    if self.cursor_due.is_some_and(|due| due <= Instant::now())
+                        && let Err(Step::Done(outcome)) = self.save_cursor().await
+                    {
+                        return outcome;
+                    }
                     tracing::debug!(customer = %self.customer, reason, "reconnecting participant websocket");
                     let wait = if reason == "refresh" {
                         Duration::ZERO

@@ -466,3 +466,50 @@ async fn a_call_connect_refuses_does_not_hold_up_the_stream() {
     assert_eq!((stats.dead_letters, stats.delayed), (0, 0));
     relay.shutdown().await;
 }
+
+/// The agent cursor moves in memory and reaches the record once per flush interval, and
+/// at once when the lease is handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_cursor_is_written_lazily_and_at_hand_off() {
+    let stack = Stack::new().await;
+    let cursor_id = async || {
+        let stored = stack.store.get(&customer(3)).await.unwrap().unwrap();
+        stored.conversation.agent_cursor.map(|c| c.id)
+    };
+    let relay = stack
+        .relay(&[("WACONNECT_RELAY_CURSOR_FLUSH", "60s")])
+        .await;
+    stack.customer_says(&customer(3), "SM0", "hello").await;
+    let contact = stack.contact_of(&customer(3)).await;
+    stack.desk.accept(&contact).await.unwrap();
+    stack.until_held(&contact).await;
+    let mut last = String::new();
+    for i in 0..3 {
+        last = stack
+            .desk
+            .send(&contact, &format!("reply {i}"))
+            .await
+            .unwrap()
+            .id;
+    }
+    stack.outbound_until(3, Duration::from_secs(20)).await;
+    assert_eq!(cursor_id().await, None, "written before its interval");
+    relay.shutdown().await;
+    assert_eq!(cursor_id().await, Some(last), "not written at hand-off");
+
+    // A short interval: the cursor follows while the conversation is held.
+    let relay = stack
+        .relay(&[("WACONNECT_RELAY_CURSOR_FLUSH", "200ms")])
+        .await;
+    stack.until_held(&contact).await;
+    let last = stack.desk.send(&contact, "reply 3").await.unwrap().id;
+    stack.outbound_until(1, Duration::from_secs(20)).await;
+    wait::until(
+        "the cursor to reach the record",
+        Duration::from_secs(5),
+        || async { (cursor_id().await.as_deref() == Some(last.as_str())).then_some(()) },
+    )
+    .await;
+    relay.shutdown().await;
+    stack.no_more_outbound(Duration::from_millis(300)).await;
+}
