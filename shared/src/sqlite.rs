@@ -20,6 +20,8 @@ use tokio::sync::{Notify, oneshot};
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The page cache of each process's connection, at most.
+const CACHE_KIB: i64 = 32 * 1024;
 /// Upper bound on jobs per transaction, so one batch cannot hold the lock for long.
 const MAX_BATCH: usize = 512;
 
@@ -237,6 +239,9 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, DbError>
     };
     enable_wal(&conn)?;
     conn.pragma_update(None, "synchronous", sync)?;
+    // The default 2 MB cache makes a busy queue re-read its index pages from the file
+    // (a pread each); the cache only grows as far as it is used.
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
     Ok(conn)
 }
 

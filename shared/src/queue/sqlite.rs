@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue_messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
     id TEXT NOT NULL,
     group_id TEXT NOT NULL,
@@ -296,30 +296,34 @@ impl Queue for SqliteQueue {
                     c.prepare_cached("DELETE FROM queue_dedup WHERE queue = ?1 AND expires_at <= ?2")?
                         .execute(params![name, now])?;
                 }
-                let existing: Option<String> = c
+                let id = uuid::Uuid::new_v4().to_string();
+                // Claims the dedup id unless a live claim holds it: one statement on the
+                // hot path, the read only for a duplicate.
+                let claimed = c
                     .prepare_cached(
-                        "SELECT message_id FROM queue_dedup
-                         WHERE queue = ?1 AND dedup_id = ?2 AND expires_at > ?3",
+                        "INSERT INTO queue_dedup (queue, dedup_id, message_id, expires_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (queue, dedup_id) DO UPDATE
+                           SET message_id = excluded.message_id, expires_at = excluded.expires_at
+                           WHERE queue_dedup.expires_at <= ?5",
                     )?
-                    .query_row(params![name, message.dedup_id, now], |r| r.get(0))
-                    .optional()?;
-                if let Some(message_id) = existing {
+                    .execute(params![name, message.dedup_id, id, now + ms(DEDUP_WINDOW), now])?;
+                if claimed == 0 {
+                    let message_id: String = c
+                        .prepare_cached(
+                            "SELECT message_id FROM queue_dedup WHERE queue = ?1 AND dedup_id = ?2",
+                        )?
+                        .query_row(params![name, message.dedup_id], |r| r.get(0))?;
                     return Ok::<_, QueueError>(Sent {
                         message_id,
                         duplicate: Some(true),
                     });
                 }
-                let id = uuid::Uuid::new_v4().to_string();
                 c.prepare_cached(
                     "INSERT INTO queue_messages (queue, id, group_id, dedup_id, body, sent_at, visible_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
                 )?
                 .execute(params![name, id, message.group_id, message.dedup_id, message.body, now])?;
-                c.prepare_cached(
-                    "INSERT OR REPLACE INTO queue_dedup (queue, dedup_id, message_id, expires_at)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![name, message.dedup_id, id, now + ms(DEDUP_WINDOW)])?;
                 Ok(Sent {
                     message_id: id,
                     duplicate: Some(false),
