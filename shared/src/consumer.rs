@@ -150,3 +150,140 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::queue::sqlite::SqliteQueue;
+    use crate::queue::{DeadLetter, FailOutcome, NewMessage, QueueError, QueueStats, Receipt};
+    use crate::sqlite::Db;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::Instant;
+
+    /// The embedded queue, counting the receives that brought messages.
+    struct Counted {
+        inner: SqliteQueue,
+        receives: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Queue for Counted {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        async fn send(&self, m: NewMessage) -> Result<crate::queue::Sent, QueueError> {
+            self.inner.send(m).await
+        }
+        async fn receive(
+            &self,
+            max: usize,
+            visibility: Duration,
+            wait: Duration,
+        ) -> Result<Vec<ReceivedMessage>, QueueError> {
+            let got = self.inner.receive(max, visibility, wait).await?;
+            if !got.is_empty() {
+                self.receives.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(got)
+        }
+        async fn delete(&self, r: &Receipt) -> Result<(), QueueError> {
+            self.inner.delete(r).await
+        }
+        async fn change_visibility(&self, r: &Receipt, t: Duration) -> Result<(), QueueError> {
+            self.inner.change_visibility(r, t).await
+        }
+        async fn fail(
+            &self,
+            r: &Receipt,
+            reason: &str,
+            after: Duration,
+        ) -> Result<FailOutcome, QueueError> {
+            self.inner.fail(r, reason, after).await
+        }
+        async fn dead_letter(&self, r: &Receipt, reason: &str) -> Result<(), QueueError> {
+            self.inner.dead_letter(r, reason).await
+        }
+        async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+            self.inner.dead_letters(limit).await
+        }
+        async fn stats(&self) -> Result<QueueStats, QueueError> {
+            self.inner.stats().await
+        }
+    }
+
+    async fn send(q: &dyn Queue, i: usize) {
+        q.send(NewMessage {
+            group_id: format!("g{i}"),
+            dedup_id: format!("d{i}"),
+            body: i.to_string().into_bytes(),
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_draining_the_queue_later_messages_share_a_receive() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_path(&dir.path().join("q.db"), Synchronous::Normal)
+            .await
+            .unwrap();
+        let queue = Arc::new(Counted {
+            inner: SqliteQueue::open(db, "q", 5).await.unwrap(),
+            receives: AtomicUsize::new(0),
+        });
+        let handled: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
+        let settings = ConsumerSettings {
+            concurrency: 16,
+            visibility: Duration::from_secs(30),
+            grace: Duration::from_secs(5),
+            gather: Duration::from_secs(1),
+        };
+        let stop = CancellationToken::new();
+        let consumer = tokio::spawn(consume(queue.clone(), settings, stop.clone(), {
+            let (queue, handled) = (queue.clone(), handled.clone());
+            move |m: ReceivedMessage| {
+                let (queue, handled) = (queue.clone(), handled.clone());
+                async move {
+                    queue.delete(&m.receipt).await.unwrap();
+                    handled.lock().unwrap().push((
+                        String::from_utf8_lossy(&m.body).parse().unwrap(),
+                        Instant::now(),
+                    ));
+                    Handled::Settled
+                }
+            }
+        }));
+        let count = || handled.lock().unwrap().len();
+        let until = async |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while count() < n {
+                assert!(Instant::now() < deadline, "only {} of {n} handled", count());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+
+        // Into an idle queue: taken at once, the gather does not delay it.
+        let sent = Instant::now();
+        send(queue.as_ref(), 0).await;
+        until(1).await;
+        let waited = handled.lock().unwrap()[0].1 - sent;
+        assert!(waited < Duration::from_millis(500), "waited {waited:?}");
+
+        // Ten more, 30 ms apart, while the consumer gathers: they share receives.
+        for i in 1..=10 {
+            send(queue.as_ref(), i).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        until(11).await;
+        let receives = queue.receives.load(Ordering::Relaxed);
+        assert!(
+            receives <= 4,
+            "11 messages took {receives} receives; gathering should share them"
+        );
+        stop.cancel();
+        consumer.await.unwrap();
+    }
+}
