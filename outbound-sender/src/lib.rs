@@ -79,7 +79,11 @@ pub async fn run(
         vec![Arc::new(TwilioReady(sender.clone()))],
     )
     .await;
+    // One grace period for all of shutdown: in-flight messages, then their outcomes.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     let _ = consumer.await;
-    sender.flush_outcomes(config.shutdown_grace).await;
+    sender
+        .flush_outcomes(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     served
 }

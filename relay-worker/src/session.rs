@@ -359,18 +359,9 @@ impl Session {
 
     /// Writes the cursor if it moved since it was last written.
     async fn save_cursor(&mut self) -> Result<(), Step> {
-        if self.cursor_due.is_none() {
-            return Ok(());
-        }
-        let Some(cursor) = self.cursor.clone() else {
+        let (Some(_), Some(cursor)) = (self.cursor_due, self.cursor.clone()) else {
             return Ok(());
         };
-        self.write_cursor(cursor).await?;
-        self.cursor_due = None;
-        Ok(())
-    }
-
-    async fn write_cursor(&mut self, cursor: AgentCursor) -> Result<(), Step> {
         loop {
             let stored = match self.record.take() {
                 Some(s) => s,
@@ -387,7 +378,7 @@ impl Session {
             {
                 Ok(written) => {
                     self.record = Some(written);
-                    self.cursor = Some(cursor);
+                    self.cursor_due = None;
                     return Ok(());
                 }
                 // Someone else wrote the record since: read it and try again.

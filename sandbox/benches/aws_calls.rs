@@ -17,7 +17,6 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use waconnect_sandbox::{Options, Sandbox};
-use waconnect_shared::config::{LogFormat, TelemetryConfig};
 use waconnect_tests::moto::Moto;
 use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
 
@@ -128,17 +127,7 @@ async fn engine(
     ] {
         storage.push((k.to_owned(), v.to_owned()));
     }
-    let sandbox = Sandbox::start(Options {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        telemetry: TelemetryConfig {
-            log_format: LogFormat::Json,
-            log_filter: "error".into(),
-        },
-        sender_rate: 1000,
-        storage,
-    })
-    .await
-    .unwrap();
+    let sandbox = Sandbox::start(Options::headless(storage)).await.unwrap();
     let (phone, desk) = (sandbox.phone(), sandbox.desk());
     let contacts = sandbox
         .open_chats(CUSTOMERS, Duration::from_secs(120))

@@ -19,7 +19,6 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 use waconnect_sandbox::{Options, Sandbox};
-use waconnect_shared::config::{LogFormat, TelemetryConfig};
 use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
 
 const CUSTOMERS: usize = 50;
@@ -180,15 +179,7 @@ fn main() {
         if !gather.is_empty() {
             storage.push(("WACONNECT_RECEIVE_GATHER".into(), gather.clone()));
         }
-        let sandbox = Sandbox::start(Options {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            telemetry: TelemetryConfig {
-                log_format: LogFormat::Json,
-                log_filter: "error".into(),
-            },
-            sender_rate: 1000,
-            storage,
-        })
+        let sandbox = Sandbox::start(Options::headless(storage))
         .await
         .unwrap();
         // Warm up: every customer's chat started, accepted and held.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::backend::Backend;
 use waconnect_shared::config::{
-    CommonConfig, ConfigSource, IngressConfig, Synchronous, TelemetryConfig,
+    CommonConfig, ConfigSource, IngressConfig, LogFormat, Synchronous, TelemetryConfig,
 };
 use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
@@ -34,6 +34,20 @@ pub struct Options {
 }
 
 impl Options {
+    /// For benches and tests: the page on a free loopback port, errors logged only, and a
+    /// sender allowed 1,000 messages/s; `storage` as in [`Options::storage`].
+    pub fn headless(storage: Vec<(String, String)>) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            telemetry: TelemetryConfig {
+                log_format: LogFormat::Json,
+                log_filter: "error".into(),
+            },
+            sender_rate: 1000,
+            storage,
+        }
+    }
+
     pub fn from_env() -> anyhow::Result<Self> {
         let source = ConfigSource::from_env()?;
         let mut r = source.reader();

@@ -10,13 +10,12 @@ use waconnect_tests::wait;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_to_agent_and_back_with_receipts() {
     let sandbox = Sandbox::start(Options {
-        bind: "127.0.0.1:0".parse().unwrap(),
         telemetry: TelemetryConfig {
             log_format: LogFormat::Json,
             log_filter: "warn".into(),
         },
         sender_rate: 80,
-        storage: Vec::new(),
+        ..Options::headless(Vec::new())
     })
     .await
     .unwrap();

@@ -169,11 +169,20 @@ impl<'a> Reader<'a> {
 
     /// A duration such as `500ms`, `30s`, `5m`.
     pub fn duration(&mut self, name: &str, default: Duration) -> Duration {
+        self.duration_from(name, default, Duration::from_nanos(1))
+    }
+
+    /// A duration where zero means "off".
+    pub fn duration_or_zero(&mut self, name: &str, default: Duration) -> Duration {
+        self.duration_from(name, default, Duration::ZERO)
+    }
+
+    fn duration_from(&mut self, name: &str, default: Duration, least: Duration) -> Duration {
         let Some(raw) = self.raw(name) else {
             return default;
         };
         match humantime::parse_duration(raw) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if d >= least => d,
             _ => {
                 self.error(
                     name,
@@ -579,19 +588,13 @@ impl WorkerConfig {
             StorageConfig::Embedded(_) => Duration::ZERO,
             StorageConfig::Aws(_) => Duration::from_millis(50),
         };
-        let receive_gather = match r.raw("WACONNECT_RECEIVE_GATHER") {
-            None => default_gather,
-            Some(raw) => match humantime::parse_duration(raw) {
-                Ok(d) if d <= MAX_RECEIVE_GATHER => d,
-                _ => {
-                    r.error(
-                        "WACONNECT_RECEIVE_GATHER",
-                        format!("expected a duration from 0 to 1s like 50ms, got {raw:?}"),
-                    );
-                    default_gather
-                }
-            },
-        };
+        let receive_gather = r.duration_or_zero("WACONNECT_RECEIVE_GATHER", default_gather);
+        if receive_gather > MAX_RECEIVE_GATHER {
+            r.error(
+                "WACONNECT_RECEIVE_GATHER",
+                "must be at most 1s: it is added to a message's latency",
+            );
+        }
         Self {
             common,
             ops_bind,

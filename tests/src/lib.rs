@@ -23,16 +23,11 @@ pub fn customer(i: usize) -> CustomerAddress {
 /// starts, and never handed out twice by one test process.
 pub async fn free_port() -> String {
     use std::collections::HashSet;
-    use std::sync::Mutex;
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    use std::sync::{LazyLock, Mutex};
+    static GIVEN: LazyLock<Mutex<HashSet<u16>>> = LazyLock::new(Mutex::default);
     for _ in 0..1000 {
         let port: u16 = rand::random_range(20_000..32_000);
-        if !GIVEN
-            .lock()
-            .expect("ports lock")
-            .get_or_insert_with(HashSet::new)
-            .insert(port)
-        {
+        if !GIVEN.lock().expect("ports lock").insert(port) {
             continue;
         }
         if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {

@@ -7,7 +7,7 @@
 //! index Queries, one per shard, never a Scan.
 
 use super::{
-    ConversationStore, Lease, LeaseState, StoreError, StoredConversation, check_fence,
+    ConversationStore, Lease, LeaseState, StoreError, StoredConversation, acquisition, check_fence,
     fence_refusal, lease_millis,
 };
 use crate::address::CustomerAddress;
@@ -316,10 +316,7 @@ impl ConversationStore for DynamoStore {
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        let length = lease_millis(duration)?;
-        if owner.is_empty() {
-            return Err(StoreError::InvalidArgument("lease owner is empty".into()));
-        }
+        let length = acquisition(owner, duration)?;
         let now = now_millis();
         let request = self
             .lease_write(

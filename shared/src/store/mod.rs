@@ -125,6 +125,15 @@ pub(crate) fn lease_millis(duration: Duration) -> Result<i64, StoreError> {
     Ok(duration.as_millis() as i64)
 }
 
+/// The lease length in milliseconds, if `owner` may take a lease for `duration`.
+pub(crate) fn acquisition(owner: &str, duration: Duration) -> Result<i64, StoreError> {
+    let length = lease_millis(duration)?;
+    if owner.is_empty() {
+        return Err(StoreError::InvalidArgument("lease owner is empty".into()));
+    }
+    Ok(length)
+}
+
 /// A fenced write names its own conversation's lease.
 pub(crate) fn check_fence(conversation: &Conversation, lease: &Lease) -> Result<(), StoreError> {
     if conversation.customer != lease.customer {

@@ -2,7 +2,7 @@
 //! is JSON; lease columns sit beside it so conditions compare them directly.
 
 use super::{
-    ConversationStore, Lease, LeaseState, StoreError, StoredConversation, check_fence,
+    ConversationStore, Lease, LeaseState, StoreError, StoredConversation, acquisition, check_fence,
     fence_refusal, lease_millis,
 };
 use crate::address::CustomerAddress;
@@ -229,10 +229,7 @@ impl ConversationStore for SqliteStore {
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        let length = lease_millis(duration)?;
-        if owner.is_empty() {
-            return Err(StoreError::InvalidArgument("lease owner is empty".into()));
-        }
+        let length = acquisition(owner, duration)?;
         let key = customer.as_str().to_owned();
         let owner = owner.to_owned();
         self.db
