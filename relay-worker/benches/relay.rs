@@ -22,36 +22,7 @@ use waconnect_relay_worker::config::ConnectSettings;
 use waconnect_relay_worker::connect::{ConnectApi, NewChat};
 use waconnect_shared::config::ConfigSource;
 use waconnect_shared::conversation::{Conversation, ConversationState};
-use waconnect_tests::{bench_setting, customer, free_port, wait, write_bench_report};
-
-fn proc_field(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// user + system CPU time of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
-}
+use waconnect_tests::{bench_setting, customer, free_port, procfs, wait, write_bench_report};
 
 async fn until_ready(ops: &str) {
     let http = reqwest::Client::new();
@@ -143,7 +114,7 @@ async fn holding(n: usize, idle: Duration) -> serde_json::Value {
     );
     let pid = relay.id().unwrap();
     until_ready(&ops).await;
-    let rss_empty = proc_field(pid, "VmRSS:");
+    let rss_empty = procfs::status_kib(pid, "VmRSS:");
     let started = Instant::now();
     seed(&stack, n).await;
     wait::until(
@@ -155,15 +126,16 @@ async fn holding(n: usize, idle: Duration) -> serde_json::Value {
     let adopted_in = started.elapsed();
     // Let adoption's backfills and first renewals finish before measuring idle.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let rss_held = proc_field(pid, "VmRSS:");
-    let ticks_before = cpu_ticks(pid);
+    let rss_held = procfs::status_kib(pid, "VmRSS:");
+    let ticks_before = procfs::cpu_ticks(pid);
     let window = Instant::now();
     let heartbeats_before = stack.desk.stats().await.unwrap().calls_to("Heartbeat");
     tokio::time::sleep(idle).await;
     let seconds = window.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(pid) - ticks_before) as f64 / clock_ticks_per_second() / seconds;
+    let cpu =
+        (procfs::cpu_ticks(pid) - ticks_before) as f64 / procfs::clock_ticks_per_second() / seconds;
     let heartbeats = stack.desk.stats().await.unwrap().calls_to("Heartbeat") - heartbeats_before;
-    let rss_peak = proc_field(pid, "VmHWM:");
+    let rss_peak = procfs::status_kib(pid, "VmHWM:");
     relay.start_kill().unwrap();
     let per_conversation_kib = (rss_held.saturating_sub(rss_empty)) as f64 / n as f64;
     let report = json!({

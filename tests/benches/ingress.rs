@@ -5,6 +5,10 @@
 //! `cargo bench -p waconnect-tests --bench ingress` — prints a table and writes
 //! `target/bench/ingress.json`. `BENCH_SECONDS` (default 5, each target's total, taken in
 //! 1 s turns) and `BENCH_CONCURRENCY` (default 64) tune the run.
+//!
+//! Besides throughput it reports the whole process's CPU time per request in each
+//! target's turns (client included) and the SQLite threads' share: the ratio swings with
+//! the machine's other tenants, the CPU cost per request much less.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,25 +26,34 @@ use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed};
-use waconnect_tests::{bench_setting, customer, write_bench_report};
+use waconnect_tests::{bench_setting, customer, procfs, write_bench_report};
 
 const TOKEN: &str = "bench-token";
 const PUBLIC: &str = "https://wa.example.test";
 const PATH: &str = "/twilio/messages";
+/// The name (as the kernel shortens it) of the embedded engine's database threads.
+const SQLITE_THREAD: &str = "waconnect-sqlit";
 
 struct Outcome {
     ok: u64,
     failed: u64,
     seconds: f64,
     latency: Histogram<u64>,
+    /// CPU ticks of the whole process, and of its SQLite threads, during the turns.
+    cpu_ticks: u64,
+    sqlite_ticks: u64,
 }
 
 impl Outcome {
     fn report(&self, name: &str) -> serde_json::Value {
         let q = |p: f64| self.latency.value_at_quantile(p) as f64 / 1000.0;
         let rps = self.ok as f64 / self.seconds;
+        let per_request = |ticks: u64| {
+            ticks as f64 / procfs::clock_ticks_per_second() * 1e6 / self.ok.max(1) as f64
+        };
+        let (cpu, sqlite) = (per_request(self.cpu_ticks), per_request(self.sqlite_ticks));
         println!(
-            "{name:<22} {rps:>9.0} req/s   p50 {:>6.2} ms   p90 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   failed {}",
+            "{name:<22} {rps:>9.0} req/s   p50 {:>6.2} ms   p90 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   failed {}   CPU {cpu:>5.1} µs/req (SQLite {sqlite:.1})",
             q(0.5),
             q(0.9),
             q(0.99),
@@ -52,6 +65,8 @@ impl Outcome {
             "ok": self.ok,
             "failed": self.failed,
             "latency_ms": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": self.latency.max() as f64 / 1000.0 },
+            "cpu_us_per_request": cpu,
+            "sqlite_thread_cpu_us_per_request": sqlite,
         })
     }
 }
@@ -103,6 +118,11 @@ async fn load(
             })
         })
         .collect();
+    let pid = std::process::id();
+    let (cpu_before, sqlite_before) = (
+        procfs::cpu_ticks(pid),
+        procfs::thread_cpu_ticks(pid, SQLITE_THREAD),
+    );
     let mut total = Outcome::empty();
     for w in workers {
         let (ok, failed, hist) = w.await.unwrap();
@@ -111,6 +131,8 @@ async fn load(
         total.latency.add(hist).unwrap();
     }
     total.seconds = started.elapsed().as_secs_f64();
+    total.cpu_ticks = procfs::cpu_ticks(pid) - cpu_before;
+    total.sqlite_ticks = procfs::thread_cpu_ticks(pid, SQLITE_THREAD) - sqlite_before;
     total
 }
 
@@ -164,6 +186,8 @@ impl Outcome {
             failed: 0,
             seconds: 0.0,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            cpu_ticks: 0,
+            sqlite_ticks: 0,
         }
     }
 
@@ -172,6 +196,8 @@ impl Outcome {
         self.failed += slice.failed;
         self.seconds += slice.seconds;
         self.latency.add(slice.latency).unwrap();
+        self.cpu_ticks += slice.cpu_ticks;
+        self.sqlite_ticks += slice.sqlite_ticks;
     }
 
     fn rps(&self) -> f64 {
