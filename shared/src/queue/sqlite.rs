@@ -1,8 +1,16 @@
 //! The embedded queue engine: rows in the shared SQLite file.
 //!
-//! A message is deliverable when it is its group's head (lowest sequence number still in
-//! the table) and its `visible_at` has passed; that one rule gives per-group order and one
-//! in-flight message per group. A `receipt` column holds the current delivery's handle.
+//! Each group is a chain: a message records the group's message sent just before it
+//! (`prev_seq`), and `queue_groups` holds every non-empty group's head and tail. Only a
+//! head is deliverable, once its `visible_at` has passed; that gives per-group order and
+//! one in-flight message per group. When a head leaves (deleted or dead-lettered), its
+//! successor is found through `prev_seq` and becomes the head.
+//!
+//! Why chains and not an index on (queue, group, seq): with a backlog, such an index
+//! takes one insert in the middle of a large B-tree per message (a page rewritten per
+//! message, in the WAL and again at checkpoint), and a receive had to look at every
+//! visible message. A chain's inserts land at the end of their indexes, the group table
+//! only holds groups with messages, and a receive looks at group heads only.
 
 use super::{
     DEDUP_WINDOW, DeadLetter, FailOutcome, NewMessage, Queue, QueueError, QueueStats, Receipt,
@@ -19,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS queue_messages (
+CREATE TABLE IF NOT EXISTS queue_entries (
     seq INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -27,13 +35,26 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     dedup_id TEXT NOT NULL,
     body BLOB NOT NULL,
     sent_at INTEGER NOT NULL,
+    prev_seq INTEGER,
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS queue_messages_group ON queue_messages (queue, group_id, seq);
-CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (queue, visible_at);
+CREATE INDEX IF NOT EXISTS queue_entries_next ON queue_entries (prev_seq)
+    WHERE prev_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS queue_groups (
+    queue TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    head_seq INTEGER NOT NULL,
+    tail_seq INTEGER NOT NULL,
+    PRIMARY KEY (queue, group_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS queue_groups_heads ON queue_groups (queue, head_seq);
+CREATE TABLE IF NOT EXISTS queue_sizes (
+    queue TEXT PRIMARY KEY,
+    messages INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS queue_dedup (
     queue TEXT NOT NULL,
     dedup_id TEXT NOT NULL,
@@ -55,6 +76,23 @@ CREATE TABLE IF NOT EXISTS queue_dead_letters (
     dead_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_dead_letters_queue ON queue_dead_letters (queue, seq);
+";
+
+/// Files written before the chains kept messages in `queue_messages` with an index per
+/// group; their messages move over, in order and with their deliveries, when first
+/// opened by this version.
+const FROM_GROUP_INDEX: &str = "
+INSERT INTO queue_entries (seq, queue, id, group_id, dedup_id, body, sent_at, prev_seq,
+                           visible_at, receive_count, receipt, last_error)
+    SELECT seq, queue, id, group_id, dedup_id, body, sent_at,
+           LAG(seq) OVER (PARTITION BY queue, group_id ORDER BY seq),
+           visible_at, receive_count, receipt, last_error
+    FROM queue_messages;
+INSERT INTO queue_groups (queue, group_id, head_seq, tail_seq)
+    SELECT queue, group_id, MIN(seq), MAX(seq) FROM queue_messages GROUP BY queue, group_id;
+INSERT INTO queue_sizes (queue, messages)
+    SELECT queue, COUNT(*) FROM queue_messages GROUP BY queue;
+DROP TABLE queue_messages;
 ";
 
 /// How often a long poll checks for messages committed by other processes: soon after it
@@ -84,7 +122,19 @@ impl SqliteQueue {
         if name.is_empty() {
             return Err(QueueError::InvalidArgument("queue name is empty".into()));
         }
-        db.migrate(SCHEMA).await?;
+        db.write(|c| {
+            c.execute_batch(SCHEMA)?;
+            let old: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'queue_messages')",
+                [],
+                |r| r.get(0),
+            )?;
+            if old {
+                c.execute_batch(FROM_GROUP_INDEX)?;
+            }
+            Ok::<_, QueueError>(())
+        })
+        .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 changed: db.topic(&format!("queue:{name}")),
@@ -154,6 +204,14 @@ struct Row {
     last_error: Option<String>,
 }
 
+/// The deliverable group heads, oldest first. CROSS JOIN keeps the group table outermost:
+/// heads in sequence order, each looked up by key, however long the chains behind them.
+const HEADS: &str = "
+    SELECT m.seq, m.id, m.group_id, m.dedup_id, m.body, m.sent_at, m.receive_count, m.last_error
+    FROM queue_groups g CROSS JOIN queue_entries m ON m.seq = g.head_seq
+    WHERE g.queue = ?1 AND m.visible_at <= ?2
+    ORDER BY g.head_seq LIMIT ?3";
+
 fn receive_now(
     c: &Connection,
     queue: &str,
@@ -163,14 +221,7 @@ fn receive_now(
 ) -> Result<Vec<ReceivedMessage>, QueueError> {
     let now = now_millis();
     let mut out = Vec::new();
-    let mut heads = c.prepare_cached(
-        "SELECT seq, id, group_id, dedup_id, body, sent_at, receive_count, last_error
-         FROM queue_messages m
-         WHERE queue = ?1 AND visible_at <= ?2
-           AND NOT EXISTS (SELECT 1 FROM queue_messages p
-                           WHERE p.queue = ?1 AND p.group_id = m.group_id AND p.seq < m.seq)
-         ORDER BY seq LIMIT ?3",
-    )?;
+    let mut heads = c.prepare_cached(HEADS)?;
     // Moving an exhausted head to the dead letters frees its group's next message, so look
     // again until the batch is full or nothing moved.
     loop {
@@ -202,7 +253,7 @@ fn receive_now(
                         .as_deref()
                         .unwrap_or("none recorded (the consumer crashed or timed out)")
                 );
-                move_to_dead_letters(c, queue, row.seq, &reason, now)?;
+                move_to_dead_letters(c, queue, row.seq, &row.group_id, &reason, now)?;
                 moved = true;
                 continue;
             }
@@ -210,7 +261,7 @@ fn receive_now(
             // key and need no index of their own; the random part makes each one unique.
             let receipt = format!("{}.{}", row.seq, uuid::Uuid::new_v4().simple());
             c.prepare_cached(
-                "UPDATE queue_messages SET receive_count = receive_count + 1, receipt = ?1,
+                "UPDATE queue_entries SET receive_count = receive_count + 1, receipt = ?1,
                  visible_at = ?2 WHERE seq = ?3",
             )?
             .execute(params![receipt, now + ms(visibility), row.seq])?;
@@ -232,10 +283,112 @@ fn receive_now(
     Ok(out)
 }
 
+/// Appends `message` to its group's chain, unless its dedup id was claimed within the window.
+fn enqueue(c: &Connection, name: &str, message: &NewMessage) -> Result<Sent, QueueError> {
+    let now = now_millis();
+    let id = uuid::Uuid::new_v4().to_string();
+    // Claims the dedup id unless a live claim holds it: one statement on the hot path, the
+    // read only for a duplicate.
+    let claimed = c
+        .prepare_cached(
+            "INSERT INTO queue_dedup (queue, dedup_id, message_id, expires_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (queue, dedup_id) DO UPDATE
+               SET message_id = excluded.message_id, expires_at = excluded.expires_at
+               WHERE queue_dedup.expires_at <= ?5",
+        )?
+        .execute(params![
+            name,
+            message.dedup_id,
+            id,
+            now + ms(DEDUP_WINDOW),
+            now
+        ])?;
+    if claimed == 0 {
+        let message_id: String = c
+            .prepare_cached(
+                "SELECT message_id FROM queue_dedup WHERE queue = ?1 AND dedup_id = ?2",
+            )?
+            .query_row(params![name, message.dedup_id], |r| r.get(0))?;
+        return Ok(Sent {
+            message_id,
+            duplicate: Some(true),
+        });
+    }
+    let tail: Option<i64> = c
+        .prepare_cached("SELECT tail_seq FROM queue_groups WHERE queue = ?1 AND group_id = ?2")?
+        .query_row(params![name, message.group_id], |r| r.get(0))
+        .optional()?;
+    c.prepare_cached(
+        "INSERT INTO queue_entries
+           (queue, id, group_id, dedup_id, body, sent_at, prev_seq, visible_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+    )?
+    .execute(params![
+        name,
+        id,
+        message.group_id,
+        message.dedup_id,
+        message.body,
+        now,
+        tail
+    ])?;
+    let seq = c.last_insert_rowid();
+    c.prepare_cached(
+        "INSERT INTO queue_groups (queue, group_id, head_seq, tail_seq) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (queue, group_id) DO UPDATE SET tail_seq = excluded.tail_seq",
+    )?
+    .execute(params![name, message.group_id, seq])?;
+    c.prepare_cached(
+        "INSERT INTO queue_sizes (queue, messages) VALUES (?1, 1)
+         ON CONFLICT (queue) DO UPDATE SET messages = messages + 1",
+    )?
+    .execute(params![name])?;
+    Ok(Sent {
+        message_id: id,
+        duplicate: Some(false),
+    })
+}
+
+/// Takes the head `seq` of `group` out of the queue; its successor, if any, is the head.
+fn remove_head(c: &Connection, queue: &str, seq: i64, group: &str) -> Result<(), QueueError> {
+    c.prepare_cached("DELETE FROM queue_entries WHERE seq = ?1")?
+        .execute(params![seq])?;
+    let next: Option<i64> = c
+        .prepare_cached("SELECT seq FROM queue_entries WHERE prev_seq = ?1")?
+        .query_row(params![seq], |r| r.get(0))
+        .optional()?;
+    let changed = match next {
+        Some(next) => c
+            .prepare_cached(
+                "UPDATE queue_groups SET head_seq = ?4
+                 WHERE queue = ?1 AND group_id = ?2 AND head_seq = ?3",
+            )?
+            .execute(params![queue, group, seq, next])?,
+        None => c
+            .prepare_cached(
+                "DELETE FROM queue_groups
+                 WHERE queue = ?1 AND group_id = ?2 AND head_seq = ?3 AND tail_seq = ?3",
+            )?
+            .execute(params![queue, group, seq])?,
+    };
+    // Only a head is ever received, so only a head can leave; anything else is a broken
+    // chain, and committing it would strand the group.
+    if changed != 1 {
+        return Err(QueueError::Backend(format!(
+            "message {seq} left its group but was not the group's head"
+        )));
+    }
+    c.prepare_cached("UPDATE queue_sizes SET messages = messages - 1 WHERE queue = ?1")?
+        .execute(params![queue])?;
+    Ok(())
+}
+
 fn move_to_dead_letters(
     c: &Connection,
     queue: &str,
     seq: i64,
+    group: &str,
     reason: &str,
     now: i64,
 ) -> Result<(), QueueError> {
@@ -243,11 +396,10 @@ fn move_to_dead_letters(
         "INSERT INTO queue_dead_letters
            (queue, id, group_id, dedup_id, body, sent_at, receive_count, reason, dead_at)
          SELECT queue, id, group_id, dedup_id, body, sent_at, receive_count, ?2, ?3
-         FROM queue_messages WHERE seq = ?1",
+         FROM queue_entries WHERE seq = ?1",
     )?
     .execute(params![seq, reason, now])?;
-    c.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1")?
-        .execute(params![seq])?;
+    remove_head(c, queue, seq, group)?;
     metrics::counter!("waconnect_queue_dead_lettered_total", "queue" => queue.to_owned())
         .increment(1);
     Ok(())
@@ -261,15 +413,26 @@ fn receipt_seq(receipt: &str) -> Result<i64, QueueError> {
         .ok_or(QueueError::StaleReceipt)
 }
 
-/// The message's sequence number, receive count and visibility, if `receipt` is its
-/// current one.
-fn held(c: &Connection, queue: &str, receipt: &str) -> Result<(i64, u32, i64), QueueError> {
+/// The delivery a receipt names, if it is the message's current one.
+struct Held {
+    seq: i64,
+    group_id: String,
+    receive_count: u32,
+    visible_at: i64,
+}
+
+fn held(c: &Connection, queue: &str, receipt: &str) -> Result<Held, QueueError> {
     c.prepare_cached(
-        "SELECT seq, receive_count, visible_at FROM queue_messages
+        "SELECT seq, group_id, receive_count, visible_at FROM queue_entries
          WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
     )?
     .query_row(params![receipt_seq(receipt)?, queue, receipt], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        Ok(Held {
+            seq: r.get(0)?,
+            group_id: r.get(1)?,
+            receive_count: r.get(2)?,
+            visible_at: r.get(3)?,
+        })
     })
     .optional()?
     .ok_or(QueueError::StaleReceipt)
@@ -291,43 +454,13 @@ impl Queue for SqliteQueue {
         }
         let sent = self
             .mutate(move |c| {
-                let now = now_millis();
                 if prune {
-                    c.prepare_cached("DELETE FROM queue_dedup WHERE queue = ?1 AND expires_at <= ?2")?
-                        .execute(params![name, now])?;
-                }
-                let id = uuid::Uuid::new_v4().to_string();
-                // Claims the dedup id unless a live claim holds it: one statement on the
-                // hot path, the read only for a duplicate.
-                let claimed = c
-                    .prepare_cached(
-                        "INSERT INTO queue_dedup (queue, dedup_id, message_id, expires_at)
-                         VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (queue, dedup_id) DO UPDATE
-                           SET message_id = excluded.message_id, expires_at = excluded.expires_at
-                           WHERE queue_dedup.expires_at <= ?5",
+                    c.prepare_cached(
+                        "DELETE FROM queue_dedup WHERE queue = ?1 AND expires_at <= ?2",
                     )?
-                    .execute(params![name, message.dedup_id, id, now + ms(DEDUP_WINDOW), now])?;
-                if claimed == 0 {
-                    let message_id: String = c
-                        .prepare_cached(
-                            "SELECT message_id FROM queue_dedup WHERE queue = ?1 AND dedup_id = ?2",
-                        )?
-                        .query_row(params![name, message.dedup_id], |r| r.get(0))?;
-                    return Ok::<_, QueueError>(Sent {
-                        message_id,
-                        duplicate: Some(true),
-                    });
+                    .execute(params![name, now_millis()])?;
                 }
-                c.prepare_cached(
-                    "INSERT INTO queue_messages (queue, id, group_id, dedup_id, body, sent_at, visible_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                )?
-                .execute(params![name, id, message.group_id, message.dedup_id, message.body, now])?;
-                Ok(Sent {
-                    message_id: id,
-                    duplicate: Some(false),
-                })
+                enqueue(c, &name, &message)
             })
             .await?;
         let outcome = if sent.duplicate == Some(true) {
@@ -385,15 +518,8 @@ impl Queue for SqliteQueue {
         let name = self.inner.name.clone();
         let receipt = receipt.0.clone();
         self.mutate(move |c| {
-            let n = c
-                .prepare_cached(
-                    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
-                )?
-                .execute(params![receipt_seq(&receipt)?, name, receipt])?;
-            if n == 0 {
-                return Err(QueueError::StaleReceipt);
-            }
-            Ok(())
+            let held = held(c, &name, &receipt)?;
+            remove_head(c, &name, held.seq, &held.group_id)
         })
         .await
     }
@@ -408,13 +534,13 @@ impl Queue for SqliteQueue {
         let receipt = receipt.0.clone();
         self.mutate(move |c| {
             let now = now_millis();
-            let (seq, _, visible_at) = held(c, &name, &receipt)?;
+            let held = held(c, &name, &receipt)?;
             // Like SQS: only a delivery still in flight can be changed.
-            if visible_at <= now {
+            if held.visible_at <= now {
                 return Err(QueueError::StaleReceipt);
             }
-            c.prepare_cached("UPDATE queue_messages SET visible_at = ?1 WHERE seq = ?2")?
-                .execute(params![now + ms(timeout), seq])?;
+            c.prepare_cached("UPDATE queue_entries SET visible_at = ?1 WHERE seq = ?2")?
+                .execute(params![now + ms(timeout), held.seq])?;
             Ok(())
         })
         .await
@@ -432,17 +558,17 @@ impl Queue for SqliteQueue {
         let max_receives = self.inner.max_receives;
         self.mutate(move |c| {
             let now = now_millis();
-            let (seq, receive_count, _) = held(c, &name, &receipt)?;
-            if receive_count >= max_receives {
-                let why = format!("failed {receive_count} times; last error: {reason}");
-                move_to_dead_letters(c, &name, seq, &why, now)?;
+            let held = held(c, &name, &receipt)?;
+            if held.receive_count >= max_receives {
+                let why = format!("failed {} times; last error: {reason}", held.receive_count);
+                move_to_dead_letters(c, &name, held.seq, &held.group_id, &why, now)?;
                 return Ok(FailOutcome::DeadLettered);
             }
             c.prepare_cached(
-                "UPDATE queue_messages SET visible_at = ?1, receipt = NULL, last_error = ?2
+                "UPDATE queue_entries SET visible_at = ?1, receipt = NULL, last_error = ?2
                      WHERE seq = ?3",
             )?
-            .execute(params![now + ms(retry_after), reason, seq])?;
+            .execute(params![now + ms(retry_after), reason, held.seq])?;
             Ok(FailOutcome::WillRetry)
         })
         .await
@@ -453,8 +579,8 @@ impl Queue for SqliteQueue {
         let receipt = receipt.0.clone();
         let reason = reason.to_owned();
         self.mutate(move |c| {
-            let (seq, _, _) = held(c, &name, &receipt)?;
-            move_to_dead_letters(c, &name, seq, &reason, now_millis())
+            let held = held(c, &name, &receipt)?;
+            move_to_dead_letters(c, &name, held.seq, &held.group_id, &reason, now_millis())
         })
         .await
     }
@@ -492,18 +618,26 @@ impl Queue for SqliteQueue {
             .db
             .read(move |c| {
                 let now = now_millis();
-                let (visible, in_flight, delayed, oldest): (i64, i64, i64, Option<i64>) = c
+                let total: i64 = c
+                    .prepare_cached("SELECT messages FROM queue_sizes WHERE queue = ?1")?
+                    .query_row(params![name], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                // Only a head is ever received or held back by a retry, and a group's
+                // oldest message is its head: the heads give all but the total.
+                let (in_flight, delayed, oldest): (i64, i64, Option<i64>) = c
                     .prepare_cached(
                         "SELECT
-                           COALESCE(SUM(visible_at <= ?2), 0),
-                           COALESCE(SUM(visible_at > ?2 AND receipt IS NOT NULL), 0),
-                           COALESCE(SUM(visible_at > ?2 AND receipt IS NULL), 0),
-                           MIN(sent_at)
-                         FROM queue_messages WHERE queue = ?1",
+                           COALESCE(SUM(m.visible_at > ?2 AND m.receipt IS NOT NULL), 0),
+                           COALESCE(SUM(m.visible_at > ?2 AND m.receipt IS NULL), 0),
+                           MIN(m.sent_at)
+                         FROM queue_groups g CROSS JOIN queue_entries m ON m.seq = g.head_seq
+                         WHERE g.queue = ?1",
                     )?
                     .query_row(params![name, now], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })?;
+                let visible = (total - in_flight - delayed).max(0);
                 let dead: i64 = c
                     .prepare_cached("SELECT COUNT(*) FROM queue_dead_letters WHERE queue = ?1")?
                     .query_row(params![name], |r| r.get(0))?;
@@ -518,5 +652,160 @@ impl Queue for SqliteQueue {
                 })
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use rusqlite::StatementStatus;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    async fn open(dir: &tempfile::TempDir) -> (Db, SqliteQueue) {
+        let path = dir.path().join("queue.db");
+        let db = Db::open_path(&path, Synchronous::Normal).await.unwrap();
+        let queue = SqliteQueue::open(db.clone(), "q", 5).await.unwrap();
+        (db, queue)
+    }
+
+    fn ids(messages: &[ReceivedMessage]) -> Vec<&str> {
+        messages.iter().map(|m| m.dedup_id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_receive_looks_at_group_heads_not_at_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, queue) = open(&dir).await;
+        db.write(|c| {
+            for n in 0..2000 {
+                let group = if n % 2 == 0 { "a" } else { "b" };
+                let message = NewMessage {
+                    group_id: group.into(),
+                    dedup_id: format!("{group}{n}"),
+                    body: vec![b'x'; 100],
+                };
+                enqueue(c, "q", &message)?;
+            }
+            Ok::<_, QueueError>(())
+        })
+        .await
+        .unwrap();
+        let heads = queue.receive(10, MINUTE, Duration::ZERO).await.unwrap();
+        assert_eq!(ids(&heads), ["a0", "b1"]);
+
+        // Both heads are in flight: 1,998 messages wait behind them, and none is looked at.
+        db.read(|c| {
+            c.prepare_cached(HEADS)?
+                .reset_status(StatementStatus::VmStep);
+            Ok::<_, DbError>(())
+        })
+        .await
+        .unwrap();
+        let none = queue.receive(10, MINUTE, Duration::ZERO).await.unwrap();
+        assert!(none.is_empty());
+        let steps = db
+            .read(|c| {
+                Ok::<_, DbError>(c.prepare_cached(HEADS)?.get_status(StatementStatus::VmStep))
+            })
+            .await
+            .unwrap();
+        assert!(steps < 200, "a receive took {steps} VM steps");
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.visible, stats.in_flight), (1998, 2));
+    }
+
+    /// The table that files written before the chains hold.
+    const GROUP_INDEX_SCHEMA: &str = "
+        CREATE TABLE queue_messages (
+            seq INTEGER PRIMARY KEY, queue TEXT NOT NULL, id TEXT NOT NULL,
+            group_id TEXT NOT NULL, dedup_id TEXT NOT NULL, body BLOB NOT NULL,
+            sent_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+            receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, last_error TEXT);
+        CREATE INDEX queue_messages_group ON queue_messages (queue, group_id, seq);";
+
+    #[tokio::test]
+    async fn messages_queued_before_the_chains_move_over_in_order_with_their_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("queue.db")).unwrap();
+            c.execute_batch(GROUP_INDEX_SCHEMA).unwrap();
+            let later = now_millis() + 60_000;
+            // a1 is in flight with receipt "1.old", a2 waits behind it, b1 is ready, and
+            // x1 belongs to another queue.
+            c.execute_batch(&format!(
+                "INSERT INTO queue_messages
+                   (seq, queue, id, group_id, dedup_id, body, sent_at, visible_at, receive_count, receipt)
+                 VALUES (1, 'q', 'i1', 'a', 'a1', x'00', 0, {later}, 1, '1.old'),
+                        (2, 'q', 'i2', 'b', 'b1', x'00', 0, 0, 0, NULL),
+                        (3, 'other', 'i3', 'a', 'x1', x'00', 0, 0, 0, NULL),
+                        (4, 'q', 'i4', 'a', 'a2', x'00', 0, 0, 0, NULL);"
+            ))
+            .unwrap();
+        }
+        let (db, queue) = open(&dir).await;
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.visible, stats.in_flight), (2, 1));
+        assert_eq!(
+            ids(&queue.receive(10, MINUTE, Duration::ZERO).await.unwrap()),
+            ["b1"]
+        );
+        queue.delete(&Receipt("1.old".into())).await.unwrap();
+        assert_eq!(
+            ids(&queue.receive(10, MINUTE, Duration::ZERO).await.unwrap()),
+            ["a2"]
+        );
+        let other = SqliteQueue::open(db.clone(), "other", 5).await.unwrap();
+        assert_eq!(
+            ids(&other.receive(10, MINUTE, Duration::ZERO).await.unwrap()),
+            ["x1"]
+        );
+        let old_table: i64 = db
+            .read(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'queue_messages'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(DbError::from)
+            })
+            .await
+            .unwrap();
+        assert_eq!(old_table, 0);
+    }
+
+    #[tokio::test]
+    async fn only_a_group_head_can_leave_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _queue) = open(&dir).await;
+        let result = db
+            .write(|c| {
+                for n in 0..2 {
+                    let message = NewMessage {
+                        group_id: "a".into(),
+                        dedup_id: format!("a{n}"),
+                        body: vec![],
+                    };
+                    enqueue(c, "q", &message)?;
+                }
+                // The second message is not the head: removing it would strand the group.
+                let second: i64 =
+                    c.query_row("SELECT MAX(seq) FROM queue_entries", [], |r| r.get(0))?;
+                remove_head(c, "q", second, "a")
+            })
+            .await;
+        assert!(matches!(result, Err(QueueError::Backend(_))), "{result:?}");
+        let left: i64 = db
+            .read(|c| {
+                c.query_row("SELECT COUNT(*) FROM queue_entries", [], |r| r.get(0))
+                    .map_err(DbError::from)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            left, 0,
+            "the failed job's own changes are undone, sends included"
+        );
     }
 }
