@@ -6,10 +6,14 @@
 //! `target/bench/ingress.json`. `BENCH_SECONDS` (default 5, each target's total, taken in
 //! 1 s turns) and `BENCH_CONCURRENCY` (default 64) tune the run.
 //!
+//! A fourth target, ingress in front of a queue that keeps nothing, splits ingress's
+//! cost between HTTP with the webhook checks and the durable enqueue.
+//!
 //! Besides throughput it reports the whole process's CPU time per request in each
 //! target's turns (client included) and the SQLite threads' share: the ratio swings with
 //! the machine's other tenants, the CPU cost per request much less.
 
+use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -22,8 +26,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigSource, IngressConfig};
-use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::queue::{
+    DeadLetter, FailOutcome, NewMessage, Queue, QueueError, QueueStats, Receipt, ReceivedMessage,
+    Sent,
+};
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed};
 use waconnect_tests::{bench_setting, customer, procfs, write_bench_report};
@@ -179,6 +186,70 @@ async fn ingress(
     (base, shutdown, queue)
 }
 
+/// Accepts every message and keeps none.
+struct Discard;
+
+#[async_trait]
+impl Queue for Discard {
+    fn name(&self) -> &str {
+        "discard"
+    }
+    async fn send(&self, _: NewMessage) -> Result<Sent, QueueError> {
+        Ok(Sent {
+            message_id: String::new(),
+            duplicate: Some(false),
+        })
+    }
+    async fn receive(
+        &self,
+        _: usize,
+        _: Duration,
+        _: Duration,
+    ) -> QueueResult<Vec<ReceivedMessage>> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &Receipt) -> QueueResult<()> {
+        Ok(())
+    }
+    async fn change_visibility(&self, _: &Receipt, _: Duration) -> QueueResult<()> {
+        Ok(())
+    }
+    async fn fail(&self, _: &Receipt, _: &str, _: Duration) -> QueueResult<FailOutcome> {
+        Ok(FailOutcome::WillRetry)
+    }
+    async fn dead_letter(&self, _: &Receipt, _: &str) -> QueueResult<()> {
+        Ok(())
+    }
+    async fn dead_letters(&self, _: usize) -> QueueResult<Vec<DeadLetter>> {
+        Ok(Vec::new())
+    }
+    async fn stats(&self) -> QueueResult<QueueStats> {
+        Ok(QueueStats::default())
+    }
+}
+
+type QueueResult<T> = Result<T, QueueError>;
+
+async fn ingress_without_queue() -> (String, CancellationToken) {
+    let config = IngressConfig::from_source(&ConfigSource::from_pairs([
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("WACONNECT_PUBLIC_BASE_URL", PUBLIC),
+        ("WACONNECT_INGRESS_BIND", "127.0.0.1:0"),
+        ("WACONNECT_SQLITE_PATH", "unused.db"),
+    ]))
+    .unwrap();
+    let listener = TcpListener::bind(config.bind).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(waconnect_ingress::serve(
+        config,
+        Arc::new(Discard),
+        listener,
+        shutdown.clone(),
+    ));
+    (base, shutdown)
+}
+
 impl Outcome {
     fn empty() -> Self {
         Self {
@@ -228,6 +299,8 @@ fn main() {
         // clock changes) falls on all of them alike.
         let mut bases = vec![("bare", bare_base)];
         bases.extend(ingresses.iter().map(|(sync, (base, ..))| (*sync, base.clone())));
+        let (discard_base, discard_stop) = ingress_without_queue().await;
+        bases.push(("no queue", discard_base));
         for (_, base) in &bases {
             warm_up(base, concurrency, &counter).await;
         }
@@ -253,6 +326,7 @@ fn main() {
             round_ratios.push(rps[1] / rps[0]);
         }
         bare_stop.cancel();
+        discard_stop.cancel();
         let mut results = json!({ "bare": totals[0].report("bare axum 200") });
         for (i, (sync, (_, stop, queue))) in ingresses.iter().enumerate() {
             let after = queue.stats().await.unwrap().visible;
@@ -268,6 +342,7 @@ fn main() {
             report["enqueued"] = json!(after - before[i]);
             results[format!("ingress_synchronous_{sync}")] = report;
         }
+        results["ingress_no_queue"] = totals[3].report("ingress, no queue");
         let ratio = totals[1].rps() / totals[0].rps();
         round_ratios.sort_by(f64::total_cmp);
         println!(
