@@ -4,7 +4,7 @@ use crate::signed_url::signed_url;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, OriginalUri, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, OriginalUri, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -18,20 +18,61 @@ use waconnect_shared::{form, signature};
 
 const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
-#[derive(Clone)]
 struct Webhooks {
     queue: Arc<dyn Queue>,
     signature: SignatureCheck,
     enqueue_timeout: Duration,
     allow_non_whatsapp: bool,
+    /// Registered once: a registry lookup per request is measurable at these rates.
+    messages_taken: TakenCounters,
+    statuses_taken: TakenCounters,
+    enqueue_seconds: metrics::Histogram,
+}
+
+/// `waconnect_ingress_requests_total` for one route's accepted outcomes.
+struct TakenCounters {
+    queued: metrics::Counter,
+    duplicate: metrics::Counter,
+    ignored: metrics::Counter,
+}
+
+impl TakenCounters {
+    fn new(route: &'static str) -> Self {
+        let counter = |outcome: &'static str| metrics::counter!("waconnect_ingress_requests_total", "route" => route, "outcome" => outcome);
+        Self {
+            queued: counter("accepted"),
+            duplicate: counter("duplicate"),
+            ignored: counter("ignored"),
+        }
+    }
+
+    fn get(&self, taken: &Taken) -> &metrics::Counter {
+        match taken {
+            Taken::Queued => &self.queued,
+            Taken::Duplicate => &self.duplicate,
+            Taken::Ignored => &self.ignored,
+        }
+    }
+}
+
+fn route_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Message => "message",
+        EventKind::Status => "status",
+    }
 }
 
 pub fn router(config: &IngressConfig, queue: Arc<dyn Queue>) -> Router {
+    // Handles registered before the recorder exists would count into nothing.
+    waconnect_shared::telemetry::metrics();
     let state = Arc::new(Webhooks {
         queue,
         signature: config.signature.clone(),
         enqueue_timeout: config.enqueue_timeout,
         allow_non_whatsapp: config.allow_non_whatsapp,
+        messages_taken: TakenCounters::new(route_name(EventKind::Message)),
+        statuses_taken: TakenCounters::new(route_name(EventKind::Status)),
+        enqueue_seconds: metrics::histogram!("waconnect_ingress_enqueue_duration_seconds"),
     });
     Router::new()
         .route(&config.message_path, post(message))
@@ -40,22 +81,12 @@ pub fn router(config: &IngressConfig, queue: Arc<dyn Queue>) -> Router {
         .with_state(state)
 }
 
-async fn message(
-    State(hooks): State<Arc<Webhooks>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    hooks.handle(EventKind::Message, &uri, &headers, body).await
+async fn message(State(hooks): State<Arc<Webhooks>>, request: Request) -> Response {
+    hooks.handle(EventKind::Message, request).await
 }
 
-async fn status(
-    State(hooks): State<Arc<Webhooks>>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    hooks.handle(EventKind::Status, &uri, &headers, body).await
+async fn status(State(hooks): State<Arc<Webhooks>>, request: Request) -> Response {
+    hooks.handle(EventKind::Status, request).await
 }
 
 /// What became of an accepted webhook.
@@ -123,26 +154,28 @@ impl Refusal {
 }
 
 impl Webhooks {
-    async fn handle(
-        &self,
-        kind: EventKind,
-        uri: &axum::http::Uri,
-        headers: &HeaderMap,
-        body: Result<Bytes, BytesRejection>,
-    ) -> Response {
-        let route = match kind {
-            EventKind::Message => "message",
-            EventKind::Status => "status",
-        };
-        let (outcome, response) = match self.accept(kind, uri, headers, body).await {
-            Ok(taken) => (
-                match taken {
-                    Taken::Queued => "accepted",
-                    Taken::Duplicate => "duplicate",
-                    Taken::Ignored => "ignored",
-                },
-                ([(header::CONTENT_TYPE, "text/xml")], TWIML_EMPTY).into_response(),
-            ),
+    /// Takes the request whole rather than through the URI and header extractors, which
+    /// would copy both for every webhook.
+    async fn handle(&self, kind: EventKind, request: Request) -> Response {
+        let route = route_name(kind);
+        let (mut parts, body) = request.into_parts();
+        let uri = parts
+            .extensions
+            .remove::<OriginalUri>()
+            .map_or(parts.uri, |original| original.0);
+        // Buffering reads the body limit that `DefaultBodyLimit` left in the extensions.
+        let mut body_request = Request::new(body);
+        *body_request.extensions_mut() = parts.extensions;
+        let body = Bytes::from_request(body_request, &()).await;
+        match self.accept(kind, &uri, &parts.headers, body).await {
+            Ok(taken) => {
+                let counters = match kind {
+                    EventKind::Message => &self.messages_taken,
+                    EventKind::Status => &self.statuses_taken,
+                };
+                counters.get(&taken).increment(1);
+                ([(header::CONTENT_TYPE, "text/xml")], TWIML_EMPTY).into_response()
+            }
             Err(refusal) => {
                 match &refusal {
                     Refusal::Unavailable(why) => {
@@ -153,15 +186,11 @@ impl Webhooks {
                     }
                     other => tracing::info!(route, outcome = other.outcome(), "webhook refused"),
                 }
-                (
-                    refusal.outcome(),
-                    (refusal.status(), format!("{}\n", refusal.message())).into_response(),
-                )
+                metrics::counter!("waconnect_ingress_requests_total", "route" => route, "outcome" => refusal.outcome())
+                    .increment(1);
+                (refusal.status(), format!("{}\n", refusal.message())).into_response()
             }
-        };
-        metrics::counter!("waconnect_ingress_requests_total", "route" => route, "outcome" => outcome)
-            .increment(1);
-        response
+        }
     }
 
     async fn accept(
@@ -212,8 +241,7 @@ impl Webhooks {
 
         let started = Instant::now();
         let sent = tokio::time::timeout(self.enqueue_timeout, self.queue.send(message)).await;
-        metrics::histogram!("waconnect_ingress_enqueue_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        self.enqueue_seconds.record(started.elapsed().as_secs_f64());
         let sent = match sent {
             Err(_) => {
                 return Err(Refusal::Unavailable(format!(

@@ -67,9 +67,24 @@ pub fn metrics() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
         crate::catalog::describe();
+        // Histogram samples pile up until upkeep folds them into buckets, which otherwise
+        // happens only when /metrics is scraped: without a scraper, every enqueue would
+        // keep its sample in memory for good.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("waconnect-metrics".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
         handle
     })
 }
+
+/// How often histogram samples are folded into buckets (the exporter's own default).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The Prometheus text exposition of every metric recorded so far.
 pub fn render_metrics() -> String {

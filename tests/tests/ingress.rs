@@ -399,6 +399,7 @@ async fn probes_and_metrics() {
         "waconnect_ingress_requests_total{route=\"message\",outcome=\"accepted\"}",
         "waconnect_ingress_requests_total{route=\"message\",outcome=\"bad_signature\"}",
         "waconnect_ingress_enqueue_duration_seconds_bucket",
+        "waconnect_queue_sent_total{queue=\"inbound\",outcome=\"new\"}",
         "waconnect_queue_messages{queue=\"inbound-dlq\",state=\"visible\"}",
         "waconnect_ingress_insecure_mode 0",
     ] {

@@ -115,6 +115,10 @@ struct Inner {
     changed: Arc<Notify>,
     max_receives: u32,
     last_prune: AtomicI64,
+    /// `waconnect_queue_sent_total` for new and duplicate sends, registered once: a send
+    /// is on ingress's hot path, where a registry lookup per call is measurable.
+    sent_new: metrics::Counter,
+    sent_duplicate: metrics::Counter,
 }
 
 impl SqliteQueue {
@@ -135,6 +139,9 @@ impl SqliteQueue {
             Ok::<_, QueueError>(())
         })
         .await?;
+        // Handles registered before the recorder exists would count into nothing.
+        crate::telemetry::metrics();
+        let sent = |outcome: &'static str| metrics::counter!("waconnect_queue_sent_total", "queue" => name.to_owned(), "outcome" => outcome);
         Ok(Self {
             inner: Arc::new(Inner {
                 changed: db.topic(&format!("queue:{name}")),
@@ -142,6 +149,8 @@ impl SqliteQueue {
                 name: name.to_owned(),
                 max_receives: max_receives.max(1),
                 last_prune: AtomicI64::new(0),
+                sent_new: sent("new"),
+                sent_duplicate: sent("duplicate"),
             }),
         })
     }
@@ -446,7 +455,7 @@ impl Queue for SqliteQueue {
 
     async fn send(&self, message: NewMessage) -> Result<Sent, QueueError> {
         validate_send(&message)?;
-        let name = self.inner.name.clone();
+        let inner = self.inner.clone();
         let now = now_millis();
         let prune = now - self.inner.last_prune.load(Ordering::Relaxed) > PRUNE_EVERY_MS;
         if prune {
@@ -458,18 +467,16 @@ impl Queue for SqliteQueue {
                     c.prepare_cached(
                         "DELETE FROM queue_dedup WHERE queue = ?1 AND expires_at <= ?2",
                     )?
-                    .execute(params![name, now_millis()])?;
+                    .execute(params![inner.name, now_millis()])?;
                 }
-                enqueue(c, &name, &message)
+                enqueue(c, &inner.name, &message)
             })
             .await?;
-        let outcome = if sent.duplicate == Some(true) {
-            "duplicate"
+        if sent.duplicate == Some(true) {
+            self.inner.sent_duplicate.increment(1);
         } else {
-            "new"
-        };
-        metrics::counter!("waconnect_queue_sent_total", "queue" => self.inner.name.clone(), "outcome" => outcome)
-            .increment(1);
+            self.inner.sent_new.increment(1);
+        }
         Ok(sent)
     }
 
