@@ -159,7 +159,7 @@ impl SqliteQueue {
     async fn mutate<T, F>(&self, f: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<T, QueueError> + Send + 'static,
     {
         let result = self.inner.db.write(f).await;
         if result.is_ok() {
@@ -175,10 +175,21 @@ impl SqliteQueue {
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let name = self.inner.name.clone();
         let max_receives = self.inner.max_receives;
-        self.inner
+        let (received, dead) = self
+            .inner
             .db
             .write(move |c| receive_now(c, &name, max, visibility, max_receives))
-            .await
+            .await?;
+        self.dead_lettered(dead);
+        Ok(received)
+    }
+
+    /// Counted once the write has committed: a write job may run twice.
+    fn dead_lettered(&self, messages: u64) {
+        if messages > 0 {
+            metrics::counter!("waconnect_queue_dead_lettered_total", "queue" => self.inner.name.clone())
+                .increment(messages);
+        }
     }
 }
 
@@ -227,9 +238,10 @@ fn receive_now(
     max: usize,
     visibility: Duration,
     max_receives: u32,
-) -> Result<Vec<ReceivedMessage>, QueueError> {
+) -> Result<(Vec<ReceivedMessage>, u64), QueueError> {
     let now = now_millis();
     let mut out = Vec::new();
+    let mut dead = 0;
     let mut heads = c.prepare_cached(HEADS)?;
     // Moving an exhausted head to the dead letters frees its group's next message, so look
     // again until the batch is full or nothing moved.
@@ -263,6 +275,7 @@ fn receive_now(
                         .unwrap_or("none recorded (the consumer crashed or timed out)")
                 );
                 move_to_dead_letters(c, queue, row.seq, &row.group_id, &reason, now)?;
+                dead += 1;
                 moved = true;
                 continue;
             }
@@ -289,7 +302,7 @@ fn receive_now(
             break;
         }
     }
-    Ok(out)
+    Ok((out, dead))
 }
 
 /// Appends `message` to its group's chain, unless its dedup id was claimed within the window.
@@ -408,10 +421,7 @@ fn move_to_dead_letters(
          FROM queue_entries WHERE seq = ?1",
     )?
     .execute(params![seq, reason, now])?;
-    remove_head(c, queue, seq, group)?;
-    metrics::counter!("waconnect_queue_dead_lettered_total", "queue" => queue.to_owned())
-        .increment(1);
-    Ok(())
+    remove_head(c, queue, seq, group)
 }
 
 /// The row a receipt names (its leading sequence number); not checked against the row.
@@ -563,22 +573,27 @@ impl Queue for SqliteQueue {
         let receipt = receipt.0.clone();
         let reason = reason.to_owned();
         let max_receives = self.inner.max_receives;
-        self.mutate(move |c| {
-            let now = now_millis();
-            let held = held(c, &name, &receipt)?;
-            if held.receive_count >= max_receives {
-                let why = format!("failed {} times; last error: {reason}", held.receive_count);
-                move_to_dead_letters(c, &name, held.seq, &held.group_id, &why, now)?;
-                return Ok(FailOutcome::DeadLettered);
-            }
-            c.prepare_cached(
-                "UPDATE queue_entries SET visible_at = ?1, receipt = NULL, last_error = ?2
+        let outcome = self
+            .mutate(move |c| {
+                let now = now_millis();
+                let held = held(c, &name, &receipt)?;
+                if held.receive_count >= max_receives {
+                    let why = format!("failed {} times; last error: {reason}", held.receive_count);
+                    move_to_dead_letters(c, &name, held.seq, &held.group_id, &why, now)?;
+                    return Ok(FailOutcome::DeadLettered);
+                }
+                c.prepare_cached(
+                    "UPDATE queue_entries SET visible_at = ?1, receipt = NULL, last_error = ?2
                      WHERE seq = ?3",
-            )?
-            .execute(params![now + ms(retry_after), reason, held.seq])?;
-            Ok(FailOutcome::WillRetry)
-        })
-        .await
+                )?
+                .execute(params![now + ms(retry_after), reason, held.seq])?;
+                Ok(FailOutcome::WillRetry)
+            })
+            .await?;
+        if outcome == FailOutcome::DeadLettered {
+            self.dead_lettered(1);
+        }
+        Ok(outcome)
     }
 
     async fn dead_letter(&self, receipt: &Receipt, reason: &str) -> Result<(), QueueError> {
@@ -589,7 +604,9 @@ impl Queue for SqliteQueue {
             let held = held(c, &name, &receipt)?;
             move_to_dead_letters(c, &name, held.seq, &held.group_id, &reason, now_millis())
         })
-        .await
+        .await?;
+        self.dead_lettered(1);
+        Ok(())
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
