@@ -331,7 +331,10 @@ fn run_batch(conn: &Connection, writes: Vec<Box<dyn Job>>) {
     if !jobs.iter_mut().all(|job| job.run(conn)) {
         // A job failed and its changes are mixed with the others': undo the batch and
         // run it again with each job in a savepoint of its own.
-        if let Err(e) = exec(conn, "ROLLBACK").and_then(|()| exec(conn, "BEGIN IMMEDIATE")) {
+        // The failure may itself have ended the transaction (an I/O error does), so only
+        // the new BEGIN says whether the replay can go ahead.
+        let _ = exec(conn, "ROLLBACK");
+        if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
             let _ = exec(conn, "ROLLBACK");
             answer_all(jobs, Err(DbError::from(e)));
             return;
