@@ -216,8 +216,6 @@ impl Db {
     }
 }
 
-/// Runs a statement from the connection's statement cache: these run once per job, and
-/// parsing them every time is measurable in the ingress bench.
 /// Called while another connection (usually another process) holds the write lock.
 /// SQLite's own timeout sleeps in steps of up to 100 ms, which at a few hundred commits a
 /// second between processes costs more waiting than the locks themselves; the lock is
@@ -242,6 +240,8 @@ fn wait_for_lock(attempts: i32) -> bool {
     true
 }
 
+/// Runs a statement from the connection's statement cache: these run once per batch or
+/// job, and parsing them every time is measurable in the ingress bench.
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
@@ -330,9 +330,9 @@ fn run_batch(conn: &Connection, writes: Vec<Box<dyn Job>>) {
     }
     if !jobs.iter_mut().all(|job| job.run(conn)) {
         // A job failed and its changes are mixed with the others': undo the batch and
-        // run it again with each job in a savepoint of its own.
-        // The failure may itself have ended the transaction (an I/O error does), so only
-        // the new BEGIN says whether the replay can go ahead.
+        // run it again with each job in a savepoint of its own. The failure may itself
+        // have ended the transaction (an I/O error does), so only the new BEGIN says
+        // whether the replay can go ahead.
         let _ = exec(conn, "ROLLBACK");
         if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
             let _ = exec(conn, "ROLLBACK");

@@ -162,19 +162,23 @@ async fn bare(listener: TcpListener, shutdown: CancellationToken) {
         .unwrap();
 }
 
+fn config(sqlite_path: &str, synchronous: &str) -> IngressConfig {
+    IngressConfig::from_source(&ConfigSource::from_pairs([
+        ("TWILIO_AUTH_TOKEN", TOKEN),
+        ("WACONNECT_PUBLIC_BASE_URL", PUBLIC),
+        ("WACONNECT_INGRESS_BIND", "127.0.0.1:0"),
+        ("WACONNECT_SQLITE_PATH", sqlite_path),
+        ("WACONNECT_SQLITE_SYNCHRONOUS", synchronous),
+    ]))
+    .unwrap()
+}
+
 async fn ingress(
     dir: &std::path::Path,
     synchronous: &str,
 ) -> (String, CancellationToken, Arc<dyn Queue>) {
     let db_path = dir.join(format!("bench-{synchronous}.db"));
-    let config = IngressConfig::from_source(&ConfigSource::from_pairs([
-        ("TWILIO_AUTH_TOKEN", TOKEN),
-        ("WACONNECT_PUBLIC_BASE_URL", PUBLIC),
-        ("WACONNECT_INGRESS_BIND", "127.0.0.1:0"),
-        ("WACONNECT_SQLITE_PATH", db_path.to_str().unwrap()),
-        ("WACONNECT_SQLITE_SYNCHRONOUS", synchronous),
-    ]))
-    .unwrap();
+    let config = config(db_path.to_str().unwrap(), synchronous);
     let listener = TcpListener::bind(config.bind).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -231,13 +235,8 @@ impl Queue for Discard {
 type QueueResult<T> = Result<T, QueueError>;
 
 async fn ingress_without_queue() -> (String, CancellationToken) {
-    let config = IngressConfig::from_source(&ConfigSource::from_pairs([
-        ("TWILIO_AUTH_TOKEN", TOKEN),
-        ("WACONNECT_PUBLIC_BASE_URL", PUBLIC),
-        ("WACONNECT_INGRESS_BIND", "127.0.0.1:0"),
-        ("WACONNECT_SQLITE_PATH", "unused.db"),
-    ]))
-    .unwrap();
+    // The file is never opened: `serve` takes the queue as it is.
+    let config = config("unused.db", "full");
     let listener = TcpListener::bind(config.bind).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
