@@ -232,7 +232,7 @@ impl Webhooks {
             return Ok(Taken::Ignored);
         }
         let message = NewMessage {
-            group_id: customer.as_str().to_owned(),
+            group_id: kind.queue_group(&customer),
             dedup_id: event
                 .dedup_id()
                 .map_err(|e| Refusal::Malformed(e.to_string()))?,

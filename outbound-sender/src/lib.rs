@@ -58,7 +58,6 @@ pub async fn run(
         inbound: backends.inbound.clone(),
         ledger: backends.ledger.clone(),
         limiter: ratelimit::RateLimiter::new(config.rate),
-        visibility: config.visibility,
         max_backoff: config.max_backoff,
         auth_failing: AtomicBool::new(false),
         outcomes: tokio_util::task::TaskTracker::new(),

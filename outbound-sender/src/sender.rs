@@ -1,7 +1,7 @@
 //! Drains the outbound queue to Twilio: per-customer order (the FIFO group), customers in
-//! parallel, a shared rate limit, retries that hold the message (extending its
-//! visibility) instead of burning receives, the delivery ledger against duplicates, and
-//! permanent failures dead-lettered with the agent told why.
+//! parallel, a shared rate limit, retries that hold the message (the consumer keeps it
+//! invisible while they last) instead of burning attempts, the delivery ledger against
+//! duplicates, and permanent failures dead-lettered with the agent told why.
 
 use crate::ratelimit::RateLimiter;
 use crate::twilio::{ErrorKind, SendError, TwilioClient};
@@ -27,7 +27,6 @@ pub struct Sender {
     pub inbound: Arc<dyn Queue>,
     pub ledger: Arc<dyn DeliveryLedger>,
     pub limiter: RateLimiter,
-    pub visibility: Duration,
     pub max_backoff: Duration,
     /// Set while Twilio refuses our credentials; readiness reports it.
     pub auth_failing: AtomicBool,
@@ -78,10 +77,7 @@ pub async fn consume(sender: Arc<Sender>, settings: ConsumerSettings, stop: Canc
             match deliver(&sender, &message, &stop).await {
                 Done::Delivered | Done::DeadLettered => Handled::Settled,
                 Done::Abandoned => {
-                    let _ = sender
-                        .outbound
-                        .change_visibility(&message.receipt, Duration::ZERO)
-                        .await;
+                    let _ = sender.outbound.release(&message.receipt).await;
                     Handled::Pending
                 }
             }
@@ -123,7 +119,6 @@ async fn deliver_parts(
         // A media-only or template message: one part without a body.
         parts.push(String::new());
     }
-    let mut held_until = Instant::now() + s.visibility;
     for (i, part) in parts.iter().enumerate() {
         let key = format!("{}#{i}", message.dedup_id());
         let fields = form_for(s, &message, part, i);
@@ -215,18 +210,6 @@ async fn deliver_parts(
                 .min(s.max_backoff);
             backoff = (backoff * 2).min(s.max_backoff);
             tracing::debug!(error = %err, ?wait, "Twilio send will be retried");
-            // Keep the message ours for the whole wait, so no one else sends it meanwhile.
-            if Instant::now() + wait + Duration::from_secs(2) > held_until {
-                let extend = (wait + s.visibility).min(Duration::from_secs(12 * 3600));
-                if s.outbound
-                    .change_visibility(&m.receipt, extend)
-                    .await
-                    .is_err()
-                {
-                    return Done::Abandoned;
-                }
-                held_until = Instant::now() + extend;
-            }
             tokio::select! {
                 () = stop.cancelled() => return Done::Abandoned,
                 () = tokio::time::sleep(wait) => {}
@@ -347,7 +330,7 @@ async fn fail_permanently(
             ("part".into(), "0".into()),
         ];
         let notice = NewMessage {
-            group_id: message.to.as_str().to_owned(),
+            group_id: EventKind::Status.queue_group(&message.to),
             dedup_id: format!("refused-{item_id}"),
             body: event.to_json(),
         };

@@ -54,7 +54,8 @@ pub struct ConnectSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallMe {
     /// Lowercase, without whitespace.
-    pub keywords: Vec<String>,
+    /// What a customer writes to ask for a call (see [`crate::callme`]).
+    pub phrases: crate::callme::Phrases,
     pub contact_flow_id: String,
     pub source_number: Option<String>,
     pub cooldown: Duration,
@@ -74,13 +75,6 @@ fn url(r: &mut Reader<'_>, name: &str) -> Option<String> {
 }
 
 /// Keywords compare without case or whitespace: "Call Me" matches "callme".
-pub fn normalise(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
 impl RelayConfig {
     pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
         let mut r = source.reader();
@@ -132,14 +126,9 @@ impl RelayConfig {
                 "must be at most 60s: what a crash re-forwards must stay well inside the outbound queue's 5-minute deduplication window",
             );
         }
-        let keywords: Vec<String> = r
-            .raw("WACONNECT_CALLME_KEYWORDS")
-            .unwrap_or_default()
-            .split(',')
-            .map(normalise)
-            .filter(|k| !k.is_empty())
-            .collect();
-        let call_me = if keywords.is_empty() {
+        let phrases =
+            crate::callme::Phrases::parse(r.raw("WACONNECT_CALLME_KEYWORDS").unwrap_or_default());
+        let call_me = if phrases.is_empty() {
             None
         } else {
             let flow = r.required::<String>(
@@ -147,7 +136,7 @@ impl RelayConfig {
                 "the outbound voice contact flow, required with WACONNECT_CALLME_KEYWORDS",
             );
             Some(CallMe {
-                keywords,
+                phrases,
                 contact_flow_id: flow.unwrap_or_default(),
                 source_number: r.raw("WACONNECT_CALLME_SOURCE_NUMBER").map(str::to_owned),
                 cooldown: r.duration("WACONNECT_CALLME_COOLDOWN", Duration::from_secs(3600)),
@@ -246,7 +235,9 @@ mod tests {
             ("WACONNECT_CONNECT_ENDPOINT", "http://127.0.0.1:9/"),
         ]);
         let c = RelayConfig::from_source(&ConfigSource::from_pairs(pairs)).unwrap();
-        assert_eq!(c.call_me.unwrap().keywords, ["callme", "ringme"]);
+        let phrases = c.call_me.unwrap().phrases;
+        assert!(phrases.requested("please ring me"));
+        assert!(phrases.requested("CALL-ME"));
         assert_eq!(
             c.connect.participant_endpoint.as_deref(),
             Some("http://127.0.0.1:9")

@@ -10,7 +10,6 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_smithy_types::retry::RetryConfig;
-use aws_smithy_types::timeout::TimeoutConfig;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::future::Future;
@@ -134,10 +133,7 @@ pub struct ConnectApi {
 impl ConnectApi {
     pub fn new(sdk: &aws_config::SdkConfig, settings: ConnectSettings) -> Self {
         // Retries are ours (classified, jittered, measured), so the SDK's are off.
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(10))
-            .build();
+        let timeouts = waconnect_shared::aws::timeouts(Duration::from_secs(10));
         let mut connect = aws_sdk_connect::config::Builder::from(sdk)
             .interceptor(waconnect_shared::aws::CallCounter)
             .retry_config(RetryConfig::disabled())

@@ -132,14 +132,19 @@ impl Fleet {
     }
 
     /// Renews every held lease well inside its period; a refused renewal stops that
-    /// session at once.
+    /// session at once. Renewals run side by side, each bounded by the round's period, so
+    /// one stalled call never delays the others or the next round. A lease that could not
+    /// be renewed before it ran out stops its session too: another worker may adopt it.
     pub async fn renew_loop(self: Arc<Self>) {
         let period = self.relay.config.lease / 3;
+        let mut next = tokio::time::Instant::now() + period;
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return,
-                () = tokio::time::sleep(period) => {}
+                () = tokio::time::sleep_until(next) => {}
             }
+            // Rounds start a period apart, however long the last one took.
+            next = tokio::time::Instant::now() + period;
             let leases: Vec<(SharedLease, CancellationToken)> = self
                 .held
                 .lock()
@@ -152,12 +157,20 @@ impl Fleet {
                     let relay = self.relay.clone();
                     async move {
                         let lease = shared.lock().expect("lease lock").clone();
-                        match relay.store.renew_lease(&lease, relay.config.lease).await {
-                            Ok(renewed) => *shared.lock().expect("lease lock") = renewed,
-                            Err(StoreError::LeaseLost | StoreError::NotFound) => stop.cancel(),
-                            Err(e) => {
+                        let renewal = relay.store.renew_lease(&lease, relay.config.lease);
+                        match tokio::time::timeout(period, renewal).await {
+                            Ok(Ok(renewed)) => *shared.lock().expect("lease lock") = renewed,
+                            Ok(Err(StoreError::LeaseLost | StoreError::NotFound)) => stop.cancel(),
+                            Ok(Err(e)) => {
                                 tracing::warn!(customer = %lease.customer, error = %e, "lease renewal failed; will retry");
                             }
+                            Err(_) => {
+                                tracing::warn!(customer = %lease.customer, "lease renewal got no answer in time; will retry");
+                            }
+                        }
+                        if shared.lock().expect("lease lock").expires_at <= chrono::Utc::now() {
+                            tracing::warn!(customer = %lease.customer, "lease ran out before it could be renewed; letting go");
+                            stop.cancel();
                         }
                     }
                 })

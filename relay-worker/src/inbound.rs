@@ -2,7 +2,6 @@
 //! the customer's chat, started (or restarted, rehydrated) as needed (DESIGN.md §4).
 
 use crate::Relay;
-use crate::config::normalise;
 use crate::connect::{ConnectError, ErrorKind, NewChat, OutboundCall};
 use crate::fleet::Fleet;
 use sha2::{Digest, Sha256};
@@ -352,11 +351,10 @@ async fn relay_message(
             .unwrap_or_default();
         metrics::histogram!("waconnect_relay_inbound_lag_seconds").record(lag.as_secs_f64());
         note_inbound(relay, stored, &sid, event).await?;
-        if let Some(call_me) = &relay.config.call_me {
-            let wanted = normalise(&text);
-            if call_me.keywords.iter().any(|k| wanted.contains(k.as_str())) {
-                call_customer(relay, &customer, &sid).await?;
-            }
+        if let Some(call_me) = &relay.config.call_me
+            && call_me.phrases.requested(&text)
+        {
+            call_customer(relay, &customer, &sid).await?;
         }
         return Ok(());
     }

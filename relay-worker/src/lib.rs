@@ -9,6 +9,7 @@
 //! * [`connect`] wraps the two AWS SDK clients with classified errors, backoff and metrics.
 
 pub mod backoff;
+pub mod callme;
 pub mod config;
 pub mod connect;
 pub mod fleet;

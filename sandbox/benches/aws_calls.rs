@@ -222,7 +222,7 @@ fn main() {
         ] {
             let storage = || async {
                 if key == "aws" {
-                    Moto::env(&Moto::shared().fresh("bench", 5).await)
+                    Moto::env(&Moto::shared().fresh("bench", 50).await)
                 } else {
                     Vec::new()
                 }

@@ -169,7 +169,7 @@ fn main() {
         let mut storage = if aws {
             waconnect_tests::moto::Moto::env(
                 &waconnect_tests::moto::Moto::shared()
-                    .fresh("latency", 5)
+                    .fresh("latency", 50)
                     .await,
             )
         } else {

@@ -15,8 +15,8 @@ use waconnect_shared::backend::Backend;
 use waconnect_shared::config::{
     CommonConfig, ConfigSource, IngressConfig, LogFormat, Synchronous, TelemetryConfig,
 };
-use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::queue::{Limits, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::connect_sim::{self, DeskClient, SimOptions};
 use waconnect_tests::twilio_sim::{self, PhoneClient, TwilioOptions};
@@ -223,8 +223,8 @@ impl Sandbox {
         let (inbound, outbound): (Arc<dyn Queue>, Arc<dyn Queue>) = if options.storage.is_empty() {
             let page_db = Db::open_path(&db, Synchronous::Normal).await?;
             (
-                Arc::new(SqliteQueue::open(page_db.clone(), "inbound", 5).await?),
-                Arc::new(SqliteQueue::open(page_db, "outbound", 5).await?),
+                Arc::new(SqliteQueue::open(page_db.clone(), "inbound", Limits::both(5)).await?),
+                Arc::new(SqliteQueue::open(page_db, "outbound", Limits::both(5)).await?),
             )
         } else {
             let common = CommonConfig::read(&mut pairs(&[], &db, &options.storage).reader());

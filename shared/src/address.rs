@@ -53,7 +53,7 @@ impl CustomerAddress {
         self.raw.strip_prefix("whatsapp:").unwrap_or(&self.raw)
     }
 
-    /// The form safe for logs: `whatsapp:+1555***4567`.
+    /// The form safe for logs: `whatsapp:+***4567`.
     pub fn redacted(&self) -> String {
         mask(&self.raw)
     }
@@ -69,19 +69,22 @@ fn is_e164(number: &str) -> bool {
         && !digits.starts_with('0')
 }
 
-/// Keeps the prefix, the first four and the last four characters; masks the rest.
+/// Keeps the channel prefix and at most the last four characters of the number, enough
+/// to tell customers apart in a log and never enough to dial: the last four of a number
+/// of ten or more, the last two of a shorter one of six or more, none below that.
 pub fn mask(value: &str) -> String {
     let (prefix, number) = match value.find('+') {
-        Some(i) => value.split_at(i),
+        Some(i) => value.split_at(i + 1),
         None => ("", value),
     };
     let chars: Vec<char> = number.chars().collect();
-    if chars.len() <= 8 {
-        return format!("{prefix}***");
-    }
-    let head: String = chars[..5].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{prefix}{head}***{tail}")
+    let shown = match chars.len() {
+        10.. => 4,
+        6..=9 => 2,
+        _ => 0,
+    };
+    let tail: String = chars[chars.len() - shown..].iter().collect();
+    format!("{prefix}***{tail}")
 }
 
 impl fmt::Display for CustomerAddress {
@@ -151,8 +154,12 @@ mod tests {
         let a = CustomerAddress::parse("whatsapp:+15551234567").unwrap();
         for shown in [format!("{a}"), format!("{a:?}")] {
             assert!(!shown.contains("15551234567"), "{shown}");
-            assert!(shown.contains("+1555***4567"), "{shown}");
+            assert!(shown.contains("whatsapp:+***4567"), "{shown}");
         }
+        // Short numbers show less, never more than four digits.
+        assert_eq!(mask("whatsapp:+68212345"), "whatsapp:+***45");
+        assert_eq!(mask("+12345"), "+***");
+        assert_eq!(mask("whatsapp:+447700900123"), "whatsapp:+***0123");
         let err = CustomerAddress::parse("whatsapp:+1555123456789999").unwrap_err();
         assert!(!err.to_string().contains("123456789"), "{err}");
     }

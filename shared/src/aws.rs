@@ -166,6 +166,17 @@ impl std::fmt::Display for CallError {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallCounter;
 
+/// The one timeout policy of every AWS client: each attempt bounded by `per_attempt`
+/// (connecting by at most 3 s of it), and the whole call, retries and their backoff
+/// included, by four times that.
+pub fn timeouts(per_attempt: std::time::Duration) -> aws_smithy_types::timeout::TimeoutConfig {
+    aws_smithy_types::timeout::TimeoutConfig::builder()
+        .connect_timeout(per_attempt.min(std::time::Duration::from_secs(3)))
+        .operation_attempt_timeout(per_attempt)
+        .operation_timeout(per_attempt * 4)
+        .build()
+}
+
 impl Intercept for CallCounter {
     fn name(&self) -> &'static str {
         "waconnect-call-counter"

@@ -90,7 +90,7 @@ impl Backend {
     ) -> Result<Arc<dyn Queue>, BackendError> {
         Ok(match &self.engine {
             Engine::Embedded(db) => {
-                Arc::new(SqliteQueue::open(db.clone(), name, self.queues.max_receives).await?)
+                Arc::new(SqliteQueue::open(db.clone(), name, self.queues.limits).await?)
             }
             Engine::Aws(aws) => Arc::new(
                 SqsQueue::open(
@@ -98,6 +98,7 @@ impl Backend {
                     name,
                     url(&aws.config),
                     FailureLog::new(aws.table.clone()),
+                    self.queues.limits.max_attempts,
                 )
                 .await?,
             ),
@@ -120,13 +121,18 @@ impl Backend {
 }
 
 /// SQS and DynamoDB clients on the shared AWS configuration, at the override endpoint if
-/// one is set.
+/// one is set, every request bounded by [`AwsStorageConfig::call_timeout`].
 pub async fn aws_clients(
     config: &AwsStorageConfig,
 ) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
     let sdk = config.aws.load().await;
-    let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk).interceptor(CallCounter);
-    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(CallCounter);
+    let timeouts = crate::aws::timeouts(config.call_timeout);
+    let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk)
+        .interceptor(CallCounter)
+        .timeout_config(timeouts.clone());
+    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .interceptor(CallCounter)
+        .timeout_config(timeouts);
     if let Some(endpoint) = &config.endpoint {
         sqs = sqs.endpoint_url(endpoint);
         dynamodb = dynamodb.endpoint_url(endpoint);

@@ -56,6 +56,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Messages moved to a dead-letter queue.",
     ),
     (
+        "waconnect_queue_stale_deliveries_total",
+        Kind::Counter,
+        "Deliveries found taken over by another worker while being handled (their visibility could not be kept), by queue.",
+    ),
+    (
         "waconnect_relay_conversations_held",
         Kind::Gauge,
         "Conversations whose websocket this worker holds.",

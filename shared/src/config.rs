@@ -234,7 +234,13 @@ pub struct AwsStorageConfig {
     pub inbound_queue_url: String,
     pub outbound_queue_url: String,
     pub table: String,
+    /// Bound on one SQS or DynamoDB request (each attempt; three attempts at most), so a
+    /// stalled call cannot hold a lease renewal or a message past its deadline.
+    pub call_timeout: Duration,
 }
+
+/// The default bound on one SQS or DynamoDB request.
+pub const AWS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AwsStorageConfig {
     pub fn read(r: &mut Reader<'_>) -> Self {
@@ -277,6 +283,7 @@ impl AwsStorageConfig {
             inbound_queue_url: inbound_queue_url.unwrap_or_default(),
             outbound_queue_url: outbound_queue_url.unwrap_or_default(),
             table: table.unwrap_or_default(),
+            call_timeout: r.duration("WACONNECT_AWS_CALL_TIMEOUT", AWS_CALL_TIMEOUT),
         }
     }
 }
@@ -311,8 +318,9 @@ impl FromStr for Synchronous {
 pub struct QueuesConfig {
     pub inbound: String,
     pub outbound: String,
-    /// A message received this many times without being deleted goes to the dead-letter queue.
-    pub max_receives: u32,
+    /// Tries a message gets: failed attempts, and receives without any outcome (the
+    /// embedded engine's crash backstop; SQS's is the redrive policy's maxReceiveCount).
+    pub limits: crate::queue::Limits,
     /// How often queue depth is sampled into the metrics.
     pub depth_interval: Duration,
 }
@@ -379,7 +387,10 @@ impl CommonConfig {
         let queues = QueuesConfig {
             inbound: r.string("WACONNECT_INBOUND_QUEUE", "inbound"),
             outbound: r.string("WACONNECT_OUTBOUND_QUEUE", "outbound"),
-            max_receives: r.positive("WACONNECT_MAX_RECEIVES", 5, "a whole number"),
+            limits: crate::queue::Limits {
+                max_attempts: r.positive("WACONNECT_MAX_ATTEMPTS", 5, "a whole number"),
+                max_receives: r.positive("WACONNECT_MAX_RECEIVES", 20, "a whole number"),
+            },
             depth_interval: r.duration("WACONNECT_QUEUE_DEPTH_INTERVAL", Duration::from_secs(10)),
         };
         let telemetry = TelemetryConfig {
@@ -636,7 +647,8 @@ mod tests {
             panic!("embedded is the default: {:?}", c.common.storage);
         };
         assert_eq!(e.synchronous, Synchronous::Full);
-        assert_eq!(c.common.queues.max_receives, 5);
+        assert_eq!(c.common.queues.limits.max_attempts, 5);
+        assert_eq!(c.common.queues.limits.max_receives, 20);
     }
 
     #[test]

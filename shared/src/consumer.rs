@@ -1,9 +1,12 @@
 //! The queue-consuming loop both workers run: receive as many messages as there are free
-//! slots, handle each group's messages in order in its own task, and on shutdown stop
-//! receiving, hand back what was just received, and give in-flight work a bounded grace
-//! period.
+//! slots, handle each group's messages in order in its own task, keep the messages being
+//! worked on invisible for as long as the work lasts, and on shutdown stop receiving, hand
+//! back what was just received, and give in-flight work a bounded grace period.
+//!
+//! Hand-backs use [`Queue::release`], which costs a message no attempt: only a handler's
+//! own `fail` brings a message nearer the dead-letter queue.
 
-use crate::queue::{MAX_RECEIVE_BATCH, Queue, ReceivedMessage};
+use crate::queue::{MAX_RECEIVE_BATCH, Queue, QueueError, Receipt, ReceivedMessage};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
@@ -72,7 +75,7 @@ pub async fn consume<H, Fut>(
         if stop.is_cancelled() {
             for m in received.iter().flatten() {
                 // Straight back to the queue for another worker.
-                if let Err(e) = queue.change_visibility(&m.receipt, Duration::ZERO).await {
+                if let Err(e) = queue.release(&m.receipt).await {
                     tracing::warn!(queue = queue.name(), error = %e, "cannot hand a message back");
                 }
             }
@@ -96,8 +99,9 @@ pub async fn consume<H, Fut>(
                 .await
                 .expect("the semaphore is never closed");
             let (handle, queue) = (handle.clone(), queue.clone());
+            let visibility = settings.visibility;
             tasks.spawn(async move {
-                run_group(queue.as_ref(), group, handle.as_ref()).await;
+                run_group(queue, group, visibility, handle.as_ref()).await;
                 drop(permit);
             });
         }
@@ -131,22 +135,89 @@ fn by_group(messages: Vec<ReceivedMessage>) -> Vec<VecDeque<ReceivedMessage>> {
     groups
 }
 
-async fn run_group<H, Fut>(queue: &dyn Queue, mut group: VecDeque<ReceivedMessage>, handle: &H)
-where
+/// Handles a group's messages in order. While they wait or run, a keeper extends their
+/// visibility every third of it, so a slow handler (a provider answering slowly, a long
+/// retry) never lets another worker take the same message. A message whose extension is
+/// refused as stale was already handed to someone else: its handler is stopped at its next
+/// await, before it acts again, and the rest of the group goes back untouched.
+async fn run_group<H, Fut>(
+    queue: Arc<dyn Queue>,
+    group: VecDeque<ReceivedMessage>,
+    visibility: Duration,
+    handle: &H,
+) where
     H: Fn(ReceivedMessage) -> Fut,
     Fut: Future<Output = Handled>,
 {
+    let waiting: Vec<Receipt> = group.iter().map(|m| m.receipt.clone()).collect();
+    let open = Arc::new(std::sync::Mutex::new(waiting));
+    let stale = CancellationToken::new();
+    let keeper = tokio::spawn(keep_invisible(
+        queue.clone(),
+        open.clone(),
+        visibility,
+        stale.clone(),
+    ));
+    let mut group = group;
     while let Some(message) = group.pop_front() {
-        if handle(message).await == Handled::Pending {
-            for later in group {
-                if let Err(e) = queue
-                    .change_visibility(&later.receipt, Duration::ZERO)
-                    .await
+        if stale.is_cancelled() {
+            break;
+        }
+        let (receipt, id) = (message.receipt.clone(), message.message_id.clone());
+        let handled = tokio::select! {
+            biased;
+            () = stale.cancelled() => {
+                tracing::warn!(queue = queue.name(), message_id = %id, "delivery taken over while being handled; stopped");
+                metrics::counter!("waconnect_queue_stale_deliveries_total", "queue" => queue.name().to_owned()).increment(1);
+                Handled::Pending
+            }
+            handled = handle(message) => handled,
+        };
+        open.lock()
+            .expect("receipts poisoned")
+            .retain(|r| *r != receipt);
+        if handled == Handled::Pending {
+            break;
+        }
+    }
+    keeper.abort();
+    if !stale.is_cancelled() {
+        for later in group {
+            if let Err(e) = queue.release(&later.receipt).await {
+                tracing::warn!(queue = queue.name(), error = %e, "cannot hand a message back");
+            }
+        }
+    }
+}
+
+/// Extends the visibility of every receipt in `open` every third of `visibility`, until
+/// aborted; cancels `stale` when one of them is no longer this worker's.
+async fn keep_invisible(
+    queue: Arc<dyn Queue>,
+    open: Arc<std::sync::Mutex<Vec<Receipt>>>,
+    visibility: Duration,
+    stale: CancellationToken,
+) {
+    let every = (visibility / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let receipts = open.lock().expect("receipts poisoned").clone();
+        for receipt in receipts {
+            match queue.change_visibility(&receipt, visibility).await {
+                Ok(()) => {}
+                // Unless its handler settled it meanwhile.
+                Err(QueueError::StaleReceipt)
+                    if open.lock().expect("receipts poisoned").contains(&receipt) =>
                 {
-                    tracing::warn!(queue = queue.name(), error = %e, "cannot hand a message back");
+                    stale.cancel();
+                    return;
+                }
+                Err(QueueError::StaleReceipt) => {}
+                // Passing trouble: the next round tries again, well inside the timeout.
+                Err(e) => {
+                    tracing::warn!(queue = queue.name(), error = %e, "cannot extend a delivery's visibility")
                 }
             }
-            return;
         }
     }
 }
@@ -163,10 +234,27 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
 
-    /// The embedded queue, counting the receives that brought messages.
+    /// The embedded queue, counting the receives that brought messages, and able to act
+    /// as if every delivery had been taken over by another worker.
     struct Counted {
         inner: SqliteQueue,
         receives: AtomicUsize,
+        taken_over: std::sync::atomic::AtomicBool,
+    }
+
+    impl Counted {
+        async fn open(dir: &tempfile::TempDir) -> Arc<Self> {
+            let db = Db::open_path(&dir.path().join("q.db"), Synchronous::Normal)
+                .await
+                .unwrap();
+            Arc::new(Counted {
+                inner: SqliteQueue::open(db, "q", crate::queue::Limits::both(5))
+                    .await
+                    .unwrap(),
+                receives: AtomicUsize::new(0),
+                taken_over: Default::default(),
+            })
+        }
     }
 
     #[async_trait]
@@ -193,6 +281,9 @@ mod tests {
             self.inner.delete(r).await
         }
         async fn change_visibility(&self, r: &Receipt, t: Duration) -> Result<(), QueueError> {
+            if self.taken_over.load(Ordering::Relaxed) {
+                return Err(QueueError::StaleReceipt);
+            }
             self.inner.change_visibility(r, t).await
         }
         async fn fail(
@@ -227,13 +318,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_draining_the_queue_later_messages_share_a_receive() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open_path(&dir.path().join("q.db"), Synchronous::Normal)
-            .await
-            .unwrap();
-        let queue = Arc::new(Counted {
-            inner: SqliteQueue::open(db, "q", 5).await.unwrap(),
-            receives: AtomicUsize::new(0),
-        });
+        let queue = Counted::open(&dir).await;
         let handled: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
         let settings = ConsumerSettings {
             concurrency: 16,
@@ -283,6 +368,113 @@ mod tests {
             receives <= 4,
             "11 messages took {receives} receives; gathering should share them"
         );
+        stop.cancel();
+        consumer.await.unwrap();
+    }
+
+    fn settings(visibility: Duration) -> ConsumerSettings {
+        ConsumerSettings {
+            concurrency: 4,
+            visibility,
+            grace: Duration::from_secs(5),
+            gather: Duration::ZERO,
+        }
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A handler that takes four times the visibility timeout (a provider answering
+    /// slowly) keeps its message: a second worker never gets it meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_handler_keeps_its_message_from_other_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Counted::open(&dir).await;
+        let (runs, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let stop = CancellationToken::new();
+        let visibility = Duration::from_millis(300);
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (queue, runs, done) = (queue.clone(), runs.clone(), done.clone());
+                tokio::spawn(consume(
+                    queue.clone(),
+                    settings(visibility),
+                    stop.clone(),
+                    move |m| {
+                        let (queue, runs, done) = (queue.clone(), runs.clone(), done.clone());
+                        async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(visibility * 4).await;
+                            queue.delete(&m.receipt).await.unwrap();
+                            done.fetch_add(1, Ordering::SeqCst);
+                            Handled::Settled
+                        }
+                    },
+                ))
+            })
+            .collect();
+        send(queue.as_ref(), 0).await;
+        until("the slow handler to finish", || {
+            done.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "handled twice at once");
+        stop.cancel();
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+
+    /// When the queue says a delivery is no longer ours, its handler is stopped before it
+    /// acts again, and nothing of its group is handed back by this worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_whose_delivery_was_taken_over_is_stopped() {
+        struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Counted::open(&dir).await;
+        let (started, acted) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let consumer = tokio::spawn(consume(
+            queue.clone(),
+            settings(Duration::from_millis(300)),
+            stop.clone(),
+            {
+                let (started, acted, dropped) = (started.clone(), acted.clone(), dropped.clone());
+                move |_m| {
+                    let (started, acted, dropped) =
+                        (started.clone(), acted.clone(), dropped.clone());
+                    async move {
+                        let _guard = Dropped(dropped);
+                        started.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        acted.fetch_add(1, Ordering::SeqCst);
+                        Handled::Settled
+                    }
+                }
+            },
+        ));
+        send(queue.as_ref(), 0).await;
+        until("the handler to start", || {
+            started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        queue.taken_over.store(true, Ordering::SeqCst);
+        until("the handler to be stopped", || {
+            dropped.load(Ordering::SeqCst)
+        })
+        .await;
+        assert_eq!(acted.load(Ordering::SeqCst), 0);
         stop.cancel();
         consumer.await.unwrap();
     }

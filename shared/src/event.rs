@@ -15,6 +15,19 @@ pub enum EventKind {
     Status,
 }
 
+impl EventKind {
+    /// The inbound queue's FIFO group for this kind of event from or about `customer`.
+    /// Status callbacks have a group of their own per customer: a receipt that meets a
+    /// Connect hiccup must never hold up (or, retried, endanger) the customer's next
+    /// message, while receipts stay in order among themselves.
+    pub fn queue_group(self, customer: &crate::CustomerAddress) -> String {
+        match self {
+            Self::Message => customer.as_str().to_owned(),
+            Self::Status => format!("status:{}", customer.as_str()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboundEvent {
     pub kind: EventKind,
@@ -39,7 +52,13 @@ pub enum EventError {
         field: &'static str,
         source: AddressError,
     },
+    #[error("field {field}: {why}")]
+    Invalid { field: &'static str, why: String },
 }
+
+/// Twilio sends at most ten media items with a message (WhatsApp sends one); a larger
+/// count is refused at ingress and never looped over.
+pub const MAX_MEDIA: usize = 10;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Media<'a> {
@@ -85,12 +104,43 @@ impl InboundEvent {
     /// rather than poisoning the queue.
     pub fn validate(&self) -> Result<(), EventError> {
         self.message_sid()?;
-        self.required("From")?;
-        self.required("To")?;
+        // Both ends are addresses: the customer and our business number.
+        for field in ["From", "To"] {
+            CustomerAddress::parse(self.required(field)?)
+                .map_err(|source| EventError::Address { field, source })?;
+        }
         if self.kind == EventKind::Status {
             self.required("MessageStatus")?;
         }
-        self.customer().map(|_| ())
+        let invalid = |field: &'static str, why: &str| EventError::Invalid {
+            field,
+            why: why.to_owned(),
+        };
+        if let Some(n) = self.field("NumMedia") {
+            match n.parse::<usize>() {
+                Ok(n) if n <= MAX_MEDIA => {}
+                _ => return Err(invalid("NumMedia", "expected a whole number from 0 to 10")),
+            }
+        }
+        if let Some(n) = self.field("NumSegments")
+            && !n.is_empty()
+            && !n.parse::<u16>().is_ok_and(|n| n <= 100)
+        {
+            return Err(invalid(
+                "NumSegments",
+                "expected a whole number from 0 to 100",
+            ));
+        }
+        for (field, limit) in [("Latitude", 90.0), ("Longitude", 180.0)] {
+            if let Some(v) = self.field(field)
+                && !v
+                    .parse::<f64>()
+                    .is_ok_and(|v| v.is_finite() && v.abs() <= limit)
+            {
+                return Err(invalid(field, "not a coordinate"));
+            }
+        }
+        Ok(())
     }
 
     pub fn message_sid(&self) -> Result<&str, EventError> {
@@ -151,10 +201,13 @@ impl InboundEvent {
         self.field("ErrorCode").filter(|v| !v.is_empty())
     }
 
+    /// Capped at [`MAX_MEDIA`] whatever the field says: events queued before ingress
+    /// checked it must not make anyone loop a billion times.
     pub fn num_media(&self) -> usize {
         self.field("NumMedia")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+            .min(MAX_MEDIA)
     }
 
     pub fn media(&self) -> Vec<Media<'_>> {
@@ -290,5 +343,37 @@ mod tests {
             ],
         );
         assert_eq!(e.validate(), Err(EventError::Missing("To")));
+    }
+
+    #[test]
+    fn counts_and_addresses_from_the_wire_are_checked() {
+        let with = |k: &str, v: &str| {
+            let mut e = message();
+            e.fields.retain(|(name, _)| name != k);
+            e.fields.push((k.to_owned(), v.to_owned()));
+            e
+        };
+        assert!(message().validate().is_ok());
+        for (field, bad) in [
+            ("NumMedia", "999999999"),
+            ("NumMedia", "11"),
+            ("NumMedia", "-1"),
+            ("NumMedia", "two"),
+            ("NumSegments", "99999"),
+            ("To", "whatsapp:not-a-number"),
+            ("To", "+1"),
+            ("Latitude", "91"),
+            ("Longitude", "NaN"),
+        ] {
+            let err = with(field, bad).validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{field}={bad}: {err}");
+        }
+        assert!(with("NumMedia", "10").validate().is_ok());
+        assert!(with("Latitude", "-33.86").validate().is_ok());
+        // Whatever an old queued event says, nothing loops past the cap.
+        let mut old = message();
+        old.fields.push(("NumMedia".into(), "999999999".into()));
+        old.fields.retain(|(k, v)| k != "NumMedia" || v != "2");
+        assert_eq!(old.num_media(), MAX_MEDIA);
     }
 }

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigSource, IngressConfig};
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{
-    DeadLetter, FailOutcome, NewMessage, Queue, QueueError, QueueStats, Receipt, ReceivedMessage,
-    Sent,
+    DeadLetter, FailOutcome, Limits, NewMessage, Queue, QueueError, QueueStats, Receipt,
+    ReceivedMessage, Sent,
 };
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed};
@@ -186,7 +186,11 @@ async fn ingress(
     let db = Db::open_path(&db_path, synchronous.parse().unwrap())
         .await
         .unwrap();
-    let queue: Arc<dyn Queue> = Arc::new(SqliteQueue::open(db, "inbound", 5).await.unwrap());
+    let queue: Arc<dyn Queue> = Arc::new(
+        SqliteQueue::open(db, "inbound", Limits::both(5))
+            .await
+            .unwrap(),
+    );
     (base, shutdown, queue)
 }
 

@@ -8,22 +8,31 @@ use waconnect_shared::config::Synchronous;
 use waconnect_shared::delivery::DeliveryLedger;
 use waconnect_shared::delivery::dynamodb::DynamoLedger;
 use waconnect_shared::delivery::sqlite::SqliteLedger;
-use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::queue::{Limits, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::sqlite::SqliteStore;
 
 #[async_trait]
 pub trait QueueEngine: Send + Sync {
-    /// A new, empty queue.
-    async fn queue(&self, max_receives: u32) -> Arc<dyn Queue> {
-        self.queue_pair(max_receives).await.0
+    /// A new, empty queue allowing `max` attempts and `max` receives.
+    async fn queue(&self, max: u32) -> Arc<dyn Queue> {
+        self.queue_with(Limits::both(max)).await
+    }
+
+    /// A new, empty queue with these limits.
+    async fn queue_with(&self, limits: Limits) -> Arc<dyn Queue> {
+        self.queue_pair_with(limits).await.0
     }
 
     /// A new, empty queue and a second handle to it over its own connection, as another
     /// process would hold it.
-    async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>);
+    async fn queue_pair(&self, max: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
+        self.queue_pair_with(Limits::both(max)).await
+    }
+
+    async fn queue_pair_with(&self, limits: Limits) -> (Arc<dyn Queue>, Arc<dyn Queue>);
 
     /// Whether `Sent::duplicate` says what happened (SQS de-duplicates silently).
     fn reports_duplicates(&self) -> bool {
@@ -78,12 +87,12 @@ impl SqliteEngine {
 
 #[async_trait]
 impl QueueEngine for SqliteEngine {
-    async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
+    async fn queue_pair_with(&self, limits: Limits) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
         let name = format!("q-{}", unique_suffix());
-        let a = SqliteQueue::open(self.db().await, &name, max_receives)
+        let a = SqliteQueue::open(self.db().await, &name, limits)
             .await
             .unwrap();
-        let b = SqliteQueue::open(self.db().await, &name, max_receives)
+        let b = SqliteQueue::open(self.db().await, &name, limits)
             .await
             .unwrap();
         (Arc::new(a), Arc::new(b))
@@ -139,18 +148,20 @@ impl AwsEngine {
 
 #[async_trait]
 impl QueueEngine for AwsEngine {
-    async fn queue_pair(&self, max_receives: u32) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
+    async fn queue_pair_with(&self, limits: Limits) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
         use waconnect_shared::queue::failures::FailureLog;
         use waconnect_shared::queue::sqs::SqsQueue;
         let name = format!("q-{}", unique_suffix());
-        let url = self.moto.queue(&name, max_receives).await;
+        let url = self.moto.queue(&name, limits.max_receives).await;
         let table = self.moto.table(&format!("{name}-table")).await;
         let mut handles = Vec::new();
         for _ in 0..2 {
             // Each handle on clients of its own, as another process would have.
             let (sqs, dynamodb) = self.moto.clients().await;
             let failures = FailureLog::new(waconnect_shared::table::Table::new(dynamodb, &table));
-            let q = SqsQueue::open(sqs, &name, &url, failures).await.unwrap();
+            let q = SqsQueue::open(sqs, &name, &url, failures, limits.max_attempts)
+                .await
+                .unwrap();
             handles.push(Arc::new(q) as Arc<dyn Queue>);
         }
         let b = handles.pop().unwrap();

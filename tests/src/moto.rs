@@ -118,6 +118,7 @@ impl Moto {
             inbound_queue_url: String::new(),
             outbound_queue_url: String::new(),
             table: String::new(),
+            call_timeout: waconnect_shared::config::AWS_CALL_TIMEOUT,
         }
     }
 

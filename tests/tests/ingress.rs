@@ -7,8 +7,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous};
 use waconnect_shared::event::{EventKind, InboundEvent};
-use waconnect_shared::queue::Queue;
 use waconnect_shared::queue::sqlite::SqliteQueue;
+use waconnect_shared::queue::{Limits, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed, status_callback};
 use waconnect_tests::{customer, wait};
@@ -62,7 +62,11 @@ async fn spawn_ingress(extra: &[(&str, &str)]) -> TestIngress {
     let server = tokio::spawn(waconnect_ingress::run(config, listener, shutdown.clone()));
     // The test reads the queue through its own connection, as the relay process would.
     let db = Db::open_path(&db_path, Synchronous::Normal).await.unwrap();
-    let queue = Arc::new(SqliteQueue::open(db, "inbound", 5).await.unwrap());
+    let queue = Arc::new(
+        SqliteQueue::open(db, "inbound", Limits::both(5))
+            .await
+            .unwrap(),
+    );
     let http = reqwest::Client::new();
     let ready = format!("{local}/readyz");
     wait::until("ingress to be ready", Duration::from_secs(10), || async {
@@ -230,6 +234,17 @@ async fn malformed_forms_and_missing_fields_are_400() {
         app.post_signed(path, &bad_from).await.status(),
         StatusCode::BAD_REQUEST
     );
+    // Signed, but counts and addresses no webhook carries: refused, never looped over.
+    for (field, value) in [("NumMedia", "999999999"), ("To", "whatsapp:+1")] {
+        let mut fields: Vec<_> = text(1, "SM0007", "x")
+            .into_iter()
+            .filter(|(k, _)| k != field)
+            .collect();
+        fields.push((field.into(), value.into()));
+        let res = app.post_signed(path, &fields).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{field}={value}");
+        assert!(res.text().await.unwrap().contains(field));
+    }
     assert_eq!(app.depth().await, 0);
 }
 
@@ -292,6 +307,46 @@ async fn status_callbacks_are_keyed_on_sid_and_status() {
     assert_eq!(statuses, ["delivered", "read"]);
     assert!(events.iter().all(|e| e.kind == EventKind::Status));
     assert!(events.iter().all(|e| e.customer().unwrap() == to));
+}
+
+/// A receipt waiting on a Connect hiccup must not hold up the customer's next message:
+/// both are deliverable at once, each in its own FIFO group.
+#[tokio::test]
+async fn receipts_never_queue_behind_or_ahead_of_messages() {
+    let app = spawn_ingress(&[]).await;
+    let who = customer(3);
+    let status = status_callback("SM0010", who.as_str(), "read");
+    assert_eq!(
+        app.post_signed("/twilio/status", &status).await.status(),
+        StatusCode::OK
+    );
+    let message = text(3, "SM0011", "are you there?");
+    assert_eq!(
+        app.post_signed("/twilio/messages", &message).await.status(),
+        StatusCode::OK
+    );
+    // The receipt is received and left in flight (its handler is stuck on Connect)...
+    let stuck = app
+        .queue
+        .receive(1, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        InboundEvent::from_json(&stuck[0].body).unwrap().kind,
+        EventKind::Status
+    );
+    // ...and the customer's message is still deliverable.
+    let next = app
+        .queue
+        .receive(10, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1, "the message waits behind the receipt");
+    let event = InboundEvent::from_json(&next[0].body).unwrap();
+    assert_eq!(
+        (event.kind, event.body()),
+        (EventKind::Message, "are you there?")
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous};
 use waconnect_shared::event::InboundEvent;
 use waconnect_shared::outbound::{Origin, OutboundMessage};
 use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{NewMessage, Queue};
+use waconnect_shared::queue::{Limits, NewMessage, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::twilio_sim::{PhoneClient, TwilioOptions, TwilioSim};
 use waconnect_tests::wait;
@@ -75,8 +75,16 @@ impl Stack {
             stop_ingress.clone(),
         ));
         let db = || async { Db::open_path(&path, Synchronous::Normal).await.unwrap() };
-        let inbound = Arc::new(SqliteQueue::open(db().await, "inbound", 4).await.unwrap());
-        let outbound = Arc::new(SqliteQueue::open(db().await, "outbound", 4).await.unwrap());
+        let inbound = Arc::new(
+            SqliteQueue::open(db().await, "inbound", Limits::both(4))
+                .await
+                .unwrap(),
+        );
+        let outbound = Arc::new(
+            SqliteQueue::open(db().await, "outbound", Limits::both(4))
+                .await
+                .unwrap(),
+        );
         let phone = twilio.phone();
         Self {
             dir,
@@ -104,6 +112,7 @@ impl Stack {
             ("WACONNECT_SENDER_VISIBILITY", "3s"),
             ("WACONNECT_SENDER_MAX_BACKOFF", "2s"),
             ("WACONNECT_SENDER_SHUTDOWN_GRACE", "5s"),
+            ("WACONNECT_MAX_ATTEMPTS", "4"),
             ("WACONNECT_MAX_RECEIVES", "4"),
             ("RUST_LOG", "warn"),
         ]

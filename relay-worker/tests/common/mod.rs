@@ -22,7 +22,7 @@ use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::outbound::OutboundMessage;
 use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{NewMessage, Queue};
+use waconnect_shared::queue::{Limits, NewMessage, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::sqlite::SqliteStore;
@@ -31,7 +31,14 @@ use waconnect_tests::moto::Moto;
 use waconnect_tests::{twilio, wait};
 
 pub const LEASE: Duration = Duration::from_secs(3);
-pub const MAX_RECEIVES: u32 = 4;
+/// Failed attempts before a message is dead-lettered.
+pub const MAX_ATTEMPTS: u32 = 4;
+/// The crash backstop, well above the attempts (as deploy/ sets it).
+pub const MAX_RECEIVES: u32 = 20;
+pub const LIMITS: Limits = Limits {
+    max_attempts: MAX_ATTEMPTS,
+    max_receives: MAX_RECEIVES,
+};
 
 pub struct Stack {
     pub dir: TempDir,
@@ -67,12 +74,12 @@ impl Stack {
         let path = dir.path().join("waconnect.db");
         let db = || async { Db::open_path(&path, Synchronous::Normal).await.unwrap() };
         let inbound = Arc::new(
-            SqliteQueue::open(db().await, "inbound", MAX_RECEIVES)
+            SqliteQueue::open(db().await, "inbound", LIMITS)
                 .await
                 .unwrap(),
         );
         let outbound = Arc::new(
-            SqliteQueue::open(db().await, "outbound", MAX_RECEIVES)
+            SqliteQueue::open(db().await, "outbound", LIMITS)
                 .await
                 .unwrap(),
         );
@@ -103,7 +110,6 @@ impl Stack {
     pub async fn on_aws() -> Self {
         let moto = Moto::shared();
         let config = moto.fresh("relay", MAX_RECEIVES).await;
-        // The redrive policy (MAX_RECEIVES) is the dead-letter threshold on SQS.
         let common = waconnect_shared::config::CommonConfig::read(
             &mut ConfigSource::from_pairs(Moto::env(&config)).reader(),
         );
@@ -138,7 +144,8 @@ impl Stack {
             ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
             ("WACONNECT_RELAY_RETRY_AFTER", "100ms"),
             ("WACONNECT_RELAY_SHUTDOWN_GRACE", "5s"),
-            ("WACONNECT_MAX_RECEIVES", "4"),
+            ("WACONNECT_MAX_ATTEMPTS", "4"),
+            ("WACONNECT_MAX_RECEIVES", "20"),
             ("WACONNECT_QUEUE_DEPTH_INTERVAL", "1s"),
             ("RUST_LOG", "warn"),
         ]

@@ -1,18 +1,28 @@
-//! What SQS cannot hold for a message: the reason its last attempt failed, and whether it
-//! is now waiting out a retry backoff (SQS counts that as in flight). Both live in the
+//! What SQS cannot hold for a message: the reason its last attempt failed, how many
+//! attempts failed (SQS only counts receives, and a receive of several group-mates counts
+//! them all though only the first was tried), and whether it is now waiting out a retry
+//! backoff (SQS counts that as in flight). Both live in the
 //! DynamoDB table as `qfail#<queue>#<message id>` items, written only when an attempt
 //! fails and read only for redeliveries and depth samples, so a message that succeeds
 //! first time costs nothing here.
 
 use super::QueueError;
 use crate::aws::CallError;
-use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, Item, KEY, TTL, Table, get_s, n, s};
+use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, Item, KEY, TTL, Table, get_n, get_s, n, s};
 use crate::time::now_millis;
 use aws_sdk_dynamodb::types::{KeysAndAttributes, Select};
 use std::collections::HashMap;
 
 /// As long as SQS keeps a message by default (4 days); TTL then removes the record.
 const KEEP_SECONDS: i64 = 4 * 24 * 3600;
+const ATTEMPTS: &str = "attempts";
+
+/// What the log knows of a message's earlier attempts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failures {
+    pub last_error: String,
+    pub attempts: u32,
+}
 
 #[derive(Clone, Debug)]
 pub struct FailureLog {
@@ -42,12 +52,14 @@ impl FailureLog {
         format!("qfail#{queue}")
     }
 
-    /// Records a failed attempt; the message is back in the queue at `until_millis`.
+    /// Records the message's `attempts`-th failed attempt; it is back in the queue at
+    /// `until_millis`. Only the message's current holder writes, so a plain put is enough.
     pub async fn record(
         &self,
         queue: &str,
         message_id: &str,
         reason: &str,
+        attempts: u32,
         until_millis: i64,
     ) -> Result<(), QueueError> {
         self.table
@@ -56,6 +68,7 @@ impl FailureLog {
             .table_name(&self.table.name)
             .item(KEY, s(Self::pk(queue, message_id)))
             .item("reason", s(reason))
+            .item(ATTEMPTS, n(attempts))
             .item(DUE_SHARD, s(Self::shard(queue)))
             .item(DUE_AT, n(until_millis))
             .item(TTL, n(now_millis() / 1000 + KEEP_SECONDS))
@@ -65,12 +78,12 @@ impl FailureLog {
         Ok(())
     }
 
-    /// The last recorded failure of each of `message_ids` that has one.
+    /// The recorded failures of each of `message_ids` that has some.
     pub async fn last_errors(
         &self,
         queue: &str,
         message_ids: &[&str],
-    ) -> Result<HashMap<String, String>, QueueError> {
+    ) -> Result<HashMap<String, Failures>, QueueError> {
         let mut found = HashMap::new();
         if message_ids.is_empty() {
             return Ok(found);
@@ -101,7 +114,16 @@ impl FailureLog {
             {
                 if let (Some(pk), Some(reason)) = (get_s(item, KEY), get_s(item, "reason")) {
                     let id = pk.rsplit('#').next().unwrap_or_default();
-                    found.insert(id.to_owned(), reason.to_owned());
+                    let attempts = get_n(item, ATTEMPTS)
+                        .unwrap_or(1)
+                        .clamp(1, i64::from(u32::MAX));
+                    found.insert(
+                        id.to_owned(),
+                        Failures {
+                            last_error: reason.to_owned(),
+                            attempts: attempts as u32,
+                        },
+                    );
                 }
             }
             request = out.unprocessed_keys;

@@ -7,8 +7,13 @@
 //! * A received message stays invisible for its visibility timeout; undeleted, it comes
 //!   back with its receive count raised. Each receive issues a new [`Receipt`]; an older one
 //!   no longer deletes the message.
-//! * A message received `max_receives` times without success is moved to the queue's
-//!   dead-letter queue, keeping its body and the last error a consumer recorded.
+//! * A message whose consumer reported [`Queue::fail`] `max_attempts` times is moved to
+//!   the queue's dead-letter queue, keeping its body and the last error recorded. Only
+//!   reported failures count: a delivery handed back unprocessed ([`Queue::release`]: a
+//!   group-mate behind a failed head, a graceful shutdown) costs the message no attempt.
+//! * A message received `max_receives` times with no outcome at all (its consumers kept
+//!   dying) is dead-lettered by the engine: a crash backstop, set well above
+//!   `max_attempts` (on SQS it is the redrive policy's `maxReceiveCount`).
 //!
 //! Engines: [`sqlite::SqliteQueue`] (embedded) and [`sqs::SqsQueue`] (AWS). The same suite in `waconnect-tests`
 //! runs against every engine.
@@ -33,6 +38,26 @@ pub const MAX_RECEIVE_BATCH: usize = 10;
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// Same as SQS: the longest visibility timeout.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// How many tries a message gets before it is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Failed attempts, reported with [`Queue::fail`].
+    pub max_attempts: u32,
+    /// Receives without any outcome: the backstop for consumers that die mid-message.
+    /// Ignored by SQS, whose redrive policy holds it.
+    pub max_receives: u32,
+}
+
+impl Limits {
+    /// The same number for both, as the simplest tests want it.
+    pub fn both(n: u32) -> Self {
+        Self {
+            max_attempts: n,
+            max_receives: n,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
@@ -62,6 +87,9 @@ pub struct ReceivedMessage {
     pub body: Vec<u8>,
     /// 1 on first delivery.
     pub receive_count: u32,
+    /// Failed attempts reported before this delivery (0 on first delivery, and after
+    /// hand-backs that were not failures).
+    pub attempts: u32,
     pub sent_at: DateTime<Utc>,
     pub receipt: Receipt,
     /// What the previous consumer reported when it failed, if it did.
@@ -148,8 +176,14 @@ pub trait Queue: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<(), QueueError>;
 
+    /// Hands a delivery back unprocessed (a group-mate behind a failed head, a shutdown):
+    /// visible again at once, and not counted as an attempt.
+    async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        self.change_visibility(receipt, Duration::ZERO).await
+    }
+
     /// Reports a failed attempt: the message comes back after `retry_after`, or goes to the
-    /// dead-letter queue with `reason` if this was its last allowed receive.
+    /// dead-letter queue with `reason` if this was its last allowed attempt.
     async fn fail(
         &self,
         receipt: &Receipt,

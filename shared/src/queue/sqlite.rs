@@ -13,8 +13,8 @@
 //! only holds groups with messages, and a receive looks at group heads only.
 
 use super::{
-    DEDUP_WINDOW, DeadLetter, FailOutcome, NewMessage, Queue, QueueError, QueueStats, Receipt,
-    ReceivedMessage, Sent, observe_received, validate_receive, validate_send,
+    DEDUP_WINDOW, DeadLetter, FailOutcome, Limits, NewMessage, Queue, QueueError, QueueStats,
+    Receipt, ReceivedMessage, Sent, observe_received, validate_receive, validate_send,
 };
 use crate::sqlite::{Db, DbError};
 use crate::time::{from_millis, now_millis};
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS queue_entries (
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT,
-    last_error TEXT
+    last_error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_entries_next ON queue_entries (prev_seq)
     WHERE prev_seq IS NOT NULL;
@@ -113,7 +114,7 @@ struct Inner {
     name: String,
     /// Signalled after every change that can make a message deliverable.
     changed: Arc<Notify>,
-    max_receives: u32,
+    limits: Limits,
     last_prune: AtomicI64,
     /// `waconnect_queue_sent_total` for new and duplicate sends, registered once: a send
     /// is on ingress's hot path, where a registry lookup per call is measurable.
@@ -122,7 +123,7 @@ struct Inner {
 }
 
 impl SqliteQueue {
-    pub async fn open(db: Db, name: &str, max_receives: u32) -> Result<Self, QueueError> {
+    pub async fn open(db: Db, name: &str, limits: Limits) -> Result<Self, QueueError> {
         if name.is_empty() {
             return Err(QueueError::InvalidArgument("queue name is empty".into()));
         }
@@ -136,6 +137,17 @@ impl SqliteQueue {
             if old {
                 c.execute_batch(FROM_GROUP_INDEX)?;
             }
+            // Files from before attempts were counted apart from receives.
+            let counted: bool = c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('queue_entries') WHERE name = 'attempts')",
+                [],
+                |r| r.get(0),
+            )?;
+            if !counted {
+                c.execute_batch(
+                    "ALTER TABLE queue_entries ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+                )?;
+            }
             Ok::<_, QueueError>(())
         })
         .await?;
@@ -147,7 +159,10 @@ impl SqliteQueue {
                 changed: db.topic(&format!("queue:{name}")),
                 db,
                 name: name.to_owned(),
-                max_receives: max_receives.max(1),
+                limits: Limits {
+                    max_attempts: limits.max_attempts.max(1),
+                    max_receives: limits.max_receives.max(1),
+                },
                 last_prune: AtomicI64::new(0),
                 sent_new: sent("new"),
                 sent_duplicate: sent("duplicate"),
@@ -174,7 +189,7 @@ impl SqliteQueue {
         visibility: Duration,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
         let name = self.inner.name.clone();
-        let max_receives = self.inner.max_receives;
+        let max_receives = self.inner.limits.max_receives;
         let (received, dead) = self
             .inner
             .db
@@ -221,13 +236,15 @@ struct Row {
     body: Vec<u8>,
     sent_at: i64,
     receive_count: u32,
+    attempts: u32,
     last_error: Option<String>,
 }
 
 /// The deliverable group heads, oldest first. CROSS JOIN keeps the group table outermost:
 /// heads in sequence order, each looked up by key, however long the chains behind them.
 const HEADS: &str = "
-    SELECT m.seq, m.id, m.group_id, m.dedup_id, m.body, m.sent_at, m.receive_count, m.last_error
+    SELECT m.seq, m.id, m.group_id, m.dedup_id, m.body, m.sent_at, m.receive_count, m.last_error,
+           m.attempts
     FROM queue_groups g CROSS JOIN queue_entries m ON m.seq = g.head_seq
     WHERE g.queue = ?1 AND m.visible_at <= ?2
     ORDER BY g.head_seq LIMIT ?3";
@@ -258,6 +275,7 @@ fn receive_now(
                     sent_at: r.get(5)?,
                     receive_count: r.get(6)?,
                     last_error: r.get(7)?,
+                    attempts: r.get(8)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -293,6 +311,7 @@ fn receive_now(
                 dedup_id: row.dedup_id,
                 body: row.body,
                 receive_count: row.receive_count + 1,
+                attempts: row.attempts,
                 sent_at: from_millis(row.sent_at),
                 receipt: Receipt(receipt),
                 last_error: row.last_error,
@@ -436,20 +455,20 @@ fn receipt_seq(receipt: &str) -> Result<i64, QueueError> {
 struct Held {
     seq: i64,
     group_id: String,
-    receive_count: u32,
+    attempts: u32,
     visible_at: i64,
 }
 
 fn held(c: &Connection, queue: &str, receipt: &str) -> Result<Held, QueueError> {
     c.prepare_cached(
-        "SELECT seq, group_id, receive_count, visible_at FROM queue_entries
+        "SELECT seq, group_id, attempts, visible_at FROM queue_entries
          WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
     )?
     .query_row(params![receipt_seq(receipt)?, queue, receipt], |r| {
         Ok(Held {
             seq: r.get(0)?,
             group_id: r.get(1)?,
-            receive_count: r.get(2)?,
+            attempts: r.get(2)?,
             visible_at: r.get(3)?,
         })
     })
@@ -563,6 +582,27 @@ impl Queue for SqliteQueue {
         .await
     }
 
+    /// Unlike SQS, the embedded engine can take the receive back too, so hand-backs never
+    /// bring a message nearer the crash backstop.
+    async fn release(&self, receipt: &Receipt) -> Result<(), QueueError> {
+        let name = self.inner.name.clone();
+        let receipt = receipt.0.clone();
+        self.mutate(move |c| {
+            let now = now_millis();
+            let held = held(c, &name, &receipt)?;
+            if held.visible_at <= now {
+                return Err(QueueError::StaleReceipt);
+            }
+            c.prepare_cached(
+                "UPDATE queue_entries SET visible_at = ?1, receipt = NULL,
+                 receive_count = MAX(receive_count - 1, 0) WHERE seq = ?2",
+            )?
+            .execute(params![now, held.seq])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn fail(
         &self,
         receipt: &Receipt,
@@ -572,19 +612,20 @@ impl Queue for SqliteQueue {
         let name = self.inner.name.clone();
         let receipt = receipt.0.clone();
         let reason = reason.to_owned();
-        let max_receives = self.inner.max_receives;
+        let max_attempts = self.inner.limits.max_attempts;
         let outcome = self
             .mutate(move |c| {
                 let now = now_millis();
                 let held = held(c, &name, &receipt)?;
-                if held.receive_count >= max_receives {
-                    let why = format!("failed {} times; last error: {reason}", held.receive_count);
+                let attempts = held.attempts + 1;
+                if attempts >= max_attempts {
+                    let why = format!("failed {attempts} times; last error: {reason}");
                     move_to_dead_letters(c, &name, held.seq, &held.group_id, &why, now)?;
                     return Ok(FailOutcome::DeadLettered);
                 }
                 c.prepare_cached(
-                    "UPDATE queue_entries SET visible_at = ?1, receipt = NULL, last_error = ?2
-                     WHERE seq = ?3",
+                    "UPDATE queue_entries SET visible_at = ?1, receipt = NULL, last_error = ?2,
+                     attempts = attempts + 1 WHERE seq = ?3",
                 )?
                 .execute(params![now + ms(retry_after), reason, held.seq])?;
                 Ok(FailOutcome::WillRetry)
@@ -690,7 +731,9 @@ mod tests {
     async fn open(dir: &tempfile::TempDir) -> (Db, SqliteQueue) {
         let path = dir.path().join("queue.db");
         let db = Db::open_path(&path, Synchronous::Normal).await.unwrap();
-        let queue = SqliteQueue::open(db.clone(), "q", 5).await.unwrap();
+        let queue = SqliteQueue::open(db.clone(), "q", Limits::both(5))
+            .await
+            .unwrap();
         (db, queue)
     }
 
@@ -780,7 +823,9 @@ mod tests {
             ids(&queue.receive(10, MINUTE, Duration::ZERO).await.unwrap()),
             ["a2"]
         );
-        let other = SqliteQueue::open(db.clone(), "other", 5).await.unwrap();
+        let other = SqliteQueue::open(db.clone(), "other", Limits::both(5))
+            .await
+            .unwrap();
         assert_eq!(
             ids(&other.receive(10, MINUTE, Duration::ZERO).await.unwrap()),
             ["x1"]

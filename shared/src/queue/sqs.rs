@@ -16,8 +16,13 @@
 //!   `maxReceiveCount` receives (its consumer died every time) carries none and is
 //!   reported as such.
 //!
+//! * Attempts are counted in the failure log, not by SQS's receive count: a receive that
+//!   hands out several messages of one group counts a receive for each, though only the
+//!   first is tried and the rest are handed back when it fails. `max_attempts` reported
+//!   failures dead-letter a message; the redrive policy's `maxReceiveCount` is only the
+//!   backstop for consumers that die mid-message, and must be set well above it.
+//!
 //! SQS de-duplicates without saying so, so [`Sent::duplicate`] is `None` here.
-//! `maxReceiveCount` of the redrive policy is the one dead-letter threshold on AWS.
 
 use super::batch::{Deletes, deletes};
 use super::failures::FailureLog;
@@ -64,6 +69,7 @@ pub struct SqsQueue {
     url: String,
     dlq_url: String,
     max_receives: u32,
+    max_attempts: u32,
     failures: FailureLog,
     deletes: Deletes,
     held: Mutex<HashMap<String, Held>>,
@@ -84,8 +90,19 @@ impl SqsQueue {
         name: &str,
         url: &str,
         failures: FailureLog,
+        max_attempts: u32,
     ) -> Result<Self, QueueError> {
         let setup = Self::setup(&client, url).await?;
+        if setup.max_receives <= max_attempts {
+            // Every receive of a group-mate counts there: SQS would dead-letter messages
+            // that were never tried long before they used their attempts.
+            tracing::warn!(
+                queue = name,
+                max_receive_count = setup.max_receives,
+                max_attempts,
+                "the redrive policy's maxReceiveCount should be well above the attempts allowed (deploy/ sets 50)"
+            );
+        }
         Ok(Self {
             deletes: deletes(client.clone(), url.to_owned()),
             client,
@@ -93,6 +110,7 @@ impl SqsQueue {
             url: url.to_owned(),
             dlq_url: setup.dlq_url,
             max_receives: setup.max_receives,
+            max_attempts: max_attempts.max(1),
             failures,
             held: Mutex::default(),
         })
@@ -334,6 +352,7 @@ fn received(m: Message) -> Result<ReceivedMessage, QueueError> {
                 .to_owned(),
         ),
         last_error: None,
+        attempts: 0,
     })
 }
 
@@ -380,6 +399,14 @@ impl Queue for SqsQueue {
         let visibility = whole_seconds(visibility);
         // Measured from before the call: the deadline errs early, never late.
         let started = Instant::now();
+        // A long poll legitimately waits `wait` before answering: its attempts get that
+        // on top of the client's usual bound.
+        let per_attempt = self
+            .client
+            .config()
+            .timeout_config()
+            .and_then(|t| t.operation_attempt_timeout())
+            .unwrap_or(crate::config::AWS_CALL_TIMEOUT);
         let out = self
             .client
             .receive_message()
@@ -388,6 +415,11 @@ impl Queue for SqsQueue {
             .visibility_timeout(visibility)
             .wait_time_seconds(whole_seconds(wait))
             .message_system_attribute_names(MessageSystemAttributeName::All)
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default()
+                    .timeout_config(crate::aws::timeouts(per_attempt + wait)),
+            )
             .send()
             .await
             .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
@@ -406,7 +438,10 @@ impl Queue for SqsQueue {
             match self.failures.last_errors(&self.name, &redelivered).await {
                 Ok(errors) => {
                     for m in &mut messages {
-                        m.last_error = errors.get(&m.message_id).cloned();
+                        if let Some(f) = errors.get(&m.message_id) {
+                            m.last_error = Some(f.last_error.clone());
+                            m.attempts = f.attempts;
+                        }
                     }
                 }
                 // Informational only: the message itself must not wait for it.
@@ -468,8 +503,10 @@ impl Queue for SqsQueue {
         retry_after: Duration,
     ) -> Result<FailOutcome, QueueError> {
         let message = self.current(receipt)?;
-        if message.receive_count >= self.max_receives {
-            self.move_to_dlq(&message, reason).await?;
+        let attempts = message.attempts + 1;
+        if attempts >= self.max_attempts {
+            let why = format!("failed {attempts} times; last error: {reason}");
+            self.move_to_dlq(&message, &why).await?;
             return Ok(FailOutcome::DeadLettered);
         }
         let back_at = now_millis() + i64::from(whole_seconds(retry_after)) * 1000;
@@ -480,6 +517,7 @@ impl Queue for SqsQueue {
                 &self.name,
                 &message.message_id,
                 truncate(reason, MAX_REASON_BYTES),
+                attempts,
                 back_at,
             )
             .await
@@ -570,7 +608,7 @@ impl Queue for SqsQueue {
                         self.max_receives
                     );
                     if let Some(last) = last_errors.get(&message_id) {
-                        r.push_str(&format!("; last reported error: {last}"));
+                        r.push_str(&format!("; last reported error: {}", last.last_error));
                     }
                     r
                 }

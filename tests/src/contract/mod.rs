@@ -21,6 +21,7 @@ macro_rules! queue_contract_tests {
             visibility_expiry_redelivers_and_stales_the_old_receipt,
             change_visibility_extends_and_releases,
             failures_dead_letter_after_max_receives_with_the_last_error,
+            attempts_count_failures_not_hand_backs,
             crash_loop_is_dead_lettered_and_the_group_continues,
             explicit_dead_letter_is_immediate,
             failure_backoff_is_delayed_and_keeps_group_order,

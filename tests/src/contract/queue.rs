@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use waconnect_shared::queue::{
-    FailOutcome, MAX_BODY_BYTES, NewMessage, Queue, QueueError, ReceivedMessage,
+    FailOutcome, Limits, MAX_BODY_BYTES, NewMessage, Queue, QueueError, ReceivedMessage,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -278,6 +278,69 @@ pub async fn failures_dead_letter_after_max_receives_with_the_last_error(e: &dyn
     let next = eventually_receive(q.as_ref(), LONG).await;
     assert_eq!(body(&next), "next body");
     assert_eq!(q.stats().await.unwrap().dead_letters, 1);
+}
+
+/// Waits until a receive brings something, and returns all it brought: on SQS, a
+/// group's head and the group-mates behind it.
+async fn eventually_receive_batch(q: &dyn Queue) -> Vec<ReceivedMessage> {
+    wait::until("messages to become visible", DEADLINE, || async {
+        let got = q.receive(10, LONG, NO_WAIT).await.unwrap();
+        (!got.is_empty()).then_some(got)
+    })
+    .await
+}
+
+/// Only reported failures spend a message's attempts. SQS hands out a group's head with
+/// its group-mates, counting a receive for each; when the head fails they are handed back
+/// untried, and must not arrive at their own first try with their attempts used up.
+pub async fn attempts_count_failures_not_hand_backs(e: &dyn QueueEngine) {
+    let q = e
+        .queue_with(Limits {
+            max_attempts: 2,
+            max_receives: 20,
+        })
+        .await;
+    send(q.as_ref(), "g", "head", "head").await;
+    send(q.as_ref(), "g", "mate", "mate").await;
+    // Handed back unprocessed, again and again (shutdowns): no attempt spent.
+    for _ in 0..3 {
+        for m in eventually_receive_batch(q.as_ref()).await {
+            assert_eq!(m.attempts, 0);
+            q.release(&m.receipt).await.unwrap();
+        }
+    }
+    let mut outcomes = Vec::new();
+    for attempt in 0..2 {
+        let got = eventually_receive_batch(q.as_ref()).await;
+        assert_eq!(body(&got[0]), "head");
+        assert_eq!(got[0].attempts, attempt);
+        outcomes.push(q.fail(&got[0].receipt, "boom", NO_WAIT).await.unwrap());
+        for mate in &got[1..] {
+            q.release(&mate.receipt).await.unwrap();
+        }
+    }
+    assert_eq!(
+        outcomes,
+        [FailOutcome::WillRetry, FailOutcome::DeadLettered]
+    );
+    // Received many times by now, but never tried: its first failure is retried.
+    let mate = eventually_receive_batch(q.as_ref()).await.remove(0);
+    assert_eq!((body(&mate).as_str(), mate.attempts), ("mate", 0));
+    assert_eq!(
+        q.fail(&mate.receipt, "once", NO_WAIT).await.unwrap(),
+        FailOutcome::WillRetry
+    );
+    let mate = eventually_receive(q.as_ref(), LONG).await;
+    assert_eq!(mate.attempts, 1);
+    assert_eq!(mate.last_error.as_deref(), Some("once"));
+    q.delete(&mate.receipt).await.unwrap();
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].reason.contains("failed 2 times"),
+        "{}",
+        dead[0].reason
+    );
 }
 
 pub async fn crash_loop_is_dead_lettered_and_the_group_continues(e: &dyn QueueEngine) {
