@@ -73,7 +73,7 @@ pub async fn serve(
 /// The whole HTTP surface: the two webhooks plus the operations endpoints.
 pub fn router(config: &IngressConfig, inbound: Arc<dyn Queue>) -> Router {
     let readiness = Arc::new(QueuesReady(vec![inbound.clone()]));
-    webhook::router(config, inbound).merge(ops::router(readiness))
+    webhook::router(config, inbound).merge(ops::router(readiness, ops::Health::default()))
 }
 
 fn warn_insecure() {

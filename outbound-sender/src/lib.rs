@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigErrors, ConfigSource};
 use waconnect_shared::consumer::ConsumerSettings;
-use waconnect_shared::ops::Readiness;
+use waconnect_shared::ops::{Health, Readiness};
 use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
 
 pub fn config_from(source: &ConfigSource) -> Result<SenderConfig, ConfigErrors> {
@@ -68,13 +68,20 @@ pub async fn run(
         grace: config.shutdown_grace,
         gather: config.worker.receive_gather,
     };
-    let consumer = tokio::spawn(sender::consume(sender.clone(), settings, shutdown.clone()));
+    let health = Health::default();
+    let consumer = worker::spawn_core(
+        "consumer",
+        &health,
+        &shutdown,
+        sender::consume(sender.clone(), settings, shutdown.clone()),
+    );
     let served = worker::serve_ops(
         "outbound-sender",
         &config.worker,
         &backends,
         ops_listener,
         shutdown,
+        &health,
         vec![Arc::new(TwilioReady(sender.clone()))],
     )
     .await;
@@ -84,5 +91,5 @@ pub async fn run(
     sender
         .flush_outcomes(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;
-    served
+    worker::finish(&health, served)
 }

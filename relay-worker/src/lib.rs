@@ -25,6 +25,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigErrors, ConfigSource};
+use waconnect_shared::ops::Health;
 use waconnect_shared::queue::Queue;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
@@ -67,13 +68,20 @@ pub async fn run(
     });
     tracing::info!(worker_id = %config.worker_id, "relay-worker starting");
     let fleet = fleet::Fleet::new(relay.clone(), CancellationToken::new());
-    let consumer = tokio::spawn(inbound::consume(
-        relay.clone(),
-        fleet.clone(),
-        shutdown.clone(),
-    ));
-    let renewer = tokio::spawn(fleet.clone().renew_loop());
-    let sweeper = tokio::spawn(fleet.clone().sweep_loop());
+    let health = Health::default();
+    let consumer = worker::spawn_core(
+        "consumer",
+        &health,
+        &shutdown,
+        inbound::consume(relay.clone(), fleet.clone(), shutdown.clone()),
+    );
+    let renewer = worker::spawn_core(
+        "lease renewer",
+        &health,
+        &shutdown,
+        fleet.clone().renew_loop(),
+    );
+    let sweeper = worker::spawn_core("sweeper", &health, &shutdown, fleet.clone().sweep_loop());
     // Adopt what is waiting right away rather than after the first interval.
     fleet.sweep().await;
     let served = worker::serve_ops(
@@ -82,6 +90,7 @@ pub async fn run(
         &backends,
         ops_listener,
         shutdown,
+        &health,
         Vec::new(),
     )
     .await;
@@ -90,5 +99,5 @@ pub async fn run(
     renewer.abort();
     sweeper.abort();
     tracing::info!(worker_id = %config.worker_id, "relay-worker stopped; leases released");
-    served
+    worker::finish(&health, served)
 }

@@ -5,7 +5,7 @@
 use crate::backend::{Backend, BackendError, QueuesReady};
 use crate::config::WorkerConfig;
 use crate::delivery::DeliveryLedger;
-use crate::ops::{self, Readiness};
+use crate::ops::{self, Health, Readiness};
 use crate::queue::{Queue, depth};
 use crate::store::ConversationStore;
 use async_trait::async_trait;
@@ -19,6 +19,49 @@ pub enum WorkerError {
     Backend(#[from] BackendError),
     #[error("operations server: {0}")]
     Ops(#[from] std::io::Error),
+    #[error("{0}")]
+    TaskDied(String),
+}
+
+/// Spawns a task the worker cannot do without (its consumer, lease renewer, sweeper).
+/// If it ends — returns or panics — before `shutdown`, the process is no longer doing its
+/// work though it still answers: `/healthz` fails, shutdown begins, and [`finish`]
+/// turns it into [`WorkerError::TaskDied`], so the binary exits non-zero and the
+/// orchestrator restarts it.
+pub fn spawn_core<F>(
+    name: &'static str,
+    health: &Health,
+    shutdown: &CancellationToken,
+    task: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures_util::FutureExt;
+    let (health, shutdown) = (health.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let ended = std::panic::AssertUnwindSafe(task).catch_unwind().await;
+        if shutdown.is_cancelled() && ended.is_ok() {
+            return;
+        }
+        let how = if ended.is_ok() { "stopped" } else { "panicked" };
+        let why = format!("core task {name} {how}");
+        tracing::error!(
+            task = name,
+            how,
+            "core task ended while the process runs; shutting down"
+        );
+        health.fail(why);
+        shutdown.cancel();
+    })
+}
+
+/// What a worker's `run` returns once it has stopped: an error if a core task died.
+pub fn finish(health: &Health, served: Result<(), WorkerError>) -> Result<(), WorkerError> {
+    match health.failure() {
+        Some(why) => Err(WorkerError::TaskDied(why.to_owned())),
+        None => served,
+    }
 }
 
 /// A worker's storage, opened.
@@ -53,6 +96,7 @@ pub async fn serve_ops(
     backends: &WorkerBackends,
     listener: TcpListener,
     shutdown: CancellationToken,
+    health: &Health,
     extra: Vec<Arc<dyn Readiness>>,
 ) -> Result<(), WorkerError> {
     let sampler = depth::spawn_sampler(
@@ -61,10 +105,13 @@ pub async fn serve_ops(
         shutdown.child_token(),
     );
     tracing::info!(service = name, address = %listener.local_addr()?, "operations endpoints listening");
-    let router = ops::router(Arc::new(AllReady {
-        queues: QueuesReady(backends.queues()),
-        extra,
-    }));
+    let router = ops::router(
+        Arc::new(AllReady {
+            queues: QueuesReady(backends.queues()),
+            extra,
+        }),
+        health.clone(),
+    );
     let served = ops::serve(listener, router, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampler.await;
@@ -85,5 +132,43 @@ impl Readiness for AllReady {
             check.check().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_core_task_that_dies_makes_the_process_unhealthy_and_stop() {
+        for dies in [
+            Box::pin(async {}) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+            Box::pin(async { panic!("boom") }),
+        ] {
+            let (health, shutdown) = (Health::default(), CancellationToken::new());
+            spawn_core("renewer", &health, &shutdown, dies)
+                .await
+                .unwrap();
+            assert!(shutdown.is_cancelled(), "shutdown did not begin");
+            let why = health.failure().expect("still healthy");
+            assert!(why.contains("renewer"), "{why}");
+            assert!(matches!(
+                finish(&health, Ok(())),
+                Err(WorkerError::TaskDied(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn core_tasks_ending_at_shutdown_are_fine() {
+        let (health, shutdown) = (Health::default(), CancellationToken::new());
+        let stop = shutdown.clone();
+        let task = spawn_core("consumer", &health, &shutdown, async move {
+            stop.cancelled().await;
+        });
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(health.failure(), None);
+        assert!(finish(&health, Ok(())).is_ok());
     }
 }
