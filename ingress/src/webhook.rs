@@ -106,6 +106,9 @@ enum Refusal {
     UnsupportedMediaType,
     MissingSignature,
     BadSignature,
+    /// Signed with a Webhooks Rule's SharedKey, and none is configured: answered 503 so
+    /// Twilio retries (where its retry settings allow) once the operator sets one.
+    NoSharedKey,
     Malformed(String),
     RefusedChannel,
     Unavailable(String),
@@ -120,7 +123,7 @@ impl Refusal {
             }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MissingSignature | Self::BadSignature => StatusCode::FORBIDDEN,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::NoSharedKey => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -131,6 +134,7 @@ impl Refusal {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MissingSignature => "missing_signature",
             Self::BadSignature => "bad_signature",
+            Self::NoSharedKey => "no_shared_key",
             Self::Malformed(_) => "malformed",
             Self::RefusedChannel => "refused_channel",
             Self::Unavailable(_) => "unavailable",
@@ -146,6 +150,7 @@ impl Refusal {
             }
             Self::MissingSignature => "missing X-Twilio-Signature".into(),
             Self::BadSignature => "invalid X-Twilio-Signature".into(),
+            Self::NoSharedKey => "signed with a shared key this endpoint does not have".into(),
             Self::Malformed(why) => format!("malformed webhook: {why}"),
             Self::RefusedChannel => "only WhatsApp senders are accepted".into(),
             Self::Unavailable(_) => "temporarily unavailable, retry later".into(),
@@ -183,6 +188,12 @@ impl Webhooks {
                     }
                     Refusal::BadSignature | Refusal::MissingSignature => {
                         tracing::warn!(route, outcome = refusal.outcome(), "webhook refused")
+                    }
+                    Refusal::NoSharedKey => {
+                        tracing::error!(
+                            route,
+                            "webhook signed with a Webhooks Rule's SharedKey, but TWILIO_WEBHOOK_SHARED_KEYS is not set; answering 503"
+                        )
                     }
                     other => tracing::info!(route, outcome = other.outcome(), "webhook refused"),
                 }
@@ -278,7 +289,8 @@ impl Webhooks {
         fields: &[(String, String)],
     ) -> Result<(), Refusal> {
         let SignatureCheck::Verify {
-            auth_token,
+            auth_tokens,
+            shared_keys,
             public_base_url,
             trust_forwarded_headers,
         } = &self.signature
@@ -289,8 +301,24 @@ impl Webhooks {
             .get("x-twilio-signature")
             .and_then(|v| v.to_str().ok())
             .ok_or(Refusal::MissingSignature)?;
+        // A Webhooks Rule's SharedKey signed it, with the algorithm the header names.
+        let (algorithm, keys) = match headers.get(signature::SETTINGS_HEADER) {
+            None => (signature::Algorithm::HmacSha1, auth_tokens),
+            Some(settings) => {
+                let algorithm = settings
+                    .to_str()
+                    .ok()
+                    .and_then(signature::Algorithm::from_settings)
+                    .ok_or(Refusal::BadSignature)?;
+                if shared_keys.is_empty() {
+                    return Err(Refusal::NoSharedKey);
+                }
+                (algorithm, shared_keys)
+            }
+        };
+        let keys: Vec<&str> = keys.iter().map(|k| k.expose()).collect();
         let url = signed_url(public_base_url, *trust_forwarded_headers, headers, uri);
-        if signature::validate(auth_token.expose(), &url, fields, provided) {
+        if signature::validate_with(algorithm, &keys, &url, fields, provided) {
             Ok(())
         } else {
             Err(Refusal::BadSignature)

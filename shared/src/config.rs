@@ -414,7 +414,11 @@ impl CommonConfig {
 pub enum SignatureCheck {
     /// Verify against `public_base_url` + the request's path and query.
     Verify {
-        auth_token: Secret,
+        /// The account's auth token, then the secondary one while it is being rotated.
+        auth_tokens: Vec<Secret>,
+        /// Secrets of the SharedKeys a Webhooks Rule may sign with instead (several while
+        /// one is rotated).
+        shared_keys: Vec<Secret>,
         public_base_url: String,
         /// Take scheme and host from `X-Forwarded-Proto` / `X-Forwarded-Host` instead.
         trust_forwarded_headers: bool,
@@ -536,8 +540,19 @@ fn read_signature_check(r: &mut Reader<'_>, bind: SocketAddr) -> Option<Signatur
         },
     };
     let trust_forwarded_headers = r.flag("WACONNECT_TRUST_FORWARDED_HEADERS", false);
+    let mut auth_tokens = vec![auth_token?];
+    auth_tokens.extend(r.secret("TWILIO_AUTH_TOKEN_SECONDARY"));
+    let shared_keys = r
+        .raw("TWILIO_WEBHOOK_SHARED_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+        .collect();
     Some(SignatureCheck::Verify {
-        auth_token: auth_token?,
+        auth_tokens,
+        shared_keys,
         public_base_url: public_base_url?,
         trust_forwarded_headers,
     })
@@ -638,7 +653,8 @@ mod tests {
         assert_eq!(
             c.signature,
             SignatureCheck::Verify {
-                auth_token: Secret::new("tok"),
+                auth_tokens: vec![Secret::new("tok")],
+                shared_keys: Vec::new(),
                 public_base_url: "https://wa.example.com".into(),
                 trust_forwarded_headers: false,
             }

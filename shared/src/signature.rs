@@ -3,7 +3,11 @@
 //! The signed string is the full public URL Twilio was configured with, followed by every
 //! form parameter's name and value in byte-wise sorted order; the signature is the base64 of
 //! its HMAC-SHA1 under the account's auth token. Validation accepts the URL with its
-//! default port added or removed, because Twilio's own libraries do.
+//! default port added, or with its port removed, because Twilio's own libraries do.
+//!
+//! When a Webhooks Rule matches the URL, Twilio signs with the rule's SharedKey secret
+//! instead, with the algorithm named in `X-Twilio-Webhooks-Signature-Settings`
+//! (`key=<id>,algorithm=HMAC_SHA256`); only the hash changes.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -13,29 +17,95 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 type HmacSha1 = Hmac<Sha1>;
+type HmacSha256 = Hmac<Sha256>;
+
+/// The header that names the signing algorithm when a SharedKey signed the request.
+pub const SETTINGS_HEADER: &str = "x-twilio-webhooks-signature-settings";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    HmacSha1,
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// The algorithm a `X-Twilio-Webhooks-Signature-Settings` value names, if one this
+    /// knows (`key=KS…,algorithm=HMAC_SHA256`).
+    pub fn from_settings(settings: &str) -> Option<Self> {
+        let algorithm = settings
+            .split(',')
+            .filter_map(|part| part.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("algorithm"))?
+            .1
+            .trim();
+        match algorithm.to_ascii_uppercase().as_str() {
+            "HMAC_SHA256" => Some(Self::HmacSha256),
+            "HMAC_SHA1" => Some(Self::HmacSha1),
+            _ => None,
+        }
+    }
+}
 
 /// The signature Twilio would send for a form POST to `url` with `params`.
 pub fn compute(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    compute_with(Algorithm::HmacSha1, auth_token, url, params)
+}
+
+/// The signature for `url` and `params` under `key` with `algorithm`.
+pub fn compute_with(
+    algorithm: Algorithm,
+    key: &str,
+    url: &str,
+    params: &[(String, String)],
+) -> String {
     let mut sorted: Vec<(&str, &str)> = params
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     // Byte-wise on the name, then on the value for repeated names.
     sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
-    let mut mac = HmacSha1::new_from_slice(auth_token.as_bytes()).expect("HMAC takes any key");
-    mac.update(url.as_bytes());
-    for (k, v) in sorted {
-        mac.update(k.as_bytes());
-        mac.update(v.as_bytes());
+    fn sign<M: Mac>(mut mac: M, url: &str, sorted: &[(&str, &str)]) -> String {
+        mac.update(url.as_bytes());
+        for (k, v) in sorted {
+            mac.update(k.as_bytes());
+            mac.update(v.as_bytes());
+        }
+        BASE64.encode(mac.finalize().into_bytes())
     }
-    BASE64.encode(mac.finalize().into_bytes())
+    let key = key.as_bytes();
+    match algorithm {
+        Algorithm::HmacSha1 => sign(
+            HmacSha1::new_from_slice(key).expect("HMAC takes any key"),
+            url,
+            &sorted,
+        ),
+        Algorithm::HmacSha256 => sign(
+            HmacSha256::new_from_slice(key).expect("HMAC takes any key"),
+            url,
+            &sorted,
+        ),
+    }
 }
 
 /// Whether `signature` is valid for a form POST to `url` with `params`.
 pub fn validate(auth_token: &str, url: &str, params: &[(String, String)], signature: &str) -> bool {
-    url_variants(url)
-        .iter()
-        .any(|candidate| constant_time_eq(&compute(auth_token, candidate, params), signature))
+    validate_with(Algorithm::HmacSha1, &[auth_token], url, params, signature)
+}
+
+/// Whether `signature` is valid under any of `keys` (a token being rotated has two).
+pub fn validate_with(
+    algorithm: Algorithm,
+    keys: &[&str],
+    url: &str,
+    params: &[(String, String)],
+    signature: &str,
+) -> bool {
+    let variants = url_variants(url);
+    keys.iter().any(|key| {
+        variants.iter().any(|candidate| {
+            constant_time_eq(&compute_with(algorithm, key, candidate, params), signature)
+        })
+    })
 }
 
 /// Validation for JSON bodies: the URL carries `bodySHA256=<hex>` and is signed with no
@@ -64,9 +134,10 @@ fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The URL as given plus, where the scheme has a default port, the form with that port
-/// added (if absent) or removed (if present). String surgery on purpose: URL parsers
-/// normalise the default port away, but the signature covers the URL exactly as configured.
+/// The URL as given plus the forms Twilio's validators also accept: with the scheme's
+/// default port added (if no port is given), or with the port removed (whichever it is).
+/// String surgery on purpose: URL parsers normalise the default port away, but the
+/// signature covers the URL exactly as configured.
 pub fn url_variants(url: &str) -> Vec<String> {
     let mut out = vec![url.to_owned()];
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -82,11 +153,7 @@ pub fn url_variants(url: &str) -> Vec<String> {
     // The last ':' after any IPv6 literal's closing bracket starts the port.
     let host_end = authority.rfind(']').map_or(0, |i| i + 1);
     match authority[host_end..].rfind(':').map(|i| i + host_end) {
-        Some(colon) => {
-            if &authority[colon + 1..] == default_port {
-                out.push(format!("{scheme}://{}{tail}", &authority[..colon]));
-            }
-        }
+        Some(colon) => out.push(format!("{scheme}://{}{tail}", &authority[..colon])),
         None => out.push(format!("{scheme}://{authority}:{default_port}{tail}")),
     }
     out
@@ -157,7 +224,16 @@ mod tests {
             &p,
             "0ZXoZLH/DfblKGATFgpif+LLRf4="
         ));
-        // A non-default port is never dropped.
+        // Configured with a non-default port, signed without it: Twilio's validators
+        // accept that (they try the URL with its port removed)...
+        let without_port = compute("12345", "http://mycompany.com/myapp.php?foo=1&bar=2", &p);
+        assert!(validate(
+            "12345",
+            "http://mycompany.com:1234/myapp.php?foo=1&bar=2",
+            &p,
+            &without_port
+        ));
+        // ...but a non-default port is never guessed into a URL that has none.
         assert!(!validate(
             "12345",
             "http://mycompany.com/myapp.php?foo=1&bar=2",
@@ -250,5 +326,49 @@ mod tests {
             ["http://[::1]:80?x=1", "http://[::1]?x=1"]
         );
         assert_eq!(url_variants("http://h:8080/p"), ["http://h:8080/p"]);
+    }
+
+    #[test]
+    fn shared_key_signatures_use_the_algorithm_the_settings_header_names() {
+        assert_eq!(
+            Algorithm::from_settings("key=KS0123,algorithm=HMAC_SHA256"),
+            Some(Algorithm::HmacSha256)
+        );
+        assert_eq!(
+            Algorithm::from_settings(" algorithm=hmac_sha1 , key=KS1"),
+            Some(Algorithm::HmacSha1)
+        );
+        assert_eq!(Algorithm::from_settings("key=KS1,algorithm=MD5"), None);
+        assert_eq!(Algorithm::from_settings("key=KS1"), None);
+        let (url, p) = (
+            "https://mycompany.com/myapp.php?foo=1&bar=2",
+            vector_params(),
+        );
+        let sig = compute_with(Algorithm::HmacSha256, "shared-secret", url, &p);
+        // The same signed string, HMAC-SHA256, base64 (32 bytes).
+        let mut mac = HmacSha256::new_from_slice(b"shared-secret").unwrap();
+        mac.update(b"https://mycompany.com/myapp.php?foo=1&bar=2CallSidCA1234567890ABCDECaller+14158675309Digits1234From+14158675309To+18005551212");
+        assert_eq!(sig, BASE64.encode(mac.finalize().into_bytes()));
+        assert!(validate_with(
+            Algorithm::HmacSha256,
+            &["old", "shared-secret"],
+            url,
+            &p,
+            &sig
+        ));
+        assert!(!validate_with(
+            Algorithm::HmacSha1,
+            &["shared-secret"],
+            url,
+            &p,
+            &sig
+        ));
+        assert!(!validate_with(
+            Algorithm::HmacSha256,
+            &["old"],
+            url,
+            &p,
+            &sig
+        ));
     }
 }

@@ -9,6 +9,7 @@ use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous};
 use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{Limits, Queue};
+use waconnect_shared::signature::{self, Algorithm};
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed, status_callback};
 use waconnect_tests::{customer, wait};
@@ -192,6 +193,76 @@ async fn bad_or_missing_signatures_are_refused_and_nothing_is_queued() {
         let res = app.post(path, body, sig).await;
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
     }
+    assert_eq!(app.depth().await, 0);
+}
+
+/// Posts `fields` signed with `key` and `algorithm`, with the settings header when given.
+async fn post_signed_with(
+    app: &TestIngress,
+    algorithm: Algorithm,
+    key: &str,
+    settings: Option<&str>,
+    fields: &[(String, String)],
+) -> StatusCode {
+    let path = "/twilio/messages";
+    let (body, _) = signed(key, &format!("{PUBLIC}{path}"), fields);
+    let sig = signature::compute_with(algorithm, key, &format!("{PUBLIC}{path}"), fields);
+    let mut req = app
+        .http
+        .post(format!("{}{path}", app.local))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", sig)
+        .body(body);
+    if let Some(settings) = settings {
+        req = req.header("x-twilio-webhooks-signature-settings", settings);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// Accounts whose Webhooks Rules sign with a SharedKey (HMAC-SHA256), and auth tokens
+/// being rotated, are accepted; nothing else is.
+#[tokio::test]
+async fn shared_key_signatures_and_a_secondary_token_are_accepted() {
+    let app = spawn_ingress(&[
+        ("TWILIO_AUTH_TOKEN_SECONDARY", "next-token"),
+        ("TWILIO_WEBHOOK_SHARED_KEYS", "old-shared, shared-secret"),
+    ])
+    .await;
+    let settings = Some("key=KS00000000000000000000000000000000,algorithm=HMAC_SHA256");
+    let sha256 = Algorithm::HmacSha256;
+    let cases = [
+        (sha256, "shared-secret", settings, StatusCode::OK),
+        (sha256, "old-shared", settings, StatusCode::OK),
+        (Algorithm::HmacSha1, "next-token", None, StatusCode::OK),
+        (Algorithm::HmacSha1, TOKEN, None, StatusCode::OK),
+        // A shared key's signature without the header, or the token's with it: refused.
+        (sha256, "shared-secret", None, StatusCode::FORBIDDEN),
+        (Algorithm::HmacSha1, TOKEN, settings, StatusCode::FORBIDDEN),
+        (
+            sha256,
+            "shared-secret",
+            Some("key=KS1,algorithm=MD5"),
+            StatusCode::FORBIDDEN,
+        ),
+        (sha256, "someone-else", settings, StatusCode::FORBIDDEN),
+    ];
+    for (i, (algorithm, key, settings, expected)) in cases.into_iter().enumerate() {
+        let fields = text(1, &format!("SM01{i:02}"), "hi");
+        let status = post_signed_with(&app, algorithm, key, settings, &fields).await;
+        assert_eq!(status, expected, "case {i}: {key} {settings:?}");
+    }
+    assert_eq!(app.queued().await.len(), 4);
+}
+
+/// Without a shared key configured, a SharedKey-signed webhook cannot be checked: 503 (so
+/// Twilio may retry once the operator sets it), never accepted.
+#[tokio::test]
+async fn shared_key_signatures_without_a_configured_key_are_503() {
+    let app = spawn_ingress(&[]).await;
+    let settings = Some("key=KS1,algorithm=HMAC_SHA256");
+    let fields = text(1, "SM0200", "hi");
+    let status = post_signed_with(&app, Algorithm::HmacSha256, "anything", settings, &fields).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.depth().await, 0);
 }
 
