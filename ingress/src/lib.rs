@@ -5,6 +5,7 @@
 //! an accepted webhook is never lost. If the queue cannot take it, Twilio gets a 503 and
 //! retries.
 
+mod connections;
 mod signed_url;
 mod webhook;
 
@@ -61,9 +62,12 @@ pub async fn serve(
         status_path = %config.status_path,
         "ingress listening"
     );
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let limits = connections::ConnectionLimits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    }
+    .fitted();
+    let result = connections::serve(listener, app, limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampler.await;
     tracing::info!("ingress stopped");

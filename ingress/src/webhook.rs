@@ -22,6 +22,7 @@ struct Webhooks {
     queue: Arc<dyn Queue>,
     signature: SignatureCheck,
     enqueue_timeout: Duration,
+    body_timeout: Duration,
     allow_non_whatsapp: bool,
     /// Registered once: a registry lookup per request is measurable at these rates.
     messages_taken: TakenCounters,
@@ -69,6 +70,7 @@ pub fn router(config: &IngressConfig, queue: Arc<dyn Queue>) -> Router {
         queue,
         signature: config.signature.clone(),
         enqueue_timeout: config.enqueue_timeout,
+        body_timeout: config.body_timeout,
         allow_non_whatsapp: config.allow_non_whatsapp,
         messages_taken: TakenCounters::new(route_name(EventKind::Message)),
         statuses_taken: TakenCounters::new(route_name(EventKind::Status)),
@@ -103,6 +105,8 @@ enum Taken {
 enum Refusal {
     TooLarge,
     UnreadableBody,
+    /// The body did not arrive within the body timeout (a slow client).
+    SlowBody,
     UnsupportedMediaType,
     MissingSignature,
     BadSignature,
@@ -118,6 +122,7 @@ impl Refusal {
     fn status(&self) -> StatusCode {
         match self {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Self::UnreadableBody | Self::Malformed(_) | Self::RefusedChannel => {
                 StatusCode::BAD_REQUEST
             }
@@ -131,6 +136,7 @@ impl Refusal {
         match self {
             Self::TooLarge => "too_large",
             Self::UnreadableBody => "unreadable_body",
+            Self::SlowBody => "body_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MissingSignature => "missing_signature",
             Self::BadSignature => "bad_signature",
@@ -145,6 +151,7 @@ impl Refusal {
         match self {
             Self::TooLarge => "request body is too large".into(),
             Self::UnreadableBody => "request body could not be read".into(),
+            Self::SlowBody => "request body did not arrive in time".into(),
             Self::UnsupportedMediaType => {
                 "expected Content-Type: application/x-www-form-urlencoded".into()
             }
@@ -171,7 +178,9 @@ impl Webhooks {
         // Buffering reads the body limit that `DefaultBodyLimit` left in the extensions.
         let mut body_request = Request::new(body);
         *body_request.extensions_mut() = parts.extensions;
-        let body = Bytes::from_request(body_request, &()).await;
+        let body = tokio::time::timeout(self.body_timeout, Bytes::from_request(body_request, &()))
+            .await
+            .map_err(|_| Refusal::SlowBody);
         match self.accept(kind, &uri, &parts.headers, body).await {
             Ok(taken) => {
                 let counters = match kind {
@@ -209,9 +218,9 @@ impl Webhooks {
         kind: EventKind,
         uri: &axum::http::Uri,
         headers: &HeaderMap,
-        body: Result<Bytes, BytesRejection>,
+        body: Result<Result<Bytes, BytesRejection>, Refusal>,
     ) -> Result<Taken, Refusal> {
-        let body = body.map_err(|r| match r.status() {
+        let body = body?.map_err(|r| match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => Refusal::TooLarge,
             _ => Refusal::UnreadableBody,
         })?;

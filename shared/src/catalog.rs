@@ -21,6 +21,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Time to put a webhook on the inbound queue.",
     ),
     (
+        "waconnect_ingress_connections",
+        Kind::Gauge,
+        "Client connections open on ingress.",
+    ),
+    (
+        "waconnect_ingress_connections_refused_total",
+        Kind::Counter,
+        "Connections closed at once because WACONNECT_INGRESS_MAX_CONNECTIONS were open.",
+    ),
+    (
         "waconnect_ingress_insecure_mode",
         Kind::Gauge,
         "1 while Twilio signature checks are off.",

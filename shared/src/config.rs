@@ -437,6 +437,13 @@ pub struct IngressConfig {
     pub max_body_bytes: usize,
     pub enqueue_timeout: Duration,
     pub allow_non_whatsapp: bool,
+    /// A connection must send a request's headers within this; it also closes idle
+    /// keep-alive connections.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this (408 otherwise).
+    pub body_timeout: Duration,
+    /// Connections open at once; one more is closed at once.
+    pub max_connections: usize,
 }
 
 impl IngressConfig {
@@ -469,6 +476,14 @@ impl IngressConfig {
         let enqueue_timeout =
             r.duration("WACONNECT_INGRESS_ENQUEUE_TIMEOUT", Duration::from_secs(5));
         let allow_non_whatsapp = r.flag("WACONNECT_ALLOW_NON_WHATSAPP", false);
+        let header_timeout =
+            r.duration("WACONNECT_INGRESS_HEADER_TIMEOUT", Duration::from_secs(20));
+        let body_timeout = r.duration("WACONNECT_INGRESS_BODY_TIMEOUT", Duration::from_secs(10));
+        let max_connections = r.positive(
+            "WACONNECT_INGRESS_MAX_CONNECTIONS",
+            10_000,
+            "a number of connections",
+        );
         let config = signature.map(|signature| Self {
             common,
             bind,
@@ -478,6 +493,9 @@ impl IngressConfig {
             max_body_bytes,
             enqueue_timeout,
             allow_non_whatsapp,
+            header_timeout,
+            body_timeout,
+            max_connections,
         });
         r.finish()?;
         Ok(config.expect("every required value is present when no error was recorded"))

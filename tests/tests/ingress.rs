@@ -543,3 +543,107 @@ async fn shutdown_stops_the_server() {
     let stopped = tokio::time::timeout(Duration::from_secs(10), app.server).await;
     stopped.expect("ingress did not stop").unwrap().unwrap();
 }
+
+/// Reads until the server closes the connection (or `within` passes); what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut got)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&got).into_owned()),
+        Err(_) => None,
+    }
+}
+
+async fn healthz_answers(app: &TestIngress) {
+    let res = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.http.get(format!("{}/healthz", app.local)).send(),
+    )
+    .await
+    .expect("healthz did not answer")
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// Slowloris: connections that trickle their headers are closed after the header timeout,
+/// and the process answers everyone else meanwhile.
+#[tokio::test]
+async fn clients_that_never_finish_their_headers_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_ingress(&[("WACONNECT_INGRESS_HEADER_TIMEOUT", "300ms")]).await;
+    let address = app.local.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(&address).await.unwrap();
+        s.write_all(b"POST /twilio/messages HTTP/1.1\r\nHost: x\r\nX-A: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    healthz_answers(&app).await;
+    for s in &mut slow {
+        assert!(
+            read_until_closed(s, Duration::from_secs(5)).await.is_some(),
+            "a slow client was never cut off"
+        );
+    }
+    // Idle keep-alive connections go the same way.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    assert!(
+        read_until_closed(&mut idle, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+}
+
+/// A body that never finishes is answered 408 after the body timeout, nothing queued.
+#[tokio::test]
+async fn bodies_that_never_finish_are_408() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_ingress(&[("WACONNECT_INGRESS_BODY_TIMEOUT", "300ms")]).await;
+    let address = app.local.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&address).await.unwrap();
+    s.write_all(
+        b"POST /twilio/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: x\r\nContent-Length: 100\r\n\r\nMessageSid=SM1",
+    )
+    .await
+    .unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(5))
+        .await
+        .expect("no answer");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(app.depth().await, 0);
+}
+
+/// More idle connections than allowed: the extra ones are closed at once instead of
+/// queueing in the backlog, and probes and webhooks are answered as soon as a slot frees.
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let app = spawn_ingress(&[
+        ("WACONNECT_INGRESS_MAX_CONNECTIONS", "20"),
+        ("WACONNECT_INGRESS_HEADER_TIMEOUT", "1s"),
+    ])
+    .await;
+    let address = app.local.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // The server has taken all twenty once one more is refused.
+    let mut extra = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let closed = read_until_closed(&mut extra, Duration::from_millis(500)).await;
+    assert_eq!(
+        closed.as_deref(),
+        Some(""),
+        "the 21st connection was kept waiting"
+    );
+    // The idle ones time out, and the service answers again.
+    for s in &mut held {
+        assert!(read_until_closed(s, Duration::from_secs(5)).await.is_some());
+    }
+    healthz_answers(&app).await;
+    let res = app
+        .post_signed("/twilio/messages", &text(1, "SM0300", "still here"))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
