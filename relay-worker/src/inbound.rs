@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use waconnect_shared::CustomerAddress;
 use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::conversation::{Conversation, ConversationState};
+use waconnect_shared::delivery::Claim;
 use waconnect_shared::event::{EventError, EventKind, InboundEvent};
 use waconnect_shared::outbound::{Origin, OutboundMessage, Template};
 use waconnect_shared::queue::{FailOutcome, NewMessage, QueueError, ReceivedMessage};
@@ -292,6 +293,11 @@ async fn relay_message(
 ) -> Result<(), RelayError> {
     let customer = event.customer()?;
     let sid = event.message_sid()?.to_owned();
+    if replayed(relay, &sid, event).await {
+        tracing::warn!(customer = %customer, message_sid = %sid, "replayed webhook dropped: this message was handled already");
+        metrics::counter!("waconnect_relay_inbound_total", "outcome" => "replay").increment(1);
+        return Ok(());
+    }
     let text = render(event);
     let parts = split(&text, MAX_PART_CHARS);
     let mut use_cache = true;
@@ -358,6 +364,35 @@ async fn relay_message(
         }
         return Ok(());
     }
+}
+
+/// Whether this message was handled before from another webhook: a captured, signed
+/// webhook replayed after the queue's 5-minute dedup window, perhaps once the chat has
+/// ended. The ledger remembers each MessageSid with the time ingress received the webhook
+/// that carried it: a redelivery of that same queued event (a retry, a crash) carries the
+/// same time and goes on; a replay is a new webhook, received later. One conditional
+/// write per message; the time is recorded off the message's path. If the ledger cannot
+/// answer, the message goes on: a replay is rare, a customer's message is not.
+async fn replayed(relay: &Relay, sid: &str, event: &InboundEvent) -> bool {
+    let key = format!("in#{sid}");
+    let received = event.received_at.timestamp_millis().to_string();
+    let first = match relay.ledger.claim(&key).await {
+        Ok(Claim::Sent { sid: seen }) => return seen != received,
+        Ok(Claim::Fresh | Claim::Unknown { .. }) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check for a replayed webhook; relaying");
+            false
+        }
+    };
+    if first {
+        let ledger = relay.ledger.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ledger.sent(&key, &received).await {
+                tracing::warn!(error = %e, "cannot record a handled message; a replay of it would not be recognised");
+            }
+        });
+    }
+    false
 }
 
 /// The customer's conversation with a live chat and a connection token, started (or

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigErrors, ConfigSource};
 use waconnect_shared::ops::Health;
+use waconnect_shared::delivery::DeliveryLedger;
 use waconnect_shared::queue::Queue;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
@@ -36,6 +37,8 @@ pub struct Relay {
     pub store: Arc<dyn ConversationStore>,
     pub inbound: Arc<dyn Queue>,
     pub outbound: Arc<dyn Queue>,
+    /// Remembers the customer messages handled, so a replayed webhook is dropped.
+    pub ledger: Arc<dyn DeliveryLedger>,
     pub config: Arc<RelayConfig>,
     /// Records the inbound side read or wrote lately.
     pub records: records::Records,
@@ -63,6 +66,7 @@ pub async fn run(
         store: backends.store.clone(),
         inbound: backends.inbound.clone(),
         outbound: backends.outbound.clone(),
+        ledger: backends.ledger.clone(),
         config: config.clone(),
         records: records::Records::default(),
     });

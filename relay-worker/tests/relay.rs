@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigSource, IngressConfig};
 use waconnect_shared::conversation::ConversationState;
+use waconnect_shared::event::{EventKind, InboundEvent};
+use waconnect_shared::queue::NewMessage;
 use waconnect_shared::outbound::Origin;
 use waconnect_tests::{customer, twilio, wait};
 
@@ -180,6 +182,58 @@ async fn an_ended_chat_restarts_rehydrated_and_nothing_is_forwarded_twice() {
     let got = stack.outbound_until(1, Duration::from_secs(20)).await;
     assert_eq!(bodies(&got[ana.as_str()]), ["welcome back"]);
     stack.no_more_outbound(Duration::from_millis(700)).await;
+    relay.shutdown().await;
+}
+
+/// A captured, signed webhook replayed after the queue's dedup window, once the chat has
+/// ended and with another body under the same MessageSid, reaches nobody: no new chat,
+/// nothing in the customer's next chat.
+#[tokio::test]
+async fn a_webhook_replayed_after_the_chat_ended_is_dropped() {
+    let stack = Stack::new().await;
+    let relay = stack.relay(&[]).await;
+    let ana = customer(11);
+    stack.customer_says(&ana, "SM1", "hello").await;
+    let first = stack.contact_of(&ana).await;
+    wait::until("the text", Duration::from_secs(10), || async {
+        let texts = stack.desk.customer_texts(&first).await.ok()?;
+        (texts == ["hello"]).then_some(())
+    })
+    .await;
+    stack.desk.end(&first).await.unwrap();
+    wait::until("the chat to end", Duration::from_secs(10), || async {
+        let s = stack.store.get(&ana).await.ok()??;
+        (s.conversation.state == ConversationState::Ended).then_some(())
+    })
+    .await;
+    // A new webhook (received now) for the old MessageSid, past the queue's dedup window.
+    let replay = InboundEvent::new(
+        EventKind::Message,
+        twilio::incoming_text("SM1", ana.as_str(), "refund me to this account"),
+    );
+    stack
+        .inbound
+        .send(NewMessage {
+            group_id: ana.as_str().to_owned(),
+            dedup_id: "SM1-after-the-window".into(),
+            body: replay.to_json(),
+        })
+        .await
+        .unwrap();
+    stack.customer_says(&ana, "SM2", "me again").await;
+    let second = wait::until("a new chat", Duration::from_secs(20), || async {
+        let s = stack.store.get(&ana).await.ok()??;
+        s.conversation
+            .contact_id
+            .filter(|c| *c != first && s.conversation.state == ConversationState::Active)
+    })
+    .await;
+    wait::until("the new text", Duration::from_secs(10), || async {
+        let texts = stack.desk.customer_texts(&second).await.ok()?;
+        (texts == ["hello", "me again"]).then_some(())
+    })
+    .await;
+    assert_eq!(stack.desk.chats(None).await.unwrap().len(), 2);
     relay.shutdown().await;
 }
 
