@@ -15,7 +15,7 @@ use waconnect_shared::delivery::Claim;
 use waconnect_shared::event::{EventError, EventKind, InboundEvent};
 use waconnect_shared::outbound::{Origin, OutboundMessage, Template};
 use waconnect_shared::queue::{FailOutcome, NewMessage, QueueError, ReceivedMessage};
-use waconnect_shared::store::{StoreError, StoredConversation};
+use waconnect_shared::store::{Fence, Modified, StoreError, StoredConversation, modify};
 use waconnect_shared::text::split;
 
 /// Connect's SendMessage limit, in characters.
@@ -431,11 +431,11 @@ async fn active_conversation(
             }
         };
         relay.records.keep(&stored);
-        let mut conversation = stored.conversation.clone();
-        match conversation.state {
+        let contact = stored.conversation.contact_id.clone();
+        match stored.conversation.state {
             ConversationState::Active => return Ok((stored, false)),
             ConversationState::Ended => {
-                let previous = conversation.contact_id.clone().unwrap_or_default();
+                let previous = contact.clone().unwrap_or_default();
                 let token = client_token(&["restart", sid, &previous]);
                 let started = match relay
                     .api
@@ -454,25 +454,47 @@ async fn active_conversation(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                conversation.state = ConversationState::Starting;
-                conversation.contact_id = Some(started.contact_id.clone());
-                conversation.initial_contact_id = Some(started.contact_id);
-                conversation.participant_id = Some(started.participant_id);
-                conversation.participant_token = Some(started.participant_token.into());
-                conversation.connection_token = None;
-                conversation.connection_expires_at = None;
-                update(relay, &conversation, stored.version).await?;
-                metrics::counter!("waconnect_relay_chats_restarted_total").increment(1);
+                // Unless another worker restarted it meanwhile: then theirs is used.
+                let restarted = modify(&*relay.store, customer, Some(stored), Fence::None, |c| {
+                    if c.state != ConversationState::Ended || c.contact_id != contact {
+                        return false;
+                    }
+                    c.restart();
+                    c.contact_id = Some(started.contact_id.clone());
+                    c.initial_contact_id = Some(started.contact_id.clone());
+                    c.participant_id = Some(started.participant_id.clone());
+                    c.participant_token = Some(started.participant_token.clone().into());
+                    true
+                })
+                .await?;
+                if matches!(restarted, Modified::Written(_)) {
+                    metrics::counter!("waconnect_relay_chats_restarted_total").increment(1);
+                }
             }
             ConversationState::Starting => {
-                let participant = conversation.participant_token.clone().unwrap_or_default();
+                let participant = stored
+                    .conversation
+                    .participant_token
+                    .clone()
+                    .unwrap_or_default();
                 match relay.api.create_connection(participant.expose()).await {
-                    Ok(c) => {
-                        conversation.state = ConversationState::Active;
-                        conversation.connection_token = Some(c.connection_token.into());
-                        conversation.connection_expires_at = Some(c.connection_expires_at);
-                        update(relay, &conversation, stored.version).await?;
-                        metrics::counter!("waconnect_relay_chats_started_total").increment(1);
+                    Ok(connection) => {
+                        let activated =
+                            modify(&*relay.store, customer, Some(stored), Fence::None, |c| {
+                                if c.state != ConversationState::Starting || c.contact_id != contact
+                                {
+                                    return false;
+                                }
+                                c.state = ConversationState::Active;
+                                c.connection_token =
+                                    Some(connection.connection_token.clone().into());
+                                c.connection_expires_at = Some(connection.connection_expires_at);
+                                true
+                            })
+                            .await?;
+                        if matches!(activated, Modified::Written(_)) {
+                            metrics::counter!("waconnect_relay_chats_started_total").increment(1);
+                        }
                     }
                     Err(e) if e.kind == ErrorKind::AccessDenied => {
                         mark_ended(relay, stored).await?;
@@ -484,20 +506,21 @@ async fn active_conversation(
     }
 }
 
-/// A conditional update whose lost race is fine: the caller re-reads either way.
-async fn update(relay: &Relay, c: &Conversation, version: u64) -> Result<(), RelayError> {
-    match relay.store.update(c, version).await {
-        Ok(_) | Err(StoreError::Conflict) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
+/// Records that the chat `stored` names is over, unless the record moved on to another.
 async fn mark_ended(relay: &Relay, stored: StoredConversation) -> Result<(), RelayError> {
     relay.records.forget(&stored.conversation.customer);
-    let mut conversation = stored.conversation;
-    conversation.state = ConversationState::Ended;
-    conversation.connection_token = None;
-    update(relay, &conversation, stored.version).await
+    let contact = stored.conversation.contact_id.clone();
+    let keep = relay.config.worker.common.retention.conversations;
+    let customer = stored.conversation.customer.clone();
+    modify(&*relay.store, &customer, Some(stored), Fence::None, |c| {
+        if c.state == ConversationState::Ended || c.contact_id != contact {
+            return false;
+        }
+        c.end(keep);
+        true
+    })
+    .await?;
+    Ok(())
 }
 
 /// After a 403: a new connection if the chat is still on (the token had expired), or
@@ -512,16 +535,20 @@ async fn reconnect(
         .clone()
         .unwrap_or_default();
     match relay.api.create_connection(participant.expose()).await {
-        Ok(c) => {
-            let mut conversation = stored.conversation.clone();
-            conversation.connection_token = Some(c.connection_token.into());
-            conversation.connection_expires_at = Some(c.connection_expires_at);
-            match relay.store.update(&conversation, stored.version).await {
-                Ok(s) => Ok(Some(s)),
-                // Someone else wrote meanwhile; their record is at least as current.
-                Err(StoreError::Conflict) => Ok(relay.store.get(&conversation.customer).await?),
-                Err(e) => Err(e.into()),
-            }
+        Ok(connection) => {
+            let contact = stored.conversation.contact_id.clone();
+            let customer = stored.conversation.customer.clone();
+            let now = modify(&*relay.store, &customer, Some(stored), Fence::None, |c| {
+                // Someone ended or restarted the chat meanwhile: theirs stands.
+                if c.state != ConversationState::Active || c.contact_id != contact {
+                    return false;
+                }
+                c.connection_token = Some(connection.connection_token.clone().into());
+                c.connection_expires_at = Some(connection.connection_expires_at);
+                true
+            })
+            .await?;
+            Ok(now.record())
         }
         Err(e) if e.kind == ErrorKind::AccessDenied => {
             mark_ended(relay, stored).await?;
@@ -543,39 +570,27 @@ async fn note_inbound(
     event: &InboundEvent,
 ) -> Result<(), RelayError> {
     let customer = stored.conversation.customer.clone();
-    let mut current = Some(stored);
-    loop {
-        let stored = match current.take() {
-            Some(s) => s,
-            None => match relay.store.get(&customer).await? {
-                Some(s) => {
-                    relay.records.keep(&s);
-                    s
-                }
-                None => return Ok(()),
-            },
-        };
-        let mut conversation = stored.conversation;
-        if conversation.last_inbound_at.is_some_and(|at| {
+    let noted = modify(&*relay.store, &customer, Some(stored), Fence::None, |c| {
+        if c.last_inbound_at.is_some_and(|at| {
             event.received_at - at < INBOUND_NOTE_EVERY && at <= event.received_at
         }) {
-            return Ok(());
+            return false;
         }
-        conversation.last_inbound_message_sid = Some(sid.to_owned());
-        conversation.last_inbound_at = Some(event.received_at);
-        match relay.store.update(&conversation, stored.version).await {
-            Ok(written) => {
-                relay.records.keep(&written);
-                return Ok(());
-            }
-            Err(StoreError::Conflict) => continue,
-            Err(e) => return Err(e.into()),
-        }
+        c.last_inbound_message_sid = Some(sid.to_owned());
+        c.last_inbound_at = Some(event.received_at);
+        true
+    })
+    .await?;
+    if let Modified::Written(written) = noted {
+        relay.records.keep(&written);
     }
+    Ok(())
 }
 
 /// "Call me": an outbound voice call to the customer's number, at most once per cooldown
-/// (kept in the record, so the whole fleet honours it) — a toll-fraud guard.
+/// (kept in the record, so the whole fleet honours it) — a toll-fraud guard. A customer's
+/// messages are handled one at a time (their FIFO group), so the cooldown read before the
+/// call still holds when it is recorded.
 async fn call_customer(
     relay: &Relay,
     customer: &CustomerAddress,
@@ -584,59 +599,55 @@ async fn call_customer(
     let Some(call_me) = &relay.config.call_me else {
         return Ok(());
     };
-    loop {
-        let Some(stored) = relay.store.get(customer).await? else {
-            return Ok(());
-        };
-        let mut conversation = stored.conversation;
-        let cooling = conversation.last_call_at.is_some_and(|at| {
-            (chrono::Utc::now() - at).to_std().unwrap_or_default() < call_me.cooldown
-        });
-        // A redelivery of the message that placed the call finishes recording it.
-        if cooling && conversation.last_call_sid.as_deref() != Some(sid) {
-            metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "cooldown")
+    let Some(stored) = relay.store.get(customer).await? else {
+        return Ok(());
+    };
+    let conversation = &stored.conversation;
+    let cooling = conversation.last_call_at.is_some_and(|at| {
+        (chrono::Utc::now() - at).to_std().unwrap_or_default() < call_me.cooldown
+    });
+    // A redelivery of the message that placed the call finishes recording it.
+    if cooling && conversation.last_call_sid.as_deref() != Some(sid) {
+        metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "cooldown")
+            .increment(1);
+        return Ok(());
+    }
+    let mut attributes = HashMap::new();
+    attributes.insert("Channel".to_owned(), "WhatsApp".to_owned());
+    if let Some(contact) = &conversation.contact_id {
+        attributes.insert("ChatContactId".to_owned(), contact.clone());
+    }
+    let placed = relay
+        .api
+        .start_outbound_voice(OutboundCall {
+            destination: customer.e164(),
+            contact_flow_id: &call_me.contact_flow_id,
+            source: call_me.source_number.as_deref(),
+            client_token: client_token(&["call", sid]),
+            attributes,
+        })
+        .await;
+    match placed {
+        Ok(_) => {}
+        // Connect will not call this number (not allowed, not permitted, bad flow):
+        // the text already reached the agent, so the message is done.
+        Err(e) if !e.kind.retryable() => {
+            tracing::warn!(customer = %customer, code = %e.code, "call-me refused by Connect");
+            metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "refused")
                 .increment(1);
             return Ok(());
         }
-        let mut attributes = HashMap::new();
-        attributes.insert("Channel".to_owned(), "WhatsApp".to_owned());
-        if let Some(contact) = &conversation.contact_id {
-            attributes.insert("ChatContactId".to_owned(), contact.clone());
-        }
-        let placed = relay
-            .api
-            .start_outbound_voice(OutboundCall {
-                destination: customer.e164(),
-                contact_flow_id: &call_me.contact_flow_id,
-                source: call_me.source_number.as_deref(),
-                client_token: client_token(&["call", sid]),
-                attributes,
-            })
-            .await;
-        match placed {
-            Ok(_) => {}
-            // Connect will not call this number (not allowed, not permitted, bad flow):
-            // the text already reached the agent, so the message is done.
-            Err(e) if !e.kind.retryable() => {
-                tracing::warn!(customer = %customer, code = %e.code, "call-me refused by Connect");
-                metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "refused")
-                    .increment(1);
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        }
-        conversation.last_call_at = Some(chrono::Utc::now());
-        conversation.last_call_sid = Some(sid.to_owned());
-        match relay.store.update(&conversation, stored.version).await {
-            Ok(_) => {
-                metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "called")
-                    .increment(1);
-                return Ok(());
-            }
-            Err(StoreError::Conflict) => continue,
-            Err(e) => return Err(e.into()),
-        }
+        Err(e) => return Err(e.into()),
     }
+    let at = chrono::Utc::now();
+    modify(&*relay.store, customer, Some(stored), Fence::None, |c| {
+        c.last_call_at = Some(at);
+        c.last_call_sid = Some(sid.to_owned());
+        true
+    })
+    .await?;
+    metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "called").increment(1);
+    Ok(())
 }
 
 fn new_chat<'a>(

@@ -83,25 +83,33 @@ impl ChatItem {
         }
     }
 
-    /// Whether the item comes after `cursor`. Connect's times order the transcript; an
-    /// item with the cursor's own id is never newer.
-    pub fn is_after(&self, cursor: Option<&AgentCursor>) -> bool {
+    /// Whether the item comes after `cursor`, read in the transcript of `contact`.
+    /// Connect's times order the transcript; an item with the cursor's own id is never
+    /// newer. A different item in the cursor's own millisecond is newer — unless the item
+    /// or the cursor belongs to another contact than the other: a persistent chat repeats
+    /// the past session's items, possibly under new Ids, so there only a later time is new.
+    pub fn is_after(&self, cursor: Option<&AgentCursor>, contact: &str) -> bool {
         let Some(cursor) = cursor else { return true };
         if self.id == cursor.id {
             return false;
         }
+        let other_contact = self.contact_id.as_deref().is_some_and(|mine| {
+            mine != contact || cursor.contact_id.as_deref().is_some_and(|c| c != mine)
+        });
         let parsed = DateTime::parse_from_rfc3339(&cursor.absolute_time).ok();
-        match (self.time(), parsed) {
-            (Some(mine), Some(theirs)) => mine >= theirs,
+        let order = match (self.time(), parsed) {
+            (Some(mine), Some(theirs)) => mine.cmp(&theirs.with_timezone(&chrono::Utc)),
             // Same fixed-width format: the strings order as the times do.
-            _ => self.absolute_time >= cursor.absolute_time,
-        }
+            _ => self.absolute_time.cmp(&cursor.absolute_time),
+        };
+        order.is_gt() || (order.is_eq() && !other_contact)
     }
 
     pub fn cursor(&self) -> AgentCursor {
         AgentCursor {
             id: self.id.clone(),
             absolute_time: self.absolute_time.clone(),
+            contact_id: self.contact_id.clone(),
         }
     }
 }
@@ -153,13 +161,46 @@ mod tests {
         let cursor = AgentCursor {
             id: "b".into(),
             absolute_time: "2026-11-24T10:00:01.000Z".into(),
+            contact_id: Some("c1".into()),
         };
         let at = |id: &str, t: &str| item(id, t, "AGENT", "MESSAGE", "text/plain");
-        assert!(!at("b", "2026-11-24T10:00:01.000Z").is_after(Some(&cursor)));
-        assert!(!at("a", "2026-11-24T10:00:00.999Z").is_after(Some(&cursor)));
-        assert!(at("c", "2026-11-24T10:00:01.001Z").is_after(Some(&cursor)));
+        let after = |i: &ChatItem| i.is_after(Some(&cursor), "c1");
+        assert!(!after(&at("b", "2026-11-24T10:00:01.000Z")));
+        assert!(!after(&at("a", "2026-11-24T10:00:00.999Z")));
+        assert!(after(&at("c", "2026-11-24T10:00:01.001Z")));
         // A different item in the same millisecond is not lost.
-        assert!(at("d", "2026-11-24T10:00:01.000Z").is_after(Some(&cursor)));
-        assert!(at("x", "2026-11-24T10:00:00.000Z").is_after(None));
+        assert!(after(&at("d", "2026-11-24T10:00:01.000Z")));
+        assert!(at("x", "2026-11-24T10:00:00.000Z").is_after(None, "c1"));
+    }
+
+    #[test]
+    fn a_rehydrated_copy_of_the_cursor_is_not_newer() {
+        let cursor = AgentCursor {
+            id: "b".into(),
+            absolute_time: "2026-11-24T10:00:01.000Z".into(),
+            contact_id: Some("c1".into()),
+        };
+        let mut copy = item(
+            "b-renumbered",
+            "2026-11-24T10:00:01.000Z",
+            "AGENT",
+            "MESSAGE",
+            "text/plain",
+        );
+        // Read in the next chat's transcript, the past item keeps its contact...
+        copy.contact_id = Some("c1".into());
+        assert!(!copy.is_after(Some(&cursor), "c2"));
+        // ...or is shown under the new one: either way, the cursor's contact differs.
+        copy.contact_id = Some("c2".into());
+        assert!(!copy.is_after(Some(&cursor), "c2"));
+        // What the agent writes in the new chat comes later, and is new.
+        let new = item(
+            "n",
+            "2026-11-24T10:05:00.000Z",
+            "AGENT",
+            "MESSAGE",
+            "text/plain",
+        );
+        assert!(new.is_after(Some(&cursor), "c2"));
     }
 }

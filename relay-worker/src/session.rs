@@ -20,10 +20,10 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::CustomerAddress;
-use waconnect_shared::conversation::{AgentCursor, ConversationState};
+use waconnect_shared::conversation::{AgentCursor, Conversation, ConversationState};
 use waconnect_shared::outbound::{Origin, OutboundMessage};
 use waconnect_shared::queue::NewMessage;
-use waconnect_shared::store::{Lease, StoreError, StoredConversation};
+use waconnect_shared::store::{Fence, Lease, Modified, StoreError, StoredConversation, modify};
 
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,10 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         recent: VecDeque::new(),
     };
     let outcome = session.run(&stop).await;
-    if outcome == Outcome::Stopped
+    // Whatever ended the session, the cursor reaches the record while the lease is ours:
+    // the next session, perhaps on a rehydrated chat whose items have new Ids, resumes
+    // from it.
+    if outcome != Outcome::LeaseLost
         && let Err(Step::Done(Outcome::LeaseLost)) = session.save_cursor().await
     {
         return Outcome::LeaseLost;
@@ -91,12 +94,6 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
 }
 
 impl Session {
-    /// Whether the renew loop replaced `lease` with a newer one of ours.
-    fn renewed_since(&self, lease: &Lease) -> bool {
-        let current = self.current_lease();
-        current.version > lease.version && current.owner == lease.owner
-    }
-
     fn current_lease(&self) -> Lease {
         self.lease.lock().expect("lease lock").clone()
     }
@@ -302,7 +299,9 @@ impl Session {
             }
             Disposition::ChatEnded => Err(Step::Done(self.end_chat(Some(&item)).await)),
             Disposition::Forward => {
-                if !item.is_after(self.cursor.as_ref()) || self.recent.contains(&item.id) {
+                if !item.is_after(self.cursor.as_ref(), &self.contact_id)
+                    || self.recent.contains(&item.id)
+                {
                     return Ok(false);
                 }
                 self.forward(&item).await?;
@@ -362,74 +361,77 @@ impl Session {
         let (Some(_), Some(cursor)) = (self.cursor_due, self.cursor.clone()) else {
             return Ok(());
         };
-        loop {
-            let stored = match self.record.take() {
-                Some(s) => s,
-                None => self.load().await?,
-            };
-            let mut conversation = stored.conversation;
-            conversation.agent_cursor = Some(cursor.clone());
-            let lease = self.current_lease();
-            match self
-                .relay
-                .store
-                .update_fenced(&conversation, stored.version, &lease)
-                .await
-            {
-                Ok(written) => {
-                    self.record = Some(written);
-                    self.cursor_due = None;
-                    return Ok(());
-                }
-                // Someone else wrote the record since: read it and try again.
-                Err(StoreError::Conflict) => continue,
-                // Our own renewal raised the fencing version while the write was on its
-                // way (a window of one store round trip): the lease is still ours.
-                Err(StoreError::LeaseLost) if self.renewed_since(&lease) => continue,
-                Err(StoreError::LeaseLost) => return Err(Step::Done(Outcome::LeaseLost)),
-                Err(StoreError::NotFound) => return Err(Step::Done(Outcome::Ended)),
-                Err(_) => return Err(Step::Reconnect("store_error")),
+        let saved = self
+            .write(|c| {
+                c.agent_cursor = Some(cursor.clone());
+                true
+            })
+            .await;
+        match saved {
+            Ok(Modified::Written(record) | Modified::Unchanged(record)) => {
+                self.record = Some(record);
+                self.cursor_due = None;
+                Ok(())
             }
+            Ok(Modified::Missing) => Err(Step::Done(Outcome::Ended)),
+            Err(StoreError::LeaseLost) => Err(Step::Done(Outcome::LeaseLost)),
+            Err(_) => Err(Step::Reconnect("store_error")),
         }
     }
 
+    /// A fenced modification of the record, starting from the copy last seen.
+    async fn write(
+        &mut self,
+        change: impl FnMut(&mut Conversation) -> bool + Send,
+    ) -> Result<Modified, StoreError> {
+        let lease = self.lease.clone();
+        let current = move || lease.lock().expect("lease lock").clone();
+        modify(
+            &*self.relay.store,
+            &self.customer,
+            self.record.take(),
+            Fence::Lease(&current),
+            change,
+        )
+        .await
+    }
+
     /// Marks the chat ended (unless the record already moved on to a newer chat) and
-    /// sends the closing text, if configured.
+    /// sends the closing text, if configured. The cursor is saved either way.
     async fn end_chat(&mut self, item: Option<&ChatItem>) -> Outcome {
-        loop {
-            let Ok(stored) = self.load().await else {
-                return Outcome::Ended;
-            };
-            let mut conversation = stored.conversation;
-            if conversation.state == ConversationState::Ended
-                || conversation.contact_id.as_deref() != Some(self.contact_id.as_str())
-            {
-                return Outcome::Ended;
-            }
-            conversation.state = ConversationState::Ended;
-            conversation.connection_token = None;
-            if self.cursor.is_some() {
-                conversation.agent_cursor = self.cursor.clone();
-            }
-            let lease = self.current_lease();
-            match self
-                .relay
-                .store
-                .update_fenced(&conversation, stored.version, &lease)
-                .await
-            {
-                Ok(_) => {
-                    self.cursor_due = None;
-                    break;
+        let (contact, cursor) = (self.contact_id.clone(), self.cursor.clone());
+        let keep = self.relay.config.worker.common.retention.conversations;
+        let mut ended_here = false;
+        let written = self
+            .write(|c| {
+                ended_here = false;
+                let mut changed = false;
+                if let Some(cursor) = &cursor
+                    && c.agent_cursor.as_ref() != Some(cursor)
+                {
+                    c.agent_cursor = Some(cursor.clone());
+                    changed = true;
                 }
-                Err(StoreError::Conflict) => continue,
-                Err(StoreError::LeaseLost) if self.renewed_since(&lease) => continue,
-                Err(StoreError::LeaseLost) => return Outcome::LeaseLost,
-                Err(e) => {
-                    tracing::warn!(customer = %self.customer, error = %e, "cannot record the chat's end");
-                    return Outcome::Ended;
+                if c.state != ConversationState::Ended && c.contact_id.as_deref() == Some(&contact)
+                {
+                    c.end(keep);
+                    ended_here = true;
+                    changed = true;
                 }
+                changed
+            })
+            .await;
+        match written {
+            Ok(Modified::Written(_)) => self.cursor_due = None,
+            Ok(Modified::Unchanged(_) | Modified::Missing) => {}
+            Err(StoreError::LeaseLost) => return Outcome::LeaseLost,
+            Err(e) => {
+                tracing::warn!(customer = %self.customer, error = %e, "cannot record the chat's end");
+                return Outcome::Ended;
             }
+        }
+        if !ended_here {
+            return Outcome::Ended;
         }
         metrics::counter!("waconnect_relay_chats_ended_total").increment(1);
         tracing::info!(customer = %self.customer, contact_id = %self.contact_id, "chat ended");

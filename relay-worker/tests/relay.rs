@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use waconnect_shared::config::{ConfigSource, IngressConfig};
 use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::event::{EventKind, InboundEvent};
-use waconnect_shared::queue::NewMessage;
 use waconnect_shared::outbound::Origin;
+use waconnect_shared::queue::NewMessage;
+use waconnect_tests::connect_sim::SimOptions;
 use waconnect_tests::{customer, twilio, wait};
 
 const TOKEN: &str = "twilio-auth-token";
@@ -181,6 +182,51 @@ async fn an_ended_chat_restarts_rehydrated_and_nothing_is_forwarded_twice() {
     stack.desk.send(&second, "welcome back").await.unwrap();
     let got = stack.outbound_until(1, Duration::from_secs(20)).await;
     assert_eq!(bodies(&got[ana.as_str()]), ["welcome back"]);
+    stack.no_more_outbound(Duration::from_millis(700)).await;
+    relay.shutdown().await;
+}
+
+/// A persistent chat's transcript repeats the past session under new Ids (Connect does
+/// not promise to keep them): the next session forwards only what is new, with the agent
+/// cursor written lazily (a minute) so only the session's exit saves it.
+#[tokio::test]
+async fn a_rehydrated_chat_with_new_item_ids_forwards_nothing_twice() {
+    let stack = Stack::with(SimOptions {
+        renumber_rehydrated: true,
+        ..SimOptions::default()
+    })
+    .await;
+    let relay = stack
+        .relay(&[("WACONNECT_RELAY_CURSOR_FLUSH", "60s")])
+        .await;
+    let ana = customer(12);
+    stack.customer_says(&ana, "SM1", "hello").await;
+    let first = stack.contact_of(&ana).await;
+    stack.desk.accept(&first).await.unwrap();
+    stack.until_held(&first).await;
+    stack.desk.send(&first, "a1").await.unwrap();
+    stack.desk.send(&first, "a2").await.unwrap();
+    let got = stack.outbound_until(2, Duration::from_secs(20)).await;
+    assert_eq!(bodies(&got[ana.as_str()]), ["a1", "a2"]);
+    stack.desk.end(&first).await.unwrap();
+    wait::until("the chat to end", Duration::from_secs(10), || async {
+        let s = stack.store.get(&ana).await.ok()??;
+        (s.conversation.state == ConversationState::Ended && s.lease.owner.is_none()).then_some(())
+    })
+    .await;
+    stack.customer_says(&ana, "SM2", "me again").await;
+    let second = wait::until("a new chat", Duration::from_secs(20), || async {
+        let s = stack.store.get(&ana).await.ok()??;
+        s.conversation
+            .contact_id
+            .filter(|c| *c != first && s.conversation.state == ConversationState::Active)
+    })
+    .await;
+    stack.desk.accept(&second).await.unwrap();
+    stack.until_held(&second).await;
+    stack.desk.send(&second, "b1").await.unwrap();
+    let got = stack.outbound_until(1, Duration::from_secs(20)).await;
+    assert_eq!(bodies(&got[ana.as_str()]), ["b1"]);
     stack.no_more_outbound(Duration::from_millis(700)).await;
     relay.shutdown().await;
 }

@@ -352,11 +352,42 @@ pub struct TelemetryConfig {
     pub log_filter: String,
 }
 
+/// How long what is no longer needed is kept, so nothing (a phone number above all) is
+/// kept forever: DynamoDB items carry it as `ttl`; on the embedded engine a background
+/// job deletes what expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Ended conversations (the customer's number, the chat's tokens), from the end.
+    pub conversations: Duration,
+    /// Delivery-ledger rows (sent parts, handled customer messages against replays).
+    pub ledger: Duration,
+    /// Dead letters, from the time they died (the SQS DLQ's own retention on AWS).
+    pub dead_letters: Duration,
+}
+
+impl RetentionConfig {
+    fn read(r: &mut Reader<'_>) -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            conversations: r.duration(
+                "WACONNECT_RETENTION_CONVERSATIONS",
+                Duration::from_secs(30 * DAY),
+            ),
+            ledger: r.duration("WACONNECT_RETENTION_LEDGER", Duration::from_secs(7 * DAY)),
+            dead_letters: r.duration(
+                "WACONNECT_RETENTION_DEAD_LETTERS",
+                Duration::from_secs(14 * DAY),
+            ),
+        }
+    }
+}
+
 /// What every service reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommonConfig {
     pub storage: StorageConfig,
     pub queues: QueuesConfig,
+    pub retention: RetentionConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -404,6 +435,7 @@ impl CommonConfig {
         Self {
             storage,
             queues,
+            retention: RetentionConfig::read(r),
             telemetry,
         }
     }

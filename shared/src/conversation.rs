@@ -31,6 +31,10 @@ pub struct AgentCursor {
     pub id: String,
     /// Connect's `AbsoluteTime`, kept as the exact string Connect sent.
     pub absolute_time: String,
+    /// The contact whose transcript the item came from: a persistent chat's transcript
+    /// repeats earlier contacts' items, perhaps under new Ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +92,23 @@ impl Conversation {
             ttl: None,
         }
     }
+
+    /// Records that the chat is over: no token to use any more, and the record (with the
+    /// customer's number and the chat's tokens) may be deleted `keep` from now.
+    pub fn end(&mut self, keep: std::time::Duration) {
+        self.state = ConversationState::Ended;
+        self.connection_token = None;
+        let keep = i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
+        self.ttl = Some(Utc::now().timestamp().saturating_add(keep));
+    }
+
+    /// A new chat for the customer: the record is live again and kept.
+    pub fn restart(&mut self) {
+        self.state = ConversationState::Starting;
+        self.connection_token = None;
+        self.connection_expires_at = None;
+        self.ttl = None;
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +128,7 @@ mod tests {
         c.agent_cursor = Some(AgentCursor {
             id: "item-1".into(),
             absolute_time: "2026-11-24T10:00:00.000Z".into(),
+            contact_id: Some("contact-1".into()),
         });
         c.last_inbound_message_sid = Some("SM1".into());
         c.last_inbound_at = Some(Utc::now());

@@ -488,6 +488,63 @@ async fn persistent_chat_rehydrates_the_past_session_and_calls_are_recorded() {
     );
 }
 
+/// With `renumber_rehydrated`, a persistent chat repeats the past items with their
+/// times and contents but under new Ids.
+#[tokio::test]
+async fn rehydrated_items_can_come_back_with_new_ids() {
+    let sim = ConnectSim::start_with(SimOptions {
+        renumber_rehydrated: true,
+        ..SimOptions::default()
+    })
+    .await;
+    let c = clients(&sim).await;
+    let desk = sim.desk();
+    let transcript = |token: String| {
+        let c = &c;
+        async move {
+            c.participant
+                .get_transcript()
+                .connection_token(token)
+                .scan_direction(ScanDirection::Forward)
+                .max_results(100)
+                .send()
+                .await
+                .unwrap()
+                .transcript()
+                .iter()
+                .filter(|i| i.content().is_some())
+                .map(|i| {
+                    (
+                        i.id().unwrap().to_owned(),
+                        i.absolute_time().unwrap().to_owned(),
+                        i.content().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = start_chat(&c, &sim, "t1").await;
+    let old = first.contact_id().unwrap();
+    let (token, _) = connect(&c, first.participant_token().unwrap()).await;
+    send(&c, &token, "first session", "m").await.unwrap();
+    desk.accept(old).await.unwrap();
+    desk.send(old, "agent said").await.unwrap();
+    let before = transcript(token).await;
+    stop(&c, &sim, old).await.unwrap();
+    let second = rehydrate(&c, &sim, old).send().await.unwrap();
+    let (token, _) = connect(&c, second.participant_token().unwrap()).await;
+    let after = transcript(token).await;
+    assert_eq!(after.len(), 2);
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(old.0, new.0, "same Id");
+        assert_eq!(
+            (&old.1, &old.2),
+            (&new.1, &new.2),
+            "time or content changed"
+        );
+    }
+}
+
 #[tokio::test]
 async fn attachments_upload_to_the_simulator_and_come_back() {
     let sim = ConnectSim::start().await;

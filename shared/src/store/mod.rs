@@ -13,7 +13,10 @@
 //!   condition itself; nothing relies on TTL deletion.
 
 pub mod dynamodb;
+pub mod modify;
 pub mod sqlite;
+
+pub use modify::{Fence, Modified, modify};
 
 use crate::address::CustomerAddress;
 use crate::conversation::Conversation;

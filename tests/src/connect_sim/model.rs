@@ -24,6 +24,9 @@ pub struct SimOptions {
     pub connection_ttl: Duration,
     /// A new chat whose customer never connects ends after this (Connect: 5 minutes).
     pub connect_window: Duration,
+    /// A persistent chat's copied past items get new Ids (their times stay), as Connect
+    /// does not promise to keep them: the relay must not re-forward them.
+    pub renumber_rehydrated: bool,
 }
 
 impl Default for SimOptions {
@@ -33,6 +36,7 @@ impl Default for SimOptions {
             url_ttl: Duration::from_secs(100),
             connection_ttl: Duration::from_secs(24 * 3600),
             connect_window: Duration::from_secs(300),
+            renumber_rehydrated: false,
         }
     }
 }

@@ -149,7 +149,13 @@ async fn start_chat(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answer {
             if old.state != ChatState::Ended {
                 return Err(ApiError::invalid_request("The source chat is still active"));
             }
-            Some((old.contact_id.clone(), old.transcript.clone()))
+            let mut past = old.transcript.clone();
+            if sim.options.renumber_rehydrated {
+                for item in &mut past {
+                    item.id = new_id();
+                }
+            }
+            Some((old.contact_id.clone(), past))
         }
         None => None,
     };

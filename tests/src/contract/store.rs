@@ -347,6 +347,7 @@ pub async fn fenced_update_needs_the_current_lease(e: &dyn StoreEngine, _: &Path
     c.agent_cursor = Some(AgentCursor {
         id: "item-7".into(),
         absolute_time: "2026-11-24T10:00:00.000Z".into(),
+        contact_id: Some("contact-1".into()),
     });
     let stored = store.update_fenced(&c, 1, &lease).await.unwrap();
     assert_eq!(stored.conversation.agent_cursor, c.agent_cursor);
