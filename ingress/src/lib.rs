@@ -32,7 +32,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
-    let backend = Backend::open(&config.common.storage, &config.common.queues).await?;
+    let backend = Backend::open(&config.common).await?;
     let inbound = backend.inbound().await?;
     serve(config, inbound, listener, shutdown).await
 }

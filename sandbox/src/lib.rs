@@ -228,7 +228,7 @@ impl Sandbox {
             )
         } else {
             let common = CommonConfig::read(&mut pairs(&[], &db, &options.storage).reader());
-            let backend = Backend::open(&common.storage, &common.queues).await?;
+            let backend = Backend::open(&common).await?;
             (backend.inbound().await?, backend.outbound().await?)
         };
         let (phone, desk) = (PhoneClient::new(twilio), DeskClient::new(connect));

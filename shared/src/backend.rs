@@ -1,7 +1,7 @@
 //! Opens the engines the configuration names.
 
 use crate::aws::CallCounter;
-use crate::config::{AwsStorageConfig, QueuesConfig, StorageConfig};
+use crate::config::{AwsStorageConfig, CommonConfig, QueuesConfig, RetentionConfig, StorageConfig};
 use crate::delivery::dynamodb::DynamoLedger;
 use crate::delivery::sqlite::SqliteLedger;
 use crate::delivery::{DeliveryLedger, LedgerError};
@@ -35,6 +35,7 @@ pub enum BackendError {
 pub struct Backend {
     engine: Engine,
     queues: QueuesConfig,
+    retention: RetentionConfig,
 }
 
 #[derive(Clone)]
@@ -52,11 +53,8 @@ struct AwsEngines {
 }
 
 impl Backend {
-    pub async fn open(
-        storage: &StorageConfig,
-        queues: &QueuesConfig,
-    ) -> Result<Self, BackendError> {
-        let engine = match storage {
+    pub async fn open(common: &CommonConfig) -> Result<Self, BackendError> {
+        let engine = match &common.storage {
             StorageConfig::Embedded(embedded) => Engine::Embedded(Db::open(embedded).await?),
             StorageConfig::Aws(config) => {
                 let (sqs, dynamodb) = aws_clients(config).await;
@@ -69,7 +67,8 @@ impl Backend {
         };
         Ok(Self {
             engine,
-            queues: queues.clone(),
+            queues: common.queues.clone(),
+            retention: common.retention,
         })
     }
 
@@ -108,7 +107,9 @@ impl Backend {
     pub async fn ledger(&self) -> Result<Arc<dyn DeliveryLedger>, BackendError> {
         Ok(match &self.engine {
             Engine::Embedded(db) => Arc::new(SqliteLedger::open(db.clone()).await?),
-            Engine::Aws(aws) => Arc::new(DynamoLedger::new(aws.table.clone())),
+            Engine::Aws(aws) => {
+                Arc::new(DynamoLedger::new(aws.table.clone(), self.retention.ledger))
+            }
         })
     }
 

@@ -71,6 +71,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Deliveries found taken over by another worker while being handled (their visibility could not be kept), by queue.",
     ),
     (
+        "waconnect_retention_pruned_total",
+        Kind::Counter,
+        "Expired data deleted on the embedded engine, by kind (conversations, ledger, dead_letters).",
+    ),
+    (
         "waconnect_relay_conversations_held",
         Kind::Gauge,
         "Conversations whose websocket this worker holds.",

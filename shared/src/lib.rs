@@ -3,7 +3,8 @@
 //! * [`aws`] — the AWS SDK configuration every AWS client is built from.
 //! * [`config`] — typed, validated configuration from the environment.
 //! * [`address`], [`event`], [`outbound`], [`conversation`] — domain types.
-//! * [`queue`] and [`store`] — the two storage contracts, with their engines.
+//! * [`queue`] and [`store`] — the two storage contracts, with their engines;
+//!   [`retention`] deletes what expired.
 //! * [`signature`] and [`form`] — Twilio webhook signing and form decoding.
 //! * [`telemetry`], [`ops`], [`shutdown`] — logs, metrics, probes and graceful shutdown.
 
@@ -21,6 +22,7 @@ pub mod form;
 pub mod ops;
 pub mod outbound;
 pub mod queue;
+pub mod retention;
 pub mod secret;
 pub mod shutdown;
 pub mod signature;

@@ -7,6 +7,7 @@ use crate::config::WorkerConfig;
 use crate::delivery::DeliveryLedger;
 use crate::ops::{self, Health, Readiness};
 use crate::queue::{Queue, depth};
+use crate::retention::Retained;
 use crate::store::ConversationStore;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -74,7 +75,7 @@ pub struct WorkerBackends {
 
 impl WorkerBackends {
     pub async fn open(config: &WorkerConfig) -> Result<Self, WorkerError> {
-        let backend = Backend::open(&config.common.storage, &config.common.queues).await?;
+        let backend = Backend::open(&config.common).await?;
         Ok(Self {
             inbound: backend.inbound().await?,
             outbound: backend.outbound().await?,
@@ -104,6 +105,12 @@ pub async fn serve_ops(
         config.common.queues.depth_interval,
         shutdown.child_token(),
     );
+    let pruner = Retained {
+        store: backends.store.clone(),
+        ledger: backends.ledger.clone(),
+        queues: backends.queues(),
+    }
+    .spawn(config.common.retention, shutdown.child_token());
     tracing::info!(service = name, address = %listener.local_addr()?, "operations endpoints listening");
     let router = ops::router(
         Arc::new(AllReady {
@@ -115,6 +122,7 @@ pub async fn serve_ops(
     let served = ops::serve(listener, router, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sampler.await;
+    let _ = pruner.await;
     tracing::info!(service = name, "stopped");
     Ok(served?)
 }

@@ -43,6 +43,12 @@ pub trait QueueEngine: Send + Sync {
     fn reports_oldest_age(&self) -> bool {
         true
     }
+
+    /// Whether the engine's storage deletes what expired by itself (SQS's retention
+    /// period), so pruning is not its job.
+    fn expires_itself(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -53,6 +59,11 @@ pub trait StoreEngine: Send + Sync {
     /// Arguments that make `lease-contender` open the store [`StoreEngine::store`] returned
     /// last, from another process.
     fn contender_args(&self) -> Vec<String>;
+
+    /// Whether the engine's storage deletes expired records by itself (DynamoDB's TTL).
+    fn expires_itself(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -60,6 +71,11 @@ pub trait LedgerEngine: Send + Sync {
     /// Two handles on a new, empty ledger, each over its own connection, as two processes
     /// would hold it.
     async fn ledgers(&self) -> (Arc<dyn DeliveryLedger>, Arc<dyn DeliveryLedger>);
+
+    /// Whether the engine's storage deletes expired entries by itself (DynamoDB's TTL).
+    fn expires_itself(&self) -> bool {
+        false
+    }
 }
 
 /// The embedded engine on a file in a temporary directory.
@@ -119,6 +135,9 @@ impl LedgerEngine for SqliteEngine {
     }
 }
 
+/// How long the contract suites' DynamoDB ledgers keep entries.
+const LEDGER_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Unique within this machine: the process id and a counter.
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,6 +194,10 @@ impl QueueEngine for AwsEngine {
     fn reports_oldest_age(&self) -> bool {
         false
     }
+
+    fn expires_itself(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -196,6 +219,10 @@ impl StoreEngine for AwsEngine {
             self.last_table.lock().unwrap().clone(),
         ]
     }
+
+    fn expires_itself(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -206,8 +233,12 @@ impl LedgerEngine for AwsEngine {
         let (_, b) = self.moto.clients().await;
         let table = |client| waconnect_shared::table::Table::new(client, name.clone());
         (
-            Arc::new(DynamoLedger::new(table(a))),
-            Arc::new(DynamoLedger::new(table(b))),
+            Arc::new(DynamoLedger::new(table(a), LEDGER_KEEP)),
+            Arc::new(DynamoLedger::new(table(b), LEDGER_KEEP)),
         )
+    }
+
+    fn expires_itself(&self) -> bool {
+        true
     }
 }

@@ -113,9 +113,7 @@ impl Stack {
         let common = waconnect_shared::config::CommonConfig::read(
             &mut ConfigSource::from_pairs(Moto::env(&config)).reader(),
         );
-        let backend = Backend::open(&common.storage, &common.queues)
-            .await
-            .unwrap();
+        let backend = Backend::open(&common).await.unwrap();
         let sim = ConnectSim::start().await;
         Self {
             dir: tempfile::tempdir().unwrap(),

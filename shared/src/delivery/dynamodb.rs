@@ -15,9 +15,6 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest};
 use chrono::{DateTime, Utc};
 
-/// Entries outlive the outbound queue's 5-minute dedup window by far; TTL then removes them.
-const KEEP_SECONDS: i64 = 24 * 3600;
-
 pub const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 /// BatchWriteItem's limit.
 const MAX_BATCH_WRITE: usize = 25;
@@ -27,25 +24,36 @@ const UNPROCESSED_ATTEMPTS: u32 = 4;
 #[derive(Clone, Debug)]
 pub struct DynamoLedger {
     table: Table,
+    /// How long entries are kept (`WACONNECT_RETENTION_LEDGER`); TTL then removes them.
+    keep_seconds: i64,
     /// `(key, sid)` outcomes on their way to the table.
     outcomes: Batcher<(String, String)>,
 }
 
 impl DynamoLedger {
-    /// Starts the outcome batcher on the current tokio runtime.
-    pub fn new(table: Table) -> Self {
+    /// Starts the outcome batcher on the current tokio runtime; entries are kept `keep`.
+    pub fn new(table: Table, keep: std::time::Duration) -> Self {
         let writer = table.clone();
+        let keep_seconds = i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
         let outcomes = Batcher::start(
             MAX_BATCH_WRITE,
             OUTCOME_LINGER,
-            Box::new(move |batch| Box::pin(write_outcomes(writer.clone(), batch))),
+            Box::new(move |batch| Box::pin(write_outcomes(writer.clone(), batch, keep_seconds))),
         );
-        Self { table, outcomes }
+        Self {
+            table,
+            keep_seconds,
+            outcomes,
+        }
     }
 }
 
 /// Writes `(key, sid)` outcomes in one BatchWriteItem, retrying what it leaves unprocessed.
-async fn write_outcomes(table: Table, batch: Vec<(String, String)>) -> Vec<Result<(), CallError>> {
+async fn write_outcomes(
+    table: Table,
+    batch: Vec<(String, String)>,
+    keep_seconds: i64,
+) -> Vec<Result<(), CallError>> {
     // One request may not name an item twice; the last outcome for a key stands.
     let mut items: std::collections::HashMap<String, Item> = std::collections::HashMap::new();
     for (key, sid) in &batch {
@@ -53,7 +61,7 @@ async fn write_outcomes(table: Table, batch: Vec<(String, String)>) -> Vec<Resul
             (KEY.to_owned(), s(pk(key))),
             ("sid".to_owned(), s(sid.as_str())),
             ("claimed_at".to_owned(), n(now_millis())),
-            (TTL.to_owned(), n(ttl())),
+            (TTL.to_owned(), n(ttl(keep_seconds))),
         ]);
         items.insert(pk(key), item);
     }
@@ -130,8 +138,8 @@ impl From<CallError> for LedgerError {
     }
 }
 
-fn ttl() -> i64 {
-    now_millis() / 1000 + KEEP_SECONDS
+fn ttl(keep_seconds: i64) -> i64 {
+    (now_millis() / 1000).saturating_add(keep_seconds)
 }
 
 #[async_trait]
@@ -140,7 +148,7 @@ impl DeliveryLedger for DynamoLedger {
         let item = Item::from([
             (KEY.to_owned(), s(pk(key))),
             ("claimed_at".to_owned(), n(now_millis())),
-            (TTL.to_owned(), n(ttl())),
+            (TTL.to_owned(), n(ttl(self.keep_seconds))),
         ]);
         let result = self
             .table

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sid TEXT,
     claimed_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_claimed ON deliveries (claimed_at);
 ";
 
 #[derive(Clone)]

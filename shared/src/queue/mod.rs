@@ -197,6 +197,14 @@ pub trait Queue: Send + Sync + 'static {
     /// The oldest dead letters, for inspection.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
 
+    /// Deletes dead letters that died before `before`; returns how many. An engine whose
+    /// dead-letter queue expires messages itself (SQS's retention period) keeps this
+    /// default.
+    async fn prune_dead_letters(&self, before: DateTime<Utc>) -> Result<u64, QueueError> {
+        let _ = before;
+        Ok(0)
+    }
+
     async fn stats(&self) -> Result<QueueStats, QueueError>;
 }
 

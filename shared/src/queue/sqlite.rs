@@ -650,6 +650,25 @@ impl Queue for SqliteQueue {
         Ok(())
     }
 
+    async fn prune_dead_letters(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, QueueError> {
+        let name = self.inner.name.clone();
+        let before = before.timestamp_millis();
+        self.inner
+            .db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "DELETE FROM queue_dead_letters WHERE queue = ?1 AND dead_at < ?2",
+                    )?
+                    .execute(params![name, before])?;
+                Ok(n as u64)
+            })
+            .await
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let name = self.inner.name.clone();
         self.inner

@@ -117,6 +117,11 @@ pub trait ConversationStore: Send + Sync + 'static {
 
     /// Live (not ended) conversations whose lease is free or lapsed, oldest expiry first.
     async fn unheld(&self, limit: usize) -> Result<Vec<StoredConversation>, StoreError>;
+
+    /// Deletes ended conversations whose `ttl` has passed and that nobody holds; returns
+    /// how many. An engine whose storage deletes expired items itself (DynamoDB's TTL)
+    /// does nothing here.
+    async fn prune_expired(&self) -> Result<u64, StoreError>;
 }
 
 pub(crate) fn lease_millis(duration: Duration) -> Result<i64, StoreError> {

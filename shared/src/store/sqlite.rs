@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS conversations (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conversations_unheld
     ON conversations (lease_expires_at) WHERE state != 'ended';
+CREATE INDEX IF NOT EXISTS conversations_expiry
+    ON conversations (ttl) WHERE state = 'ended';
 ";
 
 #[derive(Clone)]
@@ -304,6 +306,21 @@ impl ConversationStore for SqliteStore {
                     .query_map(params![now_millis(), limit as i64], read_row)?
                     .collect::<Result<Vec<_>, _>>()?;
                 rows.into_iter().map(stored).collect()
+            })
+            .await
+    }
+
+    async fn prune_expired(&self) -> Result<u64, StoreError> {
+        self.db
+            .write(move |c| {
+                let now = now_millis();
+                let n = c
+                    .prepare_cached(
+                        "DELETE FROM conversations
+                         WHERE state = 'ended' AND ttl < ?1 AND lease_expires_at <= ?2",
+                    )?
+                    .execute(params![now / 1000, now])?;
+                Ok(n as u64)
             })
             .await
     }

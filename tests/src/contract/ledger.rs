@@ -103,3 +103,25 @@ pub async fn many_outcomes_at_once_are_all_kept(e: &dyn LedgerEngine) {
     }
     assert_eq!(sids.len(), PARTS);
 }
+
+/// Entries older than the retention are deleted — by `prune`, or by the engine's own
+/// expiry (DynamoDB's TTL) — and younger ones are kept.
+pub async fn old_entries_are_pruned(e: &dyn LedgerEngine) {
+    let (ledger, _) = e.ledgers().await;
+    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    ledger.sent(&key(2), "SM2").await.unwrap();
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(ledger.prune(hour_ago).await.unwrap(), 0);
+    assert_eq!(
+        ledger.claim(&key(2)).await.unwrap(),
+        Claim::Sent { sid: "SM2".into() }
+    );
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let pruned = ledger.prune(later).await.unwrap();
+    if e.expires_itself() {
+        assert_eq!(pruned, 0);
+    } else {
+        assert_eq!(pruned, 2);
+        assert_eq!(ledger.claim(&key(2)).await.unwrap(), Claim::Fresh);
+    }
+}

@@ -29,6 +29,7 @@ macro_rules! queue_contract_tests {
             refuses_oversized_bodies_and_bad_ids,
             long_poll_wakes_for_a_send_on_another_connection,
             long_poll_wakes_when_the_group_head_is_deleted,
+            old_dead_letters_are_pruned,
         );
     };
 }
@@ -52,6 +53,7 @@ macro_rules! store_contract_tests {
             unheld_lists_lapsed_and_released_live_conversations,
             fenced_update_needs_the_current_lease,
             lease_changes_and_data_writes_do_not_interfere,
+            ended_conversations_expire_after_their_retention,
         );
     };
 }
@@ -66,6 +68,7 @@ macro_rules! ledger_contract_tests {
             release_forgets_an_unsent_claim_only,
             racing_claims_have_exactly_one_fresh_winner,
             many_outcomes_at_once_are_all_kept,
+            old_entries_are_pruned,
         );
     };
 }

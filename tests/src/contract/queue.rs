@@ -501,3 +501,24 @@ pub async fn long_poll_wakes_when_the_group_head_is_deleted(e: &dyn QueueEngine)
     let got = waiter.await.unwrap();
     assert_eq!(got.iter().map(body).collect::<Vec<_>>(), ["second"]);
 }
+
+/// Dead letters older than the retention are deleted — by `prune_dead_letters`, or by
+/// the engine's own expiry (SQS's retention period) — and younger ones are kept.
+pub async fn old_dead_letters_are_pruned(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "g", "d1", "poison").await;
+    let m = eventually_receive(q.as_ref(), LONG).await;
+    q.dead_letter(&m.receipt, "refused").await.unwrap();
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(q.prune_dead_letters(hour_ago).await.unwrap(), 0);
+    assert_eq!(q.dead_letters(10).await.unwrap().len(), 1);
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let pruned = q.prune_dead_letters(later).await.unwrap();
+    if e.expires_itself() {
+        assert_eq!(pruned, 0);
+    } else {
+        assert_eq!(pruned, 1);
+        assert!(q.dead_letters(10).await.unwrap().is_empty());
+        assert_eq!(q.stats().await.unwrap().dead_letters, 0);
+    }
+}

@@ -390,3 +390,46 @@ pub async fn lease_changes_and_data_writes_do_not_interfere(e: &dyn StoreEngine,
     assert_eq!(stored.lease.version, renewed.version);
     store.renew_lease(&renewed, LONG).await.unwrap();
 }
+
+/// An ended conversation is deleted once its `ttl` passed — by the engine's own expiry
+/// (DynamoDB's TTL, so the record carries a past `ttl`) or by `prune_expired` — and never
+/// a live one, one whose `ttl` is still ahead, or one a worker holds.
+pub async fn ended_conversations_expire_after_their_retention(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let past = chrono::Utc::now().timestamp() - 10;
+    let ended = |i: usize, ttl: i64| {
+        let mut c = conversation(i);
+        c.end(Duration::ZERO);
+        c.ttl = Some(ttl);
+        c
+    };
+    for c in [
+        ended(1, past),
+        ended(2, past + 3600),
+        conversation(3),
+        ended(4, past),
+    ] {
+        store.insert(&c).await.unwrap();
+    }
+    let held = store.acquire_lease(&customer(4), "w", LONG).await.unwrap();
+    let pruned = store.prune_expired().await.unwrap();
+    let expired = store.get(&customer(1)).await.unwrap();
+    if e.expires_itself() {
+        assert_eq!(pruned, 0);
+        let ttl = expired
+            .expect("left to the engine's expiry")
+            .conversation
+            .ttl;
+        assert!(ttl.is_some_and(|t| t <= past), "ttl {ttl:?}");
+    } else {
+        assert_eq!(pruned, 1);
+        assert!(expired.is_none(), "an expired conversation was kept");
+    }
+    for kept in [2, 3, 4] {
+        assert!(
+            store.get(&customer(kept)).await.unwrap().is_some(),
+            "conversation {kept} was deleted"
+        );
+    }
+    store.release_lease(&held).await.unwrap();
+}
