@@ -17,6 +17,9 @@ pub struct SenderConfig {
     pub visibility: Duration,
     pub timeout: Duration,
     pub max_backoff: Duration,
+    /// A message Twilio still has not taken this long after the agent wrote it is given
+    /// up, and the agent told.
+    pub give_up_after: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -119,6 +122,10 @@ impl SenderConfig {
             visibility: r.duration("WACONNECT_SENDER_VISIBILITY", Duration::from_secs(30)),
             timeout: r.duration("WACONNECT_SENDER_TIMEOUT", Duration::from_secs(10)),
             max_backoff: r.duration("WACONNECT_SENDER_MAX_BACKOFF", Duration::from_secs(30)),
+            give_up_after: r.duration(
+                "WACONNECT_SENDER_GIVE_UP_AFTER",
+                Duration::from_secs(24 * 3600),
+            ),
             shutdown_grace: r.duration("WACONNECT_SENDER_SHUTDOWN_GRACE", Duration::from_secs(10)),
         };
         r.finish()?;

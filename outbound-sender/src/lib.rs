@@ -37,6 +37,12 @@ impl Readiness for TwilioReady {
         if self.0.auth_failing.load(Ordering::Relaxed) {
             return Err("Twilio refuses the credentials (HTTP 401)".into());
         }
+        if self.0.config_failing.load(Ordering::Relaxed) {
+            return Err(
+                "Twilio refuses the sender configuration (TWILIO_FROM, TWILIO_MESSAGING_SERVICE_SID or the account)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -52,6 +58,7 @@ pub async fn run(
     waconnect_shared::telemetry::metrics();
     let backends = WorkerBackends::open(&config.worker).await?;
     metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
+    metrics::gauge!("waconnect_sender_twilio_config_failing").set(0.0);
     let sender = Arc::new(sender::Sender {
         twilio: twilio::TwilioClient::new(config.twilio.clone(), config.timeout),
         outbound: backends.outbound.clone(),
@@ -59,7 +66,10 @@ pub async fn run(
         ledger: backends.ledger.clone(),
         limiter: ratelimit::RateLimiter::new(config.rate),
         max_backoff: config.max_backoff,
+        max_attempts: config.worker.common.queues.limits.max_attempts,
+        give_up_after: config.give_up_after,
         auth_failing: AtomicBool::new(false),
+        config_failing: AtomicBool::new(false),
         outcomes: tokio_util::task::TaskTracker::new(),
     });
     let settings = ConsumerSettings {

@@ -15,7 +15,7 @@ use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::outbound::{Origin, OutboundMessage};
-use waconnect_shared::queue::{NewMessage, Queue, ReceivedMessage};
+use waconnect_shared::queue::{FailOutcome, NewMessage, Queue, ReceivedMessage};
 use waconnect_shared::text::split;
 
 /// Twilio's Body limit, in characters.
@@ -28,8 +28,14 @@ pub struct Sender {
     pub ledger: Arc<dyn DeliveryLedger>,
     pub limiter: RateLimiter,
     pub max_backoff: Duration,
+    /// Deliveries a message gets (the queue's attempts) before it is given up.
+    pub max_attempts: u32,
+    /// A message not taken by Twilio this long after the agent wrote it is given up.
+    pub give_up_after: Duration,
     /// Set while Twilio refuses our credentials; readiness reports it.
     pub auth_failing: AtomicBool,
+    /// Set while Twilio refuses our sender configuration; readiness reports it.
+    pub config_failing: AtomicBool,
     /// Ledger outcomes being written; waited for at shutdown.
     pub outcomes: TaskTracker,
 }
@@ -62,9 +68,16 @@ impl Sender {
     }
 }
 
+/// Sends tried within one delivery before a passing failure hands the message back to
+/// the queue (an attempt), so one customer's trouble never holds a slot for long: a
+/// message gets this many tries times `WACONNECT_MAX_ATTEMPTS`.
+const TRIES_PER_DELIVERY: u32 = 4;
+
 enum Done {
     Delivered,
     DeadLettered,
+    /// Passing failures used this delivery's tries: back to the queue, as an attempt.
+    Retry(String),
     /// Shutting down, or the delivery was taken over: leave it to the queue.
     Abandoned,
 }
@@ -76,6 +89,16 @@ pub async fn consume(sender: Arc<Sender>, settings: ConsumerSettings, stop: Canc
         async move {
             match deliver(&sender, &message, &stop).await {
                 Done::Delivered | Done::DeadLettered => Handled::Settled,
+                Done::Retry(reason) => {
+                    let failed = sender
+                        .outbound
+                        .fail(&message.receipt, &reason, sender.max_backoff)
+                        .await;
+                    match failed {
+                        Ok(FailOutcome::DeadLettered) => Handled::Settled,
+                        _ => Handled::Pending,
+                    }
+                }
                 Done::Abandoned => {
                     let _ = sender.outbound.release(&message.receipt).await;
                     Handled::Pending
@@ -114,6 +137,11 @@ async fn deliver_parts(
             return Done::DeadLettered;
         }
     };
+    let age = || {
+        (chrono::Utc::now() - message.created_at)
+            .to_std()
+            .unwrap_or_default()
+    };
     let mut parts = split(&message.body, MAX_BODY_CHARS);
     if parts.is_empty() {
         // A media-only or template message: one part without a body.
@@ -123,6 +151,7 @@ async fn deliver_parts(
         let key = format!("{}#{i}", message.dedup_id());
         let fields = form_for(s, &message, part, i);
         let mut backoff = Duration::from_millis(200);
+        let mut tries = 0;
         // When set, an attempt since then may have reached Twilio without us hearing so:
         // ask Twilio before sending again.
         let mut unsure_since = match s.ledger.claim(&key).await {
@@ -171,6 +200,10 @@ async fn deliver_parts(
                             tracing::info!("Twilio accepts the credentials again");
                             metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
                         }
+                        if s.config_failing.swap(false, Ordering::Relaxed) {
+                            tracing::info!("Twilio accepts the sender configuration again");
+                            metrics::gauge!("waconnect_sender_twilio_config_failing").set(0.0);
+                        }
                         outcomes.push(s.record_sent(key.clone(), sid));
                         metrics::counter!("waconnect_sender_sent_total").increment(1);
                         break;
@@ -197,11 +230,43 @@ async fn deliver_parts(
                         metrics::gauge!("waconnect_sender_twilio_auth_failing").set(1.0);
                     }
                 }
-                ErrorKind::Transient { .. } | ErrorKind::Unknown => {}
+                ErrorKind::Config => {
+                    if !s.config_failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %err, "Twilio refuses the sender configuration (TWILIO_FROM / TWILIO_MESSAGING_SERVICE_SID / the account); holding messages until it accepts it");
+                        metrics::gauge!("waconnect_sender_twilio_config_failing").set(1.0);
+                    }
+                }
+                ErrorKind::Throttled { .. } | ErrorKind::Transient { .. } | ErrorKind::Unknown => {}
+            }
+            // However the failures came, a message has a bound in age and in tries.
+            if age() > s.give_up_after {
+                if unsure_since.is_none() {
+                    let _ = s.ledger.release(&key).await;
+                }
+                let why = format!("not taken by Twilio within {:?}", s.give_up_after);
+                return give_up(s, m, &message, &err, &why).await;
+            }
+            tries += 1;
+            if tries >= TRIES_PER_DELIVERY
+                && matches!(err.kind, ErrorKind::Transient { .. } | ErrorKind::Unknown)
+            {
+                // A part that surely did not reach Twilio is unclaimed again, so the next
+                // delivery need not ask Twilio about it.
+                if unsure_since.is_none() {
+                    let _ = s.ledger.release(&key).await;
+                }
+                if m.attempts + 1 >= s.max_attempts {
+                    let why = format!("not taken by Twilio in {} deliveries", m.attempts + 1);
+                    return give_up(s, m, &message, &err, &why).await;
+                }
+                metrics::counter!("waconnect_sender_retried_total", "code" => code).increment(1);
+                return Done::Retry(err.to_string());
             }
             metrics::counter!("waconnect_sender_retried_total", "code" => code).increment(1);
             let retry_after = match err.kind {
-                ErrorKind::Transient { retry_after } => retry_after,
+                ErrorKind::Throttled { retry_after } | ErrorKind::Transient { retry_after } => {
+                    retry_after
+                }
                 _ => None,
             };
             let jitter = rand::random_range(0.5..1.0);
@@ -292,6 +357,23 @@ fn form_for(
         fields.push(("StatusCallback".into(), format!("{base}{joiner}{query}")));
     }
     s.twilio.with_sender(fields)
+}
+
+/// Gives a message up after passing failures outlasted its bounds: like a permanent
+/// refusal, the agent is told why and the message is dead-lettered.
+async fn give_up(
+    s: &Sender,
+    m: &ReceivedMessage,
+    message: &OutboundMessage,
+    last: &SendError,
+    why: &str,
+) -> Done {
+    let err = SendError {
+        kind: ErrorKind::Permanent,
+        code: last.code,
+        message: format!("{why}; last error: {}", last.message),
+    };
+    fail_permanently(s, m, message, &err).await
 }
 
 /// Dead-letters the message and puts a delivery failure on the inbound queue, so the

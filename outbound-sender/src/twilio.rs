@@ -8,15 +8,27 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Not processed (429 / 20429 / 63018, 5xx): retry with backoff.
+    /// Rate limited, never processed (429 / 20429 / 63018): wait and send again. Not the
+    /// message's fault, so it costs no attempt; only its age bounds the wait.
+    Throttled { retry_after: Option<Duration> },
+    /// Not processed (5xx, no connection): retry with backoff, a bounded number of times.
     Transient { retry_after: Option<Duration> },
     /// No answer after the request went out: Twilio may or may not have it.
     Unknown,
     /// The credentials are refused: nothing can be sent until someone fixes them.
     Auth,
+    /// The sender is misconfigured (unknown From or Messaging Service, no WhatsApp
+    /// channel for it, wrong account): no message can go until someone fixes it.
+    Config,
     /// This message can never be sent (21211 invalid To, 21610 opted out, 21617 too long…).
     Permanent,
 }
+
+/// Codes that mean our sender configuration is wrong, not the message: 20404 (account or
+/// service not found), 21212 (invalid From), 21606 (From is not a message-capable number
+/// of the account), 21703 (Messaging Service without senders), 63007 (no WhatsApp channel
+/// for the From address).
+const CONFIG_CODES: [u32; 5] = [20404, 21212, 21606, 21703, 63007];
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("Twilio {}: {message}", code.map_or("error".to_owned(), |c| c.to_string()))]
@@ -137,8 +149,9 @@ impl TwilioClient {
             .and_then(|b| b.message)
             .unwrap_or_else(|| status.to_string());
         let kind = match (status.as_u16(), code) {
-            (429, _) | (_, Some(20429 | 63018)) => ErrorKind::Transient { retry_after },
+            (429, _) | (_, Some(20429 | 63018)) => ErrorKind::Throttled { retry_after },
             (401 | 403, _) | (_, Some(20003)) => ErrorKind::Auth,
+            (_, Some(code)) if CONFIG_CODES.contains(&code) => ErrorKind::Config,
             (s, _) if s >= 500 => ErrorKind::Transient { retry_after },
             _ => ErrorKind::Permanent,
         };

@@ -205,6 +205,116 @@ async fn bad_credentials_fail_readiness_and_keep_every_message() {
     fixed.shutdown().await;
 }
 
+/// A From that is not the account's WhatsApp sender (63007) is a configuration error:
+/// every message is held, nothing dead-lettered, readiness fails; fixed, all go out.
+#[tokio::test]
+async fn a_misconfigured_sender_holds_every_message_and_fails_readiness() {
+    let stack = Stack::new(open_window()).await;
+    let sender = stack
+        .sender(&[("TWILIO_FROM", "whatsapp:+15550009999")])
+        .await;
+    for m in 0..3 {
+        stack
+            .agent_says(&customer(1), &format!("i{m}"), &format!("m{m}"))
+            .await;
+    }
+    let http = reqwest::Client::new();
+    let ready = format!("http://{}/readyz", sender.ops);
+    let body = wait::until("readiness to fail", Duration::from_secs(10), || async {
+        let r = http.get(&ready).send().await.ok()?;
+        (r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert!(body.contains("sender configuration"), "{body}");
+    let stats = stack.outbound.stats().await.unwrap();
+    assert_eq!(
+        (stats.visible + stats.in_flight, stats.dead_letters),
+        (3, 0)
+    );
+    sender.shutdown().await;
+    let fixed = stack.sender(&[]).await;
+    assert_eq!(
+        stack
+            .inbox_of(&customer(1), 3, Duration::from_secs(20))
+            .await,
+        ["m0", "m1", "m2"]
+    );
+    fixed.shutdown().await;
+}
+
+/// Twilio failing a message again and again (5xx) does not hold a slot for ever: each
+/// delivery tries a few times, then hands it back as an attempt; after the last attempt
+/// it is dead-lettered and the agent told, and the customer's next message goes out.
+#[tokio::test]
+async fn passing_failures_give_a_message_up_after_its_attempts() {
+    let stack = Stack::new(open_window()).await;
+    stack.phone.fail(8).await.unwrap();
+    let sender = stack
+        .sender(&[
+            ("WACONNECT_MAX_ATTEMPTS", "2"),
+            ("WACONNECT_SENDER_MAX_BACKOFF", "100ms"),
+        ])
+        .await;
+    stack.agent_says(&customer(1), "item-1", "lost cause").await;
+    let dead = wait::until("the dead letter", Duration::from_secs(20), || async {
+        stack
+            .outbound
+            .dead_letters(10)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(dead.reason.contains("2 deliveries"), "{}", dead.reason);
+    let events = stack.statuses(1, Duration::from_secs(10)).await;
+    let notice = events
+        .iter()
+        .find(|e| e.query_param("item") == Some("item-1"))
+        .expect("the agent is told");
+    assert_eq!(notice.message_status(), Some("failed"));
+    stack.agent_says(&customer(1), "item-2", "next one").await;
+    assert_eq!(
+        stack
+            .inbox_of(&customer(1), 1, Duration::from_secs(10))
+            .await,
+        ["next one"]
+    );
+    sender.shutdown().await;
+}
+
+/// A message Twilio keeps refusing for longer than WACONNECT_SENDER_GIVE_UP_AFTER is
+/// given up, whatever attempts it has left, and the agent told.
+#[tokio::test]
+async fn a_message_is_given_up_once_too_old() {
+    let stack = Stack::new(open_window()).await;
+    stack.phone.storm(30.0).await.unwrap();
+    let sender = stack
+        .sender(&[
+            ("WACONNECT_SENDER_GIVE_UP_AFTER", "1s"),
+            ("WACONNECT_SENDER_MAX_BACKOFF", "200ms"),
+        ])
+        .await;
+    stack.agent_says(&customer(1), "item-old", "too late").await;
+    let dead = wait::until("the dead letter", Duration::from_secs(20), || async {
+        stack
+            .outbound
+            .dead_letters(10)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(
+        dead.reason.contains("not taken by Twilio within"),
+        "{}",
+        dead.reason
+    );
+    assert!(dead.reason.contains("20429"), "{}", dead.reason);
+    sender.shutdown().await;
+}
+
 /// SIGKILL the sender mid-run; a new one finishes. The ledger, reconciled against
 /// Twilio, keeps anything from going out twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "1 while Twilio refuses the credentials.",
     ),
+    (
+        "waconnect_sender_twilio_config_failing",
+        Kind::Gauge,
+        "1 while Twilio refuses the sender configuration (From, Messaging Service, account).",
+    ),
 ];
 
 /// Registers every description with the installed recorder.

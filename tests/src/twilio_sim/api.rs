@@ -100,6 +100,14 @@ async fn create_message(
             "A 'From' or 'MessagingServiceSid' parameter is required",
         );
     }
+    // The account has one WhatsApp sender: any other From has no channel.
+    if from.as_ref().is_some_and(|f| *f != twilio.options.sender) {
+        return error(
+            400,
+            63007,
+            "Twilio could not find a Channel with the specified From address",
+        );
+    }
     if waconnect_shared::CustomerAddress::parse(&to).is_err() {
         return error(400, 21211, "Invalid 'To' Phone Number");
     }
