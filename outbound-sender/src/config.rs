@@ -11,8 +11,11 @@ pub const OPS_BIND_VAR: &str = "WACONNECT_SENDER_OPS_BIND";
 pub struct SenderConfig {
     pub worker: WorkerConfig,
     pub twilio: TwilioSettings,
-    /// Messages per second to Twilio from this process (WhatsApp's default: 80).
+    /// Messages per second to Twilio from the whole fleet for this sender number
+    /// (WhatsApp's default: 80); each process takes its share.
     pub rate: f64,
+    /// This process's name on the sender's roster; unique per process.
+    pub member_id: String,
     pub concurrency: usize,
     pub visibility: Duration,
     pub timeout: Duration,
@@ -118,6 +121,14 @@ impl SenderConfig {
                 status_callback_url,
             },
             rate: r.positive("WACONNECT_SENDER_RATE", 80.0, "messages per second"),
+            member_id: r.string(
+                "WACONNECT_SENDER_ID",
+                &format!(
+                    "sender-{}-{}",
+                    std::process::id(),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
+            ),
             concurrency: r.positive("WACONNECT_SENDER_CONCURRENCY", 32, "a count"),
             visibility: r.duration("WACONNECT_SENDER_VISIBILITY", Duration::from_secs(30)),
             timeout: r.duration("WACONNECT_SENDER_TIMEOUT", Duration::from_secs(10)),

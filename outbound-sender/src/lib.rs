@@ -7,6 +7,7 @@
 //! * [`ratelimit`] — the shared token bucket.
 
 pub mod config;
+pub mod fleet_rate;
 pub mod ratelimit;
 pub mod sender;
 pub mod twilio;
@@ -59,12 +60,27 @@ pub async fn run(
     let backends = WorkerBackends::open(&config.worker).await?;
     metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
     metrics::gauge!("waconnect_sender_twilio_config_failing").set(0.0);
+    // The fleet's share first, so the first sends already keep to it.
+    let limiter = Arc::new(ratelimit::RateLimiter::new(config.rate));
+    let fleet_rate = fleet_rate::FleetRate {
+        roster: backends.roster.clone(),
+        group: format!(
+            "sender#{}",
+            match &config.twilio.sender {
+                config::Sender::From(from) => from,
+                config::Sender::MessagingService(service) => service,
+            }
+        ),
+        member: config.member_id.clone(),
+        total: config.rate,
+    };
+    fleet_rate.beat(&limiter).await;
     let sender = Arc::new(sender::Sender {
         twilio: twilio::TwilioClient::new(config.twilio.clone(), config.timeout),
         outbound: backends.outbound.clone(),
         inbound: backends.inbound.clone(),
         ledger: backends.ledger.clone(),
-        limiter: ratelimit::RateLimiter::new(config.rate),
+        limiter: limiter.clone(),
         max_backoff: config.max_backoff,
         max_attempts: config.worker.common.queues.limits.max_attempts,
         give_up_after: config.give_up_after,
@@ -79,6 +95,12 @@ pub async fn run(
         gather: config.worker.receive_gather,
     };
     let health = Health::default();
+    let pacer = worker::spawn_core(
+        "fleet rate",
+        &health,
+        &shutdown,
+        fleet_rate.run(limiter, shutdown.clone()),
+    );
     let consumer = worker::spawn_core(
         "consumer",
         &health,
@@ -98,6 +120,7 @@ pub async fn run(
     // One grace period for all of shutdown: in-flight messages, then their outcomes.
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     let _ = consumer.await;
+    let _ = pacer.await;
     sender
         .flush_outcomes(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;

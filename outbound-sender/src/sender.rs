@@ -26,7 +26,7 @@ pub struct Sender {
     pub outbound: Arc<dyn Queue>,
     pub inbound: Arc<dyn Queue>,
     pub ledger: Arc<dyn DeliveryLedger>,
-    pub limiter: RateLimiter,
+    pub limiter: Arc<RateLimiter>,
     pub max_backoff: Duration,
     /// Deliveries a message gets (the queue's attempts) before it is given up.
     pub max_attempts: u32,
@@ -67,6 +67,9 @@ impl Sender {
         }
     }
 }
+
+/// The pause before a message's first re-send; it doubles with every further one.
+const RESEND_PAUSE: Duration = Duration::from_millis(500);
 
 /// Sends tried within one delivery before a passing failure hands the message back to
 /// the queue (an attempt), so one customer's trouble never holds a slot for long: a
@@ -142,7 +145,33 @@ async fn deliver_parts(
             .to_std()
             .unwrap_or_default()
     };
-    let mut parts = split(&message.body, MAX_BODY_CHARS);
+    let mut parts = match &message.resend {
+        None => split(&message.body, MAX_BODY_CHARS),
+        // Sent again as Twilio has it: one part, the one WhatsApp refused, after a pause
+        // that grows with each re-send, since the reason was a rate.
+        Some(resend) => {
+            if m.receive_count == 1 {
+                let pause = (RESEND_PAUSE * 2u32.saturating_pow(resend.attempt.saturating_sub(1)))
+                    .min(s.max_backoff);
+                tokio::select! {
+                    () = stop.cancelled() => return Done::Abandoned,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            match s.twilio.fetch(&resend.sid).await {
+                Ok(original) => {
+                    if original.num_media.parse::<u32>().unwrap_or(0) > 0 {
+                        tracing::warn!(message_sid = %resend.sid, "re-sending a message's text only: its media are not sent again");
+                    }
+                    vec![original.body]
+                }
+                Err(e) if e.kind == ErrorKind::Permanent => {
+                    return fail_permanently(s, m, &message, &e).await;
+                }
+                Err(e) => return retry_or_give_up(s, m, &message, &e).await,
+            }
+        }
+    };
     if parts.is_empty() {
         // A media-only or template message: one part without a body.
         parts.push(String::new());
@@ -255,12 +284,8 @@ async fn deliver_parts(
                 if unsure_since.is_none() {
                     let _ = s.ledger.release(&key).await;
                 }
-                if m.attempts + 1 >= s.max_attempts {
-                    let why = format!("not taken by Twilio in {} deliveries", m.attempts + 1);
-                    return give_up(s, m, &message, &err, &why).await;
-                }
                 metrics::counter!("waconnect_sender_retried_total", "code" => code).increment(1);
-                return Done::Retry(err.to_string());
+                return retry_or_give_up(s, m, &message, &err).await;
             }
             metrics::counter!("waconnect_sender_retried_total", "code" => code).increment(1);
             let retry_after = match err.kind {
@@ -338,17 +363,27 @@ fn form_for(
     }
     if let Some(base) = s.twilio.status_callback_url() {
         // The status callback names the Connect item, so the relay can tell the agent
-        // it was delivered or read without any lookup table.
+        // it was delivered or read without any lookup table; a re-send names the part it
+        // sends again and how often it has.
+        let (part_no, resend) = match &message.resend {
+            Some(r) => (r.part as usize, Some(r.attempt)),
+            None => (index, None),
+        };
         let query: String = match &message.origin {
             Origin::ConnectItem {
                 contact_id,
                 item_id,
                 ..
-            } => url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("item", item_id)
-                .append_pair("contact", contact_id)
-                .append_pair("part", &index.to_string())
-                .finish(),
+            } => {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                q.append_pair("item", item_id)
+                    .append_pair("contact", contact_id)
+                    .append_pair("part", &part_no.to_string());
+                if let Some(attempt) = resend {
+                    q.append_pair("resend", &attempt.to_string());
+                }
+                q.finish()
+            }
             Origin::Bridge { id, .. } => url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("bridge", id)
                 .finish(),
@@ -357,6 +392,21 @@ fn form_for(
         fields.push(("StatusCallback".into(), format!("{base}{joiner}{query}")));
     }
     s.twilio.with_sender(fields)
+}
+
+/// Hands the message back to the queue as a failed attempt, or gives it up if that was
+/// its last.
+async fn retry_or_give_up(
+    s: &Sender,
+    m: &ReceivedMessage,
+    message: &OutboundMessage,
+    err: &SendError,
+) -> Done {
+    if m.attempts + 1 >= s.max_attempts {
+        let why = format!("not taken by Twilio in {} deliveries", m.attempts + 1);
+        return give_up(s, m, message, err, &why).await;
+    }
+    Done::Retry(err.to_string())
 }
 
 /// Gives a message up after passing failures outlasted its bounds: like a permanent

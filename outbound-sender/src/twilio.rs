@@ -62,6 +62,15 @@ impl Listed {
     }
 }
 
+/// What the sender needs of a message Twilio has.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fetched {
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub num_media: String,
+}
+
 #[derive(Clone)]
 pub struct TwilioClient {
     http: reqwest::Client,
@@ -159,6 +168,46 @@ impl TwilioClient {
             kind,
             code,
             message,
+        })
+    }
+
+    /// A message Twilio has, by SID: the text of a message to send again.
+    pub async fn fetch(&self, sid: &str) -> Result<Fetched, SendError> {
+        let url = self
+            .messages_url
+            .strip_suffix(".json")
+            .map(|base| format!("{base}/{sid}.json"))
+            .unwrap_or_default();
+        let response = self
+            .http
+            .get(url)
+            .basic_auth(
+                &self.settings.username,
+                Some(self.settings.password.expose()),
+            )
+            .send()
+            .await
+            .map_err(|e| SendError {
+                kind: ErrorKind::Transient { retry_after: None },
+                code: None,
+                message: e.to_string(),
+            })?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            return Err(SendError {
+                kind: match status {
+                    401 | 403 => ErrorKind::Auth,
+                    404 => ErrorKind::Permanent,
+                    _ => ErrorKind::Transient { retry_after: None },
+                },
+                code: None,
+                message: format!("fetching {sid}: HTTP {status}"),
+            });
+        }
+        response.json::<Fetched>().await.map_err(|e| SendError {
+            kind: ErrorKind::Transient { retry_after: None },
+            code: None,
+            message: e.to_string(),
         })
     }
 

@@ -41,109 +41,158 @@ fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Both simulators and the three services as real processes on one SQLite file.
+struct Loop {
+    _dir: tempfile::TempDir,
+    connect: ConnectSim,
+    twilio: TwilioSim,
+    ingress_port: String,
+    relay_ops: String,
+    sender_ops: String,
+    sender_vars: Vec<(String, String)>,
+    _ingress: Child,
+    _relay: Child,
+    sender: Child,
+}
+
+impl Loop {
+    async fn start(twilio: TwilioOptions, sender_extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("waconnect.db").display().to_string();
+        let connect = ConnectSim::start().await;
+        let ingress_port = free_port().await;
+        let ingress = format!("http://{ingress_port}");
+        let (relay_ops, sender_ops) = (free_port().await, free_port().await);
+        let twilio = TwilioSim::start_with(TwilioOptions {
+            webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
+            ..twilio
+        })
+        .await;
+        let o = twilio.options().clone();
+        let common = [
+            ("WACONNECT_SQLITE_PATH", db.as_str()),
+            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+            ("RUST_LOG", "warn"),
+        ];
+        let mut ingress_vars = vars(&common);
+        ingress_vars.extend(vars(&[
+            ("TWILIO_AUTH_TOKEN", &o.auth_token),
+            ("WACONNECT_PUBLIC_BASE_URL", &ingress),
+            ("WACONNECT_INGRESS_BIND", &ingress_port),
+        ]));
+        let ingress_process = spawn(sibling("ingress"), &ingress_vars);
+        let mut relay_vars = vars(&common);
+        relay_vars.extend(vars(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
+            ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
+            ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
+            ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
+            ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
+        ]));
+        let relay = spawn(sibling("relay-worker"), &relay_vars);
+        let mut sender_vars = vars(&common);
+        sender_vars.extend(vars(&[
+            ("TWILIO_ACCOUNT_SID", &o.account_sid),
+            ("TWILIO_AUTH_TOKEN", &o.auth_token),
+            ("TWILIO_FROM", &o.sender),
+            ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
+            (
+                "WACONNECT_STATUS_CALLBACK_URL",
+                &format!("{ingress}/twilio/status"),
+            ),
+            ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
+            ("WACONNECT_SENDER_VISIBILITY", "3s"),
+        ]));
+        sender_vars.extend(vars(sender_extra));
+        let sender = spawn(sibling("outbound-sender"), &sender_vars);
+        Self {
+            _dir: dir,
+            connect,
+            twilio,
+            ingress_port,
+            relay_ops,
+            sender_ops,
+            sender_vars,
+            _ingress: ingress_process,
+            _relay: relay,
+            sender,
+        }
+    }
+
+    /// `customers` each text `each` messages through ingress (which may still be
+    /// starting: the retry fragment covers it); then agents accept, having seen each
+    /// customer's texts in order. Returns the contacts, held by the relay.
+    async fn customers_write_and_agents_accept(
+        &self,
+        customers: usize,
+        each: usize,
+    ) -> Vec<String> {
+        let phone = self.twilio.phone();
+        let desk = self.connect.desk();
+        let writers = (0..customers).map(|c| {
+            let phone = phone.clone();
+            tokio::spawn(async move {
+                for m in 0..each {
+                    let (_, status) = wait::until(
+                        "ingress to take the webhook",
+                        Duration::from_secs(30),
+                        || async {
+                            let (sid, status) = phone
+                                .text(customer(c).as_str(), &format!("c{c} says {m}"))
+                                .await
+                                .ok()?;
+                            (status == 200).then_some((sid, status))
+                        },
+                    )
+                    .await;
+                    assert_eq!(status, 200);
+                }
+            })
+        });
+        for w in writers.collect::<Vec<_>>() {
+            w.await.unwrap();
+        }
+        let mut contacts = Vec::new();
+        for c in 0..customers {
+            let expected: Vec<String> = (0..each).map(|m| format!("c{c} says {m}")).collect();
+            let name = customer(c).e164().to_owned();
+            let contact = wait::until("the customer's chat", Duration::from_secs(60), || async {
+                let chats = desk.chats(None).await.ok()?;
+                let chat = chats.iter().find(|s| {
+                    s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&name)
+                })?;
+                let texts = desk.customer_texts(&chat.contact_id).await.ok()?;
+                (texts == expected).then(|| chat.contact_id.clone())
+            })
+            .await;
+            desk.accept(&contact).await.unwrap();
+            contacts.push(contact);
+        }
+        wait::until("every chat held", Duration::from_secs(30), || async {
+            (desk.stats().await.ok()?.sockets >= customers).then_some(())
+        })
+        .await;
+        contacts
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
     const CUSTOMERS: usize = 50;
     const EACH: usize = 4;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("waconnect.db").display().to_string();
-    let connect = ConnectSim::start().await;
-    let ingress_port = free_port().await;
-    let ingress = format!("http://{ingress_port}");
-    let (relay_ops, sender_ops) = (free_port().await, free_port().await);
-    let twilio = TwilioSim::start_with(TwilioOptions {
-        webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
-        auto_read: false,
-        ..TwilioOptions::default()
-    })
+    let mut lp = Loop::start(
+        TwilioOptions {
+            auto_read: false,
+            ..TwilioOptions::default()
+        },
+        &[],
+    )
     .await;
-    let o = twilio.options().clone();
-    let common = [
-        ("WACONNECT_SQLITE_PATH", db.as_str()),
-        ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
-        ("RUST_LOG", "warn"),
-    ];
-    let mut ingress_vars = vars(&common);
-    ingress_vars.extend(vars(&[
-        ("TWILIO_AUTH_TOKEN", &o.auth_token),
-        ("WACONNECT_PUBLIC_BASE_URL", &ingress),
-        ("WACONNECT_INGRESS_BIND", &ingress_port),
-    ]));
-    let _ingress = spawn(sibling("ingress"), &ingress_vars);
-    let mut relay_vars = vars(&common);
-    relay_vars.extend(vars(&[
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
-        ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
-        ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
-        ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
-        ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
-    ]));
-    let _relay = spawn(sibling("relay-worker"), &relay_vars);
-    let mut sender_vars = vars(&common);
-    sender_vars.extend(vars(&[
-        ("TWILIO_ACCOUNT_SID", &o.account_sid),
-        ("TWILIO_AUTH_TOKEN", &o.auth_token),
-        ("TWILIO_FROM", &o.sender),
-        ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
-        (
-            "WACONNECT_STATUS_CALLBACK_URL",
-            &format!("{ingress}/twilio/status"),
-        ),
-        ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
-        ("WACONNECT_SENDER_VISIBILITY", "3s"),
-    ]));
-    let mut sender = spawn(sibling("outbound-sender"), &sender_vars);
-
-    let phone = twilio.phone();
-    let desk = connect.desk();
-    // Customers write; ingress may not be up yet, which the retry fragment covers.
-    let writers = (0..CUSTOMERS).map(|c| {
-        let phone = phone.clone();
-        tokio::spawn(async move {
-            for m in 0..EACH {
-                let (_, status) = wait::until(
-                    "ingress to take the webhook",
-                    Duration::from_secs(30),
-                    || async {
-                        let (sid, status) = phone
-                            .text(customer(c).as_str(), &format!("c{c} says {m}"))
-                            .await
-                            .ok()?;
-                        (status == 200).then_some((sid, status))
-                    },
-                )
-                .await;
-                assert_eq!(status, 200);
-            }
-        })
-    });
-    for w in writers.collect::<Vec<_>>() {
-        w.await.unwrap();
-    }
-    // Agents accept and see each customer's texts in order.
-    let mut contacts = Vec::new();
-    for c in 0..CUSTOMERS {
-        let expected: Vec<String> = (0..EACH).map(|m| format!("c{c} says {m}")).collect();
-        let name = customer(c).e164().to_owned();
-        let contact = wait::until("the customer's chat", Duration::from_secs(60), || async {
-            let chats = desk.chats(None).await.ok()?;
-            let chat = chats.iter().find(|s| {
-                s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&name)
-            })?;
-            let texts = desk.customer_texts(&chat.contact_id).await.ok()?;
-            (texts == expected).then(|| chat.contact_id.clone())
-        })
-        .await;
-        desk.accept(&contact).await.unwrap();
-        contacts.push(contact);
-    }
-    wait::until("every chat held", Duration::from_secs(30), || async {
-        (desk.stats().await.ok()?.sockets >= CUSTOMERS).then_some(())
-    })
-    .await;
+    let contacts = lp.customers_write_and_agents_accept(CUSTOMERS, EACH).await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
     // Agents reply; the sender dies partway through.
     let replies = contacts.iter().enumerate().map(|(c, contact)| {
         let (desk, contact) = (desk.clone(), contact.clone());
@@ -168,9 +217,9 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
         (phone.sent().await.ok()?.len() >= CUSTOMERS * EACH / 4).then_some(())
     })
     .await;
-    sender.start_kill().unwrap();
-    sender.wait().await.unwrap();
-    let _sender = spawn(sibling("outbound-sender"), &sender_vars);
+    lp.sender.start_kill().unwrap();
+    lp.sender.wait().await.unwrap();
+    lp.sender = spawn(sibling("outbound-sender"), &lp.sender_vars);
 
     for c in 0..CUSTOMERS {
         let number = customer(c);
@@ -217,7 +266,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
     for (service, ops, expected) in [
         (
             "ingress",
-            ingress_port.clone(),
+            lp.ingress_port.clone(),
             &[
                 "waconnect_ingress_requests_total",
                 "waconnect_queue_messages",
@@ -225,7 +274,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
         ),
         (
             "relay-worker",
-            relay_ops.clone(),
+            lp.relay_ops.clone(),
             &[
                 "waconnect_relay_conversations_held",
                 "waconnect_connect_call_duration_seconds_bucket",
@@ -235,7 +284,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
         ),
         (
             "outbound-sender",
-            sender_ops.clone(),
+            lp.sender_ops.clone(),
             &[
                 "waconnect_sender_sent_total",
                 "waconnect_sender_twilio_auth_failing",
@@ -259,5 +308,70 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
         })
         .await;
         std::fs::write(out.join(format!("{service}.prom")), text).unwrap();
+    }
+}
+
+/// WhatsApp's sender limit reached the asynchronous way Twilio reports it: Twilio takes
+/// every send (201), then fails those over the rate with 63018 in their status callbacks.
+/// The relay sends each again through the sender until it lands; every reply reaches the
+/// phone once, the agent is told of no failure, and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_refused_over_whatsapps_rate_are_sent_again_until_they_land() {
+    const CUSTOMERS: usize = 3;
+    const EACH: usize = 6;
+    let lp = Loop::start(
+        TwilioOptions {
+            sender_rate: 4,
+            ..TwilioOptions::default()
+        },
+        // Faster than the sender may go: the overflow fails at WhatsApp, asynchronously.
+        &[("WACONNECT_SENDER_RATE", "100")],
+    )
+    .await;
+    let contacts = lp.customers_write_and_agents_accept(CUSTOMERS, 1).await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    for (c, contact) in contacts.iter().enumerate() {
+        for m in 0..EACH {
+            desk.send(contact, &format!("agent to c{c}: {m}"))
+                .await
+                .unwrap();
+        }
+    }
+    for c in 0..CUSTOMERS {
+        let mut expected: Vec<String> = (0..EACH).map(|m| format!("agent to c{c}: {m}")).collect();
+        expected.sort();
+        wait::until(
+            "every reply delivered once",
+            Duration::from_secs(60),
+            || async {
+                let inbox = phone.inbox(customer(c).as_str()).await.ok()?;
+                let mut delivered: Vec<String> = inbox
+                    .iter()
+                    .filter(|m| m.status != "failed")
+                    .map(|m| m.body.clone())
+                    .collect();
+                delivered.sort();
+                (delivered == expected).then_some(())
+            },
+        )
+        .await;
+    }
+    let refused = phone
+        .sent()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m["error_code"] == 63018)
+        .count();
+    assert!(
+        refused > 0,
+        "nothing went over the rate: the test proves nothing"
+    );
+    for contact in &contacts {
+        let texts = desk.customer_texts(contact).await.unwrap();
+        assert!(
+            texts.iter().all(|t| !t.contains("waconnect notice")),
+            "the agent was told of a failure: {texts:?}"
+        );
     }
 }

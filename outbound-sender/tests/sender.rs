@@ -353,3 +353,79 @@ async fn a_killed_sender_loses_and_doubles_nothing() {
     second.start_kill().unwrap();
     eprintln!("killed after {at_kill} of {} sends", CUSTOMERS * EACH);
 }
+
+/// Three senders for one WhatsApp number keep, together, to the number's rate: each takes
+/// a third of WACONNECT_SENDER_RATE once the roster has them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_senders_keep_together_to_the_numbers_rate() {
+    const RATE: usize = 12;
+    const MESSAGES: usize = 72;
+    let stack = Stack::new(TwilioOptions {
+        sender_rate: RATE as u32,
+        ..open_window()
+    })
+    .await;
+    let rate = RATE.to_string();
+    // Processes of their own, as a fleet runs: each with its own metrics.
+    let mut senders = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let port = waconnect_tests::free_port().await;
+        senders.push(stack.sender_process(&[
+            ("WACONNECT_SENDER_RATE", &rate),
+            ("WACONNECT_SENDER_OPS_BIND", &port),
+        ]));
+        ports.push(port);
+    }
+    let http = reqwest::Client::new();
+    for port in &ports {
+        let url = format!("http://{port}/metrics");
+        wait::until(
+            "every sender to see the fleet",
+            Duration::from_secs(15),
+            || async {
+                let text = http.get(&url).send().await.ok()?.text().await.ok()?;
+                text.contains("waconnect_sender_fleet_size 3").then_some(())
+            },
+        )
+        .await;
+    }
+    let started = std::time::Instant::now();
+    for m in 0..MESSAGES {
+        stack
+            .agent_says(&customer(m % 24), &format!("item-{m}"), &format!("m{m}"))
+            .await;
+    }
+    let sent = wait::until("every message sent", Duration::from_secs(60), || async {
+        let sent = stack.phone.sent().await.ok()?;
+        (sent.len() >= MESSAGES).then_some(sent)
+    })
+    .await;
+    let took = started.elapsed();
+    let refused = sent.iter().filter(|m| m["error_code"] == 63018).count();
+    assert_eq!(refused, 0, "the fleet went over the number's rate");
+    let mut at: Vec<chrono::DateTime<chrono::Utc>> = sent
+        .iter()
+        .map(|m| m["created_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    at.sort();
+    let most = (0..at.len())
+        .map(|i| {
+            at[i..]
+                .iter()
+                .take_while(|t| **t < at[i] + chrono::Duration::seconds(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= RATE, "{most} sends in one second");
+    println!(
+        "fleet rate: 3 senders, {MESSAGES} messages in {:.1} s ({:.1}/s), at most {most} in any second, limit {RATE}/s",
+        took.as_secs_f64(),
+        MESSAGES as f64 / took.as_secs_f64()
+    );
+    for mut s in senders {
+        s.start_kill().unwrap();
+        s.wait().await.unwrap();
+    }
+}

@@ -13,7 +13,7 @@ use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_shared::delivery::Claim;
 use waconnect_shared::event::{EventError, EventKind, InboundEvent};
-use waconnect_shared::outbound::{Origin, OutboundMessage, Template};
+use waconnect_shared::outbound::{Origin, OutboundMessage, Resend, Template};
 use waconnect_shared::queue::{FailOutcome, NewMessage, QueueError, ReceivedMessage};
 use waconnect_shared::store::{Fence, Modified, StoreError, StoredConversation, modify};
 use waconnect_shared::text::split;
@@ -33,6 +33,8 @@ pub enum RelayError {
     Event(#[from] EventError),
     #[error("the chat kept ending while this message was relayed")]
     ChatKeepsEnding,
+    #[error("outbound queue: {0}")]
+    Queue(String),
 }
 
 /// Receives and relays until `stop`, then lets in-flight messages finish within the grace
@@ -159,6 +161,9 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     let customer = event.customer()?;
     let failed = matches!(status, "failed" | "undelivered");
     let code = event.error_code().unwrap_or("unknown");
+    if failed && resend(relay, event, &customer, item, contact, code).await? {
+        return Ok(());
+    }
     for use_cache in [true, false] {
         let cached = use_cache
             .then(|| relay.records.active(&customer))
@@ -211,6 +216,65 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     Ok(())
 }
 
+/// Codes Twilio reports after taking a message that mean "try again later", not "never":
+/// 63018 (the WhatsApp sender's rate), 30001 (Twilio's queue overflowed).
+const RESENDABLE: [&str; 2] = ["63018", "30001"];
+/// Re-sends of one part before the agent is told it could not be delivered.
+pub const MAX_RESENDS: u32 = 5;
+
+/// Sends a part again that WhatsApp refused for a passing reason, through the outbound
+/// queue in the customer's order; the agent hears nothing unless it is finally given up.
+/// True when a re-send was queued.
+async fn resend(
+    relay: &Relay,
+    event: &InboundEvent,
+    customer: &CustomerAddress,
+    item: &str,
+    contact: &str,
+    code: &str,
+) -> Result<bool, RelayError> {
+    let done = event
+        .query_param("resend")
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !RESENDABLE.contains(&code) || done >= MAX_RESENDS {
+        return Ok(false);
+    }
+    let message = OutboundMessage {
+        to: customer.clone(),
+        body: String::new(),
+        media_urls: Vec::new(),
+        template: None,
+        origin: Origin::ConnectItem {
+            contact_id: contact.to_owned(),
+            item_id: item.to_owned(),
+            participant_role: "AGENT".to_owned(),
+        },
+        created_at: chrono::Utc::now(),
+        resend: Some(Resend {
+            sid: event.message_sid()?.to_owned(),
+            part: event
+                .query_param("part")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            attempt: done + 1,
+        }),
+    };
+    let new = NewMessage {
+        group_id: customer.as_str().to_owned(),
+        dedup_id: message.dedup_id(),
+        body: message.to_json(),
+    };
+    relay
+        .outbound
+        .send(new)
+        .await
+        .map_err(|e| RelayError::Queue(e.to_string()))?;
+    tracing::info!(customer = %customer, code, attempt = done + 1, "WhatsApp refused a reply for a passing reason; sending it again");
+    metrics::counter!("waconnect_relay_resends_total", "code" => failure_label(code)).increment(1);
+    Ok(true)
+}
+
 /// The Connect call that tells the agent about `status` of their item.
 async fn tell_agent(
     relay: &Relay,
@@ -255,10 +319,12 @@ async fn tell_agent(
 }
 
 fn failure_label(code: &str) -> &'static str {
-    ["63016", "21211", "21610", "21617", "63018", "11751"]
-        .into_iter()
-        .find(|c| *c == code)
-        .unwrap_or("other")
+    [
+        "63016", "21211", "21610", "21617", "63018", "30001", "11751",
+    ]
+    .into_iter()
+    .find(|c| *c == code)
+    .unwrap_or("other")
 }
 
 /// After 63016 (the 24-hour window closed), the configured template asks the customer
@@ -274,6 +340,7 @@ async fn nudge(relay: &Relay, customer: &CustomerAddress, contact: &str, templat
             id: format!("window-{contact}"),
         },
         created_at: chrono::Utc::now(),
+        resend: None,
     };
     let new = NewMessage {
         group_id: customer.as_str().to_owned(),

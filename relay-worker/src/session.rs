@@ -325,6 +325,7 @@ impl Session {
                 participant_role: item.role().to_owned(),
             },
             created_at: chrono::Utc::now(),
+            resend: None,
         };
         self.enqueue(&message).await?;
         // Only now does the cursor move: a crash before this re-forwards the item from
@@ -446,6 +447,7 @@ impl Session {
                     id: format!("closing-{}", self.contact_id),
                 },
                 created_at: chrono::Utc::now(),
+                resend: None,
             };
             let _ = self.enqueue(&closing).await;
         }

@@ -10,6 +10,9 @@ use crate::queue::failures::FailureLog;
 use crate::queue::sqlite::SqliteQueue;
 use crate::queue::sqs::SqsQueue;
 use crate::queue::{Queue, QueueError};
+use crate::roster::dynamodb::DynamoRoster;
+use crate::roster::sqlite::SqliteRoster;
+use crate::roster::{Roster, RosterError};
 use crate::sqlite::{Db, DbError};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::sqlite::SqliteStore;
@@ -28,6 +31,8 @@ pub enum BackendError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Roster(#[from] RosterError),
 }
 
 /// The storage a process uses.
@@ -110,6 +115,13 @@ impl Backend {
             Engine::Aws(aws) => {
                 Arc::new(DynamoLedger::new(aws.table.clone(), self.retention.ledger))
             }
+        })
+    }
+
+    pub async fn roster(&self) -> Result<Arc<dyn Roster>, BackendError> {
+        Ok(match &self.engine {
+            Engine::Embedded(db) => Arc::new(SqliteRoster::open(db.clone()).await?),
+            Engine::Aws(aws) => Arc::new(DynamoRoster::new(aws.table.clone())),
         })
     }
 

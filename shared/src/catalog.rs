@@ -141,6 +141,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Replies the customer never got, by Twilio error code.",
     ),
     (
+        "waconnect_relay_resends_total",
+        Kind::Counter,
+        "Replies sent again after WhatsApp refused them for a passing reason (63018, 30001), by code.",
+    ),
+    (
         "waconnect_relay_call_requests_total",
         Kind::Counter,
         "\"Call me\" requests by outcome (called, cooldown, refused).",
@@ -194,6 +199,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "waconnect_sender_twilio_config_failing",
         Kind::Gauge,
         "1 while Twilio refuses the sender configuration (From, Messaging Service, account).",
+    ),
+    (
+        "waconnect_sender_rate_share",
+        Kind::Gauge,
+        "Messages per second this outbound-sender may send: its share of the sender number's rate.",
+    ),
+    (
+        "waconnect_sender_fleet_size",
+        Kind::Gauge,
+        "Outbound-senders alive for this sender number, as the roster last said.",
     ),
 ];
 

@@ -23,6 +23,7 @@ pub mod ops;
 pub mod outbound;
 pub mod queue;
 pub mod retention;
+pub mod roster;
 pub mod secret;
 pub mod shutdown;
 pub mod signature;

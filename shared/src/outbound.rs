@@ -18,6 +18,22 @@ pub struct OutboundMessage {
     /// Where this message came from; its id is the outbound deduplication id.
     pub origin: Origin,
     pub created_at: DateTime<Utc>,
+    /// Set when this sends again a message WhatsApp refused after Twilio took it (a
+    /// passing failure reported by status callback): the sender takes the text from
+    /// Twilio's copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend: Option<Resend>,
+}
+
+/// What to send again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resend {
+    /// The Twilio message that failed.
+    pub sid: String,
+    /// Which part of the original it was.
+    pub part: u32,
+    /// 1 for the first re-send.
+    pub attempt: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,10 +60,14 @@ pub enum Origin {
 impl OutboundMessage {
     /// Outbound dedup id: the Connect item id, so a redelivered websocket item or a
     /// backfill overlap never texts the customer twice.
-    pub fn dedup_id(&self) -> &str {
-        match &self.origin {
+    pub fn dedup_id(&self) -> String {
+        let id = match &self.origin {
             Origin::ConnectItem { item_id, .. } => item_id,
             Origin::Bridge { id, .. } => id,
+        };
+        match &self.resend {
+            None => id.clone(),
+            Some(r) => format!("{id}#{}#resend{}", r.part, r.attempt),
         }
     }
 
@@ -80,10 +100,21 @@ mod tests {
                 participant_role: "AGENT".into(),
             },
             created_at: Utc::now(),
+            resend: None,
         };
         let back = OutboundMessage::from_json(&m.to_json()).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.dedup_id(), "item-9");
+        let again = OutboundMessage {
+            resend: Some(Resend {
+                sid: "SM1".into(),
+                part: 1,
+                attempt: 2,
+            }),
+            ..m
+        };
+        assert_eq!(again.dedup_id(), "item-9#1#resend2");
+        assert_eq!(OutboundMessage::from_json(&again.to_json()).unwrap(), again);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! * `conv#<customer>`: a conversation ([`crate::store::dynamodb`]);
 //! * `dlv#<part>`: a delivery-ledger entry ([`crate::delivery::dynamodb`]);
 //! * `qfail#<queue>#<message id>`: a queue message's last failure
-//!   ([`crate::queue::failures`]).
+//!   ([`crate::queue::failures`]);
+//! * `roster#<group>#<member>`: a live process of a fleet ([`crate::roster::dynamodb`]).
 //!
 //! The sparse global secondary index [`DUE_INDEX`] (partition `due_shard`, sort `due_at`)
 //! finds what is due without a Scan: live conversations by lease expiry, for the sweepers,

@@ -8,6 +8,7 @@ use crate::delivery::DeliveryLedger;
 use crate::ops::{self, Health, Readiness};
 use crate::queue::{Queue, depth};
 use crate::retention::Retained;
+use crate::roster::Roster;
 use crate::store::ConversationStore;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -71,6 +72,7 @@ pub struct WorkerBackends {
     pub outbound: Arc<dyn Queue>,
     pub store: Arc<dyn ConversationStore>,
     pub ledger: Arc<dyn DeliveryLedger>,
+    pub roster: Arc<dyn Roster>,
 }
 
 impl WorkerBackends {
@@ -81,6 +83,7 @@ impl WorkerBackends {
             outbound: backend.outbound().await?,
             store: backend.store().await?,
             ledger: backend.ledger().await?,
+            roster: backend.roster().await?,
         })
     }
 

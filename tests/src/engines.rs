@@ -10,6 +10,9 @@ use waconnect_shared::delivery::dynamodb::DynamoLedger;
 use waconnect_shared::delivery::sqlite::SqliteLedger;
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{Limits, Queue};
+use waconnect_shared::roster::Roster;
+use waconnect_shared::roster::dynamodb::DynamoRoster;
+use waconnect_shared::roster::sqlite::SqliteRoster;
 use waconnect_shared::sqlite::Db;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::sqlite::SqliteStore;
@@ -78,6 +81,12 @@ pub trait LedgerEngine: Send + Sync {
     }
 }
 
+#[async_trait]
+pub trait RosterEngine: Send + Sync {
+    /// Two handles on a new, empty roster, each over its own connection.
+    async fn rosters(&self) -> (Arc<dyn Roster>, Arc<dyn Roster>);
+}
+
 /// The embedded engine on a file in a temporary directory.
 pub struct SqliteEngine {
     dir: TempDir,
@@ -137,6 +146,29 @@ impl LedgerEngine for SqliteEngine {
 
 /// How long the contract suites' DynamoDB ledgers keep entries.
 const LEDGER_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+#[async_trait]
+impl RosterEngine for SqliteEngine {
+    async fn rosters(&self) -> (Arc<dyn Roster>, Arc<dyn Roster>) {
+        let a = SqliteRoster::open(self.db().await).await.unwrap();
+        let b = SqliteRoster::open(self.db().await).await.unwrap();
+        (Arc::new(a), Arc::new(b))
+    }
+}
+
+#[async_trait]
+impl RosterEngine for AwsEngine {
+    async fn rosters(&self) -> (Arc<dyn Roster>, Arc<dyn Roster>) {
+        let name = self.moto.table(&format!("r-{}", unique_suffix())).await;
+        let (_, a) = self.moto.clients().await;
+        let (_, b) = self.moto.clients().await;
+        let table = |client| waconnect_shared::table::Table::new(client, name.clone());
+        (
+            Arc::new(DynamoRoster::new(table(a))),
+            Arc::new(DynamoRoster::new(table(b))),
+        )
+    }
+}
 
 /// Unique within this machine: the process id and a counter.
 pub fn unique_suffix() -> String {

@@ -1,4 +1,4 @@
-//! The queue, store and delivery-ledger contracts against the AWS engines (SQS FIFO, DynamoDB) on moto.
+//! The queue, store, delivery-ledger and roster contracts against the AWS engines (SQS FIFO, DynamoDB) on moto.
 
 use waconnect_tests::engines::AwsEngine;
 
@@ -15,4 +15,9 @@ mod store {
 mod ledger {
     use super::*;
     waconnect_tests::ledger_contract_tests!(AwsEngine::new());
+}
+
+mod roster {
+    use super::*;
+    waconnect_tests::roster_contract_tests!(AwsEngine::new());
 }

@@ -1,4 +1,4 @@
-//! The queue, store and delivery-ledger contracts against the embedded SQLite engine.
+//! The queue, store, delivery-ledger and roster contracts against the embedded SQLite engine.
 
 use waconnect_tests::engines::SqliteEngine;
 
@@ -18,4 +18,9 @@ mod store {
 mod ledger {
     use super::*;
     waconnect_tests::ledger_contract_tests!(SqliteEngine::new());
+}
+
+mod roster {
+    use super::*;
+    waconnect_tests::roster_contract_tests!(SqliteEngine::new());
 }

@@ -174,6 +174,7 @@ impl Stack {
                 participant_role: "AGENT".into(),
             },
             created_at: chrono::Utc::now(),
+            resend: None,
         };
         self.outbound
             .send(NewMessage {

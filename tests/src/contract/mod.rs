@@ -6,6 +6,7 @@
 
 pub mod ledger;
 pub mod queue;
+pub mod roster;
 pub mod store;
 
 /// Expands to one `#[tokio::test]` per queue contract case, against the engine that the
@@ -69,6 +70,17 @@ macro_rules! ledger_contract_tests {
             racing_claims_have_exactly_one_fresh_winner,
             many_outcomes_at_once_are_all_kept,
             old_entries_are_pruned,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per roster contract case.
+#[macro_export]
+macro_rules! roster_contract_tests {
+    ($engine:expr) => {
+        $crate::contract_cases!(roster, $engine;
+            heartbeats_count_the_living_members,
+            members_that_stop_beating_or_leave_are_gone,
         );
     };
 }

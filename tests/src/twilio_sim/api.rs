@@ -16,10 +16,51 @@ use tokio::time::Instant;
 use waconnect_shared::{form, signature};
 
 pub fn routes() -> Router<Arc<Twilio>> {
-    Router::new().route(
-        "/2010-04-01/Accounts/{account}/Messages.json",
-        post(create_message).get(list_messages),
-    )
+    Router::new()
+        .route(
+            "/2010-04-01/Accounts/{account}/Messages.json",
+            post(create_message).get(list_messages),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/Messages/{file}",
+            axum::routing::get(fetch_message),
+        )
+}
+
+/// One message's resource, as Twilio's API shows it.
+fn resource(twilio: &Twilio, s: &Sent) -> serde_json::Value {
+    json!({
+        "sid": s.sid,
+        "account_sid": twilio.options.account_sid,
+        "status": s.status,
+        "to": s.to,
+        "from": s.from,
+        "body": s.body,
+        "num_media": s.media_urls.len().to_string(),
+        "error_code": s.error_code,
+        "error_message": null,
+        "date_created": s.created_at.to_rfc2822(),
+        "uri": format!("/2010-04-01/Accounts/{}/Messages/{}.json", twilio.options.account_sid, s.sid),
+    })
+}
+
+/// `GET …/Messages/{Sid}.json`.
+async fn fetch_message(
+    State(twilio): State<Arc<Twilio>>,
+    Path((account, file)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised(&twilio, &account, &headers) {
+        return error(401, 20003, "Authenticate");
+    }
+    let inner = twilio.lock();
+    match file
+        .strip_suffix(".json")
+        .and_then(|sid| inner.by_sid.get(sid))
+    {
+        Some(&i) => Json(resource(&twilio, &inner.sent[i])).into_response(),
+        None => error(404, 20404, "The requested resource was not found"),
+    }
 }
 
 /// Twilio's error body.
@@ -129,17 +170,20 @@ async fn create_message(
         if inner.customers.get(&to).is_some_and(|c| c.opted_out) {
             return error(400, 21610, "Attempt to send to unsubscribed recipient");
         }
-        // The sender's throughput counts the messages Twilio takes.
+        // The sender's throughput counts the messages that go out. Over it, Twilio still
+        // takes the message (201) and reports 63018 later, by status callback.
         let window = match inner.window {
             Some((start, n)) if now.duration_since(start) < Duration::from_secs(1) => {
                 (start, n + 1)
             }
             _ => (now, 1),
         };
-        inner.window = Some(window);
-        if window.1 > twilio.options.sender_rate {
-            return error(429, 63018, "Rate limit exceeded for the WhatsApp sender");
-        }
+        let over_rate = window.1 > twilio.options.sender_rate;
+        inner.window = Some(if over_rate {
+            (window.0, window.1 - 1)
+        } else {
+            window
+        });
         let sent = Sent {
             sid: sid(if media_urls.is_empty() { "SM" } else { "MM" }),
             to: to.clone(),
@@ -155,28 +199,16 @@ async fn create_message(
         let index = inner.sent.len();
         inner.by_sid.insert(sent.sid.clone(), index);
         inner.sent.push(sent.clone());
-        sent
+        (sent, over_rate)
     };
-    tokio::spawn(deliver(twilio.clone(), sent.sid.clone()));
+    let (sent, over_rate) = sent;
+    tokio::spawn(deliver(twilio.clone(), sent.sid.clone(), over_rate));
     // A slow answer comes after Twilio has the message: a client that gives up (or dies)
     // meanwhile does not know it was sent.
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let body = json!({
-        "sid": sent.sid,
-        "account_sid": twilio.options.account_sid,
-        "status": "queued",
-        "to": sent.to,
-        "from": sent.from,
-        "body": sent.body,
-        "num_media": sent.media_urls.len().to_string(),
-        "error_code": null,
-        "error_message": null,
-        "date_created": sent.created_at.to_rfc2822(),
-        "uri": format!("/2010-04-01/Accounts/{}/Messages/{}.json", twilio.options.account_sid, sent.sid),
-    });
-    (StatusCode::CREATED, Json(body)).into_response()
+    (StatusCode::CREATED, Json(resource(&twilio, &sent))).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -217,8 +249,8 @@ async fn list_messages(
 }
 
 /// `sent`, then `delivered` (or `failed` 63016 outside the 24 h window), then `read` if
-/// the customer reads at once.
-async fn deliver(twilio: Arc<Twilio>, sid: String) {
+/// the customer reads at once; `failed` 63018 when it came over the sender's rate.
+async fn deliver(twilio: Arc<Twilio>, sid: String, over_rate: bool) {
     let (to, template) = {
         let inner = twilio.lock();
         let s = &inner.sent[inner.by_sid[&sid]];
@@ -233,7 +265,12 @@ async fn deliver(twilio: Arc<Twilio>, sid: String) {
             .and_then(|c| c.last_inbound)
             .is_some_and(|at| now - at < chrono::Duration::hours(24));
     let mut steps: Vec<(&str, Option<(u32, &str)>)> = vec![("sent", None)];
-    if in_window || template {
+    if over_rate {
+        steps = vec![(
+            "failed",
+            Some((63018, "Rate limit exceeded for the WhatsApp sender")),
+        )];
+    } else if in_window || template {
         steps.push(("delivered", None));
         if twilio.options.auto_read {
             steps.push(("read", None));

@@ -1,0 +1,103 @@
+//! The AWS roster: `roster#<group>#<member>` items in the DynamoDB table, listed through
+//! the sparse `due` index (shard `roster#<group>`, sorted by expiry), so counting the
+//! living is one Query of a few keys. A heartbeat is a PutItem and that Query.
+
+use super::{Roster, RosterError};
+use crate::aws::CallError;
+use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, KEY, TTL, Table, key, n, s};
+use crate::time::now_millis;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::Select;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct DynamoRoster {
+    table: Table,
+}
+
+impl DynamoRoster {
+    pub fn new(table: Table) -> Self {
+        Self { table }
+    }
+}
+
+impl From<CallError> for RosterError {
+    fn from(e: CallError) -> Self {
+        if e.unavailable {
+            RosterError::Unavailable(e.message)
+        } else {
+            RosterError::Backend(e.message)
+        }
+    }
+}
+
+fn pk(group: &str, member: &str) -> String {
+    format!("roster#{group}#{member}")
+}
+
+fn shard(group: &str) -> String {
+    format!("roster#{group}")
+}
+
+#[async_trait]
+impl Roster for DynamoRoster {
+    async fn heartbeat(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<usize, RosterError> {
+        let now = now_millis();
+        let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        self.table
+            .client
+            .put_item()
+            .table_name(&self.table.name)
+            .item(KEY, s(pk(group, member)))
+            .item(DUE_SHARD, s(shard(group)))
+            .item(DUE_AT, n(expires))
+            .item(TTL, n(expires / 1000 + 3600))
+            .send()
+            .await
+            .map_err(|e| RosterError::from(CallError::from_sdk(&e)))?;
+        let mut alive = 0;
+        let mut start = None;
+        loop {
+            let out = self
+                .table
+                .client
+                .query()
+                .table_name(&self.table.name)
+                .index_name(DUE_INDEX)
+                .key_condition_expression("#shard = :shard AND #due > :now")
+                .expression_attribute_names("#shard", DUE_SHARD)
+                .expression_attribute_names("#due", DUE_AT)
+                .expression_attribute_values(":shard", s(shard(group)))
+                .expression_attribute_values(":now", n(now))
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| RosterError::from(CallError::from_sdk(&e)))?;
+            alive += out.count.max(0) as usize;
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                // Our own write may not have reached the index yet (it is eventually
+                // consistent): we are alive whatever it says.
+                return Ok(alive.max(1));
+            }
+        }
+    }
+
+    async fn leave(&self, group: &str, member: &str) -> Result<(), RosterError> {
+        self.table
+            .client
+            .delete_item()
+            .table_name(&self.table.name)
+            .set_key(Some(key(pk(group, member))))
+            .send()
+            .await
+            .map_err(|e| RosterError::from(CallError::from_sdk(&e)))?;
+        Ok(())
+    }
+}
