@@ -87,6 +87,7 @@ pub async fn run(
         auth_failing: AtomicBool::new(false),
         config_failing: AtomicBool::new(false),
         outcomes: tokio_util::task::TaskTracker::new(),
+        recent_sids: Default::default(),
     });
     let settings = ConsumerSettings {
         concurrency: config.concurrency,

@@ -38,7 +38,12 @@ pub struct Sender {
     pub config_failing: AtomicBool,
     /// Ledger outcomes being written; waited for at shutdown.
     pub outcomes: TaskTracker,
+    /// SIDs this process sent lately, known as owned before their ledger outcome lands.
+    pub recent_sids: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many of this process's latest SIDs are remembered.
+const RECENT_SIDS: usize = 1024;
 
 impl Sender {
     /// Records that Twilio accepted `key` as `sid`, without holding up the message: the
@@ -46,6 +51,13 @@ impl Sender {
     /// again if its delete did not happen, which is no later than this write would be.
     /// An outcome lost with the process leaves the claim, which is reconciled with Twilio.
     fn record_sent(&self, key: String, sid: String) -> tokio::task::JoinHandle<()> {
+        {
+            let mut recent = self.recent_sids.lock().expect("recent SIDs lock");
+            if recent.len() == RECENT_SIDS {
+                recent.pop_front();
+            }
+            recent.push_back(sid.clone());
+        }
         let ledger = self.ledger.clone();
         self.outcomes.spawn(async move {
             if let Err(e) = ledger.sent(&key, &sid).await {
@@ -194,7 +206,7 @@ async fn deliver_parts(
         };
         loop {
             if let Some(since) = unsure_since {
-                match reconcile(s, &message, part, since).await {
+                match reconcile(s, &message, part, i, since).await {
                     Reconciled::Sent(sid) => {
                         outcomes.push(s.record_sent(key.clone(), sid));
                         metrics::counter!("waconnect_sender_reconciled_total").increment(1);
@@ -318,12 +330,17 @@ enum Reconciled {
     CannotTell,
 }
 
-/// Whether Twilio already has this part: a message to the same customer with the same
-/// body, created since the attempt whose answer was lost.
+/// Whether Twilio already has this part, after an attempt whose answer was lost. A
+/// customer's messages go out one at a time (their FIFO group), so a message to them
+/// created since that attempt that no other part owns is this part's — if it looks like
+/// it: the same text, or for a part without text (a template, a file) the same number of
+/// files. A SID already recorded for another part never proves this one, so an agent who
+/// writes "ok" twice gets both.
 async fn reconcile(
     s: &Sender,
     message: &OutboundMessage,
     part: &str,
+    index: usize,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Reconciled {
     let Ok(listed) = s.twilio.sent_to(message.to.as_str()).await else {
@@ -331,11 +348,40 @@ async fn reconcile(
     };
     // Clocks differ a little between here and Twilio.
     let since = since - chrono::Duration::seconds(2);
-    match listed
-        .into_iter()
-        .find(|l| l.body == part && l.created().is_none_or(|c| c >= since))
-    {
-        Some(l) => Reconciled::Sent(l.sid),
+    let media = if index == 0 {
+        message.media_urls.len()
+    } else {
+        0
+    };
+    let looks_like = |l: &crate::twilio::Listed| {
+        if part.is_empty() {
+            l.num_media.parse::<usize>().unwrap_or(0) == media
+        } else {
+            l.body == part
+        }
+    };
+    let candidates: Vec<&crate::twilio::Listed> = listed
+        .iter()
+        .filter(|l| l.created().is_none_or(|c| c >= since) && looks_like(l))
+        .collect();
+    if candidates.is_empty() {
+        return Reconciled::NotSent;
+    }
+    let sids: Vec<String> = candidates.iter().map(|l| l.sid.clone()).collect();
+    let Ok(mut owned) = s.ledger.owned(&sids).await else {
+        return Reconciled::CannotTell;
+    };
+    owned.extend(
+        s.recent_sids
+            .lock()
+            .expect("recent SIDs lock")
+            .iter()
+            .filter(|sid| sids.contains(sid))
+            .cloned(),
+    );
+    // Newest first, as Twilio lists them: ours came after any earlier part's.
+    match candidates.into_iter().find(|l| !owned.contains(&l.sid)) {
+        Some(l) => Reconciled::Sent(l.sid.clone()),
         None => Reconciled::NotSent,
     }
 }

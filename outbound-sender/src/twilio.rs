@@ -50,6 +50,8 @@ pub struct Listed {
     #[serde(default)]
     pub body: String,
     #[serde(default)]
+    pub num_media: String,
+    #[serde(default)]
     pub date_created: Option<String>,
 }
 

@@ -429,3 +429,62 @@ async fn three_senders_keep_together_to_the_numbers_rate() {
         s.wait().await.unwrap();
     }
 }
+
+/// Sends whose answer is lost are looked up at Twilio before any second send. An agent
+/// who writes "ok" twice gets both to the phone (the first "ok" at Twilio is the first
+/// message's, not proof of the second), and a template — whose text Twilio renders, so
+/// no body to compare — goes out once.
+#[tokio::test]
+async fn lost_answers_are_reconciled_without_losing_or_doubling() {
+    let stack = Stack::new(open_window()).await;
+    let sender = stack.sender(&[("WACONNECT_SENDER_TIMEOUT", "300ms")]).await;
+    let ana = customer(1);
+    stack.agent_says(&ana, "item-1", "ok").await;
+    assert_eq!(
+        stack.inbox_of(&ana, 1, Duration::from_secs(10)).await,
+        ["ok"]
+    );
+    // The next send never reaches Twilio, and the sender cannot know.
+    stack.phone.hang(1).await.unwrap();
+    stack.agent_says(&ana, "item-2", "ok").await;
+    assert_eq!(
+        stack.inbox_of(&ana, 2, Duration::from_secs(10)).await,
+        ["ok", "ok"]
+    );
+    // A template reaches Twilio, but its answer comes too late.
+    stack.phone.delay(800).await.unwrap();
+    let template = waconnect_shared::outbound::OutboundMessage {
+        to: ana.clone(),
+        body: String::new(),
+        media_urls: Vec::new(),
+        template: Some(waconnect_shared::outbound::Template {
+            content_sid: "HX0123456789abcdef0123456789abcdef".into(),
+            variables: None,
+        }),
+        origin: waconnect_shared::outbound::Origin::Bridge {
+            reason: "window".into(),
+            id: "window-1".into(),
+        },
+        created_at: chrono::Utc::now(),
+        resend: None,
+    };
+    stack
+        .outbound
+        .send(waconnect_shared::queue::NewMessage {
+            group_id: ana.as_str().to_owned(),
+            dedup_id: template.dedup_id(),
+            body: template.to_json(),
+        })
+        .await
+        .unwrap();
+    let inbox = stack.inbox_of(&ana, 3, Duration::from_secs(10)).await;
+    assert!(inbox[2].starts_with("Template HX"), "{inbox:?}");
+    stack.phone.delay(0).await.unwrap();
+    // Nothing more comes: the template was not sent twice.
+    stack.agent_says(&ana, "item-3", "done").await;
+    assert_eq!(
+        stack.inbox_of(&ana, 4, Duration::from_secs(10)).await[3],
+        "done"
+    );
+    sender.shutdown().await;
+}

@@ -2,7 +2,8 @@
 //! conditional PutItem; a refused one carries the earlier claim back, so no read is needed.
 //! Outcomes (`sent`) need no condition, so concurrent ones share one BatchWriteItem: they
 //! linger up to [`OUTCOME_LINGER`] for company, since nothing on a message's path waits
-//! for them (the sender records them in the background).
+//! for them (the sender records them in the background). An outcome naming a Twilio
+//! message SID also writes `dlvsid#<sid>`, so a SID can be told to be some part's.
 
 use super::{Claim, DeliveryLedger, LedgerError};
 use crate::aws::CallError;
@@ -12,8 +13,11 @@ use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    KeysAndAttributes, PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
+};
 use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
 
 pub const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 /// BatchWriteItem's limit.
@@ -35,8 +39,9 @@ impl DynamoLedger {
     pub fn new(table: Table, keep: std::time::Duration) -> Self {
         let writer = table.clone();
         let keep_seconds = i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
+        // An outcome may take two items (its SID's owner record too).
         let outcomes = Batcher::start(
-            MAX_BATCH_WRITE,
+            MAX_BATCH_WRITE / 2,
             OUTCOME_LINGER,
             Box::new(move |batch| Box::pin(write_outcomes(writer.clone(), batch, keep_seconds))),
         );
@@ -64,6 +69,14 @@ async fn write_outcomes(
             (TTL.to_owned(), n(ttl(keep_seconds))),
         ]);
         items.insert(pk(key), item);
+        if is_message_sid(sid) {
+            let owner = Item::from([
+                (KEY.to_owned(), s(sid_pk(sid))),
+                ("part".to_owned(), s(key.as_str())),
+                (TTL.to_owned(), n(ttl(keep_seconds))),
+            ]);
+            items.insert(sid_pk(sid), owner);
+        }
     }
     let mut pending: Vec<WriteRequest> = items
         .into_values()
@@ -126,6 +139,18 @@ async fn write_outcomes(
 
 fn pk(key: &str) -> String {
     format!("dlv#{key}")
+}
+
+fn sid_pk(sid: &str) -> String {
+    format!("dlvsid#{sid}")
+}
+
+/// A Twilio message SID (SM/MM and 32 hex digits), as opposed to the other values the
+/// ledger records (the relay's webhook receipt times).
+fn is_message_sid(v: &str) -> bool {
+    v.len() == 34
+        && (v.starts_with("SM") || v.starts_with("MM"))
+        && v[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl From<CallError> for LedgerError {
@@ -207,6 +232,43 @@ impl DeliveryLedger for DynamoLedger {
             }
             Err(e) => Err(CallError::from_sdk(&e).into()),
         }
+    }
+
+    async fn owned(&self, sids: &[String]) -> Result<HashSet<String>, LedgerError> {
+        let mut owned = HashSet::new();
+        for chunk in sids.chunks(100) {
+            let mut keys = KeysAndAttributes::builder();
+            for sid in chunk {
+                keys = keys.keys(Item::from([(KEY.to_owned(), s(sid_pk(sid)))]));
+            }
+            let keys = keys
+                .build()
+                .map_err(|e| LedgerError::Backend(e.to_string()))?;
+            let mut request = Some(HashMap::from([(self.table.name.clone(), keys)]));
+            // BatchGetItem may hand back part of the keys as unprocessed under load.
+            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+                let out = self
+                    .table
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(items))
+                    .send()
+                    .await
+                    .map_err(|e| LedgerError::from(CallError::from_sdk(&e)))?;
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table.name))
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(sid) = get_s(item, KEY).and_then(|k| k.strip_prefix("dlvsid#")) {
+                        owned.insert(sid.to_owned());
+                    }
+                }
+                request = out.unprocessed_keys;
+            }
+        }
+        Ok(owned)
     }
 
     /// Nothing to do: every entry carries a TTL, and DynamoDB deletes expired ones itself.

@@ -6,6 +6,7 @@ use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
+use std::collections::HashSet;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -14,6 +15,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     claimed_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_claimed ON deliveries (claimed_at);
+CREATE INDEX IF NOT EXISTS deliveries_sid ON deliveries (sid) WHERE sid IS NOT NULL;
 ";
 
 #[derive(Clone)]
@@ -92,6 +94,23 @@ impl DeliveryLedger for SqliteLedger {
                 c.prepare_cached("DELETE FROM deliveries WHERE key = ?1 AND sid IS NULL")?
                     .execute(params![key])?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn owned(&self, sids: &[String]) -> Result<HashSet<String>, LedgerError> {
+        let sids = sids.to_vec();
+        self.db
+            .read(move |c| {
+                let mut owned = HashSet::new();
+                let mut lookup =
+                    c.prepare_cached("SELECT 1 FROM deliveries WHERE sid = ?1 LIMIT 1")?;
+                for sid in &sids {
+                    if lookup.exists(params![sid])? {
+                        owned.insert(sid.clone());
+                    }
+                }
+                Ok(owned)
             })
             .await
     }

@@ -125,3 +125,19 @@ pub async fn old_entries_are_pruned(e: &dyn LedgerEngine) {
         assert_eq!(ledger.claim(&key(2)).await.unwrap(), Claim::Fresh);
     }
 }
+
+/// A Twilio SID recorded for one part is known as owned, so it can never prove that
+/// another part (the same text sent twice) was sent.
+pub async fn a_recorded_sid_is_known_as_owned(e: &dyn LedgerEngine) {
+    let (ledger, other) = e.ledgers().await;
+    let first = "SM0123456789abcdef0123456789abcdef".to_owned();
+    let unknown = "SMfedcba9876543210fedcba9876543210".to_owned();
+    ledger.claim(&key(1)).await.unwrap();
+    ledger.sent(&key(1), &first).await.unwrap();
+    let owned = other
+        .owned(&[first.clone(), unknown.clone()])
+        .await
+        .unwrap();
+    assert_eq!(owned, HashSet::from([first]));
+    assert!(other.owned(&[]).await.unwrap().is_empty());
+}

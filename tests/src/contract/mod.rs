@@ -70,6 +70,7 @@ macro_rules! ledger_contract_tests {
             racing_claims_have_exactly_one_fresh_winner,
             many_outcomes_at_once_are_all_kept,
             old_entries_are_pruned,
+            a_recorded_sid_is_known_as_owned,
         );
     };
 }

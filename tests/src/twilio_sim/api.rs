@@ -124,7 +124,7 @@ async fn create_message(
     let text = field("Body").unwrap_or_default();
     let content_sid = field("ContentSid");
     let now = Instant::now();
-    {
+    let hang = {
         let mut inner = twilio.lock();
         if inner.faults.storm_until.is_some_and(|u| u > now) {
             return error(429, 20429, "Too Many Requests");
@@ -133,6 +133,13 @@ async fn create_message(
             inner.faults.errors -= 1;
             return error(500, 20500, "Internal Server Error");
         }
+        let hang = inner.faults.hangs > 0;
+        inner.faults.hangs = inner.faults.hangs.saturating_sub(1);
+        hang
+    };
+    if hang {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        return error(503, 20503, "Service Unavailable");
     }
     if from.is_none() && field("MessagingServiceSid").is_none() {
         return error(
@@ -188,7 +195,11 @@ async fn create_message(
             sid: sid(if media_urls.is_empty() { "SM" } else { "MM" }),
             to: to.clone(),
             from: from.unwrap_or_else(|| twilio.options.sender.clone()),
-            body: text,
+            // Twilio shows a template's rendered text as the message's body.
+            body: match (&content_sid, text.is_empty()) {
+                (Some(content), true) => format!("Template {content}: please write back."),
+                _ => text,
+            },
             media_urls,
             content_sid,
             status: "queued".into(),
@@ -240,6 +251,7 @@ async fn list_messages(
                 "to": s.to,
                 "from": s.from,
                 "body": s.body,
+                "num_media": s.media_urls.len().to_string(),
                 "status": s.status,
                 "date_created": s.created_at.to_rfc2822(),
             })

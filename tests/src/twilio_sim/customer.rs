@@ -27,6 +27,7 @@ pub fn routes() -> Router<Arc<Twilio>> {
         .route("/sim/clock", post(advance_clock))
         .route("/faults/storm", post(storm))
         .route("/faults/error", post(errors))
+        .route("/faults/hang", post(hangs))
         .route("/faults/delay", post(delay))
         .route("/faults/shuffle", post(shuffle))
         .route("/faults/clear", post(clear))
@@ -293,6 +294,11 @@ async fn errors(State(twilio): State<Arc<Twilio>>, Json(c): Json<Count>) -> Stat
     StatusCode::NO_CONTENT
 }
 
+async fn hangs(State(twilio): State<Arc<Twilio>>, Json(c): Json<Count>) -> StatusCode {
+    twilio.lock().faults.hangs = c.count;
+    StatusCode::NO_CONTENT
+}
+
 #[derive(Deserialize)]
 struct Millis {
     millis: u64,
@@ -435,6 +441,14 @@ impl PhoneClient {
 
     pub async fn fail(&self, count: u32) -> anyhow::Result<()> {
         self.post("/faults/error", json!({ "count": count }))
+            .await
+            .map(drop)
+    }
+
+    /// The next `count` Messages API calls hang without being processed, until the
+    /// client gives up: a request lost on the way, whose outcome the client cannot know.
+    pub async fn hang(&self, count: u32) -> anyhow::Result<()> {
+        self.post("/faults/hang", json!({ "count": count }))
             .await
             .map(drop)
     }

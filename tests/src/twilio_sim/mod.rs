@@ -79,6 +79,8 @@ struct Faults {
     /// Every Messages API call answers 429 / 20429 until then.
     storm_until: Option<Instant>,
     errors: u32,
+    /// Calls that hang, unprocessed, until the client gives up (a lost request).
+    hangs: u32,
     delay: Duration,
     /// Status callbacks go out in a scrambled order.
     shuffle_statuses: bool,
