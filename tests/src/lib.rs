@@ -1,6 +1,7 @@
 //! Test equipment for waconnect: the contract suites every storage engine must pass, the
 //! engines' test factories, and helpers shared by the end-to-end tests and benches.
 
+pub mod chaos;
 pub mod connect_sim;
 pub mod contract;
 pub mod engines;

@@ -185,7 +185,7 @@ async fn create_message(
             }
             _ => (now, 1),
         };
-        let over_rate = window.1 > twilio.options.sender_rate;
+        let over_rate = window.1 > inner.faults.rate.unwrap_or(twilio.options.sender_rate);
         inner.window = Some(if over_rate {
             (window.0, window.1 - 1)
         } else {

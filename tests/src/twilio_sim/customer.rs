@@ -28,6 +28,7 @@ pub fn routes() -> Router<Arc<Twilio>> {
         .route("/faults/storm", post(storm))
         .route("/faults/error", post(errors))
         .route("/faults/hang", post(hangs))
+        .route("/faults/rate", post(rate))
         .route("/faults/delay", post(delay))
         .route("/faults/shuffle", post(shuffle))
         .route("/faults/clear", post(clear))
@@ -167,6 +168,8 @@ async fn customer_sends(
         if !retry || attempts > retries {
             break result.map(|r| r.status().as_u16()).unwrap_or(0);
         }
+        // Twilio waits a little between its attempts.
+        tokio::time::sleep(Duration::from_millis(200) * attempts).await;
     };
     if (200..300).contains(&status) {
         let now = twilio.now();
@@ -291,6 +294,11 @@ struct Count {
 
 async fn errors(State(twilio): State<Arc<Twilio>>, Json(c): Json<Count>) -> StatusCode {
     twilio.lock().faults.errors = c.count;
+    StatusCode::NO_CONTENT
+}
+
+async fn rate(State(twilio): State<Arc<Twilio>>, Json(c): Json<Count>) -> StatusCode {
+    twilio.lock().faults.rate = Some(c.count);
     StatusCode::NO_CONTENT
 }
 
@@ -443,6 +451,18 @@ impl PhoneClient {
         self.post("/faults/error", json!({ "count": count }))
             .await
             .map(drop)
+    }
+
+    /// WhatsApp takes only `per_second` messages a second from the sender until the faults
+    /// are cleared: the rest fail with 63018 in their status callbacks.
+    pub async fn limit_rate(&self, per_second: u32) -> anyhow::Result<()> {
+        self.post("/faults/rate", json!({ "count": per_second }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn clear_faults(&self) -> anyhow::Result<()> {
+        self.post("/faults/clear", json!({})).await.map(drop)
     }
 
     /// The next `count` Messages API calls hang without being processed, until the

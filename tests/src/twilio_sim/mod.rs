@@ -81,6 +81,8 @@ struct Faults {
     errors: u32,
     /// Calls that hang, unprocessed, until the client gives up (a lost request).
     hangs: u32,
+    /// WhatsApp's rate for the sender while set, instead of the option's.
+    rate: Option<u32>,
     delay: Duration,
     /// Status callbacks go out in a scrambled order.
     shuffle_statuses: bool,

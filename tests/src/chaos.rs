@@ -1,0 +1,550 @@
+//! The randomized chaos run: the whole bridge as real processes (ingress, three
+//! relay-workers, two outbound-senders) between both simulators, customers and agents
+//! writing numbered messages both ways, while a seeded schedule SIGKILLs and restarts
+//! processes and injects Connect and Twilio faults. Then the faults stop and a checker
+//! asserts that every message arrived exactly once, in order per customer, both ways, and
+//! that nothing was dead-lettered.
+//!
+//! `CHAOS_SEED` replays a run (the seed is printed first), `CHAOS_SECONDS` sets how long
+//! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak).
+
+use crate::connect_sim::ConnectSim;
+use crate::moto::Moto;
+use crate::twilio_sim::{TwilioOptions, TwilioSim};
+use crate::{customer, free_port};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use waconnect_shared::config::{CommonConfig, ConfigSource};
+
+/// Which storage the fleet runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Aws,
+}
+
+const CUSTOMERS: usize = 6;
+const RELAYS: usize = 3;
+const SENDERS: usize = 2;
+
+/// What a run did and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub customer_messages: usize,
+    pub agent_messages: usize,
+    pub kills: BTreeMap<&'static str, usize>,
+    pub faults: BTreeMap<&'static str, usize>,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub reordered: usize,
+    /// Replies that landed after later ones because WhatsApp refused an earlier copy
+    /// (63018) and it was sent again: explained, so counted apart.
+    pub resent_out_of_order: usize,
+    pub dead_letters: usize,
+}
+
+/// The binaries `cargo test --workspace` built beside this test.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the workspace's tests (tests/run)",
+        path.display()
+    );
+    path
+}
+
+fn spawn(name: &str, vars: &[(String, String)]) -> Child {
+    Command::new(binary(name))
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn a service")
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A service process and how to start it again.
+struct Service {
+    name: &'static str,
+    binary: &'static str,
+    vars: Vec<(String, String)>,
+    child: Child,
+}
+
+impl Service {
+    fn start(name: &'static str, binary: &'static str, vars: Vec<(String, String)>) -> Self {
+        let child = spawn(binary, &vars);
+        Self {
+            name,
+            binary,
+            vars,
+            child,
+        }
+    }
+
+    async fn kill_and_restart(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.child = spawn(self.binary, &self.vars);
+    }
+}
+
+/// What each side has written so far.
+#[derive(Default)]
+struct Written {
+    customer: Vec<Vec<String>>,
+    agent: Vec<Vec<String>>,
+}
+
+pub async fn run(engine: Engine) -> Report {
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let seconds: u64 = std::env::var("CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(45);
+    println!(
+        "chaos on {engine:?}: seed {seed} (CHAOS_SEED={seed} replays it), {seconds} s of faults"
+    );
+    let mut report = Report {
+        seed,
+        ..Report::default()
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let storage: Vec<(String, String)> = match engine {
+        Engine::Sqlite => pairs(&[
+            (
+                "WACONNECT_SQLITE_PATH",
+                &dir.path().join("waconnect.db").display().to_string(),
+            ),
+            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+        ]),
+        Engine::Aws => Moto::env(&Moto::shared().fresh("chaos", 50).await),
+    };
+    let connect = ConnectSim::start().await;
+    let ingress_port = free_port().await;
+    let ingress_url = format!("http://{ingress_port}");
+    let twilio = TwilioSim::start_with(TwilioOptions {
+        webhook_url: Some(format!("{ingress_url}/twilio/messages#rc=10&rp=5xx,ct,rt")),
+        ..TwilioOptions::default()
+    })
+    .await;
+    let o = twilio.options().clone();
+    let common = |extra: &[(&str, &str)]| {
+        let mut v = storage.clone();
+        v.extend(pairs(&[
+            ("RUST_LOG", "error"),
+            ("WACONNECT_MAX_ATTEMPTS", "10"),
+            ("WACONNECT_QUEUE_DEPTH_INTERVAL", "5s"),
+        ]));
+        v.extend(pairs(extra));
+        v
+    };
+    let mut services = vec![Service::start(
+        "ingress",
+        "ingress",
+        common(&[
+            ("TWILIO_AUTH_TOKEN", &o.auth_token),
+            ("WACONNECT_PUBLIC_BASE_URL", &ingress_url),
+            ("WACONNECT_INGRESS_BIND", &ingress_port),
+        ]),
+    )];
+    for r in 0..RELAYS {
+        let id = format!("chaos-relay-{r}");
+        services.push(Service::start(
+            "relay-worker",
+            "relay-worker",
+            common(&[
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
+                ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
+                ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
+                ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
+                ("WACONNECT_RELAY_WORKER_ID", &id),
+                ("WACONNECT_RELAY_LEASE", "3s"),
+                ("WACONNECT_RELAY_HEARTBEAT", "1s"),
+                ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
+                ("WACONNECT_RELAY_RETRY_AFTER", "200ms"),
+                ("WACONNECT_RELAY_VISIBILITY", "4s"),
+                ("WACONNECT_RELAY_CURSOR_FLUSH", "1s"),
+                ("WACONNECT_RELAY_SHUTDOWN_GRACE", "2s"),
+            ]),
+        ));
+    }
+    for _ in 0..SENDERS {
+        services.push(Service::start(
+            "outbound-sender",
+            "outbound-sender",
+            common(&[
+                ("TWILIO_ACCOUNT_SID", &o.account_sid),
+                ("TWILIO_AUTH_TOKEN", &o.auth_token),
+                ("TWILIO_FROM", &o.sender),
+                ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
+                (
+                    "WACONNECT_STATUS_CALLBACK_URL",
+                    &format!("{ingress_url}/twilio/status"),
+                ),
+                ("WACONNECT_SENDER_OPS_BIND", "127.0.0.1:0"),
+                ("WACONNECT_SENDER_VISIBILITY", "3s"),
+                ("WACONNECT_SENDER_MAX_BACKOFF", "1s"),
+                ("WACONNECT_SENDER_TIMEOUT", "2s"),
+            ]),
+        ));
+    }
+
+    let written = Arc::new(Mutex::new(Written {
+        customer: vec![Vec::new(); CUSTOMERS],
+        agent: vec![Vec::new(); CUSTOMERS],
+    }));
+    let contacts: Arc<Mutex<BTreeMap<usize, String>>> = Arc::default();
+    let writing = Arc::new(AtomicBool::new(true));
+    let phone = twilio.phone();
+    let desk = connect.desk();
+
+    // Customers write, each in turn, at a few messages a second in all.
+    let customers = tokio::spawn({
+        let (phone, written, writing) = (phone.clone(), written.clone(), writing.clone());
+        let mut rng = StdRng::seed_from_u64(seed ^ 1);
+        async move {
+            while writing.load(Ordering::Relaxed) {
+                let c = rng.random_range(0..CUSTOMERS);
+                let n = written.lock().await.customer[c].len();
+                let text = format!("c{c} m{n}");
+                // Twilio's retries (the fragment) cover an ingress restart; a webhook that
+                // still fails is one WhatsApp never handed over: the customer writes again.
+                if let Ok((_, 200)) = phone.text(customer(c).as_str(), &text).await {
+                    written.lock().await.customer[c].push(text);
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+            }
+        }
+    });
+    // Agents take every chat and reply.
+    let agents = tokio::spawn({
+        let (desk, written, writing, contacts) = (
+            desk.clone(),
+            written.clone(),
+            writing.clone(),
+            contacts.clone(),
+        );
+        let mut rng = StdRng::seed_from_u64(seed ^ 2);
+        async move {
+            while writing.load(Ordering::Relaxed) {
+                if let Ok(chats) = desk.chats(None).await {
+                    for chat in chats {
+                        let Some(c) = (0..CUSTOMERS).find(|c| {
+                            chat.attributes
+                                .get("CustomerNumber")
+                                .and_then(|v| v.as_str())
+                                == Some(customer(*c).e164())
+                        }) else {
+                            continue;
+                        };
+                        if chat.state == "waiting" {
+                            let _ = desk.accept(&chat.contact_id).await;
+                        }
+                        contacts.lock().await.insert(c, chat.contact_id.clone());
+                    }
+                }
+                let known: Vec<(usize, String)> = contacts
+                    .lock()
+                    .await
+                    .iter()
+                    .map(|(c, id)| (*c, id.clone()))
+                    .collect();
+                if !known.is_empty() {
+                    let (c, contact) = &known[rng.random_range(0..known.len())];
+                    let n = written.lock().await.agent[*c].len();
+                    let text = format!("c{c} a{n}");
+                    if desk.send(contact, &text).await.is_ok() {
+                        written.lock().await.agent[*c].push(text);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+            }
+        }
+    });
+
+    // The faults, on a seeded schedule.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
+        let fault = rng.random_range(0..12);
+        let kind: &'static str = match fault {
+            0..=2 => {
+                let relays: Vec<usize> = (0..services.len())
+                    .filter(|i| services[*i].name == "relay-worker")
+                    .collect();
+                let i = relays[rng.random_range(0..relays.len())];
+                services[i].kill_and_restart().await;
+                *report.kills.entry("relay-worker").or_default() += 1;
+                continue;
+            }
+            3 => {
+                let senders: Vec<usize> = (0..services.len())
+                    .filter(|i| services[*i].name == "outbound-sender")
+                    .collect();
+                let i = senders[rng.random_range(0..senders.len())];
+                services[i].kill_and_restart().await;
+                *report.kills.entry("outbound-sender").or_default() += 1;
+                continue;
+            }
+            4 => {
+                services[0].kill_and_restart().await;
+                *report.kills.entry("ingress").or_default() += 1;
+                continue;
+            }
+            5 => {
+                let _ = desk.throttle(rng.random_range(2..8), None).await;
+                "connect_throttling"
+            }
+            6 => {
+                let _ = desk.fail(rng.random_range(1..5), None).await;
+                "connect_5xx"
+            }
+            7 => {
+                // Slower than the relay's 4 s visibility: the keeper must hold the message.
+                let _ = desk.delay(rng.random_range(1000..5000)).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(2000..6000))).await;
+                let _ = desk.delay(0).await;
+                "connect_slow"
+            }
+            8 => {
+                let _ = desk.answer_heartbeats(false).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3500))).await;
+                let _ = desk.answer_heartbeats(true).await;
+                "connect_silent_heartbeats"
+            }
+            9 => {
+                if rng.random_bool(0.5) {
+                    let _ = desk.drop_sockets(None).await;
+                    "connect_dropped_sockets"
+                } else {
+                    let _ = desk.expire_tokens(None).await;
+                    "connect_expired_tokens"
+                }
+            }
+            10 => {
+                if rng.random_bool(0.5) {
+                    let _ = phone.storm(rng.random_range(0.5..2.5)).await;
+                    "twilio_429_storm"
+                } else {
+                    let _ = phone.fail(rng.random_range(1..4)).await;
+                    let _ = phone.delay(rng.random_range(0..1500)).await;
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+                    let _ = phone.delay(0).await;
+                    "twilio_5xx_and_slow"
+                }
+            }
+            _ => {
+                if rng.random_bool(0.5) {
+                    // WhatsApp takes one message a second for a while: the rest fail
+                    // with 63018 in their status callbacks, after Twilio took them.
+                    let _ = phone.limit_rate(1).await;
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+                    let _ = phone.clear_faults().await;
+                    "twilio_async_63018"
+                } else {
+                    let _ = phone.shuffle_statuses(true).await;
+                    "twilio_shuffled_callbacks"
+                }
+            }
+        };
+        *report.faults.entry(kind).or_default() += 1;
+    }
+    writing.store(false, Ordering::Relaxed);
+    let _ = customers.await;
+    let _ = agents.await;
+    let _ = desk.clear_faults().await;
+    let _ = phone.clear_faults().await;
+    let _ = desk.answer_heartbeats(true).await;
+
+    let written = written.lock().await;
+    let contacts = contacts.lock().await.clone();
+    report.customer_messages = written.customer.iter().map(Vec::len).sum();
+    report.agent_messages = written.agent.iter().map(Vec::len).sum();
+    // Everything settles: every message arrives, bounded.
+    let settled = tokio::time::timeout(Duration::from_secs(150), async {
+        loop {
+            let mut done = true;
+            for c in 0..CUSTOMERS {
+                let agent_sees = match contacts.get(&c) {
+                    Some(contact) => desk.customer_texts(contact).await.unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                done &= agent_sees.len() >= written.customer[c].len();
+                let phone_shows = delivered(&phone, c).await;
+                done &= phone_shows.len() >= written.agent[c].len();
+            }
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    if settled.is_err() {
+        println!("chaos: not everything arrived within 150 s of the last fault");
+    }
+    // Late duplicates would come now, if at all.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let refused_first: Vec<String> = phone
+        .sent()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m["error_code"] == 63018)
+        .filter_map(|m| m["body"].as_str().map(str::to_owned))
+        .collect();
+    for c in 0..CUSTOMERS {
+        let agent_sees = match contacts.get(&c) {
+            Some(contact) => desk.customer_texts(contact).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let phone_shows = delivered(&phone, c).await;
+        for (sent, got, refused) in [
+            (&written.customer[c], &agent_sees, &[][..]),
+            (&written.agent[c], &phone_shows, &refused_first[..]),
+        ] {
+            let (lost, dup) = compare(sent, got);
+            let (plain, explained) = disorder(sent, got, refused);
+            report.lost += lost;
+            report.duplicated += dup;
+            report.reordered += plain;
+            report.resent_out_of_order += explained;
+        }
+    }
+    // Nothing dead-lettered.
+    let common = CommonConfig::read(&mut ConfigSource::from_pairs(storage.clone()).reader());
+    let backend = waconnect_shared::backend::Backend::open(&common)
+        .await
+        .expect("open the fleet's storage");
+    for queue in [backend.inbound().await, backend.outbound().await] {
+        let queue = queue.expect("a queue");
+        let dead = queue.dead_letters(100).await.unwrap_or_default();
+        for d in &dead {
+            println!("chaos: dead letter on {}: {}", queue.name(), d.reason);
+        }
+        report.dead_letters += dead.len();
+    }
+    for s in &mut services {
+        let _ = s.child.start_kill();
+        let _ = s.child.wait().await;
+    }
+    println!("chaos on {engine:?}: {report:?}");
+    report
+}
+
+/// Fails the test unless the run lost, doubled, reordered and dead-lettered nothing.
+pub fn assert_clean(report: &Report) {
+    assert!(
+        report.customer_messages > 0 && report.agent_messages > 0,
+        "nothing was written: {report:?}"
+    );
+    assert_eq!(
+        (
+            report.lost,
+            report.duplicated,
+            report.reordered,
+            report.dead_letters
+        ),
+        (0, 0, 0, 0),
+        "seed {} (replay with CHAOS_SEED={}): {report:?}",
+        report.seed,
+        report.seed
+    );
+}
+
+/// The bodies on customer `c`'s phone that WhatsApp delivered (failed copies left out).
+async fn delivered(phone: &crate::twilio_sim::PhoneClient, c: usize) -> Vec<String> {
+    phone
+        .inbox(customer(c).as_str())
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.status != "failed" && m.status != "undelivered")
+        .map(|m| m.body)
+        .collect()
+}
+
+/// Lost and duplicated messages of `got` against `sent` (one never sent counts as a
+/// duplicate: it came from nowhere).
+fn compare(sent: &[String], got: &[String]) -> (usize, usize) {
+    let count = |list: &[String], x: &String| list.iter().filter(|y| *y == x).count();
+    let lost = sent.iter().filter(|x| count(got, x) == 0).count();
+    let dup = sent
+        .iter()
+        .map(|x| count(got, x).saturating_sub(1))
+        .sum::<usize>()
+        + got.iter().filter(|x| count(sent, x) == 0).count();
+    (lost, dup)
+}
+
+/// Arrivals before an earlier-sent message, split into those with no explanation and
+/// those of messages WhatsApp refused once (63018, `refused`) and that were sent again.
+fn disorder(sent: &[String], got: &[String], refused: &[String]) -> (usize, usize) {
+    let order: Vec<(usize, &String)> = got
+        .iter()
+        .filter_map(|x| sent.iter().position(|y| y == x).map(|p| (p, x)))
+        .collect();
+    let mut plain = 0;
+    let mut explained = 0;
+    for w in order.windows(2) {
+        if w[1].0 < w[0].0 {
+            if refused.contains(w[1].1) {
+                explained += 1;
+            } else {
+                plain += 1;
+            }
+        }
+    }
+    (plain, explained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checker_counts_loss_doubling_and_disorder() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let sent = s(&["a", "b", "c", "d"]);
+        assert_eq!(compare(&sent, &s(&["a", "b", "c", "d"])), (0, 0));
+        assert_eq!(compare(&sent, &s(&["a", "c", "d"])), (1, 0));
+        assert_eq!(compare(&sent, &s(&["a", "b", "b", "c", "d", "x"])), (0, 2));
+        assert_eq!(disorder(&sent, &s(&["a", "b", "c", "d"]), &[]), (0, 0));
+        assert_eq!(
+            disorder(&sent, &s(&["a", "c", "b", "d"]), &s(&["b"])),
+            (0, 1)
+        );
+        assert_eq!(disorder(&sent, &s(&["a", "c", "b", "d"]), &[]), (1, 0));
+    }
+}
