@@ -34,8 +34,13 @@ impl FleetRate {
     /// Joins the roster and sets `limiter` to this process's share; true if the roster
     /// answered (else the limiter keeps what it had).
     pub async fn beat(&self, limiter: &RateLimiter) -> bool {
-        match self.roster.heartbeat(&self.group, &self.member, TTL).await {
-            Ok(alive) => {
+        match self
+            .roster
+            .heartbeat(&self.group, &self.member, TTL, 0)
+            .await
+        {
+            Ok(members) => {
+                let alive = members.alive;
                 let share = self.total / alive.max(1) as f64;
                 limiter.set_rate(share);
                 metrics::gauge!("waconnect_sender_rate_share").set(share);

@@ -96,7 +96,8 @@ impl Fleet {
             );
             metrics::gauge!("waconnect_relay_conversations_held").set(held.len() as f64);
         }
-        tracing::debug!(customer = %customer, how, "holding conversation");
+        // Hand-overs are what an operator looks for after a failure: at info.
+        tracing::info!(customer = %customer, how, "holding conversation");
         let fleet = self.clone();
         self.tasks.spawn(async move {
             let outcome = session::hold(fleet.relay.clone(), shared, stop).await;
@@ -193,8 +194,8 @@ impl Fleet {
     pub async fn sweep(self: &Arc<Self>) {
         match self.relay.store.unheld(self.relay.config.sweep_batch).await {
             Ok(unheld) => {
-                for s in unheld {
-                    self.adopt(&s.conversation.customer, "adopted").await;
+                for customer in unheld {
+                    self.adopt(&customer, "adopted").await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "sweep could not list unheld conversations"),

@@ -22,6 +22,8 @@ pub const DUE_INDEX: &str = "due";
 pub const DUE_SHARD: &str = "due_shard";
 pub const DUE_AT: &str = "due_at";
 pub const TTL: &str = "ttl";
+/// What a roster member holds; projected into [`DUE_INDEX`] beside the keys.
+pub const LOAD: &str = "load";
 
 pub type Item = HashMap<String, AttributeValue>;
 

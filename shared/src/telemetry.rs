@@ -20,6 +20,30 @@ pub enum TelemetryError {
     Subscriber(String),
 }
 
+/// Libraries that, below info, log what must never reach a log: the AWS SDK signs and
+/// prints requests with their headers (the Participant API's `X-Amz-Bearer` token) and
+/// bodies (customers' messages), the HTTP and websocket stacks print frames. Whatever
+/// `RUST_LOG` says, they log at info at most.
+const QUIET_BELOW_INFO: &[&str] = &[
+    "aws_",
+    "hyper",
+    "h2",
+    "reqwest",
+    "rustls",
+    "tungstenite",
+    "tokio_tungstenite",
+];
+
+/// The filter every log line passes besides `RUST_LOG`: see [`QUIET_BELOW_INFO`].
+fn secrets_stay_out() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO
+            || !QUIET_BELOW_INFO
+                .iter()
+                .any(|quiet| meta.target().starts_with(quiet))
+    })
+}
+
 /// Installs the global log subscriber. Call once, from `main`.
 pub fn init_logging(config: &TelemetryConfig) -> Result<(), TelemetryError> {
     let filter = EnvFilter::try_new(&config.log_filter)
@@ -29,7 +53,9 @@ pub fn init_logging(config: &TelemetryConfig) -> Result<(), TelemetryError> {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(secrets_stay_out());
     let result = if json {
         registry
             .with(
@@ -91,4 +117,25 @@ pub fn render_metrics() -> String {
     let handle = metrics();
     handle.run_upkeep();
     handle.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_trace_never_opens_the_sdk_and_http_stacks() {
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::try_new("trace,aws_smithy_runtime=trace").unwrap())
+            .with(secrets_stay_out());
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::enabled!(target: "aws_smithy_runtime::client", Level::TRACE));
+            assert!(!tracing::enabled!(target: "aws_sigv4::http_request", Level::DEBUG));
+            assert!(!tracing::enabled!(target: "hyper_util::client", Level::DEBUG));
+            assert!(!tracing::enabled!(target: "tokio_tungstenite", Level::TRACE));
+            assert!(tracing::enabled!(target: "aws_config::meta", Level::INFO));
+            assert!(tracing::enabled!(target: "our_service::session", Level::TRACE));
+        });
+    }
 }

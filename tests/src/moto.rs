@@ -191,7 +191,9 @@ impl Moto {
                     .key_schema(key(DUE_AT, KeyType::Range))
                     .projection(
                         Projection::builder()
-                            .projection_type(ProjectionType::All)
+                            .projection_type(ProjectionType::Include)
+                            .non_key_attributes("lease_owner")
+                            .non_key_attributes("load")
                             .build(),
                     )
                     .build()

@@ -1,13 +1,13 @@
 //! The AWS roster: `roster#<group>#<member>` items in the DynamoDB table, listed through
-//! the sparse `due` index (shard `roster#<group>`, sorted by expiry), so counting the
-//! living is one Query of a few keys. A heartbeat is a PutItem and that Query.
+//! the sparse `due` index (shard `roster#<group>`, sorted by expiry; the index carries
+//! `load`), so finding the living is one Query of a few small items. A heartbeat is a
+//! PutItem and that Query.
 
-use super::{Roster, RosterError};
+use super::{Members, Roster, RosterError};
 use crate::aws::CallError;
-use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, KEY, TTL, Table, key, n, s};
+use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, KEY, LOAD, TTL, Table, get_n, key, n, s};
 use crate::time::now_millis;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::Select;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -46,7 +46,8 @@ impl Roster for DynamoRoster {
         group: &str,
         member: &str,
         ttl: Duration,
-    ) -> Result<usize, RosterError> {
+        load: u64,
+    ) -> Result<Members, RosterError> {
         let now = now_millis();
         let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         self.table
@@ -56,11 +57,13 @@ impl Roster for DynamoRoster {
             .item(KEY, s(pk(group, member)))
             .item(DUE_SHARD, s(shard(group)))
             .item(DUE_AT, n(expires))
+            .item(LOAD, n(load))
             .item(TTL, n(expires / 1000 + 3600))
             .send()
             .await
             .map_err(|e| RosterError::from(CallError::from_sdk(&e)))?;
-        let mut alive = 0;
+        let mut found = Members { alive: 0, load: 0 };
+        let mut mine_listed = false;
         let mut start = None;
         loop {
             let out = self
@@ -74,17 +77,24 @@ impl Roster for DynamoRoster {
                 .expression_attribute_names("#due", DUE_AT)
                 .expression_attribute_values(":shard", s(shard(group)))
                 .expression_attribute_values(":now", n(now))
-                .select(Select::Count)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| RosterError::from(CallError::from_sdk(&e)))?;
-            alive += out.count.max(0) as usize;
+            for item in out.items() {
+                found.alive += 1;
+                found.load += get_n(item, LOAD).unwrap_or(0).max(0) as u64;
+                mine_listed |= item.get(KEY) == Some(&s(pk(group, member)));
+            }
             start = out.last_evaluated_key;
             if start.is_none() {
                 // Our own write may not have reached the index yet (it is eventually
-                // consistent): we are alive whatever it says.
-                return Ok(alive.max(1));
+                // consistent): we are alive, with our load, whatever it says.
+                if !mine_listed {
+                    found.alive += 1;
+                    found.load += load;
+                }
+                return Ok(found);
             }
         }
     }

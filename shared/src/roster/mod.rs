@@ -3,7 +3,8 @@
 //! among them, however many replicas run.
 //!
 //! * A member is alive until its last heartbeat's `ttl` runs out, or it leaves.
-//! * A heartbeat says how many members of the group are alive, itself included.
+//! * A heartbeat carries the member's load (what it holds: conversations, say) and says
+//!   how many members of the group are alive, itself included, and their total load.
 //!
 //! Engines: [`sqlite::SqliteRoster`] and [`dynamodb::DynamoRoster`]; one contract suite in
 //! `waconnect-tests` runs against both.
@@ -22,16 +23,26 @@ pub enum RosterError {
     Backend(String),
 }
 
+/// A group as a heartbeat finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Members {
+    /// Members alive, the one beating included.
+    pub alive: usize,
+    /// Their loads, added up.
+    pub load: u64,
+}
+
 #[async_trait]
 pub trait Roster: Send + Sync + 'static {
-    /// Records `member` as alive in `group` for `ttl` from now; returns how many members
-    /// of `group` are alive now, `member` included.
+    /// Records `member` as alive in `group` for `ttl` from now, carrying `load`; returns
+    /// the group's living members.
     async fn heartbeat(
         &self,
         group: &str,
         member: &str,
         ttl: Duration,
-    ) -> Result<usize, RosterError>;
+        load: u64,
+    ) -> Result<Members, RosterError>;
 
     /// Takes `member` out of `group` at once (a graceful stop).
     async fn leave(&self, group: &str, member: &str) -> Result<(), RosterError>;

@@ -1,6 +1,6 @@
 //! The embedded roster: a table in the shared SQLite file.
 
-use super::{Roster, RosterError};
+use super::{Members, Roster, RosterError};
 use crate::sqlite::{Db, DbError};
 use crate::time::now_millis;
 use async_trait::async_trait;
@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS roster (
     grp TEXT NOT NULL,
     member TEXT NOT NULL,
     expires_at INTEGER NOT NULL,
+    load INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (grp, member)
 ) WITHOUT ROWID;
 ";
@@ -51,8 +52,10 @@ impl Roster for SqliteRoster {
         group: &str,
         member: &str,
         ttl: Duration,
-    ) -> Result<usize, RosterError> {
+        load: u64,
+    ) -> Result<Members, RosterError> {
         let (group, member) = (group.to_owned(), member.to_owned());
+        let load = i64::try_from(load).unwrap_or(i64::MAX);
         let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         self.db
             .write(move |c| {
@@ -61,14 +64,20 @@ impl Roster for SqliteRoster {
                 c.prepare_cached("DELETE FROM roster WHERE grp = ?1 AND expires_at <= ?2")?
                     .execute(params![group, now])?;
                 c.prepare_cached(
-                    "INSERT INTO roster (grp, member, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (grp, member) DO UPDATE SET expires_at = excluded.expires_at",
+                    "INSERT INTO roster (grp, member, expires_at, load) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (grp, member)
+                     DO UPDATE SET expires_at = excluded.expires_at, load = excluded.load",
                 )?
-                .execute(params![group, member, now.saturating_add(ttl)])?;
-                let alive: i64 = c
-                    .prepare_cached("SELECT COUNT(*) FROM roster WHERE grp = ?1")?
-                    .query_row(params![group], |r| r.get(0))?;
-                Ok(alive as usize)
+                .execute(params![group, member, now.saturating_add(ttl), load])?;
+                let (alive, load): (i64, i64) = c
+                    .prepare_cached(
+                        "SELECT COUNT(*), COALESCE(SUM(load), 0) FROM roster WHERE grp = ?1",
+                    )?
+                    .query_row(params![group], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(Members {
+                    alive: alive as usize,
+                    load: load.max(0) as u64,
+                })
             })
             .await
     }

@@ -369,7 +369,7 @@ impl ConversationStore for DynamoStore {
         Ok(0)
     }
 
-    async fn unheld(&self, limit: usize) -> Result<Vec<StoredConversation>, StoreError> {
+    async fn unheld(&self, limit: usize) -> Result<Vec<CustomerAddress>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -392,10 +392,14 @@ impl ConversationStore for DynamoStore {
         for result in futures_util::future::join_all(queries).await {
             let out = result.map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
             for item in out.items() {
-                found.push((get_n(item, DUE_AT).unwrap_or(0), stored(item)?));
+                let customer = get_s(item, KEY)
+                    .and_then(|k| k.strip_prefix("conv#"))
+                    .and_then(|c| CustomerAddress::parse(c).ok())
+                    .ok_or_else(|| StoreError::Backend("unheld item without a customer".into()))?;
+                found.push((get_n(item, DUE_AT).unwrap_or(0), customer));
             }
         }
         found.sort_by_key(|(due, _)| *due);
-        Ok(found.into_iter().take(limit).map(|(_, s)| s).collect())
+        Ok(found.into_iter().take(limit).map(|(_, c)| c).collect())
     }
 }

@@ -115,8 +115,10 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Gives the lease up so another worker can adopt the conversation at once.
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Live (not ended) conversations whose lease is free or lapsed, oldest expiry first.
-    async fn unheld(&self, limit: usize) -> Result<Vec<StoredConversation>, StoreError>;
+    /// The customers of live (not ended) conversations whose lease is free or lapsed,
+    /// oldest expiry first: keys only, so the index behind it need not copy the records
+    /// (and their tokens) on every renewal.
+    async fn unheld(&self, limit: usize) -> Result<Vec<CustomerAddress>, StoreError>;
 
     /// Deletes ended conversations whose `ttl` has passed and that nobody holds; returns
     /// how many. An engine whose storage deletes expired items itself (DynamoDB's TTL)

@@ -294,18 +294,25 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
-    async fn unheld(&self, limit: usize) -> Result<Vec<StoredConversation>, StoreError> {
+    async fn unheld(&self, limit: usize) -> Result<Vec<CustomerAddress>, StoreError> {
         self.db
             .read(move |c| {
                 let rows = c
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM conversations
+                    .prepare_cached(
+                        "SELECT customer FROM conversations
                          WHERE state != 'ended' AND lease_expires_at <= ?1
-                         ORDER BY lease_expires_at LIMIT ?2"
-                    ))?
-                    .query_map(params![now_millis(), limit as i64], read_row)?
+                         ORDER BY lease_expires_at LIMIT ?2",
+                    )?
+                    .query_map(params![now_millis(), limit as i64], |r| {
+                        r.get::<_, String>(0)
+                    })?
                     .collect::<Result<Vec<_>, _>>()?;
-                rows.into_iter().map(stored).collect()
+                rows.iter()
+                    .map(|customer| {
+                        CustomerAddress::parse(customer)
+                            .map_err(|e| StoreError::Backend(format!("stored customer: {e}")))
+                    })
+                    .collect()
             })
             .await
     }

@@ -3,32 +3,46 @@
 use crate::engines::RosterEngine;
 use crate::wait;
 use std::time::Duration;
+use waconnect_shared::roster::Members;
 
 const LONG: Duration = Duration::from_secs(60);
 
 pub async fn heartbeats_count_the_living_members(e: &dyn RosterEngine) {
     let (a, b) = e.rosters().await;
-    assert_eq!(a.heartbeat("g", "one", LONG).await.unwrap(), 1);
-    assert_eq!(b.heartbeat("g", "two", LONG).await.unwrap(), 2);
-    // Beating again is not joining again.
-    assert_eq!(a.heartbeat("g", "one", LONG).await.unwrap(), 2);
+    let members = |alive, load| Members { alive, load };
+    assert_eq!(
+        a.heartbeat("g", "one", LONG, 3).await.unwrap(),
+        members(1, 3)
+    );
+    assert_eq!(
+        b.heartbeat("g", "two", LONG, 4).await.unwrap(),
+        members(2, 7)
+    );
+    // Beating again is not joining again; the load is the latest.
+    assert_eq!(
+        a.heartbeat("g", "one", LONG, 1).await.unwrap(),
+        members(2, 5)
+    );
     // Another group has its own members.
-    assert_eq!(b.heartbeat("other", "three", LONG).await.unwrap(), 1);
+    assert_eq!(
+        b.heartbeat("other", "three", LONG, 0).await.unwrap(),
+        members(1, 0)
+    );
 }
 
 pub async fn members_that_stop_beating_or_leave_are_gone(e: &dyn RosterEngine) {
     let (a, b) = e.rosters().await;
-    a.heartbeat("g", "short", Duration::from_millis(300))
+    a.heartbeat("g", "short", Duration::from_millis(300), 0)
         .await
         .unwrap();
-    a.heartbeat("g", "leaving", LONG).await.unwrap();
-    assert_eq!(b.heartbeat("g", "stays", LONG).await.unwrap(), 3);
+    a.heartbeat("g", "leaving", LONG, 0).await.unwrap();
+    assert_eq!(b.heartbeat("g", "stays", LONG, 0).await.unwrap().alive, 3);
     a.leave("g", "leaving").await.unwrap();
-    assert_eq!(b.heartbeat("g", "stays", LONG).await.unwrap(), 2);
+    assert_eq!(b.heartbeat("g", "stays", LONG, 0).await.unwrap().alive, 2);
     wait::until(
         "the silent member to lapse",
         Duration::from_secs(10),
-        || async { (b.heartbeat("g", "stays", LONG).await.unwrap() == 1).then_some(()) },
+        || async { (b.heartbeat("g", "stays", LONG, 0).await.unwrap().alive == 1).then_some(()) },
     )
     .await;
     // Leaving twice, or a group nobody is in, is fine.
