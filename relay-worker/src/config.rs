@@ -17,6 +17,10 @@ pub struct RelayConfig {
     pub connect: ConnectSettings,
     /// Names this process in the lease column; unique per process.
     pub worker_id: String,
+    /// The name this worker keeps across restarts (the pod or host name), if it has one:
+    /// its worker id is `<identity>/<random>`, and a restarted process takes the leases
+    /// of its earlier life back at once instead of waiting for them to lapse.
+    pub identity: Option<String>,
     pub lease: Duration,
     pub sweep_interval: Duration,
     pub sweep_batch: usize,
@@ -103,14 +107,31 @@ impl RelayConfig {
                 "must be between 60 and 10080",
             );
         }
+        // Kubernetes names a pod's containers' HOSTNAME after the pod, which a container
+        // restarted after a crash keeps; it is not set by a plain shell or systemd, where
+        // several relays may share a host.
+        let identity = r
+            .raw("WACONNECT_RELAY_IDENTITY")
+            .or(r.raw("HOSTNAME"))
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(str::to_owned);
+        let incarnation = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let worker_id = r.string(
             "WACONNECT_RELAY_WORKER_ID",
-            &format!(
-                "relay-{}-{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
+            &match &identity {
+                Some(identity) => format!("{identity}/{incarnation}"),
+                None => format!("relay-{}-{incarnation}", std::process::id()),
+            },
         );
+        if let Some(identity) = &identity
+            && !worker_id.starts_with(&format!("{identity}/"))
+        {
+            r.error(
+                "WACONNECT_RELAY_WORKER_ID",
+                format!("must start with \"{identity}/\" (WACONNECT_RELAY_IDENTITY or HOSTNAME), or be unset"),
+            );
+        }
         let lease = r.duration("WACONNECT_RELAY_LEASE", Duration::from_secs(30));
         let heartbeat = r.duration("WACONNECT_RELAY_HEARTBEAT", Duration::from_secs(10));
         if heartbeat * 2 > lease {
@@ -153,6 +174,7 @@ impl RelayConfig {
                 chat_duration_minutes,
             },
             worker_id,
+            identity,
             lease,
             sweep_interval: r.duration("WACONNECT_RELAY_SWEEP_INTERVAL", Duration::from_secs(5)),
             sweep_batch: r.positive("WACONNECT_RELAY_SWEEP_BATCH", 50, "a count"),
@@ -200,6 +222,21 @@ mod tests {
         assert_eq!(c.connect.chat_duration_minutes, 1500);
         assert!(c.connect.endpoint.is_none() && c.call_me.is_none());
         assert!(c.worker_id.starts_with("relay-"));
+        assert_eq!(c.identity, None);
+    }
+
+    #[test]
+    fn a_stable_identity_names_every_incarnation() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push(("HOSTNAME", "relay-7d9f-0"));
+        let a = RelayConfig::from_source(&ConfigSource::from_pairs(pairs.clone())).unwrap();
+        let b = RelayConfig::from_source(&ConfigSource::from_pairs(pairs.clone())).unwrap();
+        assert_eq!(a.identity.as_deref(), Some("relay-7d9f-0"));
+        assert!(a.worker_id.starts_with("relay-7d9f-0/"));
+        assert_ne!(a.worker_id, b.worker_id, "incarnations share a lease owner");
+        pairs.push(("WACONNECT_RELAY_WORKER_ID", "someone-else"));
+        let err = RelayConfig::from_source(&ConfigSource::from_pairs(pairs)).unwrap_err();
+        assert!(err.names("WACONNECT_RELAY_WORKER_ID"), "{err}");
     }
 
     #[test]

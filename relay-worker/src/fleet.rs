@@ -1,18 +1,20 @@
 //! The conversations this worker holds: taking leases (for a chat it just started, or one
 //! whose holder died), renewing them in one loop for all sessions, sweeping for lapsed
-//! ones, and handing them all back on shutdown.
+//! ones, taking back at start what its earlier life held, handing some over when it holds
+//! more than its share of the fleet's, and handing them all back on shutdown.
 
 use crate::Relay;
 use crate::backoff::jittered;
 use crate::session::{self, Outcome, SharedLease};
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use waconnect_shared::CustomerAddress;
 use waconnect_shared::conversation::ConversationState;
+use waconnect_shared::roster::Members;
 use waconnect_shared::store::{Lease, StoreError};
 
 struct Held {
@@ -23,6 +25,13 @@ struct Held {
 pub struct Fleet {
     relay: Arc<Relay>,
     held: Mutex<HashMap<String, Held>>,
+    /// Conversations handed over to even out the fleet, and until when this worker
+    /// leaves them to the others.
+    shed: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// The fleet as the last roster heartbeat found it.
+    fleet: Mutex<Option<Members>>,
+    /// Unheld conversations the last sweep left to others; this one takes them.
+    passed_over: Mutex<HashSet<String>>,
     tasks: TaskTracker,
     /// Cancelled at shutdown; every session's token is a child of it.
     stop: CancellationToken,
@@ -30,12 +39,25 @@ pub struct Fleet {
 
 /// Renewals in flight at once, so thousands of leases renew in a fraction of the period.
 const RENEW_CONCURRENCY: usize = 256;
+/// The most conversations a restarted worker takes back at once; the sweepers adopt any
+/// beyond.
+const RESUME_LIMIT: usize = 10_000;
+/// The roster the relays share.
+const ROSTER: &str = "relays";
+
+/// Conversations per relay if the fleet's were shared out evenly.
+fn fair_share(m: &Members) -> usize {
+    (m.load as usize).div_ceil(m.alive.max(1))
+}
 
 impl Fleet {
     pub fn new(relay: Arc<Relay>, stop: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             relay,
             held: Mutex::default(),
+            shed: Mutex::default(),
+            fleet: Mutex::default(),
+            passed_over: Mutex::default(),
             tasks: TaskTracker::new(),
             stop,
         })
@@ -61,7 +83,7 @@ impl Fleet {
     }
 
     async fn take_lease(&self, customer: &CustomerAddress) -> Option<Lease> {
-        if self.stop.is_cancelled() || self.holds(customer) {
+        if self.stop.is_cancelled() || self.holds(customer) || self.handed_over(customer) {
             return None;
         }
         let config = &self.relay.config;
@@ -179,27 +201,165 @@ impl Fleet {
         }
     }
 
+    /// Whether this worker handed `customer` over lately, to be taken by another.
+    fn handed_over(&self, customer: &CustomerAddress) -> bool {
+        let mut shed = self.shed.lock().expect("shed lock");
+        let now = tokio::time::Instant::now();
+        shed.retain(|_, until| *until > now);
+        shed.contains_key(customer.as_str())
+    }
+
+    /// Takes back at once what this worker's earlier life held (same identity, another
+    /// incarnation: it crashed and was restarted), instead of waiting out the leases.
+    pub async fn resume(self: &Arc<Self>) {
+        let config = &self.relay.config;
+        let Some(identity) = &config.identity else {
+            return;
+        };
+        let predecessor = format!("{identity}/");
+        let mine = match self.relay.store.held_by(&predecessor, RESUME_LIMIT).await {
+            Ok(mine) => mine,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list what the previous incarnation held; the sweepers will adopt it");
+                return;
+            }
+        };
+        let takes = mine.into_iter().map(|customer| {
+            let fleet = self.clone();
+            let predecessor = predecessor.clone();
+            async move {
+                let taken = fleet
+                    .relay
+                    .store
+                    .take_over(
+                        &customer,
+                        &predecessor,
+                        &fleet.relay.config.worker_id,
+                        fleet.relay.config.lease,
+                    )
+                    .await;
+                match taken {
+                    Ok(lease) => fleet.start(lease, "resumed"),
+                    Err(e) => tracing::debug!(customer = %customer, error = %e, "not resumed"),
+                }
+            }
+        });
+        futures_util::stream::iter(takes)
+            .for_each_concurrent(RENEW_CONCURRENCY, |take| take)
+            .await;
+    }
+
     /// Adopts conversations nobody holds (their worker died or let go), a bounded batch
-    /// at a time, at jittered intervals so a fleet does not stampede.
+    /// at a time, at jittered intervals so a fleet does not stampede; and every few sweeps
+    /// evens out the fleet.
     pub async fn sweep_loop(self: Arc<Self>) {
+        let mut next_balance = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.stop.cancelled() => break,
                 () = tokio::time::sleep(jittered(self.relay.config.sweep_interval)) => {}
             }
             self.sweep().await;
+            if tokio::time::Instant::now() >= next_balance {
+                self.balance().await;
+                next_balance = tokio::time::Instant::now() + self.balance_every();
+            }
+        }
+        let config = &self.relay.config;
+        if let Err(e) = self.relay.roster.leave(ROSTER, &config.worker_id).await {
+            tracing::debug!(error = %e, "cannot leave the relay roster; it lapses");
         }
     }
 
-    pub async fn sweep(self: &Arc<Self>) {
-        match self.relay.store.unheld(self.relay.config.sweep_batch).await {
-            Ok(unheld) => {
-                for customer in unheld {
-                    self.adopt(&customer, "adopted").await;
-                }
+    fn balance_every(&self) -> Duration {
+        self.relay.config.lease.max(Duration::from_secs(1))
+    }
+
+    /// Tells the roster what this worker holds and learns the fleet's total; holding more
+    /// than a fair share while another relay has under half of one, it hands the excess over: each
+    /// session saves its cursor and releases its lease, and another worker's sweeper
+    /// adopts it and backfills. Nothing is dropped; a new or idle worker fills up.
+    pub async fn balance(&self) {
+        let config = &self.relay.config;
+        let held = self.held();
+        // A dead relay's load counts until its entry lapses: keep that short.
+        let ttl = self.balance_every() * 3 / 2;
+        let members = match self
+            .relay
+            .roster
+            .heartbeat(ROSTER, &config.worker_id, ttl, held as u64)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the relay roster; not balancing");
+                return;
             }
-            Err(e) => tracing::warn!(error = %e, "sweep could not list unheld conversations"),
+        };
+        *self.fleet.lock().expect("fleet lock") = Some(members);
+        let fair = fair_share(&members);
+        // Only when someone holds less than half a share — a relay that just joined, or
+        // one left nearly idle — since that is where the excess will go; not for the
+        // ordinary spread of a fleet, nor for a dead relay whose load still counts until
+        // its entry lapses. Then only what is over the fair share.
+        let excess = held.saturating_sub(fair);
+        if excess == 0 || members.least as usize * 2 >= fair {
+            return;
         }
+        let quiet = tokio::time::Instant::now() + config.lease * 2;
+        let handed: Vec<(String, CancellationToken)> = {
+            let held = self.held.lock().expect("held lock");
+            held.iter()
+                .take(excess)
+                .map(|(customer, h)| (customer.clone(), h.stop.clone()))
+                .collect()
+        };
+        {
+            let mut shed = self.shed.lock().expect("shed lock");
+            for (customer, _) in &handed {
+                shed.insert(customer.clone(), quiet);
+            }
+        }
+        tracing::info!(
+            held,
+            fair,
+            relays = members.alive,
+            handing_over = handed.len(),
+            "holding more than a fair share; handing some conversations over"
+        );
+        metrics::counter!("waconnect_relay_leases_total", "event" => "handed_over")
+            .increment(handed.len() as u64);
+        for (_, stop) in handed {
+            stop.cancel();
+        }
+    }
+
+    /// Adopts unheld conversations: up to what this worker lacks of a fair share first, so
+    /// the least loaded fill up; what nobody took by the next sweep, whatever it holds,
+    /// so nothing waits long for a holder.
+    pub async fn sweep(self: &Arc<Self>) {
+        let unheld = match self.relay.store.unheld(self.relay.config.sweep_batch).await {
+            Ok(unheld) => unheld,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweep could not list unheld conversations");
+                return;
+            }
+        };
+        let mut room = match *self.fleet.lock().expect("fleet lock") {
+            Some(m) => (fair_share(&m) + 1).saturating_sub(self.held()),
+            None => usize::MAX,
+        };
+        let earlier = std::mem::take(&mut *self.passed_over.lock().expect("passed-over lock"));
+        let mut left = HashSet::new();
+        for customer in unheld {
+            if room > 0 || earlier.contains(customer.as_str()) {
+                room = room.saturating_sub(1);
+                self.adopt(&customer, "adopted").await;
+            } else {
+                left.insert(customer.as_str().to_owned());
+            }
+        }
+        *self.passed_over.lock().expect("passed-over lock") = left;
     }
 
     /// Stops every session (each releases its lease) and waits up to `grace`.

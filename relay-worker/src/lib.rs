@@ -28,6 +28,7 @@ use waconnect_shared::config::{ConfigErrors, ConfigSource};
 use waconnect_shared::delivery::DeliveryLedger;
 use waconnect_shared::ops::Health;
 use waconnect_shared::queue::Queue;
+use waconnect_shared::roster::Roster;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
 
@@ -39,6 +40,8 @@ pub struct Relay {
     pub outbound: Arc<dyn Queue>,
     /// Remembers the customer messages handled, so a replayed webhook is dropped.
     pub ledger: Arc<dyn DeliveryLedger>,
+    /// The relays alive and what they hold, for a fair share each.
+    pub roster: Arc<dyn Roster>,
     pub config: Arc<RelayConfig>,
     /// Records the inbound side read or wrote lately.
     pub records: records::Records,
@@ -67,6 +70,7 @@ pub async fn run(
         inbound: backends.inbound.clone(),
         outbound: backends.outbound.clone(),
         ledger: backends.ledger.clone(),
+        roster: backends.roster.clone(),
         config: config.clone(),
         records: records::Records::default(),
     });
@@ -86,7 +90,9 @@ pub async fn run(
         fleet.clone().renew_loop(),
     );
     let sweeper = worker::spawn_core("sweeper", &health, &shutdown, fleet.clone().sweep_loop());
-    // Adopt what is waiting right away rather than after the first interval.
+    // A restarted worker first takes back what its earlier life held, then adopts what
+    // is waiting, rather than after a lease or a first interval.
+    fleet.resume().await;
     fleet.sweep().await;
     let served = worker::serve_ops(
         "relay-worker",

@@ -174,7 +174,8 @@ pub async fn run(engine: Engine) -> Report {
         ]),
     )];
     for r in 0..RELAYS {
-        let id = format!("chaos-relay-{r}");
+        // A stable identity, as a pod name is: each restart takes its leases back.
+        let identity = format!("chaos-relay-{r}");
         services.push(Service::start(
             "relay-worker",
             "relay-worker",
@@ -186,7 +187,7 @@ pub async fn run(engine: Engine) -> Report {
                 ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
                 ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
                 ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
-                ("WACONNECT_RELAY_WORKER_ID", &id),
+                ("WACONNECT_RELAY_IDENTITY", &identity),
                 ("WACONNECT_RELAY_LEASE", "3s"),
                 ("WACONNECT_RELAY_HEARTBEAT", "1s"),
                 ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),

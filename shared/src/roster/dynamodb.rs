@@ -62,7 +62,11 @@ impl Roster for DynamoRoster {
             .send()
             .await
             .map_err(|e| RosterError::from(CallError::from_sdk(&e)))?;
-        let mut found = Members { alive: 0, load: 0 };
+        let mut found = Members {
+            alive: 0,
+            load: 0,
+            least: u64::MAX,
+        };
         let mut mine_listed = false;
         let mut start = None;
         loop {
@@ -82,8 +86,10 @@ impl Roster for DynamoRoster {
                 .await
                 .map_err(|e| RosterError::from(CallError::from_sdk(&e)))?;
             for item in out.items() {
+                let theirs = get_n(item, LOAD).unwrap_or(0).max(0) as u64;
                 found.alive += 1;
-                found.load += get_n(item, LOAD).unwrap_or(0).max(0) as u64;
+                found.load += theirs;
+                found.least = found.least.min(theirs);
                 mine_listed |= item.get(KEY) == Some(&s(pk(group, member)));
             }
             start = out.last_evaluated_key;
@@ -93,6 +99,7 @@ impl Roster for DynamoRoster {
                 if !mine_listed {
                     found.alive += 1;
                     found.load += load;
+                    found.least = found.least.min(load);
                 }
                 return Ok(found);
             }

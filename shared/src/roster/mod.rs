@@ -30,6 +30,8 @@ pub struct Members {
     pub alive: usize,
     /// Their loads, added up.
     pub load: u64,
+    /// The smallest load among them.
+    pub least: u64,
 }
 
 #[async_trait]

@@ -69,14 +69,16 @@ impl Roster for SqliteRoster {
                      DO UPDATE SET expires_at = excluded.expires_at, load = excluded.load",
                 )?
                 .execute(params![group, member, now.saturating_add(ttl), load])?;
-                let (alive, load): (i64, i64) = c
+                let (alive, load, least): (i64, i64, i64) = c
                     .prepare_cached(
-                        "SELECT COUNT(*), COALESCE(SUM(load), 0) FROM roster WHERE grp = ?1",
+                        "SELECT COUNT(*), COALESCE(SUM(load), 0), COALESCE(MIN(load), 0)
+                         FROM roster WHERE grp = ?1",
                     )?
-                    .query_row(params![group], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    .query_row(params![group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 Ok(Members {
                     alive: alive as usize,
                     load: load.max(0) as u64,
+                    least: least.max(0) as u64,
                 })
             })
             .await

@@ -8,7 +8,7 @@
 
 use super::{
     ConversationStore, Lease, LeaseState, StoreError, StoredConversation, acquisition, check_fence,
-    fence_refusal, lease_millis,
+    check_prefix, fence_refusal, lease_millis,
 };
 use crate::address::CustomerAddress;
 use crate::aws::CallError;
@@ -331,6 +331,81 @@ impl ConversationStore for DynamoStore {
             Written::Refused(None) => Err(StoreError::NotFound),
             Written::Refused(Some(_)) => Err(StoreError::LeaseHeld),
         }
+    }
+
+    async fn take_over(
+        &self,
+        customer: &CustomerAddress,
+        predecessor: &str,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Lease, StoreError> {
+        let length = acquisition(owner, duration)?;
+        check_prefix(predecessor)?;
+        let now = now_millis();
+        let request = self
+            .lease_write(
+                customer,
+                Some(owner),
+                now + length,
+                "attribute_exists(pk) AND (attribute_not_exists(#owner) OR #expires <= :now OR begins_with(#owner, :predecessor))",
+            )
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":predecessor", s(predecessor));
+        match self.write(request).await? {
+            Written::Done(item) => Ok(lease_of(&stored(&item)?)),
+            Written::Refused(None) => Err(StoreError::NotFound),
+            Written::Refused(Some(_)) => Err(StoreError::LeaseHeld),
+        }
+    }
+
+    /// Through the `due` index (which carries `lease_owner`): live leases of every shard,
+    /// the holder's name compared in a filter. A worker does this once, when it starts.
+    async fn held_by(
+        &self,
+        owner_prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<CustomerAddress>, StoreError> {
+        check_prefix(owner_prefix)?;
+        let now = now_millis();
+        let mut found = Vec::new();
+        for shard in 0..SHARDS {
+            let mut start = None;
+            loop {
+                let out = self
+                    .table
+                    .client
+                    .query()
+                    .table_name(&self.table.name)
+                    .index_name(DUE_INDEX)
+                    .key_condition_expression("#shard = :shard AND #due > :now")
+                    .filter_expression("begins_with(#owner, :prefix)")
+                    .expression_attribute_names("#shard", DUE_SHARD)
+                    .expression_attribute_names("#due", DUE_AT)
+                    .expression_attribute_names("#owner", OWNER)
+                    .expression_attribute_values(":shard", s(format!("conv#{shard}")))
+                    .expression_attribute_values(":now", n(now))
+                    .expression_attribute_values(":prefix", s(owner_prefix))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
+                for item in out.items() {
+                    if let Some(customer) = get_s(item, KEY)
+                        .and_then(|k| k.strip_prefix("conv#"))
+                        .and_then(|c| CustomerAddress::parse(c).ok())
+                    {
+                        found.push(customer);
+                    }
+                }
+                start = out.last_evaluated_key;
+                if start.is_none() || found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        found.truncate(limit);
+        Ok(found)
     }
 
     async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError> {

@@ -120,6 +120,27 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// (and their tokens) on every renewal.
     async fn unheld(&self, limit: usize) -> Result<Vec<CustomerAddress>, StoreError>;
 
+    /// Live conversations whose lease holder's name starts with `owner_prefix`, however
+    /// long their leases still run: what a restarted worker with the same identity held
+    /// before it died.
+    async fn held_by(
+        &self,
+        owner_prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<CustomerAddress>, StoreError>;
+
+    /// Takes the lease as [`ConversationStore::acquire_lease`] does, and also — at once,
+    /// whatever its expiry — from a holder whose name starts with `predecessor` (this
+    /// worker's earlier life). The fencing version rises, so a predecessor that still
+    /// lives loses it at its next renewal.
+    async fn take_over(
+        &self,
+        customer: &CustomerAddress,
+        predecessor: &str,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Lease, StoreError>;
+
     /// Deletes ended conversations whose `ttl` has passed and that nobody holds; returns
     /// how many. An engine whose storage deletes expired items itself (DynamoDB's TTL)
     /// does nothing here.
@@ -133,6 +154,14 @@ pub(crate) fn lease_millis(duration: Duration) -> Result<i64, StoreError> {
         ));
     }
     Ok(duration.as_millis() as i64)
+}
+
+/// An owner prefix must name someone: an empty one would match every holder.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), StoreError> {
+    if prefix.is_empty() {
+        return Err(StoreError::InvalidArgument("owner prefix is empty".into()));
+    }
+    Ok(())
 }
 
 /// The lease length in milliseconds, if `owner` may take a lease for `duration`.

@@ -3,7 +3,7 @@
 
 use super::{
     ConversationStore, Lease, LeaseState, StoreError, StoredConversation, acquisition, check_fence,
-    fence_refusal, lease_millis,
+    check_prefix, fence_refusal, lease_millis,
 };
 use crate::address::CustomerAddress;
 use crate::conversation::Conversation;
@@ -247,6 +247,65 @@ impl ConversationStore for SqliteStore {
                     StoreError::LeaseHeld,
                 )
                 .map(|s| lease_of(&s))
+            })
+            .await
+    }
+
+    async fn take_over(
+        &self,
+        customer: &CustomerAddress,
+        predecessor: &str,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Lease, StoreError> {
+        let length = acquisition(owner, duration)?;
+        check_prefix(predecessor)?;
+        let key = customer.as_str().to_owned();
+        let (owner, predecessor) = (owner.to_owned(), predecessor.to_owned());
+        self.db
+            .write(move |c| {
+                let now = now_millis();
+                conditional(
+                    c,
+                    &key,
+                    "UPDATE conversations SET lease_owner = ?2, lease_expires_at = ?3,
+                           lease_version = lease_version + 1
+                         WHERE customer = ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?4
+                           OR substr(lease_owner, 1, length(?5)) = ?5)",
+                    params![key, owner, now + length, now, predecessor],
+                    StoreError::LeaseHeld,
+                )
+                .map(|s| lease_of(&s))
+            })
+            .await
+    }
+
+    async fn held_by(
+        &self,
+        owner_prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<CustomerAddress>, StoreError> {
+        check_prefix(owner_prefix)?;
+        let prefix = owner_prefix.to_owned();
+        self.db
+            .read(move |c| {
+                let rows = c
+                    .prepare_cached(
+                        "SELECT customer FROM conversations
+                         WHERE state != 'ended' AND lease_expires_at > ?1
+                           AND substr(lease_owner, 1, length(?2)) = ?2
+                         ORDER BY lease_expires_at LIMIT ?3",
+                    )?
+                    .query_map(params![now_millis(), prefix, limit as i64], |r| {
+                        r.get::<_, String>(0)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.iter()
+                    .map(|customer| {
+                        CustomerAddress::parse(customer)
+                            .map_err(|e| StoreError::Backend(format!("stored customer: {e}")))
+                    })
+                    .collect()
             })
             .await
     }

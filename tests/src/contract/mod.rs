@@ -55,6 +55,7 @@ macro_rules! store_contract_tests {
             fenced_update_needs_the_current_lease,
             lease_changes_and_data_writes_do_not_interfere,
             ended_conversations_expire_after_their_retention,
+            a_restarted_worker_takes_its_own_leases_back_at_once,
         );
     };
 }

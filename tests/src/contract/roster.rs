@@ -9,24 +9,24 @@ const LONG: Duration = Duration::from_secs(60);
 
 pub async fn heartbeats_count_the_living_members(e: &dyn RosterEngine) {
     let (a, b) = e.rosters().await;
-    let members = |alive, load| Members { alive, load };
+    let members = |alive, load, least| Members { alive, load, least };
     assert_eq!(
         a.heartbeat("g", "one", LONG, 3).await.unwrap(),
-        members(1, 3)
+        members(1, 3, 3)
     );
     assert_eq!(
         b.heartbeat("g", "two", LONG, 4).await.unwrap(),
-        members(2, 7)
+        members(2, 7, 3)
     );
     // Beating again is not joining again; the load is the latest.
     assert_eq!(
         a.heartbeat("g", "one", LONG, 1).await.unwrap(),
-        members(2, 5)
+        members(2, 5, 1)
     );
     // Another group has its own members.
     assert_eq!(
         b.heartbeat("other", "three", LONG, 0).await.unwrap(),
-        members(1, 0)
+        members(1, 0, 0)
     );
 }
 

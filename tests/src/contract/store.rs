@@ -430,3 +430,60 @@ pub async fn ended_conversations_expire_after_their_retention(e: &dyn StoreEngin
     }
     store.release_lease(&held).await.unwrap();
 }
+
+/// A worker that restarts under the same identity finds the leases its earlier life held
+/// and takes them back at once, though they have not lapsed; the earlier life's proof is
+/// stale from then on, and nobody else's lease can be taken that way.
+pub async fn a_restarted_worker_takes_its_own_leases_back_at_once(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    for i in 1..=4 {
+        inserted(store.as_ref(), i).await;
+    }
+    let before = store
+        .acquire_lease(&customer(1), "node-a/old", LONG)
+        .await
+        .unwrap();
+    store
+        .acquire_lease(&customer(2), "node-a/old", LONG)
+        .await
+        .unwrap();
+    store
+        .acquire_lease(&customer(3), "node-b/x", LONG)
+        .await
+        .unwrap();
+    // 4: never leased.
+    let mut mine = store.held_by("node-a/", 100).await.unwrap();
+    mine.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(mine, [customer(1), customer(2)]);
+    let back = store
+        .take_over(&customer(1), "node-a/", "node-a/new", LONG)
+        .await
+        .unwrap();
+    assert_eq!(back.owner, "node-a/new");
+    assert!(back.version > before.version);
+    assert_eq!(
+        store.renew_lease(&before, LONG).await,
+        Err(StoreError::LeaseLost)
+    );
+    assert_eq!(
+        store
+            .take_over(&customer(3), "node-a/", "node-a/new", LONG)
+            .await,
+        Err(StoreError::LeaseHeld)
+    );
+    // Free ones are taken as acquire_lease would; a missing one is not found.
+    store
+        .take_over(&customer(4), "node-a/", "node-a/new", LONG)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .take_over(&customer(9), "node-a/", "node-a/new", LONG)
+            .await,
+        Err(StoreError::NotFound)
+    );
+    assert!(matches!(
+        store.held_by("", 10).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+}
