@@ -1,0 +1,46 @@
+//! Every SQS and DynamoDB call is bounded by WACONNECT_AWS_CALL_TIMEOUT: against an
+//! endpoint that takes connections and never answers, a call gives up in about four
+//! attempts' time instead of hanging (a stalled lease renewal used to hold up a worker's
+//! whole renewal round until every lease lapsed).
+
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use waconnect_shared::store::ConversationStore;
+use waconnect_shared::store::StoreError;
+use waconnect_shared::store::dynamodb::DynamoStore;
+use waconnect_shared::table::Table;
+use waconnect_tests::customer;
+use waconnect_tests::moto::Moto;
+
+#[tokio::test]
+async fn calls_to_a_stalled_endpoint_give_up_within_the_call_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Takes every connection, reads nothing, answers nothing.
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = waconnect_shared::config::AwsStorageConfig {
+        call_timeout: Duration::from_millis(300),
+        ..Moto::storage_at(&endpoint)
+    };
+    let (sqs, dynamodb) = waconnect_shared::backend::aws_clients(&config).await;
+    let store = DynamoStore::new(Table::new(dynamodb, "conversations"));
+    let started = Instant::now();
+    let read = store.get(&customer(1)).await;
+    assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "DynamoDB call took {took:?}");
+    let started = Instant::now();
+    let sent = sqs
+        .get_queue_attributes()
+        .queue_url(format!("{endpoint}/123456789012/q.fifo"))
+        .send()
+        .await;
+    assert!(sent.is_err());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "SQS call took {took:?}");
+}
