@@ -6,40 +6,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use waconnect_tests::connect_sim::ConnectSim;
+use waconnect_tests::processes::{spawn, vars};
 use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
 use waconnect_tests::{customer, free_port, wait};
-
-/// The workspace's other binaries, built beside this package's by `cargo test --workspace`.
-fn sibling(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_outbound-sender")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the workspace's tests (tests/run)",
-        path.display()
-    );
-    path
-}
-
-fn spawn(binary: PathBuf, vars: &[(String, String)]) -> Child {
-    Command::new(binary)
-        .env_clear()
-        .envs(vars.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 /// Both simulators and the three services as real processes on one SQLite file.
 struct Loop {
@@ -80,7 +52,7 @@ impl Loop {
             ("WACONNECT_PUBLIC_BASE_URL", &ingress),
             ("WACONNECT_INGRESS_BIND", &ingress_port),
         ]));
-        let ingress_process = spawn(sibling("ingress"), &ingress_vars);
+        let ingress_process = spawn("ingress", &ingress_vars);
         let mut relay_vars = vars(&common);
         relay_vars.extend(vars(&[
             ("AWS_REGION", "us-east-1"),
@@ -92,7 +64,7 @@ impl Loop {
             ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
             ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
         ]));
-        let relay = spawn(sibling("relay-worker"), &relay_vars);
+        let relay = spawn("relay-worker", &relay_vars);
         let mut sender_vars = vars(&common);
         sender_vars.extend(vars(&[
             ("TWILIO_ACCOUNT_SID", &o.account_sid),
@@ -107,7 +79,7 @@ impl Loop {
             ("WACONNECT_SENDER_VISIBILITY", "3s"),
         ]));
         sender_vars.extend(vars(sender_extra));
-        let sender = spawn(sibling("outbound-sender"), &sender_vars);
+        let sender = spawn("outbound-sender", &sender_vars);
         Self {
             _dir: dir,
             connect,
@@ -219,7 +191,7 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
     .await;
     lp.sender.start_kill().unwrap();
     lp.sender.wait().await.unwrap();
-    lp.sender = spawn(sibling("outbound-sender"), &lp.sender_vars);
+    lp.sender = spawn("outbound-sender", &lp.sender_vars);
 
     for c in 0..CUSTOMERS {
         let number = customer(c);

@@ -45,6 +45,43 @@ impl Table {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The items with these keys (`pk` values) that exist: one BatchGetItem per 100 keys,
+    /// asking again for what DynamoDB leaves unprocessed under load.
+    pub(crate) async fn batch_get(
+        &self,
+        pks: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<Item>, crate::aws::CallError> {
+        use aws_sdk_dynamodb::types::KeysAndAttributes;
+        let pks: Vec<String> = pks.into_iter().collect();
+        let mut found = Vec::new();
+        for chunk in pks.chunks(100) {
+            let mut keys = KeysAndAttributes::builder();
+            for pk in chunk {
+                keys = keys.keys(key(pk.clone()));
+            }
+            let keys = keys.build().map_err(|e| crate::aws::CallError {
+                unavailable: false,
+                code: None,
+                message: e.to_string(),
+            })?;
+            let mut request = Some(HashMap::from([(self.name.clone(), keys)]));
+            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(items))
+                    .send()
+                    .await
+                    .map_err(|e| crate::aws::CallError::from_sdk(&e))?;
+                if let Some(mut responses) = out.responses {
+                    found.extend(responses.remove(&self.name).unwrap_or_default());
+                }
+                request = out.unprocessed_keys;
+            }
+        }
+        Ok(found)
+    }
 }
 
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {

@@ -10,17 +10,16 @@
 
 use crate::connect_sim::ConnectSim;
 use crate::moto::Moto;
+use crate::processes::{spawn, vars};
 use crate::twilio_sim::{TwilioOptions, TwilioSim};
 use crate::{customer, free_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Mutex;
 use waconnect_shared::config::{CommonConfig, ConfigSource};
 
@@ -50,39 +49,6 @@ pub struct Report {
     /// (63018) and it was sent again: explained, so counted apart.
     pub resent_out_of_order: usize,
     pub dead_letters: usize,
-}
-
-/// The binaries `cargo test --workspace` built beside this test.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the workspace's tests (tests/run)",
-        path.display()
-    );
-    path
-}
-
-fn spawn(name: &str, vars: &[(String, String)]) -> Child {
-    Command::new(binary(name))
-        .env_clear()
-        .envs(vars.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn a service")
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// A service process and how to start it again.
@@ -136,7 +102,7 @@ pub async fn run(engine: Engine) -> Report {
     };
     let dir = tempfile::tempdir().expect("temporary directory");
     let storage: Vec<(String, String)> = match engine {
-        Engine::Sqlite => pairs(&[
+        Engine::Sqlite => vars(&[
             (
                 "WACONNECT_SQLITE_PATH",
                 &dir.path().join("waconnect.db").display().to_string(),
@@ -156,12 +122,12 @@ pub async fn run(engine: Engine) -> Report {
     let o = twilio.options().clone();
     let common = |extra: &[(&str, &str)]| {
         let mut v = storage.clone();
-        v.extend(pairs(&[
+        v.extend(vars(&[
             ("RUST_LOG", "error"),
             ("WACONNECT_MAX_ATTEMPTS", "10"),
             ("WACONNECT_QUEUE_DEPTH_INTERVAL", "5s"),
         ]));
-        v.extend(pairs(extra));
+        v.extend(vars(extra));
         v
     };
     let mut services = vec![Service::start(

@@ -6,6 +6,7 @@ pub mod connect_sim;
 pub mod contract;
 pub mod engines;
 pub mod moto;
+pub mod processes;
 pub mod procfs;
 pub mod twilio;
 pub mod twilio_sim;

@@ -13,11 +13,9 @@ use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{
-    KeysAndAttributes, PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest};
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 pub const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 /// BatchWriteItem's limit.
@@ -235,40 +233,15 @@ impl DeliveryLedger for DynamoLedger {
     }
 
     async fn owned(&self, sids: &[String]) -> Result<HashSet<String>, LedgerError> {
-        let mut owned = HashSet::new();
-        for chunk in sids.chunks(100) {
-            let mut keys = KeysAndAttributes::builder();
-            for sid in chunk {
-                keys = keys.keys(Item::from([(KEY.to_owned(), s(sid_pk(sid)))]));
-            }
-            let keys = keys
-                .build()
-                .map_err(|e| LedgerError::Backend(e.to_string()))?;
-            let mut request = Some(HashMap::from([(self.table.name.clone(), keys)]));
-            // BatchGetItem may hand back part of the keys as unprocessed under load.
-            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
-                let out = self
-                    .table
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(items))
-                    .send()
-                    .await
-                    .map_err(|e| LedgerError::from(CallError::from_sdk(&e)))?;
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.table.name))
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(sid) = get_s(item, KEY).and_then(|k| k.strip_prefix("dlvsid#")) {
-                        owned.insert(sid.to_owned());
-                    }
-                }
-                request = out.unprocessed_keys;
-            }
-        }
-        Ok(owned)
+        let items = self
+            .table
+            .batch_get(sids.iter().map(|sid| sid_pk(sid)))
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| get_s(item, KEY)?.strip_prefix("dlvsid#"))
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Nothing to do: every entry carries a TTL, and DynamoDB deletes expired ones itself.

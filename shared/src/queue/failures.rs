@@ -8,9 +8,9 @@
 
 use super::QueueError;
 use crate::aws::CallError;
-use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, Item, KEY, TTL, Table, get_n, get_s, n, s};
+use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, KEY, TTL, Table, get_n, get_s, n, s};
 use crate::time::now_millis;
-use aws_sdk_dynamodb::types::{KeysAndAttributes, Select};
+use aws_sdk_dynamodb::types::Select;
 use std::collections::HashMap;
 
 /// As long as SQS keeps a message by default (4 days); TTL then removes the record.
@@ -88,45 +88,24 @@ impl FailureLog {
         if message_ids.is_empty() {
             return Ok(found);
         }
-        let mut keys = KeysAndAttributes::builder();
-        for id in message_ids {
-            keys = keys.keys(Item::from([(KEY.to_owned(), s(Self::pk(queue, id)))]));
-        }
-        let keys = keys
-            .build()
-            .map_err(|e| QueueError::Backend(e.to_string()))?;
-        let mut request = Some(HashMap::from([(self.table.name.clone(), keys)]));
-        // BatchGetItem may hand back part of the keys as unprocessed under load.
-        while let Some(items) = request.take().filter(|r| !r.is_empty()) {
-            let out = self
-                .table
-                .client
-                .batch_get_item()
-                .set_request_items(Some(items))
-                .send()
-                .await
-                .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
-            for item in out
-                .responses()
-                .and_then(|r| r.get(&self.table.name))
-                .into_iter()
-                .flatten()
-            {
-                if let (Some(pk), Some(reason)) = (get_s(item, KEY), get_s(item, "reason")) {
-                    let id = pk.rsplit('#').next().unwrap_or_default();
-                    let attempts = get_n(item, ATTEMPTS)
-                        .unwrap_or(1)
-                        .clamp(1, i64::from(u32::MAX));
-                    found.insert(
-                        id.to_owned(),
-                        Failures {
-                            last_error: reason.to_owned(),
-                            attempts: attempts as u32,
-                        },
-                    );
-                }
+        let items = self
+            .table
+            .batch_get(message_ids.iter().map(|id| Self::pk(queue, id)))
+            .await?;
+        for item in &items {
+            if let (Some(pk), Some(reason)) = (get_s(item, KEY), get_s(item, "reason")) {
+                let id = pk.rsplit('#').next().unwrap_or_default();
+                let attempts = get_n(item, ATTEMPTS)
+                    .unwrap_or(1)
+                    .clamp(1, i64::from(u32::MAX));
+                found.insert(
+                    id.to_owned(),
+                    Failures {
+                        last_error: reason.to_owned(),
+                        attempts: attempts as u32,
+                    },
+                );
             }
-            request = out.unprocessed_keys;
         }
         Ok(found)
     }

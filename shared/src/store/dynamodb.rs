@@ -86,6 +86,13 @@ fn stored(item: &Item) -> Result<StoredConversation, StoreError> {
     })
 }
 
+/// The customer a conversation item (or its index entry) is keyed by.
+fn customer_of(item: &Item) -> Option<CustomerAddress> {
+    get_s(item, KEY)
+        .and_then(|k| k.strip_prefix("conv#"))
+        .and_then(|c| CustomerAddress::parse(c).ok())
+}
+
 fn lease_of(s: &StoredConversation) -> Lease {
     Lease {
         customer: s.conversation.customer.clone(),
@@ -391,10 +398,7 @@ impl ConversationStore for DynamoStore {
                     .await
                     .map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
                 for item in out.items() {
-                    if let Some(customer) = get_s(item, KEY)
-                        .and_then(|k| k.strip_prefix("conv#"))
-                        .and_then(|c| CustomerAddress::parse(c).ok())
-                    {
+                    if let Some(customer) = customer_of(item) {
                         found.push(customer);
                     }
                 }
@@ -467,9 +471,7 @@ impl ConversationStore for DynamoStore {
         for result in futures_util::future::join_all(queries).await {
             let out = result.map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
             for item in out.items() {
-                let customer = get_s(item, KEY)
-                    .and_then(|k| k.strip_prefix("conv#"))
-                    .and_then(|c| CustomerAddress::parse(c).ok())
+                let customer = customer_of(item)
                     .ok_or_else(|| StoreError::Backend("unheld item without a customer".into()))?;
                 found.push((get_n(item, DUE_AT).unwrap_or(0), customer));
             }

@@ -119,6 +119,16 @@ fn conditional(
     load(c, key)?.ok_or(StoreError::NotFound)
 }
 
+/// Customer keys as stored, parsed.
+fn customers(rows: &[String]) -> Result<Vec<CustomerAddress>, StoreError> {
+    rows.iter()
+        .map(|customer| {
+            CustomerAddress::parse(customer)
+                .map_err(|e| StoreError::Backend(format!("stored customer: {e}")))
+        })
+        .collect()
+}
+
 fn lease_of(s: &StoredConversation) -> Lease {
     Lease {
         customer: s.conversation.customer.clone(),
@@ -300,12 +310,7 @@ impl ConversationStore for SqliteStore {
                         r.get::<_, String>(0)
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                rows.iter()
-                    .map(|customer| {
-                        CustomerAddress::parse(customer)
-                            .map_err(|e| StoreError::Backend(format!("stored customer: {e}")))
-                    })
-                    .collect()
+                customers(&rows)
             })
             .await
     }
@@ -366,12 +371,7 @@ impl ConversationStore for SqliteStore {
                         r.get::<_, String>(0)
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                rows.iter()
-                    .map(|customer| {
-                        CustomerAddress::parse(customer)
-                            .map_err(|e| StoreError::Backend(format!("stored customer: {e}")))
-                    })
-                    .collect()
+                customers(&rows)
             })
             .await
     }

@@ -1,0 +1,42 @@
+//! The services as real processes, for the end-to-end and chaos tests: the binaries
+//! `cargo test --workspace` built, started with exactly the variables given.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::process::{Child, Command};
+
+/// A workspace binary, built beside the running test (target/<profile>/).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the workspace's tests (tests/run)",
+        path.display()
+    );
+    path
+}
+
+/// Starts `name` with only `vars` in its environment; stdout dropped, stderr shown, and
+/// killed if the handle is dropped.
+pub fn spawn(name: &str, vars: &[(String, String)]) -> Child {
+    Command::new(binary(name))
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn a service")
+}
+
+/// Owned variable pairs.
+pub fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
