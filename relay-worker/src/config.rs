@@ -108,11 +108,12 @@ impl RelayConfig {
             );
         }
         // Kubernetes names a pod's containers' HOSTNAME after the pod, which a container
-        // restarted after a crash keeps; it is not set by a plain shell or systemd, where
-        // several relays may share a host.
+        // restarted after a crash keeps. Elsewhere several relays may share a host (and
+        // some shells export HOSTNAME), so only there is it the default.
+        let in_kubernetes = r.raw("KUBERNETES_SERVICE_HOST").is_some();
         let identity = r
             .raw("WACONNECT_RELAY_IDENTITY")
-            .or(r.raw("HOSTNAME"))
+            .or(r.raw("HOSTNAME").filter(|_| in_kubernetes))
             .map(str::trim)
             .filter(|i| !i.is_empty())
             .map(str::to_owned);
@@ -229,6 +230,10 @@ mod tests {
     fn a_stable_identity_names_every_incarnation() {
         let mut pairs = MINIMAL.to_vec();
         pairs.push(("HOSTNAME", "relay-7d9f-0"));
+        // Outside Kubernetes a host name says nothing about which relay this is.
+        let plain = RelayConfig::from_source(&ConfigSource::from_pairs(pairs.clone())).unwrap();
+        assert_eq!(plain.identity, None);
+        pairs.push(("KUBERNETES_SERVICE_HOST", "10.96.0.1"));
         let a = RelayConfig::from_source(&ConfigSource::from_pairs(pairs.clone())).unwrap();
         let b = RelayConfig::from_source(&ConfigSource::from_pairs(pairs.clone())).unwrap();
         assert_eq!(a.identity.as_deref(), Some("relay-7d9f-0"));
