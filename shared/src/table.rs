@@ -27,6 +27,13 @@ pub const LOAD: &str = "load";
 
 pub type Item = HashMap<String, AttributeValue>;
 
+/// Which side of a time [`Table::query_due`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    After,
+    AtOrBefore,
+}
+
 /// A handle on the table.
 #[derive(Clone, Debug)]
 pub struct Table {
@@ -44,6 +51,29 @@ impl Table {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A Query of [`DUE_INDEX`]: the entries of `shard` due after `at` (live leases,
+    /// backoffs still running, roster members alive), or at or before it (lapsed leases).
+    pub(crate) fn query_due(
+        &self,
+        shard: String,
+        due: Due,
+        at: i64,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        let condition = match due {
+            Due::After => "#shard = :shard AND #due > :at",
+            Due::AtOrBefore => "#shard = :shard AND #due <= :at",
+        };
+        self.client
+            .query()
+            .table_name(&self.name)
+            .index_name(DUE_INDEX)
+            .key_condition_expression(condition)
+            .expression_attribute_names("#shard", DUE_SHARD)
+            .expression_attribute_names("#due", DUE_AT)
+            .expression_attribute_values(":shard", s(shard))
+            .expression_attribute_values(":at", n(at))
     }
 
     /// The items with these keys (`pk` values) that exist: one BatchGetItem per 100 keys,

@@ -8,7 +8,7 @@
 
 use super::QueueError;
 use crate::aws::CallError;
-use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, KEY, TTL, Table, get_n, get_s, n, s};
+use crate::table::{DUE_AT, DUE_SHARD, Due, KEY, TTL, Table, get_n, get_s, n, s};
 use crate::time::now_millis;
 use aws_sdk_dynamodb::types::Select;
 use std::collections::HashMap;
@@ -117,15 +117,7 @@ impl FailureLog {
         loop {
             let out = self
                 .table
-                .client
-                .query()
-                .table_name(&self.table.name)
-                .index_name(DUE_INDEX)
-                .key_condition_expression("#shard = :shard AND #due > :now")
-                .expression_attribute_names("#shard", DUE_SHARD)
-                .expression_attribute_names("#due", DUE_AT)
-                .expression_attribute_values(":shard", s(Self::shard(queue)))
-                .expression_attribute_values(":now", n(now_millis()))
+                .query_due(Self::shard(queue), Due::After, now_millis())
                 .select(Select::Count)
                 .set_exclusive_start_key(start)
                 .send()

@@ -5,7 +5,7 @@
 
 use super::{Members, Roster, RosterError};
 use crate::aws::CallError;
-use crate::table::{DUE_AT, DUE_INDEX, DUE_SHARD, KEY, LOAD, TTL, Table, get_n, key, n, s};
+use crate::table::{DUE_AT, DUE_SHARD, Due, KEY, LOAD, TTL, Table, get_n, key, n, s};
 use crate::time::now_millis;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -72,15 +72,7 @@ impl Roster for DynamoRoster {
         loop {
             let out = self
                 .table
-                .client
-                .query()
-                .table_name(&self.table.name)
-                .index_name(DUE_INDEX)
-                .key_condition_expression("#shard = :shard AND #due > :now")
-                .expression_attribute_names("#shard", DUE_SHARD)
-                .expression_attribute_names("#due", DUE_AT)
-                .expression_attribute_values(":shard", s(shard(group)))
-                .expression_attribute_values(":now", n(now))
+                .query_due(shard(group), Due::After, now)
                 .set_exclusive_start_key(start)
                 .send()
                 .await

@@ -13,7 +13,7 @@ use super::{
 use crate::address::CustomerAddress;
 use crate::aws::CallError;
 use crate::conversation::{Conversation, ConversationState};
-use crate::table::{self, DUE_AT, DUE_INDEX, DUE_SHARD, Item, KEY, TTL, Table, get_n, get_s, n, s};
+use crate::table::{self, DUE_AT, DUE_SHARD, Due, Item, KEY, TTL, Table, get_n, get_s, n, s};
 use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -381,17 +381,9 @@ impl ConversationStore for DynamoStore {
             loop {
                 let out = self
                     .table
-                    .client
-                    .query()
-                    .table_name(&self.table.name)
-                    .index_name(DUE_INDEX)
-                    .key_condition_expression("#shard = :shard AND #due > :now")
+                    .query_due(format!("conv#{shard}"), Due::After, now)
                     .filter_expression("begins_with(#owner, :prefix)")
-                    .expression_attribute_names("#shard", DUE_SHARD)
-                    .expression_attribute_names("#due", DUE_AT)
                     .expression_attribute_names("#owner", OWNER)
-                    .expression_attribute_values(":shard", s(format!("conv#{shard}")))
-                    .expression_attribute_values(":now", n(now))
                     .expression_attribute_values(":prefix", s(owner_prefix))
                     .set_exclusive_start_key(start)
                     .send()
@@ -455,15 +447,7 @@ impl ConversationStore for DynamoStore {
         let now = now_millis();
         let queries = (0..SHARDS).map(|shard| {
             self.table
-                .client
-                .query()
-                .table_name(&self.table.name)
-                .index_name(DUE_INDEX)
-                .key_condition_expression("#shard = :shard AND #due <= :now")
-                .expression_attribute_names("#shard", DUE_SHARD)
-                .expression_attribute_names("#due", DUE_AT)
-                .expression_attribute_values(":shard", s(format!("conv#{shard}")))
-                .expression_attribute_values(":now", n(now))
+                .query_due(format!("conv#{shard}"), Due::AtOrBefore, now)
                 .limit(limit.min(1000) as i32)
                 .send()
         });
