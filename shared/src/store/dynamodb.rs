@@ -149,6 +149,36 @@ impl DynamoStore {
         }
     }
 
+    /// Takes the lease if it is free or lapsed, or held by a name `predecessor` starts.
+    async fn acquire(
+        &self,
+        customer: &CustomerAddress,
+        owner: &str,
+        duration: Duration,
+        predecessor: Option<&str>,
+    ) -> Result<Lease, StoreError> {
+        let length = acquisition(owner, duration)?;
+        let now = now_millis();
+        // One line: moto's parser refuses a newline inside a condition.
+        let condition = match predecessor {
+            None => "attribute_exists(pk) AND (attribute_not_exists(#owner) OR #expires <= :now)",
+            Some(_) => {
+                "attribute_exists(pk) AND (attribute_not_exists(#owner) OR #expires <= :now OR begins_with(#owner, :predecessor))"
+            }
+        };
+        let mut request = self
+            .lease_write(customer, Some(owner), now + length, condition)
+            .expression_attribute_values(":now", n(now));
+        if let Some(predecessor) = predecessor {
+            request = request.expression_attribute_values(":predecessor", s(predecessor));
+        }
+        match self.write(request).await? {
+            Written::Done(item) => Ok(lease_of(&stored(&item)?)),
+            Written::Refused(None) => Err(StoreError::NotFound),
+            Written::Refused(Some(_)) => Err(StoreError::LeaseHeld),
+        }
+    }
+
     /// A data write: record, state, TTL and index membership, version raised.
     fn data_write(
         &self,
@@ -323,21 +353,7 @@ impl ConversationStore for DynamoStore {
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        let length = acquisition(owner, duration)?;
-        let now = now_millis();
-        let request = self
-            .lease_write(
-                customer,
-                Some(owner),
-                now + length,
-                "attribute_exists(pk) AND (attribute_not_exists(#owner) OR #expires <= :now)",
-            )
-            .expression_attribute_values(":now", n(now));
-        match self.write(request).await? {
-            Written::Done(item) => Ok(lease_of(&stored(&item)?)),
-            Written::Refused(None) => Err(StoreError::NotFound),
-            Written::Refused(Some(_)) => Err(StoreError::LeaseHeld),
-        }
+        self.acquire(customer, owner, duration, None).await
     }
 
     async fn take_over(
@@ -347,23 +363,9 @@ impl ConversationStore for DynamoStore {
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        let length = acquisition(owner, duration)?;
         check_prefix(predecessor)?;
-        let now = now_millis();
-        let request = self
-            .lease_write(
-                customer,
-                Some(owner),
-                now + length,
-                "attribute_exists(pk) AND (attribute_not_exists(#owner) OR #expires <= :now OR begins_with(#owner, :predecessor))",
-            )
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":predecessor", s(predecessor));
-        match self.write(request).await? {
-            Written::Done(item) => Ok(lease_of(&stored(&item)?)),
-            Written::Refused(None) => Err(StoreError::NotFound),
-            Written::Refused(Some(_)) => Err(StoreError::LeaseHeld),
-        }
+        self.acquire(customer, owner, duration, Some(predecessor))
+            .await
     }
 
     /// Through the `due` index (which carries `lease_owner`): live leases of every shard,

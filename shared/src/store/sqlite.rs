@@ -40,6 +40,36 @@ impl SqliteStore {
         db.migrate(SCHEMA).await?;
         Ok(Self { db })
     }
+
+    /// Takes the lease if it is free or lapsed, or held by a name `predecessor` starts.
+    async fn acquire(
+        &self,
+        customer: &CustomerAddress,
+        owner: &str,
+        duration: Duration,
+        predecessor: Option<&str>,
+    ) -> Result<Lease, StoreError> {
+        let length = acquisition(owner, duration)?;
+        let key = customer.as_str().to_owned();
+        let owner = owner.to_owned();
+        let predecessor = predecessor.map(str::to_owned);
+        self.db
+            .write(move |c| {
+                let now = now_millis();
+                conditional(
+                    c,
+                    &key,
+                    "UPDATE conversations SET lease_owner = ?2, lease_expires_at = ?3,
+                           lease_version = lease_version + 1
+                         WHERE customer = ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?4
+                           OR (?5 IS NOT NULL AND substr(lease_owner, 1, length(?5)) = ?5))",
+                    params![key, owner, now + length, now, predecessor],
+                    StoreError::LeaseHeld,
+                )
+                .map(|s| lease_of(&s))
+            })
+            .await
+    }
 }
 
 impl From<DbError> for StoreError {
@@ -241,24 +271,7 @@ impl ConversationStore for SqliteStore {
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        let length = acquisition(owner, duration)?;
-        let key = customer.as_str().to_owned();
-        let owner = owner.to_owned();
-        self.db
-            .write(move |c| {
-                let now = now_millis();
-                conditional(
-                    c,
-                    &key,
-                    "UPDATE conversations SET lease_owner = ?2, lease_expires_at = ?3,
-                           lease_version = lease_version + 1
-                         WHERE customer = ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?4)",
-                    params![key, owner, now + length, now],
-                    StoreError::LeaseHeld,
-                )
-                .map(|s| lease_of(&s))
-            })
-            .await
+        self.acquire(customer, owner, duration, None).await
     }
 
     async fn take_over(
@@ -268,25 +281,8 @@ impl ConversationStore for SqliteStore {
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        let length = acquisition(owner, duration)?;
         check_prefix(predecessor)?;
-        let key = customer.as_str().to_owned();
-        let (owner, predecessor) = (owner.to_owned(), predecessor.to_owned());
-        self.db
-            .write(move |c| {
-                let now = now_millis();
-                conditional(
-                    c,
-                    &key,
-                    "UPDATE conversations SET lease_owner = ?2, lease_expires_at = ?3,
-                           lease_version = lease_version + 1
-                         WHERE customer = ?1 AND (lease_owner IS NULL OR lease_expires_at <= ?4
-                           OR substr(lease_owner, 1, length(?5)) = ?5)",
-                    params![key, owner, now + length, now, predecessor],
-                    StoreError::LeaseHeld,
-                )
-                .map(|s| lease_of(&s))
-            })
+        self.acquire(customer, owner, duration, Some(predecessor))
             .await
     }
 
