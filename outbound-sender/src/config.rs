@@ -23,6 +23,9 @@ pub struct SenderConfig {
     /// A message Twilio still has not taken this long after the agent wrote it is given
     /// up, and the agent told.
     pub give_up_after: Duration,
+    /// How long a sent part may hold the customer's next one until Twilio has handed it
+    /// to WhatsApp (0: do not wait).
+    pub confirm_wait: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -137,6 +140,8 @@ impl SenderConfig {
                 "WACONNECT_SENDER_GIVE_UP_AFTER",
                 Duration::from_secs(24 * 3600),
             ),
+            confirm_wait: r
+                .duration_or_zero("WACONNECT_SENDER_CONFIRM_WAIT", Duration::from_secs(10)),
             shutdown_grace: r.duration("WACONNECT_SENDER_SHUTDOWN_GRACE", Duration::from_secs(10)),
         };
         r.finish()?;

@@ -32,14 +32,18 @@ pub struct Sender {
     pub max_attempts: u32,
     /// A message not taken by Twilio this long after the agent wrote it is given up.
     pub give_up_after: Duration,
+    /// How long a sent part may hold the customer's next one until Twilio has handed it
+    /// to WhatsApp; zero sends without waiting (and without order across a re-send).
+    pub confirm_wait: Duration,
     /// Set while Twilio refuses our credentials; readiness reports it.
     pub auth_failing: AtomicBool,
     /// Set while Twilio refuses our sender configuration; readiness reports it.
     pub config_failing: AtomicBool,
     /// Ledger outcomes being written; waited for at shutdown.
     pub outcomes: TaskTracker,
-    /// SIDs this process sent lately, known as owned before their ledger outcome lands.
-    pub recent_sids: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// SIDs this process sent lately and their parts' keys, known as owned before their
+    /// ledger outcome lands.
+    pub recent_sids: std::sync::Mutex<std::collections::VecDeque<(String, String)>>,
 }
 
 /// How many of this process's latest SIDs are remembered.
@@ -56,7 +60,7 @@ impl Sender {
             if recent.len() == RECENT_SIDS {
                 recent.pop_front();
             }
-            recent.push_back(sid.clone());
+            recent.push_back((sid.clone(), key.clone()));
         }
         let ledger = self.ledger.clone();
         self.outcomes.spawn(async move {
@@ -157,30 +161,29 @@ async fn deliver_parts(
             .to_std()
             .unwrap_or_default()
     };
+    // A re-send's part may have been sent already: by this sender while it confirmed the
+    // part before (see `confirm`), or by an earlier delivery. Then there is nothing to
+    // fetch or pause for.
+    let mut first_claim = None;
     let mut parts = match &message.resend {
         None => split(&message.body, MAX_BODY_CHARS),
-        // Sent again as Twilio has it: one part, the one WhatsApp refused, after a pause
-        // that grows with each re-send, since the reason was a rate.
-        Some(resend) => {
-            if m.receive_count == 1 {
-                let pause = (RESEND_PAUSE * 2u32.saturating_pow(resend.attempt.saturating_sub(1)))
-                    .min(s.max_backoff);
-                tokio::select! {
-                    () = stop.cancelled() => return Done::Abandoned,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-            match s.twilio.fetch(&resend.sid).await {
-                Ok(original) => {
-                    if original.num_media.parse::<u32>().unwrap_or(0) > 0 {
-                        tracing::warn!(message_sid = %resend.sid, "re-sending a message's text only: its media are not sent again");
+        Some(_) => {
+            let claim = s.ledger.claim(&format!("{}#0", message.dedup_id())).await;
+            let sent = matches!(claim, Ok(Claim::Sent { .. }));
+            let fresh = matches!(claim, Ok(Claim::Fresh));
+            first_claim = Some(claim);
+            if sent {
+                vec![String::new()]
+            } else {
+                match resend_body(s, m, &message, stop).await {
+                    Ok(body) => vec![body],
+                    Err(done) => {
+                        if fresh {
+                            let _ = s.ledger.release(&format!("{}#0", message.dedup_id())).await;
+                        }
+                        return done;
                     }
-                    vec![original.body]
                 }
-                Err(e) if e.kind == ErrorKind::Permanent => {
-                    return fail_permanently(s, m, &message, &e).await;
-                }
-                Err(e) => return retry_or_give_up(s, m, &message, &e).await,
             }
         }
     };
@@ -193,10 +196,22 @@ async fn deliver_parts(
         let fields = form_for(s, &message, part, i);
         let mut backoff = Duration::from_millis(200);
         let mut tries = 0;
+        // The SID Twilio gave the part: set on every way out of the loop but a return.
+        let sent: String;
         // When set, an attempt since then may have reached Twilio without us hearing so:
         // ask Twilio before sending again.
-        let mut unsure_since = match s.ledger.claim(&key).await {
-            Ok(Claim::Sent { .. }) => continue,
+        let claim = match first_claim.take() {
+            Some(claim) => claim,
+            None => s.ledger.claim(&key).await,
+        };
+        let mut unsure_since = match claim {
+            Ok(Claim::Sent { sid }) => {
+                // Sent by an earlier delivery, which may not have seen it through.
+                if let Err(done) = confirm(s, &message, i, sid, stop).await {
+                    return done;
+                }
+                continue;
+            }
             Ok(Claim::Fresh) => None,
             Ok(Claim::Unknown { since }) => Some(since),
             Err(e) => {
@@ -208,8 +223,9 @@ async fn deliver_parts(
             if let Some(since) = unsure_since {
                 match reconcile(s, &message, part, i, since).await {
                     Reconciled::Sent(sid) => {
-                        outcomes.push(s.record_sent(key.clone(), sid));
+                        outcomes.push(s.record_sent(key.clone(), sid.clone()));
                         metrics::counter!("waconnect_sender_reconciled_total").increment(1);
+                        sent = sid;
                         break;
                     }
                     Reconciled::NotSent => unsure_since = None,
@@ -245,8 +261,9 @@ async fn deliver_parts(
                             tracing::info!("Twilio accepts the sender configuration again");
                             metrics::gauge!("waconnect_sender_twilio_config_failing").set(0.0);
                         }
-                        outcomes.push(s.record_sent(key.clone(), sid));
+                        outcomes.push(s.record_sent(key.clone(), sid.clone()));
                         metrics::counter!("waconnect_sender_sent_total").increment(1);
+                        sent = sid;
                         break;
                     }
                     Err(e) => {
@@ -317,12 +334,147 @@ async fn deliver_parts(
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        if let Err(done) = confirm(s, &message, i, sent, stop).await {
+            return done;
+        }
     }
     if let Err(e) = s.outbound.delete(&m.receipt).await {
         tracing::warn!(error = %e, "sent, but the queue delete failed; the ledger stops a resend");
     }
     Done::Delivered
 }
+
+/// The text of a part to send again, as Twilio has it, after a pause that grows with each
+/// re-send, since the reason was a rate.
+async fn resend_body(
+    s: &Sender,
+    m: &ReceivedMessage,
+    message: &OutboundMessage,
+    stop: &CancellationToken,
+) -> Result<String, Done> {
+    let resend = message.resend.as_ref().expect("a re-send");
+    if m.receive_count == 1 {
+        tokio::select! {
+            () = stop.cancelled() => return Err(Done::Abandoned),
+            () = tokio::time::sleep(resend_pause(s, resend.attempt)) => {}
+        }
+    }
+    match s.twilio.fetch(&resend.sid).await {
+        Ok(original) => {
+            if original.num_media.parse::<u32>().unwrap_or(0) > 0 && message.media_urls.is_empty() {
+                tracing::warn!(message_sid = %resend.sid, "re-sending a message's text only: its media are not sent again");
+            }
+            Ok(original.body)
+        }
+        Err(e) if e.kind == ErrorKind::Permanent => Err(fail_permanently(s, m, message, &e).await),
+        Err(e) => Err(retry_or_give_up(s, m, message, &e).await),
+    }
+}
+
+fn resend_pause(s: &Sender, attempt: u32) -> Duration {
+    (RESEND_PAUSE * 2u32.saturating_pow(attempt.saturating_sub(1))).min(s.max_backoff)
+}
+
+/// Waits, up to `confirm_wait`, until Twilio has handed part `index` (sent as `sid`) to
+/// WhatsApp, so that nothing after it goes first: WhatsApp refuses a message over the
+/// sender's rate only after Twilio took it (63018, by status callback), and a part sent
+/// again after its successors would arrive out of order. Holding the message meanwhile
+/// holds the customer's FIFO group fleet-wide, which is what Twilio advises for ordered
+/// sends. A part refused for a passing reason is sent again here, before anything after
+/// it, as the re-send the relay would queue from the status callback (same ledger key, so
+/// that one finds it sent). Past the wait, or when Twilio cannot be asked, order is left
+/// to the relay's re-send.
+async fn confirm(
+    s: &Sender,
+    message: &OutboundMessage,
+    index: usize,
+    mut sid: String,
+    stop: &CancellationToken,
+) -> Result<(), Done> {
+    if s.confirm_wait.is_zero() {
+        return Ok(());
+    }
+    let mut current = message.clone();
+    let mut deadline = Instant::now() + s.confirm_wait;
+    let mut poll = CONFIRM_FIRST_POLL;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Err(Done::Abandoned),
+            () = tokio::time::sleep(poll) => {}
+        }
+        poll = (poll * 2).min(CONFIRM_MAX_POLL);
+        let fetched = match s.twilio.fetch(&sid).await {
+            Ok(f) => f,
+            Err(e) if matches!(e.kind, ErrorKind::Auth | ErrorKind::Permanent) => return Ok(()),
+            Err(_) if Instant::now() < deadline => continue,
+            Err(_) => break,
+        };
+        if fetched.pending() {
+            if Instant::now() < deadline {
+                continue;
+            }
+            break;
+        }
+        if !fetched.refused_for_now() {
+            return Ok(());
+        }
+        // Past its last re-send, the relay tells the agent from the status callback.
+        let Some(again) = current.resent(&sid, index as u32) else {
+            return Ok(());
+        };
+        let key = format!("{}#0", again.dedup_id());
+        match s.ledger.claim(&key).await {
+            Ok(Claim::Sent { sid: theirs }) => {
+                (sid, current, poll) = (theirs, again, CONFIRM_FIRST_POLL);
+                deadline = Instant::now() + s.confirm_wait;
+                continue;
+            }
+            Ok(Claim::Fresh) => {}
+            // Another delivery is on it, or the ledger cannot say: not ours to send.
+            _ => return Ok(()),
+        }
+        let attempt = again.resend.as_ref().map_or(1, |r| r.attempt);
+        tokio::select! {
+            () = stop.cancelled() => {
+                let _ = s.ledger.release(&key).await;
+                return Err(Done::Abandoned);
+            }
+            () = tokio::time::sleep(resend_pause(s, attempt)) => {}
+        }
+        let body = if again.template.is_some() {
+            // Twilio shows a template's rendered text; the template is what is sent.
+            String::new()
+        } else {
+            fetched.body
+        };
+        s.limiter.acquire().await;
+        match s.twilio.send(&form_for(s, &again, &body, index)).await {
+            Ok(new) => {
+                tracing::info!(message_sid = %sid, code = ?fetched.error_code, attempt, "WhatsApp refused a reply for a passing reason; sent it again before the next");
+                metrics::counter!("waconnect_sender_resent_in_place_total").increment(1);
+                // Awaited: the relay queues this same re-send from the status callback,
+                // and it should find it recorded rather than have to ask Twilio.
+                let _ = s.record_sent(key, new.clone()).await;
+                (sid, current, poll) = (new, again, CONFIRM_FIRST_POLL);
+                deadline = Instant::now() + s.confirm_wait;
+            }
+            Err(e) => {
+                // The relay's re-send from the status callback takes it from here.
+                if e.kind != ErrorKind::Unknown {
+                    let _ = s.ledger.release(&key).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+    metrics::counter!("waconnect_sender_unconfirmed_total").increment(1);
+    Ok(())
+}
+
+/// How soon Twilio is first asked whether a part left its queue, and the longest gap
+/// between askings (it doubles in between).
+const CONFIRM_FIRST_POLL: Duration = Duration::from_millis(50);
+const CONFIRM_MAX_POLL: Duration = Duration::from_secs(1);
 
 enum Reconciled {
     Sent(String),
@@ -368,19 +520,24 @@ async fn reconcile(
         return Reconciled::NotSent;
     }
     let sids: Vec<String> = candidates.iter().map(|l| l.sid.clone()).collect();
-    let Ok(mut owned) = s.ledger.owned(&sids).await else {
+    let Ok(mut owners) = s.ledger.owned(&sids).await else {
         return Reconciled::CannotTell;
     };
-    owned.extend(
+    owners.extend(
         s.recent_sids
             .lock()
             .expect("recent SIDs lock")
             .iter()
-            .filter(|sid| sids.contains(sid))
+            .filter(|(sid, _)| sids.contains(sid))
             .cloned(),
     );
-    // Newest first, as Twilio lists them: ours came after any earlier part's.
-    match candidates.into_iter().find(|l| !owned.contains(&l.sid)) {
+    // Newest first, as Twilio lists them: ours came after any earlier part's. One
+    // recorded as this very part's (its outcome landed since the claim) proves it too.
+    let key = format!("{}#{index}", message.dedup_id());
+    match candidates
+        .into_iter()
+        .find(|l| owners.get(&l.sid).is_none_or(|owner| *owner == key))
+    {
         Some(l) => Reconciled::Sent(l.sid.clone()),
         None => Reconciled::NotSent,
     }

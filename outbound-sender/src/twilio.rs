@@ -71,6 +71,28 @@ pub struct Fetched {
     pub body: String,
     #[serde(default)]
     pub num_media: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub error_code: Option<u32>,
+}
+
+impl Fetched {
+    /// Still with Twilio: not yet handed to WhatsApp, nor refused.
+    pub fn pending(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "queued" | "accepted" | "scheduled" | "sending"
+        )
+    }
+
+    /// WhatsApp refused it for a reason that passes: send it again.
+    pub fn refused_for_now(&self) -> bool {
+        matches!(self.status.as_str(), "failed" | "undelivered")
+            && self
+                .error_code
+                .is_some_and(waconnect_shared::outbound::Resend::is_passing)
+    }
 }
 
 #[derive(Clone)]

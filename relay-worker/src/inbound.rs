@@ -216,12 +216,6 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     Ok(())
 }
 
-/// Codes Twilio reports after taking a message that mean "try again later", not "never":
-/// 63018 (the WhatsApp sender's rate), 30001 (Twilio's queue overflowed).
-const RESENDABLE: [&str; 2] = ["63018", "30001"];
-/// Re-sends of one part before the agent is told it could not be delivered.
-pub const MAX_RESENDS: u32 = 5;
-
 /// Sends a part again that WhatsApp refused for a passing reason, through the outbound
 /// queue in the customer's order; the agent hears nothing unless it is finally given up.
 /// True when a re-send was queued.
@@ -237,7 +231,7 @@ async fn resend(
         .query_param("resend")
         .and_then(|n| n.parse::<u32>().ok())
         .unwrap_or(0);
-    if !RESENDABLE.contains(&code) || done >= MAX_RESENDS {
+    if !code.parse().is_ok_and(Resend::is_passing) || done >= Resend::MAX {
         return Ok(false);
     }
     let message = OutboundMessage {

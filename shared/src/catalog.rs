@@ -181,6 +181,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Sends whose answer was lost, found at Twilio instead of resent.",
     ),
     (
+        "waconnect_sender_resent_in_place_total",
+        Kind::Counter,
+        "Parts WhatsApp refused for a passing reason (63018, 30001), sent again before the customer's next.",
+    ),
+    (
+        "waconnect_sender_unconfirmed_total",
+        Kind::Counter,
+        "Parts Twilio had not handed to WhatsApp within WACONNECT_SENDER_CONFIRM_WAIT; the next went anyway.",
+    ),
+    (
         "waconnect_sender_send_duration_seconds",
         Kind::Histogram,
         "Twilio Messages API latency.",

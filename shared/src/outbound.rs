@@ -36,6 +36,18 @@ pub struct Resend {
     pub attempt: u32,
 }
 
+impl Resend {
+    /// Codes Twilio reports after taking a message that mean "try again later", not
+    /// "never": 63018 (the WhatsApp sender's rate), 30001 (Twilio's queue overflowed).
+    pub const PASSING_CODES: [u32; 2] = [63018, 30001];
+    /// Re-sends of one part before the agent is told it could not be delivered.
+    pub const MAX: u32 = 5;
+
+    pub fn is_passing(code: u32) -> bool {
+        Self::PASSING_CODES.contains(&code)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
     pub content_sid: String,
@@ -69,6 +81,20 @@ impl OutboundMessage {
             None => id.clone(),
             Some(r) => format!("{id}#{}#resend{}", r.part, r.attempt),
         }
+    }
+
+    /// This message's part `part` sent again, after Twilio's `sid` for it failed for a
+    /// passing reason; `None` once it has been re-sent [`Resend::MAX`] times.
+    pub fn resent(&self, sid: &str, part: u32) -> Option<OutboundMessage> {
+        let attempt = self.resend.as_ref().map_or(0, |r| r.attempt) + 1;
+        (attempt <= Resend::MAX).then(|| OutboundMessage {
+            resend: Some(Resend {
+                sid: sid.to_owned(),
+                part: self.resend.as_ref().map_or(part, |r| r.part),
+                attempt,
+            }),
+            ..self.clone()
+        })
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -115,6 +141,33 @@ mod tests {
         };
         assert_eq!(again.dedup_id(), "item-9#1#resend2");
         assert_eq!(OutboundMessage::from_json(&again.to_json()).unwrap(), again);
+    }
+
+    #[test]
+    fn a_resend_keeps_the_part_and_counts_to_its_bound() {
+        let m = OutboundMessage {
+            to: CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+            body: "b".into(),
+            media_urls: Vec::new(),
+            template: None,
+            origin: Origin::Bridge {
+                reason: "r".into(),
+                id: "x".into(),
+            },
+            created_at: Utc::now(),
+            resend: None,
+        };
+        let first = m.resent("SM1", 2).unwrap();
+        assert_eq!(first.dedup_id(), "x#2#resend1");
+        // A re-send of a re-send is of the same part, whatever part it is sent as.
+        let second = first.resent("SM2", 0).unwrap();
+        assert_eq!(second.dedup_id(), "x#2#resend2");
+        let mut last = second;
+        while let Some(next) = last.resent("SM", 0) {
+            last = next;
+        }
+        assert_eq!(last.resend.unwrap().attempt, Resend::MAX);
+        assert!(Resend::is_passing(63018) && !Resend::is_passing(63016));
     }
 
     #[test]

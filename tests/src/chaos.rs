@@ -397,12 +397,39 @@ pub async fn run(engine: Engine) -> Report {
             None => Vec::new(),
         };
         let phone_shows = delivered(&phone, c).await;
-        for (sent, got, refused) in [
-            (&written.customer[c], &agent_sees, &[][..]),
-            (&written.agent[c], &phone_shows, &refused_first[..]),
+        for (direction, sent, got, refused) in [
+            ("customer→agent", &written.customer[c], &agent_sees, &[][..]),
+            (
+                "agent→customer",
+                &written.agent[c],
+                &phone_shows,
+                &refused_first[..],
+            ),
         ] {
             let (lost, dup) = compare(sent, got);
             let (plain, explained) = disorder(sent, got, refused);
+            if lost + dup + plain > 0 {
+                // The test's own numbered texts, never a real customer's: safe to print.
+                println!(
+                    "chaos: customer {c} {direction}: {lost} lost, {dup} doubled, {plain} reordered; sent {sent:?}, got {got:?}"
+                );
+                if direction == "agent→customer" {
+                    // What Twilio took for this customer, to tell which send doubled.
+                    for m in phone.sent().await.unwrap_or_default() {
+                        if m["to"] == customer(c).as_str() {
+                            println!(
+                                "chaos:   {} {} {} {} {} {}",
+                                m["created_at"],
+                                m["sid"],
+                                m["body"],
+                                m["status"],
+                                m["error_code"],
+                                m["status_callback"]
+                            );
+                        }
+                    }
+                }
+            }
             report.lost += lost;
             report.duplicated += dup;
             report.reordered += plain;

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest};
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 pub const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
 /// BatchWriteItem's limit.
@@ -232,15 +232,17 @@ impl DeliveryLedger for DynamoLedger {
         }
     }
 
-    async fn owned(&self, sids: &[String]) -> Result<HashSet<String>, LedgerError> {
+    async fn owned(&self, sids: &[String]) -> Result<HashMap<String, String>, LedgerError> {
         let items = self
             .table
             .batch_get(sids.iter().map(|sid| sid_pk(sid)))
             .await?;
         Ok(items
             .iter()
-            .filter_map(|item| get_s(item, KEY)?.strip_prefix("dlvsid#"))
-            .map(str::to_owned)
+            .filter_map(|item| {
+                let sid = get_s(item, KEY)?.strip_prefix("dlvsid#")?;
+                Some((sid.to_owned(), get_s(item, "part")?.to_owned()))
+            })
             .collect())
     }
 

@@ -9,7 +9,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -40,9 +40,10 @@ pub trait DeliveryLedger: Send + Sync + 'static {
     /// The attempt failed with a definite answer (nothing was sent): forget the claim.
     async fn release(&self, key: &str) -> Result<(), LedgerError>;
 
-    /// Which of `sids` (Twilio message SIDs) are recorded as some part's: a message
-    /// found at Twilio that another part owns can never prove this one was sent.
-    async fn owned(&self, sids: &[String]) -> Result<HashSet<String>, LedgerError>;
+    /// Which of `sids` (Twilio message SIDs) are recorded as some part's, and whose (sid
+    /// → key): a message found at Twilio that another part owns can never prove this
+    /// one was sent.
+    async fn owned(&self, sids: &[String]) -> Result<HashMap<String, String>, LedgerError>;
 
     /// Forgets entries older than `before` (the queue's dedup window has long passed).
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, LedgerError>;

@@ -6,7 +6,7 @@ use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -98,16 +98,19 @@ impl DeliveryLedger for SqliteLedger {
             .await
     }
 
-    async fn owned(&self, sids: &[String]) -> Result<HashSet<String>, LedgerError> {
+    async fn owned(&self, sids: &[String]) -> Result<HashMap<String, String>, LedgerError> {
         let sids = sids.to_vec();
         self.db
             .read(move |c| {
-                let mut owned = HashSet::new();
+                let mut owned = HashMap::new();
                 let mut lookup =
-                    c.prepare_cached("SELECT 1 FROM deliveries WHERE sid = ?1 LIMIT 1")?;
+                    c.prepare_cached("SELECT key FROM deliveries WHERE sid = ?1 LIMIT 1")?;
                 for sid in &sids {
-                    if lookup.exists(params![sid])? {
-                        owned.insert(sid.clone());
+                    if let Some(key) = lookup
+                        .query_row(params![sid], |r| r.get::<_, String>(0))
+                        .optional()?
+                    {
+                        owned.insert(sid.clone(), key);
                     }
                 }
                 Ok(owned)

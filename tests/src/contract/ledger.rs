@@ -1,7 +1,7 @@
 //! The delivery-ledger contract (see `waconnect_shared::delivery`).
 
 use crate::engines::LedgerEngine;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::Barrier;
 use waconnect_shared::delivery::Claim;
@@ -126,8 +126,8 @@ pub async fn old_entries_are_pruned(e: &dyn LedgerEngine) {
     }
 }
 
-/// A Twilio SID recorded for one part is known as owned, so it can never prove that
-/// another part (the same text sent twice) was sent.
+/// A Twilio SID recorded for one part is known as that part's, so it can never prove
+/// that another part (the same text sent twice) was sent, and does prove its own.
 pub async fn a_recorded_sid_is_known_as_owned(e: &dyn LedgerEngine) {
     let (ledger, other) = e.ledgers().await;
     let first = "SM0123456789abcdef0123456789abcdef".to_owned();
@@ -138,6 +138,6 @@ pub async fn a_recorded_sid_is_known_as_owned(e: &dyn LedgerEngine) {
         .owned(&[first.clone(), unknown.clone()])
         .await
         .unwrap();
-    assert_eq!(owned, HashSet::from([first]));
+    assert_eq!(owned, HashMap::from([(first, key(1))]));
     assert!(other.owned(&[]).await.unwrap().is_empty());
 }
