@@ -4,6 +4,7 @@
 use std::time::Duration;
 use waconnect_shared::Secret;
 use waconnect_shared::config::{ConfigErrors, ConfigSource, WorkerConfig};
+use waconnect_shared::twilio_account::TwilioAccount;
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_SENDER_OPS_BIND";
 
@@ -52,31 +53,11 @@ impl SenderConfig {
     pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
         let mut r = source.reader();
         let worker = WorkerConfig::read(&mut r, OPS_BIND_VAR, 9092);
-        let account_sid: String = r
-            .required("TWILIO_ACCOUNT_SID", "the Twilio account SID (AC...)")
-            .unwrap_or_default();
-        let (username, password) = match (
-            r.raw("TWILIO_API_KEY_SID"),
-            r.secret("TWILIO_API_KEY_SECRET"),
-            r.secret("TWILIO_AUTH_TOKEN"),
-        ) {
-            (Some(key), Some(secret), _) => (key.to_owned(), secret),
-            (None, None, Some(token)) => (account_sid.clone(), token),
-            (Some(_), None, _) => {
-                r.error(
-                    "TWILIO_API_KEY_SECRET",
-                    "is required with TWILIO_API_KEY_SID",
-                );
-                (String::new(), Secret::default())
-            }
-            _ => {
-                r.error(
-                    "TWILIO_AUTH_TOKEN",
-                    "is required (or TWILIO_API_KEY_SID with TWILIO_API_KEY_SECRET)",
-                );
-                (String::new(), Secret::default())
-            }
-        };
+        let account = TwilioAccount::read(&mut r, true).unwrap_or_else(|| TwilioAccount {
+            account_sid: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+        });
         let sender = match (r.raw("TWILIO_FROM"), r.raw("TWILIO_MESSAGING_SERVICE_SID")) {
             (_, Some(service)) => Sender::MessagingService(service.to_owned()),
             (Some(from), None) if waconnect_shared::CustomerAddress::parse(from).is_ok() => {
@@ -117,9 +98,9 @@ impl SenderConfig {
             worker,
             twilio: TwilioSettings {
                 api_base: api_base.trim_end_matches('/').to_owned(),
-                account_sid,
-                username,
-                password,
+                account_sid: account.account_sid,
+                username: account.username,
+                password: account.password,
                 sender,
                 status_callback_url,
             },

@@ -1,167 +1,26 @@
-//! The full loop over real processes: the customer's phone (Twilio simulator) → ingress →
-//! relay-worker → the agent (Connect simulator) → relay-worker → outbound-sender → the
-//! phone, with receipts back to the agent, for 50 customers at once — and the sender
-//! SIGKILLed mid-run.
+//! The full loop over real processes (`waconnect_tests::full_loop`), with receipts back to
+//! the agent, for 50 customers at once — and the sender SIGKILLed mid-run.
 
 mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::process::Child;
-use waconnect_tests::connect_sim::ConnectSim;
-use waconnect_tests::processes::{spawn, vars};
-use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
-use waconnect_tests::{customer, free_port, wait};
-
-/// Both simulators and the three services as real processes on one SQLite file.
-struct Loop {
-    _dir: tempfile::TempDir,
-    connect: ConnectSim,
-    twilio: TwilioSim,
-    ingress_port: String,
-    relay_ops: String,
-    sender_ops: String,
-    sender_vars: Vec<(String, String)>,
-    _ingress: Child,
-    _relay: Child,
-    sender: Child,
-}
-
-impl Loop {
-    async fn start(twilio: TwilioOptions, sender_extra: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("waconnect.db").display().to_string();
-        let connect = ConnectSim::start().await;
-        let ingress_port = free_port().await;
-        let ingress = format!("http://{ingress_port}");
-        let (relay_ops, sender_ops) = (free_port().await, free_port().await);
-        let twilio = TwilioSim::start_with(TwilioOptions {
-            webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
-            ..twilio
-        })
-        .await;
-        let o = twilio.options().clone();
-        let common = [
-            ("WACONNECT_SQLITE_PATH", db.as_str()),
-            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
-            ("RUST_LOG", "warn"),
-        ];
-        let mut ingress_vars = vars(&common);
-        ingress_vars.extend(vars(&[
-            ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("WACONNECT_PUBLIC_BASE_URL", &ingress),
-            ("WACONNECT_INGRESS_BIND", &ingress_port),
-        ]));
-        let ingress_process = spawn("ingress", &ingress_vars);
-        let mut relay_vars = vars(&common);
-        relay_vars.extend(vars(&[
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
-            ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
-            ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
-            ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
-            ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
-        ]));
-        let relay = spawn("relay-worker", &relay_vars);
-        let mut sender_vars = vars(&common);
-        sender_vars.extend(vars(&[
-            ("TWILIO_ACCOUNT_SID", &o.account_sid),
-            ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("TWILIO_FROM", &o.sender),
-            ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
-            (
-                "WACONNECT_STATUS_CALLBACK_URL",
-                &format!("{ingress}/twilio/status"),
-            ),
-            ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
-            ("WACONNECT_SENDER_VISIBILITY", "3s"),
-        ]));
-        sender_vars.extend(vars(sender_extra));
-        let sender = spawn("outbound-sender", &sender_vars);
-        Self {
-            _dir: dir,
-            connect,
-            twilio,
-            ingress_port,
-            relay_ops,
-            sender_ops,
-            sender_vars,
-            _ingress: ingress_process,
-            _relay: relay,
-            sender,
-        }
-    }
-
-    /// `customers` each text `each` messages through ingress (which may still be
-    /// starting: the retry fragment covers it); then agents accept, having seen each
-    /// customer's texts in order. Returns the contacts, held by the relay.
-    async fn customers_write_and_agents_accept(
-        &self,
-        customers: usize,
-        each: usize,
-    ) -> Vec<String> {
-        let phone = self.twilio.phone();
-        let desk = self.connect.desk();
-        let writers = (0..customers).map(|c| {
-            let phone = phone.clone();
-            tokio::spawn(async move {
-                for m in 0..each {
-                    let (_, status) = wait::until(
-                        "ingress to take the webhook",
-                        Duration::from_secs(30),
-                        || async {
-                            let (sid, status) = phone
-                                .text(customer(c).as_str(), &format!("c{c} says {m}"))
-                                .await
-                                .ok()?;
-                            (status == 200).then_some((sid, status))
-                        },
-                    )
-                    .await;
-                    assert_eq!(status, 200);
-                }
-            })
-        });
-        for w in writers.collect::<Vec<_>>() {
-            w.await.unwrap();
-        }
-        let mut contacts = Vec::new();
-        for c in 0..customers {
-            let expected: Vec<String> = (0..each).map(|m| format!("c{c} says {m}")).collect();
-            let name = customer(c).e164().to_owned();
-            let contact = wait::until("the customer's chat", Duration::from_secs(60), || async {
-                let chats = desk.chats(None).await.ok()?;
-                let chat = chats.iter().find(|s| {
-                    s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&name)
-                })?;
-                let texts = desk.customer_texts(&chat.contact_id).await.ok()?;
-                (texts == expected).then(|| chat.contact_id.clone())
-            })
-            .await;
-            desk.accept(&contact).await.unwrap();
-            contacts.push(contact);
-        }
-        wait::until("every chat held", Duration::from_secs(30), || async {
-            (desk.stats().await.ok()?.sockets >= customers).then_some(())
-        })
-        .await;
-        contacts
-    }
-}
+use waconnect_tests::full_loop::{FullLoop as Loop, LoopOptions};
+use waconnect_tests::processes::spawn;
+use waconnect_tests::twilio_sim::TwilioOptions;
+use waconnect_tests::{customer, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
     const CUSTOMERS: usize = 50;
     const EACH: usize = 4;
-    let mut lp = Loop::start(
-        TwilioOptions {
+    let mut lp = Loop::start(LoopOptions {
+        twilio: TwilioOptions {
             auto_read: false,
             ..TwilioOptions::default()
         },
-        &[],
-    )
+        ..LoopOptions::default()
+    })
     .await;
     let contacts = lp.customers_write_and_agents_accept(CUSTOMERS, EACH).await;
     let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
@@ -292,14 +151,15 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
 async fn replies_refused_over_whatsapps_rate_are_sent_again_in_order_until_they_land() {
     const CUSTOMERS: usize = 3;
     const EACH: usize = 6;
-    let lp = Loop::start(
-        TwilioOptions {
+    let lp = Loop::start(LoopOptions {
+        twilio: TwilioOptions {
             sender_rate: 4,
             ..TwilioOptions::default()
         },
         // Faster than the sender may go: the overflow fails at WhatsApp, asynchronously.
-        &[("WACONNECT_SENDER_RATE", "100")],
-    )
+        sender_vars: vec![("WACONNECT_SENDER_RATE", "100".into())],
+        ..LoopOptions::default()
+    })
     .await;
     let contacts = lp.customers_write_and_agents_accept(CUSTOMERS, 1).await;
     let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());

@@ -1,10 +1,15 @@
 //! The relay-worker's configuration: the shared worker part, the Connect instance, and
 //! how leases, sockets and retries behave.
 
+use crate::attachment::{
+    Accepted, CONNECT_DEFAULT_EXTENSIONS, CONNECT_DEFAULT_MAX_MB, MediaSettings,
+};
+use std::collections::BTreeSet;
 use std::time::Duration;
 use waconnect_shared::aws::AwsConfig;
 use waconnect_shared::config::{ConfigErrors, ConfigSource, Reader, WorkerConfig};
 use waconnect_shared::outbound::Template;
+use waconnect_shared::twilio_account::TwilioAccount;
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_RELAY_OPS_BIND";
 
@@ -42,6 +47,8 @@ pub struct RelayConfig {
     pub window_template: Option<Template>,
     pub shutdown_grace: Duration,
     pub call_me: Option<CallMe>,
+    /// Customer files: fetching, converting, attaching.
+    pub media: MediaSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +82,80 @@ fn url(r: &mut Reader<'_>, name: &str) -> Option<String> {
             r.error(name, format!("expected an http(s) URL, got {raw:?}"));
             None
         }
+    }
+}
+
+/// What the relay needs for customer files (README "Media").
+fn media(r: &mut Reader<'_>) -> MediaSettings {
+    let twilio = TwilioAccount::read(r, false);
+    let twilio_api_base =
+        url(r, "WACONNECT_TWILIO_API_BASE").unwrap_or_else(|| "https://api.twilio.com".to_owned());
+    let extensions: BTreeSet<String> = r
+        .string(
+            "WACONNECT_CONNECT_ATTACHMENT_TYPES",
+            CONNECT_DEFAULT_EXTENSIONS,
+        )
+        .split(',')
+        .map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if extensions
+        .iter()
+        .any(|e| e.len() > 16 || !e.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        r.error(
+            "WACONNECT_CONNECT_ATTACHMENT_TYPES",
+            "expected file extensions separated by commas, e.g. jpg,png,pdf",
+        );
+    }
+    let max_mb: u64 = r.optional(
+        "WACONNECT_CONNECT_ATTACHMENT_MAX_MB",
+        CONNECT_DEFAULT_MAX_MB,
+        "megabytes (1-100)",
+    );
+    if !(1..=100).contains(&max_mb) {
+        r.error(
+            "WACONNECT_CONNECT_ATTACHMENT_MAX_MB",
+            "must be between 1 and 100, as Connect allows",
+        );
+    }
+    // `off` turns conversions off; a path that is not there is a mistake worth stopping
+    // for; ffmpeg missing from the PATH only turns them off, with a warning at start.
+    let ffmpeg = match r.raw("WACONNECT_FFMPEG") {
+        Some("off") => None,
+        Some(path) => {
+            let found = crate::convert::find_ffmpeg(Some(path));
+            if found.is_none() {
+                r.error(
+                    "WACONNECT_FFMPEG",
+                    format!("{path:?} is not there (set the path to ffmpeg, or `off`)"),
+                );
+            }
+            found
+        }
+        None => crate::convert::find_ffmpeg(None),
+    };
+    let spool_dir = r
+        .raw("WACONNECT_MEDIA_SPOOL_DIR")
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    if !spool_dir.is_dir() {
+        r.error(
+            "WACONNECT_MEDIA_SPOOL_DIR",
+            format!("{} is not a directory", spool_dir.display()),
+        );
+    }
+    MediaSettings {
+        twilio,
+        twilio_api_base,
+        accepted: Accepted {
+            extensions,
+            max_bytes: max_mb * 1024 * 1024,
+        },
+        ffmpeg,
+        convert_timeout: r.duration("WACONNECT_MEDIA_CONVERT_TIMEOUT", Duration::from_secs(60)),
+        spool_dir,
+        delete_from_twilio: r.flag("WACONNECT_TWILIO_DELETE_MEDIA", false),
+        transfer_timeout: r.duration("WACONNECT_MEDIA_TRANSFER_TIMEOUT", Duration::from_secs(120)),
     }
 }
 
@@ -199,6 +280,7 @@ impl RelayConfig {
             }),
             shutdown_grace: r.duration("WACONNECT_RELAY_SHUTDOWN_GRACE", Duration::from_secs(10)),
             call_me,
+            media: media(&mut r),
         };
         r.finish()?;
         Ok(config)

@@ -104,6 +104,21 @@ pub struct ParticipantConnection {
     pub websocket_url: String,
 }
 
+/// A file to attach to the chat.
+pub struct AttachmentFile<'a> {
+    pub content_type: &'a str,
+    pub name: &'a str,
+    pub size: u64,
+}
+
+/// Where and how to PUT an attachment's bytes.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub attachment_id: String,
+    pub url: String,
+    pub headers: HashMap<String, String>,
+}
+
 pub struct NewChat<'a> {
     pub display_name: &'a str,
     pub attributes: HashMap<String, String>,
@@ -285,6 +300,60 @@ impl ConnectApi {
             })
             .await?;
         Ok(out.id().unwrap_or_default().to_owned())
+    }
+
+    /// Opens an attachment upload of `size` bytes: where to PUT the file, and the headers
+    /// the PUT must carry, exactly.
+    pub async fn start_attachment_upload(
+        &self,
+        connection_token: &str,
+        file: &AttachmentFile<'_>,
+        client_token: &str,
+    ) -> Result<Upload, ConnectError> {
+        let size = i64::try_from(file.size).unwrap_or(i64::MAX);
+        let out = self
+            .call("StartAttachmentUpload", || {
+                self.participant
+                    .start_attachment_upload()
+                    .connection_token(connection_token)
+                    .content_type(file.content_type)
+                    .attachment_size_in_bytes(size)
+                    .attachment_name(file.name)
+                    .client_token(client_token)
+                    .send()
+            })
+            .await?;
+        let metadata = out.upload_metadata();
+        Ok(Upload {
+            attachment_id: out.attachment_id().unwrap_or_default().to_owned(),
+            url: metadata
+                .and_then(|m| m.url())
+                .unwrap_or_default()
+                .to_owned(),
+            headers: metadata
+                .and_then(|m| m.headers_to_include())
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Puts the uploaded attachment in the chat.
+    pub async fn complete_attachment_upload(
+        &self,
+        connection_token: &str,
+        attachment_id: &str,
+        client_token: &str,
+    ) -> Result<(), ConnectError> {
+        self.call("CompleteAttachmentUpload", || {
+            self.participant
+                .complete_attachment_upload()
+                .connection_token(connection_token)
+                .attachment_ids(attachment_id)
+                .client_token(client_token)
+                .send()
+        })
+        .await
+        .map(drop)
     }
 
     /// Sends an event (e.g. `message.delivered`) on the customer's side of the chat.

@@ -2,6 +2,7 @@
 //! the customer's chat, started (or restarted, rehydrated) as needed (DESIGN.md §4).
 
 use crate::Relay;
+use crate::attachment::{self, Attached, Prepared, SpooledFile};
 use crate::connect::{ConnectError, ErrorKind, NewChat, OutboundCall};
 use crate::fleet::Fleet;
 use sha2::{Digest, Sha256};
@@ -35,6 +36,8 @@ pub enum RelayError {
     ChatKeepsEnding,
     #[error("outbound queue: {0}")]
     Queue(String),
+    #[error("media: {0}")]
+    Media(String),
 }
 
 /// Receives and relays until `stop`, then lets in-flight messages finish within the grace
@@ -360,7 +363,31 @@ async fn relay_message(
         return Ok(());
     }
     let text = render(event);
-    let parts = split(&text, MAX_PART_CHARS);
+    // The files first, in the order the customer sent them, then the caption (WhatsApp
+    // shows it under the file) and any location.
+    let mut parts: Vec<Part> = Vec::new();
+    for (i, m) in event.media().iter().enumerate() {
+        let content_type = m.content_type.unwrap_or("application/octet-stream");
+        let prepared = attachment::prepare(
+            &relay.media,
+            relay.ledger.as_ref(),
+            &sid,
+            i,
+            m.url,
+            content_type,
+        )
+        .await
+        .map_err(|e| RelayError::Media(e.to_string()))?;
+        parts.push(Part::Media(i, prepared));
+    }
+    if !text.is_empty() {
+        parts.extend(
+            split(&text, MAX_PART_CHARS)
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| Part::Text(i, t)),
+        );
+    }
     let mut use_cache = true;
     let mut restarts = 0;
     'chat: loop {
@@ -380,7 +407,7 @@ async fn relay_message(
         {
             fleet.adopt(&customer, "acquired").await;
         }
-        for (i, part) in parts.iter().enumerate() {
+        for part in &parts {
             loop {
                 let contact = stored.conversation.contact_id.clone().unwrap_or_default();
                 let token = stored
@@ -389,9 +416,8 @@ async fn relay_message(
                     .as_ref()
                     .map(|t| t.expose().to_owned())
                     .unwrap_or_default();
-                let client_token = client_token(&["message", &sid, &contact, &i.to_string()]);
-                match relay.api.send_message(&token, part, &client_token).await {
-                    Ok(_) => break,
+                match relay_part(relay, &token, &contact, &sid, part).await {
+                    Ok(()) => break,
                     // A remembered token Connect refuses may just be stale: read the record.
                     Err(e) if e.kind == ErrorKind::AccessDenied && cached => {
                         relay.records.forget(&customer);
@@ -413,6 +439,11 @@ async fn relay_message(
                 }
             }
         }
+        for part in &parts {
+            if let Part::Media(i, prepared) = part {
+                media_settled(relay, &sid, *i, prepared).await;
+            }
+        }
         let lag = (chrono::Utc::now() - message.sent_at)
             .to_std()
             .unwrap_or_default();
@@ -424,6 +455,114 @@ async fn relay_message(
             call_customer(relay, &customer, &sid).await?;
         }
         return Ok(());
+    }
+}
+
+/// One piece of a customer's message in the chat.
+enum Part {
+    /// The `n`th text part (caption, location, or the text itself).
+    Text(usize, String),
+    /// The message's `n`th file.
+    Media(usize, Prepared),
+}
+
+/// Puts one part in the chat. Each Connect call carries a ClientToken derived from the
+/// message and the contact, so a redelivery repeats it harmlessly and a new chat (after
+/// the old one ended) gets it again.
+async fn relay_part(
+    relay: &Relay,
+    token: &str,
+    contact: &str,
+    sid: &str,
+    part: &Part,
+) -> Result<(), ConnectError> {
+    let send = |text: &str, kind: &str, n: usize| {
+        let client_token = client_token(&[kind, sid, contact, &n.to_string()]);
+        let text = text.to_owned();
+        async move {
+            relay
+                .api
+                .send_message(token, &text, &client_token)
+                .await
+                .map(drop)
+        }
+    };
+    match part {
+        Part::Text(i, text) => send(text, "message", *i).await,
+        Part::Media(_, Prepared::Done) => Ok(()),
+        Part::Media(i, Prepared::Refused(notice)) => {
+            metrics::counter!("waconnect_relay_media_total", "outcome" => "refused").increment(1);
+            send(notice, "media-notice", *i).await
+        }
+        Part::Media(i, Prepared::File(file)) => attach(relay, token, contact, sid, *i, file).await,
+        Part::Media(i, Prepared::Card { summary, file, .. }) => {
+            if let Some(file) = file {
+                attach(relay, token, contact, sid, *i, file).await?;
+            }
+            send(summary, "media-text", *i).await
+        }
+    }
+}
+
+async fn attach(
+    relay: &Relay,
+    token: &str,
+    contact: &str,
+    sid: &str,
+    index: usize,
+    file: &SpooledFile,
+) -> Result<(), ConnectError> {
+    let n = index.to_string();
+    let tokens = (
+        client_token(&["attach-start", sid, contact, &n]),
+        client_token(&["attach-complete", sid, contact, &n]),
+    );
+    let attached = attachment::attach(
+        &relay.api,
+        &relay.media,
+        token,
+        (&tokens.0, &tokens.1),
+        file,
+    )
+    .await?;
+    match attached {
+        Attached::Done => {
+            metrics::counter!("waconnect_relay_media_total", "outcome" => "attached").increment(1);
+            Ok(())
+        }
+        Attached::Refused(notice) => {
+            metrics::counter!("waconnect_relay_media_total", "outcome" => "refused").increment(1);
+            let client_token = client_token(&["media-notice", sid, contact, &n]);
+            relay
+                .api
+                .send_message(token, &notice, &client_token)
+                .await
+                .map(drop)
+        }
+    }
+}
+
+/// Records a file as handled, so a redelivery neither fetches nor attaches it again, and
+/// deletes Twilio's copy if the operator asked.
+async fn media_settled(relay: &Relay, sid: &str, index: usize, prepared: &Prepared) {
+    // A file the agent could not get stays at Twilio: it is the only copy.
+    let url = match prepared {
+        Prepared::Done => return,
+        Prepared::File(SpooledFile { media_url, .. }) | Prepared::Card { media_url, .. } => {
+            Some(media_url.as_str())
+        }
+        Prepared::Refused(_) => None,
+    };
+    if let Err(e) = relay
+        .ledger
+        .sent(&attachment::ledger_key(sid, index), "handled")
+        .await
+    {
+        // The ClientTokens still keep Connect from attaching it twice.
+        tracing::warn!(error = %e, "a file's outcome was not recorded");
+    }
+    if let Some(url) = url {
+        attachment::forget_at_twilio(&relay.media, url).await;
     }
 }
 
@@ -748,27 +887,31 @@ pub fn client_token(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// What the agent reads for a WhatsApp message: its text, plus a line per attachment and
-/// for a shared location.
+/// What the agent reads for a WhatsApp message besides its files: its text (a file's
+/// caption), or a shared location with a map link. Empty for a file without a caption.
 pub fn render(event: &InboundEvent) -> String {
     let mut lines: Vec<String> = Vec::new();
     if !event.body().trim().is_empty() {
         lines.push(event.body().to_owned());
     }
-    for m in event.media() {
+    if let (Some(lat), Some(lon)) = (event.field("Latitude"), event.field("Longitude")) {
+        // Ingress checked both are coordinates.
+        let named: Vec<&str> = [event.field("Label"), event.field("Address")]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let place = if named.is_empty() {
+            format!("{lat}, {lon}")
+        } else {
+            named.join(", ")
+        };
         lines.push(format!(
-            "[attachment: {}]",
-            m.content_type.unwrap_or("file")
+            "Location: {place}\nhttps://www.google.com/maps/search/?api=1&query={lat},{lon}"
         ));
     }
-    if let (Some(lat), Some(lon)) = (event.field("Latitude"), event.field("Longitude")) {
-        let label = event
-            .field("Label")
-            .or(event.field("Address"))
-            .unwrap_or_default();
-        lines.push(format!("[location: {lat},{lon} {label}]").replace(" ]", "]"));
-    }
-    if lines.is_empty() {
+    if lines.is_empty() && event.num_media() == 0 {
         lines.push(format!(
             "[{} message]",
             event.message_type().unwrap_or("empty")
@@ -789,7 +932,7 @@ mod tests {
     }
 
     #[test]
-    fn media_and_locations_are_described() {
+    fn locations_get_a_map_link_and_files_no_text() {
         let event = InboundEvent::new(
             EventKind::Message,
             vec![
@@ -803,11 +946,12 @@ mod tests {
                 ("Latitude".into(), "51.5".into()),
                 ("Longitude".into(), "-0.12".into()),
                 ("Label".into(), "Office".into()),
+                ("Address".into(), "1 Main St".into()),
             ],
         );
         assert_eq!(
             render(&event),
-            "[attachment: image/jpeg]\n[location: 51.5,-0.12 Office]"
+            "Location: Office, 1 Main St\nhttps://www.google.com/maps/search/?api=1&query=51.5,-0.12"
         );
     }
 }

@@ -8,15 +8,19 @@
 //! * [`records`] spares the inbound side a read per message.
 //! * [`connect`] wraps the two AWS SDK clients with classified errors, backoff and metrics.
 
+pub mod attachment;
 pub mod backoff;
 pub mod callme;
 pub mod config;
 pub mod connect;
+pub mod convert;
 pub mod fleet;
 pub mod inbound;
 pub mod item;
+pub mod media_type;
 pub mod records;
 pub mod session;
+pub mod vcard;
 pub mod websocket;
 
 pub use config::{OPS_BIND_VAR, RelayConfig};
@@ -45,6 +49,8 @@ pub struct Relay {
     pub config: Arc<RelayConfig>,
     /// Records the inbound side read or wrote lately.
     pub records: records::Records,
+    /// Customer files on their way to the chat.
+    pub media: attachment::MediaRelay,
 }
 
 pub fn config_from(source: &ConfigSource) -> Result<RelayConfig, ConfigErrors> {
@@ -73,8 +79,19 @@ pub async fn run(
         roster: backends.roster.clone(),
         config: config.clone(),
         records: records::Records::default(),
+        media: attachment::MediaRelay::new(config.media.clone()),
     });
     tracing::info!(worker_id = %config.worker_id, "relay-worker starting");
+    if config.media.twilio.is_none() {
+        tracing::warn!(
+            "no Twilio credentials (TWILIO_ACCOUNT_SID with TWILIO_AUTH_TOKEN or an API key): customers' files reach the agent as notices only"
+        );
+    }
+    if config.media.ffmpeg.is_none() {
+        tracing::warn!(
+            "ffmpeg not found (WACONNECT_FFMPEG): voice notes, stickers and 3gp videos reach the agent as notices only"
+        );
+    }
     let fleet = fleet::Fleet::new(relay.clone(), CancellationToken::new());
     let health = Health::default();
     let consumer = worker::spawn_core(

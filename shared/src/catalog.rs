@@ -141,6 +141,31 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Replies the customer never got, by Twilio error code.",
     ),
     (
+        "waconnect_relay_media_total",
+        Kind::Counter,
+        "Customers' files: attached to the chat, or refused with a notice to the agent (outcome).",
+    ),
+    (
+        "waconnect_relay_media_converted_total",
+        Kind::Counter,
+        "Customers' files converted for Connect, by the type they became (to).",
+    ),
+    (
+        "waconnect_relay_media_conversion_failures_total",
+        Kind::Counter,
+        "Conversions that failed or could not run (no ffmpeg); the agent got a notice.",
+    ),
+    (
+        "waconnect_relay_media_upload_seconds",
+        Kind::Histogram,
+        "Time to PUT a file to Connect's upload URL.",
+    ),
+    (
+        "waconnect_relay_media_deleted_total",
+        Kind::Counter,
+        "Twilio's copies of customers' files deleted once in the chat (WACONNECT_TWILIO_DELETE_MEDIA).",
+    ),
+    (
         "waconnect_relay_resends_total",
         Kind::Counter,
         "Replies sent again after WhatsApp refused them for a passing reason (63018, 30001), by code.",

@@ -33,6 +33,7 @@ pub mod table;
 pub mod telemetry;
 pub mod text;
 pub mod time;
+pub mod twilio_account;
 pub mod worker;
 
 pub use address::CustomerAddress;

@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod connect_sim;
 pub mod contract;
 pub mod engines;
+pub mod full_loop;
 pub mod moto;
 pub mod processes;
 pub mod procfs;

@@ -350,7 +350,11 @@ async fn every_modelled_error_reaches_the_sdk() {
         .send()
         .await
         .unwrap_err();
-    assert_eq!(quota.code(), Some("ServiceQuotaExceededException"));
+    assert_eq!(
+        quota.code(),
+        Some("ValidationException"),
+        "over the size limit"
+    );
     let unfinished = c
         .participant
         .start_attachment_upload()
@@ -604,6 +608,111 @@ async fn attachments_upload_to_the_simulator_and_come_back() {
         .unwrap();
     let item = items.iter().find(|i| i.kind == "ATTACHMENT").unwrap();
     assert_eq!(item.attachments[0].attachment_name, "photo.png");
+    // The same ClientTokens again: the same attachment, and no second item.
+    let again = c
+        .participant
+        .start_attachment_upload()
+        .connection_token(&token)
+        .content_type("image/png")
+        .attachment_size_in_bytes(bytes.len() as i64)
+        .attachment_name("photo.png")
+        .client_token("u")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.attachment_id(), upload.attachment_id());
+    c.participant
+        .complete_attachment_upload()
+        .connection_token(&token)
+        .attachment_ids(upload.attachment_id().unwrap())
+        .client_token("c")
+        .send()
+        .await
+        .unwrap();
+    let files = sim
+        .desk()
+        .customer_files(chat.contact_id().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].1, bytes);
+}
+
+/// The upload URL is S3's: any header that differs from HeadersToInclude, or one more
+/// signed header, is refused; types the instance does not allow are refused at Start;
+/// a chat takes 35 attachments.
+#[tokio::test]
+async fn uploads_are_as_strict_as_s3_and_connects_limits() {
+    let sim = ConnectSim::start().await;
+    let c = clients(&sim).await;
+    let chat = start_chat(&c, &sim, "t").await;
+    let (token, _) = connect(&c, chat.participant_token().unwrap()).await;
+    let start = |name: &'static str, client_token: String| {
+        c.participant
+            .start_attachment_upload()
+            .connection_token(&token)
+            .content_type("image/png")
+            .attachment_size_in_bytes(3)
+            .attachment_name(name)
+            .client_token(client_token)
+            .send()
+    };
+    let voice = start("note.ogg", "ogg".into()).await.unwrap_err();
+    assert_eq!(voice.code(), Some("ValidationException"));
+    let http = reqwest::Client::new();
+    let upload = start("a.png", "u0".into()).await.unwrap();
+    let meta = upload.upload_metadata().unwrap();
+    let headers = meta.headers_to_include().unwrap().clone();
+    assert!(headers.len() > 1, "Connect signs more than the type");
+    let put = |skip: Option<&str>, extra: Option<(&str, &str)>| {
+        let mut request = http.put(meta.url().unwrap()).body(b"abc".to_vec());
+        for (k, v) in &headers {
+            if Some(k.as_str()) != skip {
+                request = request.header(k, v);
+            }
+        }
+        if let Some((k, v)) = extra {
+            request = request.header(k, v);
+        }
+        request.send()
+    };
+    let missing = put(Some("x-amz-acl"), None).await.unwrap();
+    assert_eq!(missing.status(), 403);
+    assert!(
+        missing
+            .text()
+            .await
+            .unwrap()
+            .contains("SignatureDoesNotMatch")
+    );
+    let unsigned = put(None, Some(("x-amz-meta-extra", "1"))).await.unwrap();
+    assert_eq!(unsigned.status(), 403);
+    assert!(put(None, None).await.unwrap().status().is_success());
+    let complete = |id: String, client_token: String| {
+        c.participant
+            .complete_attachment_upload()
+            .connection_token(&token)
+            .attachment_ids(id)
+            .client_token(client_token)
+            .send()
+    };
+    complete(upload.attachment_id().unwrap().into(), "c0".into())
+        .await
+        .unwrap();
+    for n in 1..35 {
+        let u = start("a.png", format!("u{n}")).await.unwrap();
+        let m = u.upload_metadata().unwrap();
+        let mut request = http.put(m.url().unwrap()).body(b"abc".to_vec());
+        for (k, v) in m.headers_to_include().unwrap() {
+            request = request.header(k, v);
+        }
+        assert!(request.send().await.unwrap().status().is_success());
+        complete(u.attachment_id().unwrap().into(), format!("c{n}"))
+            .await
+            .unwrap();
+    }
+    let over = start("a.png", "u35".into()).await.unwrap_err();
+    assert_eq!(over.code(), Some("ServiceQuotaExceededException"));
 }
 
 type Socket =

@@ -364,11 +364,13 @@ async fn the_customer_posts_signed_webhooks_and_retries_as_the_fragment_says() {
             media: vec![waconnect_tests::twilio_sim::Media {
                 url: "https://example.test/p.jpg".into(),
                 content_type: "image/jpeg".into(),
+                sid: None,
             }],
             location: Some(waconnect_tests::twilio_sim::Location {
                 latitude: 51.5,
                 longitude: -0.12,
                 label: Some("Office".into()),
+                address: None,
             }),
             ..Default::default()
         })
@@ -380,4 +382,74 @@ async fn the_customer_posts_signed_webhooks_and_retries_as_the_fragment_says() {
     assert_eq!(field(&fields, "MediaContentType0"), Some("image/jpeg"));
     assert_eq!(field(&fields, "Latitude"), Some("51.5"));
     assert_eq!(field(&fields, "MessageType"), Some("location"));
+}
+
+/// A customer's file is Twilio's Media resource: fetching it needs the account's Basic
+/// auth and redirects to a short-lived storage URL that needs none; DELETE removes it.
+#[tokio::test]
+async fn customer_files_need_auth_redirect_to_storage_and_can_be_deleted() {
+    let sim = TwilioSim::start().await;
+    let o = sim.options().clone();
+    let (webhooks, url) = receiver(&o.auth_token, "/twilio/messages").await;
+    let phone = sim.phone();
+    phone.set_webhook(&url).await.unwrap();
+    let photo = vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 4];
+    let (sid, _) = phone
+        .send_file(
+            "whatsapp:+15551239999",
+            photo.clone(),
+            "image/jpeg",
+            "broken",
+        )
+        .await
+        .unwrap();
+    let fields = webhooks.got.lock().unwrap().last().unwrap().clone();
+    assert!(sid.starts_with("MM"));
+    assert_eq!(field(&fields, "Body"), Some("broken"));
+    assert_eq!(field(&fields, "MessageType"), Some("image"));
+    let media_url = field(&fields, "MediaUrl0").unwrap().to_owned();
+    assert!(
+        media_url.starts_with(&format!(
+            "{}/2010-04-01/Accounts/{}/Messages/{sid}/Media/ME",
+            sim.api_base(),
+            o.account_sid
+        )),
+        "{media_url}"
+    );
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let anonymous = http.get(&media_url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let redirect = http
+        .get(&media_url)
+        .basic_auth(&o.account_sid, Some(&o.auth_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 307);
+    let storage = redirect.headers()["location"].to_str().unwrap().to_owned();
+    let file = http.get(&storage).send().await.unwrap();
+    assert_eq!(file.headers()["content-type"], "image/jpeg");
+    assert_eq!(file.bytes().await.unwrap().to_vec(), photo);
+    let forged = storage.replace("media-content/", "media-content/x");
+    assert_eq!(http.get(&forged).send().await.unwrap().status(), 403);
+    let delete = |auth: bool| {
+        let mut request = http.delete(format!("{media_url}.json"));
+        if auth {
+            request = request.basic_auth(&o.account_sid, Some(&o.auth_token));
+        }
+        request.send()
+    };
+    assert_eq!(delete(false).await.unwrap().status(), 401);
+    assert_eq!(delete(true).await.unwrap().status(), 204);
+    assert_eq!(delete(true).await.unwrap().status(), 404);
+    let gone = http
+        .get(&media_url)
+        .basic_auth(&o.account_sid, Some(&o.auth_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
 }

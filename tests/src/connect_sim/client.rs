@@ -1,7 +1,7 @@
 //! A client for the simulator's agent desk and fault injection, for tests and the sandbox.
 
 use super::desk::ChatSummary;
-use super::wire::Item;
+use super::wire::{AttachmentItem, Item};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -128,6 +128,32 @@ impl DeskClient {
             .filter(|i| i.kind == "MESSAGE" && i.participant_role.as_deref() == Some("CUSTOMER"))
             .filter_map(|i| i.content)
             .collect())
+    }
+
+    /// The files the customer attached to a chat, in order: each item and its bytes.
+    pub async fn customer_files(
+        &self,
+        contact_id: &str,
+    ) -> anyhow::Result<Vec<(AttachmentItem, Vec<u8>)>> {
+        let mut files = Vec::new();
+        for item in self.transcript(contact_id).await? {
+            if item.kind != "ATTACHMENT" || item.participant_role.as_deref() != Some("CUSTOMER") {
+                continue;
+            }
+            for a in item.attachments {
+                let bytes = self
+                    .http
+                    .get(format!("{}/attachments/{}", self.base, a.attachment_id))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?
+                    .to_vec();
+                files.push((a, bytes));
+            }
+        }
+        Ok(files)
     }
 
     pub async fn customer_events(&self, contact_id: &str) -> anyhow::Result<Vec<Item>> {

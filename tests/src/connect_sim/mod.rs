@@ -14,7 +14,7 @@ mod wire;
 pub use client::{DeskClient, SimStats};
 pub use desk::ChatSummary;
 pub use model::{EVENT_PREFIX, SimOptions};
-pub use wire::Item;
+pub use wire::{AttachmentItem, Item};
 
 use axum::Router;
 use axum::routing::get;

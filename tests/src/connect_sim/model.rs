@@ -27,7 +27,19 @@ pub struct SimOptions {
     /// A persistent chat's copied past items get new Ids (their times stay), as Connect
     /// does not promise to keep them: the relay must not re-forward them.
     pub renumber_rehydrated: bool,
+    /// Attachment extensions the instance allows (Connect's defaults unless changed).
+    pub attachment_extensions: Vec<String>,
+    /// The instance's attachment size limit (Connect: 20 MB by default, 1–100 MB).
+    pub attachment_max_bytes: u64,
 }
+
+/// Connect chat's default attachment extensions (DESIGN.md §9).
+pub const DEFAULT_ATTACHMENT_EXTENSIONS: [&str; 18] = [
+    "csv", "doc", "docx", "heic", "jfif", "jpeg", "jpg", "mov", "mp4", "pdf", "png", "ppt", "pptx",
+    "rtf", "txt", "wav", "xls", "xlsx",
+];
+/// Attachments Connect allows in one chat.
+pub const MAX_ATTACHMENTS_PER_CHAT: usize = 35;
 
 impl Default for SimOptions {
     fn default() -> Self {
@@ -37,6 +49,11 @@ impl Default for SimOptions {
             connection_ttl: Duration::from_secs(24 * 3600),
             connect_window: Duration::from_secs(300),
             renumber_rehydrated: false,
+            attachment_extensions: DEFAULT_ATTACHMENT_EXTENSIONS
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect(),
+            attachment_max_bytes: 20 * 1024 * 1024,
         }
     }
 }
@@ -104,6 +121,10 @@ pub struct Attachment {
     pub size: u64,
     pub bytes: Option<Vec<u8>>,
     pub completed: bool,
+    /// The headers its upload URL was signed with: the PUT must carry exactly these.
+    pub headers: Vec<(String, String)>,
+    /// The upload URL works until then.
+    pub url_expires: Instant,
 }
 
 pub struct Connection {
@@ -128,6 +149,10 @@ pub struct Inner {
     pub start_tokens: HashMap<String, Value>,
     pub calls: Vec<OutboundCall>,
     pub attachments: HashMap<String, Attachment>,
+    /// StartAttachmentUpload ClientToken → AttachmentId.
+    pub upload_tokens: HashMap<String, String>,
+    /// CompleteAttachmentUpload ClientTokens already answered.
+    pub complete_tokens: std::collections::HashSet<String>,
     pub faults: Faults,
     /// Calls per operation, answered or not.
     pub operations: BTreeMap<String, u64>,

@@ -2,7 +2,10 @@
 //! restJson1 as the AWS SDKs send and parse them.
 
 use super::Sim;
-use super::model::{Attachment, ChatState, Connection, Contact, OutboundCall, WsUrl, iso, new_id};
+use super::model::{
+    Attachment, ChatState, Connection, Contact, MAX_ATTACHMENTS_PER_CHAT, OutboundCall, WsUrl, iso,
+    new_id,
+};
 use super::wire::{ApiError, AttachmentItem, Item, Service};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,6 +16,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -35,7 +39,10 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/participant/attachment", post(get_attachment))
         .route(
             "/attachments/{id}",
-            put(put_attachment_bytes).get(get_attachment_bytes),
+            // An instance may allow attachments up to 100 MB.
+            put(put_attachment_bytes)
+                .get(get_attachment_bytes)
+                .layer(axum::extract::DefaultBodyLimit::max(100 << 20)),
         )
 }
 
@@ -582,54 +589,155 @@ async fn start_upload(State(sim): State<Arc<Sim>>, headers: HeaderMap, bytes: By
     let name = required(&m, "AttachmentName")
         .map_err(|e| ApiError::validation(e.message))?
         .to_owned();
+    let client_token = required(&m, "ClientToken")
+        .map_err(|e| ApiError::validation(e.message))?
+        .to_owned();
     let size = m
         .get("AttachmentSizeInBytes")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    if size == 0 || size > 20 * 1024 * 1024 {
-        return Err(ApiError::new(
-            402,
-            "ServiceQuotaExceededException",
-            "Attachment size is not allowed",
+    if !(1..=256).contains(&name.chars().count()) {
+        return Err(ApiError::validation(
+            "AttachmentName must be 1 to 256 characters",
         ));
+    }
+    // Connect allows attachments by the name's extension, as the instance is set up.
+    let extension = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    if !sim.options.attachment_extensions.contains(&extension) {
+        return Err(ApiError::validation(format!(
+            "Attachment type .{extension} is not supported"
+        )));
+    }
+    if size == 0 || size > sim.options.attachment_max_bytes {
+        return Err(ApiError::validation(format!(
+            "Attachment size {size} is not within the allowed limit"
+        )));
     }
     let mut inner = sim.lock();
     let contact_id = inner.contact_for_connection(&token)?;
-    let id = new_id();
-    inner.attachments.insert(
-        id.clone(),
-        Attachment {
-            contact_id,
-            name,
-            content_type: content_type.clone(),
-            size,
-            bytes: None,
-            completed: false,
-        },
-    );
+    let url_expires = Instant::now() + Duration::from_secs(300);
+    // The same ClientToken is the same upload: its id again, with a fresh URL.
+    let id = match inner.upload_tokens.get(&client_token).cloned() {
+        Some(id) => {
+            if let Some(a) = inner.attachments.get_mut(&id) {
+                a.url_expires = url_expires;
+            }
+            id
+        }
+        None => {
+            let chat_has = inner
+                .attachments
+                .values()
+                .filter(|a| a.contact_id == contact_id && a.completed)
+                .count();
+            if chat_has >= MAX_ATTACHMENTS_PER_CHAT {
+                return Err(ApiError::new(
+                    402,
+                    "ServiceQuotaExceededException",
+                    "The number of attachments per contact exceeds the quota",
+                ));
+            }
+            let id = new_id();
+            let signed = vec![
+                ("content-type".to_owned(), content_type.clone()),
+                (
+                    "x-amz-acl".to_owned(),
+                    "bucket-owner-full-control".to_owned(),
+                ),
+                (
+                    "content-disposition".to_owned(),
+                    format!("attachment; filename=\"{}\"", name.replace('"', "")),
+                ),
+                ("x-amz-meta-contact-id".to_owned(), contact_id.clone()),
+            ];
+            inner.attachments.insert(
+                id.clone(),
+                Attachment {
+                    contact_id,
+                    name,
+                    content_type,
+                    size,
+                    bytes: None,
+                    completed: false,
+                    headers: signed,
+                    url_expires,
+                },
+            );
+            inner.upload_tokens.insert(client_token, id.clone());
+            id
+        }
+    };
+    let headers: serde_json::Map<String, Value> = inner.attachments[&id]
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     Ok(Json(json!({
         "AttachmentId": id,
         "UploadMetadata": {
-            "Url": format!("{}/attachments/{id}", sim.http_base()),
+            "Url": format!("{}/attachments/{id}?X-Amz-Signature={}", sim.http_base(), new_id()),
             "UrlExpiry": iso(Utc::now() + chrono::Duration::minutes(5)),
-            "HeadersToInclude": { "Content-Type": content_type },
+            "HeadersToInclude": headers,
         }
     })))
 }
 
+/// S3's refusal, as its XML says it.
+fn s3_refusal(code: &str, message: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [("content-type", "application/xml")],
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"),
+    )
+        .into_response()
+}
+
+/// The presigned upload URL: like S3, it takes the bytes only with exactly the headers
+/// it was signed with, the declared length, and before it expires.
 async fn put_attachment_bytes(
     State(sim): State<Arc<Sim>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> Response {
     let mut inner = sim.lock();
-    match inner.attachments.get_mut(&id) {
-        Some(a) if !a.completed => {
-            a.bytes = Some(bytes.to_vec());
-            StatusCode::OK.into_response()
-        }
-        _ => StatusCode::FORBIDDEN.into_response(),
+    let Some(a) = inner.attachments.get_mut(&id) else {
+        return s3_refusal("AccessDenied", "Access Denied");
+    };
+    if a.url_expires <= Instant::now() {
+        return s3_refusal("AccessDenied", "Request has expired");
     }
+    for (name, value) in &a.headers {
+        if headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str()) {
+            return s3_refusal(
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+            );
+        }
+    }
+    let unsigned = headers.keys().any(|h| {
+        h.as_str().starts_with("x-amz-") && !a.headers.iter().any(|(n, _)| n == h.as_str())
+    });
+    if unsigned {
+        return s3_refusal(
+            "AccessDenied",
+            "There were headers present in the request which were not signed",
+        );
+    }
+    if bytes.len() as u64 != a.size {
+        return s3_refusal(
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+        );
+    }
+    // A completed upload's object is what the chat shows; a repeated PUT changes nothing.
+    if !a.completed {
+        a.bytes = Some(bytes.to_vec());
+    }
+    StatusCode::OK.into_response()
 }
 
 async fn get_attachment_bytes(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
@@ -663,8 +771,15 @@ async fn complete_upload(State(sim): State<Arc<Sim>>, headers: HeaderMap, bytes:
             "AttachmentIds must hold exactly one id",
         ));
     }
+    let client_token = required(&m, "ClientToken")
+        .map_err(|e| ApiError::validation(e.message))?
+        .to_owned();
     let mut inner = sim.lock();
     let contact_id = inner.contact_for_connection(&token)?;
+    // A repeated ClientToken is answered as before, without a second item.
+    if inner.complete_tokens.contains(&client_token) {
+        return Ok(Json(json!({})));
+    }
     let attachment = match inner.attachments.get_mut(&ids[0]) {
         Some(a) if a.contact_id == contact_id => a,
         _ => {
@@ -686,10 +801,11 @@ async fn complete_upload(State(sim): State<Arc<Sim>>, headers: HeaderMap, bytes:
         }
     }
     if attachment.completed {
-        return Ok(Json(json!({})));
+        return Err(ApiError::validation("The attachment is already completed"));
     }
     attachment.completed = true;
     let (name, content_type) = (attachment.name.clone(), attachment.content_type.clone());
+    inner.complete_tokens.insert(client_token);
     let contact = &inner.contacts[&contact_id];
     let item = Item {
         id: new_id(),

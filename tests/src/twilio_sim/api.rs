@@ -64,7 +64,7 @@ async fn fetch_message(
 }
 
 /// Twilio's error body.
-fn error(status: u16, code: u32, message: &str) -> Response {
+pub(super) fn error(status: u16, code: u32, message: &str) -> Response {
     let status = StatusCode::from_u16(status).expect("valid status");
     let body = json!({
         "code": code,
@@ -75,7 +75,7 @@ fn error(status: u16, code: u32, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn authorised(twilio: &Twilio, account: &str, headers: &HeaderMap) -> bool {
+pub(super) fn authorised(twilio: &Twilio, account: &str, headers: &HeaderMap) -> bool {
     let Some(basic) = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

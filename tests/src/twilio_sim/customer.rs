@@ -36,8 +36,13 @@ pub fn routes() -> Router<Arc<Twilio>> {
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Media {
+    /// A file kept elsewhere; or empty, with `sid` naming one put in Twilio's keeping
+    /// (`PhoneClient::upload`), whose `MediaUrl` is then Twilio's own.
+    #[serde(default)]
     pub url: String,
     pub content_type: String,
+    #[serde(default)]
+    pub sid: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +51,8 @@ pub struct Location {
     pub longitude: f64,
     #[serde(default)]
     pub label: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -126,14 +133,33 @@ async fn customer_sends(
         ("ApiVersion".into(), "2010-04-01".into()),
     ];
     for (i, media) in m.media.iter().enumerate() {
+        let url = match &media.sid {
+            Some(media_sid) => {
+                let mut inner = twilio.lock();
+                match inner.media.get_mut(media_sid) {
+                    Some(stored) => stored.message_sid = Some(message_sid.clone()),
+                    None => {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            Json(json!({ "message": format!("no uploaded media {media_sid}") })),
+                        );
+                    }
+                }
+                super::media::media_url(&twilio, &message_sid, media_sid)
+            }
+            None => media.url.clone(),
+        };
         fields.push((format!("MediaContentType{i}"), media.content_type.clone()));
-        fields.push((format!("MediaUrl{i}"), media.url.clone()));
+        fields.push((format!("MediaUrl{i}"), url));
     }
     if let Some(l) = &m.location {
         fields.push(("Latitude".into(), l.latitude.to_string()));
         fields.push(("Longitude".into(), l.longitude.to_string()));
         if let Some(label) = &l.label {
             fields.push(("Label".into(), label.clone()));
+        }
+        if let Some(address) = &l.address {
+            fields.push(("Address".into(), address.clone()));
         }
     }
     let (target, retries, policies) = retry_policy(&url);
@@ -254,7 +280,9 @@ async fn all_sent(State(twilio): State<Arc<Twilio>>) -> Json<Vec<Sent>> {
 
 async fn stats(State(twilio): State<Arc<Twilio>>) -> Json<Value> {
     let inner = twilio.lock();
-    Json(json!({ "api_calls": inner.api_calls, "sent": inner.sent.len() }))
+    Json(
+        json!({ "api_calls": inner.api_calls, "sent": inner.sent.len(), "media": inner.media.len() }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -374,6 +402,43 @@ impl PhoneClient {
             v["message_sid"].as_str().unwrap_or_default().to_owned(),
             v["status"].as_u64().unwrap_or(0) as u16,
         ))
+    }
+
+    /// Puts a file in Twilio's keeping, as a customer's phone uploads one; its `ME…` SID.
+    pub async fn upload(&self, bytes: Vec<u8>, content_type: &str) -> anyhow::Result<String> {
+        let v: Value = self
+            .http
+            .post(format!("{}/sim/media", self.base))
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(v["sid"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The customer sends a file, with a caption (may be empty).
+    pub async fn send_file(
+        &self,
+        from: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        caption: &str,
+    ) -> anyhow::Result<(String, u16)> {
+        let sid = self.upload(bytes, content_type).await?;
+        self.send(&CustomerMessage {
+            from: from.to_owned(),
+            body: caption.to_owned(),
+            media: vec![Media {
+                url: String::new(),
+                content_type: content_type.to_owned(),
+                sid: Some(sid),
+            }],
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn text(&self, from: &str, body: &str) -> anyhow::Result<(String, u16)> {

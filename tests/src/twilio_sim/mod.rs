@@ -5,6 +5,7 @@
 
 mod api;
 mod customer;
+mod media;
 
 pub use customer::{CustomerMessage, InboxMessage, Location, Media, PhoneClient};
 
@@ -100,12 +101,18 @@ struct Inner {
     window: Option<(Instant, u32)>,
     api_calls: u64,
     webhook_url: Option<String>,
+    /// Customers' files, by `ME…` SID.
+    media: HashMap<String, media::StoredMedia>,
+    /// Short-lived storage URLs Twilio redirects media fetches to: token → (SID, until).
+    storage_urls: HashMap<String, (String, Instant)>,
 }
 
 pub struct Twilio {
     inner: Mutex<Inner>,
     options: TwilioOptions,
     http: reqwest::Client,
+    /// This simulator's own base URL (what `https://api.twilio.com` is for Twilio).
+    base: String,
 }
 
 impl Twilio {
@@ -170,6 +177,7 @@ pub async fn serve(
     options: TwilioOptions,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let base = format!("http://{}", listener.local_addr()?);
     let twilio = Arc::new(Twilio {
         inner: Mutex::new(Inner {
             webhook_url: options.webhook_url.clone(),
@@ -177,8 +185,12 @@ pub async fn serve(
         }),
         options,
         http: reqwest::Client::new(),
+        base,
     });
-    let app: Router = api::routes().merge(customer::routes()).with_state(twilio);
+    let app: Router = api::routes()
+        .merge(customer::routes())
+        .merge(media::routes())
+        .with_state(twilio);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

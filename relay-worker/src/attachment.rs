@@ -1,0 +1,537 @@
+//! Customer → agent files (DESIGN.md §9): each file a WhatsApp message carries is fetched
+//! from Twilio (Basic auth, following the redirect to its storage), spooled to a temporary
+//! file (never held in memory whole), converted when the Connect instance would refuse its
+//! type, and attached to the chat (StartAttachmentUpload → PUT with exactly the headers
+//! Connect names → CompleteAttachmentUpload). ClientTokens derived from the MessageSid and
+//! a delivery-ledger entry per file make a redelivery attach nothing twice. A file that
+//! cannot be attached becomes a notice to the agent that says what the customer sent and
+//! why it could not be shown — never silence, never a message retried forever.
+
+use crate::connect::{AttachmentFile, ConnectApi, ConnectError, ErrorKind, Upload};
+use crate::convert::{ConvertError, Converter};
+use crate::media_type::{self, Conversion};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+use tempfile::TempPath;
+use tokio::io::AsyncWriteExt;
+use waconnect_shared::delivery::{Claim, DeliveryLedger};
+use waconnect_shared::twilio_account::TwilioAccount;
+
+/// What the operator says about files (README "Media").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaSettings {
+    /// Fetches the customer's files; without it they become notices.
+    pub twilio: Option<TwilioAccount>,
+    /// Twilio's REST base: only URLs under it get the account's credentials.
+    pub twilio_api_base: String,
+    /// What the Connect instance accepts.
+    pub accepted: Accepted,
+    /// ffmpeg, when conversions are on and it is installed.
+    pub ffmpeg: Option<PathBuf>,
+    pub convert_timeout: Duration,
+    /// Where files in transit are spooled.
+    pub spool_dir: PathBuf,
+    /// Delete Twilio's copy once the file is in the chat.
+    pub delete_from_twilio: bool,
+    /// Bound on one fetch from Twilio or one upload to Connect.
+    pub transfer_timeout: Duration,
+}
+
+/// Attachment types (by extension, lower case) and size a Connect instance allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub extensions: BTreeSet<String>,
+    pub max_bytes: u64,
+}
+
+/// Connect chat's defaults (DESIGN.md §9).
+pub const CONNECT_DEFAULT_EXTENSIONS: &str =
+    "csv,doc,docx,heic,jfif,jpeg,jpg,mov,mp4,pdf,png,ppt,pptx,rtf,txt,wav,xls,xlsx";
+/// Connect chat's default size limit, in MB.
+pub const CONNECT_DEFAULT_MAX_MB: u64 = 20;
+/// Attachments Connect allows in one chat.
+pub const MAX_PER_CHAT: usize = 35;
+/// WhatsApp's own limit on a file (documents): nothing larger is ever fetched.
+pub const MAX_FETCH_BYTES: u64 = 100 * 1024 * 1024;
+
+impl Accepted {
+    pub fn takes(&self, extension: &str) -> bool {
+        self.extensions.contains(extension)
+            || (extension == "jpg" && self.extensions.contains("jpeg"))
+    }
+}
+
+/// The media side of the relay: settings, one HTTP client for Twilio and the upload URLs,
+/// and the converter.
+pub struct MediaRelay {
+    pub settings: MediaSettings,
+    http: reqwest::Client,
+    converter: Converter,
+}
+
+impl MediaRelay {
+    pub fn new(settings: MediaSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Between reads of a stream, not the whole transfer (see `transfer_timeout`).
+            .read_timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .build()
+            .expect("a TLS backend is compiled in");
+        let converter = Converter::new(settings.ffmpeg.clone(), settings.convert_timeout);
+        Self {
+            settings,
+            http,
+            converter,
+        }
+    }
+}
+
+/// One file of a customer's message, ready for the chat.
+#[derive(Debug)]
+pub enum Prepared {
+    /// A file to attach; deleted from the spool when dropped.
+    File(SpooledFile),
+    /// A contact card: its summary as text, and the .vcf if the chat takes it.
+    Card {
+        summary: String,
+        file: Option<SpooledFile>,
+        /// Twilio's copy, to delete once the card is in the chat.
+        media_url: String,
+    },
+    /// Attached by an earlier delivery.
+    Done,
+    /// Cannot be attached: the agent gets this notice instead.
+    Refused(String),
+}
+
+#[derive(Debug)]
+pub struct SpooledFile {
+    /// What the customer sent, in words: "a voice note (audio/ogg)".
+    pub label: String,
+    pub path: TempPath,
+    pub content_type: String,
+    pub name: String,
+    pub size: u64,
+    /// The Twilio Media resource, to delete once attached.
+    pub media_url: String,
+}
+
+/// The ledger entry that records file `index` of message `sid` as attached.
+pub fn ledger_key(sid: &str, index: usize) -> String {
+    format!("att#{sid}#{index}")
+}
+
+/// Why a file could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Worth another delivery: Twilio or the network failed for now.
+    #[error("fetching the file failed for now: {0}")]
+    Passing(String),
+    /// It will never come: the agent is told.
+    #[error("{0}")]
+    Final(String),
+}
+
+/// Fetches and readies file `index` of message `sid` (`url`, `content_type` from the
+/// webhook). A passing failure is an error (the message is delivered again); anything
+/// final is a notice.
+pub async fn prepare(
+    media: &MediaRelay,
+    ledger: &dyn DeliveryLedger,
+    sid: &str,
+    index: usize,
+    url: &str,
+    content_type: &str,
+) -> Result<Prepared, FetchError> {
+    let essence = media_type::essence(content_type);
+    let what = media_type::describe(&essence);
+    let label = format!("{what} ({essence})");
+    if let Ok(Claim::Sent { .. }) = ledger.claim(&ledger_key(sid, index)).await {
+        return Ok(Prepared::Done);
+    }
+    let Some(account) = &media.settings.twilio else {
+        return Ok(Prepared::Refused(notice(
+            &label,
+            "the bridge has no Twilio credentials to fetch files with",
+        )));
+    };
+    if !url.starts_with(&format!("{}/", media.settings.twilio_api_base)) {
+        return Ok(Prepared::Refused(notice(
+            &label,
+            "its address is not Twilio's, so it was not fetched",
+        )));
+    }
+    let (spooled, size) = match fetch(media, account, url).await {
+        Ok(f) => f,
+        Err(FetchError::Final(why)) => return Ok(Prepared::Refused(notice(&label, &why))),
+        Err(e) => return Err(e),
+    };
+    if media_type::is_vcard(&essence) {
+        return Ok(card(media, sid, index, url, label, spooled, size).await);
+    }
+    let accepted = &media.settings.accepted;
+    let extension = media_type::extension(&essence);
+    let as_is = extension.filter(|e| accepted.takes(e));
+    let (path, content_type, extension, size) = match (as_is, media_type::conversion(&essence)) {
+        (Some(e), _) if size <= accepted.max_bytes => (spooled, essence.clone(), e, size),
+        (_, Some(conversion)) if accepted.takes(conversion.extension) => {
+            match convert(media, &spooled, conversion).await {
+                Ok((path, size)) => (
+                    path,
+                    conversion.content_type.to_owned(),
+                    conversion.extension,
+                    size,
+                ),
+                Err(why) => return Ok(Prepared::Refused(notice(&label, &why))),
+            }
+        }
+        (Some(_), _) => {
+            return Ok(Prepared::Refused(notice(
+                &label,
+                &format!(
+                    "it is larger than the chat allows ({}; the limit is {})",
+                    human_size(size),
+                    human_size(accepted.max_bytes)
+                ),
+            )));
+        }
+        (None, _) => {
+            let kind = extension.map_or_else(|| essence.clone(), |e| format!(".{e} files"));
+            return Ok(Prepared::Refused(notice(
+                &label,
+                &format!("this chat does not accept {kind}"),
+            )));
+        }
+    };
+    Ok(Prepared::File(SpooledFile {
+        label,
+        path,
+        name: media_type::file_name(&essence, sid, index, extension),
+        content_type,
+        size,
+        media_url: url.to_owned(),
+    }))
+}
+
+/// Cards past this size are not read (a card with a photo can be large; its text is not).
+const MAX_CARD_READ: u64 = 256 * 1024;
+
+async fn card(
+    media: &MediaRelay,
+    sid: &str,
+    index: usize,
+    url: &str,
+    label: String,
+    spooled: TempPath,
+    size: u64,
+) -> Prepared {
+    let mut text = String::new();
+    if let Ok(f) = tokio::fs::File::open(&spooled).await {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        let _ = f.take(MAX_CARD_READ).read_to_end(&mut bytes).await;
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let Some(summary) = crate::vcard::summary(&text) else {
+        return Prepared::Refused(notice(&label, "it is not a contact card that can be read"));
+    };
+    let accepted = &media.settings.accepted;
+    let file = (accepted.takes("vcf") && size <= accepted.max_bytes).then(|| SpooledFile {
+        label,
+        path: spooled,
+        content_type: "text/vcard".into(),
+        name: media_type::file_name("text/vcard", sid, index, "vcf"),
+        size,
+        media_url: url.to_owned(),
+    });
+    Prepared::Card {
+        summary,
+        file,
+        media_url: url.to_owned(),
+    }
+}
+
+async fn convert(
+    media: &MediaRelay,
+    input: &TempPath,
+    conversion: Conversion,
+) -> Result<(TempPath, u64), String> {
+    let max = media.settings.accepted.max_bytes;
+    match media.converter.convert(input, conversion, max).await {
+        Ok(path) => {
+            let size = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+            metrics::counter!("waconnect_relay_media_converted_total", "to" => conversion.extension).increment(1);
+            Ok((path, size))
+        }
+        Err(e) => {
+            metrics::counter!("waconnect_relay_media_conversion_failures_total").increment(1);
+            tracing::warn!(error = %e, to = conversion.extension, "media conversion failed");
+            Err(match e {
+                ConvertError::Unavailable => format!(
+                    "this chat does not accept it and it could not be converted to .{} (no converter installed)",
+                    conversion.extension
+                ),
+                e => format!(
+                    "this chat does not accept it and converting it to .{} failed ({e})",
+                    conversion.extension
+                ),
+            })
+        }
+    }
+}
+
+/// Streams the file at `url` into a spool file; its size.
+async fn fetch(
+    media: &MediaRelay,
+    account: &TwilioAccount,
+    url: &str,
+) -> Result<(TempPath, u64), FetchError> {
+    let passing = |e: &dyn std::fmt::Display| FetchError::Passing(e.to_string());
+    let work = async {
+        let mut response = media
+            .http
+            .get(url)
+            .basic_auth(&account.username, Some(account.password.expose()))
+            .send()
+            .await
+            .map_err(|e| passing(&e))?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(FetchError::Passing(format!("Twilio answered {status}")));
+        }
+        if matches!(status.as_u16(), 401 | 403) {
+            // Credentials are wrong for every file: worth retrying once they are fixed.
+            return Err(FetchError::Passing(format!(
+                "Twilio refused the relay's credentials ({status})"
+            )));
+        }
+        if !status.is_success() {
+            return Err(FetchError::Final(format!(
+                "it could not be fetched from Twilio ({status})"
+            )));
+        }
+        if let Some(len) = response.content_length()
+            && len > MAX_FETCH_BYTES
+        {
+            return Err(FetchError::Final(format!(
+                "it is larger than any chat allows ({})",
+                human_size(len)
+            )));
+        }
+        let spool = tempfile::Builder::new()
+            .prefix("waconnect-media-")
+            .tempfile_in(&media.settings.spool_dir)
+            .map_err(|e| passing(&e))?;
+        let (file, path) = spool.into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut size: u64 = 0;
+        while let Some(chunk) = response.chunk().await.map_err(|e| passing(&e))? {
+            size += chunk.len() as u64;
+            if size > MAX_FETCH_BYTES {
+                return Err(FetchError::Final(format!(
+                    "it is larger than any chat allows (over {})",
+                    human_size(MAX_FETCH_BYTES)
+                )));
+            }
+            file.write_all(&chunk).await.map_err(|e| passing(&e))?;
+        }
+        file.flush().await.map_err(|e| passing(&e))?;
+        if size == 0 {
+            return Err(FetchError::Final("Twilio gave an empty file".into()));
+        }
+        Ok((path, size))
+    };
+    tokio::time::timeout(media.settings.transfer_timeout, work)
+        .await
+        .map_err(|_| {
+            FetchError::Passing(format!(
+                "fetching took longer than {:?}",
+                media.settings.transfer_timeout
+            ))
+        })?
+}
+
+/// What became of an attachment.
+pub enum Attached {
+    Done,
+    /// Connect refused it for good: the agent gets this notice instead.
+    Refused(String),
+}
+
+/// Attaches `file` (file `index` of message `sid`) to the chat of `connection_token`.
+/// Connect's own refusals (type, size, 35 per chat) come back as a notice; anything else
+/// is an error to retry, with the same ClientTokens.
+pub async fn attach(
+    api: &ConnectApi,
+    media: &MediaRelay,
+    connection_token: &str,
+    tokens: (&str, &str),
+    file: &SpooledFile,
+) -> Result<Attached, ConnectError> {
+    let (start_token, complete_token) = tokens;
+    let label = &file.label;
+    let described = AttachmentFile {
+        content_type: &file.content_type,
+        name: &file.name,
+        size: file.size,
+    };
+    let upload = match api
+        .start_attachment_upload(connection_token, &described, start_token)
+        .await
+    {
+        Ok(u) => u,
+        Err(e) if e.code == "ServiceQuotaExceededException" => {
+            return Ok(Attached::Refused(notice(
+                label,
+                &format!(
+                    "the chat already holds the most attachments Amazon Connect allows ({MAX_PER_CHAT})"
+                ),
+            )));
+        }
+        Err(e) if e.kind == ErrorKind::Invalid => {
+            return Ok(Attached::Refused(notice(
+                label,
+                &format!("Amazon Connect refused it ({})", e.message),
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    put(media, &upload, file).await?;
+    // Connect may still be taking the upload in: ConflictException, briefly.
+    let mut wait = Duration::from_millis(200);
+    for attempt in 1.. {
+        match api
+            .complete_attachment_upload(connection_token, &upload.attachment_id, complete_token)
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if e.code == "ConflictException" && attempt < 5 => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Attached::Done)
+}
+
+/// PUTs the file's bytes to the upload URL with exactly the headers Connect named (S3
+/// refuses any difference), streamed from the spool.
+async fn put(media: &MediaRelay, upload: &Upload, file: &SpooledFile) -> Result<(), ConnectError> {
+    let failed = |kind: ErrorKind, message: String| ConnectError {
+        operation: "UploadAttachment",
+        kind,
+        code: "upload".into(),
+        message,
+    };
+    let opened = tokio::fs::File::open(&file.path)
+        .await
+        .map_err(|e| failed(ErrorKind::Other, format!("the spooled file is gone: {e}")))?;
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+        opened,
+        64 * 1024,
+    ));
+    let mut request = media
+        .http
+        .put(&upload.url)
+        .header(reqwest::header::CONTENT_LENGTH, file.size)
+        .body(body);
+    for (name, value) in &upload.headers {
+        // Content-Length is the file's, whatever the map says.
+        if !name.eq_ignore_ascii_case("content-length") {
+            request = request.header(name, value);
+        }
+    }
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(media.settings.transfer_timeout, request.send())
+        .await
+        .map_err(|_| failed(ErrorKind::Network, "the upload timed out".into()))?
+        .map_err(|e| failed(ErrorKind::Network, e.to_string()))?;
+    metrics::histogram!("waconnect_relay_media_upload_seconds")
+        .record(started.elapsed().as_secs_f64());
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let said: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    // A 403 is a signature that does not match (a header we sent differs) or an expired
+    // URL: the next delivery starts the upload again.
+    let kind = if status.is_server_error() {
+        ErrorKind::Server
+    } else {
+        ErrorKind::Other
+    };
+    Err(failed(
+        kind,
+        format!("the upload URL answered {status}: {said}"),
+    ))
+}
+
+/// Deletes Twilio's copy of a file once it is in the chat, if the operator asked. Best
+/// effort: a copy left behind is only what Twilio keeps by default.
+pub async fn forget_at_twilio(media: &MediaRelay, media_url: &str) {
+    let (true, Some(account)) = (media.settings.delete_from_twilio, &media.settings.twilio) else {
+        return;
+    };
+    let result = media
+        .http
+        .delete(format!("{media_url}.json"))
+        .basic_auth(&account.username, Some(account.password.expose()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    match result {
+        Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => {
+            metrics::counter!("waconnect_relay_media_deleted_total").increment(1);
+        }
+        Ok(r) => tracing::warn!(status = %r.status(), "Twilio did not delete a media file"),
+        Err(e) => tracing::warn!(error = %e, "Twilio did not delete a media file"),
+    }
+}
+
+/// The notice an agent reads for a file that cannot be shown.
+pub fn notice(what: &str, why: &str) -> String {
+    format!(
+        "[waconnect notice - not from the customer] The customer sent {what}, which cannot be shown in this chat: {why}."
+    )
+}
+
+/// 1.5 MB, 20 MB, 512 KB.
+pub fn human_size(bytes: u64) -> String {
+    const MB: f64 = 1024.0 * 1024.0;
+    let b = bytes as f64;
+    if b >= MB {
+        format!("{:.1} MB", b / MB).replace(".0 MB", " MB")
+    } else {
+        format!("{} KB", bytes.div_ceil(1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(20 * 1024 * 1024), "20 MB");
+        assert_eq!(human_size(25 * 1024 * 1024 + 100 * 1024), "25.1 MB");
+        assert_eq!(human_size(1000), "1 KB");
+    }
+
+    #[test]
+    fn jpeg_allows_jpg() {
+        let accepted = Accepted {
+            extensions: ["jpeg".to_owned()].into(),
+            max_bytes: 1,
+        };
+        assert!(accepted.takes("jpg") && !accepted.takes("png"));
+    }
+}

@@ -1,0 +1,348 @@
+//! Customers' files reach the agent (DESIGN.md §9) over the full loop of real processes:
+//! fetched from Twilio with the account's credentials, converted where Connect refuses
+//! the type, attached once, in order with the text around them; what cannot be attached
+//! reaches the agent as a notice that says why.
+
+use std::process::Command;
+use std::time::Duration;
+use waconnect_tests::connect_sim::{DeskClient, Item, SimOptions};
+use waconnect_tests::full_loop::{FullLoop, LoopOptions};
+use waconnect_tests::processes::spawn;
+use waconnect_tests::twilio_sim::{CustomerMessage, Location, Media, PhoneClient};
+use waconnect_tests::{customer, wait};
+
+/// A file made by ffmpeg from a test pattern, as a phone would record it.
+fn made_by_ffmpeg(input: &[&str], output: &[&str], extension: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("fixture.{extension}"));
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(input)
+        .args(output)
+        .arg(&path)
+        .status()
+        .expect("ffmpeg is installed (tests/run installs it)");
+    assert!(status.success(), "ffmpeg made no {extension}");
+    std::fs::read(path).unwrap()
+}
+
+fn photo() -> Vec<u8> {
+    made_by_ffmpeg(
+        &["-f", "lavfi", "-i", "testsrc=size=160x120:rate=1"],
+        &["-frames:v", "1"],
+        "jpg",
+    )
+}
+
+fn voice_note() -> Vec<u8> {
+    made_by_ffmpeg(
+        &["-f", "lavfi", "-i", "sine=frequency=440:duration=1"],
+        &["-c:a", "libopus", "-b:a", "16k"],
+        "ogg",
+    )
+}
+
+fn sticker() -> Vec<u8> {
+    made_by_ffmpeg(
+        &["-f", "lavfi", "-i", "testsrc=size=128x128:rate=1"],
+        &["-frames:v", "1", "-c:v", "libwebp"],
+        "webp",
+    )
+}
+
+/// A small, valid PDF.
+fn pdf(padding: usize) -> Vec<u8> {
+    let mut bytes = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n".to_vec();
+    bytes.extend(std::iter::repeat_n(b'%', padding));
+    bytes.extend(b"\n%%EOF\n");
+    bytes
+}
+
+const CARD: &str =
+    "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Ana Silva\r\nTEL;TYPE=CELL:+44 20 7946 0000\r\nEND:VCARD\r\n";
+
+async fn send(phone: &PhoneClient, message: CustomerMessage) {
+    let (_, status) = wait::until(
+        "ingress to take the webhook",
+        Duration::from_secs(30),
+        || async {
+            let (sid, status) = phone.send(&message).await.ok()?;
+            (status == 200).then_some((sid, status))
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+async fn file(phone: &PhoneClient, from: &str, bytes: Vec<u8>, content_type: &str, caption: &str) {
+    wait::until(
+        "ingress to take the webhook",
+        Duration::from_secs(30),
+        || async {
+            let (_, status) = phone
+                .send_file(from, bytes.clone(), content_type, caption)
+                .await
+                .ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn text(phone: &PhoneClient, from: &str, body: &str) {
+    send(
+        phone,
+        CustomerMessage {
+            from: from.to_owned(),
+            body: body.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+/// The customer's items in the chat as the agent reads them: a text, or `file:<name>`.
+async fn customer_items(desk: &DeskClient, contact: &str) -> Vec<String> {
+    desk.transcript(contact)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i: &Item| i.participant_role.as_deref() == Some("CUSTOMER"))
+        .filter_map(|i| match i.kind.as_str() {
+            "MESSAGE" => i.content,
+            "ATTACHMENT" => Some(format!("file:{}", i.attachments[0].attachment_name)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The customer's chat, once it has `n` items from them.
+async fn chat_with(desk: &DeskClient, number: &str, n: usize) -> (String, Vec<String>) {
+    let number = number.trim_start_matches("whatsapp:").to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        let chats = desk.chats(None).await.unwrap_or_default();
+        if let Some(chat) = chats
+            .iter()
+            .find(|s| s.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(&number))
+        {
+            seen = customer_items(desk, &chat.contact_id).await;
+            if seen.len() >= n {
+                return (chat.contact_id.clone(), seen);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{n} items from the customer never arrived; the agent has {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_files_reach_the_agent_converted_and_in_order() {
+    let lp = FullLoop::start(LoopOptions {
+        // Twilio's copies go once they are in the chat.
+        relay_vars: vec![("WACONNECT_TWILIO_DELETE_MEDIA", "true".into())],
+        ..LoopOptions::default()
+    })
+    .await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let ana = customer(1);
+    let from = ana.as_str();
+    let (photo, pdf) = (photo(), pdf(10_000));
+    text(&phone, from, "hello").await;
+    file(&phone, from, photo.clone(), "image/jpeg", "it broke").await;
+    file(&phone, from, voice_note(), "audio/ogg; codecs=opus", "").await;
+    file(&phone, from, sticker(), "image/webp", "").await;
+    file(&phone, from, pdf.clone(), "application/pdf", "the invoice").await;
+    file(&phone, from, CARD.as_bytes().to_vec(), "text/vcard", "").await;
+    send(
+        &phone,
+        CustomerMessage {
+            from: from.to_owned(),
+            location: Some(Location {
+                latitude: 51.5,
+                longitude: -0.12,
+                label: Some("Office".into()),
+                address: Some("1 Main St".into()),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    text(&phone, from, "bye").await;
+    let (contact, items) = chat_with(&desk, from, 10).await;
+    let names: Vec<String> = items
+        .iter()
+        .map(|i| {
+            // File names carry the message's SID: compare what kind they are.
+            match i.strip_prefix("file:whatsapp-") {
+                Some(name) => format!(
+                    "file:{}.{}",
+                    name.rsplit_once('-').map_or(name, |(kind, _)| kind),
+                    name.rsplit('.').next().unwrap()
+                ),
+                None => i.clone(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "hello",
+            "file:photo.jpg",
+            "it broke",
+            "file:voice-note.wav",
+            "file:sticker.png",
+            "file:document.pdf",
+            "the invoice",
+            "Contact card: Ana Silva\nphone: +44 20 7946 0000",
+            "Location: Office, 1 Main St\nhttps://www.google.com/maps/search/?api=1&query=51.5,-0.12",
+            "bye",
+        ]
+        .map(str::to_owned),
+        "{items:?}"
+    );
+    let files = desk.customer_files(&contact).await.unwrap();
+    assert_eq!(files.len(), 4);
+    assert_eq!(files[0].1, photo, "the photo arrives as sent");
+    assert_eq!(files[0].0.content_type, "image/jpeg");
+    assert!(files[1].1.starts_with(b"RIFF"), "the voice note is a WAV");
+    assert_eq!(files[1].0.content_type, "audio/wav");
+    assert!(files[2].1.starts_with(b"\x89PNG"), "the sticker is a PNG");
+    assert_eq!(files[3].1, pdf);
+    // Twilio's copies were deleted once attached.
+    wait::until(
+        "Twilio's copies deleted",
+        Duration::from_secs(10),
+        || async {
+            let left = reqwest::get(format!("{}/sim/stats", lp.twilio.api_base()))
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()?;
+            (left["media"] == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_attached_reaches_the_agent_as_a_notice() {
+    let lp = FullLoop::start(LoopOptions {
+        // The instance takes no PDFs, though the relay is not told so.
+        connect: SimOptions {
+            attachment_extensions: vec!["jpg".into(), "png".into(), "wav".into()],
+            ..SimOptions::default()
+        },
+        relay_vars: vec![
+            ("WACONNECT_CONNECT_ATTACHMENT_MAX_MB", "1".into()),
+            ("WACONNECT_FFMPEG", "off".into()),
+        ],
+        ..LoopOptions::default()
+    })
+    .await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let from = customer(2);
+    let from = from.as_str();
+    text(&phone, from, "hello").await;
+    file(&phone, from, pdf(10), "application/pdf", "").await;
+    file(&phone, from, pdf(2 << 20), "application/pdf", "").await;
+    file(&phone, from, voice_note(), "audio/ogg", "").await;
+    file(&phone, from, b"PK\x03\x04".to_vec(), "application/zip", "").await;
+    // A file Twilio no longer has.
+    send(
+        &phone,
+        CustomerMessage {
+            from: from.to_owned(),
+            media: vec![Media {
+                url: format!(
+                    "{}/2010-04-01/Accounts/{}/Messages/MMgone/Media/MEgone",
+                    lp.twilio.api_base(),
+                    lp.twilio.options().account_sid
+                ),
+                content_type: "image/jpeg".into(),
+                sid: None,
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    text(&phone, from, "bye").await;
+    let (_, items) = chat_with(&desk, from, 7).await;
+    let notice = |i: usize| {
+        assert!(
+            items[i].starts_with("[waconnect notice - not from the customer] The customer sent"),
+            "{}",
+            items[i]
+        );
+        items[i].as_str()
+    };
+    assert_eq!(items[0], "hello");
+    assert!(
+        notice(1).contains("Amazon Connect refused it"),
+        "{}",
+        items[1]
+    );
+    assert!(
+        notice(2).contains("larger than the chat allows (2 MB; the limit is 1 MB)"),
+        "{}",
+        items[2]
+    );
+    assert!(
+        notice(3).contains("a voice note (audio/ogg)") && items[3].contains("no converter"),
+        "{}",
+        items[3]
+    );
+    assert!(
+        notice(4).contains("does not accept application/zip"),
+        "{}",
+        items[4]
+    );
+    assert!(
+        notice(5).contains("could not be fetched from Twilio (404"),
+        "{}",
+        items[5]
+    );
+    assert_eq!(items[6], "bye");
+    assert_eq!(items.len(), 7, "{items:?}");
+}
+
+/// A relay killed while it attaches a file: the next delivery (to the restarted relay)
+/// attaches it once, with the caption after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_transfer_attaches_the_file_once() {
+    let mut lp = FullLoop::start(LoopOptions {
+        relay_vars: vec![("WACONNECT_RELAY_VISIBILITY", "3s".into())],
+        ..LoopOptions::default()
+    })
+    .await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let from = customer(3);
+    let from = from.as_str();
+    text(&phone, from, "hello").await;
+    chat_with(&desk, from, 1).await;
+    // Every Connect call now takes 400 ms: the kill lands inside the upload.
+    desk.delay(400).await.unwrap();
+    let photo = photo();
+    file(&phone, from, photo.clone(), "image/jpeg", "see").await;
+    wait::until("the upload to start", Duration::from_secs(20), || async {
+        (desk.stats().await.ok()?.calls_to("StartAttachmentUpload") > 0).then_some(())
+    })
+    .await;
+    lp.relay.start_kill().unwrap();
+    lp.relay.wait().await.unwrap();
+    desk.clear_faults().await.unwrap();
+    lp.relay = spawn("relay-worker", &lp.relay_vars);
+    let (contact, items) = chat_with(&desk, from, 3).await;
+    // Late doubles would show now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let items_after = customer_items(&desk, &contact).await;
+    assert_eq!(items_after, items);
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(items[1].starts_with("file:whatsapp-photo-"), "{items:?}");
+    assert_eq!(items[2], "see");
+    let files = desk.customer_files(&contact).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].1, photo);
+}
