@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::backend::{Backend, BackendError, QueuesReady};
 use waconnect_shared::config::{IngressConfig, SignatureCheck};
+use waconnect_shared::media::directory::DirectoryStore;
 use waconnect_shared::ops;
 use waconnect_shared::queue::{Queue, depth};
 
@@ -34,18 +35,24 @@ pub async fn run(
 ) -> Result<(), IngressError> {
     let backend = Backend::open(&config.common).await?;
     let inbound = backend.inbound().await?;
-    serve(config, inbound, listener, shutdown).await
+    // On one box ingress, the public endpoint, also serves the agent's files to Twilio.
+    let media = backend.media_directory().await?;
+    serve(config, inbound, media, listener, shutdown).await
 }
 
 /// Serves with an already-open inbound queue until `shutdown`; in-flight requests finish.
 pub async fn serve(
     config: IngressConfig,
     inbound: Arc<dyn Queue>,
+    media: Option<DirectoryStore>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), IngressError> {
     // Built first: it installs the metrics recorder that the gauge below needs.
-    let app = router(&config, inbound.clone());
+    let mut app = router(&config, inbound.clone());
+    if let Some(media) = media {
+        app = app.merge(waconnect_shared::media::directory::router(media));
+    }
     let insecure = config.signature == SignatureCheck::InsecureSkip;
     if insecure {
         warn_insecure();

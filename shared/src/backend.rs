@@ -1,10 +1,15 @@
 //! Opens the engines the configuration names.
 
 use crate::aws::CallCounter;
-use crate::config::{AwsStorageConfig, CommonConfig, QueuesConfig, RetentionConfig, StorageConfig};
+use crate::config::{
+    AwsStorageConfig, CommonConfig, EmbeddedConfig, QueuesConfig, RetentionConfig, StorageConfig,
+};
 use crate::delivery::dynamodb::DynamoLedger;
 use crate::delivery::sqlite::SqliteLedger;
 use crate::delivery::{DeliveryLedger, LedgerError};
+use crate::media::directory::DirectoryStore;
+use crate::media::s3::S3Store;
+use crate::media::{MediaError, MediaStore};
 use crate::ops::Readiness;
 use crate::queue::failures::FailureLog;
 use crate::queue::sqlite::SqliteQueue;
@@ -33,6 +38,8 @@ pub enum BackendError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Roster(#[from] RosterError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
 }
 
 /// The storage a process uses.
@@ -41,6 +48,8 @@ pub struct Backend {
     engine: Engine,
     queues: QueuesConfig,
     retention: RetentionConfig,
+    /// The embedded engine's media directory and how its URLs are made.
+    embedded_media: Option<EmbeddedConfig>,
 }
 
 #[derive(Clone)]
@@ -53,27 +62,34 @@ enum Engine {
 #[derive(Clone)]
 struct AwsEngines {
     sqs: aws_sdk_sqs::Client,
+    s3: aws_sdk_s3::Client,
     table: Table,
     config: AwsStorageConfig,
 }
 
 impl Backend {
     pub async fn open(common: &CommonConfig) -> Result<Self, BackendError> {
-        let engine = match &common.storage {
-            StorageConfig::Embedded(embedded) => Engine::Embedded(Db::open(embedded).await?),
+        let (engine, embedded_media) = match &common.storage {
+            StorageConfig::Embedded(embedded) => (
+                Engine::Embedded(Db::open(embedded).await?),
+                Some(embedded.clone()),
+            ),
             StorageConfig::Aws(config) => {
-                let (sqs, dynamodb) = aws_clients(config).await;
-                Engine::Aws(Box::new(AwsEngines {
+                let (sqs, dynamodb, s3) = aws_clients(config).await;
+                let engines = AwsEngines {
                     sqs,
+                    s3,
                     table: Table::new(dynamodb, &config.table),
                     config: config.clone(),
-                }))
+                };
+                (Engine::Aws(Box::new(engines)), None)
             }
         };
         Ok(Self {
             engine,
             queues: common.queues.clone(),
             retention: common.retention,
+            embedded_media,
         })
     }
 
@@ -125,6 +141,34 @@ impl Backend {
         })
     }
 
+    /// The media store, or `None` on AWS without a bucket configured.
+    pub async fn media(&self) -> Result<Option<Arc<dyn MediaStore>>, BackendError> {
+        if let Some(directory) = self.media_directory().await? {
+            return Ok(Some(Arc::new(directory)));
+        }
+        Ok(match &self.engine {
+            Engine::Aws(aws) => aws.config.media_bucket.as_ref().map(|bucket| {
+                Arc::new(S3Store::new(aws.s3.clone(), bucket.clone())) as Arc<dyn MediaStore>
+            }),
+            Engine::Embedded(_) => None,
+        })
+    }
+
+    /// The embedded engine's media directory, which ingress serves; `None` on AWS.
+    pub async fn media_directory(&self) -> Result<Option<DirectoryStore>, BackendError> {
+        let Some(e) = &self.embedded_media else {
+            return Ok(None);
+        };
+        Ok(Some(
+            DirectoryStore::open(
+                e.media_dir.clone(),
+                e.media_signing_key.clone(),
+                e.public_base_url.clone(),
+            )
+            .await?,
+        ))
+    }
+
     pub async fn store(&self) -> Result<Arc<dyn ConversationStore>, BackendError> {
         Ok(match &self.engine {
             Engine::Embedded(db) => Arc::new(SqliteStore::open(db.clone()).await?),
@@ -137,7 +181,11 @@ impl Backend {
 /// one is set, every request bounded by [`AwsStorageConfig::call_timeout`].
 pub async fn aws_clients(
     config: &AwsStorageConfig,
-) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
+) -> (
+    aws_sdk_sqs::Client,
+    aws_sdk_dynamodb::Client,
+    aws_sdk_s3::Client,
+) {
     let sdk = config.aws.load().await;
     let timeouts = crate::aws::timeouts(config.call_timeout);
     let mut sqs = aws_sdk_sqs::config::Builder::from(&sdk)
@@ -146,13 +194,18 @@ pub async fn aws_clients(
     let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk)
         .interceptor(CallCounter)
         .timeout_config(timeouts);
+    // A file's upload takes longer than one queue call: S3 keeps the SDK's own timeouts.
+    let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).interceptor(CallCounter);
     if let Some(endpoint) = &config.endpoint {
         sqs = sqs.endpoint_url(endpoint);
         dynamodb = dynamodb.endpoint_url(endpoint);
+        // A private endpoint (a VPC endpoint, moto) names the bucket in the path.
+        s3 = s3.endpoint_url(endpoint).force_path_style(true);
     }
     (
         aws_sdk_sqs::Client::from_conf(sqs.build()),
         aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
+        aws_sdk_s3::Client::from_conf(s3.build()),
     )
 }
 

@@ -234,6 +234,9 @@ pub struct AwsStorageConfig {
     pub inbound_queue_url: String,
     pub outbound_queue_url: String,
     pub table: String,
+    /// The S3 bucket for the agent's files (`WACONNECT_MEDIA_BUCKET`); without it they
+    /// reach the customer as a notice only.
+    pub media_bucket: Option<String>,
     /// Bound on one SQS or DynamoDB request (each attempt; three attempts at most), so a
     /// stalled call cannot hold a lease renewal or a message past its deadline.
     pub call_timeout: Duration,
@@ -283,6 +286,7 @@ impl AwsStorageConfig {
             inbound_queue_url: inbound_queue_url.unwrap_or_default(),
             outbound_queue_url: outbound_queue_url.unwrap_or_default(),
             table: table.unwrap_or_default(),
+            media_bucket: r.raw("WACONNECT_MEDIA_BUCKET").map(str::to_owned),
             call_timeout: r.duration("WACONNECT_AWS_CALL_TIMEOUT", AWS_CALL_TIMEOUT),
         }
     }
@@ -292,6 +296,12 @@ impl AwsStorageConfig {
 pub struct EmbeddedConfig {
     pub path: PathBuf,
     pub synchronous: Synchronous,
+    /// The agent's files for Twilio, served by ingress (default: `<database>-media`).
+    pub media_dir: PathBuf,
+    /// Signs media URLs; by default a key the media directory keeps.
+    pub media_signing_key: Option<crate::Secret>,
+    /// Ingress's public base URL, which media URLs start with.
+    pub public_base_url: Option<String>,
 }
 
 /// SQLite's `synchronous` setting: `Full` makes every acknowledged write survive power
@@ -363,6 +373,8 @@ pub struct RetentionConfig {
     pub ledger: Duration,
     /// Dead letters, from the time they died (the SQS DLQ's own retention on AWS).
     pub dead_letters: Duration,
+    /// The agent's files kept for Twilio (the bucket's lifecycle rule on AWS).
+    pub media: Duration,
 }
 
 impl RetentionConfig {
@@ -378,6 +390,7 @@ impl RetentionConfig {
                 "WACONNECT_RETENTION_DEAD_LETTERS",
                 Duration::from_secs(14 * DAY),
             ),
+            media: r.duration("WACONNECT_RETENTION_MEDIA", Duration::from_secs(2 * DAY)),
         }
     }
 }
@@ -395,13 +408,26 @@ impl CommonConfig {
     pub fn read(r: &mut Reader<'_>) -> Self {
         let backend = r.string("WACONNECT_BACKEND", "embedded");
         let embedded = |r: &mut Reader<'_>| {
+            let path = PathBuf::from(r.string("WACONNECT_SQLITE_PATH", "waconnect.db"));
+            let media_dir = r.raw("WACONNECT_MEDIA_DIR").map_or_else(
+                || {
+                    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                    path.with_file_name(format!("{stem}-media"))
+                },
+                PathBuf::from,
+            );
             StorageConfig::Embedded(EmbeddedConfig {
-                path: PathBuf::from(r.string("WACONNECT_SQLITE_PATH", "waconnect.db")),
                 synchronous: r.optional(
                     "WACONNECT_SQLITE_SYNCHRONOUS",
                     Synchronous::Full,
                     "full or normal",
                 ),
+                media_dir,
+                media_signing_key: r.secret("WACONNECT_MEDIA_SIGNING_KEY"),
+                public_base_url: r
+                    .raw("WACONNECT_PUBLIC_BASE_URL")
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                path,
             })
         };
         let storage = match backend.as_str() {

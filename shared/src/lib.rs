@@ -19,6 +19,7 @@ pub mod conversation;
 pub mod delivery;
 pub mod event;
 pub mod form;
+pub mod media;
 pub mod ops;
 pub mod outbound;
 pub mod queue;

@@ -1,11 +1,12 @@
 //! Deletes what is no longer needed, so nothing — a customer's number above all — is kept
 //! forever: ended conversations once their `ttl` passed, delivery-ledger rows and dead
-//! letters older than their retention. On DynamoDB and SQS the storage expires them itself
+//! letters and the agent's files older than their retention. On DynamoDB and SQS the storage expires them itself
 //! (`ttl`, the queues' retention period) and these calls do nothing; on the embedded
 //! engine this job is what keeps the SQLite file bounded.
 
 use crate::config::RetentionConfig;
 use crate::delivery::DeliveryLedger;
+use crate::media::MediaStore;
 use crate::queue::Queue;
 use crate::store::ConversationStore;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub struct Retained {
     pub store: Arc<dyn ConversationStore>,
     pub ledger: Arc<dyn DeliveryLedger>,
     pub queues: Vec<Arc<dyn Queue>>,
+    pub media: Option<Arc<dyn MediaStore>>,
 }
 
 /// How much one pass deleted.
@@ -29,6 +31,7 @@ pub struct Pruned {
     pub conversations: u64,
     pub ledger: u64,
     pub dead_letters: u64,
+    pub media: u64,
 }
 
 impl Retained {
@@ -54,10 +57,17 @@ impl Retained {
                 }
             }
         }
+        if let Some(media) = &self.media {
+            match media.prune(ago(retention.media)).await {
+                Ok(n) => pruned.media = n,
+                Err(e) => tracing::warn!(error = %e, "cannot prune the media store"),
+            }
+        }
         for (kind, n) in [
             ("conversations", pruned.conversations),
             ("ledger", pruned.ledger),
             ("dead_letters", pruned.dead_letters),
+            ("media", pruned.media),
         ] {
             if n > 0 {
                 metrics::counter!("waconnect_retention_pruned_total", "kind" => kind).increment(n);
@@ -68,6 +78,7 @@ impl Retained {
                 conversations = pruned.conversations,
                 ledger = pruned.ledger,
                 dead_letters = pruned.dead_letters,
+                media = pruned.media,
                 "expired data deleted"
             );
         }
@@ -99,6 +110,7 @@ mod tests {
     use crate::config::Synchronous;
     use crate::conversation::Conversation;
     use crate::delivery::sqlite::SqliteLedger;
+    use crate::media::MediaStore;
     use crate::queue::sqlite::SqliteQueue;
     use crate::queue::{Limits, NewMessage};
     use crate::sqlite::Db;
@@ -113,8 +125,8 @@ mod tests {
         with("") + with("-wal")
     }
 
-    /// A soak of the embedded engine: round after round of chats that end, sent parts
-    /// and dead letters, with everything expiring at once. Pruned, the file stops growing
+    /// A soak of the embedded engine: round after round of chats that end, sent parts,
+    /// dead letters and the agent's files, with everything expiring at once. Pruned, the file stops growing
     /// after the first round; unpruned, it would grow by a round's worth each time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sqlite_file_stays_bounded_when_everything_expires() {
@@ -126,15 +138,25 @@ mod tests {
         let store = Arc::new(SqliteStore::open(db.clone()).await.unwrap());
         let ledger = Arc::new(SqliteLedger::open(db.clone()).await.unwrap());
         let queue = Arc::new(SqliteQueue::open(db, "q", Limits::both(5)).await.unwrap());
+        let media_dir = dir.path().join("media");
+        let media = Arc::new(
+            crate::media::directory::DirectoryStore::open(media_dir.clone(), None, None)
+                .await
+                .unwrap(),
+        );
+        let sample = dir.path().join("sample.pdf");
+        std::fs::write(&sample, vec![b'%'; 4096]).unwrap();
         let retained = Retained {
             store: store.clone(),
             ledger: ledger.clone(),
             queues: vec![queue.clone()],
+            media: Some(media.clone()),
         };
         let everything_expires = RetentionConfig {
             conversations: Duration::ZERO,
             ledger: Duration::ZERO,
             dead_letters: Duration::ZERO,
+            media: Duration::ZERO,
         };
         let mut sizes = Vec::new();
         for round in 0..ROUNDS {
@@ -147,6 +169,14 @@ mod tests {
                 c.ttl = Some(chrono::Utc::now().timestamp() - 1);
                 store.insert(&c).await.unwrap();
                 ledger.sent(&format!("item-{n}#0"), "SM0000").await.unwrap();
+                let meta = crate::media::FileMeta {
+                    content_type: "application/pdf".into(),
+                    file_name: "invoice.pdf".into(),
+                };
+                media
+                    .put(&format!("file-{n}.pdf"), &sample, &meta)
+                    .await
+                    .unwrap();
                 queue
                     .send(NewMessage {
                         group_id: customer.as_str().to_owned(),
@@ -176,9 +206,12 @@ mod tests {
                     conversations: PER_ROUND as u64,
                     ledger: PER_ROUND as u64,
                     dead_letters: PER_ROUND as u64,
+                    media: PER_ROUND as u64,
                 },
                 "round {round}"
             );
+            // Only the signing key is left in the media directory.
+            assert_eq!(std::fs::read_dir(&media_dir).unwrap().count(), 1);
             sizes.push(file_size(&path));
         }
         let (first, last) = (sizes[0], *sizes.last().unwrap());

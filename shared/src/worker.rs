@@ -5,6 +5,7 @@
 use crate::backend::{Backend, BackendError, QueuesReady};
 use crate::config::WorkerConfig;
 use crate::delivery::DeliveryLedger;
+use crate::media::MediaStore;
 use crate::ops::{self, Health, Readiness};
 use crate::queue::{Queue, depth};
 use crate::retention::Retained;
@@ -73,6 +74,8 @@ pub struct WorkerBackends {
     pub store: Arc<dyn ConversationStore>,
     pub ledger: Arc<dyn DeliveryLedger>,
     pub roster: Arc<dyn Roster>,
+    /// The agent's files for Twilio; `None` on AWS without a bucket.
+    pub media: Option<Arc<dyn MediaStore>>,
 }
 
 impl WorkerBackends {
@@ -84,6 +87,7 @@ impl WorkerBackends {
             store: backend.store().await?,
             ledger: backend.ledger().await?,
             roster: backend.roster().await?,
+            media: backend.media().await?,
         })
     }
 
@@ -112,6 +116,7 @@ pub async fn serve_ops(
         store: backends.store.clone(),
         ledger: backends.ledger.clone(),
         queues: backends.queues(),
+        media: backends.media.clone(),
     }
     .spawn(config.common.retention, shutdown.child_token());
     tracing::info!(service = name, address = %listener.local_addr()?, "operations endpoints listening");

@@ -247,6 +247,7 @@ async fn ingress_without_queue() -> (String, CancellationToken) {
     tokio::spawn(waconnect_ingress::serve(
         config,
         Arc::new(Discard),
+        None,
         listener,
         shutdown.clone(),
     ));

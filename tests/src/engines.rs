@@ -8,6 +8,7 @@ use waconnect_shared::config::Synchronous;
 use waconnect_shared::delivery::DeliveryLedger;
 use waconnect_shared::delivery::dynamodb::DynamoLedger;
 use waconnect_shared::delivery::sqlite::SqliteLedger;
+use waconnect_shared::media::MediaStore;
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{Limits, Queue};
 use waconnect_shared::roster::Roster;
@@ -82,6 +83,24 @@ pub trait LedgerEngine: Send + Sync {
 }
 
 #[async_trait]
+pub trait MediaEngine: Send + Sync {
+    /// A media store whose URLs this process can fetch (the embedded engine's served the
+    /// way ingress serves them).
+    async fn media(&self) -> Arc<dyn MediaStore>;
+
+    /// Whether the engine's storage expires files by itself (S3's lifecycle rule).
+    fn expires_itself(&self) -> bool {
+        false
+    }
+
+    /// Whether what serves the URLs checks their signature and expiry. S3 does; moto
+    /// serves any presigned URL of an object, so there those cases prove nothing.
+    fn checks_urls(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
 pub trait RosterEngine: Send + Sync {
     /// Two handles on a new, empty roster, each over its own connection.
     async fn rosters(&self) -> (Arc<dyn Roster>, Arc<dyn Roster>);
@@ -144,6 +163,21 @@ impl LedgerEngine for SqliteEngine {
     }
 }
 
+#[async_trait]
+impl MediaEngine for SqliteEngine {
+    async fn media(&self) -> Arc<dyn MediaStore> {
+        use waconnect_shared::media::directory::{DirectoryStore, router};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let store = DirectoryStore::open(self.dir.path().join("media"), None, Some(base))
+            .await
+            .unwrap();
+        let app = router(store.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Arc::new(store)
+    }
+}
+
 /// How long the contract suites' DynamoDB ledgers keep entries.
 const LEDGER_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -167,6 +201,26 @@ impl RosterEngine for AwsEngine {
             Arc::new(DynamoRoster::new(table(a))),
             Arc::new(DynamoRoster::new(table(b))),
         )
+    }
+}
+
+#[async_trait]
+impl MediaEngine for AwsEngine {
+    async fn media(&self) -> Arc<dyn MediaStore> {
+        let bucket = self.moto.bucket(&format!("m-{}", unique_suffix())).await;
+        let (_, _, s3) = waconnect_shared::backend::aws_clients(&crate::moto::Moto::storage_at(
+            &self.moto.endpoint,
+        ))
+        .await;
+        Arc::new(waconnect_shared::media::s3::S3Store::new(s3, bucket))
+    }
+
+    fn expires_itself(&self) -> bool {
+        true
+    }
+
+    fn checks_urls(&self) -> bool {
+        false
     }
 }
 

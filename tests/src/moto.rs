@@ -100,14 +100,33 @@ impl Moto {
             ("WACONNECT_INBOUND_QUEUE_URL", &storage.inbound_queue_url),
             ("WACONNECT_OUTBOUND_QUEUE_URL", &storage.outbound_queue_url),
             ("WACONNECT_TABLE", &storage.table),
+            (
+                "WACONNECT_MEDIA_BUCKET",
+                storage.media_bucket.as_deref().unwrap_or_default(),
+            ),
         ]
         .into_iter()
+        .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
     }
 
     pub async fn clients(&self) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
-        waconnect_shared::backend::aws_clients(&Self::storage_at(&self.endpoint)).await
+        let (sqs, dynamodb, _) =
+            waconnect_shared::backend::aws_clients(&Self::storage_at(&self.endpoint)).await;
+        (sqs, dynamodb)
+    }
+
+    /// A new S3 bucket `name` (for the agent's files).
+    pub async fn bucket(&self, name: &str) -> String {
+        let (_, _, s3) =
+            waconnect_shared::backend::aws_clients(&Self::storage_at(&self.endpoint)).await;
+        s3.create_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .expect("create the bucket");
+        name.to_owned()
     }
 
     /// Settings for reaching a moto server at `endpoint` (another process's).
@@ -118,6 +137,7 @@ impl Moto {
             inbound_queue_url: String::new(),
             outbound_queue_url: String::new(),
             table: String::new(),
+            media_bucket: None,
             call_timeout: waconnect_shared::config::AWS_CALL_TIMEOUT,
         }
     }
@@ -226,7 +246,11 @@ impl Moto {
             .queue(&format!("{prefix}-outbound"), max_receives)
             .await;
         let table = self.table(&format!("{prefix}-table")).await;
-        self.storage(inbound, outbound, table)
+        let bucket = self.bucket(&format!("{prefix}-media").to_lowercase()).await;
+        AwsStorageConfig {
+            media_bucket: Some(bucket),
+            ..self.storage(inbound, outbound, table)
+        }
     }
 }
 

@@ -27,7 +27,7 @@ async fn calls_to_a_stalled_endpoint_give_up_within_the_call_timeout() {
         call_timeout: Duration::from_millis(300),
         ..Moto::storage_at(&endpoint)
     };
-    let (sqs, dynamodb) = waconnect_shared::backend::aws_clients(&config).await;
+    let (sqs, dynamodb, _) = waconnect_shared::backend::aws_clients(&config).await;
     let store = DynamoStore::new(Table::new(dynamodb, "conversations"));
     let started = Instant::now();
     let read = store.get(&customer(1)).await;

@@ -1,4 +1,4 @@
-//! The queue, store, delivery-ledger and roster contracts against the AWS engines (SQS FIFO, DynamoDB) on moto.
+//! The queue, store, delivery-ledger, roster and media store contracts against the AWS engines (SQS FIFO, DynamoDB) on moto.
 
 use waconnect_tests::engines::AwsEngine;
 
@@ -15,6 +15,11 @@ mod store {
 mod ledger {
     use super::*;
     waconnect_tests::ledger_contract_tests!(AwsEngine::new());
+}
+
+mod media {
+    use super::*;
+    waconnect_tests::media_contract_tests!(AwsEngine::new());
 }
 
 mod roster {

@@ -1,4 +1,4 @@
-//! The queue, store, delivery-ledger and roster contracts against the embedded SQLite engine.
+//! The queue, store, delivery-ledger, roster and media store contracts against the embedded SQLite engine.
 
 use waconnect_tests::engines::SqliteEngine;
 
@@ -18,6 +18,11 @@ mod store {
 mod ledger {
     use super::*;
     waconnect_tests::ledger_contract_tests!(SqliteEngine::new());
+}
+
+mod media {
+    use super::*;
+    waconnect_tests::media_contract_tests!(SqliteEngine::new());
 }
 
 mod roster {

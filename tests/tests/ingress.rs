@@ -648,3 +648,59 @@ async fn connections_over_the_limit_are_closed_at_once() {
         .await;
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+/// On one box ingress, the public endpoint, serves the agent's files that the relay put in
+/// the media directory, under the signed paths the sender gives Twilio — and nothing else.
+#[tokio::test]
+async fn serves_the_agents_files_under_signed_paths_only() {
+    use waconnect_shared::media::MediaStore;
+    use waconnect_shared::media::directory::DirectoryStore;
+    let app = spawn_ingress(&[]).await;
+    // The relay's view of the same directory (the default, next to the database).
+    let media = DirectoryStore::open(
+        app.db_path.with_file_name("waconnect-media"),
+        None,
+        Some(PUBLIC.to_owned()),
+    )
+    .await
+    .unwrap();
+    let file = app.db_path.with_file_name("manual.pdf");
+    std::fs::write(&file, b"%PDF-1.4 manual").unwrap();
+    let meta = waconnect_shared::media::FileMeta {
+        content_type: "application/pdf".into(),
+        file_name: "Manual.pdf".into(),
+    };
+    media.put("att-1.pdf", &file, &meta).await.unwrap();
+    let url = media
+        .url("att-1.pdf", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let path = url.strip_prefix(PUBLIC).unwrap();
+    let got = app
+        .http
+        .get(format!("{}{path}", app.local))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        got.headers()["content-disposition"],
+        "inline; filename=\"Manual.pdf\""
+    );
+    assert_eq!(got.bytes().await.unwrap().as_ref(), b"%PDF-1.4 manual");
+    for forged in [
+        path.replace("signature=", "signature=00"),
+        path.replace("att-1.pdf", "att-2.pdf"),
+        "/media/att-1.pdf".to_owned(),
+    ] {
+        let status = app
+            .http
+            .get(format!("{}{forged}", app.local))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_client_error(), "{forged}: {status}");
+    }
+}

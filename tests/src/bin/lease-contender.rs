@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let store: Arc<dyn ConversationStore> = match arg("--dynamodb") {
         Ok(endpoint) => {
             let moto = waconnect_tests::moto::Moto::storage_at(&endpoint);
-            let (_, dynamodb) = waconnect_shared::backend::aws_clients(&moto).await;
+            let (_, dynamodb, _) = waconnect_shared::backend::aws_clients(&moto).await;
             let table = waconnect_shared::table::Table::new(dynamodb, arg("--table")?);
             Arc::new(waconnect_shared::store::dynamodb::DynamoStore::new(table))
         }

@@ -1,10 +1,12 @@
 //! Contract suites: one test per behaviour a queue, store or delivery-ledger engine
 //! promises, written once and run against every engine through
 //! [`queue_contract_tests!`](crate::queue_contract_tests),
-//! [`store_contract_tests!`](crate::store_contract_tests) and
-//! [`ledger_contract_tests!`](crate::ledger_contract_tests).
+//! [`store_contract_tests!`](crate::store_contract_tests),
+//! [`ledger_contract_tests!`](crate::ledger_contract_tests) and
+//! [`media_contract_tests!`](crate::media_contract_tests).
 
 pub mod ledger;
+pub mod media;
 pub mod queue;
 pub mod roster;
 pub mod store;
@@ -72,6 +74,21 @@ macro_rules! ledger_contract_tests {
             many_outcomes_at_once_are_all_kept,
             old_entries_are_pruned,
             a_recorded_sid_is_known_as_owned,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per media store contract case.
+#[macro_export]
+macro_rules! media_contract_tests {
+    ($engine:expr) => {
+        $crate::contract_cases!(media, $engine;
+            a_stored_file_is_served_by_its_url_with_its_type_and_name,
+            a_url_serves_only_its_own_file,
+            a_url_expires,
+            deleted_files_are_gone,
+            keys_that_could_be_paths_are_refused,
+            old_files_are_pruned,
         );
     };
 }

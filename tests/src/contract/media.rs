@@ -1,0 +1,129 @@
+//! The media store contract: a file stored under a key is served by the URLs the store
+//! gives out — with its type, length and name — until they expire, and by nothing else;
+//! storing it again is harmless; deleted or expired files are gone.
+
+use crate::engines::MediaEngine;
+use std::path::PathBuf;
+use std::time::Duration;
+use waconnect_shared::media::{FileMeta, MediaError};
+
+fn sample(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upload");
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+fn pdf() -> FileMeta {
+    FileMeta {
+        content_type: "application/pdf".into(),
+        file_name: "Invoice 42.pdf".into(),
+    }
+}
+
+fn key(n: u32) -> String {
+    format!("att-{}-{n}.pdf", crate::engines::unique_suffix())
+}
+
+pub async fn a_stored_file_is_served_by_its_url_with_its_type_and_name(e: &dyn MediaEngine) {
+    let media = e.media().await;
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (_dir, path) = sample(&bytes);
+    let k = key(1);
+    assert!(!media.exists(&k).await.unwrap());
+    media.put(&k, &path, &pdf()).await.unwrap();
+    assert!(media.exists(&k).await.unwrap());
+    let url = media.url(&k, Duration::from_secs(600)).await.unwrap();
+    let got = reqwest::get(&url).await.unwrap();
+    assert_eq!(got.status(), 200, "{url}");
+    assert_eq!(got.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        got.headers()["content-disposition"],
+        "inline; filename=\"Invoice 42.pdf\""
+    );
+    assert_eq!(got.content_length(), Some(bytes.len() as u64));
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+    // Twilio may look before it fetches.
+    let head = reqwest::Client::new().head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    // Stored again (a redelivered copy): the same file.
+    media.put(&k, &path, &pdf()).await.unwrap();
+    let again = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(again.to_vec(), bytes);
+}
+
+pub async fn a_url_serves_only_its_own_file(e: &dyn MediaEngine) {
+    let media = e.media().await;
+    let (_dir, path) = sample(b"%PDF-1.4 one");
+    let (one, two) = (key(1), key(2));
+    media.put(&one, &path, &pdf()).await.unwrap();
+    media.put(&two, &path, &pdf()).await.unwrap();
+    let url = media.url(&one, Duration::from_secs(600)).await.unwrap();
+    let forged = url.replacen(&one, &two, 1);
+    assert_ne!(forged, url);
+    if !e.checks_urls() {
+        return;
+    }
+    let status = reqwest::get(&forged).await.unwrap().status();
+    assert!(status.is_client_error(), "a forged URL answered {status}");
+}
+
+pub async fn a_url_expires(e: &dyn MediaEngine) {
+    let media = e.media().await;
+    let (_dir, path) = sample(b"%PDF-1.4 short");
+    let k = key(1);
+    media.put(&k, &path, &pdf()).await.unwrap();
+    let url = media.url(&k, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    if !e.checks_urls() {
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let status = reqwest::get(&url).await.unwrap().status();
+    assert!(status.is_client_error(), "an expired URL answered {status}");
+}
+
+pub async fn deleted_files_are_gone(e: &dyn MediaEngine) {
+    let media = e.media().await;
+    let (_dir, path) = sample(b"%PDF-1.4 gone");
+    let k = key(1);
+    media.put(&k, &path, &pdf()).await.unwrap();
+    let url = media.url(&k, Duration::from_secs(600)).await.unwrap();
+    media.delete(&k).await.unwrap();
+    media.delete(&k).await.unwrap();
+    assert!(!media.exists(&k).await.unwrap());
+    let status = reqwest::get(&url).await.unwrap().status();
+    assert!(status.is_client_error(), "a deleted file answered {status}");
+}
+
+pub async fn keys_that_could_be_paths_are_refused(e: &dyn MediaEngine) {
+    let media = e.media().await;
+    let (_dir, path) = sample(b"x");
+    for bad in ["../escape.pdf", "a/b.pdf", ".hidden", ""] {
+        assert!(matches!(
+            media.put(bad, &path, &pdf()).await,
+            Err(MediaError::InvalidKey(_))
+        ));
+        assert!(media.url(bad, Duration::from_secs(60)).await.is_err());
+    }
+}
+
+pub async fn old_files_are_pruned(e: &dyn MediaEngine) {
+    let media = e.media().await;
+    let (_dir, path) = sample(b"%PDF-1.4 old");
+    let (old, new) = (key(1), key(2));
+    media.put(&old, &path, &pdf()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    media.put(&new, &path, &pdf()).await.unwrap();
+    let pruned = media.prune(cut).await.unwrap();
+    if e.expires_itself() {
+        // The bucket's lifecycle rule expires objects; prune has nothing to do.
+        assert_eq!(pruned, 0);
+        return;
+    }
+    assert_eq!(pruned, 1);
+    assert!(!media.exists(&old).await.unwrap());
+    assert!(media.exists(&new).await.unwrap());
+}
