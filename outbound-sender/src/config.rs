@@ -27,6 +27,8 @@ pub struct SenderConfig {
     /// How long a sent part may hold the customer's next one until Twilio has handed it
     /// to WhatsApp (0: do not wait).
     pub confirm_wait: Duration,
+    /// How long the URL Twilio gets for an agent's file works.
+    pub media_url_ttl: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -123,6 +125,7 @@ impl SenderConfig {
             ),
             confirm_wait: r
                 .duration_or_zero("WACONNECT_SENDER_CONFIRM_WAIT", Duration::from_secs(10)),
+            media_url_ttl: r.duration("WACONNECT_MEDIA_URL_TTL", Duration::from_secs(3600)),
             shutdown_grace: r.duration("WACONNECT_SENDER_SHUTDOWN_GRACE", Duration::from_secs(10)),
         };
         r.finish()?;

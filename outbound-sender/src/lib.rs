@@ -89,6 +89,8 @@ pub async fn run(
         config_failing: AtomicBool::new(false),
         outcomes: tokio_util::task::TaskTracker::new(),
         recent_sids: Default::default(),
+        media: backends.media.clone(),
+        media_url_ttl: config.media_url_ttl,
     });
     let settings = ConsumerSettings {
         concurrency: config.concurrency,

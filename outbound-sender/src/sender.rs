@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::event::{EventKind, InboundEvent};
+use waconnect_shared::media::{MediaError, MediaStore};
 use waconnect_shared::outbound::{Origin, OutboundMessage};
 use waconnect_shared::queue::{FailOutcome, NewMessage, Queue, ReceivedMessage};
 use waconnect_shared::text::split;
@@ -41,6 +42,10 @@ pub struct Sender {
     pub config_failing: AtomicBool,
     /// Ledger outcomes being written; waited for at shutdown.
     pub outcomes: TaskTracker,
+    /// The agent's files (`OutboundMessage::files`); `None` when none is configured.
+    pub media: Option<Arc<dyn MediaStore>>,
+    /// How long the URL Twilio gets for a file works.
+    pub media_url_ttl: Duration,
     /// SIDs this process sent lately and their parts' keys, known as owned before their
     /// ledger outcome lands.
     pub recent_sids: std::sync::Mutex<std::collections::VecDeque<(String, String)>>,
@@ -82,6 +87,49 @@ impl Sender {
             );
         }
     }
+}
+
+/// The message with a fresh URL for each of its stored files among its media: made at
+/// every delivery, so Twilio always gets one that works for `media_url_ttl`.
+async fn with_file_urls(
+    s: &Sender,
+    mut message: OutboundMessage,
+) -> Result<OutboundMessage, (OutboundMessage, SendError)> {
+    if message.files.is_empty() {
+        return Ok(message);
+    }
+    let failed = |kind, why: String| SendError {
+        kind,
+        code: None,
+        message: why,
+    };
+    let Some(media) = &s.media else {
+        let e = failed(
+            ErrorKind::Permanent,
+            "no media store is configured for files (WACONNECT_MEDIA_BUCKET)".into(),
+        );
+        return Err((message, e));
+    };
+    for key in std::mem::take(&mut message.files) {
+        let url = match media.exists(&key).await {
+            Ok(true) => media.url(&key, s.media_url_ttl).await,
+            Ok(false) => Err(MediaError::NotFound),
+            Err(e) => Err(e),
+        };
+        match url {
+            Ok(url) => message.media_urls.push(url),
+            Err(e) => {
+                let kind = match e {
+                    MediaError::NotFound | MediaError::InvalidKey(_) => ErrorKind::Permanent,
+                    _ => ErrorKind::Transient { retry_after: None },
+                };
+                let e = failed(kind, format!("the file is not available: {e}"));
+                message.files.push(key);
+                return Err((message, e));
+            }
+        }
+    }
+    Ok(message)
 }
 
 /// The pause before a message's first re-send; it doubles with every further one.
@@ -155,6 +203,13 @@ async fn deliver_parts(
                 .increment(1);
             return Done::DeadLettered;
         }
+    };
+    let message = match with_file_urls(s, message).await {
+        Ok(m) => m,
+        Err((message, e)) if e.kind == ErrorKind::Permanent => {
+            return fail_permanently(s, m, &message, &e).await;
+        }
+        Err((message, e)) => return retry_or_give_up(s, m, &message, &e).await,
     };
     let age = || {
         (chrono::Utc::now() - message.created_at)

@@ -457,6 +457,7 @@ async fn lost_answers_are_reconciled_without_losing_or_doubling() {
         to: ana.clone(),
         body: String::new(),
         media_urls: Vec::new(),
+        files: Vec::new(),
         template: Some(waconnect_shared::outbound::Template {
             content_sid: "HX0123456789abcdef0123456789abcdef".into(),
             variables: None,

@@ -163,7 +163,7 @@ pub async fn prepare(
             "its address is not Twilio's, so it was not fetched",
         )));
     }
-    let (spooled, size) = match fetch(media, account, url).await {
+    let (spooled, size) = match fetch(media, Some(account), url).await {
         Ok(f) => f,
         Err(FetchError::Final(why)) => return Ok(Prepared::Refused(notice(&label, &why))),
         Err(e) => return Err(e),
@@ -258,7 +258,25 @@ async fn convert(
     input: &TempPath,
     conversion: Conversion,
 ) -> Result<(TempPath, u64), String> {
-    let max = media.settings.accepted.max_bytes;
+    convert_within(
+        media,
+        input,
+        conversion,
+        media.settings.accepted.max_bytes,
+        "this chat",
+    )
+    .await
+}
+
+/// Converts `input` for whoever refuses its type (`for_whom`: "this chat", "WhatsApp"),
+/// no larger than `max`; why not, as a notice says it.
+pub async fn convert_within(
+    media: &MediaRelay,
+    input: &TempPath,
+    conversion: Conversion,
+    max: u64,
+    for_whom: &str,
+) -> Result<(TempPath, u64), String> {
     match media.converter.convert(input, conversion, max).await {
         Ok(path) => {
             let size = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
@@ -270,11 +288,11 @@ async fn convert(
             tracing::warn!(error = %e, to = conversion.extension, "media conversion failed");
             Err(match e {
                 ConvertError::Unavailable => format!(
-                    "this chat does not accept it and it could not be converted to .{} (no converter installed)",
+                    "{for_whom} does not accept it and it could not be converted to .{} (no converter installed)",
                     conversion.extension
                 ),
                 e => format!(
-                    "this chat does not accept it and converting it to .{} failed ({e})",
+                    "{for_whom} does not accept it and converting it to .{} failed ({e})",
                     conversion.extension
                 ),
             })
@@ -282,34 +300,38 @@ async fn convert(
     }
 }
 
-/// Streams the file at `url` into a spool file; its size.
-async fn fetch(
+/// Streams the file at `url` (with the Twilio account's Basic auth, if given) into a
+/// spool file; its size.
+pub async fn fetch(
     media: &MediaRelay,
-    account: &TwilioAccount,
+    account: Option<&TwilioAccount>,
     url: &str,
 ) -> Result<(TempPath, u64), FetchError> {
     let passing = |e: &dyn std::fmt::Display| FetchError::Passing(e.to_string());
     let work = async {
-        let mut response = media
-            .http
-            .get(url)
-            .basic_auth(&account.username, Some(account.password.expose()))
-            .send()
-            .await
-            .map_err(|e| passing(&e))?;
+        let mut request = media.http.get(url);
+        if let Some(account) = account {
+            request = request.basic_auth(&account.username, Some(account.password.expose()));
+        }
+        let mut response = request.send().await.map_err(|e| passing(&e))?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(FetchError::Passing(format!("Twilio answered {status}")));
         }
-        if matches!(status.as_u16(), 401 | 403) {
+        if account.is_some() && matches!(status.as_u16(), 401 | 403) {
             // Credentials are wrong for every file: worth retrying once they are fixed.
             return Err(FetchError::Passing(format!(
                 "Twilio refused the relay's credentials ({status})"
             )));
         }
         if !status.is_success() {
+            let from = if account.is_some() {
+                "Twilio"
+            } else {
+                "Amazon Connect"
+            };
             return Err(FetchError::Final(format!(
-                "it could not be fetched from Twilio ({status})"
+                "it could not be fetched from {from} ({status})"
             )));
         }
         if let Some(len) = response.content_length()

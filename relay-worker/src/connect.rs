@@ -111,6 +111,13 @@ pub struct AttachmentFile<'a> {
     pub size: u64,
 }
 
+/// Where to GET an attachment's bytes.
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub url: String,
+    pub size: u64,
+}
+
 /// Where and how to PUT an attachment's bytes.
 #[derive(Debug, Clone)]
 pub struct Upload {
@@ -334,6 +341,29 @@ impl ConnectApi {
                 .and_then(|m| m.headers_to_include())
                 .cloned()
                 .unwrap_or_default(),
+        })
+    }
+
+    /// Where to download an attachment of the chat (a URL that lives at most 5 minutes),
+    /// and its size.
+    pub async fn get_attachment(
+        &self,
+        connection_token: &str,
+        attachment_id: &str,
+    ) -> Result<Download, ConnectError> {
+        let out = self
+            .call("GetAttachment", || {
+                self.participant
+                    .get_attachment()
+                    .connection_token(connection_token)
+                    .attachment_id(attachment_id)
+                    .url_expiry_in_seconds(300)
+                    .send()
+            })
+            .await?;
+        Ok(Download {
+            url: out.url().unwrap_or_default().to_owned(),
+            size: u64::try_from(out.attachment_size_in_bytes()).unwrap_or(0),
         })
     }
 

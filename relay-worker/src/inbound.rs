@@ -241,6 +241,7 @@ async fn resend(
         to: customer.clone(),
         body: String::new(),
         media_urls: Vec::new(),
+        files: Vec::new(),
         template: None,
         origin: Origin::ConnectItem {
             contact_id: contact.to_owned(),
@@ -317,7 +318,7 @@ async fn tell_agent(
 
 fn failure_label(code: &str) -> &'static str {
     [
-        "63016", "21211", "21610", "21617", "63018", "30001", "11751",
+        "63016", "21211", "21610", "21617", "63018", "30001", "11751", "63019", "12300",
     ]
     .into_iter()
     .find(|c| *c == code)
@@ -331,6 +332,7 @@ async fn nudge(relay: &Relay, customer: &CustomerAddress, contact: &str, templat
         to: customer.clone(),
         body: String::new(),
         media_urls: Vec::new(),
+        files: Vec::new(),
         template: Some(template.clone()),
         origin: Origin::Bridge {
             reason: "window".into(),

@@ -22,6 +22,23 @@ pub struct ChatItem {
     pub participant_role: Option<String>,
     #[serde(default)]
     pub contact_id: Option<String>,
+    /// The files of an `ATTACHMENT` item.
+    #[serde(default)]
+    pub attachments: Vec<ItemAttachment>,
+}
+
+/// One file of an `ATTACHMENT` item.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ItemAttachment {
+    pub attachment_id: String,
+    #[serde(default)]
+    pub attachment_name: String,
+    #[serde(default)]
+    pub content_type: String,
+    /// `APPROVED`, `REJECTED` or `IN_PROGRESS` (while Connect scans it).
+    #[serde(default)]
+    pub status: String,
 }
 
 /// What the relay does with an item.
@@ -48,6 +65,19 @@ impl ChatItem {
                 .unwrap_or_default(),
             participant_role: i.participant_role().map(|r| r.as_str().to_owned()),
             contact_id: i.contact_id().map(str::to_owned),
+            attachments: i
+                .attachments()
+                .iter()
+                .map(|a| ItemAttachment {
+                    attachment_id: a.attachment_id().unwrap_or_default().to_owned(),
+                    attachment_name: a.attachment_name().unwrap_or_default().to_owned(),
+                    content_type: a.content_type().unwrap_or_default().to_owned(),
+                    status: a
+                        .status()
+                        .map(|s| s.as_str().to_owned())
+                        .unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 
@@ -70,13 +100,14 @@ impl ChatItem {
                 .content
                 .as_deref()
                 .is_some_and(|c| !c.trim().is_empty());
+        let files = self.kind == "ATTACHMENT" && !self.attachments.is_empty();
         let wanted = match self.role() {
             "AGENT" | "SUPERVISOR" => true,
             "SYSTEM" => forward_system,
             "CUSTOM_BOT" => forward_bot,
             _ => false,
         };
-        if text && wanted {
+        if (text || files) && wanted {
             Disposition::Forward
         } else {
             Disposition::Ignore
@@ -127,6 +158,7 @@ mod tests {
             kind: kind.into(),
             participant_role: Some(role.into()).filter(|r: &String| !r.is_empty()),
             contact_id: None,
+            attachments: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! * [`records`] spares the inbound side a read per message.
 //! * [`connect`] wraps the two AWS SDK clients with classified errors, backoff and metrics.
 
+pub mod agent_file;
 pub mod attachment;
 pub mod backoff;
 pub mod callme;
@@ -51,6 +52,8 @@ pub struct Relay {
     pub records: records::Records,
     /// Customer files on their way to the chat.
     pub media: attachment::MediaRelay,
+    /// Where the agent's files wait for Twilio; `None` on AWS without a bucket.
+    pub media_store: Option<Arc<dyn waconnect_shared::media::MediaStore>>,
 }
 
 pub fn config_from(source: &ConfigSource) -> Result<RelayConfig, ConfigErrors> {
@@ -80,6 +83,7 @@ pub async fn run(
         config: config.clone(),
         records: records::Records::default(),
         media: attachment::MediaRelay::new(config.media.clone()),
+        media_store: backends.media.clone(),
     });
     tracing::info!(worker_id = %config.worker_id, "relay-worker starting");
     if config.media.twilio.is_none() {

@@ -148,6 +148,89 @@ pub fn conversion(essence: &str) -> Option<Conversion> {
     }
 }
 
+const TO_OPUS: Conversion = Conversion {
+    content_type: "audio/ogg",
+    extension: "ogg",
+    // WhatsApp plays Opus in Ogg as a voice note.
+    ffmpeg_args: &["-vn", "-c:a", "libopus", "-b:a", "32k", "-f", "ogg"],
+};
+
+const TO_JPEG: Conversion = Conversion {
+    content_type: "image/jpeg",
+    extension: "jpg",
+    ffmpeg_args: &[
+        "-frames:v",
+        "1",
+        "-q:v",
+        "3",
+        "-f",
+        "image2",
+        "-c:v",
+        "mjpeg",
+    ],
+};
+
+const MB: u64 = 1024 * 1024;
+
+/// The largest file WhatsApp takes of a type (through Twilio), if it takes the type at
+/// all (DESIGN.md §9).
+pub fn whatsapp_limit(essence: &str) -> Option<u64> {
+    match essence {
+        "image/jpeg" | "image/png" => Some(5 * MB),
+        "audio/ogg" | "audio/amr" | "audio/3gpp" | "audio/aac" | "audio/mpeg" | "audio/mp4" => {
+            Some(16 * MB)
+        }
+        "video/mp4" | "video/3gpp" => Some(16 * MB),
+        "application/pdf"
+        | "application/msword"
+        | "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        | "application/vnd.ms-excel"
+        | "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        | "application/vnd.ms-powerpoint"
+        | "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+        | "text/plain"
+        | "text/vcard" => Some(16 * MB),
+        _ => None,
+    }
+}
+
+/// How to turn an agent's file WhatsApp refuses into one it takes: heic and jfif become
+/// jpeg, mov becomes mp4, wav becomes an Opus voice note.
+pub fn whatsapp_conversion(essence: &str) -> Option<Conversion> {
+    match essence {
+        "image/heic" | "image/heif" | "image/jfif" | "image/pjpeg" => Some(TO_JPEG),
+        "video/quicktime" => Some(TO_MP4),
+        "audio/wav" | "audio/x-wav" | "audio/wave" => Some(TO_OPUS),
+        _ => None,
+    }
+}
+
+/// The type of a file by its name's extension, for when Connect's type is missing or
+/// generic.
+pub fn by_extension(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "jfif" => "image/jfif",
+        "png" => "image/png",
+        "heic" => "image/heic",
+        "mov" => "video/quicktime",
+        "mp4" => "video/mp4",
+        "wav" => "audio/wav",
+        "pdf" => "application/pdf",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "ppt" => "application/vnd.ms-powerpoint",
+        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "rtf" => "application/rtf",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +250,20 @@ mod tests {
             file_name("image/jpeg", "MMabc", 1, "jpg"),
             "whatsapp-photo-MMabc-2.jpg"
         );
+    }
+
+    #[test]
+    fn what_whatsapp_takes_from_the_agent() {
+        assert_eq!(whatsapp_limit("image/jpeg"), Some(5 * MB));
+        assert_eq!(whatsapp_limit("application/pdf"), Some(16 * MB));
+        assert_eq!(whatsapp_limit("text/csv"), None);
+        assert_eq!(whatsapp_conversion("audio/wav").unwrap().extension, "ogg");
+        assert_eq!(
+            whatsapp_conversion("video/quicktime").unwrap().extension,
+            "mp4"
+        );
+        assert_eq!(whatsapp_conversion("text/rtf"), None);
+        assert_eq!(by_extension("Scan.JFIF"), Some("image/jfif"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! trade saves a conditional write per agent message.
 
 use crate::Relay;
+use crate::agent_file::Copied;
 use crate::backoff::Backoff;
 use crate::connect::ErrorKind;
 use crate::item::{ChatItem, Disposition};
@@ -61,6 +62,8 @@ pub struct Session {
     /// dropped when a write finds it stale.
     record: Option<StoredConversation>,
     recent: VecDeque<String>,
+    /// The current connection's token, for the Participant API calls files need.
+    connection_token: String,
 }
 
 pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken) -> Outcome {
@@ -74,6 +77,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         cursor_due: None,
         record: None,
         recent: VecDeque::new(),
+        connection_token: String::new(),
     };
     let outcome = session.run(&stop).await;
     // Whatever ended the session, the cursor reaches the record while the lease is ours:
@@ -186,6 +190,7 @@ impl Session {
                 .config
                 .socket_refresh
                 .min(until_expiry.max(Duration::from_secs(30)));
+        self.connection_token = connection.connection_token.clone();
         self.backfill(&connection.connection_token).await?;
         Ok((socket, refresh_at))
     }
@@ -311,10 +316,26 @@ impl Session {
     }
 
     async fn forward(&mut self, item: &ChatItem) -> Result<(), Step> {
+        let files = if item.kind == "ATTACHMENT" {
+            self.copy_files(item).await?
+        } else {
+            Vec::new()
+        };
+        if item.kind == "ATTACHMENT" && files.is_empty() {
+            // Still being scanned: the item that carries its verdict comes later (and
+            // is not this one, which stays unmarked in case Connect repeats it).
+            if item.attachments.iter().any(|a| a.status == "IN_PROGRESS") {
+                return Ok(());
+            }
+            // Every file was refused, and the agent told: nothing goes to the customer.
+            self.advance(item);
+            return Ok(());
+        }
         let message = OutboundMessage {
             to: self.customer.clone(),
             body: item.content.clone().unwrap_or_default(),
             media_urls: Vec::new(),
+            files,
             template: None,
             origin: Origin::ConnectItem {
                 contact_id: item
@@ -330,6 +351,59 @@ impl Session {
         self.enqueue(&message).await?;
         // Only now does the cursor move: a crash before this re-forwards the item from
         // the transcript, and the outbound queue's dedup (item Id) absorbs it.
+        self.advance(item);
+        metrics::counter!("waconnect_relay_forwarded_items_total", "role" => role_label(item.role()))
+            .increment(1);
+        Ok(())
+    }
+
+    /// The agent's files of an `ATTACHMENT` item, copied into the media store; those the
+    /// customer cannot have are told to the agent instead. A passing failure reconnects,
+    /// and the backfill brings the item back.
+    async fn copy_files(&mut self, item: &ChatItem) -> Result<Vec<String>, Step> {
+        let relay = self.relay.clone();
+        let mut keys = Vec::new();
+        for file in &item.attachments {
+            if file.status == "IN_PROGRESS" {
+                tracing::debug!(customer = %self.customer, "an agent's file is still being scanned");
+                continue;
+            }
+            let copied = crate::agent_file::copy(
+                &relay.api,
+                &relay.media,
+                relay.media_store.as_deref(),
+                &self.connection_token,
+                file,
+            )
+            .await;
+            match copied {
+                Ok(Copied::Stored(key)) => keys.push(key),
+                Ok(Copied::Refused(notice)) => {
+                    let token = crate::inbound::client_token(&[
+                        "agent-file-notice",
+                        &item.id,
+                        &file.attachment_id,
+                    ]);
+                    if let Err(e) = relay
+                        .api
+                        .send_message(&self.connection_token, &notice, &token)
+                        .await
+                    {
+                        tracing::warn!(customer = %self.customer, error = %e, "cannot tell the agent a file was not sent");
+                        return Err(Step::Reconnect("attachment_error"));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(customer = %self.customer, error = %e, "an agent's file could not be copied yet; will backfill");
+                    return Err(Step::Reconnect("attachment_error"));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Moves the cursor past `item`, which is done with.
+    fn advance(&mut self, item: &ChatItem) {
         self.cursor = Some(item.cursor());
         self.cursor_due
             .get_or_insert_with(|| Instant::now() + self.relay.config.cursor_flush);
@@ -337,9 +411,6 @@ impl Session {
             self.recent.pop_front();
         }
         self.recent.push_back(item.id.clone());
-        metrics::counter!("waconnect_relay_forwarded_items_total", "role" => role_label(item.role()))
-            .increment(1);
-        Ok(())
     }
 
     async fn enqueue(&self, message: &OutboundMessage) -> Result<(), Step> {
@@ -441,6 +512,7 @@ impl Session {
                 to: self.customer.clone(),
                 body: text.clone(),
                 media_urls: Vec::new(),
+                files: Vec::new(),
                 template: None,
                 origin: Origin::Bridge {
                     reason: "closing".into(),

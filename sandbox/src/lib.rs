@@ -174,6 +174,12 @@ impl Sandbox {
                 ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "sandbox-chat-flow"),
                 ("WACONNECT_CONNECT_ENDPOINT", &connect),
                 ("WACONNECT_RELAY_SWEEP_INTERVAL", "1s"),
+                // Customers' files are fetched from the Twilio simulator.
+                ("TWILIO_ACCOUNT_SID", &twilio_options.account_sid),
+                ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
+                ("WACONNECT_TWILIO_API_BASE", &twilio),
+                // The agent's files are served by ingress, under its public URL.
+                ("WACONNECT_PUBLIC_BASE_URL", &ingress),
                 (
                     "WACONNECT_RELAY_CLOSING_TEXT",
                     "The agent has closed this chat. Write again any time.",
@@ -202,6 +208,7 @@ impl Sandbox {
                     &format!("{ingress}/twilio/status"),
                 ),
                 ("WACONNECT_SENDER_RATE", &options.sender_rate.to_string()),
+                ("WACONNECT_PUBLIC_BASE_URL", &ingress),
             ],
             &db,
             &options.storage,

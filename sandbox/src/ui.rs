@@ -2,14 +2,16 @@
 //! phone and agent desk and reads queue depths.
 
 use crate::Parts;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use waconnect_tests::twilio_sim::{CustomerMessage, Location};
 
 const PAGE: &str = include_str!("index.html");
 
@@ -19,6 +21,18 @@ pub(crate) fn router(parts: Arc<Parts>) -> Router {
         .route("/api/phone/send", post(phone_send))
         .route("/api/phone/inbox", get(phone_inbox))
         .route("/api/phone/read", post(phone_read))
+        .route(
+            "/api/phone/file",
+            post(phone_file).layer(axum::extract::DefaultBodyLimit::max(32 << 20)),
+        )
+        .route("/api/phone/voice-note", post(phone_voice_note))
+        .route("/api/phone/location", post(phone_location))
+        .route("/api/phone/media/{sid}/{n}", get(phone_media))
+        .route(
+            "/api/agent/chats/{id}/files",
+            post(agent_file).layer(axum::extract::DefaultBodyLimit::max(32 << 20)),
+        )
+        .route("/api/agent/attachments/{id}", get(agent_attachment))
         .route("/api/agent/chats", get(chats))
         .route("/api/agent/chats/{id}/accept", post(accept))
         .route("/api/agent/chats/{id}/messages", post(agent_send))
@@ -48,6 +62,153 @@ struct PhoneText {
 async fn phone_send(State(p): State<Arc<Parts>>, Json(t): Json<PhoneText>) -> Response {
     let sent = p.phone.text(&t.from, &t.body).await;
     answer(sent.map(|(sid, status)| json!({ "message_sid": sid, "status": status })))
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    from: String,
+    #[serde(default)]
+    caption: String,
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+        .unwrap_or("application/octet-stream")
+        .to_owned()
+}
+
+/// The customer attaches a file (the page posts its bytes, typed).
+async fn phone_file(
+    State(p): State<Arc<Parts>>,
+    Query(q): Query<FileQuery>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let sent = p
+        .phone
+        .send_file(&q.from, bytes.to_vec(), &content_type(&headers), &q.caption)
+        .await;
+    answer(sent.map(|(sid, status)| json!({ "message_sid": sid, "status": status })))
+}
+
+#[derive(Deserialize)]
+struct From {
+    from: String,
+}
+
+/// The customer records a voice note: two seconds of a tone, as WhatsApp records them
+/// (Opus in Ogg), made with ffmpeg.
+async fn phone_voice_note(State(p): State<Arc<Parts>>, Json(f): Json<From>) -> Response {
+    let recorded = async {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("voice.ogg");
+        let status = tokio::process::Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg("sine=frequency=520:duration=2")
+            .args(["-c:a", "libopus", "-b:a", "24k"])
+            .arg(&path)
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "ffmpeg could not record a voice note");
+        let bytes = tokio::fs::read(&path).await?;
+        p.phone
+            .send_file(&f.from, bytes, "audio/ogg; codecs=opus", "")
+            .await
+    }
+    .await;
+    answer(recorded.map(|(sid, status)| json!({ "message_sid": sid, "status": status })))
+}
+
+#[derive(Deserialize)]
+struct Place {
+    from: String,
+    latitude: f64,
+    longitude: f64,
+    label: Option<String>,
+    address: Option<String>,
+}
+
+async fn phone_location(State(p): State<Arc<Parts>>, Json(l): Json<Place>) -> Response {
+    let sent = p
+        .phone
+        .send(&CustomerMessage {
+            from: l.from,
+            location: Some(Location {
+                latitude: l.latitude,
+                longitude: l.longitude,
+                label: l.label,
+                address: l.address,
+            }),
+            ..Default::default()
+        })
+        .await;
+    answer(sent.map(|(sid, status)| json!({ "message_sid": sid, "status": status })))
+}
+
+/// A file the phone received, for the page to show.
+async fn phone_media(
+    State(p): State<Arc<Parts>>,
+    Path((sid, n)): Path<(String, usize)>,
+) -> Response {
+    match p.phone.received_file(&sid, n).await {
+        Ok((content_type, disposition, bytes)) => {
+            let mut response = ([(header::CONTENT_TYPE, content_type)], bytes).into_response();
+            if let Some(d) = disposition.and_then(|d| d.parse().ok()) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, d);
+            }
+            response
+        }
+        Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+/// The agent attaches a file.
+async fn agent_file(
+    State(p): State<Arc<Parts>>,
+    Path(id): Path<String>,
+    Query(n): Query<Named>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let sent = p
+        .desk
+        .send_file(
+            &id,
+            &n.name,
+            &content_type(&headers),
+            bytes.to_vec(),
+            "APPROVED",
+        )
+        .await;
+    answer(sent)
+}
+
+/// A file in a chat, for the desk to show.
+async fn agent_attachment(State(p): State<Arc<Parts>>, Path(id): Path<String>) -> Response {
+    match p.desk.attachment(&id).await {
+        Ok((content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+        Err(e) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+    }
 }
 
 #[derive(Deserialize)]

@@ -166,6 +166,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Twilio's copies of customers' files deleted once in the chat (WACONNECT_TWILIO_DELETE_MEDIA).",
     ),
     (
+        "waconnect_relay_agent_files_total",
+        Kind::Counter,
+        "The agent's files: stored for Twilio, or refused with a notice to the agent (outcome).",
+    ),
+    (
         "waconnect_relay_resends_total",
         Kind::Counter,
         "Replies sent again after WhatsApp refused them for a passing reason (63018, 30001), by code.",

@@ -12,6 +12,10 @@ pub struct OutboundMessage {
     pub body: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub media_urls: Vec<String>,
+    /// Files in the media store (the agent's), by key: the sender gives Twilio a fresh URL
+    /// for each at every attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
     /// A pre-approved WhatsApp template, for messages outside the 24 h window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Template>,
@@ -116,6 +120,7 @@ mod tests {
             to: CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
             body: "Hello from the agent".into(),
             media_urls: vec!["https://example.com/a.png".into()],
+            files: Vec::new(),
             template: Some(Template {
                 content_sid: "HX123".into(),
                 variables: Some(r#"{"1":"Ana"}"#.into()),
@@ -149,6 +154,7 @@ mod tests {
             to: CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
             body: "b".into(),
             media_urls: Vec::new(),
+            files: Vec::new(),
             template: None,
             origin: Origin::Bridge {
                 reason: "r".into(),

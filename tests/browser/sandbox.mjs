@@ -1,5 +1,7 @@
 // The sandbox in a real browser: the customer types, the agent accepts and replies, and
 // the phone shows the reply with its read tick; the agent desk shows the read receipt.
+// Then files both ways: the customer's photo, voice note and location reach the agent
+// (the voice note converted to WAV), the agent's PDF reaches the phone.
 // Usage: node sandbox.mjs <waconnect-sandbox binary> <screenshot.png>
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
@@ -46,6 +48,22 @@ try {
   if (!tick.includes('read')) throw new Error('the reply has no read tick: ' + tick);
   await page.locator('#transcript .msg.agentmsg[data-receipt="read"]').waitFor({ timeout: 20000 });
   await page.waitForFunction(() => document.getElementById('stats').textContent.includes('1 active'), null, { timeout: 10000 });
+
+  // A photo of the parcel, with a caption.
+  const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR4nGM4YSNHEmIY1TCqYfhqAADXFCIQU/5f4AAAAABJRU5ErkJggg==', 'base64');
+  await page.fill('#phone-input', 'This is the box I got');
+  await page.setInputFiles('#phone-file', { name: 'parcel.png', mimeType: 'image/png', buffer: png });
+  await page.locator('#transcript .msg.customer[data-file="image/png"] img').waitFor({ timeout: 20000 });
+  await page.locator('#transcript .msg.customer', { hasText: 'This is the box I got' }).waitFor({ timeout: 20000 });
+  // A voice note (Opus): the agent gets a WAV Connect can play.
+  await page.click('#phone-voice');
+  await page.locator('#transcript .msg.customer[data-file="audio/wav"] audio').waitFor({ timeout: 30000 });
+  await page.click('#phone-location');
+  await page.locator('#transcript .msg.customer', { hasText: 'Location: London Eye' }).waitFor({ timeout: 20000 });
+  // The agent sends the returns label as a PDF.
+  const pdf = Buffer.from('%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n');
+  await page.setInputFiles('#agent-file', { name: 'returns-label.pdf', mimeType: 'application/pdf', buffer: pdf });
+  await page.locator('#phone-messages .msg.in[data-file="application/pdf"] a.file', { hasText: 'returns-label.pdf' }).waitFor({ timeout: 30000 });
   await page.screenshot({ path: screenshot });
   console.log('browser test passed; screenshot at ' + screenshot);
 } catch (e) {

@@ -54,15 +54,16 @@ impl FullLoop {
         })
         .await;
         let o = twilio.options().clone();
+        // Every process knows ingress's public URL: the agent's files are served there.
         let common = [
             ("WACONNECT_SQLITE_PATH", db.as_str()),
             ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
             ("RUST_LOG", "warn"),
+            ("WACONNECT_PUBLIC_BASE_URL", ingress.as_str()),
         ];
         let mut ingress_vars = vars(&common);
         ingress_vars.extend(vars(&[
             ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("WACONNECT_PUBLIC_BASE_URL", &ingress),
             ("WACONNECT_INGRESS_BIND", &ingress_port),
         ]));
         let ingress_process = spawn("ingress", &ingress_vars);

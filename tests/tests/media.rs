@@ -346,3 +346,116 @@ async fn a_relay_killed_mid_transfer_attaches_the_file_once() {
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].1, photo);
 }
+
+fn wav() -> Vec<u8> {
+    made_by_ffmpeg(
+        &["-f", "lavfi", "-i", "sine=frequency=300:duration=1"],
+        &["-c:a", "pcm_s16le"],
+        "wav",
+    )
+}
+
+/// The agent's files reach the phone, in order with the agent's text: copied out of
+/// Connect into the media store (served by ingress on one box), converted where WhatsApp
+/// refuses the type; what cannot be sent is told to the agent instead, and not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_files_reach_the_phone_converted_and_in_order() {
+    let lp = FullLoop::start(LoopOptions::default()).await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let manual = pdf(50_000);
+    desk.send(&contact, "here is the manual").await.unwrap();
+    desk.send_file(
+        &contact,
+        "Manual.pdf",
+        "application/pdf",
+        manual.clone(),
+        "APPROVED",
+    )
+    .await
+    .unwrap();
+    desk.send_file(&contact, "greeting.wav", "audio/wav", wav(), "APPROVED")
+        .await
+        .unwrap();
+    desk.send_file(
+        &contact,
+        "rates.csv",
+        "text/csv",
+        b"a,b\n1,2\n".to_vec(),
+        "APPROVED",
+    )
+    .await
+    .unwrap();
+    desk.send_file(
+        &contact,
+        "virus.pdf",
+        "application/pdf",
+        pdf(10),
+        "REJECTED",
+    )
+    .await
+    .unwrap();
+    desk.send(&contact, "anything else?").await.unwrap();
+    let number = customer(0);
+    let inbox = wait::until("the agent's messages", Duration::from_secs(60), || async {
+        let inbox = phone.inbox(number.as_str()).await.ok()?;
+        (inbox.len() >= 4 && inbox.iter().all(|m| m.status != "queued")).then_some(inbox)
+    })
+    .await;
+    let shown: Vec<String> = inbox
+        .iter()
+        .map(|m| {
+            if m.media_urls.is_empty() {
+                m.body.clone()
+            } else {
+                format!("{} file(s)", m.media_urls.len())
+            }
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "here is the manual",
+            "1 file(s)",
+            "1 file(s)",
+            "anything else?"
+        ],
+        "{inbox:?}"
+    );
+    assert!(
+        inbox.iter().all(|m| m.status != "failed"),
+        "Twilio failed a message: {inbox:?}"
+    );
+    let (content_type, disposition, bytes) = phone.received_file(&inbox[1].sid, 0).await.unwrap();
+    assert_eq!(content_type, "application/pdf");
+    assert_eq!(
+        disposition.as_deref(),
+        Some("inline; filename=\"Manual.pdf\"")
+    );
+    assert_eq!(bytes, manual);
+    let (content_type, disposition, bytes) = phone.received_file(&inbox[2].sid, 0).await.unwrap();
+    assert_eq!(content_type, "audio/ogg", "the WAV became a voice note");
+    assert_eq!(
+        disposition.as_deref(),
+        Some("inline; filename=\"greeting.ogg\"")
+    );
+    assert!(bytes.starts_with(b"OggS"));
+    // The agent reads why two files were not sent.
+    let notices: Vec<String> = desk
+        .customer_texts(&contact)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.starts_with("[waconnect notice"))
+        .collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(
+        notices[0].contains("\"rates.csv\"")
+            && notices[0].contains("WhatsApp does not accept text/csv"),
+        "{notices:?}"
+    );
+    assert!(
+        notices[1].contains("\"virus.pdf\"") && notices[1].contains("scanning rejected it"),
+        "{notices:?}"
+    );
+}

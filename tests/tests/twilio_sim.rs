@@ -453,3 +453,75 @@ async fn customer_files_need_auth_redirect_to_storage_and_can_be_deleted() {
         .unwrap();
     assert_eq!(gone.status(), 404);
 }
+
+/// Twilio takes a message with a file (201), then fetches `MediaUrl` itself: a file it
+/// cannot fetch fails the message with 63019, a type WhatsApp does not take with 12300,
+/// one too large with 11751 — by status callback, not in the answer.
+#[tokio::test]
+async fn files_are_fetched_after_the_send_and_refused_by_status() {
+    let sim = TwilioSim::start_with(TwilioOptions {
+        window_always_open: true,
+        ..TwilioOptions::default()
+    })
+    .await;
+    let o = sim.options().clone();
+    // Files as a server would offer them.
+    let files = Router::new()
+        .route(
+            "/ok.pdf",
+            axum::routing::get(|| async { ([("content-type", "application/pdf")], "%PDF-1.4") }),
+        )
+        .route(
+            "/rates.csv",
+            axum::routing::get(|| async { ([("content-type", "text/csv")], "a,b") }),
+        )
+        .route(
+            "/big.jpg",
+            axum::routing::get(|| async {
+                ([("content-type", "image/jpeg")], vec![0u8; 6 * 1024 * 1024])
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, files).await });
+    let mut sids = Vec::new();
+    for file in ["ok.pdf", "missing.pdf", "rates.csv", "big.jpg"] {
+        let url = format!("{base}/{file}");
+        let (status, body) = create(
+            &sim,
+            (&o.account_sid, &o.auth_token),
+            &[
+                ("To", "whatsapp:+15551239999"),
+                ("From", &o.sender),
+                ("MediaUrl", &url),
+            ],
+        )
+        .await;
+        assert_eq!(status, 201, "{file}: {body}");
+        sids.push(body["sid"].as_str().unwrap().to_owned());
+    }
+    let phone = sim.phone();
+    let outcome = wait::until("every file fetched", Duration::from_secs(10), || async {
+        let sent = phone.sent().await.ok()?;
+        let codes: Vec<Value> = sids
+            .iter()
+            .map(|sid| {
+                let m = sent.iter().find(|m| m["sid"] == sid.as_str()).unwrap();
+                m["error_code"].clone()
+            })
+            .collect();
+        let settled = sids.iter().all(|sid| {
+            let m = sent.iter().find(|m| m["sid"] == sid.as_str()).unwrap();
+            m["status"] != "queued"
+        });
+        settled.then_some(codes)
+    })
+    .await;
+    assert_eq!(
+        outcome,
+        [Value::Null, 63019.into(), 12300.into(), 11751.into()]
+    );
+    let (content_type, _, bytes) = phone.received_file(&sids[0], 0).await.unwrap();
+    assert_eq!(content_type, "application/pdf");
+    assert_eq!(bytes, b"%PDF-1.4");
+}

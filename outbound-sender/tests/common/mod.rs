@@ -167,6 +167,7 @@ impl Stack {
             to: to.clone(),
             body: body.to_owned(),
             media_urls: Vec::new(),
+            files: Vec::new(),
             template: None,
             origin: Origin::ConnectItem {
                 contact_id: "contact-1".into(),

@@ -103,6 +103,46 @@ impl DeskClient {
         .await
     }
 
+    /// An attachment of a chat, as the agent's desk opens it: its type and bytes.
+    pub async fn attachment(&self, attachment_id: &str) -> anyhow::Result<(String, Vec<u8>)> {
+        let response = self
+            .http
+            .get(format!("{}/attachments/{attachment_id}", self.base))
+            .send()
+            .await?
+            .error_for_status()?;
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        Ok((content_type, response.bytes().await?.to_vec()))
+    }
+
+    /// The agent attaches a file; `status` is what scanning makes of it (`APPROVED`).
+    pub async fn send_file(
+        &self,
+        contact_id: &str,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+        status: &str,
+    ) -> anyhow::Result<Item> {
+        let response = self
+            .http
+            .post(format!("{}/agent/chats/{contact_id}/files", self.base))
+            .query(&[("name", name), ("status", status)])
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("sending a file: {}", response.status());
+        }
+        Ok(response.json().await?)
+    }
+
     pub async fn typing(&self, contact_id: &str) -> anyhow::Result<Item> {
         self.post(&format!("/agent/chats/{contact_id}/typing"), json!({}))
             .await

@@ -20,6 +20,10 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/agent/chats", get(list_chats))
         .route("/agent/chats/{id}/accept", post(accept))
         .route("/agent/chats/{id}/messages", post(send_text))
+        .route(
+            "/agent/chats/{id}/files",
+            post(send_file).layer(axum::extract::DefaultBodyLimit::max(100 << 20)),
+        )
         .route("/agent/chats/{id}/typing", post(typing))
         .route("/agent/chats/{id}/end", post(end))
         .route("/agent/chats/{id}/transcript", get(transcript))
@@ -152,6 +156,64 @@ async fn send_text(
             participant_id,
             display_name: name,
             participant_role: Some(role),
+            ..Item::default()
+        };
+        serde_json::to_value(inner.append(&id, item)).expect("item serialises")
+    })
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    name: String,
+    /// What Connect's scanning makes of it: `APPROVED` (the default) or `REJECTED`.
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// The agent attaches a file: the chat gets an `ATTACHMENT` item from the agent, and the
+/// file is what GetAttachment serves.
+async fn send_file(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    Query(q): Query<FileQuery>,
+    headers: axum::http::HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let status = q.status.unwrap_or_else(|| "APPROVED".into());
+    live_chat(&sim, &id, |inner| {
+        let attachment_id = new_id();
+        inner.attachments.insert(
+            attachment_id.clone(),
+            super::model::Attachment {
+                contact_id: id.clone(),
+                name: q.name.clone(),
+                content_type: content_type.clone(),
+                size: bytes.len() as u64,
+                bytes: Some(bytes.to_vec()),
+                completed: status == "APPROVED",
+                headers: Vec::new(),
+                url_expires: tokio::time::Instant::now(),
+            },
+        );
+        let c = &inner.contacts[&id];
+        let item = Item {
+            id: new_id(),
+            kind: "ATTACHMENT".into(),
+            content_type: content_type.clone(),
+            participant_id: Some(c.agent_participant_id.clone()),
+            display_name: Some("Agent".to_owned()),
+            participant_role: Some("AGENT".into()),
+            attachments: vec![super::wire::AttachmentItem {
+                content_type: content_type.clone(),
+                attachment_id,
+                attachment_name: q.name.clone(),
+                status: status.clone(),
+            }],
             ..Item::default()
         };
         serde_json::to_value(inner.append(&id, item)).expect("item serialises")

@@ -277,7 +277,12 @@ async fn deliver(twilio: Arc<Twilio>, sid: String, over_rate: bool) {
             .and_then(|c| c.last_inbound)
             .is_some_and(|at| now - at < chrono::Duration::hours(24));
     let mut steps: Vec<(&str, Option<(u32, &str)>)> = vec![("sent", None)];
-    if over_rate {
+    // Twilio fetches the message's file before WhatsApp sees it; what it cannot fetch, or
+    // WhatsApp would not take, fails the message.
+    let media_failure = super::media::fetch_outbound(&twilio, &sid).await;
+    if let Some(failure) = media_failure {
+        steps = vec![("failed", Some(failure))];
+    } else if over_rate {
         steps = vec![(
             "failed",
             Some((63018, "Rate limit exceeded for the WhatsApp sender")),

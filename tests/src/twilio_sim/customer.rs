@@ -3,9 +3,9 @@
 
 use super::{Sent, Twilio, api, sid};
 use anyhow::{Context, bail};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ pub fn routes() -> Router<Arc<Twilio>> {
     Router::new()
         .route("/phone/messages", post(customer_sends))
         .route("/phone/inbox", get(inbox))
+        .route("/phone/messages/{sid}/media/{n}", get(received_file))
         .route("/phone/read", post(read_all))
         .route("/phone/opt-out", post(opt_out))
         .route("/sim/messages", get(all_sent))
@@ -218,9 +219,20 @@ pub struct InboxMessage {
     pub sid: String,
     pub body: String,
     pub media_urls: Vec<String>,
+    /// The files the phone received with it: type and `Content-Disposition`.
+    #[serde(default)]
+    pub files: Vec<ReceivedFile>,
     pub content_sid: Option<String>,
     pub status: String,
     pub error_code: Option<u32>,
+}
+
+/// A file as the phone shows it in the chat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReceivedFile {
+    pub content_type: String,
+    pub content_disposition: Option<String>,
+    pub size: usize,
 }
 
 #[derive(Deserialize)]
@@ -229,8 +241,8 @@ struct Number {
 }
 
 fn inbox_of(twilio: &Twilio, number: &str) -> Vec<InboxMessage> {
-    twilio
-        .lock()
+    let inner = twilio.lock();
+    inner
         .sent
         .iter()
         .filter(|s| s.to == number)
@@ -238,6 +250,20 @@ fn inbox_of(twilio: &Twilio, number: &str) -> Vec<InboxMessage> {
             sid: s.sid.clone(),
             body: s.body.clone(),
             media_urls: s.media_urls.clone(),
+            files: inner
+                .received
+                .get(&s.sid)
+                .map(|files| {
+                    files
+                        .iter()
+                        .map(|f| ReceivedFile {
+                            content_type: f.content_type.clone(),
+                            content_disposition: f.content_disposition.clone(),
+                            size: f.bytes.len(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             content_sid: s.content_sid.clone(),
             status: s.status.clone(),
             error_code: s.error_code,
@@ -250,6 +276,34 @@ async fn inbox(
     Query(n): Query<Number>,
 ) -> Json<Vec<InboxMessage>> {
     Json(inbox_of(&twilio, &n.number))
+}
+
+/// A file the phone received with message `sid`: its bytes, type and disposition.
+async fn received_file(
+    State(twilio): State<Arc<Twilio>>,
+    Path((sid, n)): Path<(String, usize)>,
+) -> Response {
+    let inner = twilio.lock();
+    match inner.received.get(&sid).and_then(|files| files.get(n)) {
+        Some(f) => {
+            let mut response = (
+                [(axum::http::header::CONTENT_TYPE, f.content_type.clone())],
+                f.bytes.clone(),
+            )
+                .into_response();
+            if let Some(d) = f
+                .content_disposition
+                .as_deref()
+                .and_then(|d| d.parse().ok())
+            {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::CONTENT_DISPOSITION, d);
+            }
+            response
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn read_all(State(twilio): State<Arc<Twilio>>, Json(n): Json<Number>) -> Json<Value> {
@@ -439,6 +493,32 @@ impl PhoneClient {
             ..Default::default()
         })
         .await
+    }
+
+    /// File `n` the phone received with message `sid`: type, `Content-Disposition`, bytes.
+    pub async fn received_file(
+        &self,
+        sid: &str,
+        n: usize,
+    ) -> anyhow::Result<(String, Option<String>, Vec<u8>)> {
+        let response = self
+            .http
+            .get(format!("{}/phone/messages/{sid}/media/{n}", self.base))
+            .send()
+            .await?
+            .error_for_status()?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (content_type, disposition) = (
+            header("content-type").unwrap_or_default(),
+            header("content-disposition"),
+        );
+        Ok((content_type, disposition, response.bytes().await?.to_vec()))
     }
 
     pub async fn text(&self, from: &str, body: &str) -> anyhow::Result<(String, u16)> {

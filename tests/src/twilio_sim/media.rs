@@ -152,3 +152,94 @@ async fn delete(
     inner.media.remove(sid);
     StatusCode::NO_CONTENT.into_response()
 }
+
+/// A file Twilio fetched for a message it sends, as the customer's phone received it.
+#[derive(Clone)]
+pub struct Received {
+    pub content_type: String,
+    pub content_disposition: Option<String>,
+    pub bytes: Bytes,
+}
+
+const MB: usize = 1024 * 1024;
+
+/// What WhatsApp takes, and up to what size (DESIGN.md §9).
+fn whatsapp_limit(content_type: &str) -> Option<usize> {
+    match content_type {
+        "image/jpeg" | "image/png" => Some(5 * MB),
+        "audio/ogg"
+        | "audio/amr"
+        | "audio/3gpp"
+        | "audio/aac"
+        | "audio/mpeg"
+        | "audio/mp4"
+        | "video/mp4"
+        | "video/3gpp"
+        | "application/pdf"
+        | "application/msword"
+        | "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        | "application/vnd.ms-excel"
+        | "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        | "application/vnd.ms-powerpoint"
+        | "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+        | "text/plain"
+        | "text/vcard" => Some(16 * MB),
+        _ => None,
+    }
+}
+
+/// Fetches a sent message's `MediaUrl`s with GET, as Twilio does after taking it, and
+/// keeps what the phone receives. The failure Twilio reports by status callback, if any:
+/// 63019 when the fetch fails, 12300 for a type WhatsApp does not take, 11751 when too
+/// large.
+pub async fn fetch_outbound(twilio: &Twilio, sid: &str) -> Option<(u32, &'static str)> {
+    let urls = {
+        let inner = twilio.lock();
+        inner.sent[inner.by_sid[sid]].media_urls.clone()
+    };
+    let mut received = Vec::new();
+    for url in urls {
+        let response = twilio
+            .http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await;
+        let Ok(response) = response.and_then(reqwest::Response::error_for_status) else {
+            return Some((63019, "Media failed to download"));
+        };
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header(header::CONTENT_TYPE)
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let content_disposition = header(header::CONTENT_DISPOSITION);
+        let Some(limit) = whatsapp_limit(&content_type) else {
+            return Some((12300, "Invalid Content-Type"));
+        };
+        let Ok(bytes) = response.bytes().await else {
+            return Some((63019, "Media failed to download"));
+        };
+        if bytes.len() > limit {
+            return Some((11751, "Media exceeds messaging provider size limit"));
+        }
+        received.push(Received {
+            content_type,
+            content_disposition,
+            bytes,
+        });
+    }
+    if !received.is_empty() {
+        twilio.lock().received.insert(sid.to_owned(), received);
+    }
+    None
+}

@@ -7,7 +7,7 @@ mod api;
 mod customer;
 mod media;
 
-pub use customer::{CustomerMessage, InboxMessage, Location, Media, PhoneClient};
+pub use customer::{CustomerMessage, InboxMessage, Location, Media, PhoneClient, ReceivedFile};
 
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -105,6 +105,8 @@ struct Inner {
     media: HashMap<String, media::StoredMedia>,
     /// Short-lived storage URLs Twilio redirects media fetches to: token → (SID, until).
     storage_urls: HashMap<String, (String, Instant)>,
+    /// Files Twilio fetched for the messages it sent, by message SID.
+    received: HashMap<String, Vec<media::Received>>,
 }
 
 pub struct Twilio {

@@ -1,0 +1,156 @@
+//! Agent → customer files (DESIGN.md §9): an approved attachment is fetched from Connect
+//! (GetAttachment's URL lives at most 5 minutes), converted when WhatsApp refuses its type,
+//! and copied into the media store, where the sender gives Twilio a URL of ours for as
+//! long as its retries need. A file WhatsApp cannot take, or that Connect's scanning
+//! rejected, becomes a notice to the agent — before anything is sent.
+
+use crate::attachment::{self, FetchError, MediaRelay, human_size};
+use crate::connect::{ConnectApi, ConnectError};
+use crate::item::ItemAttachment;
+use crate::media_type;
+use waconnect_shared::media::{FileMeta, MediaError, MediaStore};
+
+/// What became of an agent's file.
+#[derive(Debug)]
+pub enum Copied {
+    /// In the media store under this key, ready for Twilio.
+    Stored(String),
+    /// Not for the customer: the agent reads this instead.
+    Refused(String),
+}
+
+/// Why a copy must be tried again (the session backfills from the transcript).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("media store: {0}")]
+    Store(#[from] MediaError),
+    #[error("{0}")]
+    Passing(String),
+}
+
+/// The store's key for an attachment: its id (only the characters a key may have) and
+/// the extension of what is stored. The same attachment is always the same key, so a
+/// re-forwarded item finds its file already there.
+pub fn key(attachment_id: &str, extension: &str) -> String {
+    let id: String = attachment_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(150)
+        .collect();
+    format!("agent-{id}.{extension}")
+}
+
+/// Copies one approved attachment into `store`, or says why the customer cannot have it.
+pub async fn copy(
+    api: &ConnectApi,
+    media: &MediaRelay,
+    store: Option<&dyn MediaStore>,
+    connection_token: &str,
+    file: &ItemAttachment,
+) -> Result<Copied, CopyError> {
+    let name = if file.attachment_name.is_empty() {
+        "file"
+    } else {
+        file.attachment_name.as_str()
+    };
+    let mut essence = media_type::essence(&file.content_type);
+    if media_type::whatsapp_limit(&essence).is_none()
+        && media_type::whatsapp_conversion(&essence).is_none()
+        && let Some(by_name) = media_type::by_extension(name)
+    {
+        essence = by_name.to_owned();
+    }
+    let refused = |why: String| Ok(Copied::Refused(notice(name, &why)));
+    match file.status.as_str() {
+        "APPROVED" => {}
+        "REJECTED" => {
+            return refused("Amazon Connect's attachment scanning rejected it".into());
+        }
+        other => return refused(format!("it was not approved by Amazon Connect ({other})")),
+    }
+    let Some(store) = store else {
+        return refused("the bridge has no media store configured (WACONNECT_MEDIA_BUCKET)".into());
+    };
+    let conversion = media_type::whatsapp_conversion(&essence);
+    let (content_type, extension, limit) = match (media_type::whatsapp_limit(&essence), conversion)
+    {
+        (Some(limit), _) => (
+            essence.clone(),
+            media_type::extension(&essence).unwrap_or("bin"),
+            limit,
+        ),
+        (None, Some(c)) => (
+            c.content_type.to_owned(),
+            c.extension,
+            media_type::whatsapp_limit(c.content_type).unwrap_or(0),
+        ),
+        (None, None) => return refused(format!("WhatsApp does not accept {essence} files")),
+    };
+    let key = key(&file.attachment_id, extension);
+    // Copied by an earlier delivery of this item.
+    if store.exists(&key).await? {
+        return Ok(Copied::Stored(key));
+    }
+    let download = api
+        .get_attachment(connection_token, &file.attachment_id)
+        .await?;
+    if conversion.is_none() && download.size > limit {
+        return refused(format!(
+            "it is larger than WhatsApp allows ({}; the limit is {})",
+            human_size(download.size),
+            human_size(limit)
+        ));
+    }
+    let (spooled, size) = match attachment::fetch(media, None, &download.url).await {
+        Ok(f) => f,
+        Err(FetchError::Final(why)) => return refused(why),
+        Err(FetchError::Passing(why)) => return Err(CopyError::Passing(why)),
+    };
+    let (path, _) = match conversion {
+        Some(c) => match attachment::convert_within(media, &spooled, c, limit, "WhatsApp").await {
+            Ok(converted) => converted,
+            Err(why) => return refused(why),
+        },
+        None if size > limit => {
+            return refused(format!(
+                "it is larger than WhatsApp allows ({}; the limit is {})",
+                human_size(size),
+                human_size(limit)
+            ));
+        }
+        None => (spooled, size),
+    };
+    let file_name = match name.rsplit_once('.') {
+        Some((stem, _)) if conversion.is_some() => format!("{stem}.{extension}"),
+        _ => name.to_owned(),
+    };
+    let meta = FileMeta {
+        content_type,
+        file_name,
+    };
+    store.put(&key, &path, &meta).await?;
+    metrics::counter!("waconnect_relay_agent_files_total", "outcome" => "stored").increment(1);
+    Ok(Copied::Stored(key))
+}
+
+/// The notice an agent reads for a file the customer will not get.
+pub fn notice(name: &str, why: &str) -> String {
+    metrics::counter!("waconnect_relay_agent_files_total", "outcome" => "refused").increment(1);
+    format!(
+        "[waconnect notice - not from the customer] Your file \"{name}\" was not sent on WhatsApp: {why}."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_the_attachment_id_and_never_a_path() {
+        assert_eq!(key("4a2f-9c", "pdf"), "agent-4a2f-9c.pdf");
+        assert_eq!(key("../../etc", "jpg"), "agent-etc.jpg");
+        assert!(waconnect_shared::media::check_key(&key("x/y z", "ogg")).is_ok());
+    }
+}
