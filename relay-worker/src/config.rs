@@ -49,6 +49,9 @@ pub struct RelayConfig {
     pub call_me: Option<CallMe>,
     /// Customer files: fetching, converting, attaching.
     pub media: MediaSettings,
+    /// How long an agent's file Connect is still scanning may hold what the agent sent
+    /// after it, before the agent is told it was not sent.
+    pub scan_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,6 +284,7 @@ impl RelayConfig {
             shutdown_grace: r.duration("WACONNECT_RELAY_SHUTDOWN_GRACE", Duration::from_secs(10)),
             call_me,
             media: media(&mut r),
+            scan_wait: r.duration("WACONNECT_RELAY_SCAN_WAIT", Duration::from_secs(120)),
         };
         r.finish()?;
         Ok(config)

@@ -46,6 +46,14 @@ enum Step {
 /// The lease as last renewed; the fleet's renewer writes it, the session reads it.
 pub type SharedLease = Arc<Mutex<Lease>>;
 
+fn humanize(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s if s > 0 => format!("{s} s"),
+        _ => format!("{} ms", d.as_millis()),
+    }
+}
+
 /// How many recently forwarded ids are remembered, against same-millisecond ties.
 const RECENT: usize = 64;
 
@@ -64,7 +72,20 @@ pub struct Session {
     recent: VecDeque<String>,
     /// The current connection's token, for the Participant API calls files need.
     connection_token: String,
+    /// An agent's file Connect is still scanning, and what the agent sent after it.
+    scanning: Option<Scanning>,
 }
+
+/// An `ATTACHMENT` item still `IN_PROGRESS`: later items wait behind it, so the customer
+/// gets them in the agent's order, until an item carries its verdict or the wait ends.
+struct Scanning {
+    item: ChatItem,
+    since: Instant,
+    held: Vec<ChatItem>,
+}
+
+/// Items held behind a file being scanned, at most; more ends the wait.
+const MAX_HELD: usize = 100;
 
 pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken) -> Outcome {
     let customer = lease.lock().expect("lease lock").customer.clone();
@@ -78,6 +99,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         record: None,
         recent: VecDeque::new(),
         connection_token: String::new(),
+        scanning: None,
     };
     let outcome = session.run(&stop).await;
     // Whatever ended the session, the cursor reaches the record while the lease is ours:
@@ -191,6 +213,9 @@ impl Session {
                 .socket_refresh
                 .min(until_expiry.max(Duration::from_secs(30)));
         self.connection_token = connection.connection_token.clone();
+        // The cursor never passes a file being scanned, so the backfill reads it, and
+        // what came after it, again.
+        self.scanning = None;
         self.backfill(&connection.connection_token).await?;
         Ok((socket, refresh_at))
     }
@@ -263,6 +288,9 @@ impl Session {
                     if self.current_lease().expires_at <= chrono::Utc::now() {
                         return Step::Done(Outcome::LeaseLost);
                     }
+                    if let Err(step) = self.check_scan().await {
+                        return step;
+                    }
                     if awaiting_reply {
                         return Step::Reconnect("heartbeat");
                     }
@@ -309,10 +337,100 @@ impl Session {
                 {
                     return Ok(false);
                 }
-                self.forward(&item).await?;
+                self.admit(item).await?;
                 Ok(true)
             }
         }
+    }
+
+    /// Forwards `item`, or holds it behind an agent's file still being scanned.
+    async fn admit(&mut self, item: ChatItem) -> Result<(), Step> {
+        if let Some(scan) = &mut self.scanning {
+            let verdict = item.kind == "ATTACHMENT"
+                && item.attachments.iter().any(|a| {
+                    a.status != "IN_PROGRESS"
+                        && scan
+                            .item
+                            .attachments
+                            .iter()
+                            .any(|s| s.attachment_id == a.attachment_id)
+                });
+            if !verdict && scan.held.len() < MAX_HELD {
+                scan.held.push(item);
+                return Ok(());
+            }
+            if verdict {
+                let held = std::mem::take(&mut scan.held);
+                self.scanning = None;
+                self.forward(&item).await?;
+                return self.admit_all(held).await;
+            }
+            self.scan_over("too many messages came after it").await?;
+            return Box::pin(self.admit(item)).await;
+        }
+        let scanned = item.kind == "ATTACHMENT"
+            && !item.attachments.is_empty()
+            && item.attachments.iter().all(|a| a.status == "IN_PROGRESS");
+        if scanned {
+            self.scanning = Some(Scanning {
+                item,
+                since: Instant::now(),
+                held: Vec::new(),
+            });
+            return Ok(());
+        }
+        self.forward(&item).await
+    }
+
+    async fn admit_all(&mut self, items: Vec<ChatItem>) -> Result<(), Step> {
+        for item in items {
+            Box::pin(self.admit(item)).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the wait for a scan's verdict: the agent is told the file was not sent, and
+    /// what was held goes on.
+    async fn scan_over(&mut self, why: &str) -> Result<(), Step> {
+        let Some(scan) = self.scanning.take() else {
+            return Ok(());
+        };
+        for file in &scan.item.attachments {
+            let notice = crate::agent_file::notice(
+                &file.attachment_name,
+                &format!("Amazon Connect had not approved it ({why})"),
+            );
+            let token = crate::inbound::client_token(&[
+                "agent-file-notice",
+                &scan.item.id,
+                &file.attachment_id,
+            ]);
+            if let Err(e) = self
+                .relay
+                .api
+                .send_message(&self.connection_token, &notice, &token)
+                .await
+            {
+                tracing::warn!(customer = %self.customer, error = %e, "cannot tell the agent a file was not sent");
+                return Err(Step::Reconnect("attachment_error"));
+            }
+        }
+        self.advance(&scan.item);
+        self.admit_all(scan.held).await
+    }
+
+    /// Called on every heartbeat: a scan that outlasts its bound ends.
+    async fn check_scan(&mut self) -> Result<(), Step> {
+        let bound = self.relay.config.scan_wait;
+        if self
+            .scanning
+            .as_ref()
+            .is_some_and(|s| s.since.elapsed() >= bound)
+        {
+            let why = format!("within {}", humanize(bound));
+            self.scan_over(&why).await?;
+        }
+        Ok(())
     }
 
     async fn forward(&mut self, item: &ChatItem) -> Result<(), Step> {
@@ -322,11 +440,6 @@ impl Session {
             Vec::new()
         };
         if item.kind == "ATTACHMENT" && files.is_empty() {
-            // Still being scanned: the item that carries its verdict comes later (and
-            // is not this one, which stays unmarked in case Connect repeats it).
-            if item.attachments.iter().any(|a| a.status == "IN_PROGRESS") {
-                return Ok(());
-            }
             // Every file was refused, and the agent told: nothing goes to the customer.
             self.advance(item);
             return Ok(());

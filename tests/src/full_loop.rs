@@ -32,6 +32,8 @@ pub struct LoopOptions {
     /// More variables for the relay-worker, and for the outbound-sender.
     pub relay_vars: Vec<(&'static str, String)>,
     pub sender_vars: Vec<(&'static str, String)>,
+    /// SQS, DynamoDB and S3 on moto instead of the embedded engine.
+    pub aws: bool,
 }
 
 impl FullLoop {
@@ -41,7 +43,15 @@ impl FullLoop {
             connect,
             relay_vars: relay_extra,
             sender_vars: sender_extra,
+            aws,
         } = options;
+        // Later variables win: the engine's come after each process's own.
+        let storage = if aws {
+            let moto = crate::moto::Moto::shared();
+            crate::moto::Moto::env(&moto.fresh("loop", 50).await)
+        } else {
+            Vec::new()
+        };
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("waconnect.db").display().to_string();
         let connect = ConnectSim::start_with(connect).await;
@@ -66,6 +76,7 @@ impl FullLoop {
             ("TWILIO_AUTH_TOKEN", &o.auth_token),
             ("WACONNECT_INGRESS_BIND", &ingress_port),
         ]));
+        ingress_vars.extend(storage.iter().cloned());
         let ingress_process = spawn("ingress", &ingress_vars);
         let mut relay_vars = vars(&common);
         relay_vars.extend(vars(&[
@@ -82,6 +93,7 @@ impl FullLoop {
             ("TWILIO_AUTH_TOKEN", &o.auth_token),
             ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
         ]));
+        relay_vars.extend(storage.iter().cloned());
         relay_vars.extend(
             relay_extra
                 .iter()
@@ -101,6 +113,7 @@ impl FullLoop {
             ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
             ("WACONNECT_SENDER_VISIBILITY", "3s"),
         ]));
+        sender_vars.extend(storage.iter().cloned());
         sender_vars.extend(
             sender_extra
                 .iter()

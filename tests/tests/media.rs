@@ -116,6 +116,16 @@ async fn customer_items(desk: &DeskClient, contact: &str) -> Vec<String> {
         .collect()
 }
 
+/// The notices the bridge put in a chat for the agent, in order.
+async fn notices_in(desk: &DeskClient, contact: &str) -> Vec<String> {
+    desk.customer_texts(contact)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.starts_with("[waconnect notice"))
+        .collect()
+}
+
 /// The customer's chat, once it has `n` items from them.
 async fn chat_with(desk: &DeskClient, number: &str, n: usize) -> (String, Vec<String>) {
     let number = number.trim_start_matches("whatsapp:").to_owned();
@@ -139,9 +149,20 @@ async fn chat_with(desk: &DeskClient, number: &str, n: usize) -> (String, Vec<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customers_files_reach_the_agent_converted_and_in_order() {
+    customers_files_reach_the_agent(false).await;
+}
+
+/// The same on SQS and DynamoDB (moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_files_reach_the_agent_on_aws() {
+    customers_files_reach_the_agent(true).await;
+}
+
+async fn customers_files_reach_the_agent(aws: bool) {
     let lp = FullLoop::start(LoopOptions {
         // Twilio's copies go once they are in the chat.
         relay_vars: vec![("WACONNECT_TWILIO_DELETE_MEDIA", "true".into())],
+        aws,
         ..LoopOptions::default()
     })
     .await;
@@ -360,7 +381,21 @@ fn wav() -> Vec<u8> {
 /// refuses the type; what cannot be sent is told to the agent instead, and not sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_files_reach_the_phone_converted_and_in_order() {
-    let lp = FullLoop::start(LoopOptions::default()).await;
+    agents_files_reach_the_phone(false).await;
+}
+
+/// The same on SQS, DynamoDB and S3 (moto): the sender presigns GETs of the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_files_reach_the_phone_through_s3() {
+    agents_files_reach_the_phone(true).await;
+}
+
+async fn agents_files_reach_the_phone(aws: bool) {
+    let lp = FullLoop::start(LoopOptions {
+        aws,
+        ..LoopOptions::default()
+    })
+    .await;
     let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
     let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
     let manual = pdf(50_000);
@@ -441,13 +476,7 @@ async fn the_agents_files_reach_the_phone_converted_and_in_order() {
     );
     assert!(bytes.starts_with(b"OggS"));
     // The agent reads why two files were not sent.
-    let notices: Vec<String> = desk
-        .customer_texts(&contact)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|t| t.starts_with("[waconnect notice"))
-        .collect();
+    let notices = notices_in(&desk, &contact).await;
     assert_eq!(notices.len(), 2, "{notices:?}");
     assert!(
         notices[0].contains("\"rates.csv\"")
@@ -456,6 +485,77 @@ async fn the_agents_files_reach_the_phone_converted_and_in_order() {
     );
     assert!(
         notices[1].contains("\"virus.pdf\"") && notices[1].contains("scanning rejected it"),
+        "{notices:?}"
+    );
+}
+
+/// With Connect's attachment scanning on, a file's item says `IN_PROGRESS` and a later item
+/// carries the verdict: what the agent wrote meanwhile waits behind the file, so the phone
+/// gets both in the agent's order; a file never approved is told to the agent once the
+/// wait ends, and what waited behind it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanned_files_keep_the_agents_order_and_the_wait_has_a_bound() {
+    let lp = FullLoop::start(LoopOptions {
+        relay_vars: vec![
+            ("WACONNECT_RELAY_SCAN_WAIT", "2s".into()),
+            ("WACONNECT_RELAY_HEARTBEAT", "500ms".into()),
+        ],
+        ..LoopOptions::default()
+    })
+    .await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let scanned = |name: &'static str, scan: Duration| {
+        let desk = desk.clone();
+        let contact = contact.clone();
+        async move {
+            desk.send_scanned_file(
+                &contact,
+                name,
+                "application/pdf",
+                pdf(100),
+                "APPROVED",
+                Some(scan),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    scanned("scanned.pdf", Duration::from_millis(700)).await;
+    desk.send(&contact, "sent after the file").await.unwrap();
+    scanned("stuck.pdf", Duration::from_secs(3600)).await;
+    desk.send(&contact, "sent after the stuck file")
+        .await
+        .unwrap();
+    let number = customer(0);
+    let inbox = wait::until("the agent's messages", Duration::from_secs(30), || async {
+        let inbox = phone.inbox(number.as_str()).await.ok()?;
+        (inbox.len() >= 3).then_some(inbox)
+    })
+    .await;
+    let shown: Vec<String> = inbox
+        .iter()
+        .map(|m| {
+            m.files
+                .first()
+                .and_then(|f| f.content_disposition.clone())
+                .unwrap_or_else(|| m.body.clone())
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "inline; filename=\"scanned.pdf\"",
+            "sent after the file",
+            "sent after the stuck file"
+        ],
+        "{inbox:?}"
+    );
+    let notices = notices_in(&desk, &contact).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains("\"stuck.pdf\"")
+            && notices[0].contains("had not approved it (within 2 s)"),
         "{notices:?}"
     );
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct DeskClient {
@@ -129,10 +130,29 @@ impl DeskClient {
         bytes: Vec<u8>,
         status: &str,
     ) -> anyhow::Result<Item> {
+        self.send_scanned_file(contact_id, name, content_type, bytes, status, None)
+            .await
+    }
+
+    /// As [`Self::send_file`], with scanning: the item says `IN_PROGRESS`, and a later one
+    /// carries `status` after `scan` (never, if it is very long).
+    pub async fn send_scanned_file(
+        &self,
+        contact_id: &str,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+        status: &str,
+        scan: Option<Duration>,
+    ) -> anyhow::Result<Item> {
+        let mut query = vec![("name", name.to_owned()), ("status", status.to_owned())];
+        if let Some(scan) = scan {
+            query.push(("scan_ms", scan.as_millis().to_string()));
+        }
         let response = self
             .http
             .post(format!("{}/agent/chats/{contact_id}/files", self.base))
-            .query(&[("name", name), ("status", status)])
+            .query(&query)
             .header("content-type", content_type)
             .body(bytes)
             .send()

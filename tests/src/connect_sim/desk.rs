@@ -168,6 +168,39 @@ struct FileQuery {
     /// What Connect's scanning makes of it: `APPROVED` (the default) or `REJECTED`.
     #[serde(default)]
     status: Option<String>,
+    /// With attachment scanning on: the item says `IN_PROGRESS` first, and a later item
+    /// carries the verdict this many milliseconds after.
+    #[serde(default)]
+    scan_ms: Option<u64>,
+}
+
+/// An agent's file, as the items that show it say.
+struct FileItem {
+    contact_id: String,
+    attachment_id: String,
+    name: String,
+    content_type: String,
+}
+
+impl FileItem {
+    fn item(&self, inner: &mut super::model::Inner, status: &str) -> Item {
+        let c = &inner.contacts[&self.contact_id];
+        Item {
+            id: new_id(),
+            kind: "ATTACHMENT".into(),
+            content_type: self.content_type.clone(),
+            participant_id: Some(c.agent_participant_id.clone()),
+            display_name: Some("Agent".to_owned()),
+            participant_role: Some("AGENT".into()),
+            attachments: vec![super::wire::AttachmentItem {
+                content_type: self.content_type.clone(),
+                attachment_id: self.attachment_id.clone(),
+                attachment_name: self.name.clone(),
+                status: status.to_owned(),
+            }],
+            ..Item::default()
+        }
+    }
 }
 
 /// The agent attaches a file: the chat gets an `ATTACHMENT` item from the agent, and the
@@ -184,9 +217,20 @@ async fn send_file(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let status = q.status.unwrap_or_else(|| "APPROVED".into());
-    live_chat(&sim, &id, |inner| {
-        let attachment_id = new_id();
+    let verdict = q.status.unwrap_or_else(|| "APPROVED".into());
+    let first = if q.scan_ms.is_some() {
+        "IN_PROGRESS".to_owned()
+    } else {
+        verdict.clone()
+    };
+    let attachment_id = new_id();
+    let file = FileItem {
+        contact_id: id.clone(),
+        attachment_id: attachment_id.clone(),
+        name: q.name.clone(),
+        content_type: content_type.clone(),
+    };
+    let answer = live_chat(&sim, &id, |inner| {
         inner.attachments.insert(
             attachment_id.clone(),
             super::model::Attachment {
@@ -195,29 +239,30 @@ async fn send_file(
                 content_type: content_type.clone(),
                 size: bytes.len() as u64,
                 bytes: Some(bytes.to_vec()),
-                completed: status == "APPROVED",
+                completed: first == "APPROVED",
                 headers: Vec::new(),
                 url_expires: tokio::time::Instant::now(),
             },
         );
-        let c = &inner.contacts[&id];
-        let item = Item {
-            id: new_id(),
-            kind: "ATTACHMENT".into(),
-            content_type: content_type.clone(),
-            participant_id: Some(c.agent_participant_id.clone()),
-            display_name: Some("Agent".to_owned()),
-            participant_role: Some("AGENT".into()),
-            attachments: vec![super::wire::AttachmentItem {
-                content_type: content_type.clone(),
-                attachment_id,
-                attachment_name: q.name.clone(),
-                status: status.clone(),
-            }],
-            ..Item::default()
-        };
-        serde_json::to_value(inner.append(&id, item)).expect("item serialises")
-    })
+        let first_item = file.item(inner, &first);
+        serde_json::to_value(inner.append(&id, first_item)).expect("item serialises")
+    });
+    if let Some(ms) = q.scan_ms {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let mut inner = sim.lock();
+            if inner.contact_mut(&id).is_none() {
+                return;
+            }
+            if let Some(a) = inner.attachments.get_mut(&attachment_id) {
+                a.completed = verdict == "APPROVED";
+            }
+            let later = file.item(&mut inner, &verdict);
+            inner.append(&id, later);
+        });
+    }
+    answer
 }
 
 async fn typing(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
