@@ -92,11 +92,11 @@ impl MediaRelay {
 #[derive(Debug)]
 pub enum Prepared {
     /// A file to attach; deleted from the spool when dropped.
-    File(SpooledFile),
+    File(ReadyFile),
     /// A contact card: its summary as text, and the .vcf if the chat takes it.
     Card {
         summary: String,
-        file: Option<SpooledFile>,
+        file: Option<ReadyFile>,
         /// Twilio's copy, to delete once the card is in the chat.
         media_url: String,
     },
@@ -107,15 +107,25 @@ pub enum Prepared {
 }
 
 #[derive(Debug)]
-pub struct SpooledFile {
+pub struct ReadyFile {
     /// What the customer sent, in words: "a voice note (audio/ogg)".
     pub label: String,
-    pub path: TempPath,
+    pub body: FileBody,
     pub content_type: String,
     pub name: String,
     pub size: u64,
     /// The Twilio Media resource, to delete once attached.
     pub media_url: String,
+}
+
+/// Where a file's bytes come from when they are PUT to Connect.
+#[derive(Debug)]
+pub enum FileBody {
+    /// A spool file (converted, or of unknown length), deleted when dropped.
+    Spooled(TempPath),
+    /// Twilio's answer itself, streamed straight into the upload: a file Connect takes as
+    /// it is, whose length Twilio said. It can be read once; a retry fetches it again.
+    Fetched(Box<tokio::sync::Mutex<Option<reqwest::Response>>>),
 }
 
 /// The ledger entry that records file `index` of message `sid` as attached.
@@ -163,7 +173,29 @@ pub async fn prepare(
             "its address is not Twilio's, so it was not fetched",
         )));
     }
-    let (spooled, size) = match fetch(media, Some(account), url).await {
+    let response = match open(media, Some(account), url).await {
+        Ok(r) => r,
+        Err(FetchError::Final(why)) => return Ok(Prepared::Refused(notice(&label, &why))),
+        Err(e) => return Err(e),
+    };
+    let accepted = &media.settings.accepted;
+    let extension = media_type::extension(&essence);
+    let as_is = extension.filter(|e| accepted.takes(e));
+    // Taken as it is and of a known length: straight from Twilio into the upload.
+    if let (Some(e), Some(len)) = (as_is, response.content_length())
+        && !media_type::is_vcard(&essence)
+        && (1..=accepted.max_bytes).contains(&len)
+    {
+        return Ok(Prepared::File(ReadyFile {
+            label,
+            body: FileBody::Fetched(Box::new(tokio::sync::Mutex::new(Some(response)))),
+            name: media_type::file_name(&essence, sid, index, e),
+            content_type: essence.clone(),
+            size: len,
+            media_url: url.to_owned(),
+        }));
+    }
+    let (spooled, size) = match spool(media, response).await {
         Ok(f) => f,
         Err(FetchError::Final(why)) => return Ok(Prepared::Refused(notice(&label, &why))),
         Err(e) => return Err(e),
@@ -171,9 +203,6 @@ pub async fn prepare(
     if media_type::is_vcard(&essence) {
         return Ok(card(media, sid, index, url, label, spooled, size).await);
     }
-    let accepted = &media.settings.accepted;
-    let extension = media_type::extension(&essence);
-    let as_is = extension.filter(|e| accepted.takes(e));
     let (path, content_type, extension, size) = match (as_is, media_type::conversion(&essence)) {
         (Some(e), _) if size <= accepted.max_bytes => (spooled, essence.clone(), e, size),
         (_, Some(conversion)) if accepted.takes(conversion.extension) => {
@@ -205,9 +234,9 @@ pub async fn prepare(
             )));
         }
     };
-    Ok(Prepared::File(SpooledFile {
+    Ok(Prepared::File(ReadyFile {
         label,
-        path,
+        body: FileBody::Spooled(path),
         name: media_type::file_name(&essence, sid, index, extension),
         content_type,
         size,
@@ -238,9 +267,9 @@ async fn card(
         return Prepared::Refused(notice(&label, "it is not a contact card that can be read"));
     };
     let accepted = &media.settings.accepted;
-    let file = (accepted.takes("vcf") && size <= accepted.max_bytes).then(|| SpooledFile {
+    let file = (accepted.takes("vcf") && size <= accepted.max_bytes).then(|| ReadyFile {
         label,
-        path: spooled,
+        body: FileBody::Spooled(spooled),
         content_type: "text/vcard".into(),
         name: media_type::file_name("text/vcard", sid, index, "vcf"),
         size,
@@ -307,47 +336,74 @@ pub async fn fetch(
     account: Option<&TwilioAccount>,
     url: &str,
 ) -> Result<(TempPath, u64), FetchError> {
+    let response = open(media, account, url).await?;
+    spool(media, response).await
+}
+
+/// Asks for the file at `url`: the answer, once its status says the bytes follow.
+async fn open(
+    media: &MediaRelay,
+    account: Option<&TwilioAccount>,
+    url: &str,
+) -> Result<reqwest::Response, FetchError> {
+    let passing = |e: &dyn std::fmt::Display| FetchError::Passing(e.to_string());
+    let mut request = media.http.get(url);
+    if let Some(account) = account {
+        request = request.basic_auth(&account.username, Some(account.password.expose()));
+    }
+    let response = tokio::time::timeout(media.settings.transfer_timeout, request.send())
+        .await
+        .map_err(|_| FetchError::Passing("the file's server did not answer".into()))?
+        .map_err(|e| passing(&e))?;
+    let status = response.status();
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Err(FetchError::Passing(format!("Twilio answered {status}")));
+    }
+    if account.is_some() && matches!(status.as_u16(), 401 | 403) {
+        // Credentials are wrong for every file: worth retrying once they are fixed.
+        return Err(FetchError::Passing(format!(
+            "Twilio refused the relay's credentials ({status})"
+        )));
+    }
+    if !status.is_success() {
+        let from = if account.is_some() {
+            "Twilio"
+        } else {
+            "Amazon Connect"
+        };
+        return Err(FetchError::Final(format!(
+            "it could not be fetched from {from} ({status})"
+        )));
+    }
+    if let Some(len) = response.content_length()
+        && len > MAX_FETCH_BYTES
+    {
+        return Err(FetchError::Final(format!(
+            "it is larger than any chat allows ({})",
+            human_size(len)
+        )));
+    }
+    Ok(response)
+}
+
+/// Bytes a spool file holds in memory on their way to or from the disk.
+const SPOOL_BUFFER: usize = 64 * 1024;
+
+/// Streams an answer's body into a spool file; its size.
+async fn spool(
+    media: &MediaRelay,
+    mut response: reqwest::Response,
+) -> Result<(TempPath, u64), FetchError> {
     let passing = |e: &dyn std::fmt::Display| FetchError::Passing(e.to_string());
     let work = async {
-        let mut request = media.http.get(url);
-        if let Some(account) = account {
-            request = request.basic_auth(&account.username, Some(account.password.expose()));
-        }
-        let mut response = request.send().await.map_err(|e| passing(&e))?;
-        let status = response.status();
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(FetchError::Passing(format!("Twilio answered {status}")));
-        }
-        if account.is_some() && matches!(status.as_u16(), 401 | 403) {
-            // Credentials are wrong for every file: worth retrying once they are fixed.
-            return Err(FetchError::Passing(format!(
-                "Twilio refused the relay's credentials ({status})"
-            )));
-        }
-        if !status.is_success() {
-            let from = if account.is_some() {
-                "Twilio"
-            } else {
-                "Amazon Connect"
-            };
-            return Err(FetchError::Final(format!(
-                "it could not be fetched from {from} ({status})"
-            )));
-        }
-        if let Some(len) = response.content_length()
-            && len > MAX_FETCH_BYTES
-        {
-            return Err(FetchError::Final(format!(
-                "it is larger than any chat allows ({})",
-                human_size(len)
-            )));
-        }
         let spool = tempfile::Builder::new()
             .prefix("waconnect-media-")
             .tempfile_in(&media.settings.spool_dir)
             .map_err(|e| passing(&e))?;
         let (file, path) = spool.into_parts();
         let mut file = tokio::fs::File::from_std(file);
+        // tokio buffers up to 2 MiB per write by default: per transfer, that is the cost.
+        file.set_max_buf_size(SPOOL_BUFFER);
         let mut size: u64 = 0;
         while let Some(chunk) = response.chunk().await.map_err(|e| passing(&e))? {
             size += chunk.len() as u64;
@@ -390,7 +446,7 @@ pub async fn attach(
     media: &MediaRelay,
     connection_token: &str,
     tokens: (&str, &str),
-    file: &SpooledFile,
+    file: &ReadyFile,
 ) -> Result<Attached, ConnectError> {
     let (start_token, complete_token) = tokens;
     let label = &file.label;
@@ -441,20 +497,35 @@ pub async fn attach(
 
 /// PUTs the file's bytes to the upload URL with exactly the headers Connect named (S3
 /// refuses any difference), streamed from the spool.
-async fn put(media: &MediaRelay, upload: &Upload, file: &SpooledFile) -> Result<(), ConnectError> {
+async fn put(media: &MediaRelay, upload: &Upload, file: &ReadyFile) -> Result<(), ConnectError> {
     let failed = |kind: ErrorKind, message: String| ConnectError {
         operation: "UploadAttachment",
         kind,
         code: "upload".into(),
         message,
     };
-    let opened = tokio::fs::File::open(&file.path)
-        .await
-        .map_err(|e| failed(ErrorKind::Other, format!("the spooled file is gone: {e}")))?;
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-        opened,
-        64 * 1024,
-    ));
+    let body = match &file.body {
+        FileBody::Spooled(path) => {
+            let mut opened = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| failed(ErrorKind::Other, format!("the spooled file is gone: {e}")))?;
+            opened.set_max_buf_size(SPOOL_BUFFER);
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                opened,
+                SPOOL_BUFFER,
+            ))
+        }
+        FileBody::Fetched(response) => match response.lock().await.take() {
+            Some(r) => reqwest::Body::wrap_stream(r.bytes_stream()),
+            // Read by an attempt that failed: the next delivery fetches it again.
+            None => {
+                return Err(failed(
+                    ErrorKind::Network,
+                    "the file's stream was used by a failed upload".into(),
+                ));
+            }
+        },
+    };
     let mut request = media
         .http
         .put(&upload.url)

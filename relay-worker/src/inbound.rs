@@ -2,7 +2,7 @@
 //! the customer's chat, started (or restarted, rehydrated) as needed (DESIGN.md §4).
 
 use crate::Relay;
-use crate::attachment::{self, Attached, Prepared, SpooledFile};
+use crate::attachment::{self, Attached, Prepared, ReadyFile};
 use crate::connect::{ConnectError, ErrorKind, NewChat, OutboundCall};
 use crate::fleet::Fleet;
 use sha2::{Digest, Sha256};
@@ -512,7 +512,7 @@ async fn attach(
     contact: &str,
     sid: &str,
     index: usize,
-    file: &SpooledFile,
+    file: &ReadyFile,
 ) -> Result<(), ConnectError> {
     let n = index.to_string();
     let tokens = (
@@ -550,7 +550,7 @@ async fn media_settled(relay: &Relay, sid: &str, index: usize, prepared: &Prepar
     // A file the agent could not get stays at Twilio: it is the only copy.
     let url = match prepared {
         Prepared::Done => return,
-        Prepared::File(SpooledFile { media_url, .. }) | Prepared::Card { media_url, .. } => {
+        Prepared::File(ReadyFile { media_url, .. }) | Prepared::Card { media_url, .. } => {
             Some(media_url.as_str())
         }
         Prepared::Refused(_) => None,
