@@ -276,7 +276,7 @@ impl Fleet {
     }
 
     /// Tells the roster what this worker holds and learns the fleet's total; holding more
-    /// than a fair share while another relay has under half of one, it hands the excess over: each
+    /// than a fair share while another relay holds two or more under one, it hands the excess over: each
     /// session saves its cursor and releases its lease, and another worker's sweeper
     /// adopts it and backfills. Nothing is dropped; a new or idle worker fills up.
     pub async fn balance(&self) {
@@ -298,12 +298,14 @@ impl Fleet {
         };
         *self.fleet.lock().expect("fleet lock") = Some(members);
         let fair = fair_share(&members);
-        // Only when someone holds less than half a share — a relay that just joined, or
-        // one left nearly idle — since that is where the excess will go; not for the
-        // ordinary spread of a fleet, nor for a dead relay whose load still counts until
-        // its entry lapses. Then only what is over the fair share.
+        // Only when someone holds two or more under a fair share — a relay that just
+        // joined, or one left short — since that is where the excess will go; not for
+        // the ordinary spread of a fleet (one either side of fair), nor for a dead relay,
+        // whose last load still counts until its entry lapses. Then only what is over
+        // the fair share. (Half a share was the bar before: 5, 5, 2 for a fair 4 stayed
+        // so for good.)
         let excess = held.saturating_sub(fair);
-        if excess == 0 || members.least as usize * 2 >= fair {
+        if excess == 0 || members.least as usize + 2 > fair {
             return;
         }
         let quiet = tokio::time::Instant::now() + config.lease * 2;

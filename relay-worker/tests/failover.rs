@@ -126,11 +126,15 @@ async fn new_workers_get_a_fair_share_and_nothing_is_dropped() {
         }
     });
     let started = Instant::now();
-    let spread = wait::until("a fair share each", Duration::from_secs(60), || async {
-        let spread = count_by_worker(&holders(&stack, &customers).await);
-        (spread.len() == 3 && spread.values().all(|n| *n >= 3)).then_some(spread)
-    })
-    .await;
+    let mut spread = count_by_worker(&holders(&stack, &customers).await);
+    while !(spread.len() == 3 && spread.values().all(|n| *n >= 3)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no fair share each after 60 s: {spread:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        spread = count_by_worker(&holders(&stack, &customers).await);
+    }
     let balanced_in = started.elapsed();
     writers.await.unwrap();
     let got = stack

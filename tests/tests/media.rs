@@ -559,3 +559,67 @@ async fn scanned_files_keep_the_agents_order_and_the_wait_has_a_bound() {
         "{notices:?}"
     );
 }
+
+/// The sender SIGKILLed while Twilio takes an agent's file (its answer never comes back):
+/// the sender that takes over finds the message at Twilio — a part without text, told by
+/// its file — and the phone gets the file once, before what the agent wrote next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_mid_send_sends_the_agents_file_once() {
+    let mut lp = FullLoop::start(LoopOptions {
+        sender_vars: vec![("WACONNECT_SENDER_VISIBILITY", "2s".into())],
+        ..LoopOptions::default()
+    })
+    .await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    // Twilio takes messages, then answers 3 s later.
+    phone.delay(3000).await.unwrap();
+    let manual = pdf(20_000);
+    desk.send_file(
+        &contact,
+        "Manual.pdf",
+        "application/pdf",
+        manual.clone(),
+        "APPROVED",
+    )
+    .await
+    .unwrap();
+    let number = customer(0);
+    wait::until(
+        "Twilio to take the file",
+        Duration::from_secs(30),
+        || async {
+            let inbox = phone.inbox(number.as_str()).await.ok()?;
+            inbox.iter().any(|m| !m.media_urls.is_empty()).then_some(())
+        },
+    )
+    .await;
+    lp.sender.start_kill().unwrap();
+    lp.sender.wait().await.unwrap();
+    phone.clear_faults().await.unwrap();
+    lp.sender = spawn("outbound-sender", &lp.sender_vars);
+    desk.send(&contact, "sent after the file").await.unwrap();
+    wait::until(
+        "the text after the file",
+        Duration::from_secs(60),
+        || async {
+            let inbox = phone.inbox(number.as_str()).await.ok()?;
+            inbox
+                .iter()
+                .any(|m| m.body == "sent after the file")
+                .then_some(())
+        },
+    )
+    .await;
+    // A late double would show now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let inbox = phone.inbox(number.as_str()).await.unwrap();
+    let agent: Vec<&waconnect_tests::twilio_sim::InboxMessage> = inbox
+        .iter()
+        .filter(|m| !m.media_urls.is_empty() || m.body == "sent after the file")
+        .collect();
+    assert_eq!(agent.len(), 2, "{inbox:?}");
+    assert!(!agent[0].media_urls.is_empty(), "the file first: {inbox:?}");
+    let (_, _, bytes) = phone.received_file(&agent[0].sid, 0).await.unwrap();
+    assert_eq!(bytes, manual);
+}
