@@ -354,7 +354,7 @@ async fn open(
     let response = tokio::time::timeout(media.settings.transfer_timeout, request.send())
         .await
         .map_err(|_| FetchError::Passing("the file's server did not answer".into()))?
-        .map_err(|e| passing(&e))?;
+        .map_err(|e| passing(&e.without_url()))?;
     let status = response.status();
     if status.is_server_error() || status.as_u16() == 429 {
         return Err(FetchError::Passing(format!("Twilio answered {status}")));
@@ -386,6 +386,9 @@ async fn open(
     Ok(response)
 }
 
+// reqwest's errors name their URL: a Connect download URL or an upload URL is a bearer
+// credential for minutes, so errors are told without it (`without_url`).
+
 /// Bytes a spool file holds in memory on their way to or from the disk.
 const SPOOL_BUFFER: usize = 64 * 1024;
 
@@ -405,7 +408,11 @@ async fn spool(
         // tokio buffers up to 2 MiB per write by default: per transfer, that is the cost.
         file.set_max_buf_size(SPOOL_BUFFER);
         let mut size: u64 = 0;
-        while let Some(chunk) = response.chunk().await.map_err(|e| passing(&e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| passing(&e.without_url()))?
+        {
             size += chunk.len() as u64;
             if size > MAX_FETCH_BYTES {
                 return Err(FetchError::Final(format!(
@@ -541,19 +548,21 @@ async fn put(media: &MediaRelay, upload: &Upload, file: &ReadyFile) -> Result<()
     let response = tokio::time::timeout(media.settings.transfer_timeout, request.send())
         .await
         .map_err(|_| failed(ErrorKind::Network, "the upload timed out".into()))?
-        .map_err(|e| failed(ErrorKind::Network, e.to_string()))?;
+        .map_err(|e| failed(ErrorKind::Network, e.without_url().to_string()))?;
     metrics::histogram!("waconnect_relay_media_upload_seconds")
         .record(started.elapsed().as_secs_f64());
     let status = response.status();
     if status.is_success() {
         return Ok(());
     }
-    let said: String = response
-        .text()
-        .await
-        .unwrap_or_default()
+    // Only S3's error code: its message may quote the signature we sent.
+    let text = response.text().await.unwrap_or_default();
+    let said: String = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map_or("no error code", |(code, _)| code)
         .chars()
-        .take(300)
+        .take(60)
         .collect();
     // A 403 is a signature that does not match (a header we sent differs) or an expired
     // URL: the next delivery starts the upload again.

@@ -32,6 +32,9 @@ pub struct Fleet {
     fleet: Mutex<Option<Members>>,
     /// Unheld conversations the last sweep left to others; this one takes them.
     passed_over: Mutex<HashSet<String>>,
+    /// Balance rounds in a row that found someone under three quarters of a fair share
+    /// and two or more under it (but not under half of one).
+    uneven_rounds: std::sync::atomic::AtomicU32,
     tasks: TaskTracker,
     /// Cancelled at shutdown; every session's token is a child of it.
     stop: CancellationToken,
@@ -44,6 +47,8 @@ const RENEW_CONCURRENCY: usize = 256;
 const RESUME_LIMIT: usize = 10_000;
 /// The roster the relays share.
 const ROSTER: &str = "relays";
+/// Balance rounds a smaller unevenness must last before conversations are handed over.
+const UNEVEN_ROUNDS: u32 = 3;
 
 /// Conversations per relay if the fleet's were shared out evenly.
 fn fair_share(m: &Members) -> usize {
@@ -58,6 +63,7 @@ impl Fleet {
             shed: Mutex::default(),
             fleet: Mutex::default(),
             passed_over: Mutex::default(),
+            uneven_rounds: std::sync::atomic::AtomicU32::new(0),
             tasks: TaskTracker::new(),
             stop,
         })
@@ -276,7 +282,8 @@ impl Fleet {
     }
 
     /// Tells the roster what this worker holds and learns the fleet's total; holding more
-    /// than a fair share while another relay holds two or more under one, it hands the excess over: each
+    /// than a fair share while another relay holds under half of one (or, for three rounds,
+    /// under three quarters and two or more under one), it hands the excess over: each
     /// session saves its cursor and releases its lease, and another worker's sweeper
     /// adopts it and backfills. Nothing is dropped; a new or idle worker fills up.
     pub async fn balance(&self) {
@@ -298,16 +305,31 @@ impl Fleet {
         };
         *self.fleet.lock().expect("fleet lock") = Some(members);
         let fair = fair_share(&members);
-        // Only when someone holds two or more under a fair share — a relay that just
-        // joined, or one left short — since that is where the excess will go; not for
-        // the ordinary spread of a fleet (one either side of fair), nor for a dead relay,
+        // Only when someone holds under half a share — a relay that just joined, or one
+        // left nearly idle — since that is where the excess will go; not for the
+        // ordinary spread of a fleet (one either side of fair), nor for a dead relay,
         // whose last load still counts until its entry lapses. Then only what is over
-        // the fair share. (Half a share was the bar before: 5, 5, 2 for a fair 4 stayed
-        // so for good.)
+        // the fair share. Someone under three quarters of a share and two or more under
+        // it (5, 5, 2 for a fair 4 would otherwise stay so for good) counts only once it
+        // lasts three rounds: by then a dead relay's entry, which inflates the share, has
+        // lapsed, and a failover's adoptions, which pass through such spreads, are done.
         let excess = held.saturating_sub(fair);
-        if excess == 0 || members.least as usize + 2 > fair {
+        let least = members.least as usize;
+        let uneven = least + 2 <= fair && least * 4 < fair * 3;
+        let rounds = if uneven {
+            self.uneven_rounds
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+        } else {
+            self.uneven_rounds
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            0
+        };
+        if excess == 0 || !(least * 2 < fair || rounds >= UNEVEN_ROUNDS) {
             return;
         }
+        self.uneven_rounds
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         let quiet = tokio::time::Instant::now() + config.lease * 2;
         let handed: Vec<(String, CancellationToken)> = {
             let held = self.held.lock().expect("held lock");

@@ -329,6 +329,37 @@ async fn what_cannot_be_attached_reaches_the_agent_as_a_notice() {
     assert_eq!(items.len(), 7, "{items:?}");
 }
 
+/// A chat that holds as many attachments as Connect allows: the next file is a notice
+/// that says so, and the messages around it go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_connects_attachments_per_chat_the_agent_gets_a_notice() {
+    let lp = FullLoop::start(LoopOptions {
+        connect: SimOptions {
+            attachments_per_chat: 2,
+            ..SimOptions::default()
+        },
+        ..LoopOptions::default()
+    })
+    .await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let from = customer(4);
+    let from = from.as_str();
+    for n in 0..3 {
+        file(&phone, from, pdf(n * 10), "application/pdf", "").await;
+    }
+    text(&phone, from, "did you get them?").await;
+    let (_, items) = chat_with(&desk, from, 4).await;
+    assert!(
+        items[0].starts_with("file:") && items[1].starts_with("file:"),
+        "{items:?}"
+    );
+    assert!(
+        items[2].contains("the chat already holds the most attachments Amazon Connect allows"),
+        "{items:?}"
+    );
+    assert_eq!(items[3], "did you get them?");
+}
+
 /// A relay killed while it attaches a file: the next delivery (to the restarted relay)
 /// attaches it once, with the caption after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,8 @@ pub struct SimOptions {
     pub attachment_extensions: Vec<String>,
     /// The instance's attachment size limit (Connect: 20 MB by default, 1–100 MB).
     pub attachment_max_bytes: u64,
+    /// Attachments one chat takes (Connect: 35); tests lower it to reach it quickly.
+    pub attachments_per_chat: usize,
 }
 
 /// Connect chat's default attachment extensions (DESIGN.md §9).
@@ -54,6 +56,7 @@ impl Default for SimOptions {
                 .map(|e| (*e).to_owned())
                 .collect(),
             attachment_max_bytes: 20 * 1024 * 1024,
+            attachments_per_chat: MAX_ATTACHMENTS_PER_CHAT,
         }
     }
 }

@@ -2,10 +2,7 @@
 //! restJson1 as the AWS SDKs send and parse them.
 
 use super::Sim;
-use super::model::{
-    Attachment, ChatState, Connection, Contact, MAX_ATTACHMENTS_PER_CHAT, OutboundCall, WsUrl, iso,
-    new_id,
-};
+use super::model::{Attachment, ChatState, Connection, Contact, OutboundCall, WsUrl, iso, new_id};
 use super::wire::{ApiError, AttachmentItem, Item, Service};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -633,7 +630,7 @@ async fn start_upload(State(sim): State<Arc<Sim>>, headers: HeaderMap, bytes: By
                 .values()
                 .filter(|a| a.contact_id == contact_id && a.completed)
                 .count();
-            if chat_has >= MAX_ATTACHMENTS_PER_CHAT {
+            if chat_has >= sim.options.attachments_per_chat {
                 return Err(ApiError::new(
                     402,
                     "ServiceQuotaExceededException",
