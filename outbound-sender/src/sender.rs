@@ -110,13 +110,10 @@ async fn with_file_urls(
         );
         return Err((message, e));
     };
+    // No look for the file first: that would be one more store call per send, and a
+    // file gone by now (past its retention) fails at Twilio (63019), which the agent hears.
     for key in std::mem::take(&mut message.files) {
-        let url = match media.exists(&key).await {
-            Ok(true) => media.url(&key, s.media_url_ttl).await,
-            Ok(false) => Err(MediaError::NotFound),
-            Err(e) => Err(e),
-        };
-        match url {
+        match media.url(&key, s.media_url_ttl).await {
             Ok(url) => message.media_urls.push(url),
             Err(e) => {
                 let kind = match e {
