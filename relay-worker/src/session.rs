@@ -330,7 +330,15 @@ impl Session {
             {
                 Ok(false)
             }
-            Disposition::ChatEnded => Err(Step::Done(self.end_chat(Some(&item)).await)),
+            Disposition::ChatEnded => {
+                // What waited behind a file still being scanned goes before the chat is
+                // done with; the file itself never got its verdict.
+                if let Some(scan) = self.scanning.take() {
+                    self.advance(&scan.item);
+                    self.admit_all(scan.held).await?;
+                }
+                Err(Step::Done(self.end_chat(Some(&item)).await))
+            }
             Disposition::Forward => {
                 if !item.is_after(self.cursor.as_ref(), &self.contact_id)
                     || self.recent.contains(&item.id)

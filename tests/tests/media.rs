@@ -654,3 +654,34 @@ async fn a_sender_killed_mid_send_sends_the_agents_file_once() {
     let (_, _, bytes) = phone.received_file(&agent[0].sid, 0).await.unwrap();
     assert_eq!(bytes, manual);
 }
+
+/// The agent ends the chat while a file is still being scanned: what the agent wrote
+/// after the file still reaches the customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_ended_during_a_scan_still_sends_what_followed_the_file() {
+    let lp = FullLoop::start(LoopOptions::default()).await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    desk.send_scanned_file(
+        &contact,
+        "slow.pdf",
+        "application/pdf",
+        pdf(10),
+        "APPROVED",
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    desk.send(&contact, "bye for now").await.unwrap();
+    desk.end(&contact).await.unwrap();
+    let number = customer(0);
+    wait::until(
+        "the text after the file",
+        Duration::from_secs(30),
+        || async {
+            let inbox = phone.inbox(number.as_str()).await.ok()?;
+            inbox.iter().any(|m| m.body == "bye for now").then_some(())
+        },
+    )
+    .await;
+}
