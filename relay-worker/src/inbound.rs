@@ -496,16 +496,25 @@ async fn relay_part(
             metrics::counter!("waconnect_relay_media_total", "outcome" => "refused").increment(1);
             send(notice, "media-notice", *i).await
         }
-        Part::Media(i, Prepared::File(file)) => attach(relay, token, contact, sid, *i, file).await,
+        Part::Media(i, Prepared::File(file)) => {
+            match attach(relay, token, contact, sid, *i, file).await? {
+                Attached::Done => Ok(()),
+                Attached::Refused(notice) => send(&notice, "media-notice", *i).await,
+            }
+        }
         Part::Media(i, Prepared::Card { summary, file, .. }) => {
-            if let Some(file) = file {
-                attach(relay, token, contact, sid, *i, file).await?;
+            if let Some(file) = file
+                && let Attached::Refused(notice) =
+                    attach(relay, token, contact, sid, *i, file).await?
+            {
+                send(&notice, "media-notice", *i).await?;
             }
             send(summary, "media-text", *i).await
         }
     }
 }
 
+/// Attaches one file; Connect's refusal comes back as the agent's notice.
 async fn attach(
     relay: &Relay,
     token: &str,
@@ -513,7 +522,7 @@ async fn attach(
     sid: &str,
     index: usize,
     file: &ReadyFile,
-) -> Result<(), ConnectError> {
+) -> Result<Attached, ConnectError> {
     let n = index.to_string();
     let tokens = (
         client_token(&["attach-start", sid, contact, &n]),
@@ -527,21 +536,12 @@ async fn attach(
         file,
     )
     .await?;
-    match attached {
-        Attached::Done => {
-            metrics::counter!("waconnect_relay_media_total", "outcome" => "attached").increment(1);
-            Ok(())
-        }
-        Attached::Refused(notice) => {
-            metrics::counter!("waconnect_relay_media_total", "outcome" => "refused").increment(1);
-            let client_token = client_token(&["media-notice", sid, contact, &n]);
-            relay
-                .api
-                .send_message(token, &notice, &client_token)
-                .await
-                .map(drop)
-        }
-    }
+    let outcome = match attached {
+        Attached::Done => "attached",
+        Attached::Refused(_) => "refused",
+    };
+    metrics::counter!("waconnect_relay_media_total", "outcome" => outcome).increment(1);
+    Ok(attached)
 }
 
 /// Records a file as handled, so a redelivery neither fetches nor attaches it again, and

@@ -408,20 +408,8 @@ impl Session {
                 &file.attachment_name,
                 &format!("Amazon Connect had not approved it ({why})"),
             );
-            let token = crate::inbound::client_token(&[
-                "agent-file-notice",
-                &scan.item.id,
-                &file.attachment_id,
-            ]);
-            if let Err(e) = self
-                .relay
-                .api
-                .send_message(&self.connection_token, &notice, &token)
-                .await
-            {
-                tracing::warn!(customer = %self.customer, error = %e, "cannot tell the agent a file was not sent");
-                return Err(Step::Reconnect("attachment_error"));
-            }
+            self.tell_agent(&scan.item.id, &file.attachment_id, &notice)
+                .await?;
         }
         self.advance(&scan.item);
         self.admit_all(scan.held).await
@@ -500,19 +488,8 @@ impl Session {
             match copied {
                 Ok(Copied::Stored(key)) => keys.push(key),
                 Ok(Copied::Refused(notice)) => {
-                    let token = crate::inbound::client_token(&[
-                        "agent-file-notice",
-                        &item.id,
-                        &file.attachment_id,
-                    ]);
-                    if let Err(e) = relay
-                        .api
-                        .send_message(&self.connection_token, &notice, &token)
-                        .await
-                    {
-                        tracing::warn!(customer = %self.customer, error = %e, "cannot tell the agent a file was not sent");
-                        return Err(Step::Reconnect("attachment_error"));
-                    }
+                    self.tell_agent(&item.id, &file.attachment_id, &notice)
+                        .await?;
                 }
                 Err(e) => {
                     tracing::warn!(customer = %self.customer, error = %e, "an agent's file could not be copied yet; will backfill");
@@ -521,6 +498,26 @@ impl Session {
             }
         }
         Ok(keys)
+    }
+
+    /// Tells the agent, in the chat, that file `attachment_id` of item `item_id` was not
+    /// sent; the ClientToken makes a repeat (a re-forward) harmless.
+    async fn tell_agent(
+        &self,
+        item_id: &str,
+        attachment_id: &str,
+        notice: &str,
+    ) -> Result<(), Step> {
+        let token = crate::inbound::client_token(&["agent-file-notice", item_id, attachment_id]);
+        self.relay
+            .api
+            .send_message(&self.connection_token, notice, &token)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                tracing::warn!(customer = %self.customer, error = %e, "cannot tell the agent a file was not sent");
+                Step::Reconnect("attachment_error")
+            })
     }
 
     /// Moves the cursor past `item`, which is done with.
