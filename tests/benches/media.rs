@@ -1,6 +1,6 @@
 //! Media relaying, customer → agent, over the full loop of real (release) processes:
 //! `BENCH_TRANSFERS` (default 20) customers each send a `BENCH_MB` (default 16) MB document
-//! at once; the relay fetches each from the Twilio simulator (Basic auth, redirect) and
+//! at once, into chats that already exist; the relay fetches each from the Twilio simulator (Basic auth, redirect) and
 //! attaches it in the Connect simulator (Start, PUT, Complete).
 //!
 //! Reports the relay's added resident memory per transfer in flight (its peak RSS during
@@ -124,6 +124,22 @@ async fn main() {
     wait::until("the warm-up file", Duration::from_secs(30), || async {
         let stats = desk.stats().await.ok()?;
         (stats.calls_to("CompleteAttachmentUpload") >= 1).then_some(())
+    })
+    .await;
+    // Every customer's chat exists before the burst: the bench times file transfers, not
+    // chat starts (a first message starts the chat whatever it carries).
+    for c in 0..transfers {
+        let hello = CustomerMessage {
+            from: customer(c).as_str().to_owned(),
+            body: "hello".into(),
+            ..Default::default()
+        };
+        let (_, status) = phone.send(&hello).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    wait::until("every chat started", Duration::from_secs(60), || async {
+        let stats = desk.stats().await.ok()?;
+        (stats.calls_to("SendMessage") >= transfers as u64).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
