@@ -10,6 +10,9 @@ use crate::delivery::{DeliveryLedger, LedgerError};
 use crate::media::directory::DirectoryStore;
 use crate::media::s3::S3Store;
 use crate::media::{MediaError, MediaStore};
+use crate::message_index::dynamodb::DynamoMessageIndex;
+use crate::message_index::sqlite::SqliteMessageIndex;
+use crate::message_index::{IndexError, MessageIndex};
 use crate::ops::Readiness;
 use crate::queue::failures::FailureLog;
 use crate::queue::sqlite::SqliteQueue;
@@ -36,6 +39,8 @@ pub enum BackendError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
     #[error(transparent)]
     Roster(#[from] RosterError),
     #[error(transparent)]
@@ -131,6 +136,16 @@ impl Backend {
             Engine::Aws(aws) => {
                 Arc::new(DynamoLedger::new(aws.table.clone(), self.retention.ledger))
             }
+        })
+    }
+
+    pub async fn message_index(&self) -> Result<Arc<dyn MessageIndex>, BackendError> {
+        Ok(match &self.engine {
+            Engine::Embedded(db) => Arc::new(SqliteMessageIndex::open(db.clone()).await?),
+            Engine::Aws(aws) => Arc::new(DynamoMessageIndex::new(
+                aws.table.clone(),
+                self.retention.messages,
+            )),
         })
     }
 

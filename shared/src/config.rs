@@ -375,6 +375,8 @@ pub struct RetentionConfig {
     pub dead_letters: Duration,
     /// The agent's files kept for Twilio (the bucket's lifecycle rule on AWS).
     pub media: Duration,
+    /// The message index (SID ↔ chat item, first words), for receipts and quoted replies.
+    pub messages: Duration,
 }
 
 impl RetentionConfig {
@@ -391,6 +393,7 @@ impl RetentionConfig {
                 Duration::from_secs(14 * DAY),
             ),
             media: r.duration("WACONNECT_RETENTION_MEDIA", Duration::from_secs(2 * DAY)),
+            messages: r.duration("WACONNECT_RETENTION_MESSAGES", Duration::from_secs(7 * DAY)),
         }
     }
 }

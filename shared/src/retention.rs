@@ -1,12 +1,13 @@
 //! Deletes what is no longer needed, so nothing — a customer's number above all — is kept
-//! forever: ended conversations once their `ttl` passed, delivery-ledger rows and dead
-//! letters and the agent's files older than their retention. On DynamoDB and SQS the storage expires them itself
+//! forever: ended conversations once their `ttl` passed, delivery-ledger rows, the message
+//! index, dead letters and the agent's files older than their retention. On DynamoDB and SQS the storage expires them itself
 //! (`ttl`, the queues' retention period) and these calls do nothing; on the embedded
 //! engine this job is what keeps the SQLite file bounded.
 
 use crate::config::RetentionConfig;
 use crate::delivery::DeliveryLedger;
 use crate::media::MediaStore;
+use crate::message_index::MessageIndex;
 use crate::queue::Queue;
 use crate::store::ConversationStore;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
 pub struct Retained {
     pub store: Arc<dyn ConversationStore>,
     pub ledger: Arc<dyn DeliveryLedger>,
+    pub index: Arc<dyn MessageIndex>,
     pub queues: Vec<Arc<dyn Queue>>,
     pub media: Option<Arc<dyn MediaStore>>,
 }
@@ -30,6 +32,7 @@ pub struct Retained {
 pub struct Pruned {
     pub conversations: u64,
     pub ledger: u64,
+    pub messages: u64,
     pub dead_letters: u64,
     pub media: u64,
 }
@@ -49,6 +52,10 @@ impl Retained {
             Ok(n) => pruned.ledger = n,
             Err(e) => tracing::warn!(error = %e, "cannot prune the delivery ledger"),
         }
+        match self.index.prune(ago(retention.messages)).await {
+            Ok(n) => pruned.messages = n,
+            Err(e) => tracing::warn!(error = %e, "cannot prune the message index"),
+        }
         for queue in &self.queues {
             match queue.prune_dead_letters(ago(retention.dead_letters)).await {
                 Ok(n) => pruned.dead_letters += n,
@@ -66,6 +73,7 @@ impl Retained {
         for (kind, n) in [
             ("conversations", pruned.conversations),
             ("ledger", pruned.ledger),
+            ("messages", pruned.messages),
             ("dead_letters", pruned.dead_letters),
             ("media", pruned.media),
         ] {
@@ -77,6 +85,7 @@ impl Retained {
             tracing::info!(
                 conversations = pruned.conversations,
                 ledger = pruned.ledger,
+                messages = pruned.messages,
                 dead_letters = pruned.dead_letters,
                 media = pruned.media,
                 "expired data deleted"
@@ -111,6 +120,8 @@ mod tests {
     use crate::conversation::Conversation;
     use crate::delivery::sqlite::SqliteLedger;
     use crate::media::MediaStore;
+    use crate::message_index::sqlite::SqliteMessageIndex;
+    use crate::message_index::{Author, IndexedMessage};
     use crate::queue::sqlite::SqliteQueue;
     use crate::queue::{Limits, NewMessage};
     use crate::sqlite::Db;
@@ -137,6 +148,7 @@ mod tests {
         let db = Db::open_path(&path, Synchronous::Normal).await.unwrap();
         let store = Arc::new(SqliteStore::open(db.clone()).await.unwrap());
         let ledger = Arc::new(SqliteLedger::open(db.clone()).await.unwrap());
+        let index = Arc::new(SqliteMessageIndex::open(db.clone()).await.unwrap());
         let queue = Arc::new(SqliteQueue::open(db, "q", Limits::both(5)).await.unwrap());
         let media_dir = dir.path().join("media");
         let media = Arc::new(
@@ -149,6 +161,7 @@ mod tests {
         let retained = Retained {
             store: store.clone(),
             ledger: ledger.clone(),
+            index: index.clone(),
             queues: vec![queue.clone()],
             media: Some(media.clone()),
         };
@@ -157,6 +170,7 @@ mod tests {
             ledger: Duration::ZERO,
             dead_letters: Duration::ZERO,
             media: Duration::ZERO,
+            messages: Duration::ZERO,
         };
         let mut sizes = Vec::new();
         for round in 0..ROUNDS {
@@ -169,6 +183,15 @@ mod tests {
                 c.ttl = Some(chrono::Utc::now().timestamp() - 1);
                 store.insert(&c).await.unwrap();
                 ledger.sent(&format!("item-{n}#0"), "SM0000").await.unwrap();
+                index
+                    .remember(IndexedMessage::new(
+                        &format!("SM{n:032}"),
+                        &format!("item-{n}"),
+                        Author::Customer,
+                        &"words ".repeat(40),
+                    ))
+                    .await
+                    .unwrap();
                 let meta = crate::media::FileMeta {
                     content_type: "application/pdf".into(),
                     file_name: "invoice.pdf".into(),
@@ -205,6 +228,7 @@ mod tests {
                 Pruned {
                     conversations: PER_ROUND as u64,
                     ledger: PER_ROUND as u64,
+                    messages: PER_ROUND as u64,
                     dead_letters: PER_ROUND as u64,
                     media: PER_ROUND as u64,
                 },

@@ -6,7 +6,8 @@
 //! * `dlv#<part>`: a delivery-ledger entry ([`crate::delivery::dynamodb`]);
 //! * `qfail#<queue>#<message id>`: a queue message's last failure
 //!   ([`crate::queue::failures`]);
-//! * `roster#<group>#<member>`: a live process of a fleet ([`crate::roster::dynamodb`]).
+//! * `roster#<group>#<member>`: a live process of a fleet ([`crate::roster::dynamodb`]);
+//! * `msg#<sid>` and `msgc#<item id>`: the message index ([`crate::message_index::dynamodb`]).
 //!
 //! The sparse global secondary index [`DUE_INDEX`] (partition `due_shard`, sort `due_at`)
 //! finds what is due without a Scan: live conversations by lease expiry, for the sweepers,
@@ -26,6 +27,11 @@ pub const TTL: &str = "ttl";
 pub const LOAD: &str = "load";
 
 pub type Item = HashMap<String, AttributeValue>;
+
+/// BatchWriteItem's limit.
+pub const MAX_BATCH_WRITE: usize = 25;
+/// Attempts at the items a BatchWriteItem left unprocessed (throttling) before giving up.
+const UNPROCESSED_ATTEMPTS: u32 = 4;
 
 /// Which side of a time [`Table::query_due`] lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +80,55 @@ impl Table {
             .expression_attribute_names("#due", DUE_AT)
             .expression_attribute_values(":shard", s(shard))
             .expression_attribute_values(":at", n(at))
+    }
+
+    /// Puts `items` (distinct keys, at most [`MAX_BATCH_WRITE`]) in one BatchWriteItem,
+    /// asking again (with a doubling pause) for what DynamoDB leaves unprocessed under
+    /// load. Answers the keys still unwritten after [`UNPROCESSED_ATTEMPTS`].
+    pub(crate) async fn batch_put(
+        &self,
+        items: Vec<Item>,
+    ) -> Result<std::collections::HashSet<String>, crate::aws::CallError> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        let mut pending: Vec<WriteRequest> = items
+            .into_iter()
+            .map(|item| {
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .expect("the item is set"),
+                    )
+                    .build()
+            })
+            .collect();
+        let mut delay = std::time::Duration::from_millis(25);
+        for attempt in 1..=UNPROCESSED_ATTEMPTS {
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.name, pending)
+                .send()
+                .await
+                .map_err(|e| crate::aws::CallError::from_sdk(&e))?;
+            pending = out
+                .unprocessed_items
+                .and_then(|mut u| u.remove(&self.name))
+                .unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(Default::default());
+            }
+            if attempt < UNPROCESSED_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        Ok(pending
+            .iter()
+            .filter_map(|w| w.put_request().and_then(|p| get_s(p.item(), KEY)))
+            .map(str::to_owned)
+            .collect())
     }
 
     /// The items with these keys (`pk` values) that exist: one BatchGetItem per 100 keys,

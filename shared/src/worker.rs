@@ -6,6 +6,7 @@ use crate::backend::{Backend, BackendError, QueuesReady};
 use crate::config::WorkerConfig;
 use crate::delivery::DeliveryLedger;
 use crate::media::MediaStore;
+use crate::message_index::MessageIndex;
 use crate::ops::{self, Health, Readiness};
 use crate::queue::{Queue, depth};
 use crate::retention::Retained;
@@ -73,6 +74,8 @@ pub struct WorkerBackends {
     pub outbound: Arc<dyn Queue>,
     pub store: Arc<dyn ConversationStore>,
     pub ledger: Arc<dyn DeliveryLedger>,
+    /// Which Twilio message is which chat item, for receipts and quoted replies.
+    pub index: Arc<dyn MessageIndex>,
     pub roster: Arc<dyn Roster>,
     /// The agent's files for Twilio; `None` on AWS without a bucket.
     pub media: Option<Arc<dyn MediaStore>>,
@@ -86,6 +89,7 @@ impl WorkerBackends {
             outbound: backend.outbound().await?,
             store: backend.store().await?,
             ledger: backend.ledger().await?,
+            index: backend.message_index().await?,
             roster: backend.roster().await?,
             media: backend.media().await?,
         })
@@ -115,6 +119,7 @@ pub async fn serve_ops(
     let pruner = Retained {
         store: backends.store.clone(),
         ledger: backends.ledger.clone(),
+        index: backends.index.clone(),
         queues: backends.queues(),
         media: backends.media.clone(),
     }

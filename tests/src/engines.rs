@@ -9,6 +9,9 @@ use waconnect_shared::delivery::DeliveryLedger;
 use waconnect_shared::delivery::dynamodb::DynamoLedger;
 use waconnect_shared::delivery::sqlite::SqliteLedger;
 use waconnect_shared::media::MediaStore;
+use waconnect_shared::message_index::MessageIndex;
+use waconnect_shared::message_index::dynamodb::DynamoMessageIndex;
+use waconnect_shared::message_index::sqlite::SqliteMessageIndex;
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{Limits, Queue};
 use waconnect_shared::roster::Roster;
@@ -75,6 +78,17 @@ pub trait LedgerEngine: Send + Sync {
     /// Two handles on a new, empty ledger, each over its own connection, as two processes
     /// would hold it.
     async fn ledgers(&self) -> (Arc<dyn DeliveryLedger>, Arc<dyn DeliveryLedger>);
+
+    /// Whether the engine's storage deletes expired entries by itself (DynamoDB's TTL).
+    fn expires_itself(&self) -> bool {
+        false
+    }
+}
+
+#[async_trait]
+pub trait IndexEngine: Send + Sync {
+    /// Two handles on a new, empty message index, each over its own connection.
+    async fn indexes(&self) -> (Arc<dyn MessageIndex>, Arc<dyn MessageIndex>);
 
     /// Whether the engine's storage deletes expired entries by itself (DynamoDB's TTL).
     fn expires_itself(&self) -> bool {
@@ -159,6 +173,15 @@ impl LedgerEngine for SqliteEngine {
     async fn ledgers(&self) -> (Arc<dyn DeliveryLedger>, Arc<dyn DeliveryLedger>) {
         let a = SqliteLedger::open(self.db().await).await.unwrap();
         let b = SqliteLedger::open(self.db().await).await.unwrap();
+        (Arc::new(a), Arc::new(b))
+    }
+}
+
+#[async_trait]
+impl IndexEngine for SqliteEngine {
+    async fn indexes(&self) -> (Arc<dyn MessageIndex>, Arc<dyn MessageIndex>) {
+        let a = SqliteMessageIndex::open(self.db().await).await.unwrap();
+        let b = SqliteMessageIndex::open(self.db().await).await.unwrap();
         (Arc::new(a), Arc::new(b))
     }
 }
@@ -304,6 +327,24 @@ impl StoreEngine for AwsEngine {
             "--table".into(),
             self.last_table.lock().unwrap().clone(),
         ]
+    }
+
+    fn expires_itself(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl IndexEngine for AwsEngine {
+    async fn indexes(&self) -> (Arc<dyn MessageIndex>, Arc<dyn MessageIndex>) {
+        let name = self.moto.table(&format!("m-{}", unique_suffix())).await;
+        let (_, a) = self.moto.clients().await;
+        let (_, b) = self.moto.clients().await;
+        let table = |client| waconnect_shared::table::Table::new(client, name.clone());
+        (
+            Arc::new(DynamoMessageIndex::new(table(a), LEDGER_KEEP)),
+            Arc::new(DynamoMessageIndex::new(table(b), LEDGER_KEEP)),
+        )
     }
 
     fn expires_itself(&self) -> bool {

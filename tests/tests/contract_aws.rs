@@ -17,6 +17,11 @@ mod ledger {
     waconnect_tests::ledger_contract_tests!(AwsEngine::new());
 }
 
+mod message_index {
+    use super::*;
+    waconnect_tests::index_contract_tests!(AwsEngine::new());
+}
+
 mod media {
     use super::*;
     waconnect_tests::media_contract_tests!(AwsEngine::new());

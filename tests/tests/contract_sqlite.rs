@@ -20,6 +20,11 @@ mod ledger {
     waconnect_tests::ledger_contract_tests!(SqliteEngine::new());
 }
 
+mod message_index {
+    use super::*;
+    waconnect_tests::index_contract_tests!(SqliteEngine::new());
+}
+
 mod media {
     use super::*;
     waconnect_tests::media_contract_tests!(SqliteEngine::new());

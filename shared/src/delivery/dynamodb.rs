@@ -8,20 +8,16 @@
 use super::{Claim, DeliveryLedger, LedgerError};
 use crate::aws::CallError;
 use crate::batch::Batcher;
-use crate::table::{Item, KEY, TTL, Table, get_n, get_s, n, s};
+use crate::table::{Item, KEY, MAX_BATCH_WRITE, TTL, Table, get_n, get_s, n, s};
 use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{PutRequest, ReturnValuesOnConditionCheckFailure, WriteRequest};
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
 pub const OUTCOME_LINGER: std::time::Duration = std::time::Duration::from_millis(250);
-/// BatchWriteItem's limit.
-const MAX_BATCH_WRITE: usize = 25;
-/// Attempts at the items a BatchWriteItem left unprocessed (throttling) before giving up.
-const UNPROCESSED_ATTEMPTS: u32 = 4;
 
 #[derive(Clone, Debug)]
 pub struct DynamoLedger {
@@ -76,49 +72,10 @@ async fn write_outcomes(
             items.insert(sid_pk(sid), owner);
         }
     }
-    let mut pending: Vec<WriteRequest> = items
-        .into_values()
-        .map(|item| {
-            WriteRequest::builder()
-                .put_request(
-                    PutRequest::builder()
-                        .set_item(Some(item))
-                        .build()
-                        .expect("the item is set"),
-                )
-                .build()
-        })
-        .collect();
-    let mut delay = std::time::Duration::from_millis(25);
-    for attempt in 1..=UNPROCESSED_ATTEMPTS {
-        let result = table
-            .client
-            .batch_write_item()
-            .request_items(&table.name, pending)
-            .send()
-            .await;
-        pending = match result {
-            Ok(out) => out
-                .unprocessed_items
-                .and_then(|mut u| u.remove(&table.name))
-                .unwrap_or_default(),
-            Err(e) => {
-                let e = CallError::from_sdk(&e);
-                return batch.iter().map(|_| Err(e.clone())).collect();
-            }
-        };
-        if pending.is_empty() {
-            return batch.iter().map(|_| Ok(())).collect();
-        }
-        if attempt < UNPROCESSED_ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-    }
-    let left: std::collections::HashSet<&str> = pending
-        .iter()
-        .filter_map(|w| w.put_request().and_then(|p| get_s(p.item(), KEY)))
-        .collect();
+    let left = match table.batch_put(items.into_values().collect()).await {
+        Ok(left) => left,
+        Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+    };
     batch
         .iter()
         .map(|(key, _)| {

@@ -2,11 +2,13 @@
 //! promises, written once and run against every engine through
 //! [`queue_contract_tests!`](crate::queue_contract_tests),
 //! [`store_contract_tests!`](crate::store_contract_tests),
-//! [`ledger_contract_tests!`](crate::ledger_contract_tests) and
+//! [`ledger_contract_tests!`](crate::ledger_contract_tests),
+//! [`index_contract_tests!`](crate::index_contract_tests) and
 //! [`media_contract_tests!`](crate::media_contract_tests).
 
 pub mod ledger;
 pub mod media;
+pub mod message_index;
 pub mod queue;
 pub mod roster;
 pub mod store;
@@ -74,6 +76,20 @@ macro_rules! ledger_contract_tests {
             many_outcomes_at_once_are_all_kept,
             old_entries_are_pruned,
             a_recorded_sid_is_known_as_owned,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per message-index contract case.
+#[macro_export]
+macro_rules! index_contract_tests {
+    ($engine:expr) => {
+        $crate::contract_cases!(message_index, $engine;
+            a_message_is_found_by_either_id_from_another_process,
+            parts_share_an_id_on_one_side,
+            many_entries_at_once_are_all_kept,
+            excerpts_are_capped,
+            old_entries_are_pruned,
         );
     };
 }
