@@ -75,15 +75,8 @@ async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
             "read receipts for the agent",
             Duration::from_secs(60),
             || async {
-                let events = desk.customer_events(contact).await.ok()?;
-                let read = |id: &String| {
-                    events.iter().any(|e| {
-                        e.content_type.ends_with("message.read")
-                            && e.content
-                                .as_deref()
-                                .is_some_and(|x| x.contains(id.as_str()))
-                    })
-                };
+                let receipts = desk.customer_receipts(contact).await.ok()?;
+                let read = |id: &String| receipts.get(id).is_some_and(|(_, read)| *read);
                 reply_ids[c].iter().all(read).then_some(())
             },
         )

@@ -52,6 +52,34 @@ pub struct RelayConfig {
     /// How long an agent's file Connect is still scanning may hold what the agent sent
     /// after it, before the agent is told it was not sent.
     pub scan_wait: Duration,
+    /// Typing and blue ticks on WhatsApp.
+    pub indicators: IndicatorSettings,
+}
+
+/// Twilio's typing indicator (README "Typing and read receipts").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndicatorSettings {
+    /// The agent typing shows as "typing…" on the customer's phone.
+    pub typing: bool,
+    /// When the customer's messages turn blue.
+    pub read: crate::indicator::ReadReceipts,
+    /// Twilio's Messaging v2 API (`https://messaging.twilio.com`).
+    pub base: String,
+    pub timeout: Duration,
+}
+
+fn indicators(r: &mut Reader<'_>) -> IndicatorSettings {
+    IndicatorSettings {
+        typing: r.flag("WACONNECT_WHATSAPP_TYPING", true),
+        read: r.optional(
+            "WACONNECT_WHATSAPP_READ_RECEIPTS",
+            crate::indicator::ReadReceipts::OnRead,
+            "off, read or arrival",
+        ),
+        base: url(r, "WACONNECT_TWILIO_MESSAGING_BASE")
+            .unwrap_or_else(|| "https://messaging.twilio.com".to_owned()),
+        timeout: Duration::from_secs(5),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +313,7 @@ impl RelayConfig {
             call_me,
             media: media(&mut r),
             scan_wait: r.duration("WACONNECT_RELAY_SCAN_WAIT", Duration::from_secs(120)),
+            indicators: indicators(&mut r),
         };
         r.finish()?;
         Ok(config)

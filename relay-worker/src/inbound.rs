@@ -5,6 +5,7 @@ use crate::Relay;
 use crate::attachment::{self, Attached, Prepared, ReadyFile};
 use crate::connect::{ConnectError, ErrorKind, NewChat, OutboundCall};
 use crate::fleet::Fleet;
+use crate::indicator::{ReadReceipts, Target, Why};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_shared::delivery::Claim;
 use waconnect_shared::event::{EventError, EventKind, InboundEvent};
+use waconnect_shared::message_index::{Author, IndexedMessage};
 use waconnect_shared::outbound::{Origin, OutboundMessage, Resend, Template};
 use waconnect_shared::queue::{FailOutcome, NewMessage, QueueError, ReceivedMessage};
 use waconnect_shared::store::{Fence, Modified, StoreError, StoredConversation, modify};
@@ -203,6 +205,13 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
             }
             // The chat is over: nobody is left to tell.
             Err(e) if e.kind == ErrorKind::AccessDenied => return Ok(()),
+            // Connect takes no receipts while a third participant (a supervisor) is in
+            // the chat: final, not worth a retry.
+            Err(e) if e.code == "ConflictException" && !failed => {
+                metrics::counter!("waconnect_relay_receipts_refused_total").increment(1);
+                tracing::debug!(customer = %customer, status, "Connect refused a receipt (more than two participants)");
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
             Ok(()) => break,
         }
@@ -419,7 +428,15 @@ async fn relay_message(
                     .map(|t| t.expose().to_owned())
                     .unwrap_or_default();
                 match relay_part(relay, &token, &contact, &sid, part).await {
-                    Ok(()) => break,
+                    Ok(item) => {
+                        if let (Some(item), Part::Text(_, text)) = (item, part) {
+                            remember(
+                                relay,
+                                IndexedMessage::new(&sid, &item, Author::Customer, text),
+                            );
+                        }
+                        break;
+                    }
                     // A remembered token Connect refuses may just be stale: read the record.
                     Err(e) if e.kind == ErrorKind::AccessDenied && cached => {
                         relay.records.forget(&customer);
@@ -451,6 +468,9 @@ async fn relay_message(
             .unwrap_or_default();
         metrics::histogram!("waconnect_relay_inbound_lag_seconds").record(lag.as_secs_f64());
         note_inbound(relay, stored, &sid, event).await?;
+        if relay.indicators.read_receipts() == ReadReceipts::OnArrival {
+            relay.indicators.show(Target::Sid(sid.clone()), Why::Read);
+        }
         if let Some(call_me) = &relay.config.call_me
             && call_me.phrases.requested(&text)
         {
@@ -458,6 +478,17 @@ async fn relay_message(
         }
         return Ok(());
     }
+}
+
+/// Records a message in the index, off the message's path (nothing waits for it, and on
+/// DynamoDB the write lingers for company).
+pub fn remember(relay: &Relay, message: IndexedMessage) {
+    let index = relay.index.clone();
+    tokio::spawn(async move {
+        if let Err(e) = index.remember(message).await {
+            tracing::debug!(error = %e, "a message was not indexed; its receipts and quotes will be missing");
+        }
+    });
 }
 
 /// One piece of a customer's message in the chat.
@@ -468,16 +499,16 @@ enum Part {
     Media(usize, Prepared),
 }
 
-/// Puts one part in the chat. Each Connect call carries a ClientToken derived from the
-/// message and the contact, so a redelivery repeats it harmlessly and a new chat (after
-/// the old one ended) gets it again.
+/// Puts one part in the chat; answers the chat item a text part became. Each Connect call
+/// carries a ClientToken derived from the message and the contact, so a redelivery
+/// repeats it harmlessly and a new chat (after the old one ended) gets it again.
 async fn relay_part(
     relay: &Relay,
     token: &str,
     contact: &str,
     sid: &str,
     part: &Part,
-) -> Result<(), ConnectError> {
+) -> Result<Option<String>, ConnectError> {
     let send = |text: &str, kind: &str, n: usize| {
         let client_token = client_token(&[kind, sid, contact, &n.to_string()]);
         let text = text.to_owned();
@@ -489,8 +520,13 @@ async fn relay_part(
                 .map(drop)
         }
     };
-    match part {
-        Part::Text(i, text) => send(text, "message", *i).await,
+    if let Part::Text(i, text) = part {
+        let client_token = client_token(&["message", sid, contact, &i.to_string()]);
+        let item = relay.api.send_message(token, text, &client_token).await?;
+        return Ok(Some(item).filter(|i| !i.is_empty()));
+    }
+    let settled = match part {
+        Part::Text(..) => Ok(()),
         Part::Media(_, Prepared::Done) => Ok(()),
         Part::Media(i, Prepared::Refused(notice)) => {
             metrics::counter!("waconnect_relay_media_total", "outcome" => "refused").increment(1);
@@ -511,7 +547,8 @@ async fn relay_part(
             }
             send(summary, "media-text", *i).await
         }
-    }
+    };
+    settled.map(|()| None)
 }
 
 /// Attaches one file; Connect's refusal comes back as the agent's notice.

@@ -25,6 +25,31 @@ pub struct ChatItem {
     /// The files of an `ATTACHMENT` item.
     #[serde(default)]
     pub attachments: Vec<ItemAttachment>,
+    /// Receipts: a `MESSAGEMETADATA` item's, or (in the transcript) a message's own.
+    #[serde(default)]
+    pub message_metadata: Option<MessageMetadata>,
+}
+
+/// Who has a message, and who read it (Connect's message receipts).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MessageMetadata {
+    #[serde(default)]
+    pub message_id: String,
+    #[serde(default)]
+    pub receipts: Vec<Receipt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Receipt {
+    #[serde(default)]
+    pub delivered_timestamp: Option<String>,
+    #[serde(default)]
+    pub read_timestamp: Option<String>,
+    /// Who has the message (the reader, for a read receipt).
+    #[serde(default)]
+    pub recipient_participant_id: Option<String>,
 }
 
 /// One file of an `ATTACHMENT` item.
@@ -78,7 +103,52 @@ impl ChatItem {
                         .unwrap_or_default(),
                 })
                 .collect(),
+            message_metadata: i.message_metadata().map(|m| MessageMetadata {
+                message_id: m.message_id().unwrap_or_default().to_owned(),
+                receipts: m
+                    .receipts()
+                    .iter()
+                    .map(|r| Receipt {
+                        delivered_timestamp: r.delivered_timestamp().map(str::to_owned),
+                        read_timestamp: r.read_timestamp().map(str::to_owned),
+                        recipient_participant_id: r.recipient_participant_id().map(str::to_owned),
+                    })
+                    .collect(),
+            }),
         }
+    }
+
+    /// The customer's message that someone else in the chat (the agent) has read, as
+    /// this item tells: a `MESSAGEMETADATA` item names it; a customer's message in the
+    /// transcript carries its own receipts. `customer` is the customer's participant id,
+    /// whose own receipts (for the agent's messages) do not count.
+    pub fn read_by_agent(&self, customer: &str) -> Option<&str> {
+        let metadata = self.message_metadata.as_ref()?;
+        let read = metadata.receipts.iter().any(|r| {
+            r.read_timestamp.is_some() && r.recipient_participant_id.as_deref() != Some(customer)
+        });
+        if !read {
+            return None;
+        }
+        if self.kind == "MESSAGEMETADATA" {
+            Some(metadata.message_id.as_str()).filter(|id| !id.is_empty())
+        } else if self.role() == "CUSTOMER" {
+            Some(self.id.as_str())
+        } else {
+            None
+        }
+    }
+
+    /// Whether this is the agent starting to type.
+    pub fn is_agent_typing(&self) -> bool {
+        self.kind == "EVENT"
+            && self.content_type == format!("{EVENT_PREFIX}typing")
+            && matches!(self.role(), "AGENT" | "SUPERVISOR")
+    }
+
+    /// Whether this is the customer's own message (text, or a file).
+    pub fn is_customer_message(&self) -> bool {
+        self.role() == "CUSTOMER" && matches!(self.kind.as_str(), "MESSAGE" | "ATTACHMENT")
     }
 
     pub fn time(&self) -> Option<DateTime<Utc>> {
@@ -159,7 +229,35 @@ mod tests {
             participant_role: Some(role.into()).filter(|r: &String| !r.is_empty()),
             contact_id: None,
             attachments: Vec::new(),
+            message_metadata: None,
         }
+    }
+
+    #[test]
+    fn an_agent_read_receipt_names_the_customer_message() {
+        // As Connect sends it on the websocket.
+        let frame = r#"{"AbsoluteTime":"2026-12-01T10:00:00.000Z","ContentType":"application/vnd.amazonaws.connect.event.message.metadata","Id":"meta-1","Type":"MESSAGEMETADATA","MessageMetadata":{"MessageId":"cust-msg","Receipts":[{"DeliveredTimestamp":"2026-12-01T10:00:00.000Z","ReadTimestamp":"2026-12-01T10:00:00.000Z","RecipientParticipantId":"agent-p"}]},"ContactId":"c","InitialContactId":"c"}"#;
+        let item: ChatItem = serde_json::from_str(frame).unwrap();
+        assert_eq!(item.read_by_agent("customer-p"), Some("cust-msg"));
+        assert_eq!(item.disposition(true, true), Disposition::Ignore);
+        // The customer's own receipt (the bridge's, for an agent message) is not one.
+        assert_eq!(item.read_by_agent("agent-p"), None);
+        // Delivered only is not read.
+        let delivered = frame.replace(r#""ReadTimestamp":"2026-12-01T10:00:00.000Z","#, "");
+        let item: ChatItem = serde_json::from_str(&delivered).unwrap();
+        assert_eq!(item.read_by_agent("customer-p"), None);
+        // In the transcript the receipt rides on the customer's message itself.
+        let mut message = super::tests::item(
+            "m",
+            "2026-12-01T10:00:00.000Z",
+            "CUSTOMER",
+            "MESSAGE",
+            "text/plain",
+        );
+        message.message_metadata = serde_json::from_str::<ChatItem>(frame)
+            .unwrap()
+            .message_metadata;
+        assert_eq!(message.read_by_agent("customer-p"), Some("m"));
     }
 
     #[test]

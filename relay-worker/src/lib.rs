@@ -17,6 +17,7 @@ pub mod connect;
 pub mod convert;
 pub mod fleet;
 pub mod inbound;
+pub mod indicator;
 pub mod item;
 pub mod media_type;
 pub mod records;
@@ -54,6 +55,10 @@ pub struct Relay {
     pub media: attachment::MediaRelay,
     /// Where the agent's files wait for Twilio; `None` on AWS without a bucket.
     pub media_store: Option<Arc<dyn waconnect_shared::media::MediaStore>>,
+    /// Which Twilio message is which chat item.
+    pub index: Arc<dyn waconnect_shared::message_index::MessageIndex>,
+    /// Typing and blue ticks on WhatsApp.
+    pub indicators: indicator::Indicators,
 }
 
 pub fn config_from(source: &ConfigSource) -> Result<RelayConfig, ConfigErrors> {
@@ -84,6 +89,13 @@ pub async fn run(
         records: records::Records::default(),
         media: attachment::MediaRelay::new(config.media.clone()),
         media_store: backends.media.clone(),
+        index: backends.index.clone(),
+        indicators: indicator::Indicators::start(
+            config.indicators.clone(),
+            config.media.twilio.clone(),
+            backends.index.clone(),
+            shutdown.child_token(),
+        ),
     });
     tracing::info!(worker_id = %config.worker_id, "relay-worker starting");
     if config.media.twilio.is_none() {

@@ -13,6 +13,7 @@ use crate::Relay;
 use crate::agent_file::Copied;
 use crate::backoff::Backoff;
 use crate::connect::ErrorKind;
+use crate::indicator::{ReadReceipts, Target, Why};
 use crate::item::{ChatItem, Disposition};
 use crate::websocket::{self, Frame, Socket};
 use std::collections::VecDeque;
@@ -74,7 +75,29 @@ pub struct Session {
     connection_token: String,
     /// An agent's file Connect is still scanning, and what the agent sent after it.
     scanning: Option<Scanning>,
+    /// What typing and read indicators need to know of the chat.
+    signals: Signals,
 }
+
+/// The customer's side of the chat as typing indicators and blue ticks need it.
+#[derive(Default)]
+struct Signals {
+    /// The customer's recent messages in the chat (item id, time), oldest first.
+    customer_messages: VecDeque<(String, chrono::DateTime<chrono::Utc>)>,
+    /// The newest customer message already marked read.
+    read_up_to: Option<chrono::DateTime<chrono::Utc>>,
+    /// When an indicator last went to WhatsApp: it shows "typing…" for 25 s.
+    shown_at: Option<Instant>,
+    /// The newest customer message the backfill found read, marked once it is done.
+    backfilled_read: Option<(String, Option<chrono::DateTime<chrono::Utc>>)>,
+}
+
+/// Customer messages [`Signals`] remembers: receipts come for the latest few.
+const SIGNALLED: usize = 16;
+/// WhatsApp shows a typing indicator this long: one per period is enough.
+const TYPING_EVERY: Duration = Duration::from_secs(25);
+/// WhatsApp's customer service window: nothing is shown for an older message.
+const WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// An `ATTACHMENT` item still `IN_PROGRESS`: later items wait behind it, so the customer
 /// gets them in the agent's order, until an item carries its verdict or the wait ends.
@@ -100,6 +123,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         recent: VecDeque::new(),
         connection_token: String::new(),
         scanning: None,
+        signals: Signals::default(),
     };
     let outcome = session.run(&stop).await;
     // Whatever ended the session, the cursor reaches the record while the lease is ours:
@@ -249,14 +273,17 @@ impl Session {
                 Err(_) => return Err(Step::Reconnect("backfill_error")),
             };
             for item in items {
-                let forwarded = self.handle(item).await?;
+                let forwarded = self.handle(item, false).await?;
                 if forwarded {
                     metrics::counter!("waconnect_relay_backfilled_items_total").increment(1);
                 }
             }
             match next_token {
                 Some(t) => next = Some(t),
-                None => return Ok(()),
+                None => {
+                    self.signal_backfilled();
+                    return Ok(());
+                }
             }
         }
     }
@@ -302,7 +329,7 @@ impl Session {
                 frame = websocket::next(&mut socket) => match frame {
                     Frame::Heartbeat => awaiting_reply = false,
                     Frame::Chat(item) => {
-                        if let Err(step) = self.handle(item).await {
+                        if let Err(step) = self.handle(*item, true).await {
                             return step;
                         }
                     }
@@ -316,8 +343,10 @@ impl Session {
         }
     }
 
-    /// Acts on one item; true when it was forwarded.
-    async fn handle(&mut self, item: ChatItem) -> Result<bool, Step> {
+    /// Acts on one item (`live` from the socket, else from the transcript); true when it
+    /// was forwarded.
+    async fn handle(&mut self, item: ChatItem, live: bool) -> Result<bool, Step> {
+        self.signal(&item, live);
         let config = &self.relay.config;
         match item.disposition(config.forward_system, config.forward_bot) {
             Disposition::Ignore => Ok(false),
@@ -349,6 +378,101 @@ impl Session {
                 Ok(true)
             }
         }
+    }
+
+    /// Typing and blue ticks on WhatsApp for what `item` tells: the agent typing (only
+    /// live: a typing event read back from the transcript is long over), or the agent
+    /// having read the customer's message.
+    fn signal(&mut self, item: &ChatItem, live: bool) {
+        let indicators = &self.relay.indicators;
+        let signals = &mut self.signals;
+        if item.is_customer_message()
+            && let Some(at) = item.time()
+        {
+            if signals.customer_messages.len() == SIGNALLED {
+                signals.customer_messages.pop_front();
+            }
+            signals.customer_messages.push_back((item.id.clone(), at));
+        }
+        if live && item.is_agent_typing() && indicators.typing() {
+            if signals.shown_at.is_some_and(|t| t.elapsed() < TYPING_EVERY) {
+                return;
+            }
+            // The latest customer message this session saw, else the one the record
+            // names (noted to the minute by the inbound side).
+            let latest = signals
+                .customer_messages
+                .iter()
+                .max_by_key(|(_, at)| *at)
+                .map(|(id, at)| (Target::ChatItem(id.clone()), *at))
+                .or_else(|| {
+                    let c = &self.record.as_ref()?.conversation;
+                    Some((
+                        Target::Sid(c.last_inbound_message_sid.clone()?),
+                        c.last_inbound_at?,
+                    ))
+                });
+            let Some((target, at)) = latest else { return };
+            if chrono::Utc::now() - at > WINDOW {
+                return;
+            }
+            signals.shown_at = Some(Instant::now());
+            indicators.show(target, Why::Typing);
+            return;
+        }
+        if indicators.read_receipts() != ReadReceipts::OnRead {
+            return;
+        }
+        let Some(customer) = self
+            .record
+            .as_ref()
+            .and_then(|r| r.conversation.participant_id.as_deref())
+        else {
+            return;
+        };
+        let Some(read) = item.read_by_agent(customer) else {
+            return;
+        };
+        // A receipt for a message older than one already marked tells WhatsApp nothing
+        // new: marking a message read marks every earlier one.
+        let at = signals
+            .customer_messages
+            .iter()
+            .find(|(id, _)| id == read)
+            .map(|(_, at)| *at);
+        match (at, signals.read_up_to) {
+            (Some(at), Some(up_to)) if at <= up_to => return,
+            (None, Some(_)) => return,
+            _ => {}
+        }
+        if !live {
+            // The transcript lists every message read since the cursor: only the newest
+            // needs marking, after the backfill.
+            if signals
+                .backfilled_read
+                .as_ref()
+                .is_none_or(|(_, earlier)| at >= *earlier)
+            {
+                signals.backfilled_read = Some((read.to_owned(), at));
+            }
+            return;
+        }
+        signals.read_up_to = at.max(signals.read_up_to);
+        signals.shown_at = Some(Instant::now());
+        indicators.show(Target::ChatItem(read.to_owned()), Why::Read);
+    }
+
+    /// Marks read what the backfill found the agent had read.
+    fn signal_backfilled(&mut self) {
+        let signals = &mut self.signals;
+        let Some((read, at)) = signals.backfilled_read.take() else {
+            return;
+        };
+        signals.read_up_to = at.max(signals.read_up_to);
+        signals.shown_at = Some(Instant::now());
+        self.relay
+            .indicators
+            .show(Target::ChatItem(read), Why::Read);
     }
 
     /// Forwards `item`, or holds it behind an agent's file still being scanned.

@@ -17,7 +17,7 @@ pub const HEARTBEAT: &str = r#"{"topic":"aws/heartbeat"}"#;
 pub enum Frame {
     Subscribed,
     Heartbeat,
-    Chat(ChatItem),
+    Chat(Box<ChatItem>),
     /// Anything else worth a log line: error frames, a failed subscribe, unknown topics.
     Other(String),
     Closed,
@@ -49,7 +49,7 @@ pub fn parse(text: &str) -> Frame {
                 .and_then(Value::as_str)
                 .and_then(|c| serde_json::from_str::<ChatItem>(c).ok());
             match item {
-                Some(item) => Frame::Chat(item),
+                Some(item) => Frame::Chat(Box::new(item)),
                 None => Frame::Other("aws/chat frame without a readable item".into()),
             }
         }

@@ -174,10 +174,12 @@ impl Sandbox {
                 ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "sandbox-chat-flow"),
                 ("WACONNECT_CONNECT_ENDPOINT", &connect),
                 ("WACONNECT_RELAY_SWEEP_INTERVAL", "1s"),
-                // Customers' files are fetched from the Twilio simulator.
+                // Customers' files are fetched from the Twilio simulator, and the agent's
+                // typing and reading are shown there.
                 ("TWILIO_ACCOUNT_SID", &twilio_options.account_sid),
                 ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
                 ("WACONNECT_TWILIO_API_BASE", &twilio),
+                ("WACONNECT_TWILIO_MESSAGING_BASE", &twilio),
                 // The agent's files are served by ingress, under its public URL.
                 ("WACONNECT_PUBLIC_BASE_URL", &ingress),
                 (

@@ -21,6 +21,7 @@ pub(crate) fn router(parts: Arc<Parts>) -> Router {
         .route("/api/phone/send", post(phone_send))
         .route("/api/phone/inbox", get(phone_inbox))
         .route("/api/phone/read", post(phone_read))
+        .route("/api/phone/chat", get(phone_chat))
         .route(
             "/api/phone/file",
             post(phone_file).layer(axum::extract::DefaultBodyLimit::max(32 << 20)),
@@ -37,6 +38,8 @@ pub(crate) fn router(parts: Arc<Parts>) -> Router {
         .route("/api/agent/chats/{id}/accept", post(accept))
         .route("/api/agent/chats/{id}/messages", post(agent_send))
         .route("/api/agent/chats/{id}/end", post(end))
+        .route("/api/agent/chats/{id}/typing", post(agent_typing))
+        .route("/api/agent/chats/{id}/read", post(agent_read))
         .route("/api/agent/chats/{id}/transcript", get(transcript))
         .route("/api/stats", get(stats))
         .with_state(parts)
@@ -222,6 +225,29 @@ async fn phone_inbox(State(p): State<Arc<Parts>>, Query(n): Query<Number>) -> Re
 
 async fn phone_read(State(p): State<Arc<Parts>>, Json(n): Json<Number>) -> Response {
     answer(p.phone.read_all(&n.number).await.map(|()| json!({})))
+}
+
+/// What the customer wrote, with blue ticks, and whether the business is typing.
+async fn phone_chat(State(p): State<Arc<Parts>>, Query(n): Query<Number>) -> Response {
+    answer(p.phone.chat(&n.number).await)
+}
+
+async fn agent_typing(State(p): State<Arc<Parts>>, Path(id): Path<String>) -> Response {
+    answer(p.desk.typing(&id).await)
+}
+
+#[derive(Deserialize)]
+struct Read {
+    message_id: String,
+}
+
+/// The agent has read the customer's message (the desk sends it for the open chat).
+async fn agent_read(
+    State(p): State<Arc<Parts>>,
+    Path(id): Path<String>,
+    Json(r): Json<Read>,
+) -> Response {
+    answer(p.desk.read(&id, &r.message_id).await)
 }
 
 async fn chats(State(p): State<Arc<Parts>>) -> Response {

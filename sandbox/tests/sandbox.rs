@@ -90,10 +90,8 @@ async fn customer_to_agent_and_back_with_receipts() {
                 .as_array()?
                 .iter()
                 .any(|i| {
-                    i["ContentType"]
-                        .as_str()
-                        .is_some_and(|c| c.ends_with("message.read"))
-                        && i["Content"].as_str().is_some_and(|c| c.contains(&reply_id))
+                    i["Id"] == reply_id.as_str()
+                        && i["MessageMetadata"]["Receipts"][0]["ReadTimestamp"].is_string()
                 })
                 .then_some(())
         },

@@ -136,6 +136,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Twilio status callbacks by status.",
     ),
     (
+        "waconnect_relay_receipts_refused_total",
+        Kind::Counter,
+        "Delivered / read receipts Connect refused for good (a supervisor in the chat: 409).",
+    ),
+    (
+        "waconnect_relay_indicators_total",
+        Kind::Counter,
+        "Typing indicators and read ticks towards WhatsApp, by kind (typing, read) and outcome (shown, refused, error, late, dropped, unknown, outside_window).",
+    ),
+    (
         "waconnect_relay_delivery_failures_total",
         Kind::Counter,
         "Replies the customer never got, by Twilio error code.",

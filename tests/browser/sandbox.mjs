@@ -38,7 +38,12 @@ try {
   await page.locator('#chats .chat button.accept').first().click({ timeout: 20000 });
   await page.locator('#transcript .msg.customer', { hasText: 'order #1042' }).waitFor({ timeout: 20000 });
   await page.waitForSelector('#agent-input:not([disabled])', { timeout: 20000 });
+  // The agent has the chat open: the customer's message is read, and turns blue on the phone.
+  await page.locator('#transcript .msg.customer[data-read="true"]', { hasText: 'order #1042' }).waitFor({ timeout: 20000 });
+  await page.locator('#phone-messages .msg.out[data-status="read"]', { hasText: 'order #1042' }).waitFor({ timeout: 20000 });
+  // The agent types: the phone says so.
   await page.fill('#agent-input', 'Sorry about that! It ships today, tracking number follows.');
+  await page.locator('#phone-typing', { hasText: 'typing' }).waitFor({ timeout: 20000 });
   await page.click('#agent-send');
 
   const reply = page.locator('#phone-messages .msg.in', { hasText: 'It ships today' });

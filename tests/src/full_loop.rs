@@ -88,10 +88,11 @@ impl FullLoop {
             ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
             ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
             ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
-            // The relay fetches customers' files from Twilio.
+            // The relay fetches customers' files from Twilio and shows typing there.
             ("TWILIO_ACCOUNT_SID", &o.account_sid),
             ("TWILIO_AUTH_TOKEN", &o.auth_token),
             ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
+            ("WACONNECT_TWILIO_MESSAGING_BASE", &twilio.api_base()),
         ]));
         relay_vars.extend(storage.iter().cloned());
         relay_vars.extend(

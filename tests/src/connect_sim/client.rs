@@ -168,6 +168,44 @@ impl DeskClient {
             .await
     }
 
+    /// The agent reads the customer's message `message_id` (a read receipt).
+    pub async fn read(&self, contact_id: &str, message_id: &str) -> anyhow::Result<Item> {
+        self.post(
+            &format!("/agent/chats/{contact_id}/read"),
+            json!({ "message_id": message_id }),
+        )
+        .await
+    }
+
+    /// A supervisor joins the chat.
+    pub async fn supervise(&self, contact_id: &str) -> anyhow::Result<Item> {
+        self.post(&format!("/agent/chats/{contact_id}/supervise"), json!({}))
+            .await
+    }
+
+    /// Receipts the customer's side gave for the agent's messages: message id → (delivered,
+    /// read), from the transcript.
+    pub async fn customer_receipts(
+        &self,
+        contact_id: &str,
+    ) -> anyhow::Result<std::collections::HashMap<String, (bool, bool)>> {
+        let items = self.transcript(contact_id).await?;
+        Ok(items
+            .into_iter()
+            .filter(|i| i.participant_role.as_deref() != Some("CUSTOMER"))
+            .filter_map(|i| {
+                let receipt = i.message_metadata?.receipts.into_iter().next()?;
+                Some((
+                    i.id,
+                    (
+                        receipt.delivered_timestamp.is_some(),
+                        receipt.read_timestamp.is_some(),
+                    ),
+                ))
+            })
+            .collect())
+    }
+
     pub async fn end(&self, contact_id: &str) -> anyhow::Result<()> {
         self.post::<Value>(&format!("/agent/chats/{contact_id}/end"), json!({}))
             .await

@@ -25,6 +25,8 @@ pub fn routes() -> Router<Arc<Sim>> {
             post(send_file).layer(axum::extract::DefaultBodyLimit::max(100 << 20)),
         )
         .route("/agent/chats/{id}/typing", post(typing))
+        .route("/agent/chats/{id}/read", post(read))
+        .route("/agent/chats/{id}/supervise", post(supervise))
         .route("/agent/chats/{id}/end", post(end))
         .route("/agent/chats/{id}/transcript", get(transcript))
         .route("/agent/chats/{id}/events", get(customer_events))
@@ -268,6 +270,33 @@ async fn send_file(
 async fn typing(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
     live_chat(&sim, &id, |inner| {
         serde_json::to_value(inner.event(&id, "typing", Some("AGENT"))).expect("item serialises")
+    })
+}
+
+#[derive(Deserialize)]
+struct Read {
+    message_id: String,
+}
+
+/// The agent has read the customer's message: Connect's agent client sends the receipt.
+async fn read(
+    State(sim): State<Arc<Sim>>,
+    Path(id): Path<String>,
+    Json(r): Json<Read>,
+) -> Response {
+    live_chat(&sim, &id, |inner| {
+        let agent = inner.contacts[&id].agent_participant_id.clone();
+        serde_json::to_value(inner.receipt(&id, &r.message_id, &agent, true))
+            .expect("item serialises")
+    })
+}
+
+/// A supervisor joins the chat (silently monitoring): three participants.
+async fn supervise(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
+    live_chat(&sim, &id, |inner| {
+        inner.contacts.get_mut(&id).expect("live").supervised = true;
+        serde_json::to_value(inner.event(&id, "participant.joined", Some("SUPERVISOR")))
+            .expect("item serialises")
     })
 }
 

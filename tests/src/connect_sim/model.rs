@@ -2,7 +2,7 @@
 //! of it sits behind one mutex that is never held across an await.
 
 use super::faults::Faults;
-use super::wire::{ApiError, Item};
+use super::wire::{ApiError, Item, MessageMetadata, Receipt};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -102,6 +102,8 @@ pub struct Contact {
     pub connect_by: Instant,
     pub ends_at: Instant,
     pub ever_connected: bool,
+    /// A supervisor listens in: a third participant, so Connect refuses receipts (409).
+    pub supervised: bool,
     /// The last item's time, in milliseconds: items of one chat are strictly ordered.
     pub last_time_ms: i64,
     pub created_at: DateTime<Utc>,
@@ -210,7 +212,17 @@ impl Inner {
     /// Appends an item to a contact's transcript and pushes it to its subscribed sockets.
     /// Its time is the wall clock, nudged to stay strictly after the chat's previous item
     /// (per chat, so a busy simulator's clock never runs ahead of real time).
-    pub fn append(&mut self, contact_id: &str, mut item: Item) -> Item {
+    pub fn append(&mut self, contact_id: &str, item: Item) -> Item {
+        let item = self.broadcast(contact_id, item);
+        if let Some(c) = self.contacts.get_mut(contact_id) {
+            c.transcript.push(item.clone());
+        }
+        item
+    }
+
+    /// Stamps `item` and sends it to the chat's subscribed sockets, without keeping it in
+    /// the transcript (receipts live on the messages they are about).
+    pub fn broadcast(&mut self, contact_id: &str, mut item: Item) -> Item {
         let Some(c) = self.contacts.get_mut(contact_id) else {
             return item;
         };
@@ -222,8 +234,65 @@ impl Inner {
         let frame = serde_json::to_string(&item).expect("item serialises");
         c.sockets
             .retain(|s| !s.subscribed || s.sender.send(SocketCommand::Item(frame.clone())).is_ok());
-        c.transcript.push(item.clone());
         item
+    }
+
+    /// `recipient` has message `message_id` (and read it, if `read`), as Connect tells
+    /// it: a `MESSAGEMETADATA` item on the sockets, and the receipt on the message in the
+    /// transcript. A read receipt implies delivery.
+    pub fn receipt(
+        &mut self,
+        contact_id: &str,
+        message_id: &str,
+        recipient: &str,
+        read: bool,
+    ) -> Item {
+        let now = iso(Utc::now());
+        let mut receipt = Receipt {
+            delivered_timestamp: Some(now.clone()),
+            read_timestamp: read.then(|| now.clone()),
+            recipient_participant_id: recipient.to_owned(),
+        };
+        if let Some(message) = self
+            .contacts
+            .get_mut(contact_id)
+            .and_then(|c| c.transcript.iter_mut().find(|i| i.id == message_id))
+        {
+            let metadata = message
+                .message_metadata
+                .get_or_insert_with(|| MessageMetadata {
+                    message_id: message_id.to_owned(),
+                    receipts: Vec::new(),
+                });
+            match metadata
+                .receipts
+                .iter_mut()
+                .find(|r| r.recipient_participant_id == recipient)
+            {
+                Some(earlier) => {
+                    // What was already known keeps its time.
+                    earlier.delivered_timestamp = earlier
+                        .delivered_timestamp
+                        .clone()
+                        .or(receipt.delivered_timestamp);
+                    earlier.read_timestamp =
+                        earlier.read_timestamp.clone().or(receipt.read_timestamp);
+                    receipt = earlier.clone();
+                }
+                None => metadata.receipts.push(receipt.clone()),
+            }
+        }
+        let item = Item {
+            id: new_id(),
+            kind: "MESSAGEMETADATA".into(),
+            content_type: format!("{EVENT_PREFIX}message.metadata"),
+            message_metadata: Some(MessageMetadata {
+                message_id: message_id.to_owned(),
+                receipts: vec![receipt],
+            }),
+            ..Item::default()
+        };
+        self.broadcast(contact_id, item)
     }
 
     pub fn event(&mut self, contact_id: &str, event: &str, role: Option<&str>) -> Option<Item> {

@@ -179,6 +179,7 @@ async fn start_chat(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answer {
         transcript: source.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
         client_tokens: Default::default(),
         customer_events: Vec::new(),
+        supervised: false,
         sockets: Vec::new(),
         connect_by: now + sim.options.connect_window,
         ends_at: now + std::time::Duration::from_secs(minutes * 60),
@@ -449,6 +450,16 @@ async fn send_event(State(sim): State<Arc<Sim>>, headers: HeaderMap, bytes: Byte
     }
     let mut inner = sim.lock();
     let contact_id = inner.contact_for_connection(&token)?;
+    let receipt = content_type
+        .strip_prefix(super::model::EVENT_PREFIX)
+        .and_then(|e| match e {
+            "message.delivered" => Some(false),
+            "message.read" => Some(true),
+            _ => None,
+        });
+    if let Some(read) = receipt {
+        return customer_receipt(&mut inner, &contact_id, &m, read);
+    }
     Ok(Json(post_idempotent(
         &mut inner,
         &contact_id,
@@ -467,6 +478,49 @@ async fn send_event(State(sim): State<Arc<Sim>>, headers: HeaderMap, bytes: Byte
             }
         },
     )))
+}
+
+/// The customer's delivered / read receipt for a message: Connect answers like any
+/// SendEvent, tells the sockets in a `MESSAGEMETADATA` item and keeps it on the message,
+/// not as an item of its own. With a third participant (a supervisor) it refuses (409).
+fn customer_receipt(
+    inner: &mut super::model::Inner,
+    contact_id: &str,
+    m: &Map<String, Value>,
+    read: bool,
+) -> Answer {
+    let message_id = text(m, "Content")
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .and_then(|c| {
+            c.get("messageId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| ApiError::validation("Content must name the messageId"))?;
+    if inner.contacts[contact_id].supervised {
+        return Err(ApiError::new(
+            409,
+            "ConflictException",
+            "Message receipts are not supported when there are more than two active participants in the chat.",
+        ));
+    }
+    let token = text(m, "ClientToken");
+    if let Some((id, time)) = token.and_then(|t| inner.contacts[contact_id].client_tokens.get(t)) {
+        return Ok(Json(json!({ "Id": id, "AbsoluteTime": time })));
+    }
+    let recipient = inner.contacts[contact_id].customer_participant_id.clone();
+    let item = inner.receipt(contact_id, &message_id, &recipient, read);
+    if let Some(t) = token {
+        inner
+            .contacts
+            .get_mut(contact_id)
+            .expect("live contact")
+            .client_tokens
+            .insert(t.to_owned(), (item.id.clone(), item.absolute_time.clone()));
+    }
+    Ok(Json(
+        json!({ "Id": item.id, "AbsoluteTime": item.absolute_time }),
+    ))
 }
 
 async fn get_transcript(State(sim): State<Arc<Sim>>, headers: HeaderMap, bytes: Bytes) -> Answer {

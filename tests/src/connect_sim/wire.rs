@@ -26,6 +26,29 @@ pub struct Item {
     pub contact_id: String,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub attachments: Vec<AttachmentItem>,
+    /// A `MESSAGEMETADATA` item's receipts, or (in the transcript) a message's.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message_metadata: Option<MessageMetadata>,
+}
+
+/// Who has a message and since when: Connect's read receipts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MessageMetadata {
+    pub message_id: String,
+    #[serde(default)]
+    pub receipts: Vec<Receipt>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Receipt {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delivered_timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub read_timestamp: Option<String>,
+    /// The participant who has (or read) the message.
+    pub recipient_participant_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -76,6 +76,11 @@ pub(super) fn error(status: u16, code: u32, message: &str) -> Response {
 }
 
 pub(super) fn authorised(twilio: &Twilio, account: &str, headers: &HeaderMap) -> bool {
+    account == twilio.options.account_sid && authorised_user(twilio, headers)
+}
+
+/// Basic auth as the account (APIs whose path names no account).
+pub(super) fn authorised_user(twilio: &Twilio, headers: &HeaderMap) -> bool {
     let Some(basic) = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -89,7 +94,7 @@ pub(super) fn authorised(twilio: &Twilio, account: &str, headers: &HeaderMap) ->
         "{}:{}",
         twilio.options.account_sid, twilio.options.auth_token
     );
-    account == twilio.options.account_sid && basic == expected
+    basic == expected
 }
 
 async fn create_message(
@@ -208,6 +213,10 @@ async fn create_message(
             created_at: Utc::now(),
         };
         let index = inner.sent.len();
+        // The reply ends the business's typing indicator.
+        if let Some(c) = inner.customers.get_mut(&to) {
+            c.typing_until = None;
+        }
         inner.by_sid.insert(sent.sid.clone(), index);
         inner.sent.push(sent.clone());
         (sent, over_rate)

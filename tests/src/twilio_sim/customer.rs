@@ -200,12 +200,16 @@ async fn customer_sends(
     };
     if (200..300).contains(&status) {
         let now = twilio.now();
-        twilio
-            .lock()
-            .customers
-            .entry(m.from.clone())
-            .or_default()
-            .last_inbound = Some(now);
+        let mut inner = twilio.lock();
+        inner.written_by.insert(message_sid.clone(), m.from.clone());
+        let customer = inner.customers.entry(m.from.clone()).or_default();
+        customer.last_inbound = Some(now);
+        customer.written.push(super::indicator::WrittenMessage {
+            sid: message_sid.clone(),
+            body: m.body.clone(),
+            read: false,
+            at: now,
+        });
     }
     (
         StatusCode::OK,
@@ -538,6 +542,29 @@ impl PhoneClient {
             .send()
             .await?;
         Ok(r.error_for_status()?.json().await?)
+    }
+
+    /// What the customer wrote (with blue ticks) and whether the business is typing.
+    pub async fn chat(&self, number: &str) -> anyhow::Result<super::PhoneChat> {
+        let r = self
+            .http
+            .get(format!("{}/phone/written", self.base))
+            .query(&[("number", number)])
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(r.json().await?)
+    }
+
+    /// Every typing-indicator call Twilio accepted, in order.
+    pub async fn typing_calls(&self) -> anyhow::Result<Vec<super::TypingCall>> {
+        let r = self
+            .http
+            .get(format!("{}/sim/typing", self.base))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(r.json().await?)
     }
 
     pub async fn read_all(&self, number: &str) -> anyhow::Result<()> {

@@ -5,9 +5,11 @@
 
 mod api;
 mod customer;
+mod indicator;
 mod media;
 
 pub use customer::{CustomerMessage, InboxMessage, Location, Media, PhoneClient, ReceivedFile};
+pub use indicator::{PhoneChat, TYPING_SHOWN, TypingCall, WrittenMessage};
 
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -73,6 +75,10 @@ struct Customer {
     /// Simulated time of the customer's last message (the 24 h window).
     last_inbound: Option<DateTime<Utc>>,
     opted_out: bool,
+    /// What the customer wrote (that reached the business), oldest first.
+    written: Vec<indicator::WrittenMessage>,
+    /// The business's typing indicator shows until then (or a reply).
+    typing_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -107,6 +113,10 @@ struct Inner {
     storage_urls: HashMap<String, (String, Instant)>,
     /// Files Twilio fetched for the messages it sent, by message SID.
     received: HashMap<String, Vec<media::Received>>,
+    /// Customer messages' SIDs → who wrote them.
+    written_by: HashMap<String, String>,
+    /// Typing-indicator calls accepted, in order.
+    typing_calls: Vec<indicator::TypingCall>,
 }
 
 pub struct Twilio {
@@ -192,6 +202,7 @@ pub async fn serve(
     let app: Router = api::routes()
         .merge(customer::routes())
         .merge(media::routes())
+        .merge(indicator::routes())
         .with_state(twilio);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
