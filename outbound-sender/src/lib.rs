@@ -91,6 +91,7 @@ pub async fn run(
         recent_sids: Default::default(),
         media: backends.media.clone(),
         media_url_ttl: config.media_url_ttl,
+        index: backends.index.clone(),
     });
     let settings = ConsumerSettings {
         concurrency: config.concurrency,

@@ -15,6 +15,7 @@ use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::media::{MediaError, MediaStore};
+use waconnect_shared::message_index::{Author, IndexedMessage, MessageIndex};
 use waconnect_shared::outbound::{Origin, OutboundMessage};
 use waconnect_shared::queue::{FailOutcome, NewMessage, Queue, ReceivedMessage};
 use waconnect_shared::text::split;
@@ -49,6 +50,9 @@ pub struct Sender {
     /// SIDs this process sent lately and their parts' keys, known as owned before their
     /// ledger outcome lands.
     pub recent_sids: std::sync::Mutex<std::collections::VecDeque<(String, String)>>,
+    /// Which Twilio message is which chat item: a customer who quotes an agent's reply
+    /// names it by SID.
+    pub index: Arc<dyn MessageIndex>,
 }
 
 /// How many of this process's latest SIDs are remembered.
@@ -73,6 +77,26 @@ impl Sender {
                 tracing::warn!(error = %e, "sent, but the delivery ledger did not record it");
             }
         })
+    }
+
+    /// Indexes an agent's part Twilio took as `sid`, off the message's path, so the agent
+    /// sees what a customer's reply quotes.
+    fn remember(&self, message: &OutboundMessage, part: &str, sid: &str) {
+        let Origin::ConnectItem { item_id, .. } = &message.origin else {
+            return;
+        };
+        let text = if part.is_empty() && !message.files.is_empty() {
+            "[a file]"
+        } else {
+            part
+        };
+        let entry = IndexedMessage::new(sid, item_id, Author::Agent, text);
+        let index = self.index.clone();
+        self.outcomes.spawn(async move {
+            if let Err(e) = index.remember(entry).await {
+                tracing::debug!(error = %e, "a sent part was not indexed; a reply quoting it will not show it");
+            }
+        });
     }
 
     /// Waits up to `grace` for the outcomes still being written.
@@ -276,6 +300,7 @@ async fn deliver_parts(
                 match reconcile(s, &message, part, i, since).await {
                     Reconciled::Sent(sid) => {
                         outcomes.push(s.record_sent(key.clone(), sid.clone()));
+                        s.remember(&message, part, &sid);
                         metrics::counter!("waconnect_sender_reconciled_total").increment(1);
                         sent = sid;
                         break;
@@ -314,6 +339,7 @@ async fn deliver_parts(
                             metrics::gauge!("waconnect_sender_twilio_config_failing").set(0.0);
                         }
                         outcomes.push(s.record_sent(key.clone(), sid.clone()));
+                        s.remember(&message, part, &sid);
                         metrics::counter!("waconnect_sender_sent_total").increment(1);
                         sent = sid;
                         break;

@@ -374,6 +374,12 @@ async fn relay_message(
         return Ok(());
     }
     let text = render(event);
+    // What the agent reads: the message it replies to first, if any.
+    let shown = match quote(relay, event).await {
+        Some(quote) if text.is_empty() => quote,
+        Some(quote) => format!("{quote}\n{text}"),
+        None => text.clone(),
+    };
     // The files first, in the order the customer sent them, then the caption (WhatsApp
     // shows it under the file) and any location.
     let mut parts: Vec<Part> = Vec::new();
@@ -391,9 +397,9 @@ async fn relay_message(
         .map_err(|e| RelayError::Media(e.to_string()))?;
         parts.push(Part::Media(i, prepared));
     }
-    if !text.is_empty() {
+    if !shown.is_empty() {
         parts.extend(
-            split(&text, MAX_PART_CHARS)
+            split(&shown, MAX_PART_CHARS)
                 .into_iter()
                 .enumerate()
                 .map(|(i, t)| Part::Text(i, t)),
@@ -429,10 +435,11 @@ async fn relay_message(
                     .unwrap_or_default();
                 match relay_part(relay, &token, &contact, &sid, part).await {
                     Ok(item) => {
-                        if let (Some(item), Part::Text(_, text)) = (item, part) {
+                        if let (Some(item), Part::Text(..)) = (item, part) {
+                            // The customer's own words, for a later quote of this message.
                             remember(
                                 relay,
-                                IndexedMessage::new(&sid, &item, Author::Customer, text),
+                                IndexedMessage::new(&sid, &item, Author::Customer, &text),
                             );
                         }
                         break;
@@ -489,6 +496,36 @@ pub fn remember(relay: &Relay, message: IndexedMessage) {
             tracing::debug!(error = %e, "a message was not indexed; its receipts and quotes will be missing");
         }
     });
+}
+
+/// The line that shows the agent which message the customer's reply is to (WhatsApp's
+/// reply, `OriginalRepliedMessageSid`): the first words of the agent's message or of the
+/// customer's own, from the message index; one the index no longer has is still named as
+/// a reply.
+async fn quote(relay: &Relay, event: &InboundEvent) -> Option<String> {
+    let replied = event
+        .field("OriginalRepliedMessageSid")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())?;
+    let found = match relay.index.by_sid(replied).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(error = %e, "message index unavailable for a quoted reply");
+            None
+        }
+    };
+    let outcome = if found.is_some() { "quoted" } else { "unknown" };
+    metrics::counter!("waconnect_relay_quoted_replies_total", "outcome" => outcome).increment(1);
+    Some(match found {
+        Some(m) => {
+            let whose = match m.author {
+                Author::Agent => "the agent's message",
+                Author::Customer => "their own message",
+            };
+            format!("↩ In reply to {whose}: \"{}\"", m.excerpt)
+        }
+        None => "↩ In reply to an earlier message".to_owned(),
+    })
 }
 
 /// One piece of a customer's message in the chat.

@@ -60,10 +60,19 @@ fn answer<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
 struct PhoneText {
     from: String,
     body: String,
+    /// The message this one replies to (swipe-to-reply).
+    #[serde(default)]
+    reply_to: Option<String>,
 }
 
 async fn phone_send(State(p): State<Arc<Parts>>, Json(t): Json<PhoneText>) -> Response {
-    let sent = p.phone.text(&t.from, &t.body).await;
+    let message = CustomerMessage {
+        from: t.from,
+        body: t.body,
+        reply_to: t.reply_to,
+        ..Default::default()
+    };
+    let sent = p.phone.send(&message).await;
     answer(sent.map(|(sid, status)| json!({ "message_sid": sid, "status": status })))
 }
 

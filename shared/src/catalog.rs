@@ -146,6 +146,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Typing indicators and read ticks towards WhatsApp, by kind (typing, read) and outcome (shown, refused, error, late, dropped, unknown, outside_window).",
     ),
     (
+        "waconnect_relay_quoted_replies_total",
+        Kind::Counter,
+        "Customer replies to a specific message, by outcome (quoted: its words shown to the agent; unknown: no longer indexed).",
+    ),
+    (
         "waconnect_relay_delivery_failures_total",
         Kind::Counter,
         "Replies the customer never got, by Twilio error code.",

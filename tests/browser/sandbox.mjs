@@ -52,6 +52,11 @@ try {
   const tick = await reply.locator('.tick').getAttribute('class');
   if (!tick.includes('read')) throw new Error('the reply has no read tick: ' + tick);
   await page.locator('#transcript .msg.agentmsg[data-receipt="read"]').waitFor({ timeout: 20000 });
+  // The customer swipes to reply to the agent's message: the agent sees which.
+  await reply.click();
+  await page.fill('#phone-input', 'Great, thank you!');
+  await page.click('#phone-send');
+  await page.locator('#transcript .msg.customer', { hasText: "In reply to the agent's message: \"Sorry about that!" }).waitFor({ timeout: 20000 });
   await page.waitForFunction(() => document.getElementById('stats').textContent.includes('1 active'), null, { timeout: 10000 });
 
   // A photo of the parcel, with a caption.

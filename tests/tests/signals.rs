@@ -2,12 +2,12 @@
 //! processes: the agent typing shows as "typing…" on the customer's phone, at most once
 //! per 25 s; the agent reading the customer's messages turns them blue (or their arrival
 //! does, or nothing, as configured); Connect's refusal of receipts in a supervised chat is
-//! final, not a retry.
+//! final, not a retry; a customer's reply to a specific message shows the agent which.
 
 use std::time::Duration;
 use waconnect_tests::connect_sim::{DeskClient, Item};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::twilio_sim::{PhoneClient, TwilioOptions};
+use waconnect_tests::twilio_sim::{CustomerMessage, PhoneClient, TwilioOptions};
 use waconnect_tests::{customer, wait};
 
 /// The customer writes `texts`; the agent accepts. Returns the contact and the customer's
@@ -219,4 +219,54 @@ async fn a_supervised_chat_refuses_receipts_for_good() {
     })
     .await;
     assert_eq!(desk.stats().await.unwrap().calls_to("SendEvent"), 6);
+}
+
+/// WhatsApp's swipe-to-reply: the agent sees the first words of the message the customer
+/// replies to, the agent's own (long ones cut) or the customer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_to_a_message_quotes_it_for_the_agent() {
+    let lp = FullLoop::start(LoopOptions::default()).await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let (contact, _) = chat(&lp, 5, &["order 1042 is late"]).await;
+    let long = format!("It ships today. {}", "More details follow. ".repeat(10));
+    reply_lands(&lp, &contact, 5, &long).await;
+    let number = customer(5);
+    // The customer reads it first, as a person would before replying.
+    let agents = wait::until("the reply read", Duration::from_secs(30), || async {
+        let inbox = phone.inbox(number.as_str()).await.ok()?;
+        (inbox[0].status == "read").then(|| inbox[0].sid.clone())
+    })
+    .await;
+    let own = phone.chat(number.as_str()).await.unwrap().written[0]
+        .sid
+        .clone();
+    for (reply_to, body) in [(&agents, "great, thanks"), (&own, "and order 1043 too")] {
+        let message = CustomerMessage {
+            from: number.as_str().to_owned(),
+            body: body.to_owned(),
+            reply_to: Some(reply_to.clone()),
+            ..Default::default()
+        };
+        let (_, status) = phone.send(&message).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let texts = wait::until(
+        "the replies in the chat",
+        Duration::from_secs(30),
+        || async {
+            let texts = desk.customer_texts(&contact).await.ok()?;
+            (texts.len() == 3).then_some(texts)
+        },
+    )
+    .await;
+    // Excerpts are cut at 100 characters, the last an ellipsis.
+    let cut: String = long.chars().take(99).collect();
+    assert_eq!(
+        texts[1],
+        format!("↩ In reply to the agent's message: \"{cut}…\"\ngreat, thanks")
+    );
+    assert_eq!(
+        texts[2],
+        "↩ In reply to their own message: \"order 1042 is late\"\nand order 1043 too"
+    );
 }

@@ -68,6 +68,10 @@ pub struct CustomerMessage {
     pub media: Vec<Media>,
     #[serde(default)]
     pub location: Option<Location>,
+    /// The SID of the message this one replies to (WhatsApp's swipe-to-reply): one the
+    /// business sent the customer, or one the customer wrote.
+    #[serde(default)]
+    pub reply_to: Option<String>,
 }
 
 /// Twilio's retry fragment: `#rc=<count>&rp=<policies>`; by default one retry, only when
@@ -152,6 +156,31 @@ async fn customer_sends(
         };
         fields.push((format!("MediaContentType{i}"), media.content_type.clone()));
         fields.push((format!("MediaUrl{i}"), url));
+    }
+    if let Some(replied) = &m.reply_to {
+        let sender = {
+            let inner = twilio.lock();
+            if inner.written_by.get(replied) == Some(&m.from) {
+                Some(m.from.clone())
+            } else {
+                inner
+                    .by_sid
+                    .get(replied)
+                    .map(|&i| &inner.sent[i])
+                    .filter(|s| s.to == m.from)
+                    .map(|s| s.from.clone())
+            }
+        };
+        let Some(sender) = sender else {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({ "message": format!("no message {replied} in this chat to reply to") }),
+                ),
+            );
+        };
+        fields.push(("OriginalRepliedMessageSender".into(), sender));
+        fields.push(("OriginalRepliedMessageSid".into(), replied.clone()));
     }
     if let Some(l) = &m.location {
         fields.push(("Latitude".into(), l.latitude.to_string()));
