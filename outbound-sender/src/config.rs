@@ -29,6 +29,7 @@ pub struct SenderConfig {
     pub confirm_wait: Duration,
     /// How long the URL Twilio gets for an agent's file works.
     pub media_url_ttl: Duration,
+    pub menus: MenuSettings,
     pub shutdown_grace: Duration,
 }
 
@@ -43,6 +44,17 @@ pub struct TwilioSettings {
     pub sender: Sender,
     /// Ingress's public status-callback URL.
     pub status_callback_url: Option<String>,
+    /// `https://content.twilio.com` in production: menus become WhatsApp lists there.
+    pub content_base: String,
+}
+
+/// How menus (Connect's interactive messages) reach WhatsApp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MenuSettings {
+    /// As lists and quick-reply buttons (Twilio's Content API); else numbered text only.
+    pub buttons: bool,
+    /// The label of the button that opens a list (WhatsApp: at most 20 characters).
+    pub list_button: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +99,34 @@ impl SenderConfig {
                 format!("expected a URL, got {api_base:?}"),
             );
         }
+        let content_base = r.string(
+            "WACONNECT_TWILIO_CONTENT_BASE",
+            "https://content.twilio.com",
+        );
+        if url::Url::parse(&content_base).is_err() {
+            r.error(
+                "WACONNECT_TWILIO_CONTENT_BASE",
+                format!("expected a URL, got {content_base:?}"),
+            );
+        }
+        let buttons = match r.string("WACONNECT_WHATSAPP_MENUS", "buttons").as_str() {
+            "buttons" => true,
+            "text" => false,
+            other => {
+                r.error(
+                    "WACONNECT_WHATSAPP_MENUS",
+                    format!("expected buttons or text, got {other:?}"),
+                );
+                true
+            }
+        };
+        let list_button = r.string("WACONNECT_WHATSAPP_MENU_BUTTON", "Choose");
+        if list_button.trim().is_empty() || list_button.chars().count() > 20 {
+            r.error(
+                "WACONNECT_WHATSAPP_MENU_BUTTON",
+                "must be 1 to 20 characters (WhatsApp's limit for a list's button)",
+            );
+        }
         let status_callback_url = r.raw("WACONNECT_STATUS_CALLBACK_URL").map(str::to_owned);
         if let Some(u) = &status_callback_url
             && url::Url::parse(u).is_err()
@@ -105,6 +145,7 @@ impl SenderConfig {
                 password: account.password,
                 sender,
                 status_callback_url,
+                content_base: content_base.trim_end_matches('/').to_owned(),
             },
             rate: r.positive("WACONNECT_SENDER_RATE", 80.0, "messages per second"),
             member_id: r.string(
@@ -126,6 +167,10 @@ impl SenderConfig {
             confirm_wait: r
                 .duration_or_zero("WACONNECT_SENDER_CONFIRM_WAIT", Duration::from_secs(10)),
             media_url_ttl: r.duration("WACONNECT_MEDIA_URL_TTL", Duration::from_secs(3600)),
+            menus: MenuSettings {
+                buttons,
+                list_button,
+            },
             shutdown_grace: r.duration("WACONNECT_SENDER_SHUTDOWN_GRACE", Duration::from_secs(10)),
         };
         r.finish()?;

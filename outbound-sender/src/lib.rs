@@ -7,6 +7,7 @@
 //! * [`ratelimit`] — the shared token bucket.
 
 pub mod config;
+pub mod content;
 pub mod fleet_rate;
 pub mod ratelimit;
 pub mod sender;
@@ -92,6 +93,8 @@ pub async fn run(
         media: backends.media.clone(),
         media_url_ttl: config.media_url_ttl,
         index: backends.index.clone(),
+        menus: config.menus.clone(),
+        contents: Default::default(),
     });
     let settings = ConsumerSettings {
         concurrency: config.concurrency,

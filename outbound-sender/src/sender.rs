@@ -53,6 +53,9 @@ pub struct Sender {
     /// Which Twilio message is which chat item: a customer who quotes an agent's reply
     /// names it by SID.
     pub index: Arc<dyn MessageIndex>,
+    /// How menus are shown, and the contents made for them.
+    pub menus: crate::config::MenuSettings,
+    pub contents: crate::content::Contents,
 }
 
 /// How many of this process's latest SIDs are remembered.
@@ -111,6 +114,40 @@ impl Sender {
             );
         }
     }
+}
+
+/// A menu as a WhatsApp list or buttons (its content made or remembered), else the
+/// numbered text already in its body. A content Twilio refuses for good leaves the text;
+/// a passing failure retries the message.
+async fn with_menu(
+    s: &Sender,
+    mut message: OutboundMessage,
+) -> Result<OutboundMessage, (OutboundMessage, SendError)> {
+    let Some(menu) = message.menu.as_ref().filter(|_| message.resend.is_none()) else {
+        return Ok(message);
+    };
+    let shown = if s.menus.buttons {
+        match s.contents.for_menu(&s.twilio, menu, &s.menus).await {
+            Ok((shown, Some(content_sid))) => {
+                message.template = Some(waconnect_shared::outbound::Template {
+                    content_sid,
+                    variables: None,
+                });
+                message.body = String::new();
+                shown
+            }
+            Ok((shown, None)) => shown,
+            Err(e) if matches!(e.kind, ErrorKind::Permanent | ErrorKind::Config) => {
+                tracing::warn!(error = %e, "Twilio refused a menu's content; sending it as numbered text");
+                crate::content::Shown::Text
+            }
+            Err(e) => return Err((message, e)),
+        }
+    } else {
+        crate::content::Shown::Text
+    };
+    metrics::counter!("waconnect_sender_menus_total", "shown" => shown.label()).increment(1);
+    Ok(message)
 }
 
 /// The message with a fresh URL for each of its stored files among its media: made at
@@ -230,6 +267,10 @@ async fn deliver_parts(
         Err((message, e)) if e.kind == ErrorKind::Permanent => {
             return fail_permanently(s, m, &message, &e).await;
         }
+        Err((message, e)) => return retry_or_give_up(s, m, &message, &e).await,
+    };
+    let message = match with_menu(s, message).await {
+        Ok(m) => m,
         Err((message, e)) => return retry_or_give_up(s, m, &message, &e).await,
     };
     let age = || {

@@ -95,10 +95,33 @@ impl Fetched {
     }
 }
 
+/// What Twilio's refusal means for the sender, from its status and error code.
+async fn refusal(response: reqwest::Response, retry_after: Option<Duration>) -> SendError {
+    let status = response.status();
+    let body: Option<ErrorBody> = response.json().await.ok();
+    let code = body.as_ref().and_then(|b| b.code);
+    let message = body
+        .and_then(|b| b.message)
+        .unwrap_or_else(|| status.to_string());
+    let kind = match (status.as_u16(), code) {
+        (429, _) | (_, Some(20429 | 63018)) => ErrorKind::Throttled { retry_after },
+        (401 | 403, _) | (_, Some(20003)) => ErrorKind::Auth,
+        (_, Some(code)) if CONFIG_CODES.contains(&code) => ErrorKind::Config,
+        (s, _) if s >= 500 => ErrorKind::Transient { retry_after },
+        _ => ErrorKind::Permanent,
+    };
+    SendError {
+        kind,
+        code,
+        message,
+    }
+}
+
 #[derive(Clone)]
 pub struct TwilioClient {
     http: reqwest::Client,
     messages_url: String,
+    content_url: String,
     settings: TwilioSettings,
 }
 
@@ -114,6 +137,7 @@ impl TwilioClient {
                 "{}/2010-04-01/Accounts/{}/Messages.json",
                 settings.api_base, settings.account_sid
             ),
+            content_url: format!("{}/v1/Content", settings.content_base),
             http,
             settings,
         }
@@ -176,23 +200,46 @@ impl TwilioClient {
                     message: format!("unreadable 2xx answer: {e}"),
                 });
         }
-        let body: Option<ErrorBody> = response.json().await.ok();
-        let code = body.as_ref().and_then(|b| b.code);
-        let message = body
-            .and_then(|b| b.message)
-            .unwrap_or_else(|| status.to_string());
-        let kind = match (status.as_u16(), code) {
-            (429, _) | (_, Some(20429 | 63018)) => ErrorKind::Throttled { retry_after },
-            (401 | 403, _) | (_, Some(20003)) => ErrorKind::Auth,
-            (_, Some(code)) if CONFIG_CODES.contains(&code) => ErrorKind::Config,
-            (s, _) if s >= 500 => ErrorKind::Transient { retry_after },
-            _ => ErrorKind::Permanent,
-        };
-        Err(SendError {
-            kind,
-            code,
-            message,
-        })
+        Err(refusal(response, retry_after).await)
+    }
+
+    /// Creates a content (Twilio's Content API) from `definition`; returns its SID.
+    pub async fn create_content(
+        &self,
+        definition: &serde_json::Value,
+    ) -> Result<String, SendError> {
+        let response = self
+            .http
+            .post(&self.content_url)
+            .basic_auth(
+                &self.settings.username,
+                Some(self.settings.password.expose()),
+            )
+            .json(definition)
+            .send()
+            .await
+            .map_err(|e| SendError {
+                // Creating twice only makes a second copy: a lost answer is worth a retry.
+                kind: ErrorKind::Transient { retry_after: None },
+                code: None,
+                message: e.without_url().to_string(),
+            })?;
+        if response.status().is_success() {
+            #[derive(Deserialize)]
+            struct Created {
+                sid: String,
+            }
+            return response
+                .json::<Created>()
+                .await
+                .map(|c| c.sid)
+                .map_err(|e| SendError {
+                    kind: ErrorKind::Transient { retry_after: None },
+                    code: None,
+                    message: format!("unreadable 2xx answer: {e}"),
+                });
+        }
+        Err(refusal(response, None).await)
     }
 
     /// A message Twilio has, by SID: the text of a message to send again.

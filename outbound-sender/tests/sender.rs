@@ -462,6 +462,7 @@ async fn lost_answers_are_reconciled_without_losing_or_doubling() {
             content_sid: "HX0123456789abcdef0123456789abcdef".into(),
             variables: None,
         }),
+        menu: None,
         origin: waconnect_shared::outbound::Origin::Bridge {
             reason: "window".into(),
             id: "window-1".into(),

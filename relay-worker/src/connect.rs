@@ -240,7 +240,11 @@ impl ConnectApi {
                     .set_attributes(Some(chat.attributes.clone()))
                     .client_token(&chat.client_token)
                     .chat_duration_in_minutes(self.settings.chat_duration_minutes)
+                    // Agents may write Markdown, and flows and bots send interactive
+                    // messages, which the relay shows as WhatsApp can.
                     .supported_messaging_content_types("text/plain")
+                    .supported_messaging_content_types(crate::interactive::MARKDOWN)
+                    .supported_messaging_content_types(crate::interactive::INTERACTIVE)
                     .set_persistent_chat(persistent.clone())
                     .send()
             })

@@ -252,6 +252,7 @@ async fn resend(
         media_urls: Vec::new(),
         files: Vec::new(),
         template: None,
+        menu: None,
         origin: Origin::ConnectItem {
             contact_id: contact.to_owned(),
             item_id: item.to_owned(),
@@ -343,6 +344,7 @@ async fn nudge(relay: &Relay, customer: &CustomerAddress, contact: &str, templat
         media_urls: Vec::new(),
         files: Vec::new(),
         template: Some(template.clone()),
+        menu: None,
         origin: Origin::Bridge {
             reason: "window".into(),
             id: format!("window-{contact}"),
@@ -374,6 +376,9 @@ async fn relay_message(
         return Ok(());
     }
     let text = render(event);
+    // An answer to the last menu offered goes to the chat as the choice's title.
+    let answered = answer_to_menu(relay, &customer, event, &text).await?;
+    let text = answered.as_ref().map_or(text, |a| a.title.clone());
     // What the agent reads: the message it replies to first, if any.
     let shown = match quote(relay, event).await {
         Some(quote) if text.is_empty() => quote,
@@ -474,6 +479,9 @@ async fn relay_message(
             .to_std()
             .unwrap_or_default();
         metrics::histogram!("waconnect_relay_inbound_lag_seconds").record(lag.as_secs_f64());
+        if let Some(answer) = answered {
+            menu_answered(relay, &customer, answer).await?;
+        }
         note_inbound(relay, stored, &sid, event).await?;
         if relay.indicators.read_receipts() == ReadReceipts::OnArrival {
             relay.indicators.show(Target::Sid(sid.clone()), Why::Read);
@@ -496,6 +504,66 @@ pub fn remember(relay: &Relay, message: IndexedMessage) {
             tracing::debug!(error = %e, "a message was not indexed; its receipts and quotes will be missing");
         }
     });
+}
+
+/// A customer's answer to the last menu offered, and that menu.
+struct Answer {
+    title: String,
+    menu: Vec<String>,
+}
+
+/// The choice a message names in the last menu offered the customer: a button's id, a
+/// number in reply to the text menu, or a title typed out. Only such a message costs a
+/// read, fresh from the store: the session that offered the menu may run on another
+/// worker, after this one cached the record.
+async fn answer_to_menu(
+    relay: &Relay,
+    customer: &CustomerAddress,
+    event: &InboundEvent,
+    text: &str,
+) -> Result<Option<Answer>, RelayError> {
+    let payload = event
+        .field("ButtonPayload")
+        .filter(|p| !p.trim().is_empty());
+    let numeric = text
+        .trim()
+        .trim_end_matches(['.', ')'])
+        .parse::<usize>()
+        .is_ok();
+    if payload.is_none() && !numeric {
+        return Ok(None);
+    }
+    let Some(stored) = relay.store.get(customer).await? else {
+        return Ok(None);
+    };
+    let Some(menu) = stored.conversation.menu else {
+        return Ok(None);
+    };
+    let title = waconnect_shared::menu::chosen(&menu, payload, text).map(str::to_owned);
+    let outcome = if title.is_some() { "chosen" } else { "other" };
+    metrics::counter!("waconnect_relay_menu_replies_total", "outcome" => outcome).increment(1);
+    Ok(title.map(|title| Answer { title, menu }))
+}
+
+/// The menu is answered once the answer is in the chat (a redelivery before this maps the
+/// number again): a later number is just a number. A newer menu stays.
+async fn menu_answered(
+    relay: &Relay,
+    customer: &CustomerAddress,
+    answer: Answer,
+) -> Result<(), RelayError> {
+    let cleared = modify(&*relay.store, customer, None, Fence::None, |c| {
+        if c.menu.as_ref() != Some(&answer.menu) {
+            return false;
+        }
+        c.menu = None;
+        true
+    })
+    .await?;
+    if let Modified::Written(written) = cleared {
+        relay.records.keep(&written);
+    }
+    Ok(())
 }
 
 /// The line that shows the agent which message the customer's reply is to (WhatsApp's

@@ -171,10 +171,12 @@ impl ChatItem {
                 .as_deref()
                 .is_some_and(|c| !c.trim().is_empty());
         let files = self.kind == "ATTACHMENT" && !self.attachments.is_empty();
+        // A flow's or a bot's menu is written for the customer, whoever else is not.
+        let menu = self.content_type == crate::interactive::INTERACTIVE;
         let wanted = match self.role() {
             "AGENT" | "SUPERVISOR" => true,
-            "SYSTEM" => forward_system,
-            "CUSTOM_BOT" => forward_bot,
+            "SYSTEM" => forward_system || menu,
+            "CUSTOM_BOT" => forward_bot || menu,
             _ => false,
         };
         if (text || files) && wanted {
@@ -282,6 +284,12 @@ mod tests {
         assert_eq!(system.disposition(true, false), Disposition::Forward);
         let bot = item("b", t, "CUSTOM_BOT", "MESSAGE", "text/plain");
         assert_eq!(bot.disposition(false, true), Disposition::Forward);
+        // A flow's or a bot's menu always goes: it is written for the customer.
+        let interactive = crate::interactive::INTERACTIVE;
+        for role in ["SYSTEM", "CUSTOM_BOT"] {
+            let menu = item("m", t, role, "MESSAGE", interactive);
+            assert_eq!(menu.disposition(false, false), Disposition::Forward);
+        }
         let ended = item("e", t, "", "EVENT", &format!("{EVENT_PREFIX}chat.ended"));
         assert_eq!(ended.disposition(false, false), Disposition::ChatEnded);
     }

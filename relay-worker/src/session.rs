@@ -564,12 +564,31 @@ impl Session {
             self.advance(item);
             return Ok(());
         }
+        let (body, menu) = crate::interactive::for_whatsapp(
+            &item.content_type,
+            item.content.as_deref().unwrap_or_default(),
+        );
+        if let Some(menu) = &menu {
+            // A number the customer writes back names one of these.
+            let titles = menu.titles();
+            match self
+                .write(|c| c.menu.replace(titles.clone()).as_ref() != Some(&titles))
+                .await
+            {
+                Ok(Modified::Written(r) | Modified::Unchanged(r)) => self.record = Some(r),
+                Ok(Modified::Missing) => return Err(Step::Done(Outcome::Ended)),
+                Err(StoreError::LeaseLost) => return Err(Step::Done(Outcome::LeaseLost)),
+                Err(_) => return Err(Step::Reconnect("store_error")),
+            }
+            metrics::counter!("waconnect_relay_menus_total").increment(1);
+        }
         let message = OutboundMessage {
             to: self.customer.clone(),
-            body: item.content.clone().unwrap_or_default(),
+            body,
             media_urls: Vec::new(),
             files,
             template: None,
+            menu,
             origin: Origin::ConnectItem {
                 contact_id: item
                     .contact_id
@@ -756,6 +775,7 @@ impl Session {
                 media_urls: Vec::new(),
                 files: Vec::new(),
                 template: None,
+                menu: None,
                 origin: Origin::Bridge {
                     reason: "closing".into(),
                     id: format!("closing-{}", self.contact_id),

@@ -205,6 +205,7 @@ impl Sandbox {
                 ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
                 ("TWILIO_FROM", &twilio_options.sender),
                 ("WACONNECT_TWILIO_API_BASE", &twilio),
+                ("WACONNECT_TWILIO_CONTENT_BASE", &twilio),
                 (
                     "WACONNECT_STATUS_CALLBACK_URL",
                     &format!("{ingress}/twilio/status"),

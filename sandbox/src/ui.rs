@@ -22,6 +22,7 @@ pub(crate) fn router(parts: Arc<Parts>) -> Router {
         .route("/api/phone/inbox", get(phone_inbox))
         .route("/api/phone/read", post(phone_read))
         .route("/api/phone/chat", get(phone_chat))
+        .route("/api/phone/tap", post(phone_tap))
         .route(
             "/api/phone/file",
             post(phone_file).layer(axum::extract::DefaultBodyLimit::max(32 << 20)),
@@ -236,6 +237,19 @@ async fn phone_read(State(p): State<Arc<Parts>>, Json(n): Json<Number>) -> Respo
     answer(p.phone.read_all(&n.number).await.map(|()| json!({})))
 }
 
+#[derive(Deserialize)]
+struct Tap {
+    number: String,
+    sid: String,
+    choice: usize,
+}
+
+/// The customer taps a choice of a list or buttons the business sent.
+async fn phone_tap(State(p): State<Arc<Parts>>, Json(t): Json<Tap>) -> Response {
+    let sent = p.phone.tap(&t.number, &t.sid, t.choice).await;
+    answer(sent.map(|(sid, status)| json!({ "message_sid": sid, "status": status })))
+}
+
 /// What the customer wrote, with blue ticks, and whether the business is typing.
 async fn phone_chat(State(p): State<Arc<Parts>>, Query(n): Query<Number>) -> Response {
     answer(p.phone.chat(&n.number).await)
@@ -270,6 +284,12 @@ async fn accept(State(p): State<Arc<Parts>>, Path(id): Path<String>) -> Response
 #[derive(Deserialize)]
 struct AgentText {
     content: String,
+    /// `text/plain` unless said: `text/markdown`, or an interactive message.
+    #[serde(default)]
+    content_type: Option<String>,
+    /// `AGENT` unless said: a flow's message is `SYSTEM`'s.
+    #[serde(default)]
+    role: Option<String>,
 }
 
 async fn agent_send(
@@ -277,7 +297,9 @@ async fn agent_send(
     Path(id): Path<String>,
     Json(t): Json<AgentText>,
 ) -> Response {
-    answer(p.desk.send(&id, &t.content).await)
+    let role = t.role.as_deref().unwrap_or("AGENT");
+    let content_type = t.content_type.as_deref().unwrap_or("text/plain");
+    answer(p.desk.send_content(&id, role, content_type, &t.content).await)
 }
 
 async fn end(State(p): State<Arc<Parts>>, Path(id): Path<String>) -> Response {

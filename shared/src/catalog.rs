@@ -151,6 +151,26 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Customer replies to a specific message, by outcome (quoted: its words shown to the agent; unknown: no longer indexed).",
     ),
     (
+        "waconnect_relay_menus_total",
+        Kind::Counter,
+        "Interactive messages (list pickers, quick replies, time pickers) offered the customer as a menu.",
+    ),
+    (
+        "waconnect_relay_menu_replies_total",
+        Kind::Counter,
+        "Customer replies that may answer a menu (a button, a number), by outcome (chosen, other).",
+    ),
+    (
+        "waconnect_sender_menus_total",
+        Kind::Counter,
+        "Menus sent to customers, by how WhatsApp shows them (list, buttons, text).",
+    ),
+    (
+        "waconnect_sender_contents_created_total",
+        Kind::Counter,
+        "Contents made with Twilio's Content API for menus (one per distinct menu per sender process).",
+    ),
+    (
         "waconnect_relay_delivery_failures_total",
         Kind::Counter,
         "Replies the customer never got, by Twilio error code.",

@@ -66,6 +66,10 @@ pub struct Conversation {
     pub last_call_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_call_sid: Option<String>,
+    /// The titles of the last menu offered the customer, until their next message: a
+    /// number in reply names one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub menu: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     /// Epoch seconds after which the record may be deleted (DynamoDB TTL). Never relied on.
     #[serde(default)]
@@ -88,6 +92,7 @@ impl Conversation {
             last_inbound_at: None,
             last_call_at: None,
             last_call_sid: None,
+            menu: None,
             created_at: Utc::now(),
             ttl: None,
         }

@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod event;
 pub mod form;
 pub mod media;
+pub mod menu;
 pub mod message_index;
 pub mod ops;
 pub mod outbound;

@@ -19,6 +19,10 @@ pub struct OutboundMessage {
     /// A pre-approved WhatsApp template, for messages outside the 24 h window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Template>,
+    /// Choices to show as a list or buttons; `body` then holds the numbered text menu,
+    /// sent instead when they cannot be shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub menu: Option<crate::menu::Menu>,
     /// Where this message came from; its id is the outbound deduplication id.
     pub origin: Origin,
     pub created_at: DateTime<Utc>,
@@ -125,6 +129,7 @@ mod tests {
                 content_sid: "HX123".into(),
                 variables: Some(r#"{"1":"Ana"}"#.into()),
             }),
+            menu: None,
             origin: Origin::ConnectItem {
                 contact_id: "c-1".into(),
                 item_id: "item-9".into(),
@@ -156,6 +161,7 @@ mod tests {
             media_urls: Vec::new(),
             files: Vec::new(),
             template: None,
+            menu: None,
             origin: Origin::Bridge {
                 reason: "r".into(),
                 id: "x".into(),

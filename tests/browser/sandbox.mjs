@@ -57,6 +57,11 @@ try {
   await page.fill('#phone-input', 'Great, thank you!');
   await page.click('#phone-send');
   await page.locator('#transcript .msg.customer', { hasText: "In reply to the agent's message: \"Sorry about that!" }).waitFor({ timeout: 20000 });
+  // A flow's menu: a WhatsApp list on the phone; the customer's choice reaches the chat.
+  await page.click('#agent-menu');
+  await page.locator('#transcript .msg[data-menu="true"]', { hasText: 'What can we help with?' }).waitFor({ timeout: 20000 });
+  await page.locator('#phone-messages .msg.in .choices button', { hasText: 'Return an item' }).click({ timeout: 20000 });
+  await page.locator('#transcript .msg.customer', { hasText: 'Return an item' }).waitFor({ timeout: 20000 });
   await page.waitForFunction(() => document.getElementById('stats').textContent.includes('1 active'), null, { timeout: 10000 });
 
   // A photo of the parcel, with a caption.

@@ -107,6 +107,7 @@ impl FullLoop {
             ("TWILIO_AUTH_TOKEN", &o.auth_token),
             ("TWILIO_FROM", &o.sender),
             ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
+            ("WACONNECT_TWILIO_CONTENT_BASE", &twilio.api_base()),
             (
                 "WACONNECT_STATUS_CALLBACK_URL",
                 &format!("{ingress}/twilio/status"),

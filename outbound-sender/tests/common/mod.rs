@@ -125,6 +125,10 @@ impl Stack {
         ));
         vars.push(("WACONNECT_TWILIO_API_BASE".into(), self.twilio.api_base()));
         vars.push((
+            "WACONNECT_TWILIO_CONTENT_BASE".into(),
+            self.twilio.api_base(),
+        ));
+        vars.push((
             "WACONNECT_STATUS_CALLBACK_URL".into(),
             self.status_url.clone(),
         ));
@@ -169,6 +173,7 @@ impl Stack {
             media_urls: Vec::new(),
             files: Vec::new(),
             template: None,
+            menu: None,
             origin: Origin::ConnectItem {
                 contact_id: "contact-1".into(),
                 item_id: item.to_owned(),

@@ -91,6 +91,21 @@ impl DeskClient {
         self.send_as(contact_id, "AGENT", content).await
     }
 
+    /// A message of any content type (Markdown, an interactive message) as `role`.
+    pub async fn send_content(
+        &self,
+        contact_id: &str,
+        role: &str,
+        content_type: &str,
+        content: &str,
+    ) -> anyhow::Result<Item> {
+        self.post(
+            &format!("/agent/chats/{contact_id}/messages"),
+            json!({ "content": content, "role": role, "content_type": content_type }),
+        )
+        .await
+    }
+
     pub async fn send_as(
         &self,
         contact_id: &str,

@@ -134,6 +134,18 @@ async fn send_text(
     Json(t): Json<Text>,
 ) -> Response {
     let role = t.role.unwrap_or_else(|| "AGENT".into());
+    let content_type = t.content_type.unwrap_or_else(|| "text/plain".into());
+    {
+        let inner = sim.lock();
+        if let Some(c) = inner.contacts.get(&id)
+            && !c.supported.contains(&content_type)
+        {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                &format!("the customer's side of this chat does not take {content_type}"),
+            );
+        }
+    }
     if !matches!(
         role.as_str(),
         "AGENT" | "SYSTEM" | "CUSTOM_BOT" | "SUPERVISOR"
@@ -153,7 +165,7 @@ async fn send_text(
         let item = Item {
             id: new_id(),
             kind: "MESSAGE".into(),
-            content_type: t.content_type.unwrap_or_else(|| "text/plain".into()),
+            content_type,
             content: Some(t.content),
             participant_id,
             display_name: name,

@@ -104,6 +104,9 @@ pub struct Contact {
     pub ever_connected: bool,
     /// A supervisor listens in: a third participant, so Connect refuses receipts (409).
     pub supervised: bool,
+    /// What the customer's side declared it shows (StartChatContact's
+    /// SupportedMessagingContentTypes): agents and flows send nothing else to it.
+    pub supported: Vec<String>,
     /// The last item's time, in milliseconds: items of one chat are strictly ordered.
     pub last_time_ms: i64,
     pub created_at: DateTime<Utc>,

@@ -111,15 +111,22 @@ async fn start_chat(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answer {
             "ChatDurationInMinutes must be between 60 and 10080",
         ));
     }
-    if let Some(types) = m
+    let supported: Vec<String> = match m
         .get("SupportedMessagingContentTypes")
         .and_then(Value::as_array)
-        && !types.iter().any(|t| t == "text/plain")
     {
-        return Err(ApiError::invalid_request(
-            "SupportedMessagingContentTypes must include text/plain",
-        ));
-    }
+        Some(types) if !types.iter().any(|t| t == "text/plain") => {
+            return Err(ApiError::invalid_request(
+                "SupportedMessagingContentTypes must include text/plain",
+            ));
+        }
+        Some(types) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        None => vec!["text/plain".to_owned()],
+    };
     let attributes = m
         .get("Attributes")
         .and_then(Value::as_object)
@@ -180,6 +187,7 @@ async fn start_chat(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answer {
         client_tokens: Default::default(),
         customer_events: Vec::new(),
         supervised: false,
+        supported,
         sockets: Vec::new(),
         connect_by: now + sim.options.connect_window,
         ends_at: now + std::time::Duration::from_secs(minutes * 60),

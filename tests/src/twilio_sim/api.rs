@@ -196,15 +196,21 @@ async fn create_message(
         } else {
             window
         });
+        let made = content_sid
+            .as_ref()
+            .and_then(|c| inner.contents.get(c))
+            .cloned();
         let sent = Sent {
             sid: sid(if media_urls.is_empty() { "SM" } else { "MM" }),
             to: to.clone(),
             from: from.unwrap_or_else(|| twilio.options.sender.clone()),
             // Twilio shows a template's rendered text as the message's body.
-            body: match (&content_sid, text.is_empty()) {
-                (Some(content), true) => format!("Template {content}: please write back."),
+            body: match (&content_sid, &made, text.is_empty()) {
+                (_, Some(made), true) => made.body.clone(),
+                (Some(content), None, true) => format!("Template {content}: please write back."),
                 _ => text,
             },
+            choices: made.map(|m| m.choices).unwrap_or_default(),
             media_urls,
             content_sid,
             status: "queued".into(),
@@ -275,7 +281,13 @@ async fn deliver(twilio: Arc<Twilio>, sid: String, over_rate: bool) {
     let (to, template) = {
         let inner = twilio.lock();
         let s = &inner.sent[inner.by_sid[&sid]];
-        (s.to.clone(), s.content_sid.is_some())
+        // An approved template goes outside the window; a list or buttons do not.
+        let session_only = s
+            .content_sid
+            .as_ref()
+            .and_then(|c| inner.contents.get(c))
+            .is_some_and(|c| c.session_only);
+        (s.to.clone(), s.content_sid.is_some() && !session_only)
     };
     let now = twilio.now();
     let in_window = twilio.options.window_always_open

@@ -72,6 +72,9 @@ pub struct CustomerMessage {
     /// business sent the customer, or one the customer wrote.
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// A tapped choice of a list or buttons the business sent.
+    #[serde(default)]
+    pub button: Option<super::ShownChoice>,
 }
 
 /// Twilio's retry fragment: `#rc=<count>&rp=<policies>`; by default one retry, only when
@@ -106,9 +109,24 @@ async fn customer_sends(
             Json(json!({ "message": "from must be whatsapp:+E.164" })),
         );
     }
+    if let Some(b) = &m.button {
+        let offered = twilio
+            .lock()
+            .sent
+            .iter()
+            .any(|s| s.to == m.from && s.choices.contains(b));
+        if !offered {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "message": "no such choice was offered to this customer" })),
+            );
+        }
+    }
     let message_sid = sid(if m.media.is_empty() { "SM" } else { "MM" });
     let wa_id = m.from.trim_start_matches("whatsapp:+").to_owned();
-    let kind = if m.location.is_some() {
+    let kind = if m.button.is_some() {
+        "interactive"
+    } else if m.location.is_some() {
         "location"
     } else if let Some(first) = m.media.first() {
         first.content_type.split('/').next().unwrap_or("document")
@@ -156,6 +174,13 @@ async fn customer_sends(
         };
         fields.push((format!("MediaContentType{i}"), media.content_type.clone()));
         fields.push((format!("MediaUrl{i}"), url));
+    }
+    if let Some(b) = &m.button {
+        // WhatsApp sends the tapped choice's title as the text, and its id beside it.
+        fields.retain(|(k, _)| k != "Body");
+        fields.push(("Body".into(), b.title.clone()));
+        fields.push(("ButtonText".into(), b.title.clone()));
+        fields.push(("ButtonPayload".into(), b.id.clone()));
     }
     if let Some(replied) = &m.reply_to {
         let sender = {
@@ -256,8 +281,14 @@ pub struct InboxMessage {
     #[serde(default)]
     pub files: Vec<ReceivedFile>,
     pub content_sid: Option<String>,
+    /// A list's or buttons' choices: what the customer can tap.
+    #[serde(default)]
+    pub choices: Vec<super::ShownChoice>,
     pub status: String,
     pub error_code: Option<u32>,
+    /// When Twilio took it (the phone orders its chat by it).
+    #[serde(default)]
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A file as the phone shows it in the chat.
@@ -298,8 +329,10 @@ fn inbox_of(twilio: &Twilio, number: &str) -> Vec<InboxMessage> {
                 })
                 .unwrap_or_default(),
             content_sid: s.content_sid.clone(),
+            choices: s.choices.clone(),
             status: s.status.clone(),
             error_code: s.error_code,
+            created_at: Some(s.created_at),
         })
         .collect()
 }
@@ -594,6 +627,24 @@ impl PhoneClient {
             .await?
             .error_for_status()?;
         Ok(r.json().await?)
+    }
+
+    /// The customer taps choice `n` (from 0) of message `sid`'s list or buttons.
+    pub async fn tap(&self, number: &str, sid: &str, n: usize) -> anyhow::Result<(String, u16)> {
+        let inbox = self.inbox(number).await?;
+        let Some(choice) = inbox
+            .iter()
+            .find(|m| m.sid == sid)
+            .and_then(|m| m.choices.get(n))
+        else {
+            anyhow::bail!("message {sid} offers no choice {n}");
+        };
+        self.send(&CustomerMessage {
+            from: number.to_owned(),
+            button: Some(choice.clone()),
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn read_all(&self, number: &str) -> anyhow::Result<()> {

@@ -4,10 +4,12 @@
 //! fault injection. The real outbound-sender and ingress talk to it unchanged.
 
 mod api;
+mod content;
 mod customer;
 mod indicator;
 mod media;
 
+pub use content::ShownChoice;
 pub use customer::{CustomerMessage, InboxMessage, Location, Media, PhoneClient, ReceivedFile};
 pub use indicator::{PhoneChat, TYPING_SHOWN, TypingCall, WrittenMessage};
 
@@ -64,6 +66,9 @@ pub struct Sent {
     pub body: String,
     pub media_urls: Vec<String>,
     pub content_sid: Option<String>,
+    /// A menu's choices (a content made through the Content API), as the phone shows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<content::ShownChoice>,
     pub status: String,
     pub error_code: Option<u32>,
     pub status_callback: Option<String>,
@@ -117,6 +122,8 @@ struct Inner {
     written_by: HashMap<String, String>,
     /// Typing-indicator calls accepted, in order.
     typing_calls: Vec<indicator::TypingCall>,
+    /// Contents made through the Content API, by `HX…` SID.
+    contents: HashMap<String, content::Content>,
 }
 
 pub struct Twilio {
@@ -203,6 +210,7 @@ pub async fn serve(
         .merge(customer::routes())
         .merge(media::routes())
         .merge(indicator::routes())
+        .merge(content::routes())
         .with_state(twilio);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
