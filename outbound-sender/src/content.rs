@@ -87,7 +87,7 @@ pub fn definition(menu: &Menu, settings: &MenuSettings) -> (Shown, Option<Value>
     let mut hasher = DefaultHasher::new();
     types.to_string().hash(&mut hasher);
     let definition = json!({
-        "friendly_name": format!("waconnect_menu_{:016x}", hasher.finish()),
+        "friendly_name": format!("waconnect-menu-{:016x}", hasher.finish()),
         "language": "en",
         "types": types,
     });
