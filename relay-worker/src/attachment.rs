@@ -25,6 +25,8 @@ pub struct MediaSettings {
     pub twilio: Option<TwilioAccount>,
     /// Twilio's REST base: only URLs under it get the account's credentials.
     pub twilio_api_base: String,
+    /// Twilio's Content API: a template's text, for the agent's notice of an outreach.
+    pub twilio_content_base: String,
     /// What the Connect instance accepts.
     pub accepted: Accepted,
     /// ffmpeg, when conversions are on and it is installed.
@@ -71,6 +73,11 @@ pub struct MediaRelay {
 }
 
 impl MediaRelay {
+    /// The client for Twilio's APIs (timeouts on connect and between reads).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn new(settings: MediaSettings) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))

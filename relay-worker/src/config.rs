@@ -54,6 +54,43 @@ pub struct RelayConfig {
     pub scan_wait: Duration,
     /// Typing and blue ticks on WhatsApp.
     pub indicators: IndicatorSettings,
+    /// The WhatsApp sender (`TWILIO_FROM`), when the relay is told it: an outreach naming
+    /// another business number is refused.
+    pub business_number: Option<String>,
+    /// The API that starts conversations from the business side; off unless bound.
+    pub api: Option<ApiSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSettings {
+    pub bind: std::net::SocketAddr,
+    /// The bearer token callers present (a secret: at least 16 characters).
+    pub token: waconnect_shared::Secret,
+}
+
+fn api(r: &mut Reader<'_>) -> Option<ApiSettings> {
+    let bind = r.raw("WACONNECT_RELAY_API_BIND")?;
+    let bind = match bind.parse() {
+        Ok(b) => b,
+        Err(_) => {
+            r.error(
+                "WACONNECT_RELAY_API_BIND",
+                format!("expected host:port, got {bind:?}"),
+            );
+            return None;
+        }
+    };
+    let token = r.secret("WACONNECT_RELAY_API_TOKEN");
+    match token {
+        Some(t) if t.expose().chars().count() >= 16 => Some(ApiSettings { bind, token: t }),
+        _ => {
+            r.error(
+                "WACONNECT_RELAY_API_TOKEN",
+                "is required with WACONNECT_RELAY_API_BIND: a secret of at least 16 characters",
+            );
+            None
+        }
+    }
 }
 
 /// Twilio's typing indicator (README "Typing and read receipts").
@@ -178,6 +215,8 @@ fn media(r: &mut Reader<'_>) -> MediaSettings {
     MediaSettings {
         twilio,
         twilio_api_base,
+        twilio_content_base: url(r, "WACONNECT_TWILIO_CONTENT_BASE")
+            .unwrap_or_else(|| "https://content.twilio.com".to_owned()),
         accepted: Accepted {
             extensions,
             max_bytes: max_mb * 1024 * 1024,
@@ -314,6 +353,8 @@ impl RelayConfig {
             media: media(&mut r),
             scan_wait: r.duration("WACONNECT_RELAY_SCAN_WAIT", Duration::from_secs(120)),
             indicators: indicators(&mut r),
+            business_number: r.raw("TWILIO_FROM").map(str::to_owned),
+            api: api(&mut r),
         };
         r.finish()?;
         Ok(config)

@@ -22,6 +22,7 @@ pub mod interactive;
 pub mod item;
 pub mod markdown;
 pub mod media_type;
+pub mod outreach;
 pub mod records;
 pub mod session;
 pub mod vcard;
@@ -125,6 +126,20 @@ pub async fn run(
         fleet.clone().renew_loop(),
     );
     let sweeper = worker::spawn_core("sweeper", &health, &shutdown, fleet.clone().sweep_loop());
+    let api = match &config.api {
+        Some(api) => {
+            let listener = TcpListener::bind(api.bind).await?;
+            tracing::info!(address = %listener.local_addr()?, "conversation-start API listening");
+            let router = outreach::router(relay.clone(), fleet.clone(), api.token.clone());
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }))
+        }
+        None => None,
+    };
     // A restarted worker first takes back what its earlier life held, then adopts what
     // is waiting, rather than after a lease or a first interval.
     fleet.resume().await;
@@ -143,6 +158,9 @@ pub async fn run(
     let (_, ()) = tokio::join!(consumer, fleet.shutdown(grace));
     renewer.abort();
     sweeper.abort();
+    if let Some(api) = api {
+        api.abort();
+    }
     tracing::info!(worker_id = %config.worker_id, "relay-worker stopped; leases released");
     worker::finish(&health, served)
 }

@@ -88,7 +88,15 @@ pub(crate) struct Parts {
     pub desk: DeskClient,
     pub inbound: Arc<dyn Queue>,
     pub outbound: Arc<dyn Queue>,
+    /// The relay's conversation-start API and its token.
+    pub outreach_url: String,
+    pub outreach_token: String,
 }
+
+/// The sandbox's approved template, for conversations the agent starts.
+pub const TEMPLATE: &str = "HX5a4dbc0c000000000000000000000001";
+const TEMPLATE_BODY: &str =
+    "Hi {{1}}, this is the support team about your recent order. Reply here to chat with us.";
 
 async fn listen() -> anyhow::Result<(TcpListener, String)> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
@@ -135,8 +143,12 @@ impl Sandbox {
             auto_read: false,
             status_delay: std::time::Duration::from_millis(150),
             sender_rate: options.sender_rate,
+            templates: vec![(TEMPLATE.into(), TEMPLATE_BODY.into())],
             ..TwilioOptions::default()
         };
+        // The relay binds its API itself: a port free now, on loopback.
+        let outreach_addr = listen().await?.1;
+        let outreach_token = uuid::Uuid::new_v4().simple().to_string();
         let (twilio_listener, twilio_addr) = listen().await?;
         let twilio = format!("http://{twilio_addr}");
         tasks.push(tokio::spawn({
@@ -180,6 +192,10 @@ impl Sandbox {
                 ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
                 ("WACONNECT_TWILIO_API_BASE", &twilio),
                 ("WACONNECT_TWILIO_MESSAGING_BASE", &twilio),
+                ("WACONNECT_TWILIO_CONTENT_BASE", &twilio),
+                // The desk's "Start" button: a conversation from the agent's side.
+                ("WACONNECT_RELAY_API_BIND", &outreach_addr),
+                ("WACONNECT_RELAY_API_TOKEN", &outreach_token),
                 // The agent's files are served by ingress, under its public URL.
                 ("WACONNECT_PUBLIC_BASE_URL", &ingress),
                 (
@@ -247,6 +263,8 @@ impl Sandbox {
             desk: desk.clone(),
             inbound,
             outbound,
+            outreach_url: format!("http://{outreach_addr}/v1/conversations"),
+            outreach_token,
         };
         let listener = TcpListener::bind(options.bind).await.with_context(|| {
             format!("WACONNECT_SANDBOX_BIND: cannot listen on {}", options.bind)

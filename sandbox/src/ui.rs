@@ -36,6 +36,7 @@ pub(crate) fn router(parts: Arc<Parts>) -> Router {
         )
         .route("/api/agent/attachments/{id}", get(agent_attachment))
         .route("/api/agent/chats", get(chats))
+        .route("/api/agent/start", post(agent_start))
         .route("/api/agent/chats/{id}/accept", post(accept))
         .route("/api/agent/chats/{id}/messages", post(agent_send))
         .route("/api/agent/chats/{id}/end", post(end))
@@ -273,6 +274,36 @@ async fn agent_read(
     answer(p.desk.read(&id, &r.message_id).await)
 }
 
+#[derive(Deserialize)]
+struct Start {
+    customer: String,
+    name: String,
+}
+
+/// The agent starts a conversation: the sandbox's template, through the relay's API, as
+/// a CRM or a script would call it.
+async fn agent_start(State(p): State<Arc<Parts>>, Json(s): Json<Start>) -> Response {
+    let request = json!({
+        "customer": s.customer,
+        "content_sid": crate::TEMPLATE,
+        "variables": { "1": s.name },
+        "key": uuid::Uuid::new_v4().simple().to_string(),
+    });
+    let sent = async {
+        let r = reqwest::Client::new()
+            .post(&p.outreach_url)
+            .bearer_auth(&p.outreach_token)
+            .json(&request)
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        anyhow::Ok(json!({ "status": status, "answer": r.json::<serde_json::Value>().await.unwrap_or_default() }))
+    }
+    .await;
+    answer(sent)
+}
+
 async fn chats(State(p): State<Arc<Parts>>) -> Response {
     answer(p.desk.chats(None).await)
 }
@@ -299,7 +330,11 @@ async fn agent_send(
 ) -> Response {
     let role = t.role.as_deref().unwrap_or("AGENT");
     let content_type = t.content_type.as_deref().unwrap_or("text/plain");
-    answer(p.desk.send_content(&id, role, content_type, &t.content).await)
+    answer(
+        p.desk
+            .send_content(&id, role, content_type, &t.content)
+            .await,
+    )
 }
 
 async fn end(State(p): State<Arc<Parts>>, Path(id): Path<String>) -> Response {

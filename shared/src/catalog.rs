@@ -171,6 +171,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Contents made with Twilio's Content API for menus (one per distinct menu per sender process).",
     ),
     (
+        "waconnect_relay_outreach_total",
+        Kind::Counter,
+        "Conversations the business asked to start, by outcome (started, open, invalid, unavailable).",
+    ),
+    (
         "waconnect_relay_delivery_failures_total",
         Kind::Counter,
         "Replies the customer never got, by Twilio error code.",

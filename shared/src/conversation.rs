@@ -66,6 +66,10 @@ pub struct Conversation {
     pub last_call_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_call_sid: Option<String>,
+    /// The caller's key when the business started this chat (an outreach), so a repeat
+    /// of the request finds it rather than being refused as another open chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
     /// The titles of the last menu offered the customer, until their next message: a
     /// number in reply names one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +96,7 @@ impl Conversation {
             last_inbound_at: None,
             last_call_at: None,
             last_call_sid: None,
+            started_by: None,
             menu: None,
             created_at: Utc::now(),
             ttl: None,
@@ -110,6 +115,8 @@ impl Conversation {
     /// A new chat for the customer: the record is live again and kept.
     pub fn restart(&mut self) {
         self.state = ConversationState::Starting;
+        self.started_by = None;
+        self.menu = None;
         self.connection_token = None;
         self.connection_expires_at = None;
         self.ttl = None;

@@ -20,6 +20,12 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `presented` (a bearer token) is this secret, compared in constant time; an
+    /// empty secret matches nothing.
+    pub fn matches(&self, presented: &str) -> bool {
+        !self.0.is_empty() && crate::signature::constant_time_eq(&self.0, presented)
+    }
 }
 
 impl fmt::Debug for Secret {

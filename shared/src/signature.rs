@@ -120,7 +120,7 @@ pub fn validate_json_body(auth_token: &str, url: &str, body: &[u8], signature: &
     hash_ok & sig_ok
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 

@@ -80,6 +80,13 @@ try {
   await page.setInputFiles('#agent-file', { name: 'returns-label.pdf', mimeType: 'application/pdf', buffer: pdf });
   await page.locator('#phone-messages .msg.in[data-file="application/pdf"] a.file', { hasText: 'returns-label.pdf' }).waitFor({ timeout: 30000 });
   await page.screenshot({ path: screenshot });
+  // The agent starts a conversation with another customer: the template reaches their
+  // phone, and the agent sees it in the new chat.
+  await page.fill('#agent-start-number', 'whatsapp:+15551230002');
+  await page.click('#agent-start');
+  await page.locator('#transcript .msg.notice', { hasText: 'this is the support team' }).waitFor({ timeout: 20000 });
+  await page.fill('#phone-number', 'whatsapp:+15551230002');
+  await page.locator('#phone-messages .msg.in', { hasText: 'Hi there, this is the support team' }).waitFor({ timeout: 20000 });
   console.log('browser test passed; screenshot at ' + screenshot);
 } catch (e) {
   failed = true;

@@ -93,6 +93,7 @@ impl FullLoop {
             ("TWILIO_AUTH_TOKEN", &o.auth_token),
             ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
             ("WACONNECT_TWILIO_MESSAGING_BASE", &twilio.api_base()),
+            ("WACONNECT_TWILIO_CONTENT_BASE", &twilio.api_base()),
         ]));
         relay_vars.extend(storage.iter().cloned());
         relay_vars.extend(

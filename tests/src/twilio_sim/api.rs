@@ -207,7 +207,14 @@ async fn create_message(
             // Twilio shows a template's rendered text as the message's body.
             body: match (&content_sid, &made, text.is_empty()) {
                 (_, Some(made), true) => made.body.clone(),
-                (Some(content), None, true) => format!("Template {content}: please write back."),
+                (Some(content), None, true) => {
+                    match twilio.options.templates.iter().find(|(s, _)| s == content) {
+                        Some((_, body)) => {
+                            super::content::render(body, field("ContentVariables").as_deref())
+                        }
+                        None => format!("Template {content}: please write back."),
+                    }
+                }
                 _ => text,
             },
             choices: made.map(|m| m.choices).unwrap_or_default(),

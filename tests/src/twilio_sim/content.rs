@@ -17,7 +17,45 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub fn routes() -> axum::Router<Arc<Twilio>> {
-    axum::Router::new().route("/v1/Content", post(create))
+    axum::Router::new()
+        .route("/v1/Content", post(create))
+        .route("/v1/Content/{sid}", axum::routing::get(fetch))
+}
+
+/// A template's body with its variables filled in, as WhatsApp shows it.
+pub fn render(body: &str, variables: Option<&str>) -> String {
+    let vars: std::collections::HashMap<String, String> = variables
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
+    let mut text = body.to_owned();
+    for (k, v) in vars {
+        text = text.replace(&format!("{{{{{k}}}}}"), &v);
+    }
+    text
+}
+
+/// `GET /v1/Content/{sid}`: a content made through the API, or an approved template.
+async fn fetch(
+    State(twilio): State<Arc<Twilio>>,
+    axum::extract::Path(sid): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised_user(&twilio, &headers) {
+        return error(401, 20003, "Authenticate");
+    }
+    let body = match twilio.options.templates.iter().find(|(s, _)| *s == sid) {
+        Some((_, body)) => Some(body.clone()),
+        None => twilio.lock().contents.get(&sid).map(|c| c.body.clone()),
+    };
+    match body {
+        Some(body) => Json(json!({
+            "sid": sid,
+            "account_sid": twilio.options.account_sid,
+            "types": { "twilio/text": { "body": body } },
+        }))
+        .into_response(),
+        None => error(404, 20404, "The requested resource was not found"),
+    }
 }
 
 /// A choice the phone shows under a message: its id (what a tap sends as ButtonPayload)

@@ -40,6 +40,9 @@ pub struct TwilioOptions {
     /// Treat every customer as inside the 24-hour window (tests of the sender alone,
     /// where no customer wrote first).
     pub window_always_open: bool,
+    /// Approved WhatsApp templates: `HX…` SID → body with `{{1}}`-style variables. Any
+    /// other `HX…` SID is taken as an approved template with a stock body.
+    pub templates: Vec<(String, String)>,
 }
 
 impl Default for TwilioOptions {
@@ -53,6 +56,7 @@ impl Default for TwilioOptions {
             auto_read: true,
             sender_rate: 80,
             window_always_open: false,
+            templates: Vec::new(),
         }
     }
 }
