@@ -77,6 +77,9 @@ pub struct Session {
     scanning: Option<Scanning>,
     /// What typing and read indicators need to know of the chat.
     signals: Signals,
+    /// The agent's files whose scan outlasted the wait, newest last: the agent was told
+    /// they were not sent, so a verdict that comes later sends nothing.
+    given_up: VecDeque<String>,
 }
 
 /// The customer's side of the chat as typing indicators and blue ticks need it.
@@ -124,6 +127,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         connection_token: String::new(),
         scanning: None,
         signals: Signals::default(),
+        given_up: VecDeque::new(),
     };
     let outcome = session.run(&stop).await;
     // Whatever ended the session, the cursor reaches the record while the lease is ours:
@@ -534,6 +538,10 @@ impl Session {
             );
             self.tell_agent(&scan.item.id, &file.attachment_id, &notice)
                 .await?;
+            if self.given_up.len() == RECENT {
+                self.given_up.pop_front();
+            }
+            self.given_up.push_back(file.attachment_id.clone());
         }
         self.advance(&scan.item);
         self.admit_all(scan.held).await
@@ -554,6 +562,17 @@ impl Session {
     }
 
     async fn forward(&mut self, item: &ChatItem) -> Result<(), Step> {
+        let given_up = item.kind == "ATTACHMENT"
+            && !item.attachments.is_empty()
+            && item
+                .attachments
+                .iter()
+                .all(|a| self.given_up.contains(&a.attachment_id));
+        if given_up {
+            // The agent heard it was not sent, and later messages went ahead of it.
+            self.advance(item);
+            return Ok(());
+        }
         let files = if item.kind == "ATTACHMENT" {
             self.copy_files(item).await?
         } else {

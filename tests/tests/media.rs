@@ -591,6 +591,65 @@ async fn scanned_files_keep_the_agents_order_and_the_wait_has_a_bound() {
     );
 }
 
+/// A verdict that comes after the wait ended changes nothing: the agent was told the file
+/// was not sent, and what they wrote after it went ahead; sending it now would contradict
+/// the notice and the order. (Found when a loaded machine delayed a 700 ms scan past 2 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_approved_after_the_wait_stays_unsent_as_the_agent_was_told() {
+    let lp = FullLoop::start(LoopOptions {
+        relay_vars: vec![
+            ("WACONNECT_RELAY_SCAN_WAIT", "1s".into()),
+            ("WACONNECT_RELAY_HEARTBEAT", "200ms".into()),
+        ],
+        ..LoopOptions::default()
+    })
+    .await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    desk.send_scanned_file(
+        &contact,
+        "late.pdf",
+        "application/pdf",
+        pdf(100),
+        "APPROVED",
+        Some(Duration::from_millis(2500)),
+    )
+    .await
+    .unwrap();
+    desk.send(&contact, "written after the file").await.unwrap();
+    let notices = wait::until("the notice", Duration::from_secs(30), || async {
+        let notices = notices_in(&desk, &contact).await;
+        (!notices.is_empty()).then_some(notices)
+    })
+    .await;
+    assert!(notices[0].contains("\"late.pdf\""), "{notices:?}");
+    // The verdict's item is in the chat by now.
+    wait::until("the late verdict", Duration::from_secs(30), || async {
+        let items = desk.transcript(&contact).await.ok()?;
+        items
+            .iter()
+            .any(|i| i.attachments.iter().any(|a| a.status == "APPROVED"))
+            .then_some(())
+    })
+    .await;
+    desk.send(&contact, "the last word").await.unwrap();
+    let number = customer(0);
+    let inbox = wait::until("the agent's last word", Duration::from_secs(30), || async {
+        let inbox = phone.inbox(number.as_str()).await.ok()?;
+        inbox
+            .iter()
+            .any(|m| m.body == "the last word")
+            .then_some(inbox)
+    })
+    .await;
+    let bodies: Vec<&str> = inbox.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(
+        bodies,
+        ["written after the file", "the last word"],
+        "{inbox:?}"
+    );
+}
+
 /// The sender SIGKILLed while Twilio takes an agent's file (its answer never comes back):
 /// the sender that takes over finds the message at Twilio — a part without text, told by
 /// its file — and the phone gets the file once, before what the agent wrote next.
