@@ -1,4 +1,4 @@
-//! Menus (Connect's interactive messages, DESIGN.md §10) as WhatsApp lists and quick-reply
+//! Menus (Connect's interactive messages, docs/architecture.md §10) as WhatsApp lists and quick-reply
 //! buttons, through Twilio's Content API: a `twilio/list-picker` (up to 10 items) or a
 //! `twilio/quick-reply` (up to 3 buttons), with the numbered text menu as its
 //! `twilio/text` for channels that show neither. Each choice's id is its number, so a tap

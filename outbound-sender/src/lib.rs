@@ -1,5 +1,5 @@
 //! waconnect outbound-sender: drains the outbound queue to Twilio's Messages API
-//! (DESIGN.md §1, §7).
+//! (docs/architecture.md §1, §7).
 //!
 //! * [`sender`] — the consumer: per-customer order, rate limit, retries that keep the
 //!   message, the delivery ledger against duplicates, dead letters with the agent told.

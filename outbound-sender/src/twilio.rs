@@ -1,5 +1,5 @@
 //! The Messages API client: one POST per message part, errors classified by what the
-//! sender should do about them (DESIGN.md §7).
+//! sender should do about them (docs/architecture.md §7).
 
 use crate::config::{Sender, TwilioSettings};
 use chrono::{DateTime, Utc};

@@ -1,4 +1,4 @@
-//! Agent → customer files (DESIGN.md §9): an approved attachment is fetched from Connect
+//! Agent → customer files (docs/architecture.md §9): an approved attachment is fetched from Connect
 //! (GetAttachment's URL lives at most 5 minutes), converted when WhatsApp refuses its type,
 //! and copied into the media store, where the sender gives Twilio a URL of ours for as
 //! long as its retries need. A file WhatsApp cannot take, or that Connect's scanning

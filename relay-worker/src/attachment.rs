@@ -1,4 +1,4 @@
-//! Customer → agent files (DESIGN.md §9): each file a WhatsApp message carries is fetched
+//! Customer → agent files (docs/architecture.md §9): each file a WhatsApp message carries is fetched
 //! from Twilio (Basic auth, following the redirect to its storage), spooled to a temporary
 //! file (never held in memory whole), converted when the Connect instance would refuse its
 //! type, and attached to the chat (StartAttachmentUpload → PUT with exactly the headers
@@ -47,7 +47,7 @@ pub struct Accepted {
     pub max_bytes: u64,
 }
 
-/// Connect chat's defaults (DESIGN.md §9).
+/// Connect chat's defaults (docs/architecture.md §9).
 pub const CONNECT_DEFAULT_EXTENSIONS: &str =
     "csv,doc,docx,heic,jfif,jpeg,jpg,mov,mp4,pdf,png,ppt,pptx,rtf,txt,wav,xls,xlsx";
 /// Connect chat's default size limit, in MB.

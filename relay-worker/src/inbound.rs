@@ -1,5 +1,5 @@
 //! The inbound queue consumer: each customer message becomes Participant API calls on
-//! the customer's chat, started (or restarted, rehydrated) as needed (DESIGN.md §4).
+//! the customer's chat, started (or restarted, rehydrated) as needed (docs/architecture.md §4).
 
 use crate::Relay;
 use crate::attachment::{self, Attached, Prepared, ReadyFile};

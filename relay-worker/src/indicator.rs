@@ -1,5 +1,5 @@
 //! WhatsApp's typing indicator and blue ticks, through Twilio's typing indicator
-//! (DESIGN.md §10): the call shows "typing…" on the customer's phone until a reply lands or
+//! (docs/architecture.md §10): the call shows "typing…" on the customer's phone until a reply lands or
 //! 25 s pass, and marks the message it names — and every earlier one — read. It is the
 //! only read mechanism Twilio offers for WhatsApp.
 //!

@@ -1,5 +1,5 @@
 //! What a Connect item's content becomes on WhatsApp: interactive messages from flows and
-//! Lex bots (`application/vnd.amazonaws.connect.message.interactive`, DESIGN.md §10) as a
+//! Lex bots (`application/vnd.amazonaws.connect.message.interactive`, docs/architecture.md §10) as a
 //! [`Menu`] the sender shows as a list or buttons (its numbered text otherwise), other
 //! templates as readable text; `text/markdown` in WhatsApp's formatting; the rest as it is.
 

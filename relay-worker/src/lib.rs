@@ -1,4 +1,4 @@
-//! waconnect relay-worker: the fleet that owns the Amazon Connect side (DESIGN.md §1, §4).
+//! waconnect relay-worker: the fleet that owns the Amazon Connect side (docs/architecture.md §1, §4).
 //!
 //! * [`inbound`] consumes the inbound queue: starts (or restarts, rehydrated) the
 //!   customer's chat and sends their text with the Participant API.

@@ -1,6 +1,6 @@
 //! What a WhatsApp file is, for Connect: its extension (Connect allows attachments by
 //! extension), what to call it, and what to turn it into when the instance does not take
-//! it as it is (DESIGN.md §9: voice notes, stickers, 3gp video and most audio are refused
+//! it as it is (docs/architecture.md §9: voice notes, stickers, 3gp video and most audio are refused
 //! by a default instance).
 
 /// A media type as Twilio names it, without parameters, in lower case:
@@ -173,7 +173,7 @@ const TO_JPEG: Conversion = Conversion {
 const MB: u64 = 1024 * 1024;
 
 /// The largest file WhatsApp takes of a type (through Twilio), if it takes the type at
-/// all (DESIGN.md §9).
+/// all (docs/architecture.md §9).
 pub fn whatsapp_limit(essence: &str) -> Option<u64> {
     match essence {
         "image/jpeg" | "image/png" => Some(5 * MB),

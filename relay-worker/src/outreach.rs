@@ -1,4 +1,4 @@
-//! Conversations the business starts (DESIGN.md §10): an approved WhatsApp template to a
+//! Conversations the business starts (docs/architecture.md §10): an approved WhatsApp template to a
 //! customer (who may never have written, or not within 24 h), with a Connect chat opened
 //! for the agent and written to the record exactly as an inbound start would be, so the
 //! customer's reply lands in that chat. The agent sees in the chat what was sent.

@@ -1,4 +1,4 @@
-//! The participant websocket protocol (DESIGN.md §6): subscribe, heartbeat, chat frames.
+//! The participant websocket protocol (docs/architecture.md §6): subscribe, heartbeat, chat frames.
 
 use crate::item::ChatItem;
 use futures_util::{SinkExt, StreamExt};

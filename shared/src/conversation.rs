@@ -1,4 +1,4 @@
-//! The conversation record (DESIGN.md §3), keyed by customer address. Lease fields live
+//! The conversation record (docs/architecture.md §3), keyed by customer address. Lease fields live
 //! beside the record in the store ([`crate::store::StoredConversation`]) so a data write
 //! can never overwrite a lease by accident.
 

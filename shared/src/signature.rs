@@ -1,4 +1,4 @@
-//! Twilio request signing (`X-Twilio-Signature`), exactly as DESIGN.md §7 states it.
+//! Twilio request signing (`X-Twilio-Signature`), exactly as docs/architecture.md §7 states it.
 //!
 //! The signed string is the full public URL Twilio was configured with, followed by every
 //! form parameter's name and value in byte-wise sorted order; the signature is the base64 of

@@ -1,5 +1,5 @@
 //! Fidelity of the Connect simulator: the real AWS SDK clients round-trip every operation
-//! and error type through `endpoint_url`, and the websocket frames have DESIGN.md §6's
+//! and error type through `endpoint_url`, and the websocket frames have docs/architecture.md §6's
 //! shapes.
 
 use aws_sdk_connect::error::ProvideErrorMetadata;

@@ -1,4 +1,4 @@
-//! Customers' files reach the agent (DESIGN.md §9) over the full loop of real processes:
+//! Customers' files reach the agent (docs/architecture.md §9) over the full loop of real processes:
 //! fetched from Twilio with the account's credentials, converted where Connect refuses
 //! the type, attached once, in order with the text around them; what cannot be attached
 //! reaches the agent as a notice that says why.

@@ -1,4 +1,4 @@
-//! Flows' and bots' interactive messages on WhatsApp (DESIGN.md §10), over the full loop of
+//! Flows' and bots' interactive messages on WhatsApp (docs/architecture.md §10), over the full loop of
 //! real processes: a ListPicker becomes a WhatsApp list and a QuickReply buttons (Twilio's
 //! Content API, one content per distinct menu), a tap or a typed number goes back to the
 //! chat as the choice's title, and an agent's Markdown arrives in WhatsApp's formatting.

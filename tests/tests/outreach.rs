@@ -1,4 +1,4 @@
-//! Conversations the business starts (DESIGN.md §10), over the full loop of real
+//! Conversations the business starts (docs/architecture.md §10), over the full loop of real
 //! processes, on the embedded engine and on moto: the relay's API (bearer token) sends an
 //! approved template to a customer who never wrote, opens the Connect chat with the
 //! template's text for the agent, is idempotent on the caller's key, refuses a second

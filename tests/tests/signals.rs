@@ -1,4 +1,4 @@
-//! The small signals of a live conversation (DESIGN.md §10), over the full loop of real
+//! The small signals of a live conversation (docs/architecture.md §10), over the full loop of real
 //! processes: the agent typing shows as "typing…" on the customer's phone, at most once
 //! per 25 s; the agent reading the customer's messages turns them blue (or their arrival
 //! does, or nothing, as configured); Connect's refusal of receipts in a supervised chat is

@@ -1,6 +1,6 @@
 //! The media store: files the agent sends, kept where the bridge controls them until
 //! Twilio has fetched them. Connect's own download URL lives at most 5 minutes, shorter
-//! than a send's retries may take (DESIGN.md §9), so the relay copies each file here and
+//! than a send's retries may take (docs/architecture.md §9), so the relay copies each file here and
 //! the sender gives Twilio a URL of ours, made fresh for every attempt.
 //!
 //! Two engines behind one contract (the suite in `waconnect-tests`):

@@ -1,7 +1,7 @@
 //! A simulated Amazon Connect: the Connect and Participant REST APIs, the participant
 //! websocket, an agent desk and fault injection, all on one loopback port. The real
 //! `aws-sdk-connect` and `aws-sdk-connectparticipant` clients talk to it through
-//! `endpoint_url`, unchanged (DESIGN.md §5, §6).
+//! `endpoint_url`, unchanged (docs/architecture.md §5, §6).
 
 mod client;
 mod desk;

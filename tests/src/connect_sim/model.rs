@@ -35,7 +35,7 @@ pub struct SimOptions {
     pub attachments_per_chat: usize,
 }
 
-/// Connect chat's default attachment extensions (DESIGN.md §9).
+/// Connect chat's default attachment extensions (docs/architecture.md §9).
 pub const DEFAULT_ATTACHMENT_EXTENSIONS: [&str; 18] = [
     "csv", "doc", "docx", "heic", "jfif", "jpeg", "jpg", "mov", "mp4", "pdf", "png", "ppt", "pptx",
     "rtf", "txt", "wav", "xls", "xlsx",

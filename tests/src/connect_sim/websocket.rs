@@ -1,4 +1,4 @@
-//! The participant websocket (DESIGN.md §6): subscribe, heartbeat and ping replies, chat
+//! The participant websocket (docs/architecture.md §6): subscribe, heartbeat and ping replies, chat
 //! items on topic `aws/chat`, topic-less error frames for anything else.
 
 use super::Sim;

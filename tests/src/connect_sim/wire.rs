@@ -1,4 +1,4 @@
-//! Connect's wire shapes (DESIGN.md §6): transcript items and restJson1 errors.
+//! Connect's wire shapes (docs/architecture.md §6): transcript items and restJson1 errors.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -92,7 +92,7 @@ impl ApiError {
         Self::new(404, "ResourceNotFoundException", message)
     }
     /// Throttling: the Participant API calls it ThrottlingException, the Connect API
-    /// LimitExceededException (DESIGN.md §6).
+    /// LimitExceededException (docs/architecture.md §6).
     pub fn throttled(service: Service) -> Self {
         match service {
             Service::Connect => Self::new(429, "LimitExceededException", "Rate exceeded"),

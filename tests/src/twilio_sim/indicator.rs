@@ -1,5 +1,5 @@
 //! Twilio's typing indicator for WhatsApp (`POST /v2/Indicators/Typing.json` on
-//! messaging.twilio.com, DESIGN.md §10): it shows "typing…" on the customer's phone until a
+//! messaging.twilio.com, docs/architecture.md §10): it shows "typing…" on the customer's phone until a
 //! reply lands or 25 s pass, and marks the message it names — and every earlier one —
 //! read. The phone's side shows both.
 

@@ -1,4 +1,4 @@
-//! Media as Twilio keeps it (DESIGN.md §9): a customer's file is a Media resource under
+//! Media as Twilio keeps it (docs/architecture.md §9): a customer's file is a Media resource under
 //! its message, `…/Messages/{MM}/Media/{ME}`. Fetching it needs the account's Basic auth
 //! and answers with a redirect to a short-lived, signed storage URL that needs none; the
 //! `.json` form describes it; DELETE removes it.
@@ -163,7 +163,7 @@ pub struct Received {
 
 const MB: usize = 1024 * 1024;
 
-/// What WhatsApp takes, and up to what size (DESIGN.md §9).
+/// What WhatsApp takes, and up to what size (docs/architecture.md §9).
 fn whatsapp_limit(content_type: &str) -> Option<usize> {
     match content_type {
         "image/jpeg" | "image/png" => Some(5 * MB),

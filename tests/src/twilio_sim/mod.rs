@@ -1,4 +1,4 @@
-//! A simulated Twilio (DESIGN.md §7): the Messages API with Basic auth and Twilio's error
+//! A simulated Twilio (docs/architecture.md §7): the Messages API with Basic auth and Twilio's error
 //! bodies, signed status callbacks (`sent` → `delivered` → `read`), the WhatsApp 24-hour
 //! window on a simulated clock, a customer side that posts signed webhooks to ingress, and
 //! fault injection. The real outbound-sender and ingress talk to it unchanged.
