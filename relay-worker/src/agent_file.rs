@@ -4,6 +4,7 @@
 //! long as its retries need. A file WhatsApp cannot take, or that Connect's scanning
 //! rejected, becomes a notice to the agent — before anything is sent.
 
+use crate::NOTICE_PREFIX;
 use crate::attachment::{self, FetchError, MediaRelay, human_size};
 use crate::connect::{ConnectApi, ConnectError};
 use crate::item::ItemAttachment;
@@ -138,9 +139,7 @@ pub async fn copy(
 /// The notice an agent reads for a file the customer will not get.
 pub fn notice(name: &str, why: &str) -> String {
     metrics::counter!("waconnect_relay_agent_files_total", "outcome" => "refused").increment(1);
-    format!(
-        "[waconnect notice - not from the customer] Your file \"{name}\" was not sent on WhatsApp: {why}."
-    )
+    format!("{NOTICE_PREFIX} Your file \"{name}\" was not sent on WhatsApp: {why}.")
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! cannot be attached becomes a notice to the agent that says what the customer sent and
 //! why it could not be shown — never silence, never a message retried forever.
 
+use crate::NOTICE_PREFIX;
 use crate::connect::{AttachmentFile, ConnectApi, ConnectError, ErrorKind, Upload};
 use crate::convert::{ConvertError, Converter};
 use crate::media_type::{self, Conversion};
@@ -608,9 +609,7 @@ pub async fn forget_at_twilio(media: &MediaRelay, media_url: &str) {
 
 /// The notice an agent reads for a file that cannot be shown.
 pub fn notice(what: &str, why: &str) -> String {
-    format!(
-        "[waconnect notice - not from the customer] The customer sent {what}, which cannot be shown in this chat: {why}."
-    )
+    format!("{NOTICE_PREFIX} The customer sent {what}, which cannot be shown in this chat: {why}.")
 }
 
 /// 1.5 MB, 20 MB, 512 KB.

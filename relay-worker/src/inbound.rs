@@ -1,6 +1,7 @@
 //! The inbound queue consumer: each customer message becomes Participant API calls on
 //! the customer's chat, started (or restarted, rehydrated) as needed (docs/architecture.md §4).
 
+use crate::NOTICE_PREFIX;
 use crate::Relay;
 use crate::attachment::{self, Attached, Prepared, ReadyFile};
 use crate::connect::{ConnectError, ErrorKind, NewChat, OutboundCall};
@@ -310,7 +311,7 @@ async fn tell_agent(
             let why = event.field("ErrorMessage").unwrap_or("no reason given");
             // Sent on the customer's side of the chat, so it must not read like them.
             let notice = format!(
-                "[waconnect notice - not from the customer] Your message was not delivered on WhatsApp (Twilio error {code}: {why})."
+                "{NOTICE_PREFIX} Your message was not delivered on WhatsApp (Twilio error {code}: {why})."
             );
             relay
                 .api

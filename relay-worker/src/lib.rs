@@ -41,6 +41,10 @@ use waconnect_shared::roster::Roster;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
 
+/// How every message the bridge itself writes in the chat begins, so the agent never takes
+/// it for the customer's words (the bridge writes as the customer participant).
+pub const NOTICE_PREFIX: &str = "[waconnect notice - not from the customer]";
+
 /// What every part of the relay shares.
 pub struct Relay {
     pub api: connect::ConnectApi,

@@ -11,6 +11,7 @@
 //! Served on its own listener (`WACONNECT_RELAY_API_BIND`, off by default) behind a bearer
 //! token (`WACONNECT_RELAY_API_TOKEN`): `POST /v1/conversations`.
 
+use crate::NOTICE_PREFIX;
 use crate::Relay;
 use crate::connect::{ErrorKind, NewChat};
 use crate::fleet::Fleet;
@@ -198,11 +199,11 @@ async fn open_and_send(relay: &Relay, o: &Checked) -> Result<StoredConversation,
         .unwrap_or_default();
     let notice = match template_text(relay, o).await {
         Some(text) => format!(
-            "[waconnect notice - not from the customer] The business started this conversation on WhatsApp with template {}:\n{text}",
+            "{NOTICE_PREFIX} The business started this conversation on WhatsApp with template {}:\n{text}",
             o.content_sid
         ),
         None => format!(
-            "[waconnect notice - not from the customer] The business started this conversation on WhatsApp with template {}{}.",
+            "{NOTICE_PREFIX} The business started this conversation on WhatsApp with template {}{}.",
             o.content_sid,
             match &o.variables {
                 Some(v) => format!(" (variables {v})"),

@@ -390,9 +390,15 @@ impl Session {
     fn signal(&mut self, item: &ChatItem, live: bool) {
         let indicators = &self.relay.indicators;
         let signals = &mut self.signals;
-        if item.is_customer_message()
-            && let Some(at) = item.time()
-        {
+        // The customer's own texts: what the message index knows (files are not indexed,
+        // and the bridge's notices are written as the customer but are not theirs).
+        let own_text = item.is_customer_message()
+            && item.kind == "MESSAGE"
+            && !item
+                .content
+                .as_deref()
+                .is_some_and(|c| c.starts_with(crate::NOTICE_PREFIX));
+        if own_text && let Some(at) = item.time() {
             if signals.customer_messages.len() == SIGNALLED {
                 signals.customer_messages.pop_front();
             }
