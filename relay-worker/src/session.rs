@@ -199,11 +199,13 @@ impl Session {
         let stored = self.load().await?;
         let conversation = &stored.conversation;
         if conversation.state == ConversationState::Ended {
+            self.release_held().await?;
             return Err(Step::Done(Outcome::Ended));
         }
         let (Some(contact_id), Some(participant_token)) =
             (&conversation.contact_id, &conversation.participant_token)
         else {
+            self.release_held().await?;
             return Err(Step::Done(Outcome::Ended));
         };
         self.contact_id = contact_id.clone();
@@ -222,6 +224,7 @@ impl Session {
             Ok(c) => c,
             // The participant token no longer opens the chat: it is over.
             Err(e) if e.kind == ErrorKind::AccessDenied => {
+                self.release_held().await?;
                 return Err(Step::Done(self.end_chat(None).await));
             }
             Err(_) => return Err(Step::Reconnect("connection_error")),
@@ -364,12 +367,7 @@ impl Session {
                 Ok(false)
             }
             Disposition::ChatEnded => {
-                // What waited behind a file still being scanned goes before the chat is
-                // done with; the file itself never got its verdict.
-                if let Some(scan) = self.scanning.take() {
-                    self.advance(&scan.item);
-                    self.admit_all(scan.held).await?;
-                }
+                self.release_held().await?;
                 Err(Step::Done(self.end_chat(Some(&item)).await))
             }
             Disposition::Forward => {
@@ -522,6 +520,17 @@ impl Session {
             return Ok(());
         }
         self.forward(&item).await
+    }
+
+    /// The chat is over (however this session learnt it): what waited behind a file
+    /// still being scanned goes, as it was read before the end; the file itself never got
+    /// its verdict.
+    async fn release_held(&mut self) -> Result<(), Step> {
+        if let Some(scan) = self.scanning.take() {
+            self.advance(&scan.item);
+            self.admit_all(scan.held).await?;
+        }
+        Ok(())
     }
 
     async fn admit_all(&mut self, items: Vec<ChatItem>) -> Result<(), Step> {
