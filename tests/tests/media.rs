@@ -744,3 +744,39 @@ async fn a_chat_ended_during_a_scan_still_sends_what_followed_the_file() {
     )
     .await;
 }
+
+/// The chat ends while the relay's socket is down, so the session learns it from the
+/// refused reconnection, not from a `chat.ended` item: what the agent wrote behind a file
+/// still being scanned was read before the end and must still reach the phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_ended_while_reconnecting_still_sends_what_waited_behind_a_scan() {
+    let lp = FullLoop::start(LoopOptions::default()).await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    desk.send_scanned_file(
+        &contact,
+        "slow.pdf",
+        "application/pdf",
+        pdf(10),
+        "APPROVED",
+        Some(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    desk.send(&contact, "bye for now").await.unwrap();
+    // The socket closes after delivering both (frames go in order); Connect answers
+    // slowly, so the chat is over before the relay's reconnection is answered.
+    desk.delay(500).await.unwrap();
+    assert_eq!(desk.drop_sockets(Some(&contact)).await.unwrap(), 1);
+    desk.end(&contact).await.unwrap();
+    let number = customer(0);
+    wait::until(
+        "the text after the file",
+        Duration::from_secs(30),
+        || async {
+            let inbox = phone.inbox(number.as_str()).await.ok()?;
+            inbox.iter().any(|m| m.body == "bye for now").then_some(())
+        },
+    )
+    .await;
+}
