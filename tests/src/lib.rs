@@ -50,13 +50,35 @@ pub fn bench_setting<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// Writes a bench's figures to `target/bench/<name>.json` and says where.
+/// Where every bench writes its JSON report (`target/bench`).
+pub fn bench_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+}
+
 pub fn write_bench_report(name: &str, report: &serde_json::Value) {
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let out = bench_dir();
     std::fs::create_dir_all(&out).expect("create target/bench");
     let file = out.join(format!("{name}.json"));
+    // Where the figures come from, so a table of them can say it.
+    let mut report = report.clone();
+    if let Some(fields) = report.as_object_mut() {
+        let commit = std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        fields.insert("measured_at".into(), chrono::Utc::now().to_rfc3339().into());
+        fields.insert("commit".into(), commit.into());
+        fields.entry("cores").or_insert_with(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .into()
+        });
+    }
     std::fs::write(
         &file,
-        serde_json::to_string_pretty(report).expect("JSON serialises"),
+        serde_json::to_string_pretty(&report).expect("JSON serialises"),
     )
     .expect("write the bench report");
     println!("wrote {}", file.display());
