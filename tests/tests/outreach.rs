@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::processes::binary;
+use waconnect_tests::processes::{binary, spawn};
 use waconnect_tests::twilio_sim::TwilioOptions;
 use waconnect_tests::{customer, free_port, wait};
 
@@ -185,4 +185,89 @@ async fn embedded_the_business_starts_a_conversation_and_the_reply_lands_in_it()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aws_the_business_starts_a_conversation_and_the_reply_lands_in_it() {
     the_business_starts_a_conversation_and_the_reply_lands_in_it(true).await;
+}
+
+/// The relay SIGKILLed while it starts a conversation (Connect answering slowly, so it dies
+/// with the chat started and recorded but not connected): the caller repeats with the same key against the restarted relay and
+/// gets one chat, with one notice, and one template on the phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_killed_mid_start_and_a_repeat_make_one_conversation() {
+    let (mut lp, url) = started(false).await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let ben = customer(42);
+    let request = serde_json::json!({
+        "customer": ben.as_str(),
+        "content_sid": TEMPLATE,
+        "variables": { "1": "Ben", "2": "77" },
+        "key": "order-77-ready",
+    });
+    // The API is up before the slow part begins.
+    let mut bad = request.clone();
+    bad["customer"] = "not-a-number".into();
+    assert_eq!(post(&url, TOKEN, bad).await.0, 400);
+    desk.delay(1500).await.unwrap();
+    let first = tokio::spawn({
+        let (url, request) = (url.clone(), request.clone());
+        async move {
+            reqwest::Client::new()
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .json(&request)
+                .send()
+                .await
+        }
+    });
+    // Killed once the chat is started and recorded, while its connection is being made.
+    wait::until(
+        "the chat being connected",
+        Duration::from_secs(30),
+        || async {
+            let stats = desk.stats().await.ok()?;
+            (stats.calls_to("CreateParticipantConnection") >= 1).then_some(())
+        },
+    )
+    .await;
+    lp.relay.start_kill().unwrap();
+    lp.relay.wait().await.unwrap();
+    assert!(
+        first.await.unwrap().is_err(),
+        "the relay died before answering"
+    );
+    desk.delay(0).await.unwrap();
+    lp.relay = spawn("relay-worker", &lp.relay_vars);
+
+    let (status, started) = post(&url, TOKEN, request).await;
+    assert!(status == 201 || status == 200, "{status} {started}");
+    let contact = started["contact_id"].as_str().unwrap().to_owned();
+    let chats = desk.chats(None).await.unwrap();
+    let ours: Vec<_> = chats
+        .iter()
+        .filter(|c| c.attributes.get("CustomerNumber").and_then(|v| v.as_str()) == Some(ben.e164()))
+        .collect();
+    assert_eq!(ours.len(), 1, "one chat for the key");
+    assert_eq!(ours[0].contact_id, contact);
+    assert_eq!(
+        desk.customer_texts(&contact).await.unwrap().len(),
+        1,
+        "one notice"
+    );
+    // The agent answers after the template: by the time the answer is on the phone, a
+    // second template would be too.
+    desk.accept(&contact).await.unwrap();
+    desk.send(&contact, "Your parcel is at the desk")
+        .await
+        .unwrap();
+    let inbox = wait::until("the agent's answer", Duration::from_secs(30), || async {
+        let inbox = phone.inbox(ben.as_str()).await.ok()?;
+        inbox
+            .iter()
+            .any(|m| m.body == "Your parcel is at the desk")
+            .then_some(inbox)
+    })
+    .await;
+    let templates = inbox
+        .iter()
+        .filter(|m| m.content_sid.as_deref() == Some(TEMPLATE))
+        .count();
+    assert_eq!(templates, 1, "{inbox:?}");
 }
