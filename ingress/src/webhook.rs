@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use waconnect_shared::ConversationKey;
 use waconnect_shared::address::Channel;
 use waconnect_shared::config::{IngressConfig, SignatureCheck};
-use waconnect_shared::event::{EventKind, InboundEvent};
+use waconnect_shared::event::{EventError, EventKind, InboundEvent};
 use waconnect_shared::queue::{NewMessage, Queue, QueueError};
 use waconnect_shared::{form, signature};
 
@@ -24,6 +25,7 @@ struct Webhooks {
     enqueue_timeout: Duration,
     body_timeout: Duration,
     allow_non_whatsapp: bool,
+    routing: waconnect_shared::routing::Routing,
     /// Registered once: a registry lookup per request is measurable at these rates.
     messages_taken: TakenCounters,
     statuses_taken: TakenCounters,
@@ -72,6 +74,7 @@ pub fn router(config: &IngressConfig, queue: Arc<dyn Queue>) -> Router {
         enqueue_timeout: config.enqueue_timeout,
         body_timeout: config.body_timeout,
         allow_non_whatsapp: config.allow_non_whatsapp,
+        routing: config.routing.clone(),
         messages_taken: TakenCounters::new(route_name(EventKind::Message)),
         statuses_taken: TakenCounters::new(route_name(EventKind::Status)),
         enqueue_seconds: metrics::histogram!("waconnect_ingress_enqueue_duration_seconds"),
@@ -115,6 +118,8 @@ enum Refusal {
     NoSharedKey,
     Malformed(String),
     RefusedChannel,
+    /// Sent to a number no route lists.
+    UnknownNumber(String),
     Unavailable(String),
 }
 
@@ -127,6 +132,9 @@ impl Refusal {
                 StatusCode::BAD_REQUEST
             }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            // Not ours to take: Twilio shows the 404 in its debugger, and retrying would
+            // not help until the routing file lists the number.
+            Self::UnknownNumber(_) => StatusCode::NOT_FOUND,
             Self::MissingSignature | Self::BadSignature => StatusCode::FORBIDDEN,
             Self::Unavailable(_) | Self::NoSharedKey => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -143,6 +151,7 @@ impl Refusal {
             Self::NoSharedKey => "no_shared_key",
             Self::Malformed(_) => "malformed",
             Self::RefusedChannel => "refused_channel",
+            Self::UnknownNumber(_) => "unknown_number",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -160,6 +169,7 @@ impl Refusal {
             Self::NoSharedKey => "signed with a shared key this endpoint does not have".into(),
             Self::Malformed(why) => format!("malformed webhook: {why}"),
             Self::RefusedChannel => "only WhatsApp senders are accepted".into(),
+            Self::UnknownNumber(number) => format!("no route serves {number}"),
             Self::Unavailable(_) => "temporarily unavailable, retry later".into(),
         }
     }
@@ -204,6 +214,11 @@ impl Webhooks {
                             "webhook signed with a Webhooks Rule's SharedKey, but TWILIO_WEBHOOK_SHARED_KEYS is not set; answering 503"
                         )
                     }
+                    Refusal::UnknownNumber(number) => tracing::warn!(
+                        route,
+                        number = %number,
+                        "webhook for a number no route lists (WACONNECT_ROUTING_FILE); refused, nothing queued"
+                    ),
                     other => tracing::info!(route, outcome = other.outcome(), "webhook refused"),
                 }
                 metrics::counter!("waconnect_ingress_requests_total", "route" => route, "outcome" => refusal.outcome())
@@ -242,17 +257,21 @@ impl Webhooks {
         event
             .validate()
             .map_err(|e| Refusal::Malformed(e.to_string()))?;
-        let customer = event
-            .customer()
-            .map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let malformed = |e: EventError| Refusal::Malformed(e.to_string());
+        let customer = event.customer().map_err(malformed)?;
         if customer.channel() != Channel::WhatsApp && !self.allow_non_whatsapp {
             return Err(Refusal::RefusedChannel);
         }
+        let business = event.business().map_err(malformed)?;
+        if self.routing.route_for(&business).is_none() {
+            return Err(Refusal::UnknownNumber(business.to_string()));
+        }
+        let key = ConversationKey::new(business, customer);
         if kind == EventKind::Status && !event.is_relayed_status() {
             return Ok(Taken::Ignored);
         }
         let message = NewMessage {
-            group_id: kind.queue_group(&customer),
+            group_id: kind.queue_group(&key),
             dedup_id: event
                 .dedup_id()
                 .map_err(|e| Refusal::Malformed(e.to_string()))?,
@@ -279,7 +298,7 @@ impl Webhooks {
         };
         tracing::debug!(
             route = ?kind,
-            customer = %customer,
+            conversation = %key,
             message_sid = event.message_sid().unwrap_or_default(),
             duplicate = sent.duplicate == Some(true),
             "webhook enqueued"

@@ -2,9 +2,10 @@
 //! callbacks go, and how fast and how stubbornly to send.
 
 use std::time::Duration;
-use waconnect_shared::Secret;
 use waconnect_shared::config::{ConfigErrors, ConfigSource, WorkerConfig};
+use waconnect_shared::routing::Routing;
 use waconnect_shared::twilio_account::TwilioAccount;
+use waconnect_shared::{BusinessNumber, Secret};
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_SENDER_OPS_BIND";
 
@@ -12,8 +13,8 @@ pub const OPS_BIND_VAR: &str = "WACONNECT_SENDER_OPS_BIND";
 pub struct SenderConfig {
     pub worker: WorkerConfig,
     pub twilio: TwilioSettings,
-    /// Messages per second to Twilio from the whole fleet for this sender number
-    /// (WhatsApp's default: 80); each process takes its share.
+    /// Messages per second to Twilio from the whole fleet for each route's sender
+    /// (WhatsApp's default: 80) unless the route says; each process takes its share.
     pub rate: f64,
     /// This process's name on the sender's roster; unique per process.
     pub member_id: String,
@@ -33,7 +34,7 @@ pub struct SenderConfig {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TwilioSettings {
     /// `https://api.twilio.com` in production.
     pub api_base: String,
@@ -41,7 +42,8 @@ pub struct TwilioSettings {
     /// Basic auth user: the account SID, or an API key SID.
     pub username: String,
     pub password: Secret,
-    pub sender: Sender,
+    /// Which number or Messaging Service each conversation's replies go out from.
+    pub routing: Routing,
     /// Ingress's public status-callback URL.
     pub status_callback_url: Option<String>,
     /// `https://content.twilio.com` in production: menus become WhatsApp lists there.
@@ -57,12 +59,6 @@ pub struct MenuSettings {
     pub list_button: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sender {
-    From(String),
-    MessagingService(String),
-}
-
 impl SenderConfig {
     pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
         let mut r = source.reader();
@@ -72,26 +68,24 @@ impl SenderConfig {
             username: String::new(),
             password: Secret::default(),
         });
-        let sender = match (r.raw("TWILIO_FROM"), r.raw("TWILIO_MESSAGING_SERVICE_SID")) {
-            (_, Some(service)) => Sender::MessagingService(service.to_owned()),
-            (Some(from), None) if waconnect_shared::CustomerAddress::parse(from).is_ok() => {
-                Sender::From(from.to_owned())
-            }
-            (Some(from), None) => {
-                r.error(
-                    "TWILIO_FROM",
-                    format!("expected whatsapp:+<E.164>, got {from:?}"),
-                );
-                Sender::From(String::new())
-            }
-            (None, None) => {
-                r.error(
-                    "TWILIO_FROM",
-                    "is required (the WhatsApp sender, whatsapp:+<E.164>), or TWILIO_MESSAGING_SERVICE_SID",
-                );
-                Sender::From(String::new())
-            }
-        };
+        let routing = Routing::read(&mut r);
+        // A routing file names each route's numbers; without one, the environment must.
+        let from = r.raw("TWILIO_FROM");
+        if let Some(from) = from
+            && BusinessNumber::parse(from).is_err()
+        {
+            r.error(
+                "TWILIO_FROM",
+                format!("expected whatsapp:+<E.164>, got {from:?}"),
+            );
+        }
+        if !routing.from_file() && from.is_none() && r.raw("TWILIO_MESSAGING_SERVICE_SID").is_none()
+        {
+            r.error(
+                "TWILIO_FROM",
+                "is required (the WhatsApp sender, whatsapp:+<E.164>), or TWILIO_MESSAGING_SERVICE_SID, or a routing file (WACONNECT_ROUTING_FILE)",
+            );
+        }
         let api_base = r.string("WACONNECT_TWILIO_API_BASE", "https://api.twilio.com");
         if url::Url::parse(&api_base).is_err() {
             r.error(
@@ -143,7 +137,7 @@ impl SenderConfig {
                 account_sid: account.account_sid,
                 username: account.username,
                 password: account.password,
-                sender,
+                routing,
                 status_callback_url,
                 content_base: content_base.trim_end_matches('/').to_owned(),
             },

@@ -41,7 +41,7 @@ impl Readiness for TwilioReady {
         }
         if self.0.config_failing.load(Ordering::Relaxed) {
             return Err(
-                "Twilio refuses the sender configuration (TWILIO_FROM, TWILIO_MESSAGING_SERVICE_SID or the account)"
+                "Twilio refuses the sender configuration (TWILIO_FROM, TWILIO_MESSAGING_SERVICE_SID, a route's numbers or service, or the account)"
                     .into(),
             );
         }
@@ -61,27 +61,26 @@ pub async fn run(
     let backends = WorkerBackends::open(&config.worker).await?;
     metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
     metrics::gauge!("waconnect_sender_twilio_config_failing").set(0.0);
-    // The fleet's share first, so the first sends already keep to it.
-    let limiter = Arc::new(ratelimit::RateLimiter::new(config.rate));
-    let fleet_rate = fleet_rate::FleetRate {
-        roster: backends.roster.clone(),
-        group: format!(
-            "sender#{}",
-            match &config.twilio.sender {
-                config::Sender::From(from) => from,
-                config::Sender::MessagingService(service) => service,
-            }
-        ),
-        member: config.member_id.clone(),
-        total: config.rate,
-    };
-    fleet_rate.beat(&limiter).await;
+    // The fleet's share first, so the first sends already keep to it. Each route's
+    // sender has its own rate and roster.
+    let (limiters, rates) = ratelimit::Limiters::new(&config.twilio.routing, config.rate);
+    let mut paced = Vec::new();
+    for rate in rates {
+        let fleet_rate = fleet_rate::FleetRate {
+            roster: backends.roster.clone(),
+            group: format!("sender#{}", rate.sender_key),
+            member: config.member_id.clone(),
+            total: rate.total,
+        };
+        fleet_rate.beat(&rate.limiter).await;
+        paced.push((fleet_rate, rate.limiter));
+    }
     let sender = Arc::new(sender::Sender {
         twilio: twilio::TwilioClient::new(config.twilio.clone(), config.timeout),
         outbound: backends.outbound.clone(),
         inbound: backends.inbound.clone(),
         ledger: backends.ledger.clone(),
-        limiter: limiter.clone(),
+        limiters,
         max_backoff: config.max_backoff,
         max_attempts: config.worker.common.queues.limits.max_attempts,
         give_up_after: config.give_up_after,
@@ -103,12 +102,17 @@ pub async fn run(
         gather: config.worker.receive_gather,
     };
     let health = Health::default();
-    let pacer = worker::spawn_core(
-        "fleet rate",
-        &health,
-        &shutdown,
-        fleet_rate.run(limiter, shutdown.clone()),
-    );
+    let pacers: Vec<_> = paced
+        .into_iter()
+        .map(|(fleet_rate, limiter)| {
+            worker::spawn_core(
+                "fleet rate",
+                &health,
+                &shutdown,
+                fleet_rate.run(limiter, shutdown.clone()),
+            )
+        })
+        .collect();
     let consumer = worker::spawn_core(
         "consumer",
         &health,
@@ -128,7 +132,9 @@ pub async fn run(
     // One grace period for all of shutdown: in-flight messages, then their outcomes.
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     let _ = consumer.await;
-    let _ = pacer.await;
+    for pacer in pacers {
+        let _ = pacer.await;
+    }
     sender
         .flush_outcomes(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;

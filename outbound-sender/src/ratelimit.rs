@@ -3,10 +3,13 @@
 //! average) is never crossed from here. Across a fleet, each process gets its share of
 //! the sender's rate ([`crate::fleet_rate`]) and sets it here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
+use waconnect_shared::BusinessNumber;
+use waconnect_shared::routing::{Route, Routing};
 
 /// The window WhatsApp counts a sender's rate in, plus a guard: a send is counted when it
 /// arrives, which the network and the other side's queueing shift by some milliseconds,
@@ -76,6 +79,55 @@ impl RateLimiter {
     }
 }
 
+/// One limiter per sender (WhatsApp counts each number's rate on its own): a route's
+/// replies wait only for their own sender's pace.
+pub struct Limiters {
+    routing: Routing,
+    /// By [`Route::sender_key`]: routes sharing a Messaging Service share its rate.
+    by_sender: HashMap<String, Arc<RateLimiter>>,
+}
+
+/// A sender's whole rate across the fleet, and the limiter that takes this process's share.
+pub struct SenderRate {
+    pub sender_key: String,
+    pub total: f64,
+    pub limiter: Arc<RateLimiter>,
+}
+
+impl Limiters {
+    /// `default_rate` for routes that do not name theirs (the first route naming a shared
+    /// sender sets its rate).
+    pub fn new(routing: &Routing, default_rate: f64) -> (Self, Vec<SenderRate>) {
+        let mut by_sender = HashMap::new();
+        let mut rates = Vec::new();
+        for route in routing.routes() {
+            let key = route.sender_key();
+            if by_sender.contains_key(&key) {
+                continue;
+            }
+            let total = route.rate.unwrap_or(default_rate);
+            let limiter = Arc::new(RateLimiter::new(total));
+            by_sender.insert(key.clone(), limiter.clone());
+            rates.push(SenderRate {
+                sender_key: key,
+                total,
+                limiter,
+            });
+        }
+        let limiters = Self {
+            routing: routing.clone(),
+            by_sender,
+        };
+        (limiters, rates)
+    }
+
+    /// The limiter of the conversation on `business`.
+    pub fn of(&self, business: Option<&BusinessNumber>) -> &RateLimiter {
+        let route: &Route = self.routing.route_of(business);
+        &self.by_sender[&route.sender_key()]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +177,42 @@ mod tests {
         limiter.set_rate(5.0);
         let later = times(&limiter, 10).await;
         assert!(most_in_any_window(&later) <= 5, "{later:?}");
+    }
+
+    #[test]
+    fn each_sender_has_its_own_rate_and_shared_services_share_one() {
+        let routing = Routing::parse(
+            r#"
+[[route]]
+name = "acme"
+numbers = ["whatsapp:+14155238886"]
+rate = 40
+[[route]]
+name = "globex"
+numbers = ["whatsapp:+442071838750"]
+messaging_service_sid = "MG1"
+[[route]]
+name = "initech"
+numbers = ["whatsapp:+442071838751"]
+messaging_service_sid = "MG1"
+rate = 5
+"#,
+        )
+        .unwrap();
+        let (limiters, rates) = Limiters::new(&routing, 80.0);
+        let totals: Vec<_> = rates
+            .iter()
+            .map(|r| (r.sender_key.as_str(), r.total))
+            .collect();
+        // The first route naming a shared service sets its rate.
+        assert_eq!(totals, [("whatsapp:+14155238886", 40.0), ("MG1", 80.0)]);
+        let number = |n: &str| BusinessNumber::parse(n).unwrap();
+        let acme = limiters.of(Some(&number("whatsapp:+14155238886")));
+        let globex = limiters.of(Some(&number("whatsapp:+442071838750")));
+        let initech = limiters.of(Some(&number("whatsapp:+442071838751")));
+        assert!(!std::ptr::eq(acme, globex));
+        assert!(std::ptr::eq(globex, initech));
+        // A conversation from before routing goes at the first route's pace.
+        assert!(std::ptr::eq(limiters.of(None), acme));
     }
 }

@@ -3,7 +3,6 @@
 //! invisible while they last) instead of burning attempts, the delivery ledger against
 //! duplicates, and permanent failures dead-lettered with the agent told why.
 
-use crate::ratelimit::RateLimiter;
 use crate::twilio::{ErrorKind, SendError, TwilioClient};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +27,8 @@ pub struct Sender {
     pub outbound: Arc<dyn Queue>,
     pub inbound: Arc<dyn Queue>,
     pub ledger: Arc<dyn DeliveryLedger>,
-    pub limiter: Arc<RateLimiter>,
+    /// One rate per route's sender, by route name.
+    pub limiters: crate::ratelimit::Limiters,
     pub max_backoff: Duration,
     /// Deliveries a message gets (the queue's attempts) before it is given up.
     pub max_attempts: u32,
@@ -361,7 +361,7 @@ async fn deliver_parts(
                     message: "earlier attempt's outcome unknown and Twilio cannot be asked".into(),
                 }
             } else {
-                let waited = s.limiter.acquire().await;
+                let waited = s.limiters.of(message.from.as_ref()).acquire().await;
                 metrics::histogram!("waconnect_sender_rate_limit_wait_seconds")
                     .record(waited.as_secs_f64());
                 let attempt_at = chrono::Utc::now();
@@ -409,7 +409,7 @@ async fn deliver_parts(
                 }
                 ErrorKind::Config => {
                     if !s.config_failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(error = %err, "Twilio refuses the sender configuration (TWILIO_FROM / TWILIO_MESSAGING_SERVICE_SID / the account); holding messages until it accepts it");
+                        tracing::error!(error = %err, "Twilio refuses the sender configuration (TWILIO_FROM / TWILIO_MESSAGING_SERVICE_SID / a route's numbers or service / the account); holding messages until it accepts it");
                         metrics::gauge!("waconnect_sender_twilio_config_failing").set(1.0);
                     }
                 }
@@ -566,7 +566,7 @@ async fn confirm(
         } else {
             fetched.body
         };
-        s.limiter.acquire().await;
+        s.limiters.of(again.from.as_ref()).acquire().await;
         match s.twilio.send(&form_for(s, &again, &body, index)).await {
             Ok(new) => {
                 tracing::info!(message_sid = %sid, code = ?fetched.error_code, attempt, "WhatsApp refused a reply for a passing reason; sent it again before the next");
@@ -614,7 +614,11 @@ async fn reconcile(
     index: usize,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Reconciled {
-    let Ok(listed) = s.twilio.sent_to(message.to.as_str()).await else {
+    let from = match s.twilio.sent_via(message.from.as_ref()) {
+        crate::twilio::SentVia::From(from) => Some(from),
+        _ => None,
+    };
+    let Ok(listed) = s.twilio.sent_to(message.to.as_str(), from.as_deref()).await else {
         return Reconciled::CannotTell;
     };
     // Clocks differ a little between here and Twilio.
@@ -713,7 +717,7 @@ fn form_for(
         let joiner = if base.contains('?') { '&' } else { '?' };
         fields.push(("StatusCallback".into(), format!("{base}{joiner}{query}")));
     }
-    s.twilio.with_sender(fields)
+    s.twilio.with_sender(fields, message.from.as_ref())
 }
 
 /// Hands the message back to the queue as a failed attempt, or gives it up if that was
@@ -784,7 +788,7 @@ async fn fail_permanently(
             ("part".into(), "0".into()),
         ];
         let notice = NewMessage {
-            group_id: EventKind::Status.queue_group(&message.to),
+            group_id: EventKind::Status.queue_group(&message.key()),
             dedup_id: format!("refused-{item_id}"),
             body: event.to_json(),
         };

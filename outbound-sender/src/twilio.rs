@@ -1,10 +1,11 @@
 //! The Messages API client: one POST per message part, errors classified by what the
 //! sender should do about them (docs/architecture.md §7).
 
-use crate::config::{Sender, TwilioSettings};
+use crate::config::TwilioSettings;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::time::Duration;
+use waconnect_shared::BusinessNumber;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -64,6 +65,14 @@ impl Listed {
     }
 }
 
+/// What a reply is sent from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentVia {
+    From(String),
+    Service(String),
+    Unknown,
+}
+
 /// What the sender needs of a message Twilio has.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Fetched {
@@ -93,6 +102,33 @@ impl Fetched {
                 .error_code
                 .is_some_and(waconnect_shared::outbound::Resend::is_passing)
     }
+}
+
+/// The SID of what a POST created, or what Twilio's refusal means; `unreadable` is what
+/// a success whose body cannot be read counts as.
+async fn created(response: reqwest::Response, unreadable: ErrorKind) -> Result<String, SendError> {
+    if response.status().is_success() {
+        #[derive(Deserialize)]
+        struct Created {
+            sid: String,
+        }
+        return response
+            .json::<Created>()
+            .await
+            .map(|c| c.sid)
+            .map_err(|e| SendError {
+                kind: unreadable,
+                code: None,
+                message: format!("unreadable 2xx answer: {e}"),
+            });
+    }
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Err(refusal(response, retry_after).await)
 }
 
 /// What Twilio's refusal means for the sender, from its status and error code.
@@ -143,11 +179,31 @@ impl TwilioClient {
         }
     }
 
-    /// The form for one part. `From` or `MessagingServiceSid` comes from configuration.
-    pub fn with_sender(&self, mut fields: Vec<(String, String)>) -> Vec<(String, String)> {
-        match &self.settings.sender {
-            Sender::From(f) => fields.push(("From".into(), f.clone())),
-            Sender::MessagingService(s) => fields.push(("MessagingServiceSid".into(), s.clone())),
+    /// Where a reply in the conversation on `business` goes out from: its route's
+    /// Messaging Service, else the environment's `TWILIO_FROM`, else the number the
+    /// customer wrote to (a record from before routing: the route's first number).
+    pub fn sent_via(&self, business: Option<&BusinessNumber>) -> SentVia {
+        let route = self.settings.routing.route_of(business);
+        if let Some(service) = &route.messaging_service_sid {
+            return SentVia::Service(service.clone());
+        }
+        match route.from.as_ref().or(business).or(route.numbers.first()) {
+            Some(from) => SentVia::From(from.as_str().to_owned()),
+            // Configuration refuses a route with neither; Twilio would name the gap.
+            None => SentVia::Unknown,
+        }
+    }
+
+    /// The form for one part: `From` or `MessagingServiceSid` added.
+    pub fn with_sender(
+        &self,
+        mut fields: Vec<(String, String)>,
+        business: Option<&BusinessNumber>,
+    ) -> Vec<(String, String)> {
+        match self.sent_via(business) {
+            SentVia::From(from) => fields.push(("From".into(), from)),
+            SentVia::Service(service) => fields.push(("MessagingServiceSid".into(), service)),
+            SentVia::Unknown => {}
         }
         fields
     }
@@ -178,29 +234,8 @@ impl TwilioClient {
                 code: None,
                 message: e.to_string(),
             })?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        if status.is_success() {
-            #[derive(Deserialize)]
-            struct Created {
-                sid: String,
-            }
-            return response
-                .json::<Created>()
-                .await
-                .map(|c| c.sid)
-                .map_err(|e| SendError {
-                    kind: ErrorKind::Unknown,
-                    code: None,
-                    message: format!("unreadable 2xx answer: {e}"),
-                });
-        }
-        Err(refusal(response, retry_after).await)
+        // An unreadable 201 may still be a sent message.
+        created(response, ErrorKind::Unknown).await
     }
 
     /// Creates a content (Twilio's Content API) from `definition`; returns its SID.
@@ -224,22 +259,7 @@ impl TwilioClient {
                 code: None,
                 message: e.without_url().to_string(),
             })?;
-        if response.status().is_success() {
-            #[derive(Deserialize)]
-            struct Created {
-                sid: String,
-            }
-            return response
-                .json::<Created>()
-                .await
-                .map(|c| c.sid)
-                .map_err(|e| SendError {
-                    kind: ErrorKind::Transient { retry_after: None },
-                    code: None,
-                    message: format!("unreadable 2xx answer: {e}"),
-                });
-        }
-        Err(refusal(response, None).await)
+        created(response, ErrorKind::Transient { retry_after: None }).await
     }
 
     /// A message Twilio has, by SID: the text of a message to send again.
@@ -282,9 +302,9 @@ impl TwilioClient {
         })
     }
 
-    /// Messages sent to `to` (newest first, one page): used to learn whether an attempt
-    /// whose answer was lost did reach Twilio.
-    pub async fn sent_to(&self, to: &str) -> Result<Vec<Listed>, SendError> {
+    /// Messages sent to `to` (from `from`, when known; newest first, one page): used to
+    /// learn whether an attempt whose answer was lost did reach Twilio.
+    pub async fn sent_to(&self, to: &str, from: Option<&str>) -> Result<Vec<Listed>, SendError> {
         #[derive(Deserialize)]
         struct Page {
             messages: Vec<Listed>,
@@ -297,6 +317,7 @@ impl TwilioClient {
                 Some(self.settings.password.expose()),
             )
             .query(&[("To", to), ("PageSize", "100")])
+            .query(&from.map(|f| vec![("From", f)]).unwrap_or_default())
             .send()
             .await
             .map_err(|e| SendError {

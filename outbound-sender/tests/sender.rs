@@ -455,6 +455,7 @@ async fn lost_answers_are_reconciled_without_losing_or_doubling() {
     stack.phone.delay(800).await.unwrap();
     let template = waconnect_shared::outbound::OutboundMessage {
         to: ana.clone(),
+        from: Some(waconnect_tests::business()),
         body: String::new(),
         media_urls: Vec::new(),
         files: Vec::new(),
@@ -473,7 +474,7 @@ async fn lost_answers_are_reconciled_without_losing_or_doubling() {
     stack
         .outbound
         .send(waconnect_shared::queue::NewMessage {
-            group_id: ana.as_str().to_owned(),
+            group_id: template.key().storage(),
             dedup_id: template.dedup_id(),
             body: template.to_json(),
         })

@@ -18,10 +18,6 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
-use waconnect_relay_worker::config::ConnectSettings;
-use waconnect_relay_worker::connect::{ConnectApi, NewChat};
-use waconnect_shared::config::ConfigSource;
-use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_tests::{bench_setting, customer, free_port, procfs, wait, write_bench_report};
 
 async fn until_ready(ops: &str) {
@@ -39,63 +35,24 @@ async fn until_ready(ops: &str) {
     .await;
 }
 
-async fn api(stack: &Stack) -> ConnectApi {
-    let source = ConfigSource::from_pairs(stack.vars(&[]));
-    let mut r = source.reader();
-    let aws = waconnect_shared::aws::AwsConfig::read(&mut r);
-    ConnectApi::new(
-        &aws.load().await,
-        ConnectSettings {
-            instance_id: stack.sim.instance_id().to_owned(),
-            contact_flow_id: "chat-flow".into(),
-            endpoint: Some(stack.sim.endpoint()),
-            participant_endpoint: Some(stack.sim.endpoint()),
-            chat_duration_minutes: 1500,
-        },
-    )
-}
-
 /// N live chats in the simulator with their records in the store, held by nobody.
 async fn seed(stack: &Stack, n: usize) {
-    let api = api(stack).await;
+    let api = stack.connect_api().await;
     let chunks: Vec<Vec<usize>> = (0..n)
         .collect::<Vec<_>>()
         .chunks(n.div_ceil(32))
         .map(<[usize]>::to_vec)
         .collect();
     let tasks = chunks.into_iter().map(|chunk| {
-        let (api, store) = (api.clone(), stack.store.clone());
-        tokio::spawn(async move {
+        let api = api.clone();
+        async move {
             for i in chunk {
-                let who = customer(i);
-                let chat = api
-                    .start_chat(NewChat {
-                        display_name: "Bench",
-                        attributes: HashMap::new(),
-                        client_token: format!("bench-{i}"),
-                        continue_from: None,
-                    })
-                    .await
-                    .unwrap();
-                let connection = api
-                    .create_connection(&chat.participant_token)
-                    .await
-                    .unwrap();
-                let mut c = Conversation::new(who);
-                c.state = ConversationState::Active;
-                c.contact_id = Some(chat.contact_id.clone());
-                c.initial_contact_id = Some(chat.contact_id);
-                c.participant_id = Some(chat.participant_id);
-                c.participant_token = Some(chat.participant_token.into());
-                c.connection_token = Some(connection.connection_token.into());
-                c.connection_expires_at = Some(connection.connection_expires_at);
-                store.insert(&c).await.unwrap();
+                let key = waconnect_tests::key(i);
+                stack.live_record(&api, key, &format!("bench-{i}")).await;
             }
-        })
+        }
     });
-    for t in tasks.collect::<Vec<_>>() {
-        t.await.unwrap();
-    }
+    futures_util::future::join_all(tasks).await;
 }
 
 async fn holding(n: usize, idle: Duration) -> serde_json::Value {

@@ -6,16 +6,18 @@ use crate::attachment::{
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
+use waconnect_shared::BusinessNumber;
 use waconnect_shared::aws::AwsConfig;
 use waconnect_shared::config::{ConfigErrors, ConfigSource, Reader, WorkerConfig};
 use waconnect_shared::outbound::Template;
+use waconnect_shared::routing::{ROUTING_FILE_VAR, Routing};
 use waconnect_shared::twilio_account::TwilioAccount;
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_RELAY_OPS_BIND";
 
 const MAX_CURSOR_FLUSH: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
     pub worker: WorkerConfig,
     pub aws: AwsConfig,
@@ -41,12 +43,9 @@ pub struct RelayConfig {
     pub retry_after: Duration,
     pub forward_system: bool,
     pub forward_bot: bool,
-    pub closing_text: Option<String>,
-    /// Sent (a WhatsApp template, by ContentSid) when a reply failed with 63016 because
-    /// the customer's 24-hour window had closed, asking them to write back.
-    pub window_template: Option<Template>,
+    /// Each business number's Connect instance, flow, texts and "call me" settings.
+    pub routes: RelayRoutes,
     pub shutdown_grace: Duration,
-    pub call_me: Option<CallMe>,
     /// Customer files: fetching, converting, attaching.
     pub media: MediaSettings,
     /// How long an agent's file Connect is still scanning may hold what the agent sent
@@ -54,9 +53,6 @@ pub struct RelayConfig {
     pub scan_wait: Duration,
     /// Typing and blue ticks on WhatsApp.
     pub indicators: IndicatorSettings,
-    /// The WhatsApp sender (`TWILIO_FROM`), when the relay is told it: an outreach naming
-    /// another business number is refused.
-    pub business_number: Option<String>,
     /// The API that starts conversations from the business side; off unless bound.
     pub api: Option<ApiSettings>,
 }
@@ -121,13 +117,146 @@ fn indicators(r: &mut Reader<'_>) -> IndicatorSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectSettings {
-    pub instance_id: String,
-    pub contact_flow_id: String,
     /// Overrides the Connect API endpoint (VPC endpoint, or the simulator).
     pub endpoint: Option<String>,
     /// Overrides the Participant API endpoint; defaults to `endpoint` when that is set.
     pub participant_endpoint: Option<String>,
     pub chat_duration_minutes: i32,
+}
+
+/// What the relay does for one route (README "Several business numbers").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayRoute {
+    pub name: String,
+    pub instance_id: String,
+    pub contact_flow_id: String,
+    /// Contact attributes every chat of this route starts with.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub closing_text: Option<String>,
+    /// Sent (a WhatsApp template, by ContentSid) when a reply failed with 63016 because
+    /// the customer's 24-hour window had closed, asking them to write back.
+    pub window_template: Option<Template>,
+    pub call_me: Option<CallMe>,
+}
+
+/// The routes, in the routing's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayRoutes {
+    routing: Routing,
+    routes: Vec<RelayRoute>,
+}
+
+impl RelayRoutes {
+    /// The route of the conversation on `business` (the default route for a record
+    /// written before routing).
+    pub fn of(&self, business: Option<&BusinessNumber>) -> &RelayRoute {
+        let name = &self.routing.route_of(business).name;
+        self.routes
+            .iter()
+            .find(|r| &r.name == name)
+            .expect("a relay route for every route")
+    }
+
+    /// Whether `business` is the default route's: where records from before routing
+    /// (keyed by the customer alone) are looked for.
+    pub fn is_default(&self, business: &BusinessNumber) -> bool {
+        self.routing
+            .route_for(business)
+            .is_some_and(|r| self.routing.is_default(r))
+    }
+
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+}
+
+/// Each route's settings, what it leaves out taken from the environment.
+fn routes(r: &mut Reader<'_>) -> RelayRoutes {
+    let routing = Routing::read(r);
+    let from_file = routing.from_file();
+    let env = |r: &Reader<'_>, name: &str| r.raw(name).map(str::to_owned);
+    let instance_id = env(r, "WACONNECT_CONNECT_INSTANCE_ID");
+    let contact_flow_id = env(r, "WACONNECT_CONNECT_CONTACT_FLOW_ID");
+    let closing_text = env(r, "WACONNECT_RELAY_CLOSING_TEXT");
+    let template_sid = env(r, "WACONNECT_WINDOW_TEMPLATE_SID");
+    let template_variables = env(r, "WACONNECT_WINDOW_TEMPLATE_VARIABLES");
+    let keywords = env(r, "WACONNECT_CALLME_KEYWORDS");
+    let call_flow = env(r, "WACONNECT_CALLME_CONTACT_FLOW_ID");
+    let call_source = env(r, "WACONNECT_CALLME_SOURCE_NUMBER");
+    let cooldown = r.duration("WACONNECT_CALLME_COOLDOWN", Duration::from_secs(3600));
+    let mut routes = Vec::new();
+    for route in routing.routes() {
+        // Name the variable when the environment's route lacks it, the file otherwise.
+        let require =
+            |r: &mut Reader<'_>, value: Option<&String>, var: &str, field: &str| match value {
+                Some(v) => v.clone(),
+                None if from_file => {
+                    r.error(
+                        ROUTING_FILE_VAR,
+                        format!("route {:?}: {field} is required (or {var})", route.name),
+                    );
+                    String::new()
+                }
+                None => {
+                    r.error(var, format!("is required (the {field})"));
+                    String::new()
+                }
+            };
+        let instance = require(
+            r,
+            route.instance_id.as_ref().or(instance_id.as_ref()),
+            "WACONNECT_CONNECT_INSTANCE_ID",
+            "Connect instance id",
+        );
+        let flow = require(
+            r,
+            route.contact_flow_id.as_ref().or(contact_flow_id.as_ref()),
+            "WACONNECT_CONNECT_CONTACT_FLOW_ID",
+            "inbound chat contact flow id",
+        );
+        let own = route.call_me.as_ref();
+        let phrases = crate::callme::Phrases::parse(
+            own.and_then(|c| c.keywords.as_deref())
+                .or(keywords.as_deref())
+                .unwrap_or_default(),
+        );
+        let call_me = if phrases.is_empty() {
+            None
+        } else {
+            let flow = require(
+                r,
+                own.and_then(|c| c.contact_flow_id.as_ref())
+                    .or(call_flow.as_ref()),
+                "WACONNECT_CALLME_CONTACT_FLOW_ID",
+                "outbound voice contact flow, required with call-me keywords",
+            );
+            Some(CallMe {
+                phrases,
+                contact_flow_id: flow,
+                source_number: own
+                    .and_then(|c| c.source_number.clone())
+                    .or(call_source.clone()),
+                cooldown: own.and_then(|c| c.cooldown).unwrap_or(cooldown),
+            })
+        };
+        let template = route.window_template_sid.clone().or(template_sid.clone());
+        routes.push(RelayRoute {
+            name: route.name.clone(),
+            instance_id: instance,
+            contact_flow_id: flow,
+            attributes: route.attributes.clone(),
+            closing_text: route.closing_text.clone().or(closing_text.clone()),
+            window_template: template.map(|content_sid| Template {
+                content_sid,
+                variables: route
+                    .window_template_variables
+                    .clone()
+                    .or(template_variables.clone()),
+            }),
+            call_me,
+        });
+    }
+    RelayRoutes { routing, routes }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,21 +358,11 @@ fn media(r: &mut Reader<'_>) -> MediaSettings {
     }
 }
 
-/// Keywords compare without case or whitespace: "Call Me" matches "callme".
 impl RelayConfig {
     pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
         let mut r = source.reader();
         let worker = WorkerConfig::read(&mut r, OPS_BIND_VAR, 9091);
         let aws = AwsConfig::read(&mut r);
-        let instance_id = r
-            .required("WACONNECT_CONNECT_INSTANCE_ID", "the Connect instance id")
-            .unwrap_or_default();
-        let contact_flow_id = r
-            .required(
-                "WACONNECT_CONNECT_CONTACT_FLOW_ID",
-                "the inbound chat contact flow id",
-            )
-            .unwrap_or_default();
         let endpoint = url(&mut r, "WACONNECT_CONNECT_ENDPOINT");
         let participant_endpoint =
             url(&mut r, "WACONNECT_CONNECT_PARTICIPANT_ENDPOINT").or_else(|| endpoint.clone());
@@ -299,28 +418,10 @@ impl RelayConfig {
                 "must be at most 60s: what a crash re-forwards must stay well inside the outbound queue's 5-minute deduplication window",
             );
         }
-        let phrases =
-            crate::callme::Phrases::parse(r.raw("WACONNECT_CALLME_KEYWORDS").unwrap_or_default());
-        let call_me = if phrases.is_empty() {
-            None
-        } else {
-            let flow = r.required::<String>(
-                "WACONNECT_CALLME_CONTACT_FLOW_ID",
-                "the outbound voice contact flow, required with WACONNECT_CALLME_KEYWORDS",
-            );
-            Some(CallMe {
-                phrases,
-                contact_flow_id: flow.unwrap_or_default(),
-                source_number: r.raw("WACONNECT_CALLME_SOURCE_NUMBER").map(str::to_owned),
-                cooldown: r.duration("WACONNECT_CALLME_COOLDOWN", Duration::from_secs(3600)),
-            })
-        };
         let config = Self {
             worker,
             aws,
             connect: ConnectSettings {
-                instance_id,
-                contact_flow_id,
                 endpoint,
                 participant_endpoint,
                 chat_duration_minutes,
@@ -341,21 +442,26 @@ impl RelayConfig {
             retry_after: r.duration("WACONNECT_RELAY_RETRY_AFTER", Duration::from_secs(2)),
             forward_system: r.flag("WACONNECT_RELAY_FORWARD_SYSTEM", false),
             forward_bot: r.flag("WACONNECT_RELAY_FORWARD_BOT", false),
-            closing_text: r.raw("WACONNECT_RELAY_CLOSING_TEXT").map(str::to_owned),
-            window_template: r.raw("WACONNECT_WINDOW_TEMPLATE_SID").map(|sid| Template {
-                content_sid: sid.to_owned(),
-                variables: r
-                    .raw("WACONNECT_WINDOW_TEMPLATE_VARIABLES")
-                    .map(str::to_owned),
-            }),
+            routes: routes(&mut r),
             shutdown_grace: r.duration("WACONNECT_RELAY_SHUTDOWN_GRACE", Duration::from_secs(10)),
-            call_me,
             media: media(&mut r),
             scan_wait: r.duration("WACONNECT_RELAY_SCAN_WAIT", Duration::from_secs(120)),
             indicators: indicators(&mut r),
-            business_number: r.raw("TWILIO_FROM").map(str::to_owned),
             api: api(&mut r),
         };
+        // A conversation the business starts needs the number it is started from: without
+        // a routing file, the environment's sender (a request naming another is refused,
+        // so a caller cannot make the sender try a number the account does not have).
+        let routing = config.routes.routing();
+        if config.api.is_some()
+            && !routing.from_file()
+            && routing.default_route().default_from().is_none()
+        {
+            r.error(
+                "TWILIO_FROM",
+                "is required with WACONNECT_RELAY_API_BIND: the WhatsApp number conversations are started from (or a routing file)",
+            );
+        }
         r.finish()?;
         Ok(config)
     }
@@ -377,7 +483,7 @@ mod tests {
         assert_eq!(c.lease, Duration::from_secs(30));
         assert_eq!(c.heartbeat, Duration::from_secs(10));
         assert_eq!(c.connect.chat_duration_minutes, 1500);
-        assert!(c.connect.endpoint.is_none() && c.call_me.is_none());
+        assert!(c.connect.endpoint.is_none() && c.routes.of(None).call_me.is_none());
         assert!(c.worker_id.starts_with("relay-"));
         assert_eq!(c.identity, None);
     }
@@ -433,12 +539,88 @@ mod tests {
             ("WACONNECT_CONNECT_ENDPOINT", "http://127.0.0.1:9/"),
         ]);
         let c = RelayConfig::from_source(&ConfigSource::from_pairs(pairs)).unwrap();
-        let phrases = c.call_me.unwrap().phrases;
+        let phrases = c.routes.of(None).call_me.clone().unwrap().phrases;
         assert!(phrases.requested("please ring me"));
         assert!(phrases.requested("CALL-ME"));
         assert_eq!(
             c.connect.participant_endpoint.as_deref(),
             Some("http://127.0.0.1:9")
         );
+    }
+
+    #[test]
+    fn routes_take_what_they_leave_out_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routing.toml");
+        std::fs::write(
+            &path,
+            r#"
+[[route]]
+name = "acme"
+numbers = ["whatsapp:+14155238886"]
+closing_text = "Thanks from Acme"
+[route.attributes]
+brand = "acme"
+
+[[route]]
+name = "globex"
+numbers = ["whatsapp:+442071838750"]
+instance_id = "instance-globex"
+contact_flow_id = "flow-globex"
+[route.call_me]
+keywords = "call me"
+contact_flow_id = "voice-globex"
+"#,
+        )
+        .unwrap();
+        let mut pairs = MINIMAL.to_vec();
+        pairs.push((ROUTING_FILE_VAR, path.to_str().unwrap()));
+        pairs.push(("WACONNECT_RELAY_CLOSING_TEXT", "Bye"));
+        let c = RelayConfig::from_source(&ConfigSource::from_pairs(pairs)).unwrap();
+        let number = |n: &str| BusinessNumber::parse(n).unwrap();
+        let acme = c.routes.of(Some(&number("whatsapp:+14155238886")));
+        assert_eq!(
+            (acme.instance_id.as_str(), acme.contact_flow_id.as_str()),
+            ("instance", "flow")
+        );
+        assert_eq!(acme.closing_text.as_deref(), Some("Thanks from Acme"));
+        assert_eq!(acme.attributes["brand"], "acme");
+        assert!(acme.call_me.is_none());
+        let globex = c.routes.of(Some(&number("whatsapp:+442071838750")));
+        assert_eq!(globex.instance_id, "instance-globex");
+        assert_eq!(globex.closing_text.as_deref(), Some("Bye"));
+        assert_eq!(
+            globex.call_me.as_ref().unwrap().contact_flow_id,
+            "voice-globex"
+        );
+        // Records from before routing belong to the first route.
+        assert_eq!(c.routes.of(None).name, "acme");
+        assert!(c.routes.is_default(&number("whatsapp:+14155238886")));
+        assert!(!c.routes.is_default(&number("whatsapp:+442071838750")));
+
+        // Without the environment's instance, a route that names none is an error
+        // naming the file.
+        let err = RelayConfig::from_source(&ConfigSource::from_pairs([
+            ("AWS_REGION", "eu-west-2"),
+            ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
+            (ROUTING_FILE_VAR, path.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert!(err.names(ROUTING_FILE_VAR), "{err}");
+        assert!(err.to_string().contains("\"acme\""), "{err}");
+    }
+
+    #[test]
+    fn the_api_needs_the_number_it_starts_conversations_from() {
+        let mut pairs = MINIMAL.to_vec();
+        pairs.extend([
+            ("WACONNECT_RELAY_API_BIND", "127.0.0.1:9095"),
+            ("WACONNECT_RELAY_API_TOKEN", "0123456789abcdef"),
+        ]);
+        let err = RelayConfig::from_source(&ConfigSource::from_pairs(pairs.clone())).unwrap_err();
+        assert!(err.names("TWILIO_FROM"), "{err}");
+        pairs.push(("TWILIO_FROM", "whatsapp:+14155238886"));
+        let c = RelayConfig::from_source(&ConfigSource::from_pairs(pairs)).unwrap();
+        assert!(c.api.is_some());
     }
 }

@@ -127,6 +127,9 @@ pub struct Upload {
 }
 
 pub struct NewChat<'a> {
+    /// The route's Connect instance and inbound flow.
+    pub instance_id: &'a str,
+    pub contact_flow_id: &'a str,
     pub display_name: &'a str,
     pub attributes: HashMap<String, String>,
     pub client_token: String,
@@ -135,6 +138,7 @@ pub struct NewChat<'a> {
 }
 
 pub struct OutboundCall<'a> {
+    pub instance_id: &'a str,
     pub destination: &'a str,
     pub contact_flow_id: &'a str,
     pub source: Option<&'a str>,
@@ -234,8 +238,8 @@ impl ConnectApi {
             .call("StartChatContact", || {
                 self.connect
                     .start_chat_contact()
-                    .instance_id(&self.settings.instance_id)
-                    .contact_flow_id(&self.settings.contact_flow_id)
+                    .instance_id(chat.instance_id)
+                    .contact_flow_id(chat.contact_flow_id)
                     .participant_details(details.clone())
                     .set_attributes(Some(chat.attributes.clone()))
                     .client_token(&chat.client_token)
@@ -448,7 +452,7 @@ impl ConnectApi {
             .call("StartOutboundVoiceContact", || {
                 self.connect
                     .start_outbound_voice_contact()
-                    .instance_id(&self.settings.instance_id)
+                    .instance_id(call.instance_id)
                     .contact_flow_id(call.contact_flow_id)
                     .destination_phone_number(call.destination)
                     .set_source_phone_number(call.source.map(str::to_owned))

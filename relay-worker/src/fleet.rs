@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use waconnect_shared::CustomerAddress;
+use waconnect_shared::ConversationKey;
 use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::roster::Members;
 use waconnect_shared::store::{Lease, StoreError};
@@ -73,36 +73,36 @@ impl Fleet {
         self.held.lock().expect("held lock").len()
     }
 
-    pub fn holds(&self, customer: &CustomerAddress) -> bool {
+    pub fn holds(&self, key: &ConversationKey) -> bool {
         self.held
             .lock()
             .expect("held lock")
-            .contains_key(customer.as_str())
+            .contains_key(&key.storage())
     }
 
     /// Takes the conversation's lease if it is free or lapsed and starts its session.
     /// `how` labels the metric: `acquired` (a chat this worker serves) or `adopted`.
-    pub async fn adopt(self: &Arc<Self>, customer: &CustomerAddress, how: &'static str) {
-        if let Some(lease) = self.take_lease(customer).await {
+    pub async fn adopt(self: &Arc<Self>, key: &ConversationKey, how: &'static str) {
+        if let Some(lease) = self.take_lease(key).await {
             self.start(lease, how);
         }
     }
 
-    async fn take_lease(&self, customer: &CustomerAddress) -> Option<Lease> {
-        if self.stop.is_cancelled() || self.holds(customer) || self.handed_over(customer) {
+    async fn take_lease(&self, key: &ConversationKey) -> Option<Lease> {
+        if self.stop.is_cancelled() || self.holds(key) || self.handed_over(key) {
             return None;
         }
         let config = &self.relay.config;
         match self
             .relay
             .store
-            .acquire_lease(customer, &config.worker_id, config.lease)
+            .acquire_lease(key, &config.worker_id, config.lease)
             .await
         {
             Ok(lease) => Some(lease),
             Err(StoreError::LeaseHeld) => None,
             Err(e) => {
-                tracing::warn!(customer = %customer, error = %e, "cannot take a lease");
+                tracing::warn!(conversation = %key, error = %e, "cannot take a lease");
                 None
             }
         }
@@ -110,13 +110,13 @@ impl Fleet {
 
     fn start(self: &Arc<Self>, lease: Lease, how: &'static str) {
         metrics::counter!("waconnect_relay_leases_total", "event" => how).increment(1);
-        let customer = lease.customer.clone();
+        let key = lease.key.clone();
         let shared: SharedLease = Arc::new(Mutex::new(lease));
         let stop = self.stop.child_token();
         {
             let mut held = self.held.lock().expect("held lock");
             held.insert(
-                customer.as_str().to_owned(),
+                key.storage(),
                 Held {
                     lease: shared.clone(),
                     stop: stop.clone(),
@@ -125,20 +125,20 @@ impl Fleet {
             metrics::gauge!("waconnect_relay_conversations_held").set(held.len() as f64);
         }
         // Hand-overs are what an operator looks for after a failure: at info.
-        tracing::info!(customer = %customer, how, "holding conversation");
+        tracing::info!(conversation = %key, how, "holding conversation");
         let fleet = self.clone();
         self.tasks.spawn(async move {
             let outcome = session::hold(fleet.relay.clone(), shared, stop).await;
             {
                 let mut held = fleet.held.lock().expect("held lock");
-                held.remove(customer.as_str());
+                held.remove(&key.storage());
                 metrics::gauge!("waconnect_relay_conversations_held").set(held.len() as f64);
             }
             match outcome {
                 Outcome::LeaseLost => {
                     metrics::counter!("waconnect_relay_leases_total", "event" => "lost")
                         .increment(1);
-                    tracing::info!(customer = %customer, "lease lost; socket dropped");
+                    tracing::info!(conversation = %key, "lease lost; socket dropped");
                 }
                 Outcome::Stopped => {
                     metrics::counter!("waconnect_relay_leases_total", "event" => "released")
@@ -149,9 +149,9 @@ impl Fleet {
                         .increment(1);
                     // The customer may already have started the next chat while this one
                     // wound down: take it at once instead of waiting for a sweep.
-                    if let Ok(Some(s)) = fleet.relay.store.get(&customer).await
+                    if let Ok(Some(s)) = fleet.relay.store.get(&key).await
                         && s.conversation.state != ConversationState::Ended
-                        && let Some(lease) = fleet.take_lease(&customer).await
+                        && let Some(lease) = fleet.take_lease(&key).await
                     {
                         fleet.start(lease, "acquired");
                     }
@@ -191,14 +191,14 @@ impl Fleet {
                             Ok(Ok(renewed)) => *shared.lock().expect("lease lock") = renewed,
                             Ok(Err(StoreError::LeaseLost | StoreError::NotFound)) => stop.cancel(),
                             Ok(Err(e)) => {
-                                tracing::warn!(customer = %lease.customer, error = %e, "lease renewal failed; will retry");
+                                tracing::warn!(conversation = %lease.key, error = %e, "lease renewal failed; will retry");
                             }
                             Err(_) => {
-                                tracing::warn!(customer = %lease.customer, "lease renewal got no answer in time; will retry");
+                                tracing::warn!(conversation = %lease.key, "lease renewal got no answer in time; will retry");
                             }
                         }
                         if shared.lock().expect("lease lock").expires_at <= chrono::Utc::now() {
-                            tracing::warn!(customer = %lease.customer, "lease ran out before it could be renewed; letting go");
+                            tracing::warn!(conversation = %lease.key, "lease ran out before it could be renewed; letting go");
                             stop.cancel();
                         }
                     }
@@ -207,12 +207,12 @@ impl Fleet {
         }
     }
 
-    /// Whether this worker handed `customer` over lately, to be taken by another.
-    fn handed_over(&self, customer: &CustomerAddress) -> bool {
+    /// Whether this worker handed `key` over lately, to be taken by another.
+    fn handed_over(&self, key: &ConversationKey) -> bool {
         let mut shed = self.shed.lock().expect("shed lock");
         let now = tokio::time::Instant::now();
         shed.retain(|_, until| *until > now);
-        shed.contains_key(customer.as_str())
+        shed.contains_key(&key.storage())
     }
 
     /// Takes back at once what this worker's earlier life held (same identity, another
@@ -230,7 +230,7 @@ impl Fleet {
                 return;
             }
         };
-        let takes = mine.into_iter().map(|customer| {
+        let takes = mine.into_iter().map(|key| {
             let fleet = self.clone();
             let predecessor = predecessor.clone();
             async move {
@@ -238,7 +238,7 @@ impl Fleet {
                     .relay
                     .store
                     .take_over(
-                        &customer,
+                        &key,
                         &predecessor,
                         &fleet.relay.config.worker_id,
                         fleet.relay.config.lease,
@@ -246,7 +246,7 @@ impl Fleet {
                     .await;
                 match taken {
                     Ok(lease) => fleet.start(lease, "resumed"),
-                    Err(e) => tracing::debug!(customer = %customer, error = %e, "not resumed"),
+                    Err(e) => tracing::debug!(conversation = %key, error = %e, "not resumed"),
                 }
             }
         });
@@ -375,12 +375,12 @@ impl Fleet {
         };
         let earlier = std::mem::take(&mut *self.passed_over.lock().expect("passed-over lock"));
         let mut left = HashSet::new();
-        for customer in unheld {
-            if room > 0 || earlier.contains(customer.as_str()) {
+        for key in unheld {
+            if room > 0 || earlier.contains(&key.storage()) {
                 room = room.saturating_sub(1);
-                self.adopt(&customer, "adopted").await;
+                self.adopt(&key, "adopted").await;
             } else {
-                left.insert(customer.as_str().to_owned());
+                left.insert(key.storage());
             }
         }
         *self.passed_over.lock().expect("passed-over lock") = left;

@@ -4,14 +4,16 @@
 use crate::NOTICE_PREFIX;
 use crate::Relay;
 use crate::attachment::{self, Attached, Prepared, ReadyFile};
+use crate::config::{CallMe, RelayRoute};
 use crate::connect::{ConnectError, ErrorKind, NewChat, OutboundCall};
 use crate::fleet::Fleet;
 use crate::indicator::{ReadReceipts, Target, Why};
+use crate::legacy;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::CustomerAddress;
+use waconnect_shared::ConversationKey;
 use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_shared::delivery::Claim;
@@ -164,21 +166,21 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     if !event.is_relayed_status() {
         return Ok(());
     }
-    let customer = event.customer()?;
+    let key = event.key()?;
     let failed = matches!(status, "failed" | "undelivered");
     let code = event.error_code().unwrap_or("unknown");
-    if failed && resend(relay, event, &customer, item, contact, code).await? {
+    if failed && resend(relay, event, &key, item, contact, code).await? {
         return Ok(());
     }
     for use_cache in [true, false] {
         let cached = use_cache
-            .then(|| relay.records.active(&customer))
+            .then(|| legacy::cached(relay, &key))
             .flatten()
             .filter(|s| s.conversation.contact_id.as_deref() == Some(contact));
         let from_cache = cached.is_some();
         let stored = match cached {
             Some(s) => s,
-            None => match relay.store.get(&customer).await? {
+            None => match legacy::find(relay, &key).await? {
                 Some(s) => {
                     relay.records.keep(&s);
                     s
@@ -193,15 +195,11 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
         {
             return Ok(());
         }
-        let token = conversation
-            .connection_token
-            .as_ref()
-            .map(|t| t.expose().to_owned())
-            .unwrap_or_default();
+        let token = conversation.connection_token_value();
         match tell_agent(relay, event, &token, item, status).await {
             // A remembered token Connect refuses may just be stale: read the record.
             Err(e) if e.kind == ErrorKind::AccessDenied && from_cache => {
-                relay.records.forget(&customer);
+                relay.records.forget(&conversation.key());
                 continue;
             }
             // The chat is over: nobody is left to tell.
@@ -210,7 +208,7 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
             // the chat: final, not worth a retry.
             Err(e) if e.code == "ConflictException" && !failed => {
                 metrics::counter!("waconnect_relay_receipts_refused_total").increment(1);
-                tracing::debug!(customer = %customer, status, "Connect refused a receipt (more than two participants)");
+                tracing::debug!(conversation = %key, status, "Connect refused a receipt (more than two participants)");
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -221,9 +219,13 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
         metrics::counter!("waconnect_relay_delivery_failures_total", "code" => failure_label(code))
             .increment(1);
         if code == "63016"
-            && let Some(template) = &relay.config.window_template
+            && let Some(template) = &relay
+                .config
+                .routes
+                .of(key.business.as_ref())
+                .window_template
         {
-            nudge(relay, &customer, contact, template).await;
+            nudge(relay, &key, contact, template).await;
         }
     }
     Ok(())
@@ -235,7 +237,7 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
 async fn resend(
     relay: &Relay,
     event: &InboundEvent,
-    customer: &CustomerAddress,
+    key: &ConversationKey,
     item: &str,
     contact: &str,
     code: &str,
@@ -247,8 +249,10 @@ async fn resend(
     if !code.parse().is_ok_and(Resend::is_passing) || done >= Resend::MAX {
         return Ok(false);
     }
+    let key = legacy::group_key(relay, key);
     let message = OutboundMessage {
-        to: customer.clone(),
+        to: key.customer.clone(),
+        from: key.business.clone(),
         body: String::new(),
         media_urls: Vec::new(),
         files: Vec::new(),
@@ -270,7 +274,7 @@ async fn resend(
         }),
     };
     let new = NewMessage {
-        group_id: customer.as_str().to_owned(),
+        group_id: key.storage(),
         dedup_id: message.dedup_id(),
         body: message.to_json(),
     };
@@ -279,7 +283,7 @@ async fn resend(
         .send(new)
         .await
         .map_err(|e| RelayError::Queue(e.to_string()))?;
-    tracing::info!(customer = %customer, code, attempt = done + 1, "WhatsApp refused a reply for a passing reason; sending it again");
+    tracing::info!(conversation = %key, code, attempt = done + 1, "WhatsApp refused a reply for a passing reason; sending it again");
     metrics::counter!("waconnect_relay_resends_total", "code" => failure_label(code)).increment(1);
     Ok(true)
 }
@@ -338,9 +342,11 @@ fn failure_label(code: &str) -> &'static str {
 
 /// After 63016 (the 24-hour window closed), the configured template asks the customer
 /// to write back; once per chat within the queue's dedup window.
-async fn nudge(relay: &Relay, customer: &CustomerAddress, contact: &str, template: &Template) {
+async fn nudge(relay: &Relay, key: &ConversationKey, contact: &str, template: &Template) {
+    let key = legacy::group_key(relay, key);
     let message = OutboundMessage {
-        to: customer.clone(),
+        to: key.customer.clone(),
+        from: key.business.clone(),
         body: String::new(),
         media_urls: Vec::new(),
         files: Vec::new(),
@@ -354,7 +360,7 @@ async fn nudge(relay: &Relay, customer: &CustomerAddress, contact: &str, templat
         resend: None,
     };
     let new = NewMessage {
-        group_id: customer.as_str().to_owned(),
+        group_id: key.storage(),
         dedup_id: message.dedup_id().to_owned(),
         body: message.to_json(),
     };
@@ -369,16 +375,16 @@ async fn relay_message(
     event: &InboundEvent,
     message: &ReceivedMessage,
 ) -> Result<(), RelayError> {
-    let customer = event.customer()?;
+    let key = event.key()?;
     let sid = event.message_sid()?.to_owned();
     if replayed(relay, &sid, event).await {
-        tracing::warn!(customer = %customer, message_sid = %sid, "replayed webhook dropped: this message was handled already");
+        tracing::warn!(conversation = %key, message_sid = %sid, "replayed webhook dropped: this message was handled already");
         metrics::counter!("waconnect_relay_inbound_total", "outcome" => "replay").increment(1);
         return Ok(());
     }
     let text = render(event);
     // An answer to the last menu offered goes to the chat as the choice's title.
-    let answered = answer_to_menu(relay, &customer, event, &text).await?;
+    let answered = answer_to_menu(relay, &key, event, &text).await?;
     let text = answered.as_ref().map_or(text, |a| a.title.clone());
     // What the agent reads: the message it replies to first, if any.
     let shown = match quote(relay, event).await {
@@ -418,7 +424,9 @@ async fn relay_message(
             return Err(RelayError::ChatKeepsEnding);
         }
         let (mut stored, cached) =
-            active_conversation(relay, &customer, event, std::mem::take(&mut use_cache)).await?;
+            active_conversation(relay, &key, event, std::mem::take(&mut use_cache)).await?;
+        // The record's own key: a legacy record's, when that is the live chat.
+        let key = stored.conversation.key();
         // A remembered record's lease may be long out of date; the sweepers see to
         // conversations whose holder died.
         if !cached
@@ -428,17 +436,12 @@ async fn relay_message(
                     .expires_at
                     .is_some_and(|t| t <= chrono::Utc::now()))
         {
-            fleet.adopt(&customer, "acquired").await;
+            fleet.adopt(&key, "acquired").await;
         }
         for part in &parts {
             loop {
                 let contact = stored.conversation.contact_id.clone().unwrap_or_default();
-                let token = stored
-                    .conversation
-                    .connection_token
-                    .as_ref()
-                    .map(|t| t.expose().to_owned())
-                    .unwrap_or_default();
+                let token = stored.conversation.connection_token_value();
                 match relay_part(relay, &token, &contact, &sid, part).await {
                     Ok(item) => {
                         if let (Some(item), Part::Text(..)) = (item, part) {
@@ -452,7 +455,7 @@ async fn relay_message(
                     }
                     // A remembered token Connect refuses may just be stale: read the record.
                     Err(e) if e.kind == ErrorKind::AccessDenied && cached => {
-                        relay.records.forget(&customer);
+                        relay.records.forget(&key);
                         continue 'chat;
                     }
                     Err(e) if e.kind == ErrorKind::AccessDenied => {
@@ -481,16 +484,16 @@ async fn relay_message(
             .unwrap_or_default();
         metrics::histogram!("waconnect_relay_inbound_lag_seconds").record(lag.as_secs_f64());
         if let Some(answer) = answered {
-            menu_answered(relay, &customer, answer).await?;
+            menu_answered(relay, answer).await?;
         }
         note_inbound(relay, stored, &sid, event).await?;
         if relay.indicators.read_receipts() == ReadReceipts::OnArrival {
             relay.indicators.show(Target::Sid(sid.clone()), Why::Read);
         }
-        if let Some(call_me) = &relay.config.call_me
+        if let Some(call_me) = &relay.config.routes.of(key.business.as_ref()).call_me
             && call_me.phrases.requested(&text)
         {
-            call_customer(relay, &customer, &sid).await?;
+            call_customer(relay, &key, call_me, &sid).await?;
         }
         return Ok(());
     }
@@ -511,6 +514,8 @@ pub fn remember(relay: &Relay, message: IndexedMessage) {
 struct Answer {
     title: String,
     menu: Vec<String>,
+    /// The conversation whose menu it answers.
+    key: ConversationKey,
 }
 
 /// The choice a message names in the last menu offered the customer: a button's id, a
@@ -519,7 +524,7 @@ struct Answer {
 /// worker, after this one cached the record.
 async fn answer_to_menu(
     relay: &Relay,
-    customer: &CustomerAddress,
+    key: &ConversationKey,
     event: &InboundEvent,
     text: &str,
 ) -> Result<Option<Answer>, RelayError> {
@@ -534,26 +539,23 @@ async fn answer_to_menu(
     if payload.is_none() && !numeric {
         return Ok(None);
     }
-    let Some(stored) = relay.store.get(customer).await? else {
+    let Some(stored) = legacy::find(relay, key).await? else {
         return Ok(None);
     };
+    let key = stored.conversation.key();
     let Some(menu) = stored.conversation.menu else {
         return Ok(None);
     };
     let title = waconnect_shared::menu::chosen(&menu, payload, text).map(str::to_owned);
     let outcome = if title.is_some() { "chosen" } else { "other" };
     metrics::counter!("waconnect_relay_menu_replies_total", "outcome" => outcome).increment(1);
-    Ok(title.map(|title| Answer { title, menu }))
+    Ok(title.map(|title| Answer { title, menu, key }))
 }
 
 /// The menu is answered once the answer is in the chat (a redelivery before this maps the
 /// number again): a later number is just a number. A newer menu stays.
-async fn menu_answered(
-    relay: &Relay,
-    customer: &CustomerAddress,
-    answer: Answer,
-) -> Result<(), RelayError> {
-    let cleared = modify(&*relay.store, customer, None, Fence::None, |c| {
+async fn menu_answered(relay: &Relay, answer: Answer) -> Result<(), RelayError> {
+    let cleared = modify(&*relay.store, &answer.key, None, Fence::None, |c| {
         if c.menu.as_ref() != Some(&answer.menu) {
             return false;
         }
@@ -746,26 +748,39 @@ async fn replayed(relay: &Relay, sid: &str, event: &InboundEvent) -> bool {
 /// winner's record and goes on with it.
 async fn active_conversation(
     relay: &Relay,
-    customer: &CustomerAddress,
+    key: &ConversationKey,
     event: &InboundEvent,
     use_cache: bool,
 ) -> Result<(StoredConversation, bool), RelayError> {
-    if use_cache && let Some(stored) = relay.records.active(customer) {
+    if use_cache && let Some(stored) = legacy::cached(relay, key) {
         return Ok((stored, true));
     }
     let sid = event.message_sid()?;
+    let route = relay.config.routes.of(key.business.as_ref());
+    // The first read may find a live legacy record: its key is then the one used.
+    let mut found = Some(legacy::find(relay, key).await?);
+    let key = found
+        .as_ref()
+        .and_then(|f| f.as_ref())
+        .map_or_else(|| key.clone(), |s| s.conversation.key());
+    let key = &key;
     loop {
-        let Some(stored) = relay.store.get(customer).await? else {
+        let stored = match found.take() {
+            Some(found) => found,
+            None => relay.store.get(key).await?,
+        };
+        let Some(stored) = stored else {
             let started = relay
                 .api
                 .start_chat(new_chat(
-                    customer,
+                    route,
+                    key,
                     event,
                     client_token(&["start", sid]),
                     None,
                 ))
                 .await?;
-            let mut conversation = Conversation::new(customer.clone());
+            let mut conversation = Conversation::new(key.clone());
             conversation.contact_id = Some(started.contact_id.clone());
             conversation.initial_contact_id = Some(started.contact_id);
             conversation.participant_id = Some(started.participant_id);
@@ -784,23 +799,23 @@ async fn active_conversation(
                 let token = client_token(&["restart", sid, &previous]);
                 let started = match relay
                     .api
-                    .start_chat(new_chat(customer, event, token.clone(), Some(&previous)))
+                    .start_chat(new_chat(route, key, event, token.clone(), Some(&previous)))
                     .await
                 {
                     Ok(s) => s,
                     // Connect would not rehydrate (the old contact is gone or too old):
                     // a fresh chat is better than none.
                     Err(e) if e.kind == ErrorKind::Invalid => {
-                        tracing::warn!(customer = %customer, code = %e.code, "persistent chat refused; starting a fresh one");
+                        tracing::warn!(conversation = %key, code = %e.code, "persistent chat refused; starting a fresh one");
                         relay
                             .api
-                            .start_chat(new_chat(customer, event, format!("{token}-fresh"), None))
+                            .start_chat(new_chat(route, key, event, format!("{token}-fresh"), None))
                             .await?
                     }
                     Err(e) => return Err(e.into()),
                 };
                 // Unless another worker restarted it meanwhile: then theirs is used.
-                let restarted = modify(&*relay.store, customer, Some(stored), Fence::None, |c| {
+                let restarted = modify(&*relay.store, key, Some(stored), Fence::None, |c| {
                     if c.state != ConversationState::Ended || c.contact_id != contact {
                         return false;
                     }
@@ -825,7 +840,7 @@ async fn active_conversation(
                 match relay.api.create_connection(participant.expose()).await {
                     Ok(connection) => {
                         let activated =
-                            modify(&*relay.store, customer, Some(stored), Fence::None, |c| {
+                            modify(&*relay.store, key, Some(stored), Fence::None, |c| {
                                 if c.state != ConversationState::Starting || c.contact_id != contact
                                 {
                                     return false;
@@ -853,11 +868,11 @@ async fn active_conversation(
 
 /// Records that the chat `stored` names is over, unless the record moved on to another.
 async fn mark_ended(relay: &Relay, stored: StoredConversation) -> Result<(), RelayError> {
-    relay.records.forget(&stored.conversation.customer);
+    let key = stored.conversation.key();
+    relay.records.forget(&key);
     let contact = stored.conversation.contact_id.clone();
     let keep = relay.config.worker.common.retention.conversations;
-    let customer = stored.conversation.customer.clone();
-    modify(&*relay.store, &customer, Some(stored), Fence::None, |c| {
+    modify(&*relay.store, &key, Some(stored), Fence::None, |c| {
         if c.state == ConversationState::Ended || c.contact_id != contact {
             return false;
         }
@@ -882,8 +897,8 @@ async fn reconnect(
     match relay.api.create_connection(participant.expose()).await {
         Ok(connection) => {
             let contact = stored.conversation.contact_id.clone();
-            let customer = stored.conversation.customer.clone();
-            let now = modify(&*relay.store, &customer, Some(stored), Fence::None, |c| {
+            let key = stored.conversation.key();
+            let now = modify(&*relay.store, &key, Some(stored), Fence::None, |c| {
                 // Someone ended or restarted the chat meanwhile: theirs stands.
                 if c.state != ConversationState::Active || c.contact_id != contact {
                     return false;
@@ -914,8 +929,8 @@ async fn note_inbound(
     sid: &str,
     event: &InboundEvent,
 ) -> Result<(), RelayError> {
-    let customer = stored.conversation.customer.clone();
-    let noted = modify(&*relay.store, &customer, Some(stored), Fence::None, |c| {
+    let key = stored.conversation.key();
+    let noted = modify(&*relay.store, &key, Some(stored), Fence::None, |c| {
         if c.last_inbound_at.is_some_and(|at| {
             event.received_at - at < INBOUND_NOTE_EVERY && at <= event.received_at
         }) {
@@ -938,15 +953,14 @@ async fn note_inbound(
 /// call still holds when it is recorded.
 async fn call_customer(
     relay: &Relay,
-    customer: &CustomerAddress,
+    key: &ConversationKey,
+    call_me: &CallMe,
     sid: &str,
 ) -> Result<(), RelayError> {
-    let Some(call_me) = &relay.config.call_me else {
+    let Some(stored) = relay.store.get(key).await? else {
         return Ok(());
     };
-    let Some(stored) = relay.store.get(customer).await? else {
-        return Ok(());
-    };
+    let route = relay.config.routes.of(key.business.as_ref());
     let conversation = &stored.conversation;
     let cooling = conversation.last_call_at.is_some_and(|at| {
         (chrono::Utc::now() - at).to_std().unwrap_or_default() < call_me.cooldown
@@ -965,7 +979,8 @@ async fn call_customer(
     let placed = relay
         .api
         .start_outbound_voice(OutboundCall {
-            destination: customer.e164(),
+            instance_id: &route.instance_id,
+            destination: key.customer.e164(),
             contact_flow_id: &call_me.contact_flow_id,
             source: call_me.source_number.as_deref(),
             client_token: client_token(&["call", sid]),
@@ -977,7 +992,7 @@ async fn call_customer(
         // Connect will not call this number (not allowed, not permitted, bad flow):
         // the text already reached the agent, so the message is done.
         Err(e) if !e.kind.retryable() => {
-            tracing::warn!(customer = %customer, code = %e.code, "call-me refused by Connect");
+            tracing::warn!(conversation = %key, code = %e.code, "call-me refused by Connect");
             metrics::counter!("waconnect_relay_call_requests_total", "outcome" => "refused")
                 .increment(1);
             return Ok(());
@@ -985,7 +1000,7 @@ async fn call_customer(
         Err(e) => return Err(e.into()),
     }
     let at = chrono::Utc::now();
-    modify(&*relay.store, customer, Some(stored), Fence::None, |c| {
+    modify(&*relay.store, key, Some(stored), Fence::None, |c| {
         c.last_call_at = Some(at);
         c.last_call_sid = Some(sid.to_owned());
         true
@@ -996,14 +1011,20 @@ async fn call_customer(
 }
 
 fn new_chat<'a>(
-    customer: &'a CustomerAddress,
+    route: &'a RelayRoute,
+    key: &'a ConversationKey,
     event: &'a InboundEvent,
     client_token: String,
     continue_from: Option<&'a str>,
 ) -> NewChat<'a> {
-    let mut attributes = HashMap::new();
+    let customer = &key.customer;
+    // The route's own attributes first: what the bridge sets is what it says it is.
+    let mut attributes: HashMap<String, String> = route.attributes.clone().into_iter().collect();
     attributes.insert("Channel".to_owned(), "WhatsApp".to_owned());
     attributes.insert("CustomerNumber".to_owned(), customer.e164().to_owned());
+    if let Some(business) = &key.business {
+        attributes.insert("BusinessNumber".to_owned(), business.as_str().to_owned());
+    }
     if let Some(w) = event.wa_id() {
         attributes.insert("WaId".to_owned(), w.to_owned());
     }
@@ -1011,6 +1032,8 @@ fn new_chat<'a>(
         attributes.insert("ProfileName".to_owned(), p.to_owned());
     }
     NewChat {
+        instance_id: &route.instance_id,
+        contact_flow_id: &route.contact_flow_id,
         display_name: event
             .profile_name()
             .filter(|p| !p.trim().is_empty())

@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod indicator;
 pub mod interactive;
 pub mod item;
+pub mod legacy;
 pub mod markdown;
 pub mod media_type;
 pub mod outreach;

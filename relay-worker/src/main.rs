@@ -30,7 +30,7 @@ enum Command {
         /// Your idempotency key: the same key never starts two conversations.
         #[arg(long)]
         key: String,
-        /// The business number that writes; the configured sender when absent.
+        /// The business number that writes (one a route lists); the default route's sender when absent.
         #[arg(long)]
         business: Option<String>,
         /// The relay's API (`WACONNECT_RELAY_API_BIND`).

@@ -16,6 +16,7 @@ use crate::Relay;
 use crate::connect::{ErrorKind, NewChat};
 use crate::fleet::Fleet;
 use crate::inbound::client_token;
+use crate::legacy;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,13 +26,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
-use waconnect_shared::CustomerAddress;
 use waconnect_shared::conversation::{Conversation, ConversationState};
 use waconnect_shared::delivery::Claim;
 use waconnect_shared::outbound::{Origin, OutboundMessage, Template};
 use waconnect_shared::queue::NewMessage;
 use waconnect_shared::secret::Secret;
 use waconnect_shared::store::{Fence, Modified, StoreError, StoredConversation, modify};
+use waconnect_shared::{BusinessNumber, ConversationKey, CustomerAddress};
 
 /// Largest request body taken.
 const MAX_BODY: usize = 16 * 1024;
@@ -42,8 +43,8 @@ const MAX_KEY: usize = 128;
 pub struct Outreach {
     /// `whatsapp:+<E.164>`.
     pub customer: String,
-    /// The business number that writes (`whatsapp:+<E.164>`); the configured sender when
-    /// absent.
+    /// The business number that writes (`whatsapp:+<E.164>`), one a route lists; the
+    /// default route's sender when absent.
     #[serde(default)]
     pub business: Option<String>,
     /// The approved template's `HX…` SID.
@@ -89,7 +90,8 @@ impl From<crate::connect::ConnectError> for OutreachError {
 
 /// A request, checked: every string from the wire has a shape and a cap.
 struct Checked {
-    customer: CustomerAddress,
+    /// The conversation: the business number and the customer.
+    conversation: ConversationKey,
     content_sid: String,
     variables: Option<String>,
     key: String,
@@ -98,13 +100,32 @@ struct Checked {
 fn check(relay: &Relay, o: &Outreach) -> Result<Checked, OutreachError> {
     let customer = CustomerAddress::parse(&o.customer)
         .map_err(|_| OutreachError::Invalid("customer must be whatsapp:+<E.164>".into()))?;
-    if let (Some(business), Some(sender)) = (&o.business, &relay.config.business_number)
-        && business != sender
-    {
-        return Err(OutreachError::Invalid(format!(
-            "business {business} is not this deployment's WhatsApp sender"
-        )));
-    }
+    let routing = relay.config.routes.routing();
+    let business = match &o.business {
+        Some(b) => {
+            let b = BusinessNumber::parse(b)
+                .map_err(|_| OutreachError::Invalid("business must be whatsapp:+<E.164>".into()))?;
+            // The environment's single route serves its own sender only.
+            let served = routing
+                .route_for(&b)
+                .is_some_and(|r| r.from.as_ref().is_none_or(|from| *from == b));
+            if !served {
+                return Err(OutreachError::Invalid(format!(
+                    "business {b} is not one of this deployment's WhatsApp senders"
+                )));
+            }
+            b
+        }
+        None => routing
+            .default_route()
+            .default_from()
+            .cloned()
+            .ok_or_else(|| {
+                OutreachError::Invalid(
+                    "name the business number: this deployment has no default sender".into(),
+                )
+            })?,
+    };
     let sid = &o.content_sid;
     if !(sid.len() == 34
         && sid.starts_with("HX")
@@ -131,7 +152,7 @@ fn check(relay: &Relay, o: &Outreach) -> Result<Checked, OutreachError> {
     let variables = (!o.variables.is_empty())
         .then(|| serde_json::to_string(&o.variables).expect("a map serialises"));
     Ok(Checked {
-        customer,
+        conversation: ConversationKey::new(business, customer),
         content_sid: sid.clone(),
         variables,
         key: o.key.clone(),
@@ -164,10 +185,10 @@ pub async fn start(
                 tracing::warn!(error = %e, "an outreach was not recorded in the ledger");
             }
             relay.records.keep(&stored);
-            fleet.adopt(&o.customer, "acquired").await;
+            fleet.adopt(&stored.conversation.key(), "acquired").await;
             metrics::counter!("waconnect_relay_outreach_total", "outcome" => "started")
                 .increment(1);
-            tracing::info!(customer = %o.customer, contact_id = %contact_id, "conversation started by the business");
+            tracing::info!(conversation = %o.conversation, contact_id = %contact_id, "conversation started by the business");
             Ok(Started {
                 contact_id,
                 new: true,
@@ -191,12 +212,7 @@ pub async fn start(
 async fn open_and_send(relay: &Relay, o: &Checked) -> Result<StoredConversation, OutreachError> {
     let stored = open_chat(relay, o).await?;
     let contact = stored.conversation.contact_id.clone().unwrap_or_default();
-    let token = stored
-        .conversation
-        .connection_token
-        .as_ref()
-        .map(|t| t.expose().to_owned())
-        .unwrap_or_default();
+    let token = stored.conversation.connection_token_value();
     let notice = match template_text(relay, o).await {
         Some(text) => format!(
             "{NOTICE_PREFIX} The business started this conversation on WhatsApp with template {}:\n{text}",
@@ -220,7 +236,8 @@ async fn open_and_send(relay: &Relay, o: &Checked) -> Result<StoredConversation,
         )
         .await?;
     let message = OutboundMessage {
-        to: o.customer.clone(),
+        to: stored.conversation.customer.clone(),
+        from: stored.conversation.business.clone(),
         body: String::new(),
         media_urls: Vec::new(),
         files: Vec::new(),
@@ -239,7 +256,7 @@ async fn open_and_send(relay: &Relay, o: &Checked) -> Result<StoredConversation,
     relay
         .outbound
         .send(NewMessage {
-            group_id: o.customer.as_str().to_owned(),
+            group_id: stored.conversation.key().storage(),
             dedup_id: message.dedup_id(),
             body: message.to_json(),
         })
@@ -290,7 +307,7 @@ async fn template_text(relay: &Relay, o: &Checked) -> Option<String> {
 /// (a persistent chat continuing an ended one). Every step is a conditional write.
 async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, OutreachError> {
     for _ in 0..5 {
-        let existing = relay.store.get(&o.customer).await?;
+        let existing = legacy::find(relay, &o.conversation).await?;
         let live = existing
             .as_ref()
             .filter(|s| s.conversation.state != ConversationState::Ended);
@@ -308,21 +325,15 @@ async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, Out
             let participant = c.participant_token.clone().unwrap_or_default();
             let connection = relay.api.create_connection(participant.expose()).await?;
             let contact = c.contact_id.clone();
-            let activated = modify(
-                &*relay.store,
-                &o.customer,
-                Some(s.clone()),
-                Fence::None,
-                |c| {
-                    if c.state != ConversationState::Starting || c.contact_id != contact {
-                        return false;
-                    }
-                    c.state = ConversationState::Active;
-                    c.connection_token = Some(connection.connection_token.clone().into());
-                    c.connection_expires_at = Some(connection.connection_expires_at);
-                    true
-                },
-            )
+            let activated = modify(&*relay.store, &c.key(), Some(s.clone()), Fence::None, |c| {
+                if c.state != ConversationState::Starting || c.contact_id != contact {
+                    return false;
+                }
+                c.state = ConversationState::Active;
+                c.connection_token = Some(connection.connection_token.clone().into());
+                c.connection_expires_at = Some(connection.connection_expires_at);
+                true
+            })
             .await?;
             if let Modified::Written(s) = activated {
                 metrics::counter!("waconnect_relay_chats_started_total").increment(1);
@@ -333,13 +344,24 @@ async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, Out
         let previous = existing
             .as_ref()
             .and_then(|s| s.conversation.contact_id.clone());
-        let mut attributes = HashMap::new();
+        let business = o.conversation.business.as_ref();
+        let route = relay.config.routes.of(business);
+        let mut attributes: HashMap<String, String> =
+            route.attributes.clone().into_iter().collect();
         attributes.insert("Channel".to_owned(), "WhatsApp".to_owned());
-        attributes.insert("CustomerNumber".to_owned(), o.customer.e164().to_owned());
+        attributes.insert(
+            "CustomerNumber".to_owned(),
+            o.conversation.customer.e164().to_owned(),
+        );
+        if let Some(business) = business {
+            attributes.insert("BusinessNumber".to_owned(), business.as_str().to_owned());
+        }
         attributes.insert("InitiatedBy".to_owned(), "business".to_owned());
         let token = client_token(&["outreach", &o.key]);
         let chat = NewChat {
-            display_name: o.customer.e164(),
+            instance_id: &route.instance_id,
+            contact_flow_id: &route.contact_flow_id,
+            display_name: o.conversation.customer.e164(),
             attributes: attributes.clone(),
             client_token: token.clone(),
             continue_from: previous.as_deref(),
@@ -349,7 +371,9 @@ async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, Out
             // Connect would not rehydrate the old contact: a fresh chat.
             Err(e) if e.kind == ErrorKind::Invalid && previous.is_some() => {
                 let fresh = NewChat {
-                    display_name: o.customer.e164(),
+                    instance_id: &route.instance_id,
+                    contact_flow_id: &route.contact_flow_id,
+                    display_name: o.conversation.customer.e164(),
                     attributes,
                     client_token: format!("{token}-fresh"),
                     continue_from: None,
@@ -361,7 +385,7 @@ async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, Out
         let participant = Secret::from(started.participant_token.clone());
         match existing {
             None => {
-                let mut c = Conversation::new(o.customer.clone());
+                let mut c = Conversation::new(o.conversation.clone());
                 c.contact_id = Some(started.contact_id.clone());
                 c.initial_contact_id = Some(started.contact_id.clone());
                 c.participant_id = Some(started.participant_id.clone());
@@ -374,7 +398,8 @@ async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, Out
             }
             Some(ended) => {
                 let contact = ended.conversation.contact_id.clone();
-                modify(&*relay.store, &o.customer, Some(ended), Fence::None, |c| {
+                let key = ended.conversation.key();
+                modify(&*relay.store, &key, Some(ended), Fence::None, |c| {
                     if c.state != ConversationState::Ended || c.contact_id != contact {
                         return false;
                     }

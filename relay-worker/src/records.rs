@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
-use waconnect_shared::CustomerAddress;
+use waconnect_shared::ConversationKey;
 use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::store::StoredConversation;
 
@@ -20,14 +20,14 @@ const EXPIRY_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 #[derive(Default)]
 pub struct Records {
-    entries: Mutex<HashMap<String, (StoredConversation, Instant)>>,
+    entries: Mutex<HashMap<ConversationKey, (StoredConversation, Instant)>>,
 }
 
 impl Records {
-    /// The customer's record, if one with a live chat was seen lately.
-    pub fn active(&self, customer: &CustomerAddress) -> Option<StoredConversation> {
+    /// The conversation's record, if one with a live chat was seen lately.
+    pub fn active(&self, key: &ConversationKey) -> Option<StoredConversation> {
         let entries = self.entries.lock().expect("records lock");
-        let (stored, at) = entries.get(customer.as_str())?;
+        let (stored, at) = entries.get(key)?;
         let c = &stored.conversation;
         let usable = at.elapsed() < FRESH_FOR
             && c.state == ConversationState::Active
@@ -43,27 +43,24 @@ impl Records {
     /// Remembers `stored` unless a newer version of it is known.
     pub fn keep(&self, stored: &StoredConversation) {
         let mut entries = self.entries.lock().expect("records lock");
-        let key = stored.conversation.customer.as_str();
+        let key = stored.conversation.key();
         if entries
-            .get(key)
+            .get(&key)
             .is_some_and(|(s, _)| s.version > stored.version)
         {
             return;
         }
-        if entries.len() >= CAPACITY && !entries.contains_key(key) {
+        if entries.len() >= CAPACITY && !entries.contains_key(&key) {
             entries.retain(|_, (_, at)| at.elapsed() < FRESH_FOR);
             if entries.len() >= CAPACITY {
                 return;
             }
         }
-        entries.insert(key.to_owned(), (stored.clone(), Instant::now()));
+        entries.insert(key, (stored.clone(), Instant::now()));
     }
 
-    pub fn forget(&self, customer: &CustomerAddress) {
-        self.entries
-            .lock()
-            .expect("records lock")
-            .remove(customer.as_str());
+    pub fn forget(&self, key: &ConversationKey) {
+        self.entries.lock().expect("records lock").remove(key);
     }
 }
 
@@ -74,7 +71,10 @@ mod tests {
     use waconnect_shared::store::LeaseState;
 
     fn stored(version: u64, state: ConversationState) -> StoredConversation {
-        let mut c = Conversation::new(CustomerAddress::parse("whatsapp:+15550001111").unwrap());
+        let mut c = Conversation::new(ConversationKey::new(
+            waconnect_shared::BusinessNumber::parse("whatsapp:+14155238886").unwrap(),
+            waconnect_shared::CustomerAddress::parse("whatsapp:+15550001111").unwrap(),
+        ));
         c.state = state;
         c.connection_token = Some("token".to_owned().into());
         StoredConversation {
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn only_live_chats_are_answered_and_older_versions_never_replace_newer() {
         let records = Records::default();
-        let customer = stored(1, ConversationState::Active).conversation.customer;
+        let customer = stored(1, ConversationState::Active).conversation.key();
         assert!(records.active(&customer).is_none());
         records.keep(&stored(2, ConversationState::Active));
         records.keep(&stored(1, ConversationState::Active));

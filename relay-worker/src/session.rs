@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::CustomerAddress;
+use waconnect_shared::ConversationKey;
 use waconnect_shared::conversation::{AgentCursor, Conversation, ConversationState};
 use waconnect_shared::outbound::{Origin, OutboundMessage};
 use waconnect_shared::queue::NewMessage;
@@ -60,7 +60,7 @@ const RECENT: usize = 64;
 
 pub struct Session {
     relay: Arc<Relay>,
-    customer: CustomerAddress,
+    key: ConversationKey,
     lease: SharedLease,
     /// The contact the socket belongs to.
     contact_id: String,
@@ -114,10 +114,10 @@ struct Scanning {
 const MAX_HELD: usize = 100;
 
 pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken) -> Outcome {
-    let customer = lease.lock().expect("lease lock").customer.clone();
+    let key = lease.lock().expect("lease lock").key.clone();
     let mut session = Session {
         relay,
-        customer,
+        key,
         lease,
         contact_id: String::new(),
         cursor: None,
@@ -141,7 +141,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
     if outcome != Outcome::LeaseLost {
         let lease = session.current_lease();
         if let Err(e) = session.relay.store.release_lease(&lease).await {
-            tracing::debug!(customer = %session.customer, error = %e, "lease release refused");
+            tracing::debug!(conversation = %session.key, error = %e, "lease release refused");
         }
     }
     outcome
@@ -178,7 +178,7 @@ impl Session {
                     {
                         return outcome;
                     }
-                    tracing::debug!(customer = %self.customer, reason, "reconnecting participant websocket");
+                    tracing::debug!(conversation = %self.key, reason, "reconnecting participant websocket");
                     let wait = if reason == "refresh" {
                         Duration::ZERO
                     } else {
@@ -252,7 +252,7 @@ impl Session {
     }
 
     async fn load(&self) -> Result<StoredConversation, Step> {
-        match self.relay.store.get(&self.customer).await {
+        match self.relay.store.get(&self.key).await {
             Ok(Some(s)) => Ok(s),
             Ok(None) => Err(Step::Done(Outcome::Ended)),
             Err(_) => Err(Step::Reconnect("store_error")),
@@ -343,7 +343,7 @@ impl Session {
                     Frame::Closed => return Step::Reconnect("closed"),
                     Frame::Subscribed => {}
                     Frame::Other(what) => {
-                        tracing::debug!(customer = %self.customer, frame = %what, "unexpected websocket frame");
+                        tracing::debug!(conversation = %self.key, frame = %what, "unexpected websocket frame");
                     }
                 },
             }
@@ -617,7 +617,8 @@ impl Session {
             metrics::counter!("waconnect_relay_menus_total").increment(1);
         }
         let message = OutboundMessage {
-            to: self.customer.clone(),
+            to: self.key.customer.clone(),
+            from: self.key.business.clone(),
             body,
             media_urls: Vec::new(),
             files,
@@ -651,7 +652,7 @@ impl Session {
         let mut keys = Vec::new();
         for file in &item.attachments {
             if file.status == "IN_PROGRESS" {
-                tracing::debug!(customer = %self.customer, "an agent's file is still being scanned");
+                tracing::debug!(conversation = %self.key, "an agent's file is still being scanned");
                 continue;
             }
             let copied = crate::agent_file::copy(
@@ -669,7 +670,7 @@ impl Session {
                         .await?;
                 }
                 Err(e) => {
-                    tracing::warn!(customer = %self.customer, error = %e, "an agent's file could not be copied yet; will backfill");
+                    tracing::warn!(conversation = %self.key, error = %e, "an agent's file could not be copied yet; will backfill");
                     return Err(Step::Reconnect("attachment_error"));
                 }
             }
@@ -692,7 +693,7 @@ impl Session {
             .await
             .map(drop)
             .map_err(|e| {
-                tracing::warn!(customer = %self.customer, error = %e, "cannot tell the agent a file was not sent");
+                tracing::warn!(conversation = %self.key, error = %e, "cannot tell the agent a file was not sent");
                 Step::Reconnect("attachment_error")
             })
     }
@@ -710,14 +711,14 @@ impl Session {
 
     async fn enqueue(&self, message: &OutboundMessage) -> Result<(), Step> {
         let new = NewMessage {
-            group_id: self.customer.as_str().to_owned(),
+            group_id: self.key.storage(),
             dedup_id: message.dedup_id().to_owned(),
             body: message.to_json(),
         };
         match self.relay.outbound.send(new).await {
             Ok(_) => Ok(()),
             Err(e) => {
-                tracing::warn!(customer = %self.customer, error = %e, "outbound queue refused an agent message; will backfill");
+                tracing::warn!(conversation = %self.key, error = %e, "outbound queue refused an agent message; will backfill");
                 Err(Step::Reconnect("outbound_unavailable"))
             }
         }
@@ -755,7 +756,7 @@ impl Session {
         let current = move || lease.lock().expect("lease lock").clone();
         modify(
             &*self.relay.store,
-            &self.customer,
+            &self.key,
             self.record.take(),
             Fence::Lease(&current),
             change,
@@ -793,7 +794,7 @@ impl Session {
             Ok(Modified::Unchanged(_) | Modified::Missing) => {}
             Err(StoreError::LeaseLost) => return Outcome::LeaseLost,
             Err(e) => {
-                tracing::warn!(customer = %self.customer, error = %e, "cannot record the chat's end");
+                tracing::warn!(conversation = %self.key, error = %e, "cannot record the chat's end");
                 return Outcome::Ended;
             }
         }
@@ -801,10 +802,19 @@ impl Session {
             return Outcome::Ended;
         }
         metrics::counter!("waconnect_relay_chats_ended_total").increment(1);
-        tracing::info!(customer = %self.customer, contact_id = %self.contact_id, "chat ended");
-        if let (Some(text), Some(_)) = (&self.relay.config.closing_text, item) {
+        tracing::info!(conversation = %self.key, contact_id = %self.contact_id, "chat ended");
+        if let (Some(text), Some(_)) = (
+            &self
+                .relay
+                .config
+                .routes
+                .of(self.key.business.as_ref())
+                .closing_text,
+            item,
+        ) {
             let closing = OutboundMessage {
-                to: self.customer.clone(),
+                to: self.key.customer.clone(),
+                from: self.key.business.clone(),
                 body: text.clone(),
                 media_urls: Vec::new(),
                 files: Vec::new(),

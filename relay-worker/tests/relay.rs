@@ -14,7 +14,7 @@ use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::outbound::Origin;
 use waconnect_shared::queue::NewMessage;
 use waconnect_tests::connect_sim::SimOptions;
-use waconnect_tests::{customer, twilio, wait};
+use waconnect_tests::{customer, key, key_of, twilio, wait};
 
 const TOKEN: &str = "twilio-auth-token";
 const PUBLIC: &str = "https://wa.example.com";
@@ -147,7 +147,7 @@ async fn an_ended_chat_restarts_rehydrated_and_nothing_is_forwarded_twice() {
         "the conversation to end",
         Duration::from_secs(10),
         || async {
-            let s = stack.store.get(&ana).await.ok()??;
+            let s = stack.store.get(&key_of(&ana)).await.ok()??;
             (s.conversation.state == ConversationState::Ended && s.lease.owner.is_none())
                 .then_some(())
         },
@@ -156,7 +156,7 @@ async fn an_ended_chat_restarts_rehydrated_and_nothing_is_forwarded_twice() {
 
     stack.customer_says(&ana, "SM2", "me again").await;
     let second = wait::until("a new chat", Duration::from_secs(20), || async {
-        let s = stack.store.get(&ana).await.ok()??;
+        let s = stack.store.get(&key_of(&ana)).await.ok()??;
         let c = s
             .conversation
             .contact_id
@@ -210,13 +210,13 @@ async fn a_rehydrated_chat_with_new_item_ids_forwards_nothing_twice() {
     assert_eq!(bodies(&got[ana.as_str()]), ["a1", "a2"]);
     stack.desk.end(&first).await.unwrap();
     wait::until("the chat to end", Duration::from_secs(10), || async {
-        let s = stack.store.get(&ana).await.ok()??;
+        let s = stack.store.get(&key_of(&ana)).await.ok()??;
         (s.conversation.state == ConversationState::Ended && s.lease.owner.is_none()).then_some(())
     })
     .await;
     stack.customer_says(&ana, "SM2", "me again").await;
     let second = wait::until("a new chat", Duration::from_secs(20), || async {
-        let s = stack.store.get(&ana).await.ok()??;
+        let s = stack.store.get(&key_of(&ana)).await.ok()??;
         s.conversation
             .contact_id
             .filter(|c| *c != first && s.conversation.state == ConversationState::Active)
@@ -248,7 +248,7 @@ async fn a_webhook_replayed_after_the_chat_ended_is_dropped() {
     .await;
     stack.desk.end(&first).await.unwrap();
     wait::until("the chat to end", Duration::from_secs(10), || async {
-        let s = stack.store.get(&ana).await.ok()??;
+        let s = stack.store.get(&key_of(&ana)).await.ok()??;
         (s.conversation.state == ConversationState::Ended).then_some(())
     })
     .await;
@@ -260,7 +260,7 @@ async fn a_webhook_replayed_after_the_chat_ended_is_dropped() {
     stack
         .inbound
         .send(NewMessage {
-            group_id: ana.as_str().to_owned(),
+            group_id: key_of(&ana).storage(),
             dedup_id: "SM1-after-the-window".into(),
             body: replay.to_json(),
         })
@@ -268,7 +268,7 @@ async fn a_webhook_replayed_after_the_chat_ended_is_dropped() {
         .unwrap();
     stack.customer_says(&ana, "SM2", "me again").await;
     let second = wait::until("a new chat", Duration::from_secs(20), || async {
-        let s = stack.store.get(&ana).await.ok()??;
+        let s = stack.store.get(&key_of(&ana)).await.ok()??;
         s.conversation
             .contact_id
             .filter(|c| *c != first && s.conversation.state == ConversationState::Active)
@@ -490,7 +490,7 @@ async fn receipts_and_delivery_failures_reach_the_agent() {
             ("part".into(), "0".into()),
         ];
         NewMessage {
-            group_id: ana.as_str().to_owned(),
+            group_id: key_of(&ana).storage(),
             dedup_id: format!("{sid}:{status}"),
             body: event.to_json(),
         }
@@ -572,7 +572,7 @@ async fn a_call_connect_refuses_does_not_hold_up_the_stream() {
 async fn the_agent_cursor_is_written_lazily_and_at_hand_off() {
     let stack = Stack::new().await;
     let cursor_id = async || {
-        let stored = stack.store.get(&customer(3)).await.unwrap().unwrap();
+        let stored = stack.store.get(&key(3)).await.unwrap().unwrap();
         stored.conversation.agent_cursor.map(|c| c.id)
     };
     let relay = stack
@@ -611,4 +611,56 @@ async fn the_agent_cursor_is_written_lazily_and_at_hand_off() {
     .await;
     relay.shutdown().await;
     stack.no_more_outbound(Duration::from_millis(300)).await;
+}
+
+/// A chat recorded before several business numbers were supported (keyed by the customer
+/// alone, no number in the record) is not lost on upgrade: the customer's next message
+/// to the default route's number lands in it, no second chat starts, and the agent's
+/// reply goes out in that conversation's own group from the default sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_recorded_before_routing_continues_after_the_upgrade() {
+    use waconnect_shared::ConversationKey;
+
+    let stack = Stack::new().await;
+    let ana = customer(21);
+    // What the earlier version left: a live chat and its record under the bare customer.
+    let legacy = ConversationKey::legacy(ana.clone());
+    let api = stack.connect_api().await;
+    let contact = stack
+        .live_record(&api, legacy.clone(), "before-routing")
+        .await;
+
+    let relay = stack.relay(&[]).await;
+    stack.customer_says(&ana, "SM1", "still me").await;
+    wait::until(
+        "the text in the old chat",
+        Duration::from_secs(20),
+        || async {
+            let texts = stack.desk.customer_texts(&contact).await.ok()?;
+            (texts == ["still me"]).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(stack.store.get(&key_of(&ana)).await.unwrap(), None);
+    assert_eq!(
+        stack.desk.chats(None).await.unwrap().len(),
+        1,
+        "a second chat"
+    );
+    let noted = stack.store.get(&legacy).await.unwrap().unwrap();
+    assert_eq!(
+        noted.conversation.last_inbound_message_sid.as_deref(),
+        Some("SM1")
+    );
+
+    stack.desk.accept(&contact).await.unwrap();
+    stack.until_held(&contact).await;
+    stack.desk.send(&contact, "welcome back").await.unwrap();
+    // The helper checks each message's group is its conversation's: here the bare one.
+    let got = stack.outbound_until(1, Duration::from_secs(20)).await;
+    let reply = &got[ana.as_str()];
+    assert_eq!(bodies(reply), ["welcome back"]);
+    assert_eq!(reply[0].from, None);
+    assert_eq!(reply[0].key(), legacy);
+    relay.shutdown().await;
 }

@@ -95,6 +95,28 @@ pub(crate) struct Parts {
 
 /// The sandbox's approved template, for conversations the agent starts.
 pub const TEMPLATE: &str = "HX5a4dbc0c000000000000000000000001";
+
+/// The two businesses the sandbox serves, each its own WhatsApp number and route: the
+/// phone can write to either, and each has its own chat.
+pub const BUSINESSES: [(&str, &str); 2] = [
+    ("Acme", "whatsapp:+14155238886"),
+    ("Globex", "whatsapp:+442071838750"),
+];
+
+/// The sandbox's routing file: both numbers on the one simulated instance, each with its
+/// own flow, brand attribute and closing text.
+fn routing() -> String {
+    BUSINESSES
+        .iter()
+        .map(|(name, number)| {
+            format!(
+                "[[route]]\nname = \"{}\"\nnumbers = [\"{number}\"]\ncontact_flow_id = \"sandbox-{}-flow\"\nclosing_text = \"{name} has closed this chat. Write again any time.\"\n[route.attributes]\nbrand = \"{name}\"\n\n",
+                name.to_lowercase(),
+                name.to_lowercase(),
+            )
+        })
+        .collect()
+}
 const TEMPLATE_BODY: &str =
     "Hi {{1}}, this is the support team about your recent order. Reply here to chat with us.";
 
@@ -109,6 +131,12 @@ fn pairs(list: &[(&str, &str)], db: &Path, storage: &[(String, String)]) -> Conf
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    // Every service reads the routing file beside the database.
+    let routing = db.with_file_name("routing.toml");
+    vars.push((
+        waconnect_shared::routing::ROUTING_FILE_VAR.into(),
+        routing.display().to_string(),
+    ));
     vars.push(("WACONNECT_SQLITE_PATH".into(), db.display().to_string()));
     vars.push(("WACONNECT_SQLITE_SYNCHRONOUS".into(), "normal".into()));
     vars.push(("WACONNECT_QUEUE_DEPTH_INTERVAL".into(), "1s".into()));
@@ -121,6 +149,7 @@ impl Sandbox {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("waconnect.db");
+        std::fs::write(dir.path().join("routing.toml"), routing())?;
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -144,6 +173,8 @@ impl Sandbox {
             status_delay: std::time::Duration::from_millis(150),
             sender_rate: options.sender_rate,
             templates: vec![(TEMPLATE.into(), TEMPLATE_BODY.into())],
+            sender: BUSINESSES[0].1.into(),
+            other_senders: BUSINESSES[1..].iter().map(|(_, n)| (*n).into()).collect(),
             ..TwilioOptions::default()
         };
         // The relay binds its API itself: a port free now, on loopback.
@@ -184,6 +215,7 @@ impl Sandbox {
                 ("AWS_SECRET_ACCESS_KEY", "sandbox"),
                 ("WACONNECT_CONNECT_INSTANCE_ID", &instance),
                 ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "sandbox-chat-flow"),
+                // Each route names its own flow and closing text (the routing file).
                 ("WACONNECT_CONNECT_ENDPOINT", &connect),
                 ("WACONNECT_RELAY_SWEEP_INTERVAL", "1s"),
                 // Customers' files are fetched from the Twilio simulator, and the agent's
@@ -198,10 +230,6 @@ impl Sandbox {
                 ("WACONNECT_RELAY_API_TOKEN", &outreach_token),
                 // The agent's files are served by ingress, under its public URL.
                 ("WACONNECT_PUBLIC_BASE_URL", &ingress),
-                (
-                    "WACONNECT_RELAY_CLOSING_TEXT",
-                    "The agent has closed this chat. Write again any time.",
-                ),
             ],
             &db,
             &options.storage,

@@ -18,6 +18,7 @@ const PAGE: &str = include_str!("index.html");
 pub(crate) fn router(parts: Arc<Parts>) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/businesses", get(businesses))
         .route("/api/phone/send", post(phone_send))
         .route("/api/phone/inbox", get(phone_inbox))
         .route("/api/phone/read", post(phone_read))
@@ -58,9 +59,21 @@ fn answer<T: serde::Serialize>(r: anyhow::Result<T>) -> Response {
     }
 }
 
+/// The business numbers the phone can write to, by name.
+async fn businesses() -> Response {
+    let list: Vec<_> = crate::BUSINESSES
+        .iter()
+        .map(|(name, number)| json!({ "name": name, "number": number }))
+        .collect();
+    Json(list).into_response()
+}
+
 #[derive(Deserialize)]
 struct PhoneText {
     from: String,
+    /// The business number written to (the phone's chat with it).
+    #[serde(default)]
+    to: Option<String>,
     body: String,
     /// The message this one replies to (swipe-to-reply).
     #[serde(default)]
@@ -70,6 +83,7 @@ struct PhoneText {
 async fn phone_send(State(p): State<Arc<Parts>>, Json(t): Json<PhoneText>) -> Response {
     let message = CustomerMessage {
         from: t.from,
+        to: t.to,
         body: t.body,
         reply_to: t.reply_to,
         ..Default::default()
@@ -81,6 +95,8 @@ async fn phone_send(State(p): State<Arc<Parts>>, Json(t): Json<PhoneText>) -> Re
 #[derive(Deserialize)]
 struct FileQuery {
     from: String,
+    #[serde(default)]
+    to: Option<String>,
     #[serde(default)]
     caption: String,
 }
@@ -103,7 +119,13 @@ async fn phone_file(
 ) -> Response {
     let sent = p
         .phone
-        .send_file(&q.from, bytes.to_vec(), &content_type(&headers), &q.caption)
+        .send_file_to(
+            &q.from,
+            q.to.as_deref(),
+            bytes.to_vec(),
+            &content_type(&headers),
+            &q.caption,
+        )
         .await;
     answer(sent.map(|(sid, status)| json!({ "message_sid": sid, "status": status })))
 }
@@ -111,6 +133,8 @@ async fn phone_file(
 #[derive(Deserialize)]
 struct From {
     from: String,
+    #[serde(default)]
+    to: Option<String>,
 }
 
 /// The customer records a voice note: two seconds of a tone, as WhatsApp records them
@@ -137,7 +161,13 @@ async fn phone_voice_note(State(p): State<Arc<Parts>>, Json(f): Json<From>) -> R
         anyhow::ensure!(status.success(), "ffmpeg could not record a voice note");
         let bytes = tokio::fs::read(&path).await?;
         p.phone
-            .send_file(&f.from, bytes, "audio/ogg; codecs=opus", "")
+            .send_file_to(
+                &f.from,
+                f.to.as_deref(),
+                bytes,
+                "audio/ogg; codecs=opus",
+                "",
+            )
             .await
     }
     .await;
@@ -147,6 +177,8 @@ async fn phone_voice_note(State(p): State<Arc<Parts>>, Json(f): Json<From>) -> R
 #[derive(Deserialize)]
 struct Place {
     from: String,
+    #[serde(default)]
+    to: Option<String>,
     latitude: f64,
     longitude: f64,
     label: Option<String>,
@@ -158,6 +190,7 @@ async fn phone_location(State(p): State<Arc<Parts>>, Json(l): Json<Place>) -> Re
         .phone
         .send(&CustomerMessage {
             from: l.from,
+            to: l.to,
             location: Some(Location {
                 latitude: l.latitude,
                 longitude: l.longitude,
@@ -278,6 +311,9 @@ async fn agent_read(
 struct Start {
     customer: String,
     name: String,
+    /// Which business writes (its number); the default route's when absent.
+    #[serde(default)]
+    business: Option<String>,
 }
 
 /// The agent starts a conversation: the sandbox's template, through the relay's API, as
@@ -288,6 +324,7 @@ async fn agent_start(State(p): State<Arc<Parts>>, Json(s): Json<Start>) -> Respo
         "content_sid": crate::TEMPLATE,
         "variables": { "1": s.name },
         "key": uuid::Uuid::new_v4().simple().to_string(),
+        "business": s.business,
     });
     let sent = async {
         let r = reqwest::Client::new()

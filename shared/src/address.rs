@@ -2,6 +2,9 @@
 //! SMS, refused by ingress unless configured). It keys the conversation table and is the
 //! FIFO group id on both queues.
 //!
+//! Our own side of a conversation is a [`BusinessNumber`]: the WhatsApp sender a customer
+//! wrote to. Unlike the customer's, it is public and shown in clear.
+//!
 //! Phone numbers are personal data: `Debug` and `Display` mask the middle digits, so an
 //! address can be logged safely; the clear form is only reachable through [`CustomerAddress::as_str`].
 
@@ -113,6 +116,57 @@ impl Serialize for CustomerAddress {
 }
 
 impl<'de> Deserialize<'de> for CustomerAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One of the business's WhatsApp senders, as Twilio writes it (`whatsapp:+<E.164>`): the
+/// `To` of a customer's message, the `From` of ours. Public, so shown in clear.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BusinessNumber(String);
+
+impl BusinessNumber {
+    pub fn parse(input: &str) -> Result<Self, AddressError> {
+        let number = input.strip_prefix("whatsapp:").unwrap_or(input);
+        if !is_e164(number) {
+            return Err(AddressError(mask(input)));
+        }
+        Ok(Self(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BusinessNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BusinessNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BusinessNumber({})", self.0)
+    }
+}
+
+impl FromStr for BusinessNumber {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for BusinessNumber {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for BusinessNumber {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
         Self::parse(&raw).map_err(serde::de::Error::custom)

@@ -488,7 +488,7 @@ pub enum SignatureCheck {
     InsecureSkip,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IngressConfig {
     pub common: CommonConfig,
     pub bind: SocketAddr,
@@ -505,6 +505,8 @@ pub struct IngressConfig {
     pub body_timeout: Duration,
     /// Connections open at once; one more is closed at once.
     pub max_connections: usize,
+    /// The business numbers served: a message to any other is refused, nothing queued.
+    pub routing: crate::routing::Routing,
 }
 
 impl IngressConfig {
@@ -545,7 +547,9 @@ impl IngressConfig {
             10_000,
             "a number of connections",
         );
+        let routing = crate::routing::Routing::read(&mut r);
         let config = signature.map(|signature| Self {
+            routing,
             common,
             bind,
             signature,

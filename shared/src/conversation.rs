@@ -1,11 +1,80 @@
-//! The conversation record (docs/architecture.md §3), keyed by customer address. Lease fields live
+//! The conversation record (docs/architecture.md §3), keyed by the pair (business number,
+//! customer): a customer who writes to two of the business's numbers has two. Lease fields live
 //! beside the record in the store ([`crate::store::StoredConversation`]) so a data write
 //! can never overwrite a lease by accident.
 
-use crate::address::CustomerAddress;
+use crate::address::{AddressError, BusinessNumber, CustomerAddress};
 use crate::secret::Secret;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// Which conversation: the business number the customer wrote to, and the customer. It
+/// keys the conversation table and is the FIFO group on both queues.
+///
+/// `business` is `None` only for records written before several numbers were supported
+/// (keyed by the customer alone): they belong to the default route, keep their key until
+/// they end, and are found again when the customer writes to that route
+/// (docs/architecture.md §3).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ConversationKey {
+    pub business: Option<BusinessNumber>,
+    pub customer: CustomerAddress,
+}
+
+/// Between the business number and the customer in the stored key: neither contains it.
+const KEY_SEPARATOR: char = '|';
+
+impl ConversationKey {
+    pub fn new(business: BusinessNumber, customer: CustomerAddress) -> Self {
+        Self {
+            business: Some(business),
+            customer,
+        }
+    }
+
+    /// A record written before routing: keyed by the customer alone.
+    pub fn legacy(customer: CustomerAddress) -> Self {
+        Self {
+            business: None,
+            customer,
+        }
+    }
+
+    /// The key as stored and as the queues' group id: `<business>|<customer>`, or the
+    /// customer alone for a legacy record. Holds the customer's number in clear: never log it.
+    pub fn storage(&self) -> String {
+        match &self.business {
+            Some(b) => format!("{}{KEY_SEPARATOR}{}", b.as_str(), self.customer.as_str()),
+            None => self.customer.as_str().to_owned(),
+        }
+    }
+
+    pub fn parse_storage(raw: &str) -> Result<Self, AddressError> {
+        Ok(match raw.split_once(KEY_SEPARATOR) {
+            Some((business, customer)) => Self::new(
+                BusinessNumber::parse(business)?,
+                CustomerAddress::parse(customer)?,
+            ),
+            None => Self::legacy(CustomerAddress::parse(raw)?),
+        })
+    }
+}
+
+/// Safe for logs: the business number in clear, the customer masked.
+impl std::fmt::Display for ConversationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.business {
+            Some(b) => write!(f, "{b}{KEY_SEPARATOR}{}", self.customer),
+            None => write!(f, "{}", self.customer),
+        }
+    }
+}
+
+impl std::fmt::Debug for ConversationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConversationKey({self})")
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,6 +109,9 @@ pub struct AgentCursor {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversation {
     pub customer: CustomerAddress,
+    /// The number the customer wrote to (absent from records written before routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business: Option<BusinessNumber>,
     pub state: ConversationState,
     #[serde(default)]
     pub contact_id: Option<String>,
@@ -81,9 +153,10 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    pub fn new(customer: CustomerAddress) -> Self {
+    pub fn new(key: ConversationKey) -> Self {
         Self {
-            customer,
+            customer: key.customer,
+            business: key.business,
             state: ConversationState::Starting,
             contact_id: None,
             initial_contact_id: None,
@@ -103,6 +176,13 @@ impl Conversation {
         }
     }
 
+    pub fn key(&self) -> ConversationKey {
+        ConversationKey {
+            business: self.business.clone(),
+            customer: self.customer.clone(),
+        }
+    }
+
     /// Records that the chat is over: no token to use any more, and the record (with the
     /// customer's number and the chat's tokens) may be deleted `keep` from now.
     pub fn end(&mut self, keep: std::time::Duration) {
@@ -110,6 +190,14 @@ impl Conversation {
         self.connection_token = None;
         let keep = i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
         self.ttl = Some(Utc::now().timestamp().saturating_add(keep));
+    }
+
+    /// The connection token in clear, for the Participant API calls ("" when none).
+    pub fn connection_token_value(&self) -> String {
+        self.connection_token
+            .as_ref()
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default()
     }
 
     /// A new chat for the customer: the record is live again and kept.
@@ -129,7 +217,10 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_no_secret_in_debug() {
-        let mut c = Conversation::new(CustomerAddress::parse("whatsapp:+15551234567").unwrap());
+        let mut c = Conversation::new(ConversationKey::new(
+            BusinessNumber::parse("whatsapp:+14155238886").unwrap(),
+            CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+        ));
         c.state = ConversationState::Active;
         c.contact_id = Some("contact-1".into());
         c.initial_contact_id = Some("contact-0".into());
@@ -153,5 +244,31 @@ mod tests {
         assert!(!shown.contains("participant-secret"), "{shown}");
         assert!(!shown.contains("connection-secret"), "{shown}");
         assert!(!shown.contains("15551234567"), "{shown}");
+    }
+
+    #[test]
+    fn keys_round_trip_and_hide_the_customer() {
+        let key = ConversationKey::new(
+            BusinessNumber::parse("whatsapp:+14155238886").unwrap(),
+            CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+        );
+        assert_eq!(key.storage(), "whatsapp:+14155238886|whatsapp:+15551234567");
+        assert_eq!(ConversationKey::parse_storage(&key.storage()).unwrap(), key);
+        for shown in [format!("{key}"), format!("{key:?}")] {
+            assert!(!shown.contains("15551234567"), "{shown}");
+            assert!(shown.contains("whatsapp:+14155238886"), "{shown}");
+        }
+        // A record written before routing is keyed by the customer alone.
+        let legacy = ConversationKey::parse_storage("whatsapp:+15551234567").unwrap();
+        assert_eq!(legacy.business, None);
+        assert_eq!(legacy.storage(), "whatsapp:+15551234567");
+        let old: Conversation = serde_json::from_str(
+            r#"{"customer":"whatsapp:+15551234567","state":"active","created_at":"2026-11-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.key(), legacy);
+        assert!(ConversationKey::parse_storage("whatsapp:+1|whatsapp:+15551234567").is_err());
+        // The group id fits SQS's 128 characters with the status prefix.
+        assert!(format!("status:{}", key.storage()).len() <= 128);
     }
 }

@@ -2,7 +2,8 @@
 //! (Twilio adds fields without notice, and the relay may want them later), with typed
 //! accessors for the fields waconnect uses.
 
-use crate::address::{AddressError, CustomerAddress};
+use crate::address::{AddressError, BusinessNumber, CustomerAddress};
+use crate::conversation::ConversationKey;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -16,14 +17,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The inbound queue's FIFO group for this kind of event from or about `customer`.
-    /// Status callbacks have a group of their own per customer: a receipt that meets a
-    /// Connect hiccup must never hold up (or, retried, endanger) the customer's next
+    /// The inbound queue's FIFO group for this kind of event in conversation `key`.
+    /// Status callbacks have a group of their own per conversation: a receipt that meets
+    /// a Connect hiccup must never hold up (or, retried, endanger) the customer's next
     /// message, while receipts stay in order among themselves.
-    pub fn queue_group(self, customer: &crate::CustomerAddress) -> String {
+    pub fn queue_group(self, key: &crate::ConversationKey) -> String {
         match self {
-            Self::Message => customer.as_str().to_owned(),
-            Self::Status => format!("status:{}", customer.as_str()),
+            Self::Message => key.storage(),
+            Self::Status => format!("status:{}", key.storage()),
         }
     }
 }
@@ -155,6 +156,22 @@ impl InboundEvent {
         };
         CustomerAddress::parse(self.required(field)?)
             .map_err(|source| EventError::Address { field, source })
+    }
+
+    /// Our number: the one a message was sent to, the one a status callback's message was
+    /// sent from.
+    pub fn business(&self) -> Result<BusinessNumber, EventError> {
+        let field = match self.kind {
+            EventKind::Message => "To",
+            EventKind::Status => "From",
+        };
+        BusinessNumber::parse(self.required(field)?)
+            .map_err(|source| EventError::Address { field, source })
+    }
+
+    /// The conversation this event belongs to.
+    pub fn key(&self) -> Result<ConversationKey, EventError> {
+        Ok(ConversationKey::new(self.business()?, self.customer()?))
     }
 
     /// The queue deduplication id: Twilio retries the same webhook with the same
@@ -325,7 +342,12 @@ mod tests {
         );
         e.validate().unwrap();
         assert_eq!(e.customer().unwrap().as_str(), "whatsapp:+15551234567");
+        assert_eq!(e.business().unwrap().as_str(), "whatsapp:+14155238886");
         assert_eq!(e.dedup_id().unwrap(), "SM9:delivered");
+        assert_eq!(
+            EventKind::Status.queue_group(&e.key().unwrap()),
+            "status:whatsapp:+14155238886|whatsapp:+15551234567"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod outbound;
 pub mod queue;
 pub mod retention;
 pub mod roster;
+pub mod routing;
 pub mod secret;
 pub mod shutdown;
 pub mod signature;
@@ -39,5 +40,6 @@ pub mod time;
 pub mod twilio_account;
 pub mod worker;
 
-pub use address::CustomerAddress;
+pub use address::{BusinessNumber, CustomerAddress};
+pub use conversation::ConversationKey;
 pub use secret::Secret;

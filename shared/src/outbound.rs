@@ -1,12 +1,17 @@
 //! What the relay puts on the outbound queue for the sender: one message to one customer.
 
-use crate::address::CustomerAddress;
+use crate::address::{BusinessNumber, CustomerAddress};
+use crate::conversation::ConversationKey;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundMessage {
     pub to: CustomerAddress,
+    /// The business number the customer wrote to: the reply's route and `From`. Absent
+    /// for conversations from before routing (the default route's sender then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BusinessNumber>,
     /// Free-form text; may be empty when the message carries only media or a template.
     #[serde(default)]
     pub body: String,
@@ -78,6 +83,14 @@ pub enum Origin {
 }
 
 impl OutboundMessage {
+    /// The conversation this message belongs to: its FIFO group is the key's.
+    pub fn key(&self) -> ConversationKey {
+        ConversationKey {
+            business: self.from.clone(),
+            customer: self.to.clone(),
+        }
+    }
+
     /// Outbound dedup id: the Connect item id, so a redelivered websocket item or a
     /// backfill overlap never texts the customer twice.
     pub fn dedup_id(&self) -> String {
@@ -122,6 +135,7 @@ mod tests {
     fn json_round_trip() {
         let m = OutboundMessage {
             to: CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+            from: Some(BusinessNumber::parse("whatsapp:+14155238886").unwrap()),
             body: "Hello from the agent".into(),
             media_urls: vec!["https://example.com/a.png".into()],
             files: Vec::new(),
@@ -157,6 +171,7 @@ mod tests {
     fn a_resend_keeps_the_part_and_counts_to_its_bound() {
         let m = OutboundMessage {
             to: CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+            from: None,
             body: "b".into(),
             media_urls: Vec::new(),
             files: Vec::new(),

@@ -177,7 +177,10 @@ mod tests {
             for i in 0..PER_ROUND {
                 let n = round * PER_ROUND + i;
                 let customer = CustomerAddress::parse(&format!("whatsapp:+1555{n:07}")).unwrap();
-                let mut c = Conversation::new(customer.clone());
+                let mut c = Conversation::new(crate::ConversationKey::new(
+                    crate::BusinessNumber::parse("whatsapp:+14155238886").unwrap(),
+                    customer.clone(),
+                ));
                 c.contact_id = Some(format!("contact-{n}-{}", "x".repeat(200)));
                 c.end(Duration::ZERO);
                 c.ttl = Some(chrono::Utc::now().timestamp() - 1);

@@ -1,7 +1,9 @@
 // The sandbox in a real browser: the customer types, the agent accepts and replies, and
 // the phone shows the reply with its read tick; the agent desk shows the read receipt.
 // Then files both ways: the customer's photo, voice note and location reach the agent
-// (the voice note converted to WAV), the agent's PDF reaches the phone.
+// (the voice note converted to WAV), the agent's PDF reaches the phone. Then the same
+// customer writes to the second business number (its own chat on both sides), and the
+// agent starts a conversation with a template.
 // Usage: node sandbox.mjs <waconnect-sandbox binary> <screenshot.png>
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
@@ -80,6 +82,22 @@ try {
   await page.setInputFiles('#agent-file', { name: 'returns-label.pdf', mimeType: 'application/pdf', buffer: pdf });
   await page.locator('#phone-messages .msg.in[data-file="application/pdf"] a.file', { hasText: 'returns-label.pdf' }).waitFor({ timeout: 30000 });
   await page.screenshot({ path: screenshot });
+  // The same customer writes to the other business number: a second chat, its own
+  // brand, and the reply arrives in that business's chat on the phone, not Acme's.
+  await page.click('#phone-businesses button[data-number="whatsapp:+442071838750"]');
+  await page.fill('#phone-input', 'Hello Globex, a question about my invoice');
+  await page.click('#phone-send');
+  await page.locator('#chats .chat[data-brand="Globex"] button.accept').click({ timeout: 20000 });
+  await page.locator('#transcript .msg.customer', { hasText: 'about my invoice' }).waitFor({ timeout: 20000 });
+  await page.waitForSelector('#agent-input:not([disabled])', { timeout: 20000 });
+  await page.fill('#agent-input', 'Globex billing here, happy to help.');
+  await page.click('#agent-send');
+  await page.locator('#phone-messages .msg.in', { hasText: 'Globex billing here' }).waitFor({ timeout: 20000 });
+  await page.click('#phone-businesses button[data-number="whatsapp:+14155238886"]');
+  await page.locator('#phone-messages .msg.in', { hasText: 'It ships today' }).waitFor({ timeout: 20000 });
+  if (await page.locator('#phone-messages .msg', { hasText: 'Globex billing here' }).count() !== 0) {
+    throw new Error("Globex's reply shows in Acme's chat");
+  }
   // The agent starts a conversation with another customer: the template reaches their
   // phone, and the agent sees it in the new chat.
   await page.fill('#agent-start-number', 'whatsapp:+15551230002');

@@ -34,6 +34,8 @@ pub struct LoopOptions {
     pub sender_vars: Vec<(&'static str, String)>,
     /// SQS, DynamoDB and S3 on moto instead of the embedded engine.
     pub aws: bool,
+    /// A routing file's text (several business numbers), given to every service.
+    pub routing: Option<String>,
 }
 
 impl FullLoop {
@@ -44,6 +46,7 @@ impl FullLoop {
             relay_vars: relay_extra,
             sender_vars: sender_extra,
             aws,
+            routing,
         } = options;
         // Later variables win: the engine's come after each process's own.
         let storage = if aws {
@@ -54,6 +57,11 @@ impl FullLoop {
         };
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("waconnect.db").display().to_string();
+        let routing_file = routing.map(|text| {
+            let path = dir.path().join("routing.toml");
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        });
         let connect = ConnectSim::start_with(connect).await;
         let ingress_port = free_port().await;
         let ingress = format!("http://{ingress_port}");
@@ -71,14 +79,18 @@ impl FullLoop {
             ("RUST_LOG", "warn"),
             ("WACONNECT_PUBLIC_BASE_URL", ingress.as_str()),
         ];
-        let mut ingress_vars = vars(&common);
+        let mut common = vars(&common);
+        if let Some(path) = &routing_file {
+            common.extend(vars(&[("WACONNECT_ROUTING_FILE", path.as_str())]));
+        }
+        let mut ingress_vars = common.clone();
         ingress_vars.extend(vars(&[
             ("TWILIO_AUTH_TOKEN", &o.auth_token),
             ("WACONNECT_INGRESS_BIND", &ingress_port),
         ]));
         ingress_vars.extend(storage.iter().cloned());
         let ingress_process = spawn("ingress", &ingress_vars);
-        let mut relay_vars = vars(&common);
+        let mut relay_vars = common.clone();
         relay_vars.extend(vars(&[
             ("AWS_REGION", "us-east-1"),
             ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
@@ -94,6 +106,8 @@ impl FullLoop {
             ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
             ("WACONNECT_TWILIO_MESSAGING_BASE", &twilio.api_base()),
             ("WACONNECT_TWILIO_CONTENT_BASE", &twilio.api_base()),
+            // The number conversations the business starts are sent from.
+            ("TWILIO_FROM", &o.sender),
         ]));
         relay_vars.extend(storage.iter().cloned());
         relay_vars.extend(
@@ -102,7 +116,7 @@ impl FullLoop {
                 .map(|(k, v)| ((*k).to_owned(), v.clone())),
         );
         let relay = spawn("relay-worker", &relay_vars);
-        let mut sender_vars = vars(&common);
+        let mut sender_vars = common;
         sender_vars.extend(vars(&[
             ("TWILIO_ACCOUNT_SID", &o.account_sid),
             ("TWILIO_AUTH_TOKEN", &o.auth_token),

@@ -13,11 +13,28 @@ pub mod twilio;
 pub mod twilio_sim;
 pub mod wait;
 
-use waconnect_shared::CustomerAddress;
+use waconnect_shared::{BusinessNumber, ConversationKey, CustomerAddress};
 
 /// A distinct, valid WhatsApp customer for test number `i`.
 pub fn customer(i: usize) -> CustomerAddress {
     CustomerAddress::parse(&format!("whatsapp:+1555{i:07}")).expect("valid test number")
+}
+
+/// The business number test customers write to: the simulated sender's.
+pub const BUSINESS: &str = "whatsapp:+14155238886";
+
+pub fn business() -> BusinessNumber {
+    BusinessNumber::parse(BUSINESS).expect("valid business number")
+}
+
+/// Test customer `i`'s conversation with [`BUSINESS`].
+pub fn key(i: usize) -> ConversationKey {
+    key_of(&customer(i))
+}
+
+/// `customer`'s conversation with [`BUSINESS`].
+pub fn key_of(customer: &CustomerAddress) -> ConversationKey {
+    ConversationKey::new(business(), customer.clone())
 }
 
 /// A loopback address nobody listens on right now, for a process that binds it itself.

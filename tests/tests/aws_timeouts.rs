@@ -9,7 +9,6 @@ use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::StoreError;
 use waconnect_shared::store::dynamodb::DynamoStore;
 use waconnect_shared::table::Table;
-use waconnect_tests::customer;
 use waconnect_tests::moto::Moto;
 
 #[tokio::test]
@@ -30,7 +29,7 @@ async fn calls_to_a_stalled_endpoint_give_up_within_the_call_timeout() {
     let (sqs, dynamodb, _) = waconnect_shared::backend::aws_clients(&config).await;
     let store = DynamoStore::new(Table::new(dynamodb, "conversations"));
     let started = Instant::now();
-    let read = store.get(&customer(1)).await;
+    let read = store.get(&waconnect_tests::key(1)).await;
     assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "DynamoDB call took {took:?}");

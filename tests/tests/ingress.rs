@@ -149,7 +149,8 @@ async fn accepted_webhook_is_enqueued_before_the_answer() {
         .await
         .unwrap();
     assert_eq!(raw.len(), 1);
-    assert_eq!(raw[0].group_id, customer(1).as_str());
+    // The conversation's group: the business number written to and the customer.
+    assert_eq!(raw[0].group_id, waconnect_tests::key(1).storage());
     assert_eq!(raw[0].dedup_id, "SM0001");
     let event = InboundEvent::from_json(&raw[0].body).unwrap();
     assert_eq!(event.kind, EventKind::Message);
@@ -357,6 +358,73 @@ async fn non_whatsapp_senders_are_refused_unless_allowed() {
         StatusCode::OK
     );
     assert_eq!(allowing.queued().await.len(), 1);
+}
+
+/// With a routing file, only the numbers it lists are served: a message to any other is
+/// refused (404, so Twilio's debugger shows it) with a log line and a metric, and nothing
+/// is queued.
+#[tokio::test]
+async fn messages_to_a_number_no_route_lists_are_refused_and_nothing_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let routing = dir.path().join("routing.toml");
+    std::fs::write(
+        &routing,
+        format!(
+            "[[route]]\nname = \"acme\"\nnumbers = [\"{}\"]\n",
+            waconnect_tests::BUSINESS
+        ),
+    )
+    .unwrap();
+    let app = spawn_ingress(&[("WACONNECT_ROUTING_FILE", routing.to_str().unwrap())]).await;
+    let served = text(1, "SM0101", "to acme");
+    assert_eq!(
+        app.post_signed("/twilio/messages", &served).await.status(),
+        StatusCode::OK
+    );
+    let mut elsewhere = text(1, "SM0102", "to a number nobody serves");
+    for (k, v) in &mut elsewhere {
+        if k == "To" {
+            *v = "whatsapp:+15557654321".into();
+        }
+    }
+    let refused = app.post_signed("/twilio/messages", &elsewhere).await;
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("whatsapp:+15557654321")
+    );
+    // A receipt for a message sent from an unknown number is refused too.
+    let mut receipt = status_callback("SM0103", customer(1).as_str(), "read");
+    for (k, v) in &mut receipt {
+        if k == "From" {
+            *v = "whatsapp:+15557654321".into();
+        }
+    }
+    assert_eq!(
+        app.post_signed("/twilio/status", &receipt).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let queued = app.queued().await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].body(), "to acme");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.local))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "waconnect_ingress_requests_total{route=\"message\",outcome=\"unknown_number\"} 1"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -169,6 +169,7 @@ impl Stack {
     pub async fn agent_says(&self, to: &CustomerAddress, item: &str, body: &str) {
         let message = OutboundMessage {
             to: to.clone(),
+            from: Some(waconnect_tests::business()),
             body: body.to_owned(),
             media_urls: Vec::new(),
             files: Vec::new(),
@@ -184,7 +185,7 @@ impl Stack {
         };
         self.outbound
             .send(NewMessage {
-                group_id: to.as_str().to_owned(),
+                group_id: message.key().storage(),
                 dedup_id: item.to_owned(),
                 body: message.to_json(),
             })

@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 use waconnect_shared::CustomerAddress;
-use waconnect_tests::{customer, wait};
+use waconnect_tests::{customer, key_of, wait};
 
 /// Each customer's conversation's lease holder, if its lease is current.
 pub async fn holders(stack: &Stack, customers: &[CustomerAddress]) -> Vec<Option<String>> {
     let now = chrono::Utc::now();
     // All at once: on DynamoDB one by one would take longer than the adoption measured.
-    let reads = customers.iter().map(|c| stack.store.get(c));
+    let keys: Vec<_> = customers.iter().map(key_of).collect();
+    let reads = keys.iter().map(|k| stack.store.get(k));
     futures_util::future::join_all(reads)
         .await
         .into_iter()

@@ -15,9 +15,11 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::CustomerAddress;
+use waconnect_relay_worker::config::ConnectSettings;
+use waconnect_relay_worker::connect::{ConnectApi, NewChat};
 use waconnect_shared::backend::Backend;
 use waconnect_shared::config::{ConfigSource, Synchronous};
+use waconnect_shared::conversation::Conversation;
 use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::outbound::OutboundMessage;
@@ -26,9 +28,10 @@ use waconnect_shared::queue::{Limits, NewMessage, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::sqlite::SqliteStore;
+use waconnect_shared::{ConversationKey, CustomerAddress};
 use waconnect_tests::connect_sim::{ConnectSim, DeskClient, SimOptions};
 use waconnect_tests::moto::Moto;
-use waconnect_tests::{twilio, wait};
+use waconnect_tests::{key_of, twilio, wait};
 
 pub const LEASE: Duration = Duration::from_secs(3);
 /// Failed attempts before a message is dead-lettered.
@@ -194,7 +197,7 @@ impl Stack {
         );
         self.inbound
             .send(NewMessage {
-                group_id: customer.as_str().to_owned(),
+                group_id: key_of(customer).storage(),
                 dedup_id: sid.to_owned(),
                 body: event.to_json(),
             })
@@ -205,7 +208,7 @@ impl Stack {
     /// The customer's current Connect contact, once the relay has started one.
     pub async fn contact_of(&self, customer: &CustomerAddress) -> String {
         wait::until("the chat to start", Duration::from_secs(20), || async {
-            let s = self.store.get(customer).await.ok()??;
+            let s = self.store.get(&key_of(customer)).await.ok()??;
             (s.conversation.state == ConversationState::Active)
                 .then(|| s.conversation.contact_id.clone())
                 .flatten()
@@ -248,7 +251,11 @@ impl Stack {
             for m in batch {
                 self.outbound.delete(&m.receipt).await.unwrap();
                 let message = OutboundMessage::from_json(&m.body).unwrap();
-                got.entry(m.group_id).or_default().push(message);
+                // Each conversation's messages share its FIFO group.
+                assert_eq!(m.group_id, message.key().storage());
+                got.entry(message.to.as_str().to_owned())
+                    .or_default()
+                    .push(message);
                 count += 1;
             }
         }
@@ -270,6 +277,51 @@ impl Stack {
                 .map(|m| OutboundMessage::from_json(&m.body).unwrap().body)
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// A Connect API client on this stack's simulator, as the relay builds its own.
+    pub async fn connect_api(&self) -> ConnectApi {
+        let source = ConfigSource::from_pairs(self.vars(&[]));
+        let aws = waconnect_shared::aws::AwsConfig::read(&mut source.reader());
+        ConnectApi::new(
+            &aws.load().await,
+            ConnectSettings {
+                endpoint: Some(self.sim.endpoint()),
+                participant_endpoint: Some(self.sim.endpoint()),
+                chat_duration_minutes: 1500,
+            },
+        )
+    }
+
+    /// A live chat in the simulator and its record under `key`, held by nobody: a
+    /// conversation as a relay (of this version or an earlier one) left it. Returns the
+    /// chat's contact.
+    pub async fn live_record(&self, api: &ConnectApi, key: ConversationKey, token: &str) -> String {
+        let chat = api
+            .start_chat(NewChat {
+                instance_id: self.sim.instance_id(),
+                contact_flow_id: "chat-flow",
+                display_name: "Customer",
+                attributes: HashMap::new(),
+                client_token: token.to_owned(),
+                continue_from: None,
+            })
+            .await
+            .unwrap();
+        let connection = api
+            .create_connection(&chat.participant_token)
+            .await
+            .unwrap();
+        let mut c = Conversation::new(key);
+        c.state = ConversationState::Active;
+        c.contact_id = Some(chat.contact_id.clone());
+        c.initial_contact_id = Some(chat.contact_id.clone());
+        c.participant_id = Some(chat.participant_id);
+        c.participant_token = Some(chat.participant_token.into());
+        c.connection_token = Some(connection.connection_token.into());
+        c.connection_expires_at = Some(connection.connection_expires_at);
+        self.store.insert(&c).await.unwrap();
+        chat.contact_id
     }
 }
 

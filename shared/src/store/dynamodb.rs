@@ -10,8 +10,8 @@ use super::{
     ConversationStore, Lease, LeaseState, StoreError, StoredConversation, acquisition, check_fence,
     check_prefix, fence_refusal, lease_millis,
 };
-use crate::address::CustomerAddress;
 use crate::aws::CallError;
+use crate::conversation::ConversationKey;
 use crate::conversation::{Conversation, ConversationState};
 use crate::table::{self, DUE_AT, DUE_SHARD, Due, Item, KEY, TTL, Table, get_n, get_s, n, s};
 use crate::time::{from_millis, now_millis};
@@ -43,14 +43,15 @@ impl DynamoStore {
     }
 }
 
-fn pk(customer: &CustomerAddress) -> String {
-    format!("conv#{}", customer.as_str())
+/// Records written before routing are keyed by the customer alone and keep that key.
+fn pk(key: &ConversationKey) -> String {
+    format!("conv#{}", key.storage())
 }
 
 /// A stable shard (not `DefaultHasher`'s per-process seed: every process must agree).
-fn shard(customer: &CustomerAddress) -> String {
+fn shard(key: &ConversationKey) -> String {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    customer.as_str().hash(&mut h);
+    key.storage().hash(&mut h);
     format!("conv#{}", h.finish() % u64::from(SHARDS))
 }
 
@@ -86,16 +87,16 @@ fn stored(item: &Item) -> Result<StoredConversation, StoreError> {
     })
 }
 
-/// The customer a conversation item (or its index entry) is keyed by.
-fn customer_of(item: &Item) -> Option<CustomerAddress> {
+/// The key of a conversation item (or of its index entry).
+fn key_of(item: &Item) -> Option<ConversationKey> {
     get_s(item, KEY)
         .and_then(|k| k.strip_prefix("conv#"))
-        .and_then(|c| CustomerAddress::parse(c).ok())
+        .and_then(|c| ConversationKey::parse_storage(c).ok())
 }
 
 fn lease_of(s: &StoredConversation) -> Lease {
     Lease {
-        customer: s.conversation.customer.clone(),
+        key: s.conversation.key(),
         owner: s.lease.owner.clone().unwrap_or_default(),
         version: s.lease.version,
         expires_at: s.lease.expires_at.unwrap_or_default(),
@@ -125,12 +126,12 @@ enum Written {
 }
 
 impl DynamoStore {
-    fn update(&self, customer: &CustomerAddress) -> UpdateItemFluentBuilder {
+    fn update(&self, key: &ConversationKey) -> UpdateItemFluentBuilder {
         self.table
             .client
             .update_item()
             .table_name(&self.table.name)
-            .set_key(Some(table::key(pk(customer))))
+            .set_key(Some(table::key(pk(key))))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
     }
@@ -152,7 +153,7 @@ impl DynamoStore {
     /// Takes the lease if it is free or lapsed, or held by a name `predecessor` starts.
     async fn acquire(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         owner: &str,
         duration: Duration,
         predecessor: Option<&str>,
@@ -167,7 +168,7 @@ impl DynamoStore {
             }
         };
         let mut request = self
-            .lease_write(customer, Some(owner), now + length, condition)
+            .lease_write(key, Some(owner), now + length, condition)
             .expression_attribute_values(":now", n(now));
         if let Some(predecessor) = predecessor {
             request = request.expression_attribute_values(":predecessor", s(predecessor));
@@ -189,7 +190,7 @@ impl DynamoStore {
         let mut set = vec!["#record = :record", "#version = #version + :one"];
         let mut remove = Vec::new();
         let mut request = self
-            .update(&conversation.customer)
+            .update(&conversation.key())
             .condition_expression(condition)
             .expression_attribute_names("#record", RECORD)
             .expression_attribute_names("#version", VERSION)
@@ -197,8 +198,7 @@ impl DynamoStore {
             .expression_attribute_values(":one", n(1));
         if live {
             set.push("#shard = :shard");
-            request =
-                request.expression_attribute_values(":shard", s(shard(&conversation.customer)));
+            request = request.expression_attribute_values(":shard", s(shard(&conversation.key())));
         } else {
             remove.push("#shard");
         }
@@ -221,13 +221,13 @@ impl DynamoStore {
     /// A lease write: owner and expiry (and the index sort key with it), fencing version raised.
     fn lease_write(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         owner: Option<&str>,
         expires_at: i64,
         condition: &str,
     ) -> UpdateItemFluentBuilder {
         let request = self
-            .update(customer)
+            .update(key)
             .condition_expression(condition)
             .expression_attribute_names("#owner", OWNER)
             .expression_attribute_names("#expires", EXPIRES)
@@ -250,16 +250,13 @@ impl DynamoStore {
 
 #[async_trait]
 impl ConversationStore for DynamoStore {
-    async fn get(
-        &self,
-        customer: &CustomerAddress,
-    ) -> Result<Option<StoredConversation>, StoreError> {
+    async fn get(&self, key: &ConversationKey) -> Result<Option<StoredConversation>, StoreError> {
         let out = self
             .table
             .client
             .get_item()
             .table_name(&self.table.name)
-            .set_key(Some(table::key(pk(customer))))
+            .set_key(Some(table::key(pk(key))))
             .consistent_read(true)
             .send()
             .await
@@ -269,7 +266,7 @@ impl ConversationStore for DynamoStore {
 
     async fn insert(&self, conversation: &Conversation) -> Result<StoredConversation, StoreError> {
         let mut item = Item::from([
-            (KEY.to_owned(), s(pk(&conversation.customer))),
+            (KEY.to_owned(), s(pk(&conversation.key()))),
             (RECORD.to_owned(), s(encode(conversation)?)),
             (VERSION.to_owned(), n(1)),
             (EXPIRES.to_owned(), n(0)),
@@ -277,7 +274,7 @@ impl ConversationStore for DynamoStore {
             (DUE_AT.to_owned(), n(0)),
         ]);
         if conversation.state != ConversationState::Ended {
-            item.insert(DUE_SHARD.to_owned(), s(shard(&conversation.customer)));
+            item.insert(DUE_SHARD.to_owned(), s(shard(&conversation.key())));
         }
         if let Some(ttl) = conversation.ttl {
             item.insert(TTL.to_owned(), n(ttl));
@@ -349,23 +346,22 @@ impl ConversationStore for DynamoStore {
 
     async fn acquire_lease(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        self.acquire(customer, owner, duration, None).await
+        self.acquire(key, owner, duration, None).await
     }
 
     async fn take_over(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         predecessor: &str,
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
         check_prefix(predecessor)?;
-        self.acquire(customer, owner, duration, Some(predecessor))
-            .await
+        self.acquire(key, owner, duration, Some(predecessor)).await
     }
 
     /// Through the `due` index (which carries `lease_owner`): live leases of every shard,
@@ -374,7 +370,7 @@ impl ConversationStore for DynamoStore {
         &self,
         owner_prefix: &str,
         limit: usize,
-    ) -> Result<Vec<CustomerAddress>, StoreError> {
+    ) -> Result<Vec<ConversationKey>, StoreError> {
         check_prefix(owner_prefix)?;
         let now = now_millis();
         let mut found = Vec::new();
@@ -392,8 +388,8 @@ impl ConversationStore for DynamoStore {
                     .await
                     .map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
                 for item in out.items() {
-                    if let Some(customer) = customer_of(item) {
-                        found.push(customer);
+                    if let Some(key) = key_of(item) {
+                        found.push(key);
                     }
                 }
                 start = out.last_evaluated_key;
@@ -411,7 +407,7 @@ impl ConversationStore for DynamoStore {
         let now = now_millis();
         let request = self
             .lease_write(
-                &lease.customer,
+                &lease.key,
                 Some(&lease.owner),
                 now + length,
                 "#owner = :owner AND #lv = :lv AND #expires > :now",
@@ -427,7 +423,7 @@ impl ConversationStore for DynamoStore {
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let request = self
-            .lease_write(&lease.customer, None, 0, "#owner = :owner AND #lv = :lv")
+            .lease_write(&lease.key, None, 0, "#owner = :owner AND #lv = :lv")
             .expression_attribute_values(":owner", s(&lease.owner))
             .expression_attribute_values(":lv", n(lease.version));
         match self.write(request).await? {
@@ -442,7 +438,7 @@ impl ConversationStore for DynamoStore {
         Ok(0)
     }
 
-    async fn unheld(&self, limit: usize) -> Result<Vec<CustomerAddress>, StoreError> {
+    async fn unheld(&self, limit: usize) -> Result<Vec<ConversationKey>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -457,9 +453,9 @@ impl ConversationStore for DynamoStore {
         for result in futures_util::future::join_all(queries).await {
             let out = result.map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
             for item in out.items() {
-                let customer = customer_of(item)
-                    .ok_or_else(|| StoreError::Backend("unheld item without a customer".into()))?;
-                found.push((get_n(item, DUE_AT).unwrap_or(0), customer));
+                let key = key_of(item)
+                    .ok_or_else(|| StoreError::Backend("unheld item without a key".into()))?;
+                found.push((get_n(item, DUE_AT).unwrap_or(0), key));
             }
         }
         found.sort_by_key(|(due, _)| *due);

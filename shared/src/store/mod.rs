@@ -18,8 +18,7 @@ pub mod sqlite;
 
 pub use modify::{Fence, Modified, modify};
 
-use crate::address::CustomerAddress;
-use crate::conversation::Conversation;
+use crate::conversation::{Conversation, ConversationKey};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -43,7 +42,7 @@ pub struct LeaseState {
 /// Proof of holding a conversation's lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub customer: CustomerAddress,
+    pub key: ConversationKey,
     pub owner: String,
     pub version: u64,
     pub expires_at: DateTime<Utc>,
@@ -74,12 +73,9 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait ConversationStore: Send + Sync + 'static {
-    async fn get(
-        &self,
-        customer: &CustomerAddress,
-    ) -> Result<Option<StoredConversation>, StoreError>;
+    async fn get(&self, key: &ConversationKey) -> Result<Option<StoredConversation>, StoreError>;
 
-    /// Creates the record; [`StoreError::AlreadyExists`] if the customer has one (a lost
+    /// Creates the record; [`StoreError::AlreadyExists`] if the key has one (a lost
     /// race: read it and use the winner's).
     async fn insert(&self, conversation: &Conversation) -> Result<StoredConversation, StoreError>;
 
@@ -104,7 +100,7 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Takes the lease for `owner` if it is free or lapsed.
     async fn acquire_lease(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError>;
@@ -115,10 +111,10 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Gives the lease up so another worker can adopt the conversation at once.
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    /// The customers of live (not ended) conversations whose lease is free or lapsed,
+    /// The keys of live (not ended) conversations whose lease is free or lapsed,
     /// oldest expiry first: keys only, so the index behind it need not copy the records
     /// (and their tokens) on every renewal.
-    async fn unheld(&self, limit: usize) -> Result<Vec<CustomerAddress>, StoreError>;
+    async fn unheld(&self, limit: usize) -> Result<Vec<ConversationKey>, StoreError>;
 
     /// Live conversations whose lease holder's name starts with `owner_prefix`, however
     /// long their leases still run: what a restarted worker with the same identity held
@@ -127,7 +123,7 @@ pub trait ConversationStore: Send + Sync + 'static {
         &self,
         owner_prefix: &str,
         limit: usize,
-    ) -> Result<Vec<CustomerAddress>, StoreError>;
+    ) -> Result<Vec<ConversationKey>, StoreError>;
 
     /// Takes the lease as [`ConversationStore::acquire_lease`] does, and also — at once,
     /// whatever its expiry — from a holder whose name starts with `predecessor` (this
@@ -135,7 +131,7 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// lives loses it at its next renewal.
     async fn take_over(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         predecessor: &str,
         owner: &str,
         duration: Duration,
@@ -175,7 +171,7 @@ pub(crate) fn acquisition(owner: &str, duration: Duration) -> Result<i64, StoreE
 
 /// A fenced write names its own conversation's lease.
 pub(crate) fn check_fence(conversation: &Conversation, lease: &Lease) -> Result<(), StoreError> {
-    if conversation.customer != lease.customer {
+    if conversation.key() != lease.key {
         return Err(StoreError::InvalidArgument(
             "the lease is for another conversation".into(),
         ));

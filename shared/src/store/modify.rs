@@ -7,8 +7,8 @@
 //! may differ on the newer record. [`modify`] is that loop, with a bound.
 
 use super::{ConversationStore, Lease, StoreError, StoredConversation};
-use crate::address::CustomerAddress;
 use crate::conversation::Conversation;
+use crate::conversation::ConversationKey;
 
 /// Lost races tolerated in one modification before giving up with
 /// [`StoreError::Conflict`]: only a record written this often within one call could
@@ -46,13 +46,13 @@ pub enum Fence<'a> {
     Lease(&'a (dyn Fn() -> Lease + Sync)),
 }
 
-/// Applies `change` to `customer`'s record — `known` if the caller holds a recent copy,
+/// Applies `change` to `key`'s record — `known` if the caller holds a recent copy,
 /// else a fresh read — and writes it conditionally on the version it was applied to,
 /// reading and applying again after every lost race. `change` returns whether there is
 /// anything to write.
 pub async fn modify<F>(
     store: &dyn ConversationStore,
-    customer: &CustomerAddress,
+    key: &ConversationKey,
     mut known: Option<StoredConversation>,
     fence: Fence<'_>,
     mut change: F,
@@ -63,7 +63,7 @@ where
     for _ in 0..MAX_ATTEMPTS {
         let stored = match known.take() {
             Some(s) => s,
-            None => match store.get(customer).await? {
+            None => match store.get(key).await? {
                 Some(s) => s,
                 None => return Ok(Modified::Missing),
             },
@@ -110,13 +110,16 @@ mod tests {
     use crate::sqlite::Db;
     use crate::store::sqlite::SqliteStore;
 
-    async fn store() -> (tempfile::TempDir, SqliteStore, CustomerAddress) {
+    async fn store() -> (tempfile::TempDir, SqliteStore, ConversationKey) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open_path(&dir.path().join("s.db"), Synchronous::Normal)
             .await
             .unwrap();
         let store = SqliteStore::open(db).await.unwrap();
-        let customer = CustomerAddress::parse("whatsapp:+15551234567").unwrap();
+        let customer = ConversationKey::new(
+            crate::BusinessNumber::parse("whatsapp:+14155238886").unwrap(),
+            crate::CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+        );
         (dir, store, customer)
     }
 

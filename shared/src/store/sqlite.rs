@@ -5,8 +5,8 @@ use super::{
     ConversationStore, Lease, LeaseState, StoreError, StoredConversation, acquisition, check_fence,
     check_prefix, fence_refusal, lease_millis,
 };
-use crate::address::CustomerAddress;
 use crate::conversation::Conversation;
+use crate::conversation::ConversationKey;
 use crate::sqlite::{Db, DbError};
 use crate::time::{from_millis, now_millis};
 use async_trait::async_trait;
@@ -15,6 +15,8 @@ use std::time::Duration;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (
+    -- The conversation key (ConversationKey::storage): `<business>|<customer>`, or the
+    -- customer alone in records written before routing, which keep working as they are.
     customer TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     record TEXT NOT NULL,
@@ -44,13 +46,13 @@ impl SqliteStore {
     /// Takes the lease if it is free or lapsed, or held by a name `predecessor` starts.
     async fn acquire(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         owner: &str,
         duration: Duration,
         predecessor: Option<&str>,
     ) -> Result<Lease, StoreError> {
         let length = acquisition(owner, duration)?;
-        let key = customer.as_str().to_owned();
+        let key = key.storage();
         let owner = owner.to_owned();
         let predecessor = predecessor.map(str::to_owned);
         self.db
@@ -149,19 +151,19 @@ fn conditional(
     load(c, key)?.ok_or(StoreError::NotFound)
 }
 
-/// Customer keys as stored, parsed.
-fn customers(rows: &[String]) -> Result<Vec<CustomerAddress>, StoreError> {
+/// Conversation keys as stored, parsed.
+fn keys(rows: &[String]) -> Result<Vec<ConversationKey>, StoreError> {
     rows.iter()
-        .map(|customer| {
-            CustomerAddress::parse(customer)
-                .map_err(|e| StoreError::Backend(format!("stored customer: {e}")))
+        .map(|key| {
+            ConversationKey::parse_storage(key)
+                .map_err(|e| StoreError::Backend(format!("stored conversation key: {e}")))
         })
         .collect()
 }
 
 fn lease_of(s: &StoredConversation) -> Lease {
     Lease {
-        customer: s.conversation.customer.clone(),
+        key: s.conversation.key(),
         owner: s.lease.owner.clone().unwrap_or_default(),
         version: s.lease.version,
         expires_at: s.lease.expires_at.unwrap_or_default(),
@@ -170,16 +172,13 @@ fn lease_of(s: &StoredConversation) -> Lease {
 
 #[async_trait]
 impl ConversationStore for SqliteStore {
-    async fn get(
-        &self,
-        customer: &CustomerAddress,
-    ) -> Result<Option<StoredConversation>, StoreError> {
-        let key = customer.as_str().to_owned();
+    async fn get(&self, key: &ConversationKey) -> Result<Option<StoredConversation>, StoreError> {
+        let key = key.storage();
         self.db.read(move |c| load(c, &key)).await
     }
 
     async fn insert(&self, conversation: &Conversation) -> Result<StoredConversation, StoreError> {
-        let key = conversation.customer.as_str().to_owned();
+        let key = conversation.key().storage();
         let record = encode(conversation)?;
         let state = conversation.state.as_str();
         let ttl = conversation.ttl;
@@ -204,7 +203,7 @@ impl ConversationStore for SqliteStore {
         conversation: &Conversation,
         expected_version: u64,
     ) -> Result<StoredConversation, StoreError> {
-        let key = conversation.customer.as_str().to_owned();
+        let key = conversation.key().storage();
         let record = encode(conversation)?;
         let state = conversation.state.as_str();
         let ttl = conversation.ttl;
@@ -230,7 +229,7 @@ impl ConversationStore for SqliteStore {
         lease: &Lease,
     ) -> Result<StoredConversation, StoreError> {
         check_fence(conversation, lease)?;
-        let key = conversation.customer.as_str().to_owned();
+        let key = conversation.key().storage();
         let record = encode(conversation)?;
         let state = conversation.state.as_str();
         let ttl = conversation.ttl;
@@ -267,30 +266,29 @@ impl ConversationStore for SqliteStore {
 
     async fn acquire_lease(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
-        self.acquire(customer, owner, duration, None).await
+        self.acquire(key, owner, duration, None).await
     }
 
     async fn take_over(
         &self,
-        customer: &CustomerAddress,
+        key: &ConversationKey,
         predecessor: &str,
         owner: &str,
         duration: Duration,
     ) -> Result<Lease, StoreError> {
         check_prefix(predecessor)?;
-        self.acquire(customer, owner, duration, Some(predecessor))
-            .await
+        self.acquire(key, owner, duration, Some(predecessor)).await
     }
 
     async fn held_by(
         &self,
         owner_prefix: &str,
         limit: usize,
-    ) -> Result<Vec<CustomerAddress>, StoreError> {
+    ) -> Result<Vec<ConversationKey>, StoreError> {
         check_prefix(owner_prefix)?;
         let prefix = owner_prefix.to_owned();
         self.db
@@ -306,14 +304,14 @@ impl ConversationStore for SqliteStore {
                         r.get::<_, String>(0)
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                customers(&rows)
+                keys(&rows)
             })
             .await
     }
 
     async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError> {
         let length = lease_millis(duration)?;
-        let key = lease.customer.as_str().to_owned();
+        let key = lease.key.storage();
         let owner = lease.owner.clone();
         let lease_version = lease.version as i64;
         self.db
@@ -335,7 +333,7 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let key = lease.customer.as_str().to_owned();
+        let key = lease.key.storage();
         let owner = lease.owner.clone();
         let lease_version = lease.version as i64;
         self.db
@@ -354,7 +352,7 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
-    async fn unheld(&self, limit: usize) -> Result<Vec<CustomerAddress>, StoreError> {
+    async fn unheld(&self, limit: usize) -> Result<Vec<ConversationKey>, StoreError> {
         self.db
             .read(move |c| {
                 let rows = c
@@ -367,7 +365,7 @@ impl ConversationStore for SqliteStore {
                         r.get::<_, String>(0)
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                customers(&rows)
+                keys(&rows)
             })
             .await
     }

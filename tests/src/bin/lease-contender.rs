@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     for k in 0..keys {
-        let customer = waconnect_tests::customer(k);
+        let customer = waconnect_tests::key(k);
         match store
             .acquire_lease(&customer, &owner, Duration::from_secs(60))
             .await

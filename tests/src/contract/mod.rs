@@ -60,6 +60,8 @@ macro_rules! store_contract_tests {
             lease_changes_and_data_writes_do_not_interfere,
             ended_conversations_expire_after_their_retention,
             a_restarted_worker_takes_its_own_leases_back_at_once,
+            one_customer_with_two_numbers_has_two_conversations,
+            records_from_before_routing_keep_working,
         );
     };
 }

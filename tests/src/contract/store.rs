@@ -1,7 +1,7 @@
 //! The conversation-store contract (see `waconnect_shared::store`).
 
-use crate::customer;
 use crate::engines::StoreEngine;
+use crate::key;
 use crate::wait;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -12,14 +12,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Barrier;
 use waconnect_shared::conversation::{AgentCursor, Conversation, ConversationState};
 use waconnect_shared::store::{ConversationStore, StoreError};
-use waconnect_shared::{CustomerAddress, Secret};
+use waconnect_shared::{ConversationKey, Secret};
 
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_millis(200);
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn conversation(i: usize) -> Conversation {
-    let mut c = Conversation::new(customer(i));
+    let mut c = Conversation::new(key(i));
     c.contact_id = Some(format!("contact-{i}"));
     c.participant_token = Some(Secret::new(format!("ptoken-{i}")));
     c
@@ -32,7 +32,7 @@ async fn inserted(store: &dyn ConversationStore, i: usize) -> Conversation {
 }
 
 /// Waits until `customer`'s lease has lapsed (by the store's own account).
-async fn until_lapsed(store: &dyn ConversationStore, customer: &CustomerAddress) {
+async fn until_lapsed(store: &dyn ConversationStore, customer: &ConversationKey) {
     wait::until("the lease to lapse", DEADLINE, || async {
         let unheld = store.unheld(1000).await.unwrap();
         unheld.contains(customer).then_some(())
@@ -42,13 +42,13 @@ async fn until_lapsed(store: &dyn ConversationStore, customer: &CustomerAddress)
 
 pub async fn insert_get_round_trip(e: &dyn StoreEngine, _: &Path) {
     let store = e.store().await;
-    assert_eq!(store.get(&customer(1)).await.unwrap(), None);
+    assert_eq!(store.get(&key(1)).await.unwrap(), None);
     let c = conversation(1);
     let stored = store.insert(&c).await.unwrap();
     assert_eq!(stored.conversation, c);
     assert_eq!(stored.version, 1);
     assert_eq!(stored.lease.owner, None);
-    let got = store.get(&customer(1)).await.unwrap().unwrap();
+    let got = store.get(&key(1)).await.unwrap().unwrap();
     assert_eq!(got, stored);
     assert_eq!(
         got.conversation.participant_token.unwrap().expose(),
@@ -62,7 +62,7 @@ pub async fn insert_twice_is_refused(e: &dyn StoreEngine, _: &Path) {
     let mut rival = conversation(1);
     rival.contact_id = Some("another-contact".into());
     assert_eq!(store.insert(&rival).await, Err(StoreError::AlreadyExists));
-    let kept = store.get(&customer(1)).await.unwrap().unwrap();
+    let kept = store.get(&key(1)).await.unwrap().unwrap();
     assert_eq!(kept.conversation, first, "the loser overwrote the winner");
 }
 
@@ -75,7 +75,7 @@ pub async fn update_compares_the_version(e: &dyn StoreEngine, _: &Path) {
     let mut stale = c.clone();
     stale.state = ConversationState::Ended;
     assert_eq!(store.update(&stale, 1).await, Err(StoreError::Conflict));
-    let now = store.get(&customer(1)).await.unwrap().unwrap();
+    let now = store.get(&key(1)).await.unwrap().unwrap();
     assert_eq!(now.conversation.state, ConversationState::Active);
     assert_eq!(now.version, 2);
 }
@@ -87,7 +87,7 @@ pub async fn update_of_a_missing_record_is_not_found(e: &dyn StoreEngine, _: &Pa
         Err(StoreError::NotFound)
     );
     assert_eq!(
-        store.acquire_lease(&customer(9), "w1", LONG).await,
+        store.acquire_lease(&key(9), "w1", LONG).await,
         Err(StoreError::NotFound)
     );
 }
@@ -96,27 +96,27 @@ pub async fn lease_is_exclusive_until_it_lapses(e: &dyn StoreEngine, _: &Path) {
     let store = e.store().await;
     inserted(store.as_ref(), 1).await;
     let a = store
-        .acquire_lease(&customer(1), "worker-a", SHORT)
+        .acquire_lease(&key(1), "worker-a", SHORT)
         .await
         .unwrap();
     assert_eq!(a.owner, "worker-a");
     assert_eq!(
-        store.acquire_lease(&customer(1), "worker-b", LONG).await,
+        store.acquire_lease(&key(1), "worker-b", LONG).await,
         Err(StoreError::LeaseHeld)
     );
     // Not even the holder re-acquires a live lease: it renews.
     assert_eq!(
-        store.acquire_lease(&customer(1), "worker-a", LONG).await,
+        store.acquire_lease(&key(1), "worker-a", LONG).await,
         Err(StoreError::LeaseHeld)
     );
-    until_lapsed(store.as_ref(), &customer(1)).await;
+    until_lapsed(store.as_ref(), &key(1)).await;
     let b = store
-        .acquire_lease(&customer(1), "worker-b", LONG)
+        .acquire_lease(&key(1), "worker-b", LONG)
         .await
         .unwrap();
     assert_eq!(b.owner, "worker-b");
     assert!(b.version > a.version, "fencing version did not rise");
-    let seen = store.get(&customer(1)).await.unwrap().unwrap().lease;
+    let seen = store.get(&key(1)).await.unwrap().unwrap().lease;
     assert_eq!(seen.owner.as_deref(), Some("worker-b"));
     assert_eq!(seen.version, b.version);
 }
@@ -133,7 +133,7 @@ pub async fn many_tasks_race_for_a_lease_and_one_wins(e: &dyn StoreEngine, _: &P
                 tokio::spawn(async move {
                     barrier.wait().await;
                     store
-                        .acquire_lease(&customer(round), &format!("task-{t}"), LONG)
+                        .acquire_lease(&key(round), &format!("task-{t}"), LONG)
                         .await
                 })
             })
@@ -147,7 +147,7 @@ pub async fn many_tasks_race_for_a_lease_and_one_wins(e: &dyn StoreEngine, _: &P
             }
         }
         assert_eq!(winners.len(), 1, "round {round}: {} winners", winners.len());
-        let held = store.get(&customer(round)).await.unwrap().unwrap().lease;
+        let held = store.get(&key(round)).await.unwrap().unwrap().lease;
         assert_eq!(held.owner.as_deref(), Some(winners[0].owner.as_str()));
     }
 }
@@ -216,7 +216,7 @@ pub async fn two_processes_race_for_leases_and_one_wins_each(
     );
     for i in 0..KEYS {
         let owner = store
-            .get(&customer(i))
+            .get(&key(i))
             .await
             .unwrap()
             .unwrap()
@@ -236,12 +236,12 @@ pub async fn stale_holder_is_refused_everything(e: &dyn StoreEngine, _: &Path) {
     let store = e.store().await;
     let mut c = inserted(store.as_ref(), 1).await;
     let old = store
-        .acquire_lease(&customer(1), "worker-a", SHORT)
+        .acquire_lease(&key(1), "worker-a", SHORT)
         .await
         .unwrap();
-    until_lapsed(store.as_ref(), &customer(1)).await;
+    until_lapsed(store.as_ref(), &key(1)).await;
     let new = store
-        .acquire_lease(&customer(1), "worker-b", LONG)
+        .acquire_lease(&key(1), "worker-b", LONG)
         .await
         .unwrap();
     assert_eq!(
@@ -254,7 +254,7 @@ pub async fn stale_holder_is_refused_everything(e: &dyn StoreEngine, _: &Path) {
         store.update_fenced(&c, 1, &old).await,
         Err(StoreError::LeaseLost)
     );
-    let now = store.get(&customer(1)).await.unwrap().unwrap();
+    let now = store.get(&key(1)).await.unwrap().unwrap();
     assert_eq!(now.lease.owner.as_deref(), Some("worker-b"));
     assert_eq!(now.lease.version, new.version);
     assert_ne!(now.conversation.state, ConversationState::Ended);
@@ -264,7 +264,7 @@ pub async fn renewal_extends_and_raises_the_fencing_version(e: &dyn StoreEngine,
     let store = e.store().await;
     inserted(store.as_ref(), 1).await;
     let first = store
-        .acquire_lease(&customer(1), "w", Duration::from_millis(500))
+        .acquire_lease(&key(1), "w", Duration::from_millis(500))
         .await
         .unwrap();
     let renewed = store.renew_lease(&first, LONG).await.unwrap();
@@ -279,7 +279,7 @@ pub async fn renewal_extends_and_raises_the_fencing_version(e: &dyn StoreEngine,
     let unheld = store.unheld(10).await.unwrap();
     assert!(unheld.is_empty(), "renewed lease listed as unheld");
     assert_eq!(
-        store.acquire_lease(&customer(1), "other", LONG).await,
+        store.acquire_lease(&key(1), "other", LONG).await,
         Err(StoreError::LeaseHeld)
     );
     store.renew_lease(&renewed, LONG).await.unwrap();
@@ -288,18 +288,12 @@ pub async fn renewal_extends_and_raises_the_fencing_version(e: &dyn StoreEngine,
 pub async fn release_frees_the_conversation_at_once(e: &dyn StoreEngine, _: &Path) {
     let store = e.store().await;
     inserted(store.as_ref(), 1).await;
-    let lease = store
-        .acquire_lease(&customer(1), "leaving", LONG)
-        .await
-        .unwrap();
+    let lease = store.acquire_lease(&key(1), "leaving", LONG).await.unwrap();
     store.release_lease(&lease).await.unwrap();
-    assert_eq!(store.unheld(10).await.unwrap(), [customer(1)]);
-    let released_now = store.get(&customer(1)).await.unwrap().unwrap();
+    assert_eq!(store.unheld(10).await.unwrap(), [key(1)]);
+    let released_now = store.get(&key(1)).await.unwrap().unwrap();
     assert_eq!(released_now.lease.owner, None);
-    let adopted = store
-        .acquire_lease(&customer(1), "adopter", LONG)
-        .await
-        .unwrap();
+    let adopted = store.acquire_lease(&key(1), "adopter", LONG).await.unwrap();
     assert!(adopted.version > lease.version);
     assert_eq!(
         store.release_lease(&lease).await,
@@ -313,25 +307,25 @@ pub async fn unheld_lists_lapsed_and_released_live_conversations(e: &dyn StoreEn
         inserted(store.as_ref(), i).await;
     }
     // 0: held for long; 1: lapses; 2: ended and lapsed; 3: never leased; 4: released.
-    store.acquire_lease(&customer(0), "w", LONG).await.unwrap();
-    store.acquire_lease(&customer(1), "w", SHORT).await.unwrap();
-    let ended = store.acquire_lease(&customer(2), "w", SHORT).await.unwrap();
+    store.acquire_lease(&key(0), "w", LONG).await.unwrap();
+    store.acquire_lease(&key(1), "w", SHORT).await.unwrap();
+    let ended = store.acquire_lease(&key(2), "w", SHORT).await.unwrap();
     let mut c2 = conversation(2);
     c2.state = ConversationState::Ended;
     store.update_fenced(&c2, 1, &ended).await.unwrap();
-    let released = store.acquire_lease(&customer(4), "w", LONG).await.unwrap();
+    let released = store.acquire_lease(&key(4), "w", LONG).await.unwrap();
     store.release_lease(&released).await.unwrap();
-    until_lapsed(store.as_ref(), &customer(1)).await;
+    until_lapsed(store.as_ref(), &key(1)).await;
     let listed: BTreeSet<String> = store
         .unheld(100)
         .await
         .unwrap()
         .into_iter()
-        .map(|c| c.as_str().to_owned())
+        .map(|c| c.storage().to_owned())
         .collect();
     let expected: BTreeSet<String> = [1, 3, 4]
         .iter()
-        .map(|&i| customer(i).as_str().to_owned())
+        .map(|&i| key(i).storage().to_owned())
         .collect();
     assert_eq!(listed, expected);
     assert_eq!(store.unheld(2).await.unwrap().len(), 2, "limit ignored");
@@ -340,7 +334,7 @@ pub async fn unheld_lists_lapsed_and_released_live_conversations(e: &dyn StoreEn
 pub async fn fenced_update_needs_the_current_lease(e: &dyn StoreEngine, _: &Path) {
     let store = e.store().await;
     let mut c = inserted(store.as_ref(), 1).await;
-    let lease = store.acquire_lease(&customer(1), "w", LONG).await.unwrap();
+    let lease = store.acquire_lease(&key(1), "w", LONG).await.unwrap();
     c.agent_cursor = Some(AgentCursor {
         id: "item-7".into(),
         absolute_time: "2026-11-24T10:00:00.000Z".into(),
@@ -376,7 +370,7 @@ pub async fn fenced_update_needs_the_current_lease(e: &dyn StoreEngine, _: &Path
 pub async fn lease_changes_and_data_writes_do_not_interfere(e: &dyn StoreEngine, _: &Path) {
     let store = e.store().await;
     let mut c = inserted(store.as_ref(), 1).await;
-    let lease = store.acquire_lease(&customer(1), "w", LONG).await.unwrap();
+    let lease = store.acquire_lease(&key(1), "w", LONG).await.unwrap();
     let renewed = store.renew_lease(&lease, LONG).await.unwrap();
     // A worker that read version 1 before the lease moved can still write its data.
     c.last_inbound_message_sid = Some("SM42".into());
@@ -408,9 +402,9 @@ pub async fn ended_conversations_expire_after_their_retention(e: &dyn StoreEngin
     ] {
         store.insert(&c).await.unwrap();
     }
-    let held = store.acquire_lease(&customer(4), "w", LONG).await.unwrap();
+    let held = store.acquire_lease(&key(4), "w", LONG).await.unwrap();
     let pruned = store.prune_expired().await.unwrap();
-    let expired = store.get(&customer(1)).await.unwrap();
+    let expired = store.get(&key(1)).await.unwrap();
     if e.expires_itself() {
         assert_eq!(pruned, 0);
         let ttl = expired
@@ -424,7 +418,7 @@ pub async fn ended_conversations_expire_after_their_retention(e: &dyn StoreEngin
     }
     for kept in [2, 3, 4] {
         assert!(
-            store.get(&customer(kept)).await.unwrap().is_some(),
+            store.get(&key(kept)).await.unwrap().is_some(),
             "conversation {kept} was deleted"
         );
     }
@@ -440,23 +434,23 @@ pub async fn a_restarted_worker_takes_its_own_leases_back_at_once(e: &dyn StoreE
         inserted(store.as_ref(), i).await;
     }
     let before = store
-        .acquire_lease(&customer(1), "node-a/old", LONG)
+        .acquire_lease(&key(1), "node-a/old", LONG)
         .await
         .unwrap();
     store
-        .acquire_lease(&customer(2), "node-a/old", LONG)
+        .acquire_lease(&key(2), "node-a/old", LONG)
         .await
         .unwrap();
     store
-        .acquire_lease(&customer(3), "node-b/x", LONG)
+        .acquire_lease(&key(3), "node-b/x", LONG)
         .await
         .unwrap();
     // 4: never leased.
     let mut mine = store.held_by("node-a/", 100).await.unwrap();
-    mine.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    assert_eq!(mine, [customer(1), customer(2)]);
+    mine.sort_by_key(ConversationKey::storage);
+    assert_eq!(mine, [key(1), key(2)]);
     let back = store
-        .take_over(&customer(1), "node-a/", "node-a/new", LONG)
+        .take_over(&key(1), "node-a/", "node-a/new", LONG)
         .await
         .unwrap();
     assert_eq!(back.owner, "node-a/new");
@@ -467,18 +461,18 @@ pub async fn a_restarted_worker_takes_its_own_leases_back_at_once(e: &dyn StoreE
     );
     assert_eq!(
         store
-            .take_over(&customer(3), "node-a/", "node-a/new", LONG)
+            .take_over(&key(3), "node-a/", "node-a/new", LONG)
             .await,
         Err(StoreError::LeaseHeld)
     );
     // Free ones are taken as acquire_lease would; a missing one is not found.
     store
-        .take_over(&customer(4), "node-a/", "node-a/new", LONG)
+        .take_over(&key(4), "node-a/", "node-a/new", LONG)
         .await
         .unwrap();
     assert_eq!(
         store
-            .take_over(&customer(9), "node-a/", "node-a/new", LONG)
+            .take_over(&key(9), "node-a/", "node-a/new", LONG)
             .await,
         Err(StoreError::NotFound)
     );
@@ -486,4 +480,86 @@ pub async fn a_restarted_worker_takes_its_own_leases_back_at_once(e: &dyn StoreE
         store.held_by("", 10).await,
         Err(StoreError::InvalidArgument(_))
     ));
+}
+
+pub async fn one_customer_with_two_numbers_has_two_conversations(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let other = ConversationKey::new(
+        waconnect_shared::BusinessNumber::parse("whatsapp:+442071838750").unwrap(),
+        key(1).customer,
+    );
+    inserted(store.as_ref(), 1).await;
+    let mut second = Conversation::new(other.clone());
+    second.contact_id = Some("contact-other".into());
+    store.insert(&second).await.unwrap();
+    assert_eq!(
+        store
+            .get(&other)
+            .await
+            .unwrap()
+            .unwrap()
+            .conversation
+            .contact_id
+            .as_deref(),
+        Some("contact-other")
+    );
+    assert_eq!(
+        store
+            .get(&key(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .conversation
+            .contact_id
+            .as_deref(),
+        Some("contact-1")
+    );
+    // Their leases are independent: two workers may hold them at once.
+    let a = store
+        .acquire_lease(&key(1), "worker-a", LONG)
+        .await
+        .unwrap();
+    let b = store.acquire_lease(&other, "worker-b", LONG).await.unwrap();
+    assert_eq!((a.key.clone(), b.key.clone()), (key(1), other.clone()));
+    // Ending one leaves the other live.
+    let mut ended = second.clone();
+    ended.state = ConversationState::Ended;
+    store.update_fenced(&ended, 1, &b).await.unwrap();
+    store.release_lease(&b).await.unwrap();
+    store.release_lease(&a).await.unwrap();
+    assert_eq!(store.unheld(10).await.unwrap(), [key(1)]);
+}
+
+/// A record as the bridge wrote it before several numbers were supported: keyed by the
+/// customer alone, with no business number in it. Written here through the contract
+/// (which stores a key without a business number exactly as that version did), then read,
+/// leased, listed and changed as before.
+pub async fn records_from_before_routing_keep_working(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let legacy = ConversationKey::legacy(key(2).customer);
+    let mut old = Conversation::new(legacy.clone());
+    old.contact_id = Some("contact-old".into());
+    store.insert(&old).await.unwrap();
+    let got = store.get(&legacy).await.unwrap().unwrap();
+    assert_eq!(got.conversation.business, None);
+    assert_eq!(got.conversation.key(), legacy);
+    // Not the pair's record: the pair is another key.
+    assert_eq!(store.get(&key(2)).await.unwrap(), None);
+    assert_eq!(store.unheld(10).await.unwrap(), std::slice::from_ref(&legacy));
+    let lease = store
+        .acquire_lease(&legacy, "worker-a", LONG)
+        .await
+        .unwrap();
+    assert_eq!(lease.key, legacy);
+    let mut moved = got.conversation.clone();
+    moved.last_inbound_message_sid = Some("SM1".into());
+    let written = store
+        .update_fenced(&moved, got.version, &lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        written.conversation.last_inbound_message_sid.as_deref(),
+        Some("SM1")
+    );
+    assert_eq!(store.held_by("worker-a", 10).await.unwrap(), [legacy]);
 }

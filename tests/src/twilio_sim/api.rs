@@ -153,8 +153,8 @@ async fn create_message(
             "A 'From' or 'MessagingServiceSid' parameter is required",
         );
     }
-    // The account has one WhatsApp sender: any other From has no channel.
-    if from.as_ref().is_some_and(|f| *f != twilio.options.sender) {
+    // A From that is not one of the account's WhatsApp senders has no channel.
+    if from.as_ref().is_some_and(|f| !twilio.is_sender(f)) {
         return error(
             400,
             63007,
@@ -184,18 +184,22 @@ async fn create_message(
         }
         // The sender's throughput counts the messages that go out. Over it, Twilio still
         // takes the message (201) and reports 63018 later, by status callback.
-        let window = match inner.window {
-            Some((start, n)) if now.duration_since(start) < Duration::from_secs(1) => {
+        let from = from.unwrap_or_else(|| twilio.options.sender.clone());
+        let window = match inner.window.get(&from) {
+            Some(&(start, n)) if now.duration_since(start) < Duration::from_secs(1) => {
                 (start, n + 1)
             }
             _ => (now, 1),
         };
         let over_rate = window.1 > inner.faults.rate.unwrap_or(twilio.options.sender_rate);
-        inner.window = Some(if over_rate {
-            (window.0, window.1 - 1)
-        } else {
-            window
-        });
+        inner.window.insert(
+            from.clone(),
+            if over_rate {
+                (window.0, window.1 - 1)
+            } else {
+                window
+            },
+        );
         let made = content_sid
             .as_ref()
             .and_then(|c| inner.contents.get(c))
@@ -203,7 +207,7 @@ async fn create_message(
         let sent = Sent {
             sid: sid(if media_urls.is_empty() { "SM" } else { "MM" }),
             to: to.clone(),
-            from: from.unwrap_or_else(|| twilio.options.sender.clone()),
+            from,
             // Twilio shows a template's rendered text as the message's body.
             body: match (&content_sid, &made, text.is_empty()) {
                 (_, Some(made), true) => made.body.clone(),
@@ -248,9 +252,11 @@ async fn create_message(
 struct ListQuery {
     #[serde(rename = "To")]
     to: Option<String>,
+    #[serde(rename = "From")]
+    from: Option<String>,
 }
 
-/// Messages, newest first, optionally only those to `To` (one page).
+/// Messages, newest first, optionally only those to `To` and from `From` (one page).
 async fn list_messages(
     State(twilio): State<Arc<Twilio>>,
     Path(account): Path<String>,
@@ -266,6 +272,7 @@ async fn list_messages(
         .iter()
         .rev()
         .filter(|s| q.to.as_ref().is_none_or(|t| *t == s.to))
+        .filter(|s| q.from.as_ref().is_none_or(|f| *f == s.from))
         .take(100)
         .map(|s| {
             json!({
@@ -285,7 +292,7 @@ async fn list_messages(
 /// `sent`, then `delivered` (or `failed` 63016 outside the 24 h window), then `read` if
 /// the customer reads at once; `failed` 63018 when it came over the sender's rate.
 async fn deliver(twilio: Arc<Twilio>, sid: String, over_rate: bool) {
-    let (to, template) = {
+    let (to, from, template) = {
         let inner = twilio.lock();
         let s = &inner.sent[inner.by_sid[&sid]];
         // An approved template goes outside the window; a list or buttons do not.
@@ -294,7 +301,11 @@ async fn deliver(twilio: Arc<Twilio>, sid: String, over_rate: bool) {
             .as_ref()
             .and_then(|c| inner.contents.get(c))
             .is_some_and(|c| c.session_only);
-        (s.to.clone(), s.content_sid.is_some() && !session_only)
+        (
+            s.to.clone(),
+            s.from.clone(),
+            s.content_sid.is_some() && !session_only,
+        )
     };
     let now = twilio.now();
     let in_window = twilio.options.window_always_open
@@ -302,7 +313,7 @@ async fn deliver(twilio: Arc<Twilio>, sid: String, over_rate: bool) {
             .lock()
             .customers
             .get(&to)
-            .and_then(|c| c.last_inbound)
+            .and_then(|c| c.last_inbound.get(&from).copied())
             .is_some_and(|at| now - at < chrono::Duration::hours(24));
     let mut steps: Vec<(&str, Option<(u32, &str)>)> = vec![("sent", None)];
     // Twilio fetches the message's file before WhatsApp sees it; what it cannot fetch, or

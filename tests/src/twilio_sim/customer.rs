@@ -75,6 +75,9 @@ pub struct CustomerMessage {
     /// A tapped choice of a list or buttons the business sent.
     #[serde(default)]
     pub button: Option<super::ShownChoice>,
+    /// The business number written to; the account's first sender when absent.
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// Twilio's retry fragment: `#rc=<count>&rp=<policies>`; by default one retry, only when
@@ -109,12 +112,21 @@ async fn customer_sends(
             Json(json!({ "message": "from must be whatsapp:+E.164" })),
         );
     }
+    let to =
+        m.to.clone()
+            .unwrap_or_else(|| twilio.options.sender.clone());
+    if !twilio.is_sender(&to) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "message": format!("{to} is not one of the business's numbers") })),
+        );
+    }
     if let Some(b) = &m.button {
         let offered = twilio
             .lock()
             .sent
             .iter()
-            .any(|s| s.to == m.from && s.choices.contains(b));
+            .any(|s| s.to == m.from && s.from == to && s.choices.contains(b));
         if !offered {
             return (
                 StatusCode::BAD_REQUEST,
@@ -147,7 +159,7 @@ async fn customer_sends(
         ("WaId".into(), wa_id),
         ("SmsStatus".into(), "received".into()),
         ("Body".into(), m.body.clone()),
-        ("To".into(), twilio.options.sender.clone()),
+        ("To".into(), to.clone()),
         ("NumSegments".into(), "1".into()),
         ("ReferralNumMedia".into(), "0".into()),
         ("MessageSid".into(), message_sid.clone()),
@@ -257,9 +269,10 @@ async fn customer_sends(
         let mut inner = twilio.lock();
         inner.written_by.insert(message_sid.clone(), m.from.clone());
         let customer = inner.customers.entry(m.from.clone()).or_default();
-        customer.last_inbound = Some(now);
+        customer.last_inbound.insert(to.clone(), now);
         customer.written.push(super::indicator::WrittenMessage {
             sid: message_sid.clone(),
+            to: to.clone(),
             body: m.body.clone(),
             read: false,
             at: now,
@@ -275,6 +288,9 @@ async fn customer_sends(
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InboxMessage {
     pub sid: String,
+    /// The business number it came from.
+    #[serde(default)]
+    pub from: String,
     pub body: String,
     pub media_urls: Vec<String>,
     /// The files the phone received with it: type and `Content-Disposition`.
@@ -312,6 +328,7 @@ fn inbox_of(twilio: &Twilio, number: &str) -> Vec<InboxMessage> {
         .filter(|s| s.to == number)
         .map(|s| InboxMessage {
             sid: s.sid.clone(),
+            from: s.from.clone(),
             body: s.body.clone(),
             media_urls: s.media_urls.clone(),
             files: inner
@@ -547,9 +564,23 @@ impl PhoneClient {
         content_type: &str,
         caption: &str,
     ) -> anyhow::Result<(String, u16)> {
+        self.send_file_to(from, None, bytes, content_type, caption)
+            .await
+    }
+
+    /// [`Self::send_file`] to business number `to` (the first sender when `None`).
+    pub async fn send_file_to(
+        &self,
+        from: &str,
+        to: Option<&str>,
+        bytes: Vec<u8>,
+        content_type: &str,
+        caption: &str,
+    ) -> anyhow::Result<(String, u16)> {
         let sid = self.upload(bytes, content_type).await?;
         self.send(&CustomerMessage {
             from: from.to_owned(),
+            to: to.map(str::to_owned),
             body: caption.to_owned(),
             media: vec![Media {
                 url: String::new(),
@@ -632,15 +663,17 @@ impl PhoneClient {
     /// The customer taps choice `n` (from 0) of message `sid`'s list or buttons.
     pub async fn tap(&self, number: &str, sid: &str, n: usize) -> anyhow::Result<(String, u16)> {
         let inbox = self.inbox(number).await?;
-        let Some(choice) = inbox
+        let Some((choice, business)) = inbox
             .iter()
             .find(|m| m.sid == sid)
-            .and_then(|m| m.choices.get(n))
+            .and_then(|m| Some((m.choices.get(n)?, m.from.clone())))
         else {
             anyhow::bail!("message {sid} offers no choice {n}");
         };
+        // The tap answers the business that offered the choice.
         self.send(&CustomerMessage {
             from: number.to_owned(),
+            to: Some(business),
             button: Some(choice.clone()),
             ..Default::default()
         })

@@ -32,6 +32,8 @@ pub fn routes() -> Router<Arc<Twilio>> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WrittenMessage {
     pub sid: String,
+    /// The business number it was written to.
+    pub to: String,
     pub body: String,
     /// Blue ticks: the business marked it (or a later one) read.
     pub read: bool,

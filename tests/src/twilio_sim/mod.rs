@@ -27,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 pub struct TwilioOptions {
     pub account_sid: String,
     pub auth_token: String,
-    /// The business's WhatsApp sender.
+    /// The business's WhatsApp sender: what customers write to unless they say.
     pub sender: String,
+    /// The account's other WhatsApp senders (several business numbers).
+    pub other_senders: Vec<String>,
     /// Where incoming-message webhooks go, as configured in Twilio (fragment included).
     pub webhook_url: Option<String>,
     /// Pause before each status callback.
@@ -51,6 +53,7 @@ impl Default for TwilioOptions {
             account_sid: "AC0123456789abcdef0123456789abcdef".into(),
             auth_token: "sim-auth-token".into(),
             sender: "whatsapp:+14155238886".into(),
+            other_senders: Vec::new(),
             webhook_url: None,
             status_delay: Duration::from_millis(10),
             auto_read: true,
@@ -81,8 +84,9 @@ pub struct Sent {
 
 #[derive(Default)]
 struct Customer {
-    /// Simulated time of the customer's last message (the 24 h window).
-    last_inbound: Option<DateTime<Utc>>,
+    /// Simulated time of the customer's last message to each sender: WhatsApp's 24 h
+    /// window is between one customer and one business number.
+    last_inbound: HashMap<String, DateTime<Utc>>,
     opted_out: bool,
     /// What the customer wrote (that reached the business), oldest first.
     written: Vec<indicator::WrittenMessage>,
@@ -112,8 +116,8 @@ struct Inner {
     /// How far the simulated clock is ahead of the real one.
     clock_offset: chrono::Duration,
     faults: Faults,
-    /// Sender rate limiting: the current one-second window and its count.
-    window: Option<(Instant, u32)>,
+    /// Sender rate limiting, per sender: the current one-second window and its count.
+    window: HashMap<String, (Instant, u32)>,
     api_calls: u64,
     webhook_url: Option<String>,
     /// Customers' files, by `ME…` SID.
@@ -139,6 +143,11 @@ pub struct Twilio {
 }
 
 impl Twilio {
+    /// Whether `number` is one of the account's WhatsApp senders.
+    fn is_sender(&self, number: &str) -> bool {
+        self.options.sender == number || self.options.other_senders.iter().any(|s| s == number)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
