@@ -11,6 +11,7 @@ use crate::NOTICE_PREFIX;
 use crate::connect::{AttachmentFile, ConnectApi, ConnectError, ErrorKind, Upload};
 use crate::convert::{ConvertError, Converter};
 use crate::media_type::{self, Conversion};
+use crate::transfer::{self, Transfers};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,11 +66,12 @@ impl Accepted {
     }
 }
 
-/// The media side of the relay: settings, one HTTP client for Twilio and the upload URLs,
-/// and the converter.
+/// The media side of the relay: settings, an HTTP client for Twilio's APIs, one for the
+/// files themselves (small buffers, [`crate::transfer`]), and the converter.
 pub struct MediaRelay {
     pub settings: MediaSettings,
     http: reqwest::Client,
+    transfers: Transfers,
     converter: Converter,
 }
 
@@ -91,6 +93,7 @@ impl MediaRelay {
         Self {
             settings,
             http,
+            transfers: Transfers::new(),
             converter,
         }
     }
@@ -133,7 +136,7 @@ pub enum FileBody {
     Spooled(TempPath),
     /// Twilio's answer itself, streamed straight into the upload: a file Connect takes as
     /// it is, whose length Twilio said. It can be read once; a retry fetches it again.
-    Fetched(Box<tokio::sync::Mutex<Option<reqwest::Response>>>),
+    Fetched(Box<tokio::sync::Mutex<Option<transfer::Response>>>),
 }
 
 /// The ledger entry that records file `index` of message `sid` as attached.
@@ -353,16 +356,15 @@ async fn open(
     media: &MediaRelay,
     account: Option<&TwilioAccount>,
     url: &str,
-) -> Result<reqwest::Response, FetchError> {
-    let passing = |e: &dyn std::fmt::Display| FetchError::Passing(e.to_string());
-    let mut request = media.http.get(url);
-    if let Some(account) = account {
-        request = request.basic_auth(&account.username, Some(account.password.expose()));
-    }
-    let response = tokio::time::timeout(media.settings.transfer_timeout, request.send())
-        .await
-        .map_err(|_| FetchError::Passing("the file's server did not answer".into()))?
-        .map_err(|e| passing(&e.without_url()))?;
+) -> Result<transfer::Response, FetchError> {
+    let auth = account.map(|a| (a.username.as_str(), a.password.expose()));
+    let response = tokio::time::timeout(
+        media.settings.transfer_timeout,
+        media.transfers.get(url, auth),
+    )
+    .await
+    .map_err(|_| FetchError::Passing("the file's server did not answer".into()))?
+    .map_err(|e| FetchError::Passing(e.to_string()))?;
     let status = response.status();
     if status.is_server_error() || status.as_u16() == 429 {
         return Err(FetchError::Passing(format!("Twilio answered {status}")));
@@ -403,7 +405,7 @@ const SPOOL_BUFFER: usize = 64 * 1024;
 /// Streams an answer's body into a spool file; its size.
 async fn spool(
     media: &MediaRelay,
-    mut response: reqwest::Response,
+    mut response: transfer::Response,
 ) -> Result<(TempPath, u64), FetchError> {
     let passing = |e: &dyn std::fmt::Display| FetchError::Passing(e.to_string());
     let work = async {
@@ -416,11 +418,7 @@ async fn spool(
         // tokio buffers up to 2 MiB per write by default: per transfer, that is the cost.
         file.set_max_buf_size(SPOOL_BUFFER);
         let mut size: u64 = 0;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| passing(&e.without_url()))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| passing(&e))? {
             size += chunk.len() as u64;
             if size > MAX_FETCH_BYTES {
                 return Err(FetchError::Final(format!(
@@ -525,13 +523,10 @@ async fn put(media: &MediaRelay, upload: &Upload, file: &ReadyFile) -> Result<()
                 .await
                 .map_err(|e| failed(ErrorKind::Other, format!("the spooled file is gone: {e}")))?;
             opened.set_max_buf_size(SPOOL_BUFFER);
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                opened,
-                SPOOL_BUFFER,
-            ))
+            transfer::reader_body(opened)
         }
         FileBody::Fetched(response) => match response.lock().await.take() {
-            Some(r) => reqwest::Body::wrap_stream(r.bytes_stream()),
+            Some(r) => r.into_body(),
             // Read by an attempt that failed: the next delivery fetches it again.
             None => {
                 return Err(failed(
@@ -541,30 +536,25 @@ async fn put(media: &MediaRelay, upload: &Upload, file: &ReadyFile) -> Result<()
             }
         },
     };
-    let mut request = media
-        .http
-        .put(&upload.url)
-        .header(reqwest::header::CONTENT_LENGTH, file.size)
-        .body(body);
-    for (name, value) in &upload.headers {
-        // Content-Length is the file's, whatever the map says.
-        if !name.eq_ignore_ascii_case("content-length") {
-            request = request.header(name, value);
-        }
-    }
+    let headers: Vec<(String, String)> = upload
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let started = std::time::Instant::now();
-    let response = tokio::time::timeout(media.settings.transfer_timeout, request.send())
-        .await
-        .map_err(|_| failed(ErrorKind::Network, "the upload timed out".into()))?
-        .map_err(|e| failed(ErrorKind::Network, e.without_url().to_string()))?;
+    let (status, text) = tokio::time::timeout(
+        media.settings.transfer_timeout,
+        media.transfers.put(&upload.url, &headers, file.size, body),
+    )
+    .await
+    .map_err(|_| failed(ErrorKind::Network, "the upload timed out".into()))?
+    .map_err(|e| failed(ErrorKind::Network, e.to_string()))?;
     metrics::histogram!("waconnect_relay_media_upload_seconds")
         .record(started.elapsed().as_secs_f64());
-    let status = response.status();
     if status.is_success() {
         return Ok(());
     }
     // Only S3's error code: its message may quote the signature we sent.
-    let text = response.text().await.unwrap_or_default();
     let said: String = text
         .split_once("<Code>")
         .and_then(|(_, rest)| rest.split_once("</Code>"))

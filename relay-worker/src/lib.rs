@@ -26,6 +26,7 @@ pub mod media_type;
 pub mod outreach;
 pub mod records;
 pub mod session;
+pub mod transfer;
 pub mod vcard;
 pub mod websocket;
 
