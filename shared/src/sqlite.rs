@@ -15,9 +15,9 @@
 use crate::config::{EmbeddedConfig, Synchronous};
 use rusqlite::Connection;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
@@ -118,9 +118,33 @@ struct Inner {
     topics: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
+/// The databases this process opened with [`Db::open`], by absolute path.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Inner>)>> = Mutex::new(Vec::new());
+
 impl Db {
+    /// The file's database for this process: services that share a process (`waconnect
+    /// serve`, the sandbox) share one connection and thread, so a write by one wakes
+    /// another's long poll at once (an in-process topic) instead of at its next poll, and
+    /// their writes share commits. The first opener's settings hold.
     pub async fn open(config: &EmbeddedConfig) -> Result<Self, DbError> {
-        Self::open_path(&config.path, config.synchronous).await
+        let key = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
+        let find = |open: &mut Vec<(PathBuf, Weak<Inner>)>| {
+            open.retain(|(_, db)| db.strong_count() > 0);
+            open.iter()
+                .find(|(path, _)| *path == key)
+                .and_then(|(_, db)| db.upgrade())
+        };
+        if let Some(inner) = find(&mut OPEN.lock().expect("open databases lock")) {
+            return Ok(Self { inner });
+        }
+        let db = Self::open_path(&config.path, config.synchronous).await?;
+        let mut open = OPEN.lock().expect("open databases lock");
+        // Another task may have opened it meanwhile: theirs is kept, ours closes.
+        if let Some(inner) = find(&mut open) {
+            return Ok(Self { inner });
+        }
+        open.push((key, Arc::downgrade(&db.inner)));
+        Ok(db)
     }
 
     /// Opens the file on the database's own thread: opening may wait for another

@@ -140,9 +140,10 @@ async fn the_business_starts_a_conversation_and_the_reply_lands_in_it(aws: bool)
 
     // The command does the same for another customer.
     let api = url.trim_end_matches("/v1/conversations").to_owned();
-    let out = tokio::process::Command::new(binary("relay-worker"))
+    let out = tokio::process::Command::new(binary("waconnect"))
         .args([
-            "start-conversation",
+            "conversation",
+            "start",
             "--customer",
             customer(41).as_str(),
             "--content-sid",

@@ -545,7 +545,10 @@ pub async fn records_from_before_routing_keep_working(e: &dyn StoreEngine, _: &P
     assert_eq!(got.conversation.key(), legacy);
     // Not the pair's record: the pair is another key.
     assert_eq!(store.get(&key(2)).await.unwrap(), None);
-    assert_eq!(store.unheld(10).await.unwrap(), std::slice::from_ref(&legacy));
+    assert_eq!(
+        store.unheld(10).await.unwrap(),
+        std::slice::from_ref(&legacy)
+    );
     let lease = store
         .acquire_lease(&legacy, "worker-a", LONG)
         .await

@@ -1,0 +1,191 @@
+//! `waconnect`: one command for everything an operator runs (README "Running").
+//!
+//! * `serve` — ingress, relay-worker and outbound-sender in one process: the one-box mode.
+//! * `ingress`, `relay`, `sender` — one service each, as a fleet runs them.
+//! * `sandbox` — the whole system with simulated Twilio and Connect, and a web page.
+//! * `conversation start` — a conversation the business starts, through a relay's API.
+//! * `completions` — shell completions.
+//!
+//! Every service is configured by its environment (or `WACONNECT_CONFIG_FILE`), as the
+//! README's configuration table says; `--help` on every command.
+
+mod serve;
+
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use waconnect_shared::config::{ConfigSource, IngressConfig};
+use waconnect_shared::{shutdown, telemetry};
+
+/// Bridges WhatsApp customers (through Twilio) and Amazon Connect agents. Configured by
+/// environment variables (README "Configuration").
+#[derive(Parser)]
+#[command(name = "waconnect", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole bridge in one process: ingress, relay-worker and outbound-sender on one
+    /// configuration (the one-box deployment, usually on the embedded SQLite engine).
+    Serve,
+    /// Only ingress: Twilio's webhooks into the inbound queue.
+    Ingress,
+    /// Only the relay-worker: the Amazon Connect side.
+    Relay,
+    /// Only the outbound-sender: the outbound queue to Twilio's Messages API.
+    Sender,
+    /// The whole system on this machine with simulated Twilio and Connect, and a page to
+    /// play both the customer and the agent (`WACONNECT_SANDBOX_BIND`, default
+    /// 127.0.0.1:8700).
+    Sandbox,
+    /// Conversations: start one from the business side.
+    #[command(subcommand)]
+    Conversation(Conversation),
+    /// Prints shell completions for `waconnect` (e.g. `waconnect completions bash >
+    /// /etc/bash_completion.d/waconnect`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum Conversation {
+    /// Starts a WhatsApp conversation from the business side: an approved template to the
+    /// customer and a Connect chat for the agent, through a running relay's API.
+    Start {
+        /// The customer, `whatsapp:+<E.164>`.
+        #[arg(long)]
+        customer: String,
+        /// The approved template's `HX…` SID.
+        #[arg(long)]
+        content_sid: String,
+        /// A template variable, `1=Ana` (repeat for more).
+        #[arg(long = "var", value_parser = variable)]
+        variables: Vec<(String, String)>,
+        /// Your idempotency key: the same key never starts two conversations.
+        #[arg(long)]
+        key: String,
+        /// The business number that writes (one a route lists); the first route's
+        /// sender when absent.
+        #[arg(long)]
+        business: Option<String>,
+        /// The relay's API (`WACONNECT_RELAY_API_BIND`).
+        #[arg(
+            long,
+            env = "WACONNECT_RELAY_API_URL",
+            default_value = "http://127.0.0.1:9095"
+        )]
+        api: String,
+        /// The API's bearer token.
+        #[arg(long, env = "WACONNECT_RELAY_API_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+fn variable(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve => serve::run(ConfigSource::from_env()?).await,
+        Command::Ingress => ingress().await,
+        Command::Relay => relay().await,
+        Command::Sender => sender().await,
+        Command::Sandbox => waconnect_sandbox::run_from_env().await,
+        Command::Conversation(Conversation::Start {
+            customer,
+            content_sid,
+            variables,
+            key,
+            business,
+            api,
+            token,
+        }) => {
+            let request = waconnect_relay_worker::outreach::Outreach {
+                customer,
+                business,
+                content_sid,
+                variables: variables.into_iter().collect(),
+                key,
+            };
+            start_conversation(&api, &token, &request).await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "waconnect",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn ingress() -> anyhow::Result<()> {
+    let config = IngressConfig::from_env()?;
+    telemetry::init_logging(&config.common.telemetry)?;
+    let listener = serve::listen("WACONNECT_INGRESS_BIND", config.bind).await?;
+    waconnect_ingress::run(config, listener, shutdown::on_signals()).await?;
+    Ok(())
+}
+
+async fn relay() -> anyhow::Result<()> {
+    let config = waconnect_relay_worker::config_from(&ConfigSource::from_env()?)?;
+    telemetry::init_logging(&config.worker.common.telemetry)?;
+    let listener =
+        serve::listen(waconnect_relay_worker::OPS_BIND_VAR, config.worker.ops_bind).await?;
+    waconnect_relay_worker::run(config, listener, shutdown::on_signals()).await?;
+    Ok(())
+}
+
+async fn sender() -> anyhow::Result<()> {
+    let config = waconnect_outbound_sender::config_from(&ConfigSource::from_env()?)?;
+    telemetry::init_logging(&config.worker.common.telemetry)?;
+    let listener = serve::listen(
+        waconnect_outbound_sender::OPS_BIND_VAR,
+        config.worker.ops_bind,
+    )
+    .await?;
+    waconnect_outbound_sender::run(config, listener, shutdown::on_signals()).await?;
+    Ok(())
+}
+
+async fn start_conversation(
+    api: &str,
+    token: &str,
+    request: &waconnect_relay_worker::outreach::Outreach,
+) -> anyhow::Result<()> {
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?
+        .post(format!("{}/v1/conversations", api.trim_end_matches('/')))
+        .bearer_auth(token)
+        .json(request)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the relay's API at {api}"))?;
+    let status = response.status();
+    println!("{}", response.text().await?);
+    if !status.is_success() {
+        anyhow::bail!("the relay refused: HTTP {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_tree_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,160 @@
+//! `waconnect` as operators run it: `serve` carries a conversation both ways in one
+//! process, names every bad variable at once, and stops cleanly on SIGTERM; every command
+//! has its help and the shells their completions.
+
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+use waconnect_tests::connect_sim::{ConnectSim, SimOptions};
+use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
+use waconnect_tests::{customer, free_port, wait};
+
+const WACONNECT: &str = env!("CARGO_BIN_EXE_waconnect");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_carries_a_conversation_both_ways_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("waconnect.db").display().to_string();
+    let connect = ConnectSim::start_with(SimOptions::default()).await;
+    let (ingress_port, relay_ops, sender_ops) =
+        (free_port().await, free_port().await, free_port().await);
+    let ingress = format!("http://{ingress_port}");
+    let twilio = TwilioSim::start_with(TwilioOptions {
+        webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
+        ..TwilioOptions::default()
+    })
+    .await;
+    let o = twilio.options().clone();
+    let api = twilio.api_base();
+    let status = format!("{ingress}/twilio/status");
+    let vars = [
+        ("WACONNECT_SQLITE_PATH", db.as_str()),
+        ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+        ("RUST_LOG", "warn"),
+        ("WACONNECT_PUBLIC_BASE_URL", ingress.as_str()),
+        ("WACONNECT_INGRESS_BIND", ingress_port.as_str()),
+        ("WACONNECT_RELAY_OPS_BIND", relay_ops.as_str()),
+        ("WACONNECT_SENDER_OPS_BIND", sender_ops.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
+        ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
+        ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
+        ("TWILIO_ACCOUNT_SID", &o.account_sid),
+        ("TWILIO_AUTH_TOKEN", &o.auth_token),
+        ("TWILIO_FROM", &o.sender),
+        ("WACONNECT_TWILIO_API_BASE", &api),
+        ("WACONNECT_TWILIO_MESSAGING_BASE", &api),
+        ("WACONNECT_TWILIO_CONTENT_BASE", &api),
+        ("WACONNECT_STATUS_CALLBACK_URL", &status),
+    ];
+    let mut serve = Command::new(WACONNECT)
+        .arg("serve")
+        .env_clear()
+        .envs(vars)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let (phone, desk) = (twilio.phone(), connect.desk());
+    let ana = customer(1);
+    wait::until(
+        "serve to take the webhook",
+        Duration::from_secs(30),
+        || async {
+            let (_, status) = phone.text(ana.as_str(), "hello from one box").await.ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let contact = wait::until("the chat", Duration::from_secs(30), || async {
+        let chat = desk.chats(None).await.ok()?.into_iter().next()?;
+        let texts = desk.customer_texts(&chat.contact_id).await.ok()?;
+        (texts == ["hello from one box"]).then_some(chat.contact_id)
+    })
+    .await;
+    desk.accept(&contact).await.unwrap();
+    wait::until("the chat held", Duration::from_secs(30), || async {
+        (desk.stats().await.ok()?.sockets >= 1).then_some(())
+    })
+    .await;
+    desk.send(&contact, "one process, both ways").await.unwrap();
+    wait::until(
+        "the reply on the phone",
+        Duration::from_secs(30),
+        || async {
+            let inbox = phone.inbox(ana.as_str()).await.ok()?;
+            inbox
+                .iter()
+                .any(|m| m.body == "one process, both ways" && m.status == "read")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // SIGTERM stops all three, cleanly.
+    let pid = serve.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(20), serve.wait())
+        .await
+        .expect("serve stops within its grace")
+        .unwrap();
+    assert!(exited.success(), "{exited}");
+}
+
+#[test]
+fn serve_names_every_bad_variable_at_once() {
+    let out = std::process::Command::new(WACONNECT)
+        .arg("serve")
+        .env_clear()
+        .env("WACONNECT_SQLITE_PATH", "/nonexistent/waconnect.db")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    for variable in [
+        "TWILIO_AUTH_TOKEN",
+        "WACONNECT_PUBLIC_BASE_URL",
+        "WACONNECT_CONNECT_INSTANCE_ID",
+        "TWILIO_ACCOUNT_SID",
+        "TWILIO_FROM",
+    ] {
+        assert!(said.contains(variable), "{variable} not named:\n{said}");
+    }
+}
+
+#[test]
+fn every_command_has_help_and_the_shells_have_completions() {
+    for command in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["ingress", "--help"],
+        vec!["relay", "--help"],
+        vec!["sender", "--help"],
+        vec!["sandbox", "--help"],
+        vec!["conversation", "start", "--help"],
+        vec!["completions", "--help"],
+    ] {
+        let out = std::process::Command::new(WACONNECT)
+            .args(&command)
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && help.contains("Usage: waconnect"),
+            "{command:?}: {help}"
+        );
+    }
+    let out = std::process::Command::new(WACONNECT)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && script.contains("serve") && script.contains("conversation"));
+}
