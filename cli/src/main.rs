@@ -3,12 +3,14 @@
 //! * `serve` — ingress, relay-worker and outbound-sender in one process: the one-box mode.
 //! * `ingress`, `relay`, `sender` — one service each, as a fleet runs them.
 //! * `sandbox` — the whole system with simulated Twilio and Connect, and a web page.
+//! * `check` — a configuration checked before going live.
 //! * `conversation start` — a conversation the business starts, through a relay's API.
 //! * `completions` — shell completions.
 //!
 //! Every service is configured by its environment (or `WACONNECT_CONFIG_FILE`), as the
 //! README's configuration table says; `--help` on every command.
 
+mod check;
 mod serve;
 
 use anyhow::Context;
@@ -40,6 +42,17 @@ enum Command {
     /// play both the customer and the agent (`WACONNECT_SANDBOX_BIND`, default
     /// 127.0.0.1:8700).
     Sandbox,
+    /// Checks a configuration before going live: every variable and the routing file,
+    /// then (unless --offline) Twilio's credentials, each route's contact flows, and the
+    /// storage, with read-only calls. Exits non-zero if anything failed.
+    Check {
+        /// Only the variables and the routing file; nothing is called.
+        #[arg(long)]
+        offline: bool,
+        /// The results as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Conversations: start one from the business side.
     #[command(subcommand)]
     Conversation(Conversation),
@@ -99,6 +112,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay => relay().await,
         Command::Sender => sender().await,
         Command::Sandbox => waconnect_sandbox::run_from_env().await,
+        Command::Check { offline, json } => {
+            let rows = check::run(&ConfigSource::from_env()?, offline).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", check::table(&rows));
+            }
+            if rows.iter().any(|r| !r.ok) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Conversation(Conversation::Start {
             customer,
             content_sid,

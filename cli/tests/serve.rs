@@ -2,53 +2,19 @@
 //! process, names every bad variable at once, and stops cleanly on SIGTERM; every command
 //! has its help and the shells their completions.
 
+mod common;
+
+use common::{Sims, WACONNECT};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
-use waconnect_tests::connect_sim::{ConnectSim, SimOptions};
-use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
-use waconnect_tests::{customer, free_port, wait};
-
-const WACONNECT: &str = env!("CARGO_BIN_EXE_waconnect");
+use waconnect_tests::connect_sim::SimOptions;
+use waconnect_tests::{customer, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_carries_a_conversation_both_ways_in_one_process() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("waconnect.db").display().to_string();
-    let connect = ConnectSim::start_with(SimOptions::default()).await;
-    let (ingress_port, relay_ops, sender_ops) =
-        (free_port().await, free_port().await, free_port().await);
-    let ingress = format!("http://{ingress_port}");
-    let twilio = TwilioSim::start_with(TwilioOptions {
-        webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
-        ..TwilioOptions::default()
-    })
-    .await;
-    let o = twilio.options().clone();
-    let api = twilio.api_base();
-    let status = format!("{ingress}/twilio/status");
-    let vars = [
-        ("WACONNECT_SQLITE_PATH", db.as_str()),
-        ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
-        ("RUST_LOG", "warn"),
-        ("WACONNECT_PUBLIC_BASE_URL", ingress.as_str()),
-        ("WACONNECT_INGRESS_BIND", ingress_port.as_str()),
-        ("WACONNECT_RELAY_OPS_BIND", relay_ops.as_str()),
-        ("WACONNECT_SENDER_OPS_BIND", sender_ops.as_str()),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
-        ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
-        ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
-        ("TWILIO_ACCOUNT_SID", &o.account_sid),
-        ("TWILIO_AUTH_TOKEN", &o.auth_token),
-        ("TWILIO_FROM", &o.sender),
-        ("WACONNECT_TWILIO_API_BASE", &api),
-        ("WACONNECT_TWILIO_MESSAGING_BASE", &api),
-        ("WACONNECT_TWILIO_CONTENT_BASE", &api),
-        ("WACONNECT_STATUS_CALLBACK_URL", &status),
-    ];
+    let sims = Sims::start(SimOptions::default()).await;
+    let vars = sims.vars();
     let mut serve = Command::new(WACONNECT)
         .arg("serve")
         .env_clear()
@@ -59,7 +25,7 @@ async fn serve_carries_a_conversation_both_ways_in_one_process() {
         .spawn()
         .unwrap();
 
-    let (phone, desk) = (twilio.phone(), connect.desk());
+    let (phone, desk) = (sims.twilio.phone(), sims.connect.desk());
     let ana = customer(1);
     wait::until(
         "serve to take the webhook",

@@ -168,6 +168,11 @@ impl RelayRoutes {
     pub fn routing(&self) -> &Routing {
         &self.routing
     }
+
+    /// Every route, in the routing's order.
+    pub fn all(&self) -> &[RelayRoute] {
+        &self.routes
+    }
 }
 
 /// Each route's settings, what it leaves out taken from the environment.

@@ -184,6 +184,12 @@ impl ConnectApi {
         }
     }
 
+    /// At most `attempts` tries per call (a check wants an answer now, not a retry storm).
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
     async fn call<T, E, F, Fut>(&self, operation: &'static str, mut f: F) -> Result<T, ConnectError>
     where
         F: FnMut() -> Fut,
@@ -442,6 +448,28 @@ impl ConnectApi {
             .await?;
         let items = out.transcript().iter().map(ChatItem::from_sdk).collect();
         Ok((items, out.next_token().map(str::to_owned)))
+    }
+
+    /// The contact flow's name, if the instance has it (`waconnect check`).
+    pub async fn describe_flow(
+        &self,
+        instance_id: &str,
+        contact_flow_id: &str,
+    ) -> Result<String, ConnectError> {
+        let out = self
+            .call("DescribeContactFlow", || {
+                self.connect
+                    .describe_contact_flow()
+                    .instance_id(instance_id)
+                    .contact_flow_id(contact_flow_id)
+                    .send()
+            })
+            .await?;
+        Ok(out
+            .contact_flow()
+            .and_then(|f| f.name())
+            .unwrap_or_default()
+            .to_owned())
     }
 
     pub async fn start_outbound_voice(

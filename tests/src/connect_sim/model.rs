@@ -33,6 +33,8 @@ pub struct SimOptions {
     pub attachment_max_bytes: u64,
     /// Attachments one chat takes (Connect: 35); tests lower it to reach it quickly.
     pub attachments_per_chat: usize,
+    /// The instance's contact flows by id; empty: any id names a flow.
+    pub contact_flows: Vec<String>,
 }
 
 /// Connect chat's default attachment extensions (docs/architecture.md §9).
@@ -57,6 +59,7 @@ impl Default for SimOptions {
                 .collect(),
             attachment_max_bytes: 20 * 1024 * 1024,
             attachments_per_chat: MAX_ATTACHMENTS_PER_CHAT,
+            contact_flows: Vec::new(),
         }
     }
 }

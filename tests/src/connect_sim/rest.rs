@@ -21,6 +21,10 @@ type Answer = Result<Json<Value>, ApiError>;
 pub fn routes() -> Router<Arc<Sim>> {
     Router::new()
         .route("/contact/chat", put(start_chat))
+        .route(
+            "/contact-flows/{instance}/{flow}",
+            axum::routing::get(describe_contact_flow),
+        )
         .route("/contact/outbound-voice", put(start_outbound_voice))
         .route("/contact/stop", post(stop_contact))
         .route("/participant/connection", post(create_connection))
@@ -101,6 +105,9 @@ async fn start_chat(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answer {
         .to_owned();
     if instance != sim.options.instance_id {
         return Err(ApiError::not_found("Instance not found"));
+    }
+    if !flow_exists(&sim, &flow) {
+        return Err(ApiError::not_found("ContactFlow not found"));
     }
     let minutes = m
         .get("ChatDurationInMinutes")
@@ -239,6 +246,33 @@ fn customer_message(inner: &super::model::Inner, contact_id: &str, content: &str
         participant_role: Some("CUSTOMER".into()),
         ..Item::default()
     }
+}
+
+fn flow_exists(sim: &Sim, flow: &str) -> bool {
+    let flows = &sim.options.contact_flows;
+    flows.is_empty() || flows.iter().any(|f| f == flow)
+}
+
+/// DescribeContactFlow: what `waconnect check` asks to know a route's flow exists.
+async fn describe_contact_flow(
+    State(sim): State<Arc<Sim>>,
+    Path((instance, flow)): Path<(String, String)>,
+) -> Answer {
+    admit(&sim, Service::Connect, "DescribeContactFlow").await?;
+    if instance != sim.options.instance_id {
+        return Err(ApiError::not_found("Instance not found"));
+    }
+    if !flow_exists(&sim, &flow) {
+        return Err(ApiError::not_found("ContactFlow not found"));
+    }
+    Ok(Json(json!({ "ContactFlow": {
+        "Arn": format!("arn:aws:connect:us-east-1:123456789012:instance/{instance}/contact-flow/{flow}"),
+        "Id": flow,
+        "Name": format!("Flow {flow}"),
+        "Type": "CONTACT_FLOW",
+        "State": "ACTIVE",
+        "Status": "PUBLISHED",
+    }})))
 }
 
 async fn start_outbound_voice(State(sim): State<Arc<Sim>>, bytes: Bytes) -> Answer {

@@ -25,6 +25,31 @@ pub fn routes() -> Router<Arc<Twilio>> {
             "/2010-04-01/Accounts/{account}/Messages/{file}",
             axum::routing::get(fetch_message),
         )
+        .route(
+            "/2010-04-01/Accounts/{file}",
+            axum::routing::get(fetch_account),
+        )
+}
+
+/// The account resource: what a credentials check reads.
+async fn fetch_account(
+    State(twilio): State<Arc<Twilio>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(account) = file.strip_suffix(".json") else {
+        return error(404, 20404, "The requested resource was not found");
+    };
+    if !authorised(&twilio, account, &headers) {
+        return error(401, 20003, "Authenticate");
+    }
+    Json(json!({
+        "sid": account,
+        "friendly_name": "Simulated account",
+        "status": "active",
+        "type": "Full",
+    }))
+    .into_response()
 }
 
 /// One message's resource, as Twilio's API shows it.
