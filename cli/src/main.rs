@@ -4,6 +4,7 @@
 //! * `ingress`, `relay`, `sender` — one service each, as a fleet runs them.
 //! * `sandbox` — the whole system with simulated Twilio and Connect, and a web page.
 //! * `check` — a configuration checked before going live.
+//! * `conversation show` — a customer's conversation as the store holds it.
 //! * `conversation start` — a conversation the business starts, through a relay's API.
 //! * `completions` — shell completions.
 //!
@@ -11,6 +12,7 @@
 //! README's configuration table says; `--help` on every command.
 
 mod check;
+mod conversation;
 mod serve;
 
 use anyhow::Context;
@@ -53,7 +55,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Conversations: start one from the business side.
+    /// Conversations: look one up, or start one from the business side.
     #[command(subcommand)]
     Conversation(Conversation),
     /// Prints shell completions for `waconnect` (e.g. `waconnect completions bash >
@@ -66,6 +68,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Conversation {
+    /// Shows a customer's conversation as the store holds it (either engine; no tokens,
+    /// the number masked): its chat, the agent cursor, who holds its socket.
+    Show {
+        /// The customer, `whatsapp:+<E.164>`.
+        #[arg(long)]
+        customer: String,
+        /// The business number they wrote to; the first route's sender when absent.
+        #[arg(long)]
+        business: Option<String>,
+        /// As JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Starts a WhatsApp conversation from the business side: an approved template to the
     /// customer and a Connect chat for the agent, through a running relay's API.
     Start {
@@ -121,6 +136,21 @@ async fn main() -> anyhow::Result<()> {
             }
             if rows.iter().any(|r| !r.ok) {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Conversation(Conversation::Show {
+            customer,
+            business,
+            json,
+        }) => {
+            let shown =
+                conversation::show(&ConfigSource::from_env()?, &customer, business.as_deref())
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                print!("{}", conversation::text(&shown));
             }
             Ok(())
         }
