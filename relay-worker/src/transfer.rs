@@ -139,7 +139,7 @@ impl Transfers {
             let request = request
                 .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
                 .map_err(|e| TransferError(e.to_string()))?;
-            let response = self.send(request).await?;
+            let response = self.send(request, Some(READ_TIMEOUT)).await?;
             let status = response.status;
             if status.is_redirection()
                 && let Some(next) = response.location.clone()
@@ -174,16 +174,27 @@ impl Transfers {
             .header(header::CONTENT_LENGTH, length)
             .body(body)
             .map_err(|e| TransferError(e.to_string()))?;
-        let response: Response = self.send(request).await?.into();
+        // The answer comes after the whole body went out, which takes as long as the file
+        // does: the caller's bound on the transfer covers it, not the one between reads.
+        let response: Response = self.send(request, None).await?.into();
         let status = response.status();
         Ok((status, response.text().await))
     }
 
-    async fn send(&self, request: Request<Body>) -> Result<Head, TransferError> {
-        let response = tokio::time::timeout(READ_TIMEOUT, self.client.request(request))
-            .await
-            .map_err(|_| TransferError(format!("no answer within {READ_TIMEOUT:?}")))?
-            .map_err(|e| TransferError(describe(&e)))?;
+    /// Sends `request`; its answer's head, within `within` when given.
+    async fn send(
+        &self,
+        request: Request<Body>,
+        within: Option<Duration>,
+    ) -> Result<Head, TransferError> {
+        let answer = self.client.request(request);
+        let response = match within {
+            Some(within) => tokio::time::timeout(within, answer)
+                .await
+                .map_err(|_| TransferError(format!("no answer within {within:?}")))?,
+            None => answer.await,
+        }
+        .map_err(|e| TransferError(describe(&e)))?;
         let content_length = response
             .headers()
             .get(header::CONTENT_LENGTH)
