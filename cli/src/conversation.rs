@@ -23,7 +23,11 @@ pub struct Shown {
     pub started_by_business: Option<String>,
     pub last_inbound_message_sid: Option<String>,
     pub last_inbound_at: Option<String>,
+    /// What to search the logs for: the last customer message's trace id.
+    pub last_inbound_trace_id: Option<String>,
     pub agent_cursor: Option<String>,
+    /// The last agent item forwarded's trace id.
+    pub agent_cursor_trace_id: Option<String>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<String>,
     pub lease_version: u64,
@@ -46,6 +50,14 @@ impl From<&StoredConversation> for Shown {
             started_by_business: c.started_by.clone(),
             last_inbound_message_sid: c.last_inbound_message_sid.clone(),
             last_inbound_at: c.last_inbound_at.map(|t| t.to_rfc3339()),
+            last_inbound_trace_id: c
+                .last_inbound_message_sid
+                .as_deref()
+                .map(waconnect_shared::trace::of),
+            agent_cursor_trace_id: c
+                .agent_cursor
+                .as_ref()
+                .map(|a| waconnect_shared::trace::of(&a.id)),
             agent_cursor: c
                 .agent_cursor
                 .as_ref()
@@ -121,12 +133,21 @@ pub fn text(shown: &[Shown]) -> String {
             &mut out,
             "last message",
             &format!(
-                "{} at {}",
+                "{} at {} (trace {})",
                 or_none(&s.last_inbound_message_sid),
-                or_none(&s.last_inbound_at)
+                or_none(&s.last_inbound_at),
+                or_none(&s.last_inbound_trace_id)
             ),
         );
-        line(&mut out, "agent cursor", &or_none(&s.agent_cursor));
+        line(
+            &mut out,
+            "agent cursor",
+            &format!(
+                "{} (trace {})",
+                or_none(&s.agent_cursor),
+                or_none(&s.agent_cursor_trace_id)
+            ),
+        );
         line(
             &mut out,
             "lease",

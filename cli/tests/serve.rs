@@ -124,3 +124,109 @@ fn every_command_has_help_and_the_shells_have_completions() {
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && script.contains("serve") && script.contains("conversation"));
 }
+
+/// One id follows each message through every service's log lines: a customer's message
+/// through ingress and the relay, an agent's reply through the relay and the sender; and
+/// no line shows the customer's number in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_id_follows_each_message_through_the_services() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncBufReadExt;
+    let sims = Sims::start(SimOptions::default()).await;
+    let mut vars = sims.vars();
+    vars.retain(|(k, _)| k != "RUST_LOG");
+    vars.push((
+        "RUST_LOG".into(),
+        "warn,waconnect_ingress=debug,waconnect_relay_worker=debug,waconnect_outbound_sender=debug"
+            .into(),
+    ));
+    vars.push(("WACONNECT_LOG_FORMAT".into(), "json".into()));
+    let mut serve = Command::new(WACONNECT)
+        .arg("serve")
+        .env_clear()
+        .envs(vars)
+        // Logs go to stdout.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut reader = tokio::io::BufReader::new(serve.stdout.take().unwrap()).lines();
+    let kept = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+
+    let (phone, desk) = (sims.twilio.phone(), sims.connect.desk());
+    let ana = customer(3);
+    let sid = wait::until(
+        "serve to take the webhook",
+        Duration::from_secs(30),
+        || async {
+            let (sid, status) = phone.text(ana.as_str(), "follow me").await.ok()?;
+            (status == 200).then_some(sid)
+        },
+    )
+    .await;
+    let contact = wait::until("the chat", Duration::from_secs(30), || async {
+        let chat = desk.chats(None).await.ok()?.into_iter().next()?;
+        Some(chat.contact_id)
+    })
+    .await;
+    desk.accept(&contact).await.unwrap();
+    wait::until("the chat held", Duration::from_secs(30), || async {
+        (desk.stats().await.ok()?.sockets >= 1).then_some(())
+    })
+    .await;
+    let reply = desk.send(&contact, "followed").await.unwrap();
+
+    // A trace id's lines, by the service that wrote them.
+    let services_with = |trace: String| {
+        let lines = lines.clone();
+        move || {
+            let lines = lines.lock().unwrap();
+            let mut services: Vec<&str> = [
+                "waconnect_ingress",
+                "waconnect_relay_worker",
+                "waconnect_outbound_sender",
+            ]
+            .into_iter()
+            .filter(|service| {
+                lines
+                    .iter()
+                    .any(|l| l.contains(&trace) && l.contains(&format!("\"target\":\"{service}")))
+            })
+            .collect();
+            services.sort_unstable();
+            services
+        }
+    };
+    let inbound = services_with(waconnect_shared::trace::of(&sid));
+    wait::until(
+        "the customer message's trace",
+        Duration::from_secs(30),
+        || async { (inbound() == ["waconnect_ingress", "waconnect_relay_worker"]).then_some(()) },
+    )
+    .await;
+    let outbound = services_with(waconnect_shared::trace::of(&reply.id));
+    wait::until(
+        "the agent reply's trace",
+        Duration::from_secs(30),
+        || async {
+            (outbound() == ["waconnect_outbound_sender", "waconnect_relay_worker"]).then_some(())
+        },
+    )
+    .await;
+    let number = ana.e164().trim_start_matches('+').to_owned();
+    let shown: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(&number))
+        .cloned()
+        .collect();
+    assert!(shown.is_empty(), "the number in clear: {shown:?}");
+}

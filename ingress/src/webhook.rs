@@ -298,6 +298,7 @@ impl Webhooks {
         };
         tracing::debug!(
             route = ?kind,
+            trace_id = %event.trace_id(),
             conversation = %key,
             message_sid = event.message_sid().unwrap_or_default(),
             duplicate = sent.duplicate == Some(true),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::event::{EventKind, InboundEvent};
@@ -236,7 +237,15 @@ pub async fn consume(sender: Arc<Sender>, settings: ConsumerSettings, stop: Canc
 
 async fn deliver(s: &Sender, m: &ReceivedMessage, stop: &CancellationToken) -> Done {
     let mut outcomes = Vec::new();
-    let done = deliver_parts(s, m, stop, &mut outcomes).await;
+    // Every line about the message carries its trace id (recorded once it is decoded).
+    let span = tracing::info_span!(
+        "outbound",
+        trace_id = tracing::field::Empty,
+        item_id = tracing::field::Empty
+    );
+    let done = deliver_parts(s, m, stop, &mut outcomes)
+        .instrument(span)
+        .await;
     if matches!(done, Done::Abandoned) {
         // Whoever takes the message next must find the parts already sent recorded.
         for written in outcomes {
@@ -262,6 +271,11 @@ async fn deliver_parts(
             return Done::DeadLettered;
         }
     };
+    let span = tracing::Span::current();
+    span.record("trace_id", message.trace_id());
+    if let Origin::ConnectItem { item_id, .. } = &message.origin {
+        span.record("item_id", item_id.as_str());
+    }
     let message = match with_file_urls(s, message).await {
         Ok(m) => m,
         Err((message, e)) if e.kind == ErrorKind::Permanent => {
@@ -382,6 +396,7 @@ async fn deliver_parts(
                         outcomes.push(s.record_sent(key.clone(), sid.clone()));
                         s.remember(&message, part, &sid);
                         metrics::counter!("waconnect_sender_sent_total").increment(1);
+                        tracing::debug!(message_sid = %sid, part = i, "sent to Twilio");
                         sent = sid;
                         break;
                     }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use waconnect_shared::ConversationKey;
 use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::conversation::{Conversation, ConversationState};
@@ -75,12 +76,31 @@ async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) ->
             return Handled::Settled;
         }
     };
+    // Every line about the event carries its trace id and MessageSid.
+    let span = tracing::info_span!(
+        "inbound",
+        trace_id = %event.trace_id(),
+        message_sid = event.field("MessageSid").unwrap_or_default(),
+        kind = ?event.kind,
+    );
+    settle(relay, fleet, &event, message).instrument(span).await
+}
+
+/// Relays `event` and settles its queue message: deleted, retried later, or dead-lettered.
+async fn settle(
+    relay: &Relay,
+    fleet: &Arc<Fleet>,
+    event: &InboundEvent,
+    message: ReceivedMessage,
+) -> Handled {
+    let queue = &relay.inbound;
     let result = match event.kind {
-        EventKind::Message => relay_message(relay, fleet, &event, &message).await,
-        EventKind::Status => relay_status(relay, &event).await,
+        EventKind::Message => relay_message(relay, fleet, event, &message).await,
+        EventKind::Status => relay_status(relay, event).await,
     };
     match result {
         Ok(()) => {
+            tracing::debug!("relayed");
             let deleted = queue.delete(&message.receipt).await;
             metrics::counter!("waconnect_relay_inbound_total", "outcome" => "relayed").increment(1);
             match deleted {

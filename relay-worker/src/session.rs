@@ -636,6 +636,12 @@ impl Session {
             resend: None,
         };
         self.enqueue(&message).await?;
+        tracing::debug!(
+            trace_id = %message.trace_id(),
+            item_id = %item.id,
+            conversation = %self.key,
+            "agent item queued for the customer"
+        );
         // Only now does the cursor move: a crash before this re-forwards the item from
         // the transcript, and the outbound queue's dedup (item Id) absorbs it.
         self.advance(item);

@@ -174,6 +174,16 @@ impl InboundEvent {
         Ok(ConversationKey::new(self.business()?, self.customer()?))
     }
 
+    /// The id that follows this event through every service's logs ([`crate::trace`]): a
+    /// customer message's, from its MessageSid; a receipt's, the agent item's it is about
+    /// (the same as the reply's own), else its MessageSid's.
+    pub fn trace_id(&self) -> String {
+        match (self.kind, self.query_param("item")) {
+            (EventKind::Status, Some(item)) => crate::trace::of(item),
+            _ => crate::trace::of(self.field("MessageSid").unwrap_or_default()),
+        }
+    }
+
     /// The queue deduplication id: Twilio retries the same webhook with the same
     /// MessageSid, and a message's status changes are distinct events.
     pub fn dedup_id(&self) -> Result<String, EventError> {

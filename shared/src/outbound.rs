@@ -83,6 +83,15 @@ pub enum Origin {
 }
 
 impl OutboundMessage {
+    /// The id that follows this message through every service's logs ([`crate::trace`]):
+    /// its Connect item's (or the bridge's own id), so a re-send keeps it.
+    pub fn trace_id(&self) -> String {
+        crate::trace::of(match &self.origin {
+            Origin::ConnectItem { item_id, .. } => item_id,
+            Origin::Bridge { id, .. } => id,
+        })
+    }
+
     /// The conversation this message belongs to: its FIFO group is the key's.
     pub fn key(&self) -> ConversationKey {
         ConversationKey {
