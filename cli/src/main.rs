@@ -4,6 +4,7 @@
 //! * `ingress`, `relay`, `sender` — one service each, as a fleet runs them.
 //! * `sandbox` — the whole system with simulated Twilio and Connect, and a web page.
 //! * `check` — a configuration checked before going live.
+//! * `dlq list|show` — the dead letters and why, read-only.
 //! * `conversation show` — a customer's conversation as the store holds it.
 //! * `conversation start` — a conversation the business starts, through a relay's API.
 //! * `completions` — shell completions.
@@ -13,6 +14,7 @@
 
 mod check;
 mod conversation;
+mod dlq;
 mod serve;
 
 use anyhow::Context;
@@ -55,6 +57,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead letters: what could not be handled, and why (read-only).
+    #[command(subcommand)]
+    Dlq(Dlq),
     /// Conversations: look one up, or start one from the business side.
     #[command(subcommand)]
     Conversation(Conversation),
@@ -63,6 +68,29 @@ enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// Lists the dead letters, oldest first: reason, conversation (the number masked),
+    /// trace id, age; never a body.
+    List {
+        #[arg(long, value_enum, default_value = "both")]
+        queue: dlq::Which,
+        /// Only this customer's, `whatsapp:+<E.164>`.
+        #[arg(long)]
+        customer: Option<String>,
+        /// As JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one dead letter with its body (the customer's words: on purpose only).
+    Show {
+        /// The letter's message id, as `list` shows it.
+        message_id: String,
+        #[arg(long, value_enum, default_value = "both")]
+        queue: dlq::Which,
     },
 }
 
@@ -137,6 +165,25 @@ async fn main() -> anyhow::Result<()> {
             if rows.iter().any(|r| !r.ok) {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Dlq(Dlq::List {
+            queue,
+            customer,
+            json,
+        }) => {
+            let letters = dlq::list(&ConfigSource::from_env()?, queue, customer.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                print!("{}", dlq::table(&letters));
+            }
+            Ok(())
+        }
+        Command::Dlq(Dlq::Show { message_id, queue }) => {
+            let (letter, body) = dlq::show(&ConfigSource::from_env()?, queue, &message_id).await?;
+            print!("{}", dlq::table(std::slice::from_ref(&letter)));
+            println!("{body}");
             Ok(())
         }
         Command::Conversation(Conversation::Show {
