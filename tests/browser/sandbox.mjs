@@ -30,8 +30,16 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 let failed = false;
+let page;
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  // What the page said, for a failure's diagnosis.
+  page.on('console', (m) => {
+    if ((m.type() === 'warning' || m.type() === 'error') && !m.text().startsWith('Failed to load resource')) console.error('page:', m.text());
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400 && !r.url().endsWith('/favicon.ico')) console.error('page: HTTP', r.status(), r.url());
+  });
   await page.goto(url);
   await page.fill('#phone-input', 'Hi! My order #1042 has not arrived yet.');
   await page.click('#phone-send');
@@ -109,6 +117,12 @@ try {
 } catch (e) {
   failed = true;
   console.error('browser test failed:', e.message);
+  if (page) {
+    for (const id of ['stats', 'chats', 'transcript', 'phone-messages']) {
+      const text = await page.locator('#' + id).innerText().catch(() => '(unreadable)');
+      console.error(`--- #${id}:\n${text}`);
+    }
+  }
 } finally {
   await browser.close();
   sandbox.kill('SIGTERM');
