@@ -23,6 +23,11 @@ const url = await new Promise((resolve, reject) => {
   });
   sandbox.on('exit', (code) => reject(new Error('the sandbox exited with ' + code)));
 });
+// The sandbox's warnings and errors (its JSON log lines on stdout), shown if the test fails.
+const warnings = [];
+sandbox.stdout.on('data', (chunk) => {
+  for (const line of chunk.toString().split('\n')) if (/"level":"(WARN|ERROR)"/.test(line)) warnings.push(line);
+});
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -117,6 +122,7 @@ try {
 } catch (e) {
   failed = true;
   console.error('browser test failed:', e.message);
+  for (const line of warnings) console.error('sandbox:', line);
   if (page) {
     for (const id of ['stats', 'chats', 'transcript', 'phone-messages']) {
       const text = await page.locator('#' + id).innerText().catch(() => '(unreadable)');
