@@ -97,6 +97,16 @@ pub struct StartedChat {
     pub participant_token: String,
 }
 
+impl StartedChat {
+    /// Records this chat as the conversation's current one (its first contact too).
+    pub fn record_on(&self, c: &mut waconnect_shared::conversation::Conversation) {
+        c.contact_id = Some(self.contact_id.clone());
+        c.initial_contact_id = Some(self.contact_id.clone());
+        c.participant_id = Some(self.participant_id.clone());
+        c.participant_token = Some(self.participant_token.clone().into());
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ParticipantConnection {
     pub connection_token: String,

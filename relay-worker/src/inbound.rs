@@ -801,10 +801,7 @@ async fn active_conversation(
                 ))
                 .await?;
             let mut conversation = Conversation::new(key.clone());
-            conversation.contact_id = Some(started.contact_id.clone());
-            conversation.initial_contact_id = Some(started.contact_id);
-            conversation.participant_id = Some(started.participant_id);
-            conversation.participant_token = Some(started.participant_token.into());
+            started.record_on(&mut conversation);
             match relay.store.insert(&conversation).await {
                 Ok(_) | Err(StoreError::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
@@ -840,10 +837,7 @@ async fn active_conversation(
                         return false;
                     }
                     c.restart();
-                    c.contact_id = Some(started.contact_id.clone());
-                    c.initial_contact_id = Some(started.contact_id.clone());
-                    c.participant_id = Some(started.participant_id.clone());
-                    c.participant_token = Some(started.participant_token.clone().into());
+                    started.record_on(c);
                     true
                 })
                 .await?;

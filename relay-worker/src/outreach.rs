@@ -382,14 +382,10 @@ async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, Out
             }
             Err(e) => return Err(e.into()),
         };
-        let participant = Secret::from(started.participant_token.clone());
         match existing {
             None => {
                 let mut c = Conversation::new(o.conversation.clone());
-                c.contact_id = Some(started.contact_id.clone());
-                c.initial_contact_id = Some(started.contact_id.clone());
-                c.participant_id = Some(started.participant_id.clone());
-                c.participant_token = Some(participant);
+                started.record_on(&mut c);
                 c.started_by = Some(o.key.clone());
                 match relay.store.insert(&c).await {
                     Ok(_) | Err(StoreError::AlreadyExists) => continue,
@@ -404,10 +400,7 @@ async fn open_chat(relay: &Relay, o: &Checked) -> Result<StoredConversation, Out
                         return false;
                     }
                     c.restart();
-                    c.contact_id = Some(started.contact_id.clone());
-                    c.initial_contact_id = Some(started.contact_id.clone());
-                    c.participant_id = Some(started.participant_id.clone());
-                    c.participant_token = Some(participant.clone());
+                    started.record_on(c);
                     c.started_by = Some(o.key.clone());
                     true
                 })
