@@ -26,6 +26,11 @@ async fn started(aws: bool) -> (FullLoop, String) {
         relay_vars: vec![
             ("WACONNECT_RELAY_API_BIND", api.clone()),
             ("WACONNECT_RELAY_API_TOKEN", TOKEN.into()),
+            // A relay killed mid-start may have adopted the starting chat (its sweeper
+            // runs every 300 ms here): its successor waits for that lease to lapse.
+            // Short, so the answer is not held for the default 30 s.
+            ("WACONNECT_RELAY_LEASE", "3s".into()),
+            ("WACONNECT_RELAY_HEARTBEAT", "1s".into()),
         ],
         aws,
         ..Default::default()
