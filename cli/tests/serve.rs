@@ -7,23 +7,13 @@ mod common;
 use common::{Sims, WACONNECT};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::Command;
 use waconnect_tests::connect_sim::SimOptions;
 use waconnect_tests::{customer, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_carries_a_conversation_both_ways_in_one_process() {
     let sims = Sims::start(SimOptions::default()).await;
-    let vars = sims.vars();
-    let mut serve = Command::new(WACONNECT)
-        .arg("serve")
-        .env_clear()
-        .envs(vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut serve = common::serve(sims.vars(), Stdio::null());
 
     let (phone, desk) = (sims.twilio.phone(), sims.connect.desk());
     let ana = customer(1);
@@ -141,16 +131,7 @@ async fn one_trace_id_follows_each_message_through_the_services() {
             .into(),
     ));
     vars.push(("WACONNECT_LOG_FORMAT".into(), "json".into()));
-    let mut serve = Command::new(WACONNECT)
-        .arg("serve")
-        .env_clear()
-        .envs(vars)
-        // Logs go to stdout.
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut serve = common::serve(vars, Stdio::piped());
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut reader = tokio::io::BufReader::new(serve.stdout.take().unwrap()).lines();
     let kept = lines.clone();

@@ -1,10 +1,25 @@
 //! The simulators and the variables `waconnect` needs to run against them.
+//! Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use waconnect_tests::connect_sim::{ConnectSim, SimOptions};
 use waconnect_tests::free_port;
 use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
 
 pub const WACONNECT: &str = env!("CARGO_BIN_EXE_waconnect");
+
+/// `waconnect serve` with only `vars`; its logs (stdout) go to `logs`; killed on drop.
+pub fn serve(vars: Vec<(String, String)>, logs: std::process::Stdio) -> tokio::process::Child {
+    tokio::process::Command::new(WACONNECT)
+        .arg("serve")
+        .env_clear()
+        .envs(vars)
+        .stdout(logs)
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
 
 pub struct Sims {
     pub dir: tempfile::TempDir,
