@@ -136,6 +136,16 @@ pub async fn copy(
     Ok(Copied::Stored(key))
 }
 
+/// The delivery-ledger entry that records an agent's file as withheld: its scan outlasted
+/// the wait and the agent was told it was not sent. It outlives the session, so a relay
+/// that adopts the chat and reads the file's late verdict does not send it after all.
+pub fn withheld_key(attachment_id: &str) -> String {
+    format!("agentfile#{attachment_id}")
+}
+
+/// The outcome [`withheld_key`] records.
+pub const WITHHELD: &str = "withheld";
+
 /// The notice an agent reads for a file the customer will not get.
 pub fn notice(name: &str, why: &str) -> String {
     metrics::counter!("waconnect_relay_agent_files_total", "outcome" => "refused").increment(1);

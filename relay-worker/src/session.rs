@@ -77,9 +77,6 @@ pub struct Session {
     scanning: Option<Scanning>,
     /// What typing and read indicators need to know of the chat.
     signals: Signals,
-    /// The agent's files whose scan outlasted the wait, newest last: the agent was told
-    /// they were not sent, so a verdict that comes later sends nothing.
-    given_up: VecDeque<String>,
 }
 
 /// The customer's side of the chat as typing indicators and blue ticks need it.
@@ -127,7 +124,6 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         connection_token: String::new(),
         scanning: None,
         signals: Signals::default(),
-        given_up: VecDeque::new(),
     };
     let outcome = session.run(&stop).await;
     // Whatever ended the session, the cursor reaches the record while the lease is ours:
@@ -511,6 +507,12 @@ impl Session {
         let scanned = item.kind == "ATTACHMENT"
             && !item.attachments.is_empty()
             && item.attachments.iter().all(|a| a.status == "IN_PROGRESS");
+        if scanned && self.withheld(&item).await? {
+            // Given up on already (this chat's earlier session told the agent): what
+            // came after it does not wait for it again.
+            self.advance(&item);
+            return Ok(());
+        }
         if scanned {
             self.scanning = Some(Scanning {
                 item,
@@ -547,19 +549,46 @@ impl Session {
             return Ok(());
         };
         for file in &scan.item.attachments {
+            // Recorded before the agent is told, so no relay sends what the notice says
+            // was not sent; a notice lost to a crash here is sent again (same token) when
+            // the next session gives up on the file anew.
+            self.relay
+                .ledger
+                .sent(
+                    &crate::agent_file::withheld_key(&file.attachment_id),
+                    crate::agent_file::WITHHELD,
+                )
+                .await
+                .map_err(|_| Step::Reconnect("ledger_error"))?;
             let notice = crate::agent_file::notice(
                 &file.attachment_name,
                 &format!("Amazon Connect had not approved it ({why})"),
             );
             self.tell_agent(&scan.item.id, &file.attachment_id, &notice)
                 .await?;
-            if self.given_up.len() == RECENT {
-                self.given_up.pop_front();
-            }
-            self.given_up.push_back(file.attachment_id.clone());
         }
         self.advance(&scan.item);
         self.admit_all(scan.held).await
+    }
+
+    /// Whether every file of `item` was withheld after a scan outlasted the wait (by
+    /// this session or an earlier one): one ledger read per agent's file.
+    async fn withheld(&self, item: &ChatItem) -> Result<bool, Step> {
+        if item.attachments.is_empty() {
+            return Ok(false);
+        }
+        for file in &item.attachments {
+            let outcome = self
+                .relay
+                .ledger
+                .outcome(&crate::agent_file::withheld_key(&file.attachment_id))
+                .await
+                .map_err(|_| Step::Reconnect("ledger_error"))?;
+            if outcome.as_deref() != Some(crate::agent_file::WITHHELD) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Called on every heartbeat: a scan that outlasts its bound ends.
@@ -577,14 +606,9 @@ impl Session {
     }
 
     async fn forward(&mut self, item: &ChatItem) -> Result<(), Step> {
-        let given_up = item.kind == "ATTACHMENT"
-            && !item.attachments.is_empty()
-            && item
-                .attachments
-                .iter()
-                .all(|a| self.given_up.contains(&a.attachment_id));
-        if given_up {
-            // The agent heard it was not sent, and later messages went ahead of it.
+        if item.kind == "ATTACHMENT" && self.withheld(item).await? {
+            // A late verdict: the agent heard the file was not sent, and later messages
+            // went ahead of it.
             self.advance(item);
             return Ok(());
         }

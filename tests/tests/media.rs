@@ -595,13 +595,18 @@ async fn scanned_files_keep_the_agents_order_and_the_wait_has_a_bound() {
 
 /// A verdict that comes after the wait ended changes nothing: the agent was told the file
 /// was not sent, and what they wrote after it went ahead; sending it now would contradict
-/// the notice and the order. (Found when a loaded machine delayed a 700 ms scan past 2 s.)
+/// the notice and the order. That holds for a relay that did not see the notice either:
+/// here the relay that gave up is SIGKILLed, and the one that adopts the chat reads the
+/// file and its late verdict from the transcript. (Found when a loaded machine delayed a
+/// 700 ms scan past a 2 s wait, and the file reached the phone after its notice.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_approved_after_the_wait_stays_unsent_as_the_agent_was_told() {
-    let lp = FullLoop::start(LoopOptions {
+    let mut lp = FullLoop::start(LoopOptions {
         relay_vars: vec![
             ("WACONNECT_RELAY_SCAN_WAIT", "1s".into()),
             ("WACONNECT_RELAY_HEARTBEAT", "200ms".into()),
+            // The relay that takes over adopts the chat soon after the kill.
+            ("WACONNECT_RELAY_LEASE", "3s".into()),
         ],
         ..LoopOptions::default()
     })
@@ -625,6 +630,9 @@ async fn a_file_approved_after_the_wait_stays_unsent_as_the_agent_was_told() {
     })
     .await;
     assert!(notices[0].contains("\"late.pdf\""), "{notices:?}");
+    lp.relay.start_kill().unwrap();
+    lp.relay.wait().await.unwrap();
+    lp.relay = spawn("relay-worker", &lp.relay_vars);
     // The verdict's item is in the chat by now.
     wait::until("the late verdict", Duration::from_secs(30), || async {
         let items = desk.transcript(&contact).await.ok()?;
@@ -650,6 +658,8 @@ async fn a_file_approved_after_the_wait_stays_unsent_as_the_agent_was_told() {
         ["written after the file", "the last word"],
         "{inbox:?}"
     );
+    let notices = notices_in(&desk, &contact).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
 }
 
 /// The sender SIGKILLed while Twilio takes an agent's file (its answer never comes back):

@@ -160,6 +160,23 @@ impl DeliveryLedger for DynamoLedger {
         }
     }
 
+    async fn outcome(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        let item = self
+            .table
+            .client
+            .get_item()
+            .table_name(&self.table.name)
+            .key(KEY, s(pk(key)))
+            .consistent_read(true)
+            .projection_expression("sid")
+            .send()
+            .await
+            .map_err(|e| LedgerError::from(CallError::from_sdk(&e)))?
+            .item
+            .unwrap_or_default();
+        Ok(get_s(&item, "sid").map(str::to_owned))
+    }
+
     /// A put, not an update: an outcome replaces the claim whole, which is what lets
     /// concurrent ones share a BatchWriteItem.
     async fn sent(&self, key: &str, sid: &str) -> Result<(), LedgerError> {

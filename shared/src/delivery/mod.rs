@@ -34,6 +34,9 @@ pub trait DeliveryLedger: Send + Sync + 'static {
     /// Claims `key` for a send now, or says what an earlier attempt left.
     async fn claim(&self, key: &str) -> Result<Claim, LedgerError>;
 
+    /// What was recorded for `key` (its SID or other outcome), without claiming it.
+    async fn outcome(&self, key: &str) -> Result<Option<String>, LedgerError>;
+
     /// Twilio accepted the part as `sid`.
     async fn sent(&self, key: &str, sid: &str) -> Result<(), LedgerError>;
 

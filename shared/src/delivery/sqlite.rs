@@ -73,6 +73,20 @@ impl DeliveryLedger for SqliteLedger {
             .await
     }
 
+    async fn outcome(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        let key = key.to_owned();
+        self.db
+            .read(move |c| {
+                Ok(
+                    c.prepare_cached("SELECT sid FROM deliveries WHERE key = ?1")?
+                        .query_row(params![key], |r| r.get::<_, Option<String>>(0))
+                        .optional()?
+                        .flatten(),
+                )
+            })
+            .await
+    }
+
     async fn sent(&self, key: &str, sid: &str) -> Result<(), LedgerError> {
         let (key, sid) = (key.to_owned(), sid.to_owned());
         self.db

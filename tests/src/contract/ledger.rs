@@ -37,6 +37,25 @@ pub async fn a_sent_part_is_reported_with_its_sid(e: &dyn LedgerEngine) {
     assert_eq!(other.claim(&key(1)).await.unwrap(), sent);
 }
 
+pub async fn an_outcome_is_read_without_claiming(e: &dyn LedgerEngine) {
+    let (ledger, other) = e.ledgers().await;
+    assert_eq!(ledger.outcome(&key(1)).await.unwrap(), None);
+    // Reading claims nothing: the first claim is still fresh.
+    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    assert_eq!(ledger.outcome(&key(1)).await.unwrap(), None, "claimed only");
+    ledger.sent(&key(1), "withheld").await.unwrap();
+    assert_eq!(
+        other.outcome(&key(1)).await.unwrap().as_deref(),
+        Some("withheld")
+    );
+    // An outcome recorded without a claim reads the same.
+    ledger.sent(&key(2), "SM2").await.unwrap();
+    assert_eq!(
+        ledger.outcome(&key(2)).await.unwrap().as_deref(),
+        Some("SM2")
+    );
+}
+
 pub async fn release_forgets_an_unsent_claim_only(e: &dyn LedgerEngine) {
     let (ledger, _) = e.ledgers().await;
     ledger.claim(&key(1)).await.unwrap();

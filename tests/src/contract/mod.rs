@@ -73,6 +73,7 @@ macro_rules! ledger_contract_tests {
         $crate::contract_cases!(ledger, $engine;
             first_claim_is_fresh_and_a_second_is_unknown_since_it,
             a_sent_part_is_reported_with_its_sid,
+            an_outcome_is_read_without_claiming,
             release_forgets_an_unsent_claim_only,
             racing_claims_have_exactly_one_fresh_winner,
             many_outcomes_at_once_are_all_kept,
