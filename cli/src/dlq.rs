@@ -1,16 +1,20 @@
-//! `waconnect dlq list|show`: what ended in the dead-letter queues and why, on either
-//! engine, without taking anything off them. A list shows each letter's reason, its
+//! `waconnect dlq list|show|redrive|purge`: what ended in the dead-letter queues and why,
+//! on either engine, and taking it off again. A list shows each letter's reason, its
 //! conversation (the number masked), its trace id (to find its log lines) and its age,
-//! never its body; `show` prints one letter's body, on purpose.
+//! never its body; `show` prints one letter's body, on purpose. `redrive` puts the
+//! selected letters back on their queue, each customer's in the order they were sent;
+//! `purge` deletes them. Both take a selection (queue, customer, age, ids) and refuse to
+//! act on everything unless told `--all`.
 
 use anyhow::Context;
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
 use waconnect_shared::backend::Backend;
 use waconnect_shared::config::{CommonConfig, ConfigSource};
 use waconnect_shared::event::InboundEvent;
 use waconnect_shared::outbound::OutboundMessage;
-use waconnect_shared::queue::{DeadLetter, Queue};
+use waconnect_shared::queue::{DeadLetter, Queue, Take};
 use waconnect_shared::{ConversationKey, CustomerAddress};
 
 /// At most this many letters are read from each queue.
@@ -64,16 +68,35 @@ fn letter(queue: &'static str, d: DeadLetter) -> Letter {
     }
 }
 
-/// The dead letters of `which` queue(s), oldest first, those of `customer` only if given.
-pub async fn list(
+/// Which dead letters a command acts on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Select {
+    #[arg(long, value_enum, default_value = "both")]
+    pub queue: Which,
+    /// Only this customer's, `whatsapp:+<E.164>`.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Only those that died longer ago than this (`30m`, `2h`, `7d`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Only this letter, by the message id `list` shows (repeat for more).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+}
+
+impl Select {
+    /// Selects every letter of the queue(s): what `redrive` and `purge` refuse to act on
+    /// without `--all`.
+    pub fn is_everything(&self) -> bool {
+        self.customer.is_none() && self.older_than.is_none() && self.ids.is_empty()
+    }
+}
+
+/// The queue(s) `which` names, opened on the configured engine.
+async fn queues(
     source: &ConfigSource,
     which: Which,
-    customer: Option<&str>,
-) -> anyhow::Result<Vec<Letter>> {
-    let customer = customer
-        .map(CustomerAddress::parse)
-        .transpose()
-        .context("--customer")?;
+) -> anyhow::Result<Vec<(&'static str, Arc<dyn Queue>)>> {
     let mut r = source.reader();
     let common = CommonConfig::read(&mut r);
     r.finish()?;
@@ -85,19 +108,68 @@ pub async fn list(
     if which != Which::Inbound {
         queues.push(("outbound", backend.outbound().await?));
     }
-    let mut letters = Vec::new();
-    for (name, queue) in queues {
-        for d in queue.dead_letters(MAX_LIST).await? {
-            let l = letter(name, d);
-            if customer
+    Ok(queues)
+}
+
+/// The letters of `queue` that `select` picks, oldest first.
+async fn selected(
+    name: &'static str,
+    queue: &dyn Queue,
+    select: &Select,
+) -> anyhow::Result<Vec<Letter>> {
+    let customer = select
+        .customer
+        .as_deref()
+        .map(CustomerAddress::parse)
+        .transpose()
+        .context("--customer")?;
+    let died_before = select
+        .older_than
+        .map(|age| chrono::Utc::now() - chrono::TimeDelta::from_std(age).unwrap_or_default());
+    Ok(queue
+        .dead_letters(MAX_LIST)
+        .await?
+        .into_iter()
+        .filter(|d| died_before.is_none_or(|t| d.dead_at < t))
+        .filter(|d| select.ids.is_empty() || select.ids.contains(&d.message_id))
+        .map(|d| letter(name, d))
+        .filter(|l| {
+            customer
                 .as_ref()
                 .is_none_or(|c| l.customer.as_ref() == Some(c))
-            {
-                letters.push(l);
-            }
-        }
+        })
+        .collect())
+}
+
+/// The dead letters `select` picks, oldest first in each queue.
+pub async fn list(source: &ConfigSource, select: &Select) -> anyhow::Result<Vec<Letter>> {
+    let mut letters = Vec::new();
+    for (name, queue) in queues(source, select.queue).await? {
+        letters.extend(selected(name, queue.as_ref(), select).await?);
     }
     Ok(letters)
+}
+
+/// Redrives or purges the letters `select` picks (only lists them when `dry_run`);
+/// returns those taken.
+pub async fn take(
+    source: &ConfigSource,
+    select: &Select,
+    take: Take,
+    dry_run: bool,
+) -> anyhow::Result<Vec<Letter>> {
+    let mut taken = Vec::new();
+    for (name, queue) in queues(source, select.queue).await? {
+        let letters = selected(name, queue.as_ref(), select).await?;
+        if dry_run || letters.is_empty() {
+            taken.extend(letters);
+            continue;
+        }
+        let ids: Vec<String> = letters.iter().map(|l| l.message_id.clone()).collect();
+        let done = queue.take_dead_letters(&ids, take).await?;
+        taken.extend(letters.into_iter().filter(|l| done.contains(&l.message_id)));
+    }
+    Ok(taken)
 }
 
 /// The letter with `message_id`, with its body as text.
@@ -106,10 +178,16 @@ pub async fn show(
     which: Which,
     message_id: &str,
 ) -> anyhow::Result<(Letter, String)> {
-    let found = list(source, which, None)
+    let select = Select {
+        queue: which,
+        customer: None,
+        older_than: None,
+        ids: vec![message_id.to_owned()],
+    };
+    let found = list(source, &select)
         .await?
         .into_iter()
-        .find(|l| l.message_id == message_id)
+        .next()
         .with_context(|| {
             format!("no dead letter {message_id} (of the first {MAX_LIST} in each queue)")
         })?;

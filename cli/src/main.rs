@@ -4,7 +4,8 @@
 //! * `ingress`, `relay`, `sender` — one service each, as a fleet runs them.
 //! * `sandbox` — the whole system with simulated Twilio and Connect, and a web page.
 //! * `check` — a configuration checked before going live.
-//! * `dlq list|show` — the dead letters and why, read-only.
+//! * `dlq list|show|redrive|purge` — the dead letters and why; back onto their queue, or
+//!   gone.
 //! * `conversation show` — a customer's conversation as the store holds it.
 //! * `conversation start` — a conversation the business starts, through a relay's API.
 //! * `completions` — shell completions.
@@ -20,6 +21,7 @@ mod serve;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use waconnect_shared::config::{ConfigSource, IngressConfig};
+use waconnect_shared::queue::Take;
 use waconnect_shared::{shutdown, telemetry};
 
 /// Bridges WhatsApp customers (through Twilio) and Amazon Connect agents. Configured by
@@ -57,7 +59,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Dead letters: what could not be handled, and why (read-only).
+    /// Dead letters: what could not be handled and why; redrive or purge them.
     #[command(subcommand)]
     Dlq(Dlq),
     /// Conversations: look one up, or start one from the business side.
@@ -76,11 +78,8 @@ enum Dlq {
     /// Lists the dead letters, oldest first: reason, conversation (the number masked),
     /// trace id, age; never a body.
     List {
-        #[arg(long, value_enum, default_value = "both")]
-        queue: dlq::Which,
-        /// Only this customer's, `whatsapp:+<E.164>`.
-        #[arg(long)]
-        customer: Option<String>,
+        #[command(flatten)]
+        select: dlq::Select,
         /// As JSON, for scripts.
         #[arg(long)]
         json: bool,
@@ -92,6 +91,36 @@ enum Dlq {
         #[arg(long, value_enum, default_value = "both")]
         queue: dlq::Which,
     },
+    /// Puts the selected dead letters back on their queue to be handled again, each
+    /// customer's in the order they were sent (after the fault that killed them is fixed).
+    Redrive {
+        #[command(flatten)]
+        select: dlq::Select,
+        #[command(flatten)]
+        act: Act,
+    },
+    /// Deletes the selected dead letters for good.
+    Purge {
+        #[command(flatten)]
+        select: dlq::Select,
+        #[command(flatten)]
+        act: Act,
+    },
+}
+
+/// How `redrive` and `purge` act.
+#[derive(clap::Args)]
+struct Act {
+    /// Every letter of the queue(s): required when no --customer, --older-than or --id
+    /// narrows the selection.
+    #[arg(long)]
+    all: bool,
+    /// Lists what would be taken, and takes nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// As JSON, for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -167,12 +196,8 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Dlq(Dlq::List {
-            queue,
-            customer,
-            json,
-        }) => {
-            let letters = dlq::list(&ConfigSource::from_env()?, queue, customer.as_deref()).await?;
+        Command::Dlq(Dlq::List { select, json }) => {
+            let letters = dlq::list(&ConfigSource::from_env()?, &select).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else {
@@ -180,6 +205,8 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Dlq(Dlq::Redrive { select, act }) => take(select, act, Take::Redrive).await,
+        Command::Dlq(Dlq::Purge { select, act }) => take(select, act, Take::Purge).await,
         Command::Dlq(Dlq::Show { message_id, queue }) => {
             let (letter, body) = dlq::show(&ConfigSource::from_env()?, queue, &message_id).await?;
             print!("{}", dlq::table(std::slice::from_ref(&letter)));
@@ -229,6 +256,28 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn take(select: dlq::Select, act: Act, how: Take) -> anyhow::Result<()> {
+    if select.is_everything() && !act.all {
+        anyhow::bail!(
+            "this would take every dead letter: narrow it with --customer, --older-than or --id, or say --all"
+        );
+    }
+    let taken = dlq::take(&ConfigSource::from_env()?, &select, how, act.dry_run).await?;
+    if act.json {
+        println!("{}", serde_json::to_string_pretty(&taken)?);
+        return Ok(());
+    }
+    let verb = match (how, act.dry_run) {
+        (Take::Redrive, false) => "redriven",
+        (Take::Purge, false) => "purged",
+        (Take::Redrive, true) => "would be redriven",
+        (Take::Purge, true) => "would be purged",
+    };
+    print!("{}", dlq::table(&taken));
+    println!("{} dead letter(s) {verb}", taken.len());
+    Ok(())
 }
 
 async fn ingress() -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! `waconnect dlq list|show` on both engines: each dead letter with its reason, its
-//! conversation masked and its trace id, never its body in a list; one letter's body on
-//! request; nothing taken off the queue.
+//! `waconnect dlq` on both engines: `list` and `show` give each dead letter with its
+//! reason, its conversation masked and its trace id (never its body in a list; one
+//! letter's body on request) and take nothing off; `redrive` puts the selected ones back
+//! on their queue, `purge` deletes them, and neither acts on everything unless told.
 
 use serde_json::Value;
 use std::time::Duration;
@@ -103,6 +104,46 @@ async fn lists_and_shows(vars: Vec<(String, String)>) {
 
     // Nothing was taken off: both are still there.
     assert_eq!(inbound.dead_letters(10).await.unwrap().len(), 2);
+
+    // Redrive and purge name what they act on.
+    let out = run(&["redrive"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--all"),
+        "{out:?}"
+    );
+    let out = run(&["redrive", "--older-than", "1h", "--json"]);
+    let none: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success() && none.is_empty(), "{out:?}");
+    let out = run(&["redrive", "--customer", customer(5).as_str(), "--dry-run"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 dead letter(s) would be redriven"),
+        "{out:?}"
+    );
+    assert_eq!(inbound.dead_letters(10).await.unwrap().len(), 2);
+    let out = run(&["redrive", "--customer", customer(5).as_str(), "--json"]);
+    let redriven: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(redriven.len(), 1, "{out:?}");
+    assert_eq!(redriven[0]["reason"], "the chat refused it");
+    // Back on the queue, in its conversation's group, to be handled again.
+    let back = inbound
+        .receive(1, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].group_id, key(5).storage());
+    assert_eq!(back[0].body, event.to_json());
+    inbound.delete(&back[0].receipt).await.unwrap();
+    let out = run(&["purge", "--id", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 dead letter(s) purged"),
+        "{out:?}"
+    );
+    assert!(inbound.dead_letters(10).await.unwrap().is_empty());
+    let nothing = inbound
+        .receive(1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(nothing.is_empty(), "a purged letter came back: {nothing:?}");
 }
 
 #[tokio::test]

@@ -95,6 +95,8 @@ fn every_command_has_help_and_the_shells_have_completions() {
         vec!["sender", "--help"],
         vec!["sandbox", "--help"],
         vec!["conversation", "start", "--help"],
+        vec!["dlq", "redrive", "--help"],
+        vec!["dlq", "purge", "--help"],
         vec!["completions", "--help"],
     ] {
         let out = std::process::Command::new(WACONNECT)

@@ -297,6 +297,13 @@ mod tests {
         async fn dead_letter(&self, r: &Receipt, reason: &str) -> Result<(), QueueError> {
             self.inner.dead_letter(r, reason).await
         }
+        async fn take_dead_letters(
+            &self,
+            ids: &[String],
+            take: crate::queue::Take,
+        ) -> Result<Vec<String>, QueueError> {
+            self.inner.take_dead_letters(ids, take).await
+        }
         async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
             self.inner.dead_letters(limit).await
         }

@@ -29,7 +29,7 @@ use waconnect_shared::config::{ConfigSource, IngressConfig};
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{
     DeadLetter, FailOutcome, Limits, NewMessage, Queue, QueueError, QueueStats, Receipt,
-    ReceivedMessage, Sent,
+    ReceivedMessage, Sent, Take,
 };
 use waconnect_shared::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed};
@@ -227,6 +227,9 @@ impl Queue for Discard {
     }
     async fn dead_letter(&self, _: &Receipt, _: &str) -> QueueResult<()> {
         Ok(())
+    }
+    async fn take_dead_letters(&self, _: &[String], _: Take) -> QueueResult<Vec<String>> {
+        Ok(Vec::new())
     }
     async fn dead_letters(&self, _: usize) -> QueueResult<Vec<DeadLetter>> {
         Ok(Vec::new())

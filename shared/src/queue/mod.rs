@@ -108,6 +108,20 @@ pub struct DeadLetter {
     pub dead_at: DateTime<Utc>,
 }
 
+/// What [`Queue::take_dead_letters`] does with the letters it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Back onto the queue, to be handled again.
+    Redrive,
+    /// Gone for good.
+    Purge,
+}
+
+/// The dedup id of dead letter `id` sent back onto its queue.
+pub fn redrive_dedup_id(id: &str) -> String {
+    format!("redrive-{id}")
+}
+
 /// Depth for dashboards and autoscaling.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -196,6 +210,21 @@ pub trait Queue: Send + Sync + 'static {
 
     /// The oldest dead letters, for inspection.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Takes the dead letters `ids` (their [`DeadLetter::message_id`]s) off the dead-letter
+    /// queue: [`Take::Redrive`] sends each back onto this queue first, [`Take::Purge`]
+    /// only deletes. Returns the ids taken; an id not among the dead letters is skipped.
+    ///
+    /// A redriven letter is a new message in its old group, and a group's letters go back
+    /// in the order they died (which is the order they were sent), so each customer's
+    /// order holds among them. Its dedup id is `redrive-<id>`: the dedup window cannot
+    /// swallow it as the original it is, and the same letter redriven twice within the
+    /// window (a redrive that crashed half-way, run again) is one message.
+    async fn take_dead_letters(
+        &self,
+        ids: &[String],
+        take: Take,
+    ) -> Result<Vec<String>, QueueError>;
 
     /// Deletes dead letters that died before `before`; returns how many. An engine whose
     /// dead-letter queue expires messages itself (SQS's retention period) keeps this

@@ -14,7 +14,7 @@
 
 use super::{
     DEDUP_WINDOW, DeadLetter, FailOutcome, Limits, NewMessage, Queue, QueueError, QueueStats,
-    Receipt, ReceivedMessage, Sent, observe_received, validate_receive, validate_send,
+    Receipt, ReceivedMessage, Sent, Take, observe_received, validate_receive, validate_send,
 };
 use crate::sqlite::{Db, DbError};
 use crate::time::{from_millis, now_millis};
@@ -667,6 +667,53 @@ impl Queue for SqliteQueue {
                 Ok(n as u64)
             })
             .await
+    }
+
+    async fn take_dead_letters(
+        &self,
+        ids: &[String],
+        take: Take,
+    ) -> Result<Vec<String>, QueueError> {
+        let name = self.inner.name.clone();
+        let ids = ids.to_vec();
+        // One transaction: a letter is back on the queue exactly when it left the DLQ.
+        self.mutate(move |c| {
+            let mut found: Vec<(i64, String, String, Vec<u8>)> = Vec::new();
+            let mut lookup = c.prepare_cached(
+                "SELECT seq, id, group_id, body FROM queue_dead_letters
+                 WHERE queue = ?1 AND id = ?2",
+            )?;
+            for id in &ids {
+                let rows = lookup
+                    .query_map(params![name, id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                found.extend(rows);
+            }
+            // The order they died in, which within a group is the order they were sent.
+            found.sort_by_key(|f| f.0);
+            found.dedup_by_key(|f| f.0);
+            let mut taken = Vec::with_capacity(found.len());
+            for (seq, id, group_id, body) in found {
+                if take == Take::Redrive {
+                    enqueue(
+                        c,
+                        &name,
+                        &NewMessage {
+                            group_id,
+                            dedup_id: super::redrive_dedup_id(&id),
+                            body,
+                        },
+                    )?;
+                }
+                c.prepare_cached("DELETE FROM queue_dead_letters WHERE seq = ?1")?
+                    .execute(params![seq])?;
+                taken.push(id);
+            }
+            Ok(taken)
+        })
+        .await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -28,7 +28,7 @@ use super::batch::{Deletes, deletes};
 use super::failures::FailureLog;
 use super::{
     DeadLetter, FailOutcome, MAX_RECEIVE_BATCH, NewMessage, Queue, QueueError, QueueStats, Receipt,
-    ReceivedMessage, Sent, observe_received, validate_receive, validate_send,
+    ReceivedMessage, Sent, Take, observe_received, validate_receive, validate_send,
 };
 use crate::aws::CallError;
 use crate::time::{from_millis, now_millis};
@@ -41,7 +41,7 @@ use aws_sdk_sqs::types::{
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -55,6 +55,16 @@ const RECEIVES: &str = "waconnect-receive-count";
 const SENT_AT: &str = "waconnect-sent-at";
 /// SQS's limit on a message attribute is the message's; a reason is kept short anyway.
 const MAX_REASON_BYTES: usize = 4096;
+/// Dead letters one pass of [`Queue::take_dead_letters`] looks through.
+const MAX_TAKE_PEEK: usize = 1000;
+/// Passes of [`Queue::take_dead_letters`], at most: each takes what it can see.
+const MAX_TAKE_PASSES: usize = 20;
+
+/// A dead letter's id: the one it had in the queue (ours, when we moved it), or SQS's
+/// own (when SQS's redrive policy moved it).
+fn letter_id(m: &Message) -> &str {
+    user(m, MESSAGE_ID).or(m.message_id()).unwrap_or_default()
+}
 
 /// A delivery this handle made and has not yet ended.
 struct Held {
@@ -240,6 +250,96 @@ impl SqsQueue {
             .map_err(stale_or);
         self.end(&message.receipt);
         deleted
+    }
+
+    /// Receives up to `limit` dead letters (out of sight for 30 s): a group's in the
+    /// order they died.
+    async fn receive_dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Message, Receipt)>, QueueError> {
+        let mut seen: Vec<(Message, Receipt)> = Vec::new();
+        while seen.len() < limit {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages((limit - seen.len()).min(MAX_RECEIVE_BATCH) as i32)
+                .visibility_timeout(30)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
+            let batch = out.messages.unwrap_or_default();
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                let receipt = Receipt(m.receipt_handle().unwrap_or_default().to_owned());
+                seen.push((m, receipt));
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Makes received dead letters visible again at once.
+    async fn hand_back_dead_letters(&self, receipts: &[Receipt]) {
+        for chunk in receipts.chunks(MAX_RECEIVE_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&r.0)
+                        .visibility_timeout(0)
+                        .build()
+                        .expect("id and receipt are set")
+                })
+                .collect();
+            if let Err(e) = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.dlq_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                tracing::warn!(queue = %self.name, error = %CallError::from_sdk(&e), "cannot hand dead letters back");
+            }
+        }
+    }
+
+    /// Redrives (sends back, then deletes) or purges (deletes) one received dead letter.
+    async fn take_one(
+        &self,
+        m: &Message,
+        receipt: &Receipt,
+        id: &str,
+        take: Take,
+    ) -> Result<(), QueueError> {
+        if take == Take::Redrive {
+            let group = system(m, &MessageSystemAttributeName::MessageGroupId).unwrap_or_default();
+            self.client
+                .send_message()
+                .queue_url(&self.url)
+                // As it lies in the DLQ: already in the queue's encoding.
+                .message_body(m.body().unwrap_or_default())
+                .message_group_id(group)
+                .message_deduplication_id(super::redrive_dedup_id(id))
+                .send()
+                .await
+                .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
+        }
+        self.client
+            .delete_message()
+            .queue_url(&self.dlq_url)
+            .receipt_handle(&receipt.0)
+            .send()
+            .await
+            .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
+        Ok(())
     }
 
     async fn attributes(
@@ -534,54 +634,57 @@ impl Queue for SqsQueue {
         self.move_to_dlq(&message, reason).await
     }
 
-    /// Peeks at the DLQ: receives what is there and hands it straight back.
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut seen: Vec<(Message, Receipt)> = Vec::new();
-        while seen.len() < limit {
-            let out = self
-                .client
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages((limit - seen.len()).min(MAX_RECEIVE_BATCH) as i32)
-                .visibility_timeout(30)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .message_attribute_names("All")
-                .send()
-                .await
-                .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
-            let batch = out.messages.unwrap_or_default();
-            if batch.is_empty() {
+    async fn take_dead_letters(
+        &self,
+        ids: &[String],
+        take: Take,
+    ) -> Result<Vec<String>, QueueError> {
+        let mut wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut taken = Vec::new();
+        // A FIFO queue hands out a group's later letters only once its earlier ones are
+        // gone or back: a letter deep in a group may need another pass.
+        for _ in 0..MAX_TAKE_PASSES {
+            if wanted.is_empty() {
                 break;
             }
-            for m in batch {
-                let receipt = Receipt(m.receipt_handle().unwrap_or_default().to_owned());
-                seen.push((m, receipt));
+            let seen = self.receive_dead_letters(MAX_TAKE_PEEK).await?;
+            let mut back = Vec::new();
+            let mut failed = None;
+            let before = taken.len();
+            for (m, receipt) in seen {
+                let id = letter_id(&m).to_owned();
+                if failed.is_some() || !wanted.contains(id.as_str()) {
+                    back.push(receipt);
+                    continue;
+                }
+                // Received in the order they died: a group's go back in that order.
+                match self.take_one(&m, &receipt, &id, take).await {
+                    Ok(()) => {
+                        wanted.remove(id.as_str());
+                        taken.push(id);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        back.push(receipt);
+                    }
+                }
+            }
+            self.hand_back_dead_letters(&back).await;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if taken.len() == before {
+                break;
             }
         }
-        for chunk in seen.chunks(MAX_RECEIVE_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, (_, r))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&r.0)
-                        .visibility_timeout(0)
-                        .build()
-                        .expect("id and receipt are set")
-                })
-                .collect();
-            if let Err(e) = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.dlq_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                tracing::warn!(queue = %self.name, error = %CallError::from_sdk(&e), "cannot hand dead letters back");
-            }
-        }
+        Ok(taken)
+    }
+
+    /// Peeks at the DLQ: receives what is there and hands it straight back.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let seen = self.receive_dead_letters(limit).await?;
+        let receipts: Vec<Receipt> = seen.iter().map(|(_, r)| r.clone()).collect();
+        self.hand_back_dead_letters(&receipts).await;
         // Redriven ones carry no reason of ours; the failure log may know their last error.
         let redriven: Vec<&str> = seen
             .iter()
@@ -596,10 +699,7 @@ impl Queue for SqsQueue {
         let mut letters = Vec::with_capacity(seen.len());
         for (m, _) in &seen {
             let dead_at = sent_at(m);
-            let message_id = user(m, MESSAGE_ID)
-                .or(m.message_id())
-                .unwrap_or_default()
-                .to_owned();
+            let message_id = letter_id(m).to_owned();
             let reason = match user(m, REASON) {
                 Some(r) => r.to_owned(),
                 None => {

@@ -35,6 +35,7 @@ macro_rules! queue_contract_tests {
             long_poll_wakes_for_a_send_on_another_connection,
             long_poll_wakes_when_the_group_head_is_deleted,
             old_dead_letters_are_pruned,
+            dead_letters_are_redriven_in_order_or_purged,
         );
     };
 }

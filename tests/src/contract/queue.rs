@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use waconnect_shared::queue::{
-    FailOutcome, Limits, MAX_BODY_BYTES, NewMessage, Queue, QueueError, ReceivedMessage,
+    FailOutcome, Limits, MAX_BODY_BYTES, NewMessage, Queue, QueueError, ReceivedMessage, Take,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -521,4 +521,57 @@ pub async fn old_dead_letters_are_pruned(e: &dyn QueueEngine) {
         assert!(q.dead_letters(10).await.unwrap().is_empty());
         assert_eq!(q.stats().await.unwrap().dead_letters, 0);
     }
+}
+
+/// Dead letters go back onto the queue in their group's order (whatever order they are
+/// named in) and are handled again; purged ones are gone; ids not in the DLQ are skipped.
+pub async fn dead_letters_are_redriven_in_order_or_purged(e: &dyn QueueEngine) {
+    let q = e.queue(5).await;
+    send(q.as_ref(), "g", "a", "a").await;
+    send(q.as_ref(), "g", "b", "b").await;
+    send(q.as_ref(), "h", "x", "x").await;
+    for _ in 0..3 {
+        let m = eventually_receive(q.as_ref(), LONG).await;
+        q.dead_letter(&m.receipt, "refused").await.unwrap();
+    }
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let id = |b: &str| {
+        dead.iter()
+            .find(|d| d.body == b.as_bytes())
+            .unwrap()
+            .message_id
+            .clone()
+    };
+    // Named newest first, and one that is not a dead letter.
+    let ids = [id("b"), id("a"), "not-a-letter".to_owned()];
+    let mut taken = q.take_dead_letters(&ids, Take::Redrive).await.unwrap();
+    taken.sort();
+    let mut expected = vec![id("a"), id("b")];
+    expected.sort();
+    assert_eq!(taken, expected);
+    // Back in the queue, in the order they were first sent, within the dedup window of
+    // their first sending.
+    for want in ["a", "b"] {
+        let m = eventually_receive(q.as_ref(), LONG).await;
+        assert_eq!((body(&m).as_str(), m.group_id.as_str()), (want, "g"));
+        q.delete(&m.receipt).await.unwrap();
+    }
+    let left = q.dead_letters(10).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].body, b"x");
+    // Taking again takes nothing.
+    assert!(
+        q.take_dead_letters(&[id("a")], Take::Redrive)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        q.take_dead_letters(&[id("x")], Take::Purge).await.unwrap(),
+        [id("x")]
+    );
+    assert!(q.dead_letters(10).await.unwrap().is_empty());
+    assert!(receive_one(q.as_ref(), LONG).await.is_none());
+    assert_eq!(q.stats().await.unwrap().dead_letters, 0);
 }
