@@ -94,7 +94,7 @@ impl Sender {
         } else {
             part
         };
-        let entry = IndexedMessage::new(sid, item_id, Author::Agent, text);
+        let entry = IndexedMessage::new(&message.key(), sid, item_id, Author::Agent, text);
         let index = self.index.clone();
         self.outcomes.spawn(async move {
             if let Err(e) = index.remember(entry).await {

@@ -9,6 +9,7 @@ use crate::attachment::{self, FetchError, MediaRelay, human_size};
 use crate::connect::{ConnectApi, ConnectError};
 use crate::item::ItemAttachment;
 use crate::media_type;
+use waconnect_shared::ConversationKey;
 use waconnect_shared::media::{FileMeta, MediaError, MediaStore};
 
 /// What became of an agent's file.
@@ -31,20 +32,25 @@ pub enum CopyError {
     Passing(String),
 }
 
-/// The store's key for an attachment: its id (only the characters a key may have) and
-/// the extension of what is stored. The same attachment is always the same key, so a
-/// re-forwarded item finds its file already there.
-pub fn key(attachment_id: &str, extension: &str) -> String {
+/// The store's key for an attachment of `conversation`: the conversation's prefix (an
+/// erasure finds the file by it), the attachment's id (only the characters a key may
+/// have) and the extension of what is stored. The same attachment is always the same key,
+/// so a re-forwarded item finds its file already there.
+pub fn key(conversation: &ConversationKey, attachment_id: &str, extension: &str) -> String {
     let id: String = attachment_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
         .take(150)
         .collect();
-    format!("agent-{id}.{extension}")
+    format!(
+        "{}agent-{id}.{extension}",
+        waconnect_shared::media::conversation_prefix(conversation)
+    )
 }
 
 /// Copies one approved attachment into `store`, or says why the customer cannot have it.
 pub async fn copy(
+    conversation: &ConversationKey,
     api: &ConnectApi,
     media: &MediaRelay,
     store: Option<&dyn MediaStore>,
@@ -89,7 +95,7 @@ pub async fn copy(
         ),
         (None, None) => return refused(format!("WhatsApp does not accept {essence} files")),
     };
-    let key = key(&file.attachment_id, extension);
+    let key = key(conversation, &file.attachment_id, extension);
     // Copied by an earlier delivery of this item.
     if store.exists(&key).await? {
         return Ok(Copied::Stored(key));
@@ -157,9 +163,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_the_attachment_id_and_never_a_path() {
-        assert_eq!(key("4a2f-9c", "pdf"), "agent-4a2f-9c.pdf");
-        assert_eq!(key("../../etc", "jpg"), "agent-etc.jpg");
-        assert!(waconnect_shared::media::check_key(&key("x/y z", "ogg")).is_ok());
+    fn keys_are_the_conversation_and_the_attachment_id_and_never_a_path() {
+        let conversation =
+            ConversationKey::parse_storage("whatsapp:+14155238886|whatsapp:+15550000001").unwrap();
+        let prefix = waconnect_shared::media::conversation_prefix(&conversation);
+        assert!(prefix.starts_with('c') && prefix.len() == 18, "{prefix}");
+        // The number itself is not in it: keys end up in URLs.
+        assert!(!prefix.contains("5550000001"));
+        assert_eq!(
+            key(&conversation, "4a2f-9c", "pdf"),
+            format!("{prefix}agent-4a2f-9c.pdf")
+        );
+        assert_eq!(
+            key(&conversation, "../../etc", "jpg"),
+            format!("{prefix}agent-etc.jpg")
+        );
+        let long = "x".repeat(500);
+        for id in ["x/y z", long.as_str()] {
+            let k = key(&conversation, id, "ogg");
+            assert!(waconnect_shared::media::check_key(&k).is_ok(), "{k}");
+        }
     }
 }

@@ -468,7 +468,7 @@ async fn relay_message(
                             // The customer's own words, for a later quote of this message.
                             remember(
                                 relay,
-                                IndexedMessage::new(&sid, &item, Author::Customer, &text),
+                                IndexedMessage::new(&key, &sid, &item, Author::Customer, &text),
                             );
                         }
                         break;

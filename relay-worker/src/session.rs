@@ -686,6 +686,7 @@ impl Session {
                 continue;
             }
             let copied = crate::agent_file::copy(
+                &self.key,
                 &relay.api,
                 &relay.media,
                 relay.media_store.as_deref(),

@@ -188,6 +188,7 @@ mod tests {
                 ledger.sent(&format!("item-{n}#0"), "SM0000").await.unwrap();
                 index
                     .remember(IndexedMessage::new(
+                        &c.key(),
                         &format!("SM{n:032}"),
                         &format!("item-{n}"),
                         Author::Customer,

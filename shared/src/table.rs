@@ -9,6 +9,10 @@
 //! * `roster#<group>#<member>`: a live process of a fleet ([`crate::roster::dynamodb`]);
 //! * `msg#<sid>` and `msgc#<item id>`: the message index ([`crate::message_index::dynamodb`]).
 //!
+//! The sparse global secondary index [`CONVERSATION_INDEX`] (partition `conv`, keys only)
+//! finds what the table holds of one conversation — the message index's entries, with the
+//! customer's words — for an erasure request.
+//!
 //! The sparse global secondary index [`DUE_INDEX`] (partition `due_shard`, sort `due_at`)
 //! finds what is due without a Scan: live conversations by lease expiry, for the sweepers,
 //! and messages waiting out a retry backoff, for the depth gauges. TTL (`ttl`, epoch
@@ -23,6 +27,9 @@ pub const DUE_INDEX: &str = "due";
 pub const DUE_SHARD: &str = "due_shard";
 pub const DUE_AT: &str = "due_at";
 pub const TTL: &str = "ttl";
+pub const CONVERSATION_INDEX: &str = "conversation";
+/// The conversation (its storage key) an item belongs to, for [`CONVERSATION_INDEX`].
+pub const CONVERSATION: &str = "conv";
 /// What a roster member holds; projected into [`DUE_INDEX`] beside the keys.
 pub const LOAD: &str = "load";
 
@@ -90,7 +97,7 @@ impl Table {
         items: Vec<Item>,
     ) -> Result<std::collections::HashSet<String>, crate::aws::CallError> {
         use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-        let mut pending: Vec<WriteRequest> = items
+        let requests = items
             .into_iter()
             .map(|item| {
                 WriteRequest::builder()
@@ -103,6 +110,36 @@ impl Table {
                     .build()
             })
             .collect();
+        self.batch_write(requests).await
+    }
+
+    /// Deletes the items with these keys (distinct, at most [`MAX_BATCH_WRITE`]) as
+    /// [`Table::batch_put`] puts; answers the keys still there.
+    pub(crate) async fn batch_delete(
+        &self,
+        pks: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, crate::aws::CallError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let requests = pks
+            .into_iter()
+            .map(|pk| {
+                WriteRequest::builder()
+                    .delete_request(
+                        DeleteRequest::builder()
+                            .set_key(Some(key(pk)))
+                            .build()
+                            .expect("the key is set"),
+                    )
+                    .build()
+            })
+            .collect();
+        self.batch_write(requests).await
+    }
+
+    async fn batch_write(
+        &self,
+        mut pending: Vec<aws_sdk_dynamodb::types::WriteRequest>,
+    ) -> Result<std::collections::HashSet<String>, crate::aws::CallError> {
         let mut delay = std::time::Duration::from_millis(25);
         for attempt in 1..=UNPROCESSED_ATTEMPTS {
             let out = self
@@ -126,9 +163,64 @@ impl Table {
         }
         Ok(pending
             .iter()
-            .filter_map(|w| w.put_request().and_then(|p| get_s(p.item(), KEY)))
+            .filter_map(|w| {
+                w.put_request()
+                    .map(|p| p.item())
+                    .or(w.delete_request().map(|d| d.key()))
+                    .and_then(|item| get_s(item, KEY))
+            })
             .map(str::to_owned)
             .collect())
+    }
+
+    /// Deletes every item that carries [`CONVERSATION`] = `conversation` (found through
+    /// [`CONVERSATION_INDEX`]); answers how many. The index is eventually consistent: an
+    /// item written a moment ago may be left, so erase a conversation once it has ended.
+    pub(crate) async fn forget_conversation(
+        &self,
+        conversation: &str,
+    ) -> Result<u64, crate::aws::CallError> {
+        let mut pks = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .index_name(CONVERSATION_INDEX)
+                .key_condition_expression("#conv = :conv")
+                .expression_attribute_names("#conv", CONVERSATION)
+                .expression_attribute_values(":conv", s(conversation))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| crate::aws::CallError::from_sdk(&e))?;
+            pks.extend(
+                out.items()
+                    .iter()
+                    .filter_map(|i| get_s(i, KEY))
+                    .map(str::to_owned),
+            );
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        pks.sort();
+        pks.dedup();
+        let mut deleted = 0;
+        for chunk in pks.chunks(MAX_BATCH_WRITE) {
+            let left = self.batch_delete(chunk.to_vec()).await?;
+            if !left.is_empty() {
+                return Err(crate::aws::CallError {
+                    unavailable: true,
+                    code: Some("UnprocessedItems".into()),
+                    message: format!("DynamoDB left {} deletes unprocessed", left.len()),
+                });
+            }
+            deleted += chunk.len() as u64;
+        }
+        Ok(deleted)
     }
 
     /// The items with these keys (`pk` values) that exist: one BatchGetItem per 100 keys,

@@ -14,7 +14,9 @@ use std::sync::{Mutex, OnceLock};
 use waconnect_shared::Secret;
 use waconnect_shared::aws::{AwsConfig, StaticCredentials};
 use waconnect_shared::config::AwsStorageConfig;
-use waconnect_shared::table::{DUE_AT, DUE_INDEX, DUE_SHARD, KEY, TTL};
+use waconnect_shared::table::{
+    CONVERSATION, CONVERSATION_INDEX, DUE_AT, DUE_INDEX, DUE_SHARD, KEY, TTL,
+};
 
 pub const REGION: &str = "us-east-1";
 
@@ -203,6 +205,7 @@ impl Moto {
             .attribute_definitions(attribute(KEY, ScalarAttributeType::S))
             .attribute_definitions(attribute(DUE_SHARD, ScalarAttributeType::S))
             .attribute_definitions(attribute(DUE_AT, ScalarAttributeType::N))
+            .attribute_definitions(attribute(CONVERSATION, ScalarAttributeType::S))
             .key_schema(key(KEY, KeyType::Hash))
             .global_secondary_indexes(
                 GlobalSecondaryIndex::builder()
@@ -214,6 +217,18 @@ impl Moto {
                             .projection_type(ProjectionType::Include)
                             .non_key_attributes("lease_owner")
                             .non_key_attributes("load")
+                            .build(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name(CONVERSATION_INDEX)
+                    .key_schema(key(CONVERSATION, KeyType::Hash))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::KeysOnly)
                             .build(),
                     )
                     .build()

@@ -202,6 +202,24 @@ impl MediaStore for DirectoryStore {
         Ok(())
     }
 
+    async fn forget(&self, prefix: &str) -> Result<u64, MediaError> {
+        // Never everything: a prefix is a key's start.
+        check_key(prefix)?;
+        let mut entries = tokio::fs::read_dir(&self.dir).await.map_err(backend)?;
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await.map_err(backend)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".meta") else {
+                continue;
+            };
+            if key.starts_with(prefix) && check_key(key).is_ok() {
+                self.delete(key).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, MediaError> {
         let mut entries = tokio::fs::read_dir(&self.dir).await.map_err(backend)?;
         let mut removed = 0;

@@ -11,6 +11,7 @@
 pub mod directory;
 pub mod s3;
 
+use crate::ConversationKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::path::Path;
@@ -70,9 +71,21 @@ pub trait MediaStore: Send + Sync + 'static {
 
     async fn delete(&self, key: &str) -> Result<(), MediaError>;
 
+    /// Removes every file whose key starts with `prefix` (an erasure request, with a
+    /// [`conversation_prefix`]); the count removed.
+    async fn forget(&self, prefix: &str) -> Result<u64, MediaError>;
+
     /// Removes files stored before `before`; the count removed. (S3 expires objects with
     /// its lifecycle rule instead.)
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, MediaError>;
+}
+
+/// What every key stored for `conversation` starts with, so an erasure request finds its
+/// files. A digest: keys end up in the URLs Twilio fetches, and the number need not.
+pub fn conversation_prefix(conversation: &ConversationKey) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(conversation.storage().as_bytes());
+    format!("c{}-", hex::encode(&digest[..8]))
 }
 
 /// Keys are what the relay derives from Connect's attachment ids: letters, digits, `.`,

@@ -112,6 +112,42 @@ impl MediaStore for S3Store {
         Ok(())
     }
 
+    async fn forget(&self, prefix: &str) -> Result<u64, MediaError> {
+        // Never everything: a prefix is a key's start.
+        check_key(prefix)?;
+        let mut removed = 0;
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.object(prefix))
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| failed(&e))?;
+            for object in out.contents() {
+                if let Some(key) = object.key() {
+                    self.client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .send()
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    removed += 1;
+                }
+            }
+            token = out
+                .next_continuation_token
+                .filter(|_| out.is_truncated == Some(true));
+            if token.is_none() {
+                return Ok(removed);
+            }
+        }
+    }
+
     async fn prune(&self, _before: DateTime<Utc>) -> Result<u64, MediaError> {
         Ok(0)
     }

@@ -1,12 +1,15 @@
 //! The AWS message index: each entry is written twice in the DynamoDB table, as
 //! `msg#<sid>` and `msgc#<item id>`, so either side's id finds it with one GetItem.
 //! Nothing on a message's path waits for the write, so entries share BatchWriteItems:
-//! they linger up to [`LINGER`] for company. TTL removes them after the retention.
+//! they linger up to [`LINGER`] for company. TTL removes them after the retention; both
+//! carry their conversation (`conv`), so an erasure finds them through the table's
+//! conversation index.
 
 use super::{Author, IndexError, IndexedMessage, MessageIndex};
+use crate::ConversationKey;
 use crate::aws::CallError;
 use crate::batch::Batcher;
-use crate::table::{Item, KEY, MAX_BATCH_WRITE, TTL, Table, get_n, get_s, key, n, s};
+use crate::table::{CONVERSATION, Item, KEY, MAX_BATCH_WRITE, TTL, Table, get_n, get_s, key, n, s};
 use crate::time::from_millis;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -62,6 +65,7 @@ fn parse(item: &Item) -> Option<IndexedMessage> {
         author: Author::parse(get_s(item, "author")?)?,
         excerpt: get_s(item, "excerpt").unwrap_or_default().to_owned(),
         at: from_millis(get_n(item, "at").unwrap_or(0)),
+        conversation: get_s(item, CONVERSATION).unwrap_or_default().to_owned(),
     })
 }
 
@@ -75,7 +79,7 @@ async fn write(
     for m in &batch {
         let ttl = (m.at.timestamp()).saturating_add(keep_seconds);
         for pk in [sid_pk(&m.sid), connect_pk(&m.connect_id)] {
-            let item = Item::from([
+            let mut item = Item::from([
                 (KEY.to_owned(), s(pk.clone())),
                 ("sid".to_owned(), s(m.sid.as_str())),
                 ("cid".to_owned(), s(m.connect_id.as_str())),
@@ -84,6 +88,10 @@ async fn write(
                 ("at".to_owned(), n(m.at.timestamp_millis())),
                 (TTL.to_owned(), n(ttl)),
             ]);
+            // The index is sparse: an empty string may not be an index key.
+            if !m.conversation.is_empty() {
+                item.insert(CONVERSATION.to_owned(), s(m.conversation.as_str()));
+            }
             items.insert(pk, item);
         }
     }
@@ -129,6 +137,15 @@ impl MessageIndex for DynamoMessageIndex {
 
     async fn by_connect_id(&self, id: &str) -> Result<Option<IndexedMessage>, IndexError> {
         self.get(connect_pk(id)).await
+    }
+
+    async fn forget_conversation(&self, conversation: &ConversationKey) -> Result<u64, IndexError> {
+        // Each entry is two items (by SID and by item Id).
+        Ok(self
+            .table
+            .forget_conversation(&conversation.storage())
+            .await?
+            / 2)
     }
 
     /// TTL expires entries by itself.

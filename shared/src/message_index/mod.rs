@@ -8,6 +8,7 @@
 pub mod dynamodb;
 pub mod sqlite;
 
+use crate::ConversationKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -40,6 +41,9 @@ impl Author {
 /// One message (or one part of a long one) on both sides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedMessage {
+    /// The conversation's storage key ([`ConversationKey::storage`]): what an erasure
+    /// request finds it by. Empty in entries written before it was recorded.
+    pub conversation: String,
     /// Twilio's message SID (`SM…` / `MM…`).
     pub sid: String,
     /// The Connect chat item's Id.
@@ -52,8 +56,15 @@ pub struct IndexedMessage {
 
 impl IndexedMessage {
     /// An entry for now, its excerpt cut from `text` (whitespace runs made one space).
-    pub fn new(sid: &str, connect_id: &str, author: Author, text: &str) -> Self {
+    pub fn new(
+        conversation: &ConversationKey,
+        sid: &str,
+        connect_id: &str,
+        author: Author,
+        text: &str,
+    ) -> Self {
         Self {
+            conversation: conversation.storage(),
             sid: sid.to_owned(),
             connect_id: connect_id.to_owned(),
             author,
@@ -93,6 +104,9 @@ pub trait MessageIndex: Send + Sync + 'static {
 
     /// The message Connect knows as item `id`.
     async fn by_connect_id(&self, id: &str) -> Result<Option<IndexedMessage>, IndexError>;
+
+    /// Forgets every entry of `conversation` (an erasure request); how many.
+    async fn forget_conversation(&self, conversation: &ConversationKey) -> Result<u64, IndexError>;
 
     /// Forgets entries recorded before `before`.
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, IndexError>;

@@ -433,6 +433,20 @@ impl ConversationStore for DynamoStore {
         }
     }
 
+    async fn erase(&self, key: &ConversationKey) -> Result<bool, StoreError> {
+        let out = self
+            .table
+            .client
+            .delete_item()
+            .table_name(&self.table.name)
+            .key(KEY, s(pk(key)))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| StoreError::from(CallError::from_sdk(&e)))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
     /// DynamoDB's TTL deletes them (the `ttl` every ended record carries).
     async fn prune_expired(&self) -> Result<u64, StoreError> {
         Ok(0)

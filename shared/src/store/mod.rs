@@ -111,6 +111,10 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Gives the lease up so another worker can adopt the conversation at once.
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 
+    /// Deletes the record whatever its state and lease (an erasure request): a holder's
+    /// next write or renewal finds it gone and stops. True if there was one.
+    async fn erase(&self, key: &ConversationKey) -> Result<bool, StoreError>;
+
     /// The keys of live (not ended) conversations whose lease is free or lapsed,
     /// oldest expiry first: keys only, so the index behind it need not copy the records
     /// (and their tokens) on every renewal.

@@ -352,6 +352,18 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    async fn erase(&self, key: &ConversationKey) -> Result<bool, StoreError> {
+        let key = key.storage();
+        self.db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached("DELETE FROM conversations WHERE customer = ?1")?
+                    .execute(params![key])?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
     async fn unheld(&self, limit: usize) -> Result<Vec<ConversationKey>, StoreError> {
         self.db
             .read(move |c| {

@@ -127,3 +127,32 @@ pub async fn old_files_are_pruned(e: &dyn MediaEngine) {
     assert!(!media.exists(&old).await.unwrap());
     assert!(media.exists(&new).await.unwrap());
 }
+
+/// An erasure request removes every file of one conversation (by its key prefix) and
+/// nothing else; an empty prefix is refused rather than taken as "everything".
+pub async fn a_conversations_files_are_forgotten_by_their_prefix(e: &dyn MediaEngine) {
+    let media = e.media().await;
+    let (_dir, path) = sample(b"%PDF-1.4 mine");
+    let mine = waconnect_shared::media::conversation_prefix(&crate::key(1));
+    let theirs = waconnect_shared::media::conversation_prefix(&crate::key(2));
+    assert_ne!(mine, theirs);
+    let suffix = crate::engines::unique_suffix();
+    let erased = [
+        format!("{mine}agent-{suffix}-1.pdf"),
+        format!("{mine}agent-{suffix}-2.pdf"),
+    ];
+    let kept = format!("{theirs}agent-{suffix}-3.pdf");
+    for k in erased.iter().chain([&kept]) {
+        media.put(k, &path, &pdf()).await.unwrap();
+    }
+    assert_eq!(media.forget(&mine).await.unwrap(), 2);
+    for k in &erased {
+        assert!(!media.exists(k).await.unwrap(), "{k}");
+    }
+    assert!(media.exists(&kept).await.unwrap());
+    assert!(matches!(
+        media.forget("").await,
+        Err(MediaError::InvalidKey(_))
+    ));
+    assert_eq!(media.forget(&mine).await.unwrap(), 0);
+}

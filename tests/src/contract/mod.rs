@@ -63,6 +63,7 @@ macro_rules! store_contract_tests {
             a_restarted_worker_takes_its_own_leases_back_at_once,
             one_customer_with_two_numbers_has_two_conversations,
             records_from_before_routing_keep_working,
+            an_erased_record_is_gone_and_its_holder_stops,
         );
     };
 }
@@ -94,6 +95,7 @@ macro_rules! index_contract_tests {
             many_entries_at_once_are_all_kept,
             excerpts_are_capped,
             old_entries_are_pruned,
+            a_conversation_is_forgotten_whole,
         );
     };
 }
@@ -109,6 +111,7 @@ macro_rules! media_contract_tests {
             deleted_files_are_gone,
             keys_that_could_be_paths_are_refused,
             old_files_are_pruned,
+            a_conversations_files_are_forgotten_by_their_prefix,
         );
     };
 }

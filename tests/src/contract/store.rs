@@ -566,3 +566,24 @@ pub async fn records_from_before_routing_keep_working(e: &dyn StoreEngine, _: &P
     );
     assert_eq!(store.held_by("worker-a", 10).await.unwrap(), [legacy]);
 }
+
+/// An erased record is gone whatever held it: its holder's renewal fails, the sweepers do
+/// not list it, other conversations stay; erasing nothing says so.
+pub async fn an_erased_record_is_gone_and_its_holder_stops(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    inserted(store.as_ref(), 1).await;
+    inserted(store.as_ref(), 2).await;
+    let lease = store.acquire_lease(&key(1), "w1", LONG).await.unwrap();
+    assert!(store.erase(&key(1)).await.unwrap());
+    assert_eq!(store.get(&key(1)).await.unwrap(), None);
+    assert!(
+        matches!(
+            store.renew_lease(&lease, LONG).await,
+            Err(StoreError::LeaseLost | StoreError::NotFound)
+        ),
+        "a holder of an erased record must stop"
+    );
+    assert!(!store.unheld(1000).await.unwrap().contains(&key(1)));
+    assert!(store.get(&key(2)).await.unwrap().is_some());
+    assert!(!store.erase(&key(1)).await.unwrap());
+}
