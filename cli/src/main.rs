@@ -6,7 +6,8 @@
 //! * `check` — a configuration checked before going live.
 //! * `dlq list|show|redrive|purge` — the dead letters and why; back onto their queue, or
 //!   gone.
-//! * `conversation show` — a customer's conversation as the store holds it.
+//! * `conversation show|release|end|erase` — a customer's conversation as the store holds
+//!   it; its socket freed for another relay; its chat ended; all of it erased.
 //! * `conversation start` — a conversation the business starts, through a relay's API.
 //! * `completions` — shell completions.
 //!
@@ -62,7 +63,8 @@ enum Command {
     /// Dead letters: what could not be handled and why; redrive or purge them.
     #[command(subcommand)]
     Dlq(Dlq),
-    /// Conversations: look one up, or start one from the business side.
+    /// Conversations: look one up, free its socket, end it, erase it, or start one from the
+    /// business side.
     #[command(subcommand)]
     Conversation(Conversation),
     /// Prints shell completions for `waconnect` (e.g. `waconnect completions bash >
@@ -128,12 +130,46 @@ enum Conversation {
     /// Shows a customer's conversation as the store holds it (either engine; no tokens,
     /// the number masked): its chat, the agent cursor, who holds its socket.
     Show {
-        /// The customer, `whatsapp:+<E.164>`.
+        #[command(flatten)]
+        which: conversation::Which,
+        /// As JSON, for scripts.
         #[arg(long)]
-        customer: String,
-        /// The business number they wrote to; the first route's sender when absent.
+        json: bool,
+    },
+    /// Takes the conversation's socket from the relay that holds it (stuck, or on a host
+    /// being drained): that relay stops at its next renewal and another adopts it at once.
+    Release {
+        #[command(flatten)]
+        which: conversation::Which,
+        /// As JSON, for scripts.
         #[arg(long)]
-        business: Option<String>,
+        json: bool,
+    },
+    /// Ends the customer's chat: the customer leaves it in Connect (the agent sees that),
+    /// the relay ends the conversation as any ended chat (closing text included); the
+    /// record is ended here if no relay did within --wait.
+    End {
+        #[command(flatten)]
+        which: conversation::Which,
+        /// How long the relay holding the chat has to record its end.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// As JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Erases what the bridge holds of the customer (a data-protection request): every
+    /// conversation record (each routed number's, or --business's), its message excerpts
+    /// and the agent's files, and the customer's dead letters; a live chat is ended first.
+    Erase {
+        #[command(flatten)]
+        which: conversation::Which,
+        /// How long the relay holding a live chat has to record its end.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+        /// Required: erasing cannot be undone.
+        #[arg(long)]
+        yes: bool,
         /// As JSON, for scripts.
         #[arg(long)]
         json: bool,
@@ -213,18 +249,67 @@ async fn main() -> anyhow::Result<()> {
             println!("{body}");
             Ok(())
         }
-        Command::Conversation(Conversation::Show {
-            customer,
-            business,
-            json,
-        }) => {
-            let shown =
-                conversation::show(&ConfigSource::from_env()?, &customer, business.as_deref())
-                    .await?;
+        Command::Conversation(Conversation::Show { which, json }) => {
+            let shown = conversation::show(&ConfigSource::from_env()?, &which).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 print!("{}", conversation::text(&shown));
+            }
+            Ok(())
+        }
+        Command::Conversation(Conversation::Release { which, json }) => {
+            let released = conversation::release(&ConfigSource::from_env()?, &which).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&released)?);
+            } else if released.is_empty() {
+                println!("no relay holds a live conversation of this customer and number");
+            } else {
+                for r in &released {
+                    println!(
+                        "{}: released from {}; another relay adopts it",
+                        r.conversation,
+                        r.held_by.as_deref().unwrap_or("—")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Conversation(Conversation::End { which, wait, json }) => {
+            let ended = conversation::end(&ConfigSource::from_env()?, &which, wait).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ended)?);
+            } else if ended.is_empty() {
+                println!("no conversation recorded for this customer and number");
+            } else {
+                for e in &ended {
+                    let how = match e.ended_by {
+                        "relay" => "ended (the relay saw the customer leave)",
+                        "store" => "ended in the store (no relay recorded it in time)",
+                        _ => "was already over",
+                    };
+                    println!("{}: {how}", e.conversation);
+                }
+            }
+            Ok(())
+        }
+        Command::Conversation(Conversation::Erase {
+            which,
+            wait,
+            yes,
+            json,
+        }) => {
+            if !yes {
+                anyhow::bail!("erasing cannot be undone: say --yes");
+            }
+            let erased = conversation::erase(&ConfigSource::from_env()?, &which, wait).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&erased)?);
+            } else {
+                println!(
+                    "erased {} conversation record(s), {} message excerpt(s), {} file(s), {} dead letter(s)",
+                    erased.records, erased.messages, erased.files, erased.dead_letters
+                );
             }
             Ok(())
         }

@@ -10,10 +10,15 @@ use std::time::Duration;
 use waconnect_tests::connect_sim::SimOptions;
 use waconnect_tests::{customer, wait};
 
+const CLOSING: &str = "Thanks for writing; this chat has ended.";
+
+/// ... and the operator's `conversation end` and `erase` act on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_carries_a_conversation_both_ways_in_one_process() {
     let sims = Sims::start(SimOptions::default()).await;
-    let mut serve = common::serve(sims.vars(), Stdio::null());
+    let mut vars = sims.vars();
+    vars.push(("WACONNECT_RELAY_CLOSING_TEXT".into(), CLOSING.into()));
+    let mut serve = common::serve(vars.clone(), Stdio::null());
 
     let (phone, desk) = (sims.twilio.phone(), sims.connect.desk());
     let ana = customer(1);
@@ -50,6 +55,53 @@ async fn serve_carries_a_conversation_both_ways_in_one_process() {
         },
     )
     .await;
+
+    // The operator ends the chat: the customer leaves it in Connect, the relay in `serve`
+    // ends the conversation as any ended chat, closing text included.
+    let conversation = |args: &[&str]| {
+        std::process::Command::new(WACONNECT)
+            .arg("conversation")
+            .args(args)
+            .args(["--customer", ana.as_str(), "--json"])
+            .env_clear()
+            .envs(vars.iter().cloned())
+            .output()
+            .unwrap()
+    };
+    let out = conversation(&["end"]);
+    assert!(out.status.success(), "{out:?}");
+    let ended: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ended[0]["ended_by"], "relay", "{ended}");
+    assert_eq!(ended[0]["contact_id"], contact.as_str());
+    let items = desk.transcript(&contact).await.unwrap();
+    assert!(
+        items
+            .iter()
+            .any(|e| e.participant_role.as_deref() == Some("CUSTOMER")
+                && e.content_type == "application/vnd.amazonaws.connect.event.participant.left"),
+        "{items:?}"
+    );
+    wait::until("the closing text", Duration::from_secs(30), || async {
+        let inbox = phone.inbox(ana.as_str()).await.ok()?;
+        inbox.iter().any(|m| m.body == CLOSING).then_some(())
+    })
+    .await;
+
+    // Then erases what the bridge holds of the customer.
+    let out = conversation(&["erase"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{out:?}"
+    );
+    let out = conversation(&["erase", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    let erased: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(erased["records"], 1, "{erased}");
+    // The customer's message, the agent's reply and the closing text.
+    assert!(erased["messages"].as_u64().unwrap() >= 2, "{erased}");
+    let out = conversation(&["show"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown, serde_json::json!([]));
 
     // SIGTERM stops all three, cleanly.
     let pid = serve.id().unwrap().to_string();
@@ -95,6 +147,9 @@ fn every_command_has_help_and_the_shells_have_completions() {
         vec!["sender", "--help"],
         vec!["sandbox", "--help"],
         vec!["conversation", "start", "--help"],
+        vec!["conversation", "release", "--help"],
+        vec!["conversation", "end", "--help"],
+        vec!["conversation", "erase", "--help"],
         vec!["dlq", "redrive", "--help"],
         vec!["dlq", "purge", "--help"],
         vec!["completions", "--help"],

@@ -333,6 +333,24 @@ impl ConnectApi {
         Ok(out.id().unwrap_or_default().to_owned())
     }
 
+    /// The customer leaves the chat (an operator ending it): Connect ends the chat, and the
+    /// agent and the relay holding its socket see the customer go.
+    pub async fn disconnect(
+        &self,
+        connection_token: &str,
+        client_token: &str,
+    ) -> Result<(), ConnectError> {
+        self.call("DisconnectParticipant", || {
+            self.participant
+                .disconnect_participant()
+                .connection_token(connection_token)
+                .client_token(client_token)
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
     /// Opens an attachment upload of `size` bytes: where to PUT the file, and the headers
     /// the PUT must carry, exactly.
     pub async fn start_attachment_upload(
