@@ -6,7 +6,7 @@ mod common;
 
 use common::{Sims, WACONNECT};
 use serde_json::Value;
-use waconnect_tests::connect_sim::SimOptions;
+use waconnect_sim::connect::SimOptions;
 use waconnect_tests::moto::Moto;
 
 fn sims_options() -> SimOptions {

@@ -7,7 +7,7 @@ mod common;
 use common::{Sims, WACONNECT};
 use std::process::Stdio;
 use std::time::Duration;
-use waconnect_tests::connect_sim::SimOptions;
+use waconnect_sim::connect::SimOptions;
 use waconnect_tests::{customer, wait};
 
 const CLOSING: &str = "Thanks for writing; this chat has ended.";

@@ -5,9 +5,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
+use waconnect_sim::twilio::TwilioOptions;
 use waconnect_tests::full_loop::{FullLoop as Loop, LoopOptions};
 use waconnect_tests::processes::spawn;
-use waconnect_tests::twilio_sim::TwilioOptions;
 use waconnect_tests::{customer, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

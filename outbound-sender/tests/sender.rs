@@ -7,7 +7,7 @@ use common::Stack;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use waconnect_shared::event::EventKind;
-use waconnect_tests::twilio_sim::TwilioOptions;
+use waconnect_sim::twilio::TwilioOptions;
 use waconnect_tests::{customer, wait};
 
 fn open_window() -> TwilioOptions {

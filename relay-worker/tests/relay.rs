@@ -13,7 +13,7 @@ use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::event::{EventKind, InboundEvent};
 use waconnect_shared::outbound::Origin;
 use waconnect_shared::queue::NewMessage;
-use waconnect_tests::connect_sim::SimOptions;
+use waconnect_sim::connect::SimOptions;
 use waconnect_tests::{customer, key, key_of, twilio, wait};
 
 const TOKEN: &str = "twilio-auth-token";
@@ -295,8 +295,7 @@ async fn faults_lose_and_double_nothing() {
     let contact = stack.contact_of(&ana).await;
     stack.desk.accept(&contact).await.unwrap();
     stack.until_held(&contact).await;
-    let reconnects =
-        |stats: &waconnect_tests::connect_sim::SimStats| stats.calls_to("WebsocketConnect");
+    let reconnects = |stats: &waconnect_sim::connect::SimStats| stats.calls_to("WebsocketConnect");
     let mut sent = Vec::new();
     let mut say = async |text: String| {
         stack.desk.send(&contact, &text).await.unwrap();

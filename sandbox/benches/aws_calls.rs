@@ -130,7 +130,10 @@ async fn engine(
     let sandbox = Sandbox::start(Options::headless(storage)).await.unwrap();
     let (phone, desk) = (sandbox.phone(), sandbox.desk());
     let contacts = sandbox
-        .open_chats(CUSTOMERS, Duration::from_secs(120))
+        .open_chats(
+            &(0..CUSTOMERS).map(customer).collect::<Vec<_>>(),
+            Duration::from_secs(120),
+        )
         .await;
     let inbound = if run == Run::Full {
         phase(

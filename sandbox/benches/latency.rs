@@ -183,7 +183,7 @@ fn main() {
         .await
         .unwrap();
         // Warm up: every customer's chat started, accepted and held.
-        let contacts = sandbox.open_chats(CUSTOMERS, Duration::from_secs(60)).await;
+        let contacts = sandbox.open_chats(&(0..CUSTOMERS).map(customer).collect::<Vec<_>>(), Duration::from_secs(60)).await;
         let results: Vec<serde_json::Value> = {
             let mut r = Vec::new();
             for (round, rate) in rates.iter().copied().enumerate() {

@@ -18,8 +18,8 @@ use waconnect_shared::config::{
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{Limits, Queue};
 use waconnect_shared::sqlite::Db;
-use waconnect_tests::connect_sim::{self, DeskClient, SimOptions};
-use waconnect_tests::twilio_sim::{self, PhoneClient, TwilioOptions};
+use waconnect_sim::connect::{self, DeskClient, SimOptions};
+use waconnect_sim::twilio::{self, PhoneClient, TwilioOptions};
 
 pub struct Options {
     /// Where the page is served (`WACONNECT_SANDBOX_BIND`, default 127.0.0.1:8700; port 0
@@ -161,7 +161,7 @@ impl Sandbox {
         tasks.push(tokio::spawn({
             let stop = stop.clone();
             async move {
-                let _ = connect_sim::serve(connect_listener, sim, stop).await;
+                let _ = connect::serve(connect_listener, sim, stop).await;
             }
         }));
         let (ingress_listener, ingress_addr) = listen().await?;
@@ -185,7 +185,7 @@ impl Sandbox {
         tasks.push(tokio::spawn({
             let (stop, o) = (stop.clone(), twilio_options.clone());
             async move {
-                let _ = twilio_sim::serve(twilio_listener, o, stop).await;
+                let _ = twilio::serve(twilio_listener, o, stop).await;
             }
         }));
 
@@ -330,17 +330,21 @@ impl Sandbox {
         &self.url
     }
 
-    /// Test customers `0..customers` each write once; agents accept every chat, and this
-    /// waits until the relay holds them all. Returns their contacts, by customer.
-    /// Panics after `deadline` (for the benches and tests that drive the sandbox).
-    pub async fn open_chats(&self, customers: usize, deadline: std::time::Duration) -> Vec<String> {
-        use waconnect_tests::{customer, wait};
-        for c in 0..customers {
-            self.phone.text(customer(c).as_str(), "warm").await.unwrap();
+    /// `customers` each write once; agents accept every chat, and this waits until the
+    /// relay holds them all. Returns their contacts, by customer. Panics after `deadline`
+    /// (for the benches and tests that drive the sandbox).
+    pub async fn open_chats(
+        &self,
+        customers: &[waconnect_shared::CustomerAddress],
+        deadline: std::time::Duration,
+    ) -> Vec<String> {
+        use waconnect_sim::wait;
+        for c in customers {
+            self.phone.text(c.as_str(), "warm").await.unwrap();
         }
         let mut contacts = Vec::new();
-        for c in 0..customers {
-            let number = customer(c).e164().to_owned();
+        for c in customers {
+            let number = c.e164().to_owned();
             let contact = wait::until("the warm-up chat", deadline, || async {
                 let chats = self.desk.chats(None).await.ok()?;
                 chats
@@ -355,7 +359,7 @@ impl Sandbox {
             contacts.push(contact);
         }
         wait::until("every chat held", deadline, || async {
-            (self.desk.stats().await.ok()?.sockets >= customers).then_some(())
+            (self.desk.stats().await.ok()?.sockets >= customers.len()).then_some(())
         })
         .await;
         contacts

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use waconnect_tests::twilio_sim::{CustomerMessage, Location};
+use waconnect_sim::twilio::{CustomerMessage, Location};
 
 const PAGE: &str = include_str!("index.html");
 

@@ -13,9 +13,9 @@
 //! `cargo build --release --bins && cargo bench -p waconnect-tests --bench media`.
 
 use std::time::{Duration, Instant};
+use waconnect_sim::twilio::{CustomerMessage, Media};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
 use waconnect_tests::procfs::status_kib;
-use waconnect_tests::twilio_sim::{CustomerMessage, Media};
 use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
 
 /// The services run as release processes, built beforehand (a bench does not build

@@ -8,10 +8,8 @@
 //! `CHAOS_SEED` replays a run (the seed is printed first), `CHAOS_SECONDS` sets how long
 //! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak).
 
-use crate::connect_sim::ConnectSim;
 use crate::moto::Moto;
 use crate::processes::{spawn, vars};
-use crate::twilio_sim::{TwilioOptions, TwilioSim};
 use crate::{customer, free_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,6 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 use waconnect_shared::config::{CommonConfig, ConfigSource};
+use waconnect_sim::connect::ConnectSim;
+use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
 
 /// Which storage the fleet runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,7 +478,7 @@ pub fn assert_clean(report: &Report) {
 }
 
 /// The bodies on customer `c`'s phone that WhatsApp delivered (failed copies left out).
-async fn delivered(phone: &crate::twilio_sim::PhoneClient, c: usize) -> Vec<String> {
+async fn delivered(phone: &waconnect_sim::twilio::PhoneClient, c: usize) -> Vec<String> {
     phone
         .inbox(customer(c).as_str())
         .await

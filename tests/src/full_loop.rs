@@ -2,12 +2,12 @@
 //! simulator) → ingress → relay-worker → the agent (Connect simulator) → relay-worker →
 //! outbound-sender → the phone, on one SQLite file.
 
-use crate::connect_sim::{ConnectSim, SimOptions};
 use crate::processes::{spawn, vars};
-use crate::twilio_sim::{TwilioOptions, TwilioSim};
 use crate::{customer, free_port, wait};
 use std::time::Duration;
 use tokio::process::Child;
+use waconnect_sim::connect::{ConnectSim, SimOptions};
+use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
 
 /// Both simulators and the three services as real processes on one SQLite file.
 pub struct FullLoop {

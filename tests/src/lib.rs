@@ -1,8 +1,9 @@
 //! Test equipment for waconnect: the contract suites every storage engine must pass, the
-//! engines' test factories, and helpers shared by the end-to-end tests and benches.
+//! engines' test factories (moto included), and helpers shared by the end-to-end tests
+//! and benches. The simulated Twilio and Connect are their own crate, `waconnect-sim`,
+//! which the sandbox ships too.
 
 pub mod chaos;
-pub mod connect_sim;
 pub mod contract;
 pub mod engines;
 pub mod full_loop;
@@ -10,10 +11,9 @@ pub mod moto;
 pub mod processes;
 pub mod procfs;
 pub mod twilio;
-pub mod twilio_sim;
-pub mod wait;
 
 use waconnect_shared::{BusinessNumber, ConversationKey, CustomerAddress};
+pub use waconnect_sim::wait;
 
 /// A distinct, valid WhatsApp customer for test number `i`.
 pub fn customer(i: usize) -> CustomerAddress {

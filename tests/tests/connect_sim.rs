@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use waconnect_shared::config::ConfigSource;
-use waconnect_tests::connect_sim::{ConnectSim, SimOptions};
+use waconnect_sim::connect::{ConnectSim, SimOptions};
 
 const FLOW: &str = "flow-1";
 

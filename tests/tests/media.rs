@@ -5,10 +5,10 @@
 
 use std::process::Command;
 use std::time::Duration;
-use waconnect_tests::connect_sim::{DeskClient, Item, SimOptions};
+use waconnect_sim::connect::{DeskClient, Item, SimOptions};
+use waconnect_sim::twilio::{CustomerMessage, Location, Media, PhoneClient};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
 use waconnect_tests::processes::spawn;
-use waconnect_tests::twilio_sim::{CustomerMessage, Location, Media, PhoneClient};
 use waconnect_tests::{customer, wait};
 
 /// A file made by ffmpeg from a test pattern, as a phone would record it.
@@ -716,7 +716,7 @@ async fn a_sender_killed_mid_send_sends_the_agents_file_once() {
     // A late double would show now.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let inbox = phone.inbox(number.as_str()).await.unwrap();
-    let agent: Vec<&waconnect_tests::twilio_sim::InboxMessage> = inbox
+    let agent: Vec<&waconnect_sim::twilio::InboxMessage> = inbox
         .iter()
         .filter(|m| !m.media_urls.is_empty() || m.body == "sent after the file")
         .collect();

@@ -4,8 +4,8 @@
 //! chat as the choice's title, and an agent's Markdown arrives in WhatsApp's formatting.
 
 use std::time::Duration;
+use waconnect_sim::twilio::InboxMessage;
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::twilio_sim::InboxMessage;
 use waconnect_tests::{customer, wait};
 
 const INTERACTIVE: &str = "application/vnd.amazonaws.connect.message.interactive";

@@ -5,9 +5,9 @@
 //! open chat, and the customer's reply lands in that chat. The command does the same.
 
 use std::time::Duration;
+use waconnect_sim::twilio::TwilioOptions;
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
 use waconnect_tests::processes::{binary, spawn};
-use waconnect_tests::twilio_sim::TwilioOptions;
 use waconnect_tests::{customer, free_port, wait};
 
 const TOKEN: &str = "outreach-test-token-0123456789";

@@ -4,9 +4,9 @@
 //! it was written to, with its own closing text; on SQLite and on SQS/DynamoDB (moto).
 
 use std::time::Duration;
-use waconnect_tests::connect_sim::ChatSummary;
+use waconnect_sim::connect::ChatSummary;
+use waconnect_sim::twilio::{CustomerMessage, PhoneClient, TwilioOptions};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::twilio_sim::{CustomerMessage, PhoneClient, TwilioOptions};
 use waconnect_tests::{BUSINESS, customer, wait};
 
 const GLOBEX: &str = "whatsapp:+442071838750";

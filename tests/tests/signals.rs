@@ -5,9 +5,9 @@
 //! final, not a retry; a customer's reply to a specific message shows the agent which.
 
 use std::time::Duration;
-use waconnect_tests::connect_sim::{DeskClient, Item};
+use waconnect_sim::connect::{DeskClient, Item};
+use waconnect_sim::twilio::{CustomerMessage, PhoneClient, TwilioOptions};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::twilio_sim::{CustomerMessage, PhoneClient, TwilioOptions};
 use waconnect_tests::{customer, wait};
 
 /// The customer writes `texts`; the agent accepts. Returns the contact and the customer's

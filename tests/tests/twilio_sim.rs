@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use waconnect_shared::{form, signature};
-use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
+use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
 use waconnect_tests::wait;
 
 /// A webhook receiver that checks Twilio's signature and answers the given statuses in
@@ -359,14 +359,14 @@ async fn the_customer_posts_signed_webhooks_and_retries_as_the_fragment_says() {
     assert_eq!(webhooks.got.lock().unwrap().len(), 4);
     // Media and a location, with Twilio's fields.
     let (sid, _) = phone
-        .send(&waconnect_tests::twilio_sim::CustomerMessage {
+        .send(&waconnect_sim::twilio::CustomerMessage {
             from: "whatsapp:+15551239999".into(),
-            media: vec![waconnect_tests::twilio_sim::Media {
+            media: vec![waconnect_sim::twilio::Media {
                 url: "https://example.test/p.jpg".into(),
                 content_type: "image/jpeg".into(),
                 sid: None,
             }],
-            location: Some(waconnect_tests::twilio_sim::Location {
+            location: Some(waconnect_sim::twilio::Location {
                 latitude: 51.5,
                 longitude: -0.12,
                 label: Some("Office".into()),

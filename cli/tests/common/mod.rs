@@ -2,9 +2,9 @@
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
 
-use waconnect_tests::connect_sim::{ConnectSim, SimOptions};
+use waconnect_sim::connect::{ConnectSim, SimOptions};
+use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
 use waconnect_tests::free_port;
-use waconnect_tests::twilio_sim::{TwilioOptions, TwilioSim};
 
 pub const WACONNECT: &str = env!("CARGO_BIN_EXE_waconnect");
 

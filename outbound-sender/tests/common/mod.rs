@@ -18,7 +18,7 @@ use waconnect_shared::outbound::{Origin, OutboundMessage};
 use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{Limits, NewMessage, Queue};
 use waconnect_shared::sqlite::Db;
-use waconnect_tests::twilio_sim::{PhoneClient, TwilioOptions, TwilioSim};
+use waconnect_sim::twilio::{PhoneClient, TwilioOptions, TwilioSim};
 use waconnect_tests::wait;
 
 pub const PUBLIC: &str = "https://wa.example.test";

@@ -29,7 +29,7 @@ use waconnect_shared::sqlite::Db;
 use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::sqlite::SqliteStore;
 use waconnect_shared::{ConversationKey, CustomerAddress};
-use waconnect_tests::connect_sim::{ConnectSim, DeskClient, SimOptions};
+use waconnect_sim::connect::{ConnectSim, DeskClient, SimOptions};
 use waconnect_tests::moto::Moto;
 use waconnect_tests::{key_of, twilio, wait};
 

@@ -1,0 +1,14 @@
+//! Simulated Twilio and Amazon Connect: test equipment that behaves like the real services
+//! (docs/architecture.md §5–§7), so the official clients talk to it unchanged. The
+//! end-to-end tests and benches run the bridge against it, and the sandbox ships it to
+//! play both the customer and the agent on one machine.
+//!
+//! * [`connect`]: the Connect and Participant REST APIs, the participant websocket, an
+//!   agent desk and fault injection, on one loopback port;
+//! * [`twilio`]: the Messages and Content APIs, signed webhooks and status callbacks, the
+//!   customer's phone, and fault injection;
+//! * [`wait`]: waiting for a condition with a deadline instead of sleeping.
+
+pub mod connect;
+pub mod twilio;
+pub mod wait;
