@@ -106,7 +106,12 @@ async fn twilio(sender: &waconnect_outbound_sender::config::SenderConfig) -> Row
     let t = &sender.twilio;
     let url = format!("{}/2010-04-01/Accounts/{}.json", t.api_base, t.account_sid);
     let answer = async {
-        reqwest::Client::new()
+        sender
+            .worker
+            .common
+            .tls
+            .reqwest(reqwest::Client::builder())
+            .build()?
             .get(&url)
             .basic_auth(&t.username, Some(t.password.expose()))
             .timeout(TIMEOUT)

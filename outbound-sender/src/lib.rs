@@ -76,7 +76,11 @@ pub async fn run(
         paced.push((fleet_rate, rate.limiter));
     }
     let sender = Arc::new(sender::Sender {
-        twilio: twilio::TwilioClient::new(config.twilio.clone(), config.timeout),
+        twilio: twilio::TwilioClient::new(
+            config.twilio.clone(),
+            config.timeout,
+            &config.worker.common.tls,
+        ),
         outbound: backends.outbound.clone(),
         inbound: backends.inbound.clone(),
         ledger: backends.ledger.clone(),

@@ -162,8 +162,14 @@ pub struct TwilioClient {
 }
 
 impl TwilioClient {
-    pub fn new(settings: TwilioSettings, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+    /// `tls`: the CAs to trust beside the public roots (`WACONNECT_EXTRA_CA_FILE`).
+    pub fn new(
+        settings: TwilioSettings,
+        timeout: Duration,
+        tls: &waconnect_shared::tls::TlsSettings,
+    ) -> Self {
+        let http = tls
+            .reqwest(reqwest::Client::builder())
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
             .build()

@@ -81,8 +81,9 @@ impl MediaRelay {
         &self.http
     }
 
-    pub fn new(settings: MediaSettings) -> Self {
-        let http = reqwest::Client::builder()
+    pub fn new(settings: MediaSettings, tls: &waconnect_shared::tls::TlsSettings) -> Self {
+        let http = tls
+            .reqwest(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))
             // Between reads of a stream, not the whole transfer (see `transfer_timeout`).
             .read_timeout(Duration::from_secs(30))
@@ -93,7 +94,7 @@ impl MediaRelay {
         Self {
             settings,
             http,
-            transfers: Transfers::new(),
+            transfers: Transfers::new(tls.client_config()),
             converter,
         }
     }

@@ -100,6 +100,7 @@ impl Indicators {
         settings: IndicatorSettings,
         account: Option<TwilioAccount>,
         index: Arc<dyn MessageIndex>,
+        tls: &waconnect_shared::tls::TlsSettings,
         stop: CancellationToken,
     ) -> Self {
         let enabled = settings.typing || settings.read != ReadReceipts::Off;
@@ -107,7 +108,8 @@ impl Indicators {
             Some(account) if enabled => {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let caller = Caller {
-                    http: reqwest::Client::builder()
+                    http: tls
+                        .reqwest(reqwest::Client::builder())
                         .timeout(settings.timeout)
                         .connect_timeout(settings.timeout)
                         .build()

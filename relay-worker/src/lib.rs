@@ -68,6 +68,8 @@ pub struct Relay {
     pub index: Arc<dyn waconnect_shared::message_index::MessageIndex>,
     /// Typing and blue ticks on WhatsApp.
     pub indicators: indicator::Indicators,
+    /// The TLS client configuration of the participant websockets (the extra CAs too).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 pub fn config_from(source: &ConfigSource) -> Result<RelayConfig, ConfigErrors> {
@@ -96,15 +98,17 @@ pub async fn run(
         roster: backends.roster.clone(),
         config: config.clone(),
         records: records::Records::default(),
-        media: attachment::MediaRelay::new(config.media.clone()),
+        media: attachment::MediaRelay::new(config.media.clone(), &config.worker.common.tls),
         media_store: backends.media.clone(),
         index: backends.index.clone(),
         indicators: indicator::Indicators::start(
             config.indicators.clone(),
             config.media.twilio.clone(),
             backends.index.clone(),
+            &config.worker.common.tls,
             shutdown.child_token(),
         ),
+        tls: config.worker.common.tls.client_config(),
     });
     tracing::info!(worker_id = %config.worker_id, "relay-worker starting");
     if config.media.twilio.is_none() {

@@ -225,9 +225,13 @@ impl Session {
             }
             Err(_) => return Err(Step::Reconnect("connection_error")),
         };
-        let socket = websocket::open(&connection.websocket_url, Duration::from_secs(10))
-            .await
-            .map_err(|_| Step::Reconnect("socket_error"))?;
+        let socket = websocket::open(
+            &connection.websocket_url,
+            Duration::from_secs(10),
+            &self.relay.tls,
+        )
+        .await
+        .map_err(|_| Step::Reconnect("socket_error"))?;
         // Replace the socket before its connection's credentials run out.
         let until_expiry = (connection.connection_expires_at - chrono::Utc::now())
             .to_std()

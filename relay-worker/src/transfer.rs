@@ -103,15 +103,13 @@ pub fn reader_body<R: tokio::io::AsyncRead + Send + Sync + 'static>(reader: R) -
 }
 
 impl Transfers {
-    pub fn new() -> Self {
+    /// `tls`: the process's client configuration (the public roots and any extra CA).
+    pub fn new(tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.enforce_http(false);
-        // ring, as reqwest and the AWS SDKs here use: named, so no other crate's choice of
-        // a default provider can leave this one without.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("ring supports the default protocol versions")
+            .with_tls_config(std::sync::Arc::unwrap_or_clone(tls))
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -211,12 +209,6 @@ impl Transfers {
             location,
             body: response.into_body(),
         })
-    }
-}
-
-impl Default for Transfers {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

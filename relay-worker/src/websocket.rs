@@ -86,12 +86,21 @@ fn config() -> WebSocketConfig {
 }
 
 /// Connects and subscribes to `aws/chat`, waiting up to `within` for the confirmation.
-pub async fn open(url: &str, within: Duration) -> Result<Socket, SocketError> {
+/// `tls` is the relay's client configuration (the public roots and any extra CA).
+pub async fn open(
+    url: &str,
+    within: Duration,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Socket, SocketError> {
     let connect = async {
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config()), true)
-                .await
-                .map_err(|e| SocketError::Connect(e.to_string()))?;
+        let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(config()),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+        )
+        .await
+        .map_err(|e| SocketError::Connect(e.to_string()))?;
         socket
             .send(Message::text(SUBSCRIBE))
             .await

@@ -22,6 +22,8 @@ pub struct AwsConfig {
     /// Keys given to this process's configuration; otherwise the default chain (profile,
     /// web identity, ECS task role, instance profile) applies.
     pub static_credentials: Option<StaticCredentials>,
+    /// The CAs the SDK clients trust beside the system's.
+    pub tls: crate::tls::TlsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +76,23 @@ impl AwsConfig {
         Self {
             region,
             static_credentials,
+            tls: crate::tls::TlsSettings::read(r),
         }
     }
 
     /// Loads the shared SDK configuration (resolving credentials lazily, per call).
     pub async fn load(&self) -> SdkConfig {
+        let mut trust = tls::TrustStore::default();
+        if let Some(pem) = self.tls.extra_pem() {
+            trust = trust.with_pem_certificate(pem.to_vec());
+        }
+        let context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .expect("a trust store of checked PEM certificates");
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(context)
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))

@@ -405,6 +405,8 @@ pub struct CommonConfig {
     pub queues: QueuesConfig,
     pub retention: RetentionConfig,
     pub telemetry: TelemetryConfig,
+    /// The CAs the process trusts as a TLS client (Twilio, Connect's websocket, files).
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl CommonConfig {
@@ -466,6 +468,7 @@ impl CommonConfig {
             queues,
             retention: RetentionConfig::read(r),
             telemetry,
+            tls: crate::tls::TlsSettings::read(r),
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod table;
 pub mod telemetry;
 pub mod text;
 pub mod time;
+pub mod tls;
 pub mod trace;
 pub mod twilio_account;
 pub mod worker;

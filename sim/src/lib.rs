@@ -7,8 +7,10 @@
 //!   agent desk and fault injection, on one loopback port;
 //! * [`twilio`]: the Messages and Content APIs, signed webhooks and status callbacks, the
 //!   customer's phone, and fault injection;
+//! * [`tls`]: HTTPS and WSS with a test CA made at run time;
 //! * [`wait`]: waiting for a condition with a deadline instead of sleeping.
 
 pub mod connect;
+pub mod tls;
 pub mod twilio;
 pub mod wait;

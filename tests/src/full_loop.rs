@@ -80,6 +80,14 @@ impl FullLoop {
             ("WACONNECT_PUBLIC_BASE_URL", ingress.as_str()),
         ];
         let mut common = vars(&common);
+        if connect.endpoint().starts_with("https") || twilio.api_base().starts_with("https") {
+            // The services trust the simulators' test CA as they would a proxy's.
+            let ca = waconnect_sim::tls::TestCa::shared()
+                .pem_file()
+                .display()
+                .to_string();
+            common.extend(vars(&[("WACONNECT_EXTRA_CA_FILE", ca.as_str())]));
+        }
         if let Some(path) = &routing_file {
             common.extend(vars(&[("WACONNECT_ROUTING_FILE", path.as_str())]));
         }

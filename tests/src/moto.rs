@@ -277,5 +277,6 @@ fn aws_config() -> AwsConfig {
             secret_access_key: Secret::new("testing"),
             session_token: None,
         }),
+        tls: Default::default(),
     }
 }

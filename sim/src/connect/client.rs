@@ -33,8 +33,8 @@ impl SimStats {
 impl DeskClient {
     pub fn new(base: String) -> Self {
         Self {
+            http: crate::tls::client_for(&base),
             base,
-            http: reqwest::Client::new(),
         }
     }
 

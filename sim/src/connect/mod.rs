@@ -37,10 +37,12 @@ impl Sim {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn http_base(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.options.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
     fn ws_base(&self) -> String {
-        format!("ws://{}", self.address)
+        let scheme = if self.options.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.address)
     }
 }
 
@@ -72,7 +74,8 @@ impl ConnectSim {
 
     /// The endpoint both SDK clients are pointed at.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.options.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
 
     pub fn instance_id(&self) -> &str {
@@ -96,6 +99,7 @@ pub async fn serve(
     options: SimOptions,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let tls = options.tls;
     let sim = Arc::new(Sim {
         inner: Mutex::default(),
         options,
@@ -106,6 +110,9 @@ pub async fn serve(
         .merge(desk::routes())
         .route("/connect/ws/{token}", get(websocket::upgrade))
         .with_state(sim);
+    if tls {
+        return crate::tls::serve(listener, app, stop).await;
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

@@ -16,6 +16,9 @@ pub const EVENT_PREFIX: &str = "application/vnd.amazonaws.connect.event.";
 /// How long things live in the simulated Connect. Tests shorten them to exercise expiry.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
+    /// HTTPS and WSS with the process's test CA ([`crate::tls::TestCa`]), as Connect
+    /// speaks; plain HTTP and WS otherwise.
+    pub tls: bool,
     /// The only instance id the simulator knows; others are ResourceNotFound.
     pub instance_id: String,
     /// A websocket URL not used within this long is refused (Connect: about 100 s).
@@ -60,6 +63,7 @@ impl Default for SimOptions {
             attachment_max_bytes: 20 * 1024 * 1024,
             attachments_per_chat: MAX_ATTACHMENTS_PER_CHAT,
             contact_flows: Vec::new(),
+            tls: false,
         }
     }
 }

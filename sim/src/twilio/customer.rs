@@ -507,8 +507,8 @@ pub struct PhoneClient {
 impl PhoneClient {
     pub fn new(base: String) -> Self {
         Self {
+            http: crate::tls::client_for(&base),
             base,
-            http: reqwest::Client::new(),
         }
     }
 

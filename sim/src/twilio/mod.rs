@@ -45,6 +45,9 @@ pub struct TwilioOptions {
     /// Approved WhatsApp templates: `HX…` SID → body with `{{1}}`-style variables. Any
     /// other `HX…` SID is taken as an approved template with a stock body.
     pub templates: Vec<(String, String)>,
+    /// The APIs over HTTPS with the process's test CA ([`crate::tls::TestCa`]), as Twilio
+    /// speaks; plain HTTP otherwise. (The simulator's webhooks go wherever they are told.)
+    pub tls: bool,
 }
 
 impl Default for TwilioOptions {
@@ -60,6 +63,7 @@ impl Default for TwilioOptions {
             sender_rate: 80,
             window_always_open: false,
             templates: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -185,7 +189,8 @@ impl TwilioSim {
 
     /// The Messages API base (what `https://api.twilio.com` is in production).
     pub fn api_base(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.options.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
 
     pub fn options(&self) -> &TwilioOptions {
@@ -209,7 +214,9 @@ pub async fn serve(
     options: TwilioOptions,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let base = format!("http://{}", listener.local_addr()?);
+    let scheme = if options.tls { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr()?);
+    let tls = options.tls;
     let twilio = Arc::new(Twilio {
         inner: Mutex::new(Inner {
             webhook_url: options.webhook_url.clone(),
@@ -225,6 +232,9 @@ pub async fn serve(
         .merge(indicator::routes())
         .merge(content::routes())
         .with_state(twilio);
+    if tls {
+        return crate::tls::serve(listener, app, stop).await;
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
