@@ -2,7 +2,8 @@
 //!
 //! * **Holding cost**: N idle conversations (N = 1k, 10k) adopted by one relay-worker;
 //!   resident memory per conversation and CPU at idle (heartbeats and lease renewals
-//!   only), as a share of one core.
+//!   only), as a share of one core — over plain `ws://` and over `wss://` (the simulator
+//!   with its test CA, as Connect speaks TLS) in the same run.
 //! * **Relay latency**: inbound queue → Connect SendMessage accepted (the simulator's
 //!   item time), p50/p99 at 500 messages/s over 50 customers.
 //!
@@ -55,8 +56,13 @@ async fn seed(stack: &Stack, n: usize) {
     futures_util::future::join_all(tasks).await;
 }
 
-async fn holding(n: usize, idle: Duration) -> serde_json::Value {
-    let stack = Stack::new().await;
+async fn holding(n: usize, idle: Duration, tls: bool) -> serde_json::Value {
+    let stack = Stack::with(waconnect_sim::connect::SimOptions {
+        tls,
+        ..Default::default()
+    })
+    .await;
+    let transport = if tls { "wss" } else { "ws" };
     let ops = free_port().await;
     let mut relay = stack.relay_process(
         "bench",
@@ -96,6 +102,7 @@ async fn holding(n: usize, idle: Duration) -> serde_json::Value {
     relay.start_kill().unwrap();
     let per_conversation_kib = (rss_held.saturating_sub(rss_empty)) as f64 / n as f64;
     let report = json!({
+        "transport": transport,
         "conversations": n,
         "adopted_in_seconds": adopted_in.as_secs_f64(),
         "rss_empty_kib": rss_empty,
@@ -108,7 +115,7 @@ async fn holding(n: usize, idle: Duration) -> serde_json::Value {
         "heartbeats_per_second": heartbeats as f64 / seconds,
     });
     println!(
-        "holding {n:>6}: {per_conversation_kib:.1} KiB/conversation, idle CPU {:.2}% of a core ({:.2}% per 10k), adopted in {:.1} s",
+        "holding {n:>6} over {transport:>3}: {per_conversation_kib:.1} KiB/conversation, idle CPU {:.2}% of a core ({:.2}% per 10k), adopted in {:.1} s",
         cpu * 100.0,
         cpu * 100.0 * 10_000.0 / n as f64,
         adopted_in.as_secs_f64()
@@ -206,7 +213,9 @@ fn main() {
         let idle = Duration::from_secs(bench_setting("BENCH_IDLE_SECONDS", 30));
         let mut holdings = Vec::new();
         for n in sizes {
-            holdings.push(holding(n, idle).await);
+            for tls in [false, true] {
+                holdings.push(holding(n, idle, tls).await);
+            }
         }
         let latency = latency(500, bench_setting("BENCH_RATE_SECONDS", 10)).await;
         let results = json!({ "holding": holdings, "latency": latency });

@@ -159,6 +159,16 @@ impl Stack {
             self.sim.instance_id().to_owned(),
         );
         vars.insert("WACONNECT_CONNECT_ENDPOINT".into(), self.sim.endpoint());
+        if self.sim.endpoint().starts_with("https://") {
+            // Trusted as a TLS-inspecting proxy's CA would be.
+            vars.insert(
+                "WACONNECT_EXTRA_CA_FILE".into(),
+                waconnect_sim::tls::TestCa::shared()
+                    .pem_file()
+                    .display()
+                    .to_string(),
+            );
+        }
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }

@@ -34,6 +34,22 @@ fn figures(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
             out.push((prefix.to_owned(), shown));
         }
         Value::Bool(b) => out.push((prefix.to_owned(), b.to_string())),
+        // One run per setting: each named by what sets it apart, e.g. `holding[wss 10000]`.
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let label: Vec<String> = ["transport", "conversations", "rate"]
+                    .iter()
+                    .filter_map(|k| item.get(*k))
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect();
+                let label = if label.is_empty() {
+                    i.to_string()
+                } else {
+                    label.join(" ")
+                };
+                figures(&format!("{prefix}[{label}]"), item, out);
+            }
+        }
         _ => {}
     }
 }
