@@ -1,17 +1,23 @@
-//! Latency the bridge adds, end to end on the embedded engine, measured against the
-//! simulators' own timestamps:
+//! Latency the bridge adds, end to end on the embedded engine, and the capacity of one
+//! box, measured against the simulators' own timestamps:
 //!
 //! * inbound: the customer's webhook accepted by ingress → the agent has it (the Connect
 //!   simulator's item time);
 //! * outbound: the agent's message (its item time) → Twilio's Messages API called (the
 //!   Twilio simulator's creation time).
 //!
-//! At `BENCH_RATES` (default 20 and 500) messages/s over 50 customers, for `BENCH_SECONDS`
-//! (default 10) each. The sender's rate limit is raised to 1,000/s for this (a WhatsApp
-//! sender allows 80/s by default). `BENCH_ENGINE=aws` runs it on SQS and DynamoDB on moto
-//! instead (moto's own latency then dominates; compare settings within one engine), and
+//! Both ways at once, at each of `BENCH_RATES` (default 20, 50, 100, 200, 500, 1000, 2000)
+//! messages/s each way, over `BENCH_CUSTOMERS` (default 200) customers, for
+//! `BENCH_SECONDS` (default 5) each; the sweep stops at the first rate whose p99 passes
+//! 1 s (the box is saturated). Reports p50/p95/p99 per rate, the cores the process used
+//! and the SQLite thread's share, and the highest rate whose p99 stays within 50 ms both
+//! ways. Everything runs in this one process — services, simulators and the load — as on
+//! one box. The sender's limit is raised to 100,000/s (a WhatsApp sender allows 80/s).
+//! `BENCH_TLS=1` puts the simulators behind HTTPS and WSS (a test CA, as Twilio and
+//! Connect speak TLS). `BENCH_ENGINE=aws` runs on SQS and DynamoDB on moto instead
+//! (moto's own latency then dominates; compare settings within one engine), and
 //! `BENCH_GATHER` sets `WACONNECT_RECEIVE_GATHER`. Writes `target/bench/latency.json`
-//! (`latency-aws.json` on moto).
+//! (`latency-tls.json` with TLS, `latency-aws.json` on moto).
 
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
@@ -19,9 +25,14 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 use waconnect_sandbox::{Options, Sandbox};
-use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
+use waconnect_tests::{bench_setting, customer, procfs, write_bench_report};
 
-const CUSTOMERS: usize = 50;
+/// A rate whose p99 passes this has saturated the box: higher ones only queue more.
+const SATURATED_MS: f64 = 1000.0;
+/// The latency a rate must keep, both ways, to count as carried.
+const TARGET_P99_MS: f64 = 50.0;
+/// How often the results are polled: rarely, so the polling does not load the box.
+const POLL: Duration = Duration::from_millis(250);
 
 fn summary(name: &str, rate: u32, h: &Histogram<u64>) -> serde_json::Value {
     let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
@@ -40,27 +51,44 @@ fn micros(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_microseconds().unwrap_or(0).max(0) as u64
 }
 
-async fn run(
+/// Polls `check` every [`POLL`] until it yields `Some`, or panics naming `what`.
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Customers write at `rate` for `seconds`; the latency of each to the agent.
+async fn inbound(
     sandbox: &Sandbox,
     contacts: &[String],
     rate: u32,
     seconds: u64,
     round: usize,
-) -> serde_json::Value {
+) -> Histogram<u64> {
     let (phone, desk) = (sandbox.phone(), sandbox.desk());
     let total = rate as usize * seconds as usize;
-    // Inbound.
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let mut sends = Vec::with_capacity(total);
     for seq in 0..total {
         tick.tick().await;
         let phone = phone.clone();
+        let from = customer(seq % contacts.len());
         sends.push(tokio::spawn(async move {
             let body = format!("r{round} in {seq}");
-            let (_, status) = phone
-                .text(customer(seq % CUSTOMERS).as_str(), &body)
-                .await
-                .unwrap();
+            let (_, status) = phone.text(from.as_str(), &body).await.unwrap();
             assert_eq!(status, 200);
             (body, Utc::now())
         }));
@@ -70,9 +98,9 @@ async fn run(
         let (body, at) = s.await.unwrap();
         accepted.insert(body, at);
     }
-    let seen = wait::until(
+    let seen = poll(
         "the agent to have every message",
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         || async {
             let mut seen = HashMap::new();
             for c in contacts {
@@ -91,21 +119,33 @@ async fn run(
         },
     )
     .await;
-    let mut inbound = Histogram::<u64>::new(3).unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
     for (body, at) in &seen {
         // The item time has millisecond precision; the acceptance, microseconds.
-        inbound
-            .record(micros(
-                accepted[body],
-                *at + chrono::Duration::microseconds(500),
-            ))
-            .unwrap();
+        h.record(micros(
+            accepted[body],
+            *at + chrono::Duration::microseconds(500),
+        ))
+        .unwrap();
     }
-    // Outbound.
+    h
+}
+
+/// Agents write at `rate` for `seconds`; the latency of each to Twilio's Messages API.
+async fn outbound(
+    sandbox: &Sandbox,
+    contacts: &[String],
+    rate: u32,
+    seconds: u64,
+    round: usize,
+) -> Histogram<u64> {
+    let (phone, desk) = (sandbox.phone(), sandbox.desk());
+    let total = rate as usize * seconds as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     let mut writes = Vec::with_capacity(total);
     for seq in 0..total {
         tick.tick().await;
-        let (desk, contact) = (desk.clone(), contacts[seq % CUSTOMERS].clone());
+        let (desk, contact) = (desk.clone(), contacts[seq % contacts.len()].clone());
         writes.push(tokio::spawn(async move {
             let body = format!("r{round} out {seq}");
             let item = desk.send(&contact, &body).await.unwrap();
@@ -122,9 +162,9 @@ async fn run(
         let (body, at) = w.await.unwrap();
         written.insert(body, at);
     }
-    let called = wait::until(
+    let called = poll(
         "Twilio to have every reply",
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         || async {
             let sent = phone.sent().await.ok()?;
             let called: HashMap<String, DateTime<Utc>> = sent
@@ -139,18 +179,50 @@ async fn run(
         },
     )
     .await;
-    let mut outbound = Histogram::<u64>::new(3).unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
     for (body, at) in &called {
-        outbound
-            .record(micros(
-                written[body] + chrono::Duration::microseconds(500),
-                *at,
-            ))
-            .unwrap();
+        h.record(micros(
+            written[body] + chrono::Duration::microseconds(500),
+            *at,
+        ))
+        .unwrap();
     }
+    h
+}
+
+/// Both ways at once at `rate`; with the CPU the process spent meanwhile.
+async fn run(
+    sandbox: &Sandbox,
+    contacts: &[String],
+    rate: u32,
+    seconds: u64,
+    round: usize,
+) -> serde_json::Value {
+    let pid = std::process::id();
+    let (ticks, db_ticks) = (
+        procfs::cpu_ticks(pid),
+        procfs::thread_cpu_ticks(pid, "waconnect-sqlit"),
+    );
+    let started = tokio::time::Instant::now();
+    let (inbound, outbound) = tokio::join!(
+        inbound(sandbox, contacts, rate, seconds, round),
+        outbound(sandbox, contacts, rate, seconds, round)
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_second = procfs::clock_ticks_per_second() * elapsed;
+    let cores = (procfs::cpu_ticks(pid) - ticks) as f64 / per_second;
+    let db_cores =
+        (procfs::thread_cpu_ticks(pid, "waconnect-sqlit") - db_ticks) as f64 / per_second;
+    println!(
+        "          at {rate:>4} msg/s: {cores:.2} cores busy, the SQLite thread {:.0}% of one",
+        db_cores * 100.0
+    );
     json!({
+        "rate": rate,
         "inbound": summary("inbound", rate, &inbound),
         "outbound": summary("outbound", rate, &outbound),
+        "cores_busy": cores,
+        "sqlite_thread_share": db_cores,
     })
 }
 
@@ -160,12 +232,15 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let seconds: u64 = bench_setting("BENCH_SECONDS", 10);
-        let rates: Vec<u32> = bench_setting("BENCH_RATES", "20,500".to_owned())
-            .split(',')
-            .filter_map(|r| r.trim().parse().ok())
-            .collect();
+        let seconds: u64 = bench_setting("BENCH_SECONDS", 5);
+        let customers: usize = bench_setting("BENCH_CUSTOMERS", 200);
+        let rates: Vec<u32> =
+            bench_setting("BENCH_RATES", "20,50,100,200,500,1000,2000".to_owned())
+                .split(',')
+                .filter_map(|r| r.trim().parse().ok())
+                .collect();
         let aws = bench_setting("BENCH_ENGINE", String::new()) == "aws";
+        let tls = bench_setting("BENCH_TLS", 0u8) == 1;
         let mut storage = if aws {
             waconnect_tests::moto::Moto::env(
                 &waconnect_tests::moto::Moto::shared()
@@ -179,21 +254,58 @@ fn main() {
         if !gather.is_empty() {
             storage.push(("WACONNECT_RECEIVE_GATHER".into(), gather.clone()));
         }
-        let sandbox = Sandbox::start(Options::headless(storage))
+        let sandbox = Sandbox::start(Options {
+            sender_rate: 100_000,
+            tls,
+            ..Options::headless(storage)
+        })
         .await
         .unwrap();
         // Warm up: every customer's chat started, accepted and held.
-        let contacts = sandbox.open_chats(&(0..CUSTOMERS).map(customer).collect::<Vec<_>>(), Duration::from_secs(60)).await;
-        let results: Vec<serde_json::Value> = {
-            let mut r = Vec::new();
-            for (round, rate) in rates.iter().copied().enumerate() {
-                r.push(run(&sandbox, &contacts, rate, seconds, round).await);
+        let numbers: Vec<_> = (0..customers).map(customer).collect();
+        let contacts = sandbox.open_chats(&numbers, Duration::from_secs(300)).await;
+        let mut results = Vec::new();
+        let mut saturated_at = None;
+        for (round, rate) in rates.iter().copied().enumerate() {
+            let r = run(&sandbox, &contacts, rate, seconds, round).await;
+            let p99 = |way: &str| r[way]["p99_ms"].as_f64().unwrap_or(f64::MAX);
+            let worst = p99("inbound").max(p99("outbound"));
+            results.push(r);
+            if worst > SATURATED_MS {
+                saturated_at = Some(rate);
+                break;
             }
-            r
+        }
+        let carried = results
+            .iter()
+            .filter(|r| {
+                ["inbound", "outbound"]
+                    .iter()
+                    .all(|w| r[*w]["p99_ms"].as_f64().is_some_and(|p| p <= TARGET_P99_MS))
+            })
+            .filter_map(|r| r["rate"].as_u64())
+            .max();
+        println!(
+            "highest rate with p99 <= {TARGET_P99_MS} ms both ways: {}",
+            carried.map_or("none".to_owned(), |r| format!("{r} msg/s each way"))
+        );
+        let name = match (aws, tls) {
+            (true, _) => "latency-aws",
+            (false, true) => "latency-tls",
+            (false, false) => "latency",
         };
         write_bench_report(
-            if aws { "latency-aws" } else { "latency" },
-            &json!({ "runs": results, "seconds": seconds, "engine": if aws { "aws" } else { "embedded" }, "gather": gather }),
+            name,
+            &json!({
+                "runs": results,
+                "seconds": seconds,
+                "customers": customers,
+                "engine": if aws { "aws" } else { "embedded" },
+                "tls": tls,
+                "gather": gather,
+                "highest_rate_p99_within_50ms": carried,
+                "saturated_at": saturated_at,
+            }),
         );
         sandbox.stop().await;
     });

@@ -31,11 +31,18 @@ pub struct Options {
     /// Variables that replace the embedded engine (e.g. `WACONNECT_BACKEND=aws` and its
     /// queues and table, as the benches set for moto); empty for the embedded default.
     pub storage: Vec<(String, String)>,
+    /// How long the simulated Twilio waits before each status callback (a phone's
+    /// `sent`, `delivered`, `read`); the sender holds a customer's next part until `sent`.
+    pub status_delay: std::time::Duration,
+    /// The simulators speak HTTPS and WSS (a test CA the services trust through
+    /// `WACONNECT_EXTRA_CA_FILE`), as Twilio and Connect do: for the benches.
+    pub tls: bool,
 }
 
 impl Options {
-    /// For benches and tests: the page on a free loopback port, errors logged only, and a
-    /// sender allowed 1,000 messages/s; `storage` as in [`Options::storage`].
+    /// For benches and tests: the page on a free loopback port, errors logged only, a
+    /// sender allowed 1,000 messages/s, and Twilio's statuses 10 ms after each message;
+    /// `storage` as in [`Options::storage`].
     pub fn headless(storage: Vec<(String, String)>) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -45,6 +52,8 @@ impl Options {
             },
             sender_rate: 1000,
             storage,
+            status_delay: std::time::Duration::from_millis(10),
+            tls: false,
         }
     }
 
@@ -69,6 +78,9 @@ impl Options {
             telemetry: common.telemetry,
             sender_rate: 80,
             storage: Vec::new(),
+            // Slow enough to watch the ticks turn grey, then blue.
+            status_delay: std::time::Duration::from_millis(150),
+            tls: false,
         })
     }
 }
@@ -155,9 +167,19 @@ impl Sandbox {
 
         // The two simulators.
         let (connect_listener, connect_addr) = listen().await?;
-        let sim = SimOptions::default();
+        let sim = SimOptions {
+            tls: options.tls,
+            ..SimOptions::default()
+        };
         let instance = sim.instance_id.clone();
-        let connect = format!("http://{connect_addr}");
+        let scheme = if options.tls { "https" } else { "http" };
+        let connect = format!("{scheme}://{connect_addr}");
+        // The services trust the simulators' test CA as they would a proxy's.
+        let mut storage = options.storage.clone();
+        if options.tls {
+            let ca = waconnect_sim::tls::TestCa::shared().pem_file();
+            storage.push(("WACONNECT_EXTRA_CA_FILE".into(), ca.display().to_string()));
+        }
         tasks.push(tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -170,18 +192,19 @@ impl Sandbox {
             webhook_url: Some(format!("{ingress}/twilio/messages#rc=3&rp=5xx,ct,rt")),
             // The phone reads what it shows, like a customer opening the chat.
             auto_read: false,
-            status_delay: std::time::Duration::from_millis(150),
+            status_delay: options.status_delay,
             sender_rate: options.sender_rate,
             templates: vec![(TEMPLATE.into(), TEMPLATE_BODY.into())],
             sender: BUSINESSES[0].1.into(),
             other_senders: BUSINESSES[1..].iter().map(|(_, n)| (*n).into()).collect(),
+            tls: options.tls,
             ..TwilioOptions::default()
         };
         // The relay binds its API itself: a port free now, on loopback.
         let outreach_addr = listen().await?.1;
         let outreach_token = uuid::Uuid::new_v4().simple().to_string();
         let (twilio_listener, twilio_addr) = listen().await?;
-        let twilio = format!("http://{twilio_addr}");
+        let twilio = format!("{scheme}://{twilio_addr}");
         tasks.push(tokio::spawn({
             let (stop, o) = (stop.clone(), twilio_options.clone());
             async move {
@@ -197,7 +220,7 @@ impl Sandbox {
                 ("WACONNECT_INGRESS_BIND", &ingress_addr),
             ],
             &db,
-            &options.storage,
+            &storage,
         ))?;
         tasks.push(tokio::spawn({
             let stop = stop.clone();
@@ -232,7 +255,7 @@ impl Sandbox {
                 ("WACONNECT_PUBLIC_BASE_URL", &ingress),
             ],
             &db,
-            &options.storage,
+            &storage,
         ))?;
         let (relay_ops, _) = listen().await?;
         tasks.push(tokio::spawn({
@@ -258,7 +281,7 @@ impl Sandbox {
                 ("WACONNECT_PUBLIC_BASE_URL", &ingress),
             ],
             &db,
-            &options.storage,
+            &storage,
         ))?;
         let (sender_ops, _) = listen().await?;
         tasks.push(tokio::spawn({
