@@ -150,7 +150,10 @@ impl SenderConfig {
                     &uuid::Uuid::new_v4().simple().to_string()[..8]
                 ),
             ),
-            concurrency: r.positive("WACONNECT_SENDER_CONCURRENCY", 32, "a count"),
+            // A message in flight mostly waits for Twilio to hand its part to WhatsApp
+            // (the confirm wait), which is cheap: 32 capped a sender at 32 parts per
+            // handover time (the capacity sweep carried 200 msg/s; 256 carries 500).
+            concurrency: r.positive("WACONNECT_SENDER_CONCURRENCY", 256, "a count"),
             visibility: r.duration("WACONNECT_SENDER_VISIBILITY", Duration::from_secs(30)),
             timeout: r.duration("WACONNECT_SENDER_TIMEOUT", Duration::from_secs(10)),
             max_backoff: r.duration("WACONNECT_SENDER_MAX_BACKOFF", Duration::from_secs(30)),

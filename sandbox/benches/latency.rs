@@ -16,7 +16,8 @@
 //! `BENCH_TLS=1` puts the simulators behind HTTPS and WSS (a test CA, as Twilio and
 //! Connect speak TLS). `BENCH_ENGINE=aws` runs on SQS and DynamoDB on moto instead
 //! (moto's own latency then dominates; compare settings within one engine), and
-//! `BENCH_GATHER` sets `WACONNECT_RECEIVE_GATHER`. Writes `target/bench/latency.json`
+//! `BENCH_GATHER` sets `WACONNECT_RECEIVE_GATHER`, `BENCH_VARS` any other variable
+//! (`NAME=value,…`). Writes `target/bench/latency.json`
 //! (`latency-tls.json` with TLS, `latency-aws.json` on moto).
 
 use chrono::{DateTime, Utc};
@@ -250,6 +251,12 @@ fn main() {
         } else {
             Vec::new()
         };
+        // Any other service variables, `NAME=value,NAME=value` (e.g. the concurrencies).
+        for pair in bench_setting("BENCH_VARS", String::new()).split(',') {
+            if let Some((k, v)) = pair.split_once('=') {
+                storage.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
         let gather = bench_setting("BENCH_GATHER", String::new());
         if !gather.is_empty() {
             storage.push(("WACONNECT_RECEIVE_GATHER".into(), gather.clone()));
