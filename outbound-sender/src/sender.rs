@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use waconnect_shared::backoff::Backoff;
 use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::event::{EventKind, InboundEvent};
@@ -325,7 +326,7 @@ async fn deliver_parts(
     for (i, part) in parts.iter().enumerate() {
         let key = format!("{}#{i}", message.dedup_id());
         let fields = form_for(s, &message, part, i);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), s.max_backoff);
         let mut tries = 0;
         // The SID Twilio gave the part: set on every way out of the loop but a return.
         let sent: String;
@@ -457,11 +458,9 @@ async fn deliver_parts(
                 }
                 _ => None,
             };
-            let jitter = rand::random_range(0.5..1.0);
             let wait = retry_after
-                .unwrap_or(backoff.mul_f64(jitter))
+                .unwrap_or_else(|| backoff.next_delay())
                 .min(s.max_backoff);
-            backoff = (backoff * 2).min(s.max_backoff);
             tracing::debug!(error = %err, ?wait, "Twilio send will be retried");
             tokio::select! {
                 () = stop.cancelled() => return Done::Abandoned,

@@ -1,7 +1,6 @@
 //! The Connect and Participant API calls the relay makes, with errors classified, retried
 //! with backoff and jitter on throttling and server errors, and measured per operation.
 
-use crate::backoff::Backoff;
 use crate::config::ConnectSettings;
 use crate::item::ChatItem;
 use aws_sdk_connect::types::{ParticipantDetails, PersistentChat, RehydrationType};
@@ -14,36 +13,10 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
+use waconnect_shared::backoff::Backoff;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// 403: a bad or expired token, or the chat is over.
-    AccessDenied,
-    /// 400-class: the request itself is wrong and will stay wrong.
-    Invalid,
-    Throttled,
-    Server,
-    /// No answer: connect failure, timeout, broken response.
-    Network,
-    Other,
-}
-
-impl ErrorKind {
-    pub fn retryable(self) -> bool {
-        matches!(self, Self::Throttled | Self::Server | Self::Network)
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::AccessDenied => "access_denied",
-            Self::Invalid => "invalid",
-            Self::Throttled => "throttled",
-            Self::Server => "server",
-            Self::Network => "network",
-            Self::Other => "other",
-        }
-    }
-}
+/// The one classification of AWS errors (`waconnect_shared::aws`).
+pub use waconnect_shared::aws::ErrorKind;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{operation} failed ({code}): {message}")]
@@ -59,33 +32,15 @@ fn classify<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Conne
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    let code = err.code().unwrap_or_default().to_owned();
+    let (kind, code) = waconnect_shared::aws::classify(&err);
     let message = err
         .message()
         .map(str::to_owned)
         .unwrap_or_else(|| aws_smithy_types::error::display::DisplayErrorContext(&err).to_string());
-    let kind = match (&err, code.as_str(), status) {
-        (
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_),
-            _,
-            _,
-        ) => ErrorKind::Network,
-        (_, "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException", _)
-        | (_, _, Some(429)) => ErrorKind::Throttled,
-        (_, "AccessDeniedException", _) | (_, _, Some(403)) => ErrorKind::AccessDenied,
-        (_, _, Some(s)) if s >= 500 => ErrorKind::Server,
-        (_, _, Some(s)) if s >= 400 => ErrorKind::Invalid,
-        _ => ErrorKind::Other,
-    };
     ConnectError {
         operation,
         kind,
-        code: if code.is_empty() {
-            kind.label().to_owned()
-        } else {
-            code
-        },
+        code: code.unwrap_or_else(|| kind.label().to_owned()),
         message,
     }
 }

@@ -4,7 +4,6 @@
 //! more than its share of the fleet's, and handing them all back on shutdown.
 
 use crate::Relay;
-use crate::backoff::jittered;
 use crate::session::{self, Outcome, SharedLease};
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -13,6 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use waconnect_shared::ConversationKey;
+use waconnect_shared::backoff::jittered;
 use waconnect_shared::conversation::ConversationState;
 use waconnect_shared::roster::Members;
 use waconnect_shared::store::{Lease, StoreError};

@@ -10,7 +10,6 @@
 
 pub mod agent_file;
 pub mod attachment;
-pub mod backoff;
 pub mod callme;
 pub mod config;
 pub mod connect;

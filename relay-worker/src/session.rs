@@ -11,7 +11,6 @@
 
 use crate::Relay;
 use crate::agent_file::Copied;
-use crate::backoff::Backoff;
 use crate::connect::ErrorKind;
 use crate::indicator::{ReadReceipts, Target, Why};
 use crate::item::{ChatItem, Disposition};
@@ -22,6 +21,7 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::ConversationKey;
+use waconnect_shared::backoff::Backoff;
 use waconnect_shared::conversation::{AgentCursor, Conversation, ConversationState};
 use waconnect_shared::outbound::{Origin, OutboundMessage};
 use waconnect_shared::queue::NewMessage;

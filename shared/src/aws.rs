@@ -121,43 +121,95 @@ pub(crate) struct CallError {
     pub message: String,
 }
 
+/// What a failed AWS call means for whoever retries it: the one classification every AWS
+/// client here uses (the storage engines through [`CallError`], the relay's Connect and
+/// Participant calls through its own error with the operation's name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 403: a bad or expired token or credentials, or (Participant API) the chat is over.
+    AccessDenied,
+    /// 400-class, or a request the SDK could not build: it will stay wrong.
+    Invalid,
+    Throttled,
+    Server,
+    /// No answer: connect failure, timeout, broken response.
+    Network,
+    Other,
+}
+
+impl ErrorKind {
+    /// Worth another attempt later.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::Throttled | Self::Server | Self::Network)
+    }
+
+    /// The metrics' label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AccessDenied => "access_denied",
+            Self::Invalid => "invalid",
+            Self::Throttled => "throttled",
+            Self::Server => "server",
+            Self::Network => "network",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Error codes that mean "slow down" whatever the status says.
+fn throttling(code: &str) -> bool {
+    code.contains("Throttl")
+        || matches!(
+            code,
+            "RequestLimitExceeded"
+                | "ProvisionedThroughputExceededException"
+                | "LimitExceededException"
+                | "TooManyRequestsException"
+        )
+}
+
+/// Error codes of a service failing on its side, whatever the status says.
+fn server_side(code: &str) -> bool {
+    matches!(
+        code,
+        "ServiceUnavailable" | "InternalError" | "InternalServerError" | "InternalFailure"
+    )
+}
+
+/// Classifies a failed call, with the service's error code if it gave one.
+pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> (ErrorKind, Option<String>)
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = err.code().map(str::to_owned);
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let kind = match err {
+        SdkError::ServiceError(_) => match (code.as_deref(), status) {
+            (Some(c), _) if throttling(c) => ErrorKind::Throttled,
+            (_, Some(429)) => ErrorKind::Throttled,
+            (Some(c), _) if server_side(c) => ErrorKind::Server,
+            (Some("AccessDeniedException"), _) | (_, Some(403)) => ErrorKind::AccessDenied,
+            (_, Some(s)) if s >= 500 => ErrorKind::Server,
+            (_, Some(s)) if s >= 400 => ErrorKind::Invalid,
+            _ => ErrorKind::Other,
+        },
+        SdkError::ConstructionFailure(_) => ErrorKind::Invalid,
+        // Dispatch and timeout failures, unreadable responses: no answer to go by.
+        _ => ErrorKind::Network,
+    };
+    (kind, code)
+}
+
 impl CallError {
     pub fn from_sdk<E>(e: &SdkError<E, HttpResponse>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let message = DisplayErrorContext(e).to_string();
-        match e {
-            SdkError::ServiceError(s) => {
-                let code = s.err().code().map(str::to_owned);
-                let throttled = code.as_deref().is_some_and(|c| {
-                    c.contains("Throttl")
-                        || matches!(
-                            c,
-                            "RequestLimitExceeded"
-                                | "ProvisionedThroughputExceededException"
-                                | "ServiceUnavailable"
-                                | "InternalError"
-                                | "InternalServerError"
-                                | "KMSThrottlingException"
-                        )
-                });
-                Self {
-                    unavailable: throttled || s.raw().status().is_server_error(),
-                    code,
-                    message,
-                }
-            }
-            SdkError::ConstructionFailure(_) => Self {
-                unavailable: false,
-                code: None,
-                message,
-            },
-            _ => Self {
-                unavailable: true,
-                code: None,
-                message,
-            },
+        let (kind, code) = classify(e);
+        Self {
+            unavailable: kind.retryable(),
+            code,
+            message: DisplayErrorContext(e).to_string(),
         }
     }
 
@@ -209,5 +261,54 @@ impl Intercept for CallCounter {
             .increment(1);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn answered(status: u16, code: &str) -> SdkError<GetQueueUrlError, HttpResponse> {
+        let err = GetQueueUrlError::generic(ErrorMetadata::builder().code(code).build());
+        let response = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        SdkError::service_error(err, response)
+    }
+
+    #[test]
+    fn one_classification_for_every_aws_client() {
+        let cases = [
+            (400, "ThrottlingException", ErrorKind::Throttled),
+            (
+                400,
+                "ProvisionedThroughputExceededException",
+                ErrorKind::Throttled,
+            ),
+            (429, "TooManyRequestsException", ErrorKind::Throttled),
+            (503, "ServiceUnavailable", ErrorKind::Server),
+            (400, "InternalError", ErrorKind::Server),
+            (500, "Whatever", ErrorKind::Server),
+            (403, "AccessDeniedException", ErrorKind::AccessDenied),
+            (400, "ConditionalCheckFailedException", ErrorKind::Invalid),
+            (404, "ResourceNotFoundException", ErrorKind::Invalid),
+        ];
+        for (status, code, kind) in cases {
+            let err = answered(status, code);
+            assert_eq!(
+                classify(&err),
+                (kind, Some(code.to_owned())),
+                "{status} {code}"
+            );
+            assert_eq!(CallError::from_sdk(&err).unavailable, kind.retryable());
+        }
+        let timed_out: SdkError<GetQueueUrlError, HttpResponse> = SdkError::timeout_error("slow");
+        assert_eq!(classify(&timed_out).0, ErrorKind::Network);
+        assert!(CallError::from_sdk(&timed_out).unavailable);
+        let unbuildable: SdkError<GetQueueUrlError, HttpResponse> =
+            SdkError::construction_failure("no queue url");
+        assert!(!CallError::from_sdk(&unbuildable).unavailable);
     }
 }

@@ -11,6 +11,7 @@
 pub mod address;
 pub mod aws;
 pub mod backend;
+pub mod backoff;
 pub(crate) mod batch;
 pub mod catalog;
 pub mod config;

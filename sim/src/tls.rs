@@ -109,8 +109,11 @@ pub(crate) async fn serve(
             () = stop.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
-                // Out of descriptors and the like: pass, as axum::serve does.
-                Err(_) => continue,
+                // Out of descriptors and the like: pause and go on, as axum::serve does.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
         let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop.clone());

@@ -69,7 +69,13 @@ async fn a_conversation_with_files_crosses_every_hop_over_tls() {
     })
     .await;
     assert_eq!(inbox[0].body, "over TLS");
-    let (_, _, bytes) = phone.received_file(&inbox[1].sid, 0).await.unwrap();
+    // Twilio fetches a message's media after taking it.
+    let bytes = wait::until(
+        "Twilio to fetch the file",
+        Duration::from_secs(30),
+        || async { Some(phone.received_file(&inbox[1].sid, 0).await.ok()?.2) },
+    )
+    .await;
     assert_eq!(bytes, pdf());
 }
 

@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter, so a fleet retrying the same throttled API spreads out.
+//! The one retry policy: exponential backoff with jitter, so a fleet retrying the same
+//! throttled API spreads out (Connect calls, a session's reconnects, Twilio sends).
 
 use rand::Rng;
 use std::time::Duration;
