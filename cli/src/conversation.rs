@@ -371,15 +371,17 @@ pub async fn erase(source: &ConfigSource, which: &Which, wait: Duration) -> anyh
         }
     };
     keys.dedup();
-    let live = found(o.store.as_ref(), &keys)
+    let live: Vec<Option<BusinessNumber>> = found(o.store.as_ref(), &keys)
         .await?
         .into_iter()
         .filter(|s| s.conversation.state != ConversationState::Ended)
-        .filter_map(|s| s.conversation.key().business);
-    for business in live.collect::<Vec<_>>() {
+        .map(|s| s.conversation.business)
+        .collect();
+    for business in live {
+        // A record from before routing (no number) is ended with the first route's.
         let one = Which {
             customer: which.customer.clone(),
-            business: Some(business.as_str().to_owned()),
+            business: business.map(|b| b.as_str().to_owned()),
         };
         end(source, &one, wait).await?;
     }

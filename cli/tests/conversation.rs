@@ -186,12 +186,24 @@ async fn releases_ends_and_erases(vars: Vec<(String, String)>) {
     assert_eq!(record.conversation.state, ConversationState::Ended);
     assert_eq!(run(&["end"])[0]["ended_by"], "already");
 
+    // A live chat recorded before routing (keyed by the customer alone) is removed too.
+    let mut old = Conversation::new(ConversationKey::legacy(customer(7)));
+    old.state = ConversationState::Active;
+    old.contact_id = Some("contact-before".into());
+    store.insert(&old).await.unwrap();
     let erased = run(&["erase", "--yes"]);
     assert_eq!(
         erased,
-        serde_json::json!({"records": 1, "messages": 2, "files": 1, "dead_letters": 1})
+        serde_json::json!({"records": 2, "messages": 2, "files": 1, "dead_letters": 1})
     );
     assert_eq!(store.get(&key(7)).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get(&ConversationKey::legacy(customer(7)))
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(index.by_sid("SM7a").await.unwrap(), None);
     assert!(!media.exists(&files[0]).await.unwrap());
     // Nobody else's.
