@@ -511,9 +511,11 @@ impl Session {
         let scanned = item.kind == "ATTACHMENT"
             && !item.attachments.is_empty()
             && item.attachments.iter().all(|a| a.status == "IN_PROGRESS");
-        if scanned && self.withheld(&item).await? {
-            // Given up on already (this chat's earlier session told the agent): what
-            // came after it does not wait for it again.
+        // Given up on already (this chat's earlier session told the agent): what came
+        // after it does not wait for it again. A ledger that cannot answer now only costs
+        // that wait (the verdict is checked again before anything is sent), so it does
+        // not cost a reconnection, which a chat ending meanwhile would refuse.
+        if scanned && self.withheld(&item).await.unwrap_or(false) {
             self.advance(&item);
             return Ok(());
         }
