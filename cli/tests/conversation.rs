@@ -117,8 +117,6 @@ async fn releases_ends_and_erases(vars: Vec<(String, String)>) {
             .unwrap();
     }
     let media = backend.media().await.unwrap().expect("a media store");
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), b"%PDF-1.4").unwrap();
     let meta = waconnect_shared::media::FileMeta {
         content_type: "application/pdf".into(),
         file_name: "statement.pdf".into(),
@@ -129,7 +127,9 @@ async fn releases_ends_and_erases(vars: Vec<(String, String)>) {
         format!("{}agent-b.pdf", prefix(8)),
     ];
     for f in &files {
-        media.put(f, file.path(), &meta).await.unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"%PDF-1.4").unwrap();
+        media.put(f, file.into_temp_path(), &meta).await.unwrap();
     }
     let inbound = backend.inbound().await.unwrap();
     for n in [7, 8] {

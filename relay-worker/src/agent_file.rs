@@ -137,7 +137,7 @@ pub async fn copy(
         content_type,
         file_name,
     };
-    store.put(&key, &path, &meta).await?;
+    store.put(&key, path, &meta).await?;
     metrics::counter!("waconnect_relay_agent_files_total", "outcome" => "stored").increment(1);
     Ok(Copied::Stored(key))
 }

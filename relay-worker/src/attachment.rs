@@ -418,6 +418,9 @@ async fn spool(
         let mut file = tokio::fs::File::from_std(file);
         // tokio buffers up to 2 MiB per write by default: per transfer, that is the cost.
         file.set_max_buf_size(SPOOL_BUFFER);
+        // Each write of a tokio file is a hop to the blocking pool, and the network gives
+        // chunks of a few KiB: gathered first, a hop carries SPOOL_BUFFER at a time.
+        let mut file = tokio::io::BufWriter::with_capacity(SPOOL_BUFFER, file);
         let mut size: u64 = 0;
         while let Some(chunk) = response.chunk().await.map_err(|e| passing(&e))? {
             size += chunk.len() as u64;

@@ -200,8 +200,14 @@ mod tests {
                     content_type: "application/pdf".into(),
                     file_name: "invoice.pdf".into(),
                 };
+                let copy = dir.path().join(format!("upload-{n}"));
+                std::fs::copy(&sample, &copy).unwrap();
                 media
-                    .put(&format!("file-{n}.pdf"), &sample, &meta)
+                    .put(
+                        &format!("file-{n}.pdf"),
+                        tempfile::TempPath::try_from_path(copy).unwrap(),
+                        &meta,
+                    )
                     .await
                     .unwrap();
                 queue

@@ -1,21 +1,32 @@
-//! Media relaying, customer → agent, over the full loop of real (release) processes:
-//! `BENCH_TRANSFERS` (default 20) customers each send a `BENCH_MB` (default 16) MB document
-//! at once, into chats that already exist; the relay fetches each from the Twilio simulator (Basic auth, redirect) and
-//! attaches it in the Connect simulator (Start, PUT, Complete).
+//! Media relaying, both ways, over the full loop of real (release) processes, with
+//! `BENCH_TRANSFERS` (default 20) files of `BENCH_MB` (default 16) MiB at once each way
+//! (at most 15 MiB to the customer: WhatsApp takes documents up to 16 MB through Twilio),
+//! into chats that already exist:
 //!
-//! Reports the relay's added resident memory per transfer in flight (its peak RSS during
-//! the burst over its RSS before, over the transfers: streamed, it stays far under the
-//! file size) and the time per transfer next to a plain copy of the same bytes over
-//! loopback in the same run (20 concurrent GETs from the Twilio simulator's storage
-//! streamed into PUTs to a sink that keeps them, as the Connect simulator does; the
-//! mean of two such copies after the relay's run). Writes `target/bench/media.json`.
+//! - customer → agent: every customer sends a document; the relay fetches it from the
+//!   Twilio simulator (Basic auth, redirect) and attaches it in the Connect simulator
+//!   (Start, PUT, Complete).
+//! - agent → customer: every agent sends a document, which Connect's scanning approves at
+//!   one instant for all; the relay fetches it (GetAttachment), keeps it in the media
+//!   store, the sender gives Twilio its URL, and the Twilio simulator fetches it from
+//!   ingress as Twilio does before the phone shows it.
+//!
+//! Reports, per direction, the relay's added resident memory per transfer in flight (its
+//! peak RSS during the burst over its RSS before, over the transfers: streamed, it stays
+//! far under the file size; for agent → customer also ingress's, which serves the files)
+//! and the time of the burst next to a plain copy of the same bytes over loopback right
+//! after it: the same number of concurrent GETs from the simulator the files come from,
+//! streamed into PUTs to a sink that keeps them, as the simulators do. `BENCH_ROUNDS`
+//! (default 3) bursts each way; the ratio reported is their median. Writes
+//! `target/bench/media.json`.
 //!
 //! `cargo build --release --bins && cargo bench -p waconnect-tests --bench media`.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+use waconnect_sim::connect::Scan;
 use waconnect_sim::twilio::{CustomerMessage, Media};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::procfs::status_kib;
+use waconnect_tests::procfs::{reset_peak, status_kib};
 use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
 
 /// The services run as release processes, built beforehand (a bench does not build
@@ -37,37 +48,36 @@ fn document(mb: usize, seed: u8) -> Vec<u8> {
     bytes
 }
 
-/// The plain copy: each file fetched from the Twilio simulator's storage (the same auth
-/// and redirect) and streamed into a PUT to a sink, all at once. Wall time.
-async fn plain_copies(lp: &FullLoop, urls: &[String]) -> Duration {
+/// The plain copy: each file fetched from its simulator's storage (with `auth`, and any
+/// redirect) and streamed into a PUT to a sink, all at once. Wall time.
+async fn plain_copies(urls: &[String], auth: Option<(String, String)>) -> Duration {
     use axum::routing::put;
-    // The sink keeps each file in memory, as the Connect simulator's upload URL does, so
+    // The sink keeps each file in memory, as the simulators do with what they receive, so
     // both paths pay the same at the far end.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = axum::Router::new().route(
         "/sink",
         put(|body: axum::body::Bytes| async move {
-            let kept = body.to_vec();
-            kept.len().to_string()
+            let len = body.len();
+            kept.lock().unwrap().push(body);
+            len.to_string()
         })
         .layer(axum::extract::DefaultBodyLimit::disable()),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_url = format!("http://{}/sink", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, sink).await });
-    let o = lp.twilio.options().clone();
+    let server = tokio::spawn(async move { axum::serve(listener, sink).await });
     let http = reqwest::Client::new();
     let started = Instant::now();
     let copies = urls.iter().map(|url| {
-        let (http, url, sink_url, o) = (http.clone(), url.clone(), sink_url.clone(), o.clone());
+        let (http, url, sink_url, auth) =
+            (http.clone(), url.clone(), sink_url.clone(), auth.clone());
         tokio::spawn(async move {
-            let got = http
-                .get(&url)
-                .basic_auth(&o.account_sid, Some(&o.auth_token))
-                .send()
-                .await
-                .unwrap()
-                .error_for_status()
-                .unwrap();
+            let mut get = http.get(&url);
+            if let Some((user, password)) = auth {
+                get = get.basic_auth(user, Some(password));
+            }
+            let got = get.send().await.unwrap().error_for_status().unwrap();
             let len = got.content_length().unwrap();
             let body = reqwest::Body::wrap_stream(got.bytes_stream());
             let put = http
@@ -83,7 +93,70 @@ async fn plain_copies(lp: &FullLoop, urls: &[String]) -> Duration {
     for c in copies.collect::<Vec<_>>() {
         c.await.unwrap();
     }
-    started.elapsed()
+    let took = started.elapsed();
+    // The sink and what it kept go before the next copy.
+    server.abort();
+    took
+}
+
+/// One burst of one direction, and its plain copy right after.
+struct Round {
+    relayed: Duration,
+    plain: Duration,
+    /// Added resident KiB per transfer in flight, by process.
+    added_kib: Vec<(&'static str, f64)>,
+}
+
+impl Round {
+    fn ratio(&self) -> f64 {
+        self.relayed.as_secs_f64() / self.plain.as_secs_f64()
+    }
+}
+
+/// The median of `values`.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A direction's rounds: the median ratio (this machine is shared and noisy; one burst
+/// of half a second says little alone), the largest added memory.
+fn report(rounds: &[Round], direction: &str, transfers: usize, mb: usize) -> serde_json::Value {
+    let ratio = median(rounds.iter().map(Round::ratio).collect());
+    let relayed = median(rounds.iter().map(|r| r.relayed.as_secs_f64()).collect());
+    let plain = median(rounds.iter().map(|r| r.plain.as_secs_f64()).collect());
+    let mut memory = Vec::new();
+    let mut report = serde_json::json!({
+        "relayed_seconds": relayed,
+        "plain_copy_seconds": plain,
+        "time_ratio": ratio,
+        "round_ratios": rounds.iter().map(Round::ratio).collect::<Vec<_>>(),
+    });
+    for (i, (process, _)) in rounds[0].added_kib.iter().enumerate() {
+        let kib = rounds.iter().map(|r| r.added_kib[i].1).fold(0.0, f64::max);
+        memory.push(format!("{process} {kib:.0} KiB"));
+        report[format!("{process}_added_kib_per_transfer")] = serde_json::json!(kib);
+    }
+    let ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.ratio())).collect();
+    println!(
+        "{transfers} × {mb} MiB, {direction}: relayed in {relayed:.2} s, plain copy {plain:.2} s, median of {} rounds {ratio:.2}× ({}); added per transfer in flight, at most: {}",
+        rounds.len(),
+        ratios.join(", "),
+        memory.join(", ")
+    );
+    report
+}
+
+/// A process's peak resident memory since the last [`reset_peak`] over its RSS then
+/// (`before`), per transfer.
+fn added_per_transfer(pid: u32, before: u64, transfers: usize) -> f64 {
+    status_kib(pid, "VmHWM:").saturating_sub(before) as f64 / transfers as f64
+}
+
+/// Resets `pid`'s peak and gives its resident memory now.
+fn baseline(pid: u32) -> u64 {
+    reset_peak(pid);
+    status_kib(pid, "VmRSS:")
 }
 
 fn file_message(from: &str, media_sid: &str) -> CustomerMessage {
@@ -103,112 +176,214 @@ async fn main() {
     ensure_release_binaries();
     let transfers: usize = bench_setting("BENCH_TRANSFERS", 20);
     let mb: usize = bench_setting("BENCH_MB", 16);
+    let rounds: usize = bench_setting("BENCH_ROUNDS", 3);
     let lp = FullLoop::start(LoopOptions::default()).await;
+    // Every customer's chat exists, accepted by an agent, before either burst: the bench
+    // times file transfers, not chat starts.
+    let contacts = lp.customers_write_and_agents_accept(transfers, 1).await;
+    let inbound = customer_to_agent(&lp, transfers, mb, rounds).await;
+    // WhatsApp takes documents up to 16 MB through Twilio.
+    let outbound_mb = mb.min(15);
+    let outbound = agent_to_customer(&lp, &contacts, outbound_mb, rounds).await;
+    let mut report = serde_json::json!({
+        "transfers": transfers,
+        "file_mb": mb,
+        "agent_file_mb": outbound_mb,
+        "rounds": rounds,
+        "customer_to_agent": report(&inbound, "customer → agent", transfers, mb),
+        "agent_to_customer": report(&outbound, "agent → customer", transfers, outbound_mb),
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    // The headline keys of earlier reports: the customer → agent direction.
+    report["time_ratio"] = report["customer_to_agent"]["time_ratio"].clone();
+    report["added_kib_per_transfer"] =
+        report["customer_to_agent"]["relay_added_kib_per_transfer"].clone();
+    write_bench_report("media", &report);
+}
+
+async fn customer_to_agent(
+    lp: &FullLoop,
+    transfers: usize,
+    mb: usize,
+    rounds: usize,
+) -> Vec<Round> {
     let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
     let relay_pid = lp.relay.id().expect("the relay runs");
     // Warm up: one small file, so the relay's pools and buffers exist before the baseline.
-    let warm = customer(1000);
     let sid = phone
         .upload(document(0, 0), "application/pdf")
         .await
         .unwrap();
-    wait::until(
-        "ingress to take the webhook",
-        Duration::from_secs(30),
-        || async {
-            let (_, status) = phone.send(&file_message(warm.as_str(), &sid)).await.ok()?;
-            (status == 200).then_some(())
-        },
-    )
-    .await;
+    let (_, status) = phone
+        .send(&file_message(customer(0).as_str(), &sid))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
     wait::until("the warm-up file", Duration::from_secs(30), || async {
         let stats = desk.stats().await.ok()?;
         (stats.calls_to("CompleteAttachmentUpload") >= 1).then_some(())
     })
     .await;
-    // Every customer's chat exists before the burst: the bench times file transfers, not
-    // chat starts (a first message starts the chat whatever it carries).
-    for c in 0..transfers {
-        let hello = CustomerMessage {
-            from: customer(c).as_str().to_owned(),
-            body: "hello".into(),
-            ..Default::default()
-        };
-        let (_, status) = phone.send(&hello).await.unwrap();
-        assert_eq!(status, 200);
-    }
-    wait::until("every chat started", Duration::from_secs(60), || async {
-        let stats = desk.stats().await.ok()?;
-        (stats.calls_to("SendMessage") >= transfers as u64).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let baseline_kib = status_kib(relay_pid, "VmRSS:");
+    let mut done = Vec::new();
+    for round in 0..rounds {
+        let mut sids = Vec::new();
+        for c in 0..transfers {
+            let seed = (c + round * transfers) as u8;
+            sids.push(
+                phone
+                    .upload(document(mb, seed), "application/pdf")
+                    .await
+                    .unwrap(),
+            );
+        }
+        let before = baseline(relay_pid);
 
-    // The burst: every customer's file at once.
-    let mut sids = Vec::new();
-    for c in 0..transfers {
-        sids.push(
-            phone
-                .upload(document(mb, c as u8), "application/pdf")
-                .await
-                .unwrap(),
+        // The burst: every customer's file at once.
+        let started = Instant::now();
+        let sends = sids.iter().enumerate().map(|(c, sid)| {
+            let (phone, message) = (phone.clone(), file_message(customer(c).as_str(), sid));
+            tokio::spawn(async move {
+                let (message_sid, status) = phone.send(&message).await.unwrap();
+                assert_eq!(status, 200);
+                message_sid
+            })
+        });
+        let mut message_sids = Vec::new();
+        for s in sends.collect::<Vec<_>>() {
+            message_sids.push(s.await.unwrap());
+        }
+        let attached = 1 + (transfers * (round + 1)) as u64;
+        wait::until("every file attached", Duration::from_secs(300), || async {
+            let stats = desk.stats().await.ok()?;
+            (stats.calls_to("CompleteAttachmentUpload") >= attached).then_some(())
+        })
+        .await;
+        let relayed = started.elapsed();
+        let added_kib = vec![("relay", added_per_transfer(relay_pid, before, transfers))];
+
+        // The same bytes copied plainly, from the same simulator storage.
+        let o = lp.twilio.options();
+        let urls: Vec<String> = message_sids
+            .iter()
+            .zip(&sids)
+            .map(|(message, media)| {
+                format!(
+                    "{}/2010-04-01/Accounts/{}/Messages/{message}/Media/{media}",
+                    lp.twilio.api_base(),
+                    o.account_sid
+                )
+            })
+            .collect();
+        let auth = Some((o.account_sid.clone(), o.auth_token.clone()));
+        done.push(Round {
+            relayed,
+            plain: plain_copies(&urls, auth).await,
+            added_kib,
+        });
+    }
+    done
+}
+
+/// How long before the agents' files are approved they are uploaded to the simulator
+/// (which takes well under a second for 20 × 15 MiB here).
+const UPLOAD_LEAD: Duration = Duration::from_secs(5);
+
+async fn agent_to_customer(
+    lp: &FullLoop,
+    contacts: &[String],
+    mb: usize,
+    rounds: usize,
+) -> Vec<Round> {
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let transfers = contacts.len();
+    let pids = [
+        ("relay", lp.relay.id().expect("the relay runs")),
+        ("ingress", lp.ingress.id().expect("ingress runs")),
+    ];
+    let fetched = |sent: &[serde_json::Value]| {
+        let files: Vec<&serde_json::Value> = sent
+            .iter()
+            .filter(|m| m["media_urls"].as_array().is_some_and(|u| !u.is_empty()))
+            .collect();
+        assert!(
+            files.iter().all(|m| m["status"] != "failed"),
+            "Twilio failed a file: {files:?}"
         );
-    }
-    let started = Instant::now();
-    let sends = sids.iter().enumerate().map(|(c, sid)| {
-        let (phone, message) = (phone.clone(), file_message(customer(c).as_str(), sid));
-        tokio::spawn(async move {
-            let (message_sid, status) = phone.send(&message).await.unwrap();
-            assert_eq!(status, 200);
-            message_sid
-        })
-    });
-    let mut message_sids = Vec::new();
-    for s in sends.collect::<Vec<_>>() {
-        message_sids.push(s.await.unwrap());
-    }
-    wait::until("every file attached", Duration::from_secs(300), || async {
-        let stats = desk.stats().await.ok()?;
-        (stats.calls_to("CompleteAttachmentUpload") > transfers as u64).then_some(())
+        files
+            .iter()
+            .filter(|m| matches!(m["status"].as_str(), Some("sent" | "delivered" | "read")))
+            .count()
+    };
+    // Warm up: one small file through the whole path (media store, sender, ingress).
+    desk.send_file(
+        &contacts[0],
+        "warm.pdf",
+        "application/pdf",
+        document(0, 0),
+        "APPROVED",
+    )
+    .await
+    .unwrap();
+    wait::until("the warm-up file", Duration::from_secs(30), || async {
+        (fetched(&phone.sent().await.ok()?) >= 1).then_some(())
     })
     .await;
-    let relayed = started.elapsed();
-    // The relay's peak resident memory: the burst is the largest thing it ever did.
-    let peak_kib = status_kib(relay_pid, "VmHWM:");
-    let per_transfer_kib = peak_kib.saturating_sub(baseline_kib) as f64 / transfers as f64;
+    let mut done = Vec::new();
+    for round in 0..rounds {
+        let befores: Vec<u64> = pids.iter().map(|(_, pid)| baseline(*pid)).collect();
+        // The burst: every agent's file, approved at one instant.
+        let approve_at = SystemTime::now() + UPLOAD_LEAD;
+        let started = Instant::now() + UPLOAD_LEAD;
+        let uploads = contacts.iter().enumerate().map(|(c, contact)| {
+            let (desk, contact) = (desk.clone(), contact.clone());
+            let seed = (100 + c + round * transfers) as u8;
+            tokio::spawn(async move {
+                let item = desk
+                    .send_scanned_file(
+                        &contact,
+                        &format!("manual-{c}.pdf"),
+                        "application/pdf",
+                        document(mb, seed),
+                        "APPROVED",
+                        Some(Scan::Until(approve_at)),
+                    )
+                    .await
+                    .unwrap();
+                item.attachments[0].attachment_id.clone()
+            })
+        });
+        let mut attachment_ids = Vec::new();
+        for u in uploads.collect::<Vec<_>>() {
+            attachment_ids.push(u.await.unwrap());
+        }
+        assert!(
+            Instant::now() < started,
+            "the agents' uploads took longer than {UPLOAD_LEAD:?}: the burst would not start at once"
+        );
+        let on_phones = 1 + transfers * (round + 1);
+        wait::until(
+            "every file on the phone",
+            Duration::from_secs(300),
+            || async { (fetched(&phone.sent().await.ok()?) >= on_phones).then_some(()) },
+        )
+        .await;
+        let relayed = started.elapsed();
+        let added_kib = pids
+            .iter()
+            .zip(&befores)
+            .map(|((name, pid), before)| (*name, added_per_transfer(*pid, *before, transfers)))
+            .collect();
 
-    // The same bytes copied plainly, from the same simulator storage.
-    let urls: Vec<String> = message_sids
-        .iter()
-        .zip(&sids)
-        .map(|(message, media)| {
-            format!(
-                "{}/2010-04-01/Accounts/{}/Messages/{message}/Media/{media}",
-                lp.twilio.api_base(),
-                lp.twilio.options().account_sid
-            )
-        })
-        .collect();
-    let plain = (plain_copies(&lp, &urls).await + plain_copies(&lp, &urls).await) / 2;
-    let ratio = relayed.as_secs_f64() / plain.as_secs_f64();
-    println!(
-        "{transfers} × {mb} MB, customer → agent: relayed in {:.2} s, plain copy {:.2} s ({ratio:.2}×); relay RSS {baseline_kib} KiB before, peak {peak_kib} KiB: {per_transfer_kib:.0} KiB per transfer in flight",
-        relayed.as_secs_f64(),
-        plain.as_secs_f64()
-    );
-    write_bench_report(
-        "media",
-        &serde_json::json!({
-            "transfers": transfers,
-            "file_mb": mb,
-            "relayed_seconds": relayed.as_secs_f64(),
-            "plain_copy_seconds": plain.as_secs_f64(),
-            "time_ratio": ratio,
-            "relay_rss_before_kib": baseline_kib,
-            "relay_rss_peak_kib": peak_kib,
-            "added_kib_per_transfer": per_transfer_kib,
-            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }),
-    );
+        // The same bytes copied plainly, from Connect's storage.
+        let urls: Vec<String> = attachment_ids
+            .iter()
+            .map(|id| format!("{}/attachments/{id}", lp.connect.endpoint()))
+            .collect();
+        done.push(Round {
+            relayed,
+            plain: plain_copies(&urls, None).await,
+            added_kib,
+        });
+    }
+    done
 }

@@ -51,6 +51,12 @@ pub fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// Resets `pid`'s peak resident memory (`VmHWM:`) to its current RSS, so a bench can read
+/// the peak of one phase after another (Linux's `clear_refs`, value 5).
+pub fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

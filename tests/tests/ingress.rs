@@ -738,7 +738,8 @@ async fn serves_the_agents_files_under_signed_paths_only() {
         content_type: "application/pdf".into(),
         file_name: "Manual.pdf".into(),
     };
-    media.put("att-1.pdf", &file, &meta).await.unwrap();
+    let file = tempfile::TempPath::try_from_path(file).unwrap();
+    media.put("att-1.pdf", file, &meta).await.unwrap();
     let url = media
         .url("att-1.pdf", Duration::from_secs(60))
         .await

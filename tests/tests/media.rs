@@ -5,7 +5,7 @@
 
 use std::process::Command;
 use std::time::Duration;
-use waconnect_sim::connect::{DeskClient, Item, SimOptions};
+use waconnect_sim::connect::{DeskClient, Item, Scan, SimOptions};
 use waconnect_sim::twilio::{CustomerMessage, Location, Media, PhoneClient};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
 use waconnect_tests::processes::spawn;
@@ -548,7 +548,7 @@ async fn scanned_files_keep_the_agents_order_and_the_wait_has_a_bound() {
                 "application/pdf",
                 pdf(100),
                 "APPROVED",
-                Some(scan),
+                Some(Scan::After(scan)),
             )
             .await
             .unwrap();
@@ -619,7 +619,7 @@ async fn a_file_approved_after_the_wait_stays_unsent_as_the_agent_was_told() {
         "application/pdf",
         pdf(100),
         "APPROVED",
-        Some(Duration::from_millis(2500)),
+        Some(Scan::After(Duration::from_millis(2500))),
     )
     .await
     .unwrap();
@@ -739,7 +739,7 @@ async fn a_chat_ended_during_a_scan_still_sends_what_followed_the_file() {
         "application/pdf",
         pdf(10),
         "APPROVED",
-        Some(Duration::from_secs(3600)),
+        Some(Scan::After(Duration::from_secs(3600))),
     )
     .await
     .unwrap();
@@ -771,7 +771,7 @@ async fn a_chat_ended_while_reconnecting_still_sends_what_waited_behind_a_scan()
         "application/pdf",
         pdf(10),
         "APPROVED",
-        Some(Duration::from_secs(3600)),
+        Some(Scan::After(Duration::from_secs(3600))),
     )
     .await
     .unwrap();

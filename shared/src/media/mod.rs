@@ -14,8 +14,8 @@ pub mod s3;
 use crate::ConversationKey;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::path::Path;
 use std::time::Duration;
+use tempfile::TempPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -59,9 +59,10 @@ impl FileMeta {
 
 #[async_trait]
 pub trait MediaStore: Send + Sync + 'static {
-    /// Stores the file at `path` under `key`. The same key is the same file: storing it
-    /// again replaces it with the same bytes.
-    async fn put(&self, key: &str, path: &Path, meta: &FileMeta) -> Result<(), MediaError>;
+    /// Stores `file` under `key`, taking it: an engine on the same disk moves it rather
+    /// than copying its bytes again. The same key is the same file: storing it again
+    /// replaces it with the same bytes.
+    async fn put(&self, key: &str, file: TempPath, meta: &FileMeta) -> Result<(), MediaError>;
 
     /// Whether `key` is stored.
     async fn exists(&self, key: &str) -> Result<bool, MediaError>;

@@ -9,8 +9,8 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use chrono::{DateTime, Utc};
-use std::path::Path;
 use std::time::Duration;
+use tempfile::TempPath;
 
 #[derive(Clone, Debug)]
 pub struct S3Store {
@@ -48,10 +48,10 @@ where
 
 #[async_trait]
 impl MediaStore for S3Store {
-    async fn put(&self, key: &str, path: &Path, meta: &FileMeta) -> Result<(), MediaError> {
+    async fn put(&self, key: &str, file: TempPath, meta: &FileMeta) -> Result<(), MediaError> {
         check_key(key)?;
-        // Streamed from the file; the SDK knows its length.
-        let body = ByteStream::from_path(path)
+        // Streamed from the file; the SDK knows its length. The file goes when this ends.
+        let body = ByteStream::from_path(&file)
             .await
             .map_err(|e| MediaError::Backend(e.to_string()))?;
         self.client

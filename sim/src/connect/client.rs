@@ -9,6 +9,15 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// When Connect's attachment scanning gives its verdict on an agent's file.
+#[derive(Clone, Copy, Debug)]
+pub enum Scan {
+    /// This long after the file is taken.
+    After(Duration),
+    /// At this instant (wall clock): files uploaded one after another are judged at once.
+    Until(std::time::SystemTime),
+}
+
 #[derive(Clone)]
 pub struct DeskClient {
     base: String,
@@ -150,7 +159,7 @@ impl DeskClient {
     }
 
     /// As [`Self::send_file`], with scanning: the item says `IN_PROGRESS`, and a later one
-    /// carries `status` after `scan` (never, if it is very long).
+    /// carries `status` when `scan` says (never, if that is very late).
     pub async fn send_scanned_file(
         &self,
         contact_id: &str,
@@ -158,12 +167,16 @@ impl DeskClient {
         content_type: &str,
         bytes: Vec<u8>,
         status: &str,
-        scan: Option<Duration>,
+        scan: Option<Scan>,
     ) -> anyhow::Result<Item> {
         let mut query = vec![("name", name.to_owned()), ("status", status.to_owned())];
-        if let Some(scan) = scan {
-            query.push(("scan_ms", scan.as_millis().to_string()));
-        }
+        query.extend(scan.map(|scan| match scan {
+            Scan::After(after) => ("scan_ms", after.as_millis().to_string()),
+            Scan::Until(at) => {
+                let epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                ("scan_until_ms", epoch.as_millis().to_string())
+            }
+        }));
         let response = self
             .http
             .post(format!("{}/agent/chats/{contact_id}/files", self.base))

@@ -186,6 +186,10 @@ struct FileQuery {
     /// carries the verdict this many milliseconds after.
     #[serde(default)]
     scan_ms: Option<u64>,
+    /// Or scanning ends at this Unix time in milliseconds: a bench approves a burst of
+    /// files at one instant, however long each took to upload.
+    #[serde(default)]
+    scan_until_ms: Option<u64>,
 }
 
 /// An agent's file, as the items that show it say.
@@ -232,7 +236,11 @@ async fn send_file(
         .unwrap_or("application/octet-stream")
         .to_owned();
     let verdict = q.status.unwrap_or_else(|| "APPROVED".into());
-    let first = if q.scan_ms.is_some() {
+    let scan_ms = q.scan_ms.or_else(|| {
+        let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        q.scan_until_ms.map(|until| until.saturating_sub(now))
+    });
+    let first = if scan_ms.is_some() {
         "IN_PROGRESS".to_owned()
     } else {
         verdict.clone()
@@ -252,7 +260,7 @@ async fn send_file(
                 name: q.name.clone(),
                 content_type: content_type.clone(),
                 size: bytes.len() as u64,
-                bytes: Some(bytes.to_vec()),
+                bytes: Some(bytes.clone()),
                 completed: first == "APPROVED",
                 headers: Vec::new(),
                 url_expires: tokio::time::Instant::now(),
@@ -261,7 +269,7 @@ async fn send_file(
         let first_item = file.item(inner, &first);
         serde_json::to_value(inner.append(&id, first_item)).expect("item serialises")
     });
-    if let Some(ms) = q.scan_ms {
+    if let Some(ms) = scan_ms {
         let sim = sim.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -11,7 +11,7 @@ mod rest;
 mod websocket;
 mod wire;
 
-pub use client::{DeskClient, SimStats};
+pub use client::{DeskClient, Scan, SimStats};
 pub use desk::ChatSummary;
 pub use model::{EVENT_PREFIX, SimOptions};
 pub use wire::{AttachmentItem, Item};

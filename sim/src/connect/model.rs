@@ -134,7 +134,8 @@ pub struct Attachment {
     pub name: String,
     pub content_type: String,
     pub size: u64,
-    pub bytes: Option<Vec<u8>>,
+    // `Bytes`: the body as it came, kept without a copy made under the simulator's lock.
+    pub bytes: Option<axum::body::Bytes>,
     pub completed: bool,
     /// The headers its upload URL was signed with: the PUT must carry exactly these.
     pub headers: Vec<(String, String)>,

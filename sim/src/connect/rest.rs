@@ -828,7 +828,7 @@ async fn put_attachment_bytes(
     }
     // A completed upload's object is what the chat shows; a repeated PUT changes nothing.
     if !a.completed {
-        a.bytes = Some(bytes.to_vec());
+        a.bytes = Some(bytes);
     }
     StatusCode::OK.into_response()
 }

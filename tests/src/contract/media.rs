@@ -3,15 +3,15 @@
 //! storing it again is harmless; deleted or expired files are gone.
 
 use crate::engines::MediaEngine;
-use std::path::PathBuf;
 use std::time::Duration;
+use tempfile::TempPath;
 use waconnect_shared::media::{FileMeta, MediaError};
 
-fn sample(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("upload");
-    std::fs::write(&path, bytes).unwrap();
-    (dir, path)
+/// A file to store, as the relay's spool gives it (the store takes it).
+fn sample(bytes: &[u8]) -> TempPath {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    file.into_temp_path()
 }
 
 fn pdf() -> FileMeta {
@@ -28,10 +28,10 @@ fn key(n: u32) -> String {
 pub async fn a_stored_file_is_served_by_its_url_with_its_type_and_name(e: &dyn MediaEngine) {
     let media = e.media().await;
     let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let (_dir, path) = sample(&bytes);
+    let content: &[u8] = &bytes;
     let k = key(1);
     assert!(!media.exists(&k).await.unwrap());
-    media.put(&k, &path, &pdf()).await.unwrap();
+    media.put(&k, sample(content), &pdf()).await.unwrap();
     assert!(media.exists(&k).await.unwrap());
     let url = media.url(&k, Duration::from_secs(600)).await.unwrap();
     let got = reqwest::get(&url).await.unwrap();
@@ -47,17 +47,17 @@ pub async fn a_stored_file_is_served_by_its_url_with_its_type_and_name(e: &dyn M
     let head = reqwest::Client::new().head(&url).send().await.unwrap();
     assert_eq!(head.status(), 200);
     // Stored again (a redelivered copy): the same file.
-    media.put(&k, &path, &pdf()).await.unwrap();
+    media.put(&k, sample(content), &pdf()).await.unwrap();
     let again = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
     assert_eq!(again.to_vec(), bytes);
 }
 
 pub async fn a_url_serves_only_its_own_file(e: &dyn MediaEngine) {
     let media = e.media().await;
-    let (_dir, path) = sample(b"%PDF-1.4 one");
+    let content: &[u8] = b"%PDF-1.4 one";
     let (one, two) = (key(1), key(2));
-    media.put(&one, &path, &pdf()).await.unwrap();
-    media.put(&two, &path, &pdf()).await.unwrap();
+    media.put(&one, sample(content), &pdf()).await.unwrap();
+    media.put(&two, sample(content), &pdf()).await.unwrap();
     let url = media.url(&one, Duration::from_secs(600)).await.unwrap();
     let forged = url.replacen(&one, &two, 1);
     assert_ne!(forged, url);
@@ -70,9 +70,9 @@ pub async fn a_url_serves_only_its_own_file(e: &dyn MediaEngine) {
 
 pub async fn a_url_expires(e: &dyn MediaEngine) {
     let media = e.media().await;
-    let (_dir, path) = sample(b"%PDF-1.4 short");
+    let content: &[u8] = b"%PDF-1.4 short";
     let k = key(1);
-    media.put(&k, &path, &pdf()).await.unwrap();
+    media.put(&k, sample(content), &pdf()).await.unwrap();
     let url = media.url(&k, Duration::from_secs(1)).await.unwrap();
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     if !e.checks_urls() {
@@ -85,9 +85,9 @@ pub async fn a_url_expires(e: &dyn MediaEngine) {
 
 pub async fn deleted_files_are_gone(e: &dyn MediaEngine) {
     let media = e.media().await;
-    let (_dir, path) = sample(b"%PDF-1.4 gone");
+    let content: &[u8] = b"%PDF-1.4 gone";
     let k = key(1);
-    media.put(&k, &path, &pdf()).await.unwrap();
+    media.put(&k, sample(content), &pdf()).await.unwrap();
     let url = media.url(&k, Duration::from_secs(600)).await.unwrap();
     media.delete(&k).await.unwrap();
     media.delete(&k).await.unwrap();
@@ -98,10 +98,10 @@ pub async fn deleted_files_are_gone(e: &dyn MediaEngine) {
 
 pub async fn keys_that_could_be_paths_are_refused(e: &dyn MediaEngine) {
     let media = e.media().await;
-    let (_dir, path) = sample(b"x");
+    let content: &[u8] = b"x";
     for bad in ["../escape.pdf", "a/b.pdf", ".hidden", ""] {
         assert!(matches!(
-            media.put(bad, &path, &pdf()).await,
+            media.put(bad, sample(content), &pdf()).await,
             Err(MediaError::InvalidKey(_))
         ));
         assert!(media.url(bad, Duration::from_secs(60)).await.is_err());
@@ -110,13 +110,13 @@ pub async fn keys_that_could_be_paths_are_refused(e: &dyn MediaEngine) {
 
 pub async fn old_files_are_pruned(e: &dyn MediaEngine) {
     let media = e.media().await;
-    let (_dir, path) = sample(b"%PDF-1.4 old");
+    let content: &[u8] = b"%PDF-1.4 old";
     let (old, new) = (key(1), key(2));
-    media.put(&old, &path, &pdf()).await.unwrap();
+    media.put(&old, sample(content), &pdf()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let cut = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    media.put(&new, &path, &pdf()).await.unwrap();
+    media.put(&new, sample(content), &pdf()).await.unwrap();
     let pruned = media.prune(cut).await.unwrap();
     if e.expires_itself() {
         // The bucket's lifecycle rule expires objects; prune has nothing to do.
@@ -132,7 +132,7 @@ pub async fn old_files_are_pruned(e: &dyn MediaEngine) {
 /// nothing else; an empty prefix is refused rather than taken as "everything".
 pub async fn a_conversations_files_are_forgotten_by_their_prefix(e: &dyn MediaEngine) {
     let media = e.media().await;
-    let (_dir, path) = sample(b"%PDF-1.4 mine");
+    let content: &[u8] = b"%PDF-1.4 mine";
     let mine = waconnect_shared::media::conversation_prefix(&crate::key(1));
     let theirs = waconnect_shared::media::conversation_prefix(&crate::key(2));
     assert_ne!(mine, theirs);
@@ -143,7 +143,7 @@ pub async fn a_conversations_files_are_forgotten_by_their_prefix(e: &dyn MediaEn
     ];
     let kept = format!("{theirs}agent-{suffix}-3.pdf");
     for k in erased.iter().chain([&kept]) {
-        media.put(k, &path, &pdf()).await.unwrap();
+        media.put(k, sample(content), &pdf()).await.unwrap();
     }
     assert_eq!(media.forget(&mine).await.unwrap(), 2);
     for k in &erased {
