@@ -42,6 +42,8 @@ pub struct Fleet {
 
 /// Renewals in flight at once, so thousands of leases renew in a fraction of the period.
 const RENEW_CONCURRENCY: usize = 256;
+/// Leases renewed together: one transaction on SQLite, calls side by side on DynamoDB.
+const RENEW_BATCH: usize = 64;
 /// The most conversations a restarted worker takes back at once; the sweepers adopt any
 /// beyond.
 const RESUME_LIMIT: usize = 10_000;
@@ -174,32 +176,45 @@ impl Fleet {
             }
             // Rounds start a period apart, however long the last one took.
             next = tokio::time::Instant::now() + period;
-            let leases: Vec<(SharedLease, CancellationToken)> = self
+            let held: Vec<(SharedLease, CancellationToken)> = self
                 .held
                 .lock()
                 .expect("held lock")
                 .values()
                 .map(|h| (h.lease.clone(), h.stop.clone()))
                 .collect();
-            futures_util::stream::iter(leases)
-                .for_each_concurrent(RENEW_CONCURRENCY, |(shared, stop)| {
+            let batches: Vec<Vec<(SharedLease, CancellationToken)>> =
+                held.chunks(RENEW_BATCH).map(<[_]>::to_vec).collect();
+            futures_util::stream::iter(batches)
+                .for_each_concurrent(RENEW_CONCURRENCY / RENEW_BATCH, |batch| {
                     let relay = self.relay.clone();
                     async move {
-                        let lease = shared.lock().expect("lease lock").clone();
-                        let renewal = relay.store.renew_lease(&lease, relay.config.lease);
-                        match tokio::time::timeout(period, renewal).await {
-                            Ok(Ok(renewed)) => *shared.lock().expect("lease lock") = renewed,
-                            Ok(Err(StoreError::LeaseLost | StoreError::NotFound)) => stop.cancel(),
-                            Ok(Err(e)) => {
-                                tracing::warn!(conversation = %lease.key, error = %e, "lease renewal failed; will retry");
+                        let leases: Vec<Lease> = batch
+                            .iter()
+                            .map(|(shared, _)| shared.lock().expect("lease lock").clone())
+                            .collect();
+                        let renewal = relay.store.renew_leases(&leases, relay.config.lease);
+                        let outcomes = tokio::time::timeout(period, renewal).await;
+                        for (i, (shared, stop)) in batch.iter().enumerate() {
+                            let key = &leases[i].key;
+                            match outcomes.as_ref().map(|o| &o[i]) {
+                                Ok(Ok(renewed)) => {
+                                    *shared.lock().expect("lease lock") = renewed.clone();
+                                }
+                                Ok(Err(StoreError::LeaseLost | StoreError::NotFound)) => {
+                                    stop.cancel();
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::warn!(conversation = %key, error = %e, "lease renewal failed; will retry");
+                                }
+                                Err(_) => {
+                                    tracing::warn!(conversation = %key, "lease renewal got no answer in time; will retry");
+                                }
                             }
-                            Err(_) => {
-                                tracing::warn!(conversation = %lease.key, "lease renewal got no answer in time; will retry");
+                            if shared.lock().expect("lease lock").expires_at <= chrono::Utc::now() {
+                                tracing::warn!(conversation = %key, "lease ran out before it could be renewed; letting go");
+                                stop.cancel();
                             }
-                        }
-                        if shared.lock().expect("lease lock").expires_at <= chrono::Utc::now() {
-                            tracing::warn!(conversation = %lease.key, "lease ran out before it could be renewed; letting go");
-                            stop.cancel();
                         }
                     }
                 })
