@@ -108,17 +108,6 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Extends a lease still held; returns it with its new fencing version.
     async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError>;
 
-    /// Renews many held leases (a worker's renewal round): each one's outcome, in order,
-    /// as [`Self::renew_lease`] gives it. An engine that can does them in one round trip
-    /// (SQLite: one transaction); the default runs them side by side.
-    async fn renew_leases(
-        &self,
-        leases: &[Lease],
-        duration: Duration,
-    ) -> Vec<Result<Lease, StoreError>> {
-        futures_util::future::join_all(leases.iter().map(|l| self.renew_lease(l, duration))).await
-    }
-
     /// Gives the lease up so another worker can adopt the conversation at once.
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 

@@ -309,66 +309,40 @@ impl ConversationStore for SqliteStore {
             .await
     }
 
+    /// No record read back: what a renewal changes is known (version + 1, the new
+    /// expiry). A worker renews ten thousand leases every few seconds; at idle, reading
+    /// each record back (its JSON parsed) was a large part of its CPU.
     async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError> {
-        let mut outcomes = self
-            .renew_leases(std::slice::from_ref(lease), duration)
-            .await;
-        outcomes.pop().unwrap_or(Err(StoreError::NotFound))
-    }
-
-    /// One transaction for them all, and no record read back: what a renewal changes is
-    /// known (a worker renews ten thousand leases every few seconds; at idle, reading and
-    /// committing them one by one was a third of its CPU).
-    async fn renew_leases(
-        &self,
-        leases: &[Lease],
-        duration: Duration,
-    ) -> Vec<Result<Lease, StoreError>> {
-        let length = match lease_millis(duration) {
-            Ok(length) => length,
-            Err(e) => return leases.iter().map(|_| Err(e.clone())).collect(),
-        };
-        let count = leases.len();
-        let leases = leases.to_vec();
-        let renewed = self
-            .db
+        let length = lease_millis(duration)?;
+        let lease = lease.clone();
+        self.db
             .write(move |c| {
                 let now = now_millis();
-                let mut update = c.prepare_cached(
-                    "UPDATE conversations SET lease_expires_at = ?2,
-                           lease_version = lease_version + 1
-                         WHERE customer = ?1 AND lease_owner = ?3 AND lease_version = ?4
-                           AND lease_expires_at > ?5",
-                )?;
-                let mut outcomes = Vec::with_capacity(leases.len());
-                for lease in &leases {
-                    let key = lease.key.storage();
-                    let changed = update.execute(params![
+                let key = lease.key.storage();
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE conversations SET lease_expires_at = ?2,
+                               lease_version = lease_version + 1
+                             WHERE customer = ?1 AND lease_owner = ?3 AND lease_version = ?4
+                               AND lease_expires_at > ?5",
+                    )?
+                    .execute(params![
                         key,
                         now + length,
                         lease.owner,
                         lease.version as i64,
                         now
                     ])?;
-                    outcomes.push(if changed == 0 {
-                        Err(missing_or(c, &key, StoreError::LeaseLost))
-                    } else {
-                        Ok(Lease {
-                            key: lease.key.clone(),
-                            owner: lease.owner.clone(),
-                            version: lease.version + 1,
-                            expires_at: from_millis(now + length),
-                        })
-                    });
+                if changed == 0 {
+                    return Err(missing_or(c, &key, StoreError::LeaseLost));
                 }
-                Ok::<_, StoreError>(outcomes)
+                Ok(Lease {
+                    version: lease.version + 1,
+                    expires_at: from_millis(now + length),
+                    ..lease.clone()
+                })
             })
-            .await;
-        match renewed {
-            Ok(outcomes) => outcomes,
-            // The database failed them all alike.
-            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
-        }
+            .await
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {

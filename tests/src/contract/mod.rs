@@ -55,7 +55,6 @@ macro_rules! store_contract_tests {
             two_processes_race_for_leases_and_one_wins_each,
             stale_holder_is_refused_everything,
             renewal_extends_and_raises_the_fencing_version,
-            many_leases_renew_at_once_each_with_its_own_outcome,
             release_frees_the_conversation_at_once,
             unheld_lists_lapsed_and_released_live_conversations,
             fenced_update_needs_the_current_lease,

@@ -270,6 +270,11 @@ pub async fn renewal_extends_and_raises_the_fencing_version(e: &dyn StoreEngine,
     let renewed = store.renew_lease(&first, LONG).await.unwrap();
     assert!(renewed.version > first.version);
     assert!(renewed.expires_at > first.expires_at);
+    // The proof it returns is what the store now holds.
+    let stored = store.get(&key(1)).await.unwrap().unwrap().lease;
+    assert_eq!(stored.owner.as_deref(), Some("w"));
+    assert_eq!(stored.version, renewed.version);
+    assert_eq!(stored.expires_at, Some(renewed.expires_at));
     // The pre-renewal proof is stale now, even for the same owner.
     assert_eq!(
         store.renew_lease(&first, LONG).await,
@@ -283,50 +288,6 @@ pub async fn renewal_extends_and_raises_the_fencing_version(e: &dyn StoreEngine,
         Err(StoreError::LeaseHeld)
     );
     store.renew_lease(&renewed, LONG).await.unwrap();
-}
-
-/// A worker's renewal round: many leases at once, each with its own outcome in order — a
-/// stale proof is lost and a missing record is not found without failing the others — and
-/// each renewed lease is what the store now holds.
-pub async fn many_leases_renew_at_once_each_with_its_own_outcome(e: &dyn StoreEngine, _: &Path) {
-    let store = e.store().await;
-    let mut held = Vec::new();
-    for i in 1..=3 {
-        inserted(store.as_ref(), i).await;
-        held.push(store.acquire_lease(&key(i), "w", LONG).await.unwrap());
-    }
-    // Conversation 2's proof goes stale: it was renewed since.
-    store.renew_lease(&held[1], LONG).await.unwrap();
-    let never_stored = waconnect_shared::store::Lease {
-        key: key(4),
-        ..held[0].clone()
-    };
-    let round = [
-        held[0].clone(),
-        held[1].clone(),
-        held[2].clone(),
-        never_stored,
-    ];
-    let outcomes = store.renew_leases(&round, LONG).await;
-    assert_eq!(outcomes.len(), 4);
-    assert_eq!(outcomes[1], Err(StoreError::LeaseLost));
-    assert_eq!(outcomes[3], Err(StoreError::NotFound));
-    for (i, n) in [(0, 1), (2, 3)] {
-        let renewed = outcomes[i].clone().unwrap();
-        assert_eq!(renewed.key, key(n));
-        assert!(renewed.version > held[i].version);
-        assert!(renewed.expires_at >= held[i].expires_at);
-        let stored = store.get(&key(n)).await.unwrap().unwrap().lease;
-        assert_eq!(stored.version, renewed.version);
-        assert_eq!(stored.expires_at, Some(renewed.expires_at));
-        // The renewed proof is the current one; the one before it is not.
-        store.renew_lease(&renewed, LONG).await.unwrap();
-        assert_eq!(
-            store.renew_lease(&held[i], LONG).await,
-            Err(StoreError::LeaseLost)
-        );
-    }
-    assert!(store.renew_leases(&[], LONG).await.is_empty());
 }
 
 pub async fn release_frees_the_conversation_at_once(e: &dyn StoreEngine, _: &Path) {
