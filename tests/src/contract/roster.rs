@@ -32,7 +32,9 @@ pub async fn heartbeats_count_the_living_members(e: &dyn RosterEngine) {
 
 pub async fn members_that_stop_beating_or_leave_are_gone(e: &dyn RosterEngine) {
     let (a, b) = e.rosters().await;
-    a.heartbeat("g", "short", Duration::from_millis(300), 0)
+    // Long enough to outlast the four calls below on a loaded machine (300 ms did not, on
+    // moto in a cold CI run), short enough to lapse within the wait.
+    a.heartbeat("g", "short", Duration::from_secs(3), 0)
         .await
         .unwrap();
     a.heartbeat("g", "leaving", LONG, 0).await.unwrap();
