@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
+use waconnect_shared::backoff::Backoff;
 use waconnect_shared::delivery::{Claim, DeliveryLedger};
 use waconnect_shared::twilio_account::TwilioAccount;
 
@@ -494,8 +495,9 @@ pub async fn attach(
         Err(e) => return Err(e),
     };
     put(media, &upload, file).await?;
-    // Connect may still be taking the upload in: ConflictException, briefly.
-    let mut wait = Duration::from_millis(200);
+    // Connect may still be taking the upload in: ConflictException, briefly. The one
+    // retry policy, bounded here to 5 attempts within a few seconds.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     for attempt in 1.. {
         match api
             .complete_attachment_upload(connection_token, &upload.attachment_id, complete_token)
@@ -503,8 +505,7 @@ pub async fn attach(
         {
             Ok(()) => break,
             Err(e) if e.code == "ConflictException" && attempt < 5 => {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => return Err(e),
         }
