@@ -174,19 +174,15 @@ impl Fleet {
             }
             // Rounds start a period apart, however long the last one took.
             next = tokio::time::Instant::now() + period;
-            let mut held: Vec<(String, SharedLease, CancellationToken)> = self
+            let leases: Vec<(SharedLease, CancellationToken)> = self
                 .held
                 .lock()
                 .expect("held lock")
-                .iter()
-                .map(|(key, h)| (key.clone(), h.lease.clone(), h.stop.clone()))
+                .values()
+                .map(|h| (h.lease.clone(), h.stop.clone()))
                 .collect();
-            // In key order, the renewals in flight together touch rows that sit side by
-            // side in SQLite's table (clustered by key), so a group commit writes a few
-            // pages rather than one per lease.
-            held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            futures_util::stream::iter(held)
-                .for_each_concurrent(RENEW_CONCURRENCY, |(_, shared, stop)| {
+            futures_util::stream::iter(leases)
+                .for_each_concurrent(RENEW_CONCURRENCY, |(shared, stop)| {
                     let relay = self.relay.clone();
                     async move {
                         let lease = shared.lock().expect("lease lock").clone();
