@@ -245,8 +245,8 @@ impl Session {
                 .min(until_expiry.max(Duration::from_secs(30)));
         self.connection_token = connection.connection_token.clone();
         // The cursor never passes a file being scanned, so the backfill reads it, and
-        // what came after it, again.
-        self.scanning = None;
+        // what came after it, again: `admit` knows them. The wait is kept, not cleared,
+        // as a backfill that fails and a chat that ends meanwhile would lose what it held.
         self.backfill(&connection.connection_token).await?;
         Ok((socket, refresh_at))
     }
@@ -495,6 +495,11 @@ impl Session {
                             .iter()
                             .any(|s| s.attachment_id == a.attachment_id)
                 });
+            // Read twice (from the socket and by a backfill, which overlap around a
+            // subscription): it already waits.
+            if !verdict && (item.id == scan.item.id || scan.held.iter().any(|h| h.id == item.id)) {
+                return Ok(());
+            }
             if !verdict && scan.held.len() < MAX_HELD {
                 scan.held.push(item);
                 return Ok(());
@@ -534,7 +539,8 @@ impl Session {
     /// still being scanned goes, as it was read before the end; the file itself never got
     /// its verdict.
     async fn release_held(&mut self) -> Result<(), Step> {
-        if let Some(scan) = self.scanning.take() {
+        // What was held may itself hold a file being scanned, and what came after it.
+        while let Some(scan) = self.scanning.take() {
             self.advance(&scan.item);
             self.admit_all(scan.held).await?;
         }
