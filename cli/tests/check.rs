@@ -12,7 +12,7 @@ use waconnect_tests::moto::Moto;
 fn sims_options() -> SimOptions {
     SimOptions {
         // The instance has this one flow: any other is ResourceNotFound, as in Connect.
-        contact_flows: vec!["flow".into()],
+        contact_flows: vec![waconnect_sim::wiring::CONTACT_FLOW.into()],
         ..SimOptions::default()
     }
 }

@@ -20,6 +20,7 @@ use waconnect_shared::queue::{Limits, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_sim::connect::{self, DeskClient, SimOptions};
 use waconnect_sim::twilio::{self, PhoneClient, TwilioOptions};
+use waconnect_sim::wiring::{ConnectEnd, TwilioEnd, Vars, Wiring, pairs};
 
 pub struct Options {
     /// Where the page is served (`WACONNECT_SANDBOX_BIND`, default 127.0.0.1:8700; port 0
@@ -138,22 +139,20 @@ async fn listen() -> anyhow::Result<(TcpListener, String)> {
     Ok((l, a))
 }
 
-fn pairs(list: &[(&str, &str)], db: &Path, storage: &[(String, String)]) -> ConfigSource {
-    let mut vars: Vec<(String, String)> = list
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    // Every service reads the routing file beside the database.
+/// A service's variables: the wiring to the simulators, what every sandbox service
+/// shares (the routing file beside the database, quick queue-depth readings for the
+/// page), then the service's own.
+fn source(wired: Vars, db: &Path, own: &[(&str, &str)]) -> ConfigSource {
+    let mut vars = wired;
     let routing = db.with_file_name("routing.toml");
-    vars.push((
-        waconnect_shared::routing::ROUTING_FILE_VAR.into(),
-        routing.display().to_string(),
-    ));
-    vars.push(("WACONNECT_SQLITE_PATH".into(), db.display().to_string()));
-    vars.push(("WACONNECT_SQLITE_SYNCHRONOUS".into(), "normal".into()));
-    vars.push(("WACONNECT_QUEUE_DEPTH_INTERVAL".into(), "1s".into()));
-    // Later pairs win.
-    vars.extend(storage.iter().cloned());
+    vars.extend(pairs(&[
+        (
+            waconnect_shared::routing::ROUTING_FILE_VAR,
+            &routing.display().to_string(),
+        ),
+        ("WACONNECT_QUEUE_DEPTH_INTERVAL", "1s"),
+    ]));
+    vars.extend(pairs(own));
     ConfigSource::from_pairs(vars)
 }
 
@@ -174,12 +173,6 @@ impl Sandbox {
         let instance = sim.instance_id.clone();
         let scheme = if options.tls { "https" } else { "http" };
         let connect = format!("{scheme}://{connect_addr}");
-        // The services trust the simulators' test CA as they would a proxy's.
-        let mut storage = options.storage.clone();
-        if options.tls {
-            let ca = waconnect_sim::tls::TestCa::shared().pem_file();
-            storage.push(("WACONNECT_EXTRA_CA_FILE".into(), ca.display().to_string()));
-        }
         tasks.push(tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -212,16 +205,26 @@ impl Sandbox {
             }
         }));
 
-        // The three services, exactly as in production but for their endpoints.
-        let ingress_config = IngressConfig::from_source(&pairs(
-            &[
-                ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
-                ("WACONNECT_PUBLIC_BASE_URL", &ingress),
-                ("WACONNECT_INGRESS_BIND", &ingress_addr),
-            ],
-            &db,
-            &storage,
-        ))?;
+        // The three services, exactly as in production but for their endpoints; the
+        // storage given in the options replaces the embedded engine.
+        let mut wiring = Wiring {
+            connect: Some(ConnectEnd {
+                endpoint: connect.clone(),
+                instance_id: instance,
+            }),
+            twilio: Some(TwilioEnd {
+                api_base: twilio.clone(),
+                account_sid: twilio_options.account_sid.clone(),
+                auth_token: twilio_options.auth_token.clone(),
+                sender: twilio_options.sender.clone(),
+            }),
+            public_url: Some(ingress.clone()),
+            storage: Vars::new(),
+        }
+        .sqlite(&db);
+        wiring.storage.extend(options.storage.iter().cloned());
+        let ingress_config =
+            IngressConfig::from_source(&source(wiring.ingress(&ingress_addr), &db, &[]))?;
         tasks.push(tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -231,31 +234,16 @@ impl Sandbox {
                 }
             }
         }));
-        let relay_config = waconnect_relay_worker::config_from(&pairs(
+        let relay_config = waconnect_relay_worker::config_from(&source(
+            wiring.relay(),
+            &db,
             &[
-                ("AWS_REGION", "us-east-1"),
-                ("AWS_ACCESS_KEY_ID", "AKIDSANDBOX"),
-                ("AWS_SECRET_ACCESS_KEY", "sandbox"),
-                ("WACONNECT_CONNECT_INSTANCE_ID", &instance),
-                ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "sandbox-chat-flow"),
                 // Each route names its own flow and closing text (the routing file).
-                ("WACONNECT_CONNECT_ENDPOINT", &connect),
                 ("WACONNECT_RELAY_SWEEP_INTERVAL", "1s"),
-                // Customers' files are fetched from the Twilio simulator, and the agent's
-                // typing and reading are shown there.
-                ("TWILIO_ACCOUNT_SID", &twilio_options.account_sid),
-                ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
-                ("WACONNECT_TWILIO_API_BASE", &twilio),
-                ("WACONNECT_TWILIO_MESSAGING_BASE", &twilio),
-                ("WACONNECT_TWILIO_CONTENT_BASE", &twilio),
                 // The desk's "Start" button: a conversation from the agent's side.
                 ("WACONNECT_RELAY_API_BIND", &outreach_addr),
                 ("WACONNECT_RELAY_API_TOKEN", &outreach_token),
-                // The agent's files are served by ingress, under its public URL.
-                ("WACONNECT_PUBLIC_BASE_URL", &ingress),
             ],
-            &db,
-            &storage,
         ))?;
         let (relay_ops, _) = listen().await?;
         tasks.push(tokio::spawn({
@@ -266,22 +254,10 @@ impl Sandbox {
                 }
             }
         }));
-        let sender_config = waconnect_outbound_sender::config_from(&pairs(
-            &[
-                ("TWILIO_ACCOUNT_SID", &twilio_options.account_sid),
-                ("TWILIO_AUTH_TOKEN", &twilio_options.auth_token),
-                ("TWILIO_FROM", &twilio_options.sender),
-                ("WACONNECT_TWILIO_API_BASE", &twilio),
-                ("WACONNECT_TWILIO_CONTENT_BASE", &twilio),
-                (
-                    "WACONNECT_STATUS_CALLBACK_URL",
-                    &format!("{ingress}/twilio/status"),
-                ),
-                ("WACONNECT_SENDER_RATE", &options.sender_rate.to_string()),
-                ("WACONNECT_PUBLIC_BASE_URL", &ingress),
-            ],
+        let sender_config = waconnect_outbound_sender::config_from(&source(
+            wiring.sender(),
             &db,
-            &storage,
+            &[("WACONNECT_SENDER_RATE", &options.sender_rate.to_string())],
         ))?;
         let (sender_ops, _) = listen().await?;
         tasks.push(tokio::spawn({
@@ -304,7 +280,8 @@ impl Sandbox {
                 Arc::new(SqliteQueue::open(page_db, "outbound", Limits::both(5)).await?),
             )
         } else {
-            let common = CommonConfig::read(&mut pairs(&[], &db, &options.storage).reader());
+            let common =
+                CommonConfig::read(&mut ConfigSource::from_pairs(wiring.storage.clone()).reader());
             let backend = Backend::open(&common).await?;
             (backend.inbound().await?, backend.outbound().await?)
         };

@@ -8,9 +8,11 @@
 //! * [`twilio`]: the Messages and Content APIs, signed webhooks and status callbacks, the
 //!   customer's phone, and fault injection;
 //! * [`tls`]: HTTPS and WSS with a test CA made at run time;
-//! * [`wait`]: waiting for a condition with a deadline instead of sleeping.
+//! * [`wait`]: waiting for a condition with a deadline instead of sleeping;
+//! * [`wiring`]: the variables that point the services at the simulators.
 
 pub mod connect;
 pub mod tls;
 pub mod twilio;
 pub mod wait;
+pub mod wiring;

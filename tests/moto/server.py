@@ -15,6 +15,11 @@ emulator's:
   then spins on the CPU for the whole wait while a blocked group has messages.
 * A DynamoDB conditional write is atomic. moto checks the condition and then writes
   without a lock, so two racing writers can both succeed; its writes are serialised here.
+* ChangeMessageVisibility works only on a message in flight, with its latest receipt:
+  SQS answers MessageNotInflight once the visibility timeout ran out, and refuses a
+  receipt from an earlier receive. moto takes any receipt the message ever had, at any
+  time: a worker whose delivery lapsed could hide the group's head again while the group
+  was no longer blocked, and let a later message of the group go first.
 """
 
 import functools
@@ -25,6 +30,7 @@ from moto.core.utils import unix_time
 from moto.dynamodb.models import DynamoDBBackend
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.sqs import models
+from moto.sqs.exceptions import ReceiptHandleIsInvalid, SQSException
 from moto.sqs.models import DEDUPLICATION_TIME_IN_SECONDS, Queue, SQSBackend
 
 # How often a waiting long poll re-checks visibility timeouts that ran out on their own.
@@ -65,9 +71,22 @@ def delete_message(self, receipt_handle):
         self._messages_lock.notify_all()
 
 
+class MessageNotInflight(SQSException):
+    def __init__(self):
+        super().__init__("MessageNotInflight", "The message referred to isn't in flight.")
+
+
 def change_message_visibility(self, queue_name, receipt_handle, visibility_timeout):
     queue = self.get_queue(queue_name)
     with queue._messages_lock:
+        for message in queue._messages:
+            if not message.had_receipt_handle(receipt_handle):
+                continue
+            if receipt_handle != message.receipt_handle:
+                raise ReceiptHandleIsInvalid()
+            if message.visible or message not in queue.pending_messages:
+                raise MessageNotInflight()
+            break
         _original_change_visibility(self, queue_name, receipt_handle, visibility_timeout)
         queue._messages_lock.notify_all()
 

@@ -9,7 +9,7 @@
 //! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak).
 
 use crate::moto::Moto;
-use crate::processes::{spawn, vars};
+use crate::processes::spawn;
 use crate::{customer, free_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,6 +22,7 @@ use tokio::sync::Mutex;
 use waconnect_shared::config::{CommonConfig, ConfigSource};
 use waconnect_sim::connect::ConnectSim;
 use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
+use waconnect_sim::wiring::{Wiring, pairs};
 
 /// Which storage the fleet runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,16 +102,6 @@ pub async fn run(engine: Engine) -> Report {
         ..Report::default()
     };
     let dir = tempfile::tempdir().expect("temporary directory");
-    let storage: Vec<(String, String)> = match engine {
-        Engine::Sqlite => vars(&[
-            (
-                "WACONNECT_SQLITE_PATH",
-                &dir.path().join("waconnect.db").display().to_string(),
-            ),
-            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
-        ]),
-        Engine::Aws => Moto::env(&Moto::shared().fresh("chaos", 50).await),
-    };
     let connect = ConnectSim::start().await;
     let ingress_port = free_port().await;
     let ingress_url = format!("http://{ingress_port}");
@@ -119,25 +110,24 @@ pub async fn run(engine: Engine) -> Report {
         ..TwilioOptions::default()
     })
     .await;
-    let o = twilio.options().clone();
-    let common = |extra: &[(&str, &str)]| {
-        let mut v = storage.clone();
-        v.extend(vars(&[
+    let wiring = Wiring::new(&connect, &twilio, &ingress_url);
+    let wiring = match engine {
+        Engine::Sqlite => wiring.sqlite(&dir.path().join("waconnect.db")),
+        Engine::Aws => wiring.storage(Moto::env(&Moto::shared().fresh("chaos", 50).await)),
+    };
+    let tuned = |mut v: Vec<(String, String)>, extra: &[(&str, &str)]| {
+        v.extend(pairs(&[
             ("RUST_LOG", "error"),
             ("WACONNECT_MAX_ATTEMPTS", "10"),
             ("WACONNECT_QUEUE_DEPTH_INTERVAL", "5s"),
         ]));
-        v.extend(vars(extra));
+        v.extend(pairs(extra));
         v
     };
     let mut services = vec![Service::start(
         "ingress",
         "ingress",
-        common(&[
-            ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("WACONNECT_PUBLIC_BASE_URL", &ingress_url),
-            ("WACONNECT_INGRESS_BIND", &ingress_port),
-        ]),
+        tuned(wiring.ingress(&ingress_port), &[]),
     )];
     for r in 0..RELAYS {
         // A stable identity, as a pod name is: each restart takes its leases back.
@@ -145,43 +135,35 @@ pub async fn run(engine: Engine) -> Report {
         services.push(Service::start(
             "relay-worker",
             "relay-worker",
-            common(&[
-                ("AWS_REGION", "us-east-1"),
-                ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
-                ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
-                ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
-                ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
-                ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
-                ("WACONNECT_RELAY_IDENTITY", &identity),
-                ("WACONNECT_RELAY_LEASE", "3s"),
-                ("WACONNECT_RELAY_HEARTBEAT", "1s"),
-                ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
-                ("WACONNECT_RELAY_RETRY_AFTER", "200ms"),
-                ("WACONNECT_RELAY_VISIBILITY", "4s"),
-                ("WACONNECT_RELAY_CURSOR_FLUSH", "1s"),
-                ("WACONNECT_RELAY_SHUTDOWN_GRACE", "2s"),
-            ]),
+            tuned(
+                wiring.relay(),
+                &[
+                    ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
+                    ("WACONNECT_RELAY_IDENTITY", &identity),
+                    ("WACONNECT_RELAY_LEASE", "3s"),
+                    ("WACONNECT_RELAY_HEARTBEAT", "1s"),
+                    ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
+                    ("WACONNECT_RELAY_RETRY_AFTER", "200ms"),
+                    ("WACONNECT_RELAY_VISIBILITY", "4s"),
+                    ("WACONNECT_RELAY_CURSOR_FLUSH", "1s"),
+                    ("WACONNECT_RELAY_SHUTDOWN_GRACE", "2s"),
+                ],
+            ),
         ));
     }
     for _ in 0..SENDERS {
         services.push(Service::start(
             "outbound-sender",
             "outbound-sender",
-            common(&[
-                ("TWILIO_ACCOUNT_SID", &o.account_sid),
-                ("TWILIO_AUTH_TOKEN", &o.auth_token),
-                ("TWILIO_FROM", &o.sender),
-                ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
-                (
-                    "WACONNECT_STATUS_CALLBACK_URL",
-                    &format!("{ingress_url}/twilio/status"),
-                ),
-                ("WACONNECT_SENDER_OPS_BIND", "127.0.0.1:0"),
-                ("WACONNECT_SENDER_VISIBILITY", "3s"),
-                ("WACONNECT_SENDER_MAX_BACKOFF", "1s"),
-                ("WACONNECT_SENDER_TIMEOUT", "2s"),
-            ]),
+            tuned(
+                wiring.sender(),
+                &[
+                    ("WACONNECT_SENDER_OPS_BIND", "127.0.0.1:0"),
+                    ("WACONNECT_SENDER_VISIBILITY", "3s"),
+                    ("WACONNECT_SENDER_MAX_BACKOFF", "1s"),
+                    ("WACONNECT_SENDER_TIMEOUT", "2s"),
+                ],
+            ),
         ));
     }
 
@@ -437,7 +419,7 @@ pub async fn run(engine: Engine) -> Report {
         }
     }
     // Nothing dead-lettered.
-    let common = CommonConfig::read(&mut ConfigSource::from_pairs(storage.clone()).reader());
+    let common = CommonConfig::read(&mut ConfigSource::from_pairs(wiring.storage.clone()).reader());
     let backend = waconnect_shared::backend::Backend::open(&common)
         .await
         .expect("open the fleet's storage");

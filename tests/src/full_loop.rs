@@ -2,12 +2,13 @@
 //! simulator) → ingress → relay-worker → the agent (Connect simulator) → relay-worker →
 //! outbound-sender → the phone, on one SQLite file.
 
-use crate::processes::{spawn, vars};
+use crate::processes::spawn;
 use crate::{customer, free_port, wait};
 use std::time::Duration;
 use tokio::process::Child;
 use waconnect_sim::connect::{ConnectSim, SimOptions};
 use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
+use waconnect_sim::wiring::{Wiring, pairs};
 
 /// Both simulators and the three services as real processes on one SQLite file.
 pub struct FullLoop {
@@ -48,15 +49,7 @@ impl FullLoop {
             aws,
             routing,
         } = options;
-        // Later variables win: the engine's come after each process's own.
-        let storage = if aws {
-            let moto = crate::moto::Moto::shared();
-            crate::moto::Moto::env(&moto.fresh("loop", 50).await)
-        } else {
-            Vec::new()
-        };
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("waconnect.db").display().to_string();
         let routing_file = routing.map(|text| {
             let path = dir.path().join("routing.toml");
             std::fs::write(&path, text).unwrap();
@@ -71,78 +64,51 @@ impl FullLoop {
             ..twilio
         })
         .await;
-        let o = twilio.options().clone();
-        // Every process knows ingress's public URL: the agent's files are served there.
-        let common = [
-            ("WACONNECT_SQLITE_PATH", db.as_str()),
-            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
-            ("RUST_LOG", "warn"),
-            ("WACONNECT_PUBLIC_BASE_URL", ingress.as_str()),
-        ];
-        let mut common = vars(&common);
-        if connect.endpoint().starts_with("https") || twilio.api_base().starts_with("https") {
-            // The services trust the simulators' test CA as they would a proxy's.
-            let ca = waconnect_sim::tls::TestCa::shared()
-                .pem_file()
-                .display()
-                .to_string();
-            common.extend(vars(&[("WACONNECT_EXTRA_CA_FILE", ca.as_str())]));
-        }
+        let wiring = Wiring::new(&connect, &twilio, &ingress);
+        let wiring = if aws {
+            let moto = crate::moto::Moto::shared();
+            wiring.storage(crate::moto::Moto::env(&moto.fresh("loop", 50).await))
+        } else {
+            wiring.sqlite(&dir.path().join("waconnect.db"))
+        };
+        let mut own = pairs(&[("RUST_LOG", "warn")]);
         if let Some(path) = &routing_file {
-            common.extend(vars(&[("WACONNECT_ROUTING_FILE", path.as_str())]));
+            own.extend(pairs(&[("WACONNECT_ROUTING_FILE", path.as_str())]));
         }
-        let mut ingress_vars = common.clone();
-        ingress_vars.extend(vars(&[
-            ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("WACONNECT_INGRESS_BIND", &ingress_port),
-        ]));
-        ingress_vars.extend(storage.iter().cloned());
-        let ingress_process = spawn("ingress", &ingress_vars);
-        let mut relay_vars = common.clone();
-        relay_vars.extend(vars(&[
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("WACONNECT_CONNECT_INSTANCE_ID", connect.instance_id()),
-            ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
-            ("WACONNECT_CONNECT_ENDPOINT", &connect.endpoint()),
-            ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
-            ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
-            // The relay fetches customers' files from Twilio and shows typing there.
-            ("TWILIO_ACCOUNT_SID", &o.account_sid),
-            ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
-            ("WACONNECT_TWILIO_MESSAGING_BASE", &twilio.api_base()),
-            ("WACONNECT_TWILIO_CONTENT_BASE", &twilio.api_base()),
-            // The number conversations the business starts are sent from.
-            ("TWILIO_FROM", &o.sender),
-        ]));
-        relay_vars.extend(storage.iter().cloned());
-        relay_vars.extend(
-            relay_extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone())),
+        let with_own = |mut v: Vec<(String, String)>, extra: Vec<(String, String)>| {
+            v.extend(own.iter().cloned());
+            v.extend(extra);
+            v
+        };
+        let ingress_process = spawn("ingress", &with_own(wiring.ingress(&ingress_port), vec![]));
+        let relay_vars = with_own(
+            wiring.relay(),
+            pairs(&[
+                ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
+                ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
+            ])
+            .into_iter()
+            .chain(
+                relay_extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone())),
+            )
+            .collect(),
         );
         let relay = spawn("relay-worker", &relay_vars);
-        let mut sender_vars = common;
-        sender_vars.extend(vars(&[
-            ("TWILIO_ACCOUNT_SID", &o.account_sid),
-            ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("TWILIO_FROM", &o.sender),
-            ("WACONNECT_TWILIO_API_BASE", &twilio.api_base()),
-            ("WACONNECT_TWILIO_CONTENT_BASE", &twilio.api_base()),
-            (
-                "WACONNECT_STATUS_CALLBACK_URL",
-                &format!("{ingress}/twilio/status"),
-            ),
-            ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
-            ("WACONNECT_SENDER_VISIBILITY", "3s"),
-        ]));
-        sender_vars.extend(storage.iter().cloned());
-        sender_vars.extend(
-            sender_extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone())),
+        let sender_vars = with_own(
+            wiring.sender(),
+            pairs(&[
+                ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
+                ("WACONNECT_SENDER_VISIBILITY", "3s"),
+            ])
+            .into_iter()
+            .chain(
+                sender_extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone())),
+            )
+            .collect(),
         );
         let sender = spawn("outbound-sender", &sender_vars);
         Self {

@@ -33,10 +33,3 @@ pub fn spawn(name: &str, vars: &[(String, String)]) -> Child {
         .spawn()
         .expect("spawn a service")
 }
-
-/// Owned variable pairs.
-pub fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}

@@ -4,6 +4,7 @@
 
 use waconnect_sim::connect::{ConnectSim, SimOptions};
 use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
+use waconnect_sim::wiring::{Wiring, pairs};
 use waconnect_tests::free_port;
 
 pub const WACONNECT: &str = env!("CARGO_BIN_EXE_waconnect");
@@ -51,36 +52,15 @@ impl Sims {
     /// Every variable of the three services, pointed at the simulators and a SQLite file
     /// (moto's storage variables, added later, win).
     pub fn vars(&self) -> Vec<(String, String)> {
-        let o = self.twilio.options();
-        let api = self.twilio.api_base();
-        let db = self.dir.path().join("waconnect.db").display().to_string();
-        [
-            ("WACONNECT_SQLITE_PATH", db.as_str()),
-            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+        let wiring = Wiring::new(&self.connect, &self.twilio, &self.ingress)
+            .sqlite(&self.dir.path().join("waconnect.db"));
+        let mut vars = wiring.all();
+        vars.extend(pairs(&[
             ("RUST_LOG", "warn"),
-            ("WACONNECT_PUBLIC_BASE_URL", &self.ingress),
             ("WACONNECT_INGRESS_BIND", &self.ports[0]),
             ("WACONNECT_RELAY_OPS_BIND", &self.ports[1]),
             ("WACONNECT_SENDER_OPS_BIND", &self.ports[2]),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("WACONNECT_CONNECT_INSTANCE_ID", self.connect.instance_id()),
-            ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "flow"),
-            ("WACONNECT_CONNECT_ENDPOINT", &self.connect.endpoint()),
-            ("TWILIO_ACCOUNT_SID", &o.account_sid),
-            ("TWILIO_AUTH_TOKEN", &o.auth_token),
-            ("TWILIO_FROM", &o.sender),
-            ("WACONNECT_TWILIO_API_BASE", &api),
-            ("WACONNECT_TWILIO_MESSAGING_BASE", &api),
-            ("WACONNECT_TWILIO_CONTENT_BASE", &api),
-            (
-                "WACONNECT_STATUS_CALLBACK_URL",
-                &format!("{}/twilio/status", self.ingress),
-            ),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+        ]));
+        vars
     }
 }

@@ -19,6 +19,7 @@ use waconnect_shared::queue::sqlite::SqliteQueue;
 use waconnect_shared::queue::{Limits, NewMessage, Queue};
 use waconnect_shared::sqlite::Db;
 use waconnect_sim::twilio::{PhoneClient, TwilioOptions, TwilioSim};
+use waconnect_sim::wiring::{Wiring, pairs};
 use waconnect_tests::wait;
 
 pub const PUBLIC: &str = "https://wa.example.test";
@@ -30,6 +31,7 @@ pub struct Stack {
     pub inbound: Arc<dyn Queue>,
     pub outbound: Arc<dyn Queue>,
     pub status_url: String,
+    wiring: Wiring,
     stop_ingress: CancellationToken,
 }
 
@@ -60,13 +62,15 @@ impl Stack {
         // Ingress receives the status callbacks, checking Twilio's signature.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let local = listener.local_addr().unwrap();
-        let config = IngressConfig::from_source(&ConfigSource::from_pairs([
-            ("TWILIO_AUTH_TOKEN", twilio.options().auth_token.as_str()),
-            ("WACONNECT_PUBLIC_BASE_URL", &format!("http://{local}")),
-            ("WACONNECT_SQLITE_PATH", path.to_str().unwrap()),
-            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
-            ("WACONNECT_INGRESS_BIND", &local.to_string()),
-        ]))
+        let wiring = Wiring {
+            twilio: Some((&twilio).into()),
+            public_url: Some(format!("http://{local}")),
+            ..Wiring::default()
+        }
+        .sqlite(&path);
+        let config = IngressConfig::from_source(&ConfigSource::from_pairs(
+            wiring.ingress(&local.to_string()),
+        ))
         .unwrap();
         let stop_ingress = CancellationToken::new();
         tokio::spawn(waconnect_ingress::run(
@@ -93,6 +97,7 @@ impl Stack {
             inbound,
             outbound,
             status_url: format!("http://{local}/twilio/status"),
+            wiring,
             stop_ingress,
         }
     }
@@ -102,12 +107,8 @@ impl Stack {
     }
 
     pub fn vars(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let options = self.twilio.options();
-        let mut vars: Vec<(String, String)> = [
-            ("TWILIO_ACCOUNT_SID", options.account_sid.as_str()),
-            ("TWILIO_AUTH_TOKEN", options.auth_token.as_str()),
-            ("TWILIO_FROM", options.sender.as_str()),
-            ("WACONNECT_SQLITE_SYNCHRONOUS", "normal"),
+        let mut vars = self.wiring.sender();
+        vars.extend(pairs(&[
             ("WACONNECT_SENDER_OPS_BIND", "127.0.0.1:0"),
             ("WACONNECT_SENDER_VISIBILITY", "3s"),
             ("WACONNECT_SENDER_MAX_BACKOFF", "2s"),
@@ -115,27 +116,8 @@ impl Stack {
             ("WACONNECT_MAX_ATTEMPTS", "4"),
             ("WACONNECT_MAX_RECEIVES", "4"),
             ("RUST_LOG", "warn"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        vars.push((
-            "WACONNECT_SQLITE_PATH".into(),
-            self.db_path().display().to_string(),
-        ));
-        vars.push(("WACONNECT_TWILIO_API_BASE".into(), self.twilio.api_base()));
-        vars.push((
-            "WACONNECT_TWILIO_CONTENT_BASE".into(),
-            self.twilio.api_base(),
-        ));
-        vars.push((
-            "WACONNECT_STATUS_CALLBACK_URL".into(),
-            self.status_url.clone(),
-        ));
-        for (k, v) in extra {
-            vars.retain(|(name, _)| name != k);
-            vars.push(((*k).to_owned(), (*v).to_owned()));
-        }
+        ]));
+        vars.extend(pairs(extra));
         vars
     }
 

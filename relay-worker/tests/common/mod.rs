@@ -6,7 +6,7 @@
 
 pub mod failover;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use waconnect_shared::store::ConversationStore;
 use waconnect_shared::store::sqlite::SqliteStore;
 use waconnect_shared::{ConversationKey, CustomerAddress};
 use waconnect_sim::connect::{ConnectSim, DeskClient, SimOptions};
+use waconnect_sim::wiring::{CONTACT_FLOW, Wiring, pairs};
 use waconnect_tests::moto::Moto;
 use waconnect_tests::{key_of, twilio, wait};
 
@@ -87,16 +88,7 @@ impl Stack {
                 .unwrap(),
         );
         let store = Arc::new(SqliteStore::open(db().await).await.unwrap());
-        let storage = vec![
-            (
-                "WACONNECT_SQLITE_PATH".to_owned(),
-                path.display().to_string(),
-            ),
-            (
-                "WACONNECT_SQLITE_SYNCHRONOUS".to_owned(),
-                "normal".to_owned(),
-            ),
-        ];
+        let storage = Wiring::default().sqlite(&path).storage;
         Self {
             desk: sim.desk(),
             dir,
@@ -134,11 +126,13 @@ impl Stack {
     }
 
     pub fn vars(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut vars: BTreeMap<String, String> = [
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "AKIDTEST"),
-            ("AWS_SECRET_ACCESS_KEY", "test-secret"),
-            ("WACONNECT_CONNECT_CONTACT_FLOW_ID", "chat-flow"),
+        let wiring = Wiring {
+            connect: Some((&self.sim).into()),
+            storage: self.storage.clone(),
+            ..Wiring::default()
+        };
+        let mut vars = wiring.relay();
+        vars.extend(pairs(&[
             ("WACONNECT_RELAY_OPS_BIND", "127.0.0.1:0"),
             ("WACONNECT_RELAY_LEASE", "3s"),
             ("WACONNECT_RELAY_HEARTBEAT", "1s"),
@@ -149,30 +143,9 @@ impl Stack {
             ("WACONNECT_MAX_RECEIVES", "20"),
             ("WACONNECT_QUEUE_DEPTH_INTERVAL", "1s"),
             ("RUST_LOG", "warn"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        vars.extend(self.storage.iter().cloned());
-        vars.insert(
-            "WACONNECT_CONNECT_INSTANCE_ID".into(),
-            self.sim.instance_id().to_owned(),
-        );
-        vars.insert("WACONNECT_CONNECT_ENDPOINT".into(), self.sim.endpoint());
-        if self.sim.endpoint().starts_with("https://") {
-            // Trusted as a TLS-inspecting proxy's CA would be.
-            vars.insert(
-                "WACONNECT_EXTRA_CA_FILE".into(),
-                waconnect_sim::tls::TestCa::shared()
-                    .pem_file()
-                    .display()
-                    .to_string(),
-            );
-        }
-        for (k, v) in extra {
-            vars.insert((*k).to_owned(), (*v).to_owned());
-        }
-        vars.into_iter().collect()
+        ]));
+        vars.extend(pairs(extra));
+        vars
     }
 
     pub async fn relay(&self, extra: &[(&str, &str)]) -> InProcess {
@@ -310,7 +283,7 @@ impl Stack {
         let chat = api
             .start_chat(NewChat {
                 instance_id: self.sim.instance_id(),
-                contact_flow_id: "chat-flow",
+                contact_flow_id: CONTACT_FLOW,
                 display_name: "Customer",
                 attributes: HashMap::new(),
                 client_token: token.to_owned(),
