@@ -8,7 +8,8 @@
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use waconnect_shared::config::{ConfigErrors, ConfigSource, IngressConfig, StorageConfig};
+use waconnect_ingress::config::IngressConfig;
+use waconnect_shared::service::config::{ConfigErrors, ConfigSource, StorageConfig};
 
 /// Bound on each dependency's answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -185,7 +186,8 @@ async fn flows(relay: &waconnect_relay_worker::config::RelayConfig) -> Vec<Row> 
 async fn storage(storage: &StorageConfig) -> Vec<Row> {
     match storage {
         StorageConfig::Embedded(e) => {
-            let opened = waconnect_shared::sqlite::Db::open_path(&e.path, e.synchronous).await;
+            let opened =
+                waconnect_shared::storage::sqlite::Db::open_path(&e.path, e.synchronous).await;
             vec![Row::new(
                 "storage: SQLite file",
                 opened
@@ -199,7 +201,7 @@ async fn storage(storage: &StorageConfig) -> Vec<Row> {
             )]
         }
         StorageConfig::Aws(a) => {
-            let (sqs, dynamodb, s3) = waconnect_shared::backend::aws_clients(a).await;
+            let (sqs, dynamodb, s3) = waconnect_shared::storage::backend::aws_clients(a).await;
             let mut rows = Vec::new();
             for (name, variable, url) in [
                 (

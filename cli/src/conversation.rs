@@ -9,12 +9,12 @@ use anyhow::Context;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use waconnect_shared::backend::Backend;
-use waconnect_shared::config::{CommonConfig, ConfigSource};
-use waconnect_shared::conversation::ConversationState;
-use waconnect_shared::queue::Take;
-use waconnect_shared::routing::Routing;
-use waconnect_shared::store::{
+use waconnect_shared::message::conversation::ConversationState;
+use waconnect_shared::service::config::{CommonConfig, ConfigSource};
+use waconnect_shared::service::routing::Routing;
+use waconnect_shared::storage::backend::Backend;
+use waconnect_shared::storage::queue::Take;
+use waconnect_shared::storage::store::{
     ConversationStore, Fence, Lease, Modified, StoreError, StoredConversation, modify,
 };
 use waconnect_shared::{BusinessNumber, ConversationKey, CustomerAddress};
@@ -61,11 +61,11 @@ impl From<&StoredConversation> for Shown {
             last_inbound_trace_id: c
                 .last_inbound_message_sid
                 .as_deref()
-                .map(waconnect_shared::trace::of),
+                .map(waconnect_shared::message::trace::of),
             agent_cursor_trace_id: c
                 .agent_cursor
                 .as_ref()
-                .map(|a| waconnect_shared::trace::of(&a.id)),
+                .map(|a| waconnect_shared::message::trace::of(&a.id)),
             agent_cursor: c
                 .agent_cursor
                 .as_ref()
@@ -392,7 +392,7 @@ pub async fn erase(source: &ConfigSource, which: &Which, wait: Duration) -> anyh
         erased.messages += index.forget_conversation(key).await?;
         if let Some(media) = &media {
             erased.files += media
-                .forget(&waconnect_shared::media::conversation_prefix(key))
+                .forget(&waconnect_shared::storage::media::conversation_prefix(key))
                 .await?;
         }
         // Last: a record left behind by a failure above lets the erase be run again.

@@ -10,11 +10,11 @@ use anyhow::Context;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use waconnect_shared::backend::Backend;
-use waconnect_shared::config::{CommonConfig, ConfigSource};
-use waconnect_shared::event::InboundEvent;
-use waconnect_shared::outbound::OutboundMessage;
-use waconnect_shared::queue::{DeadLetter, Queue, Take};
+use waconnect_shared::message::event::InboundEvent;
+use waconnect_shared::message::outbound::OutboundMessage;
+use waconnect_shared::service::config::{CommonConfig, ConfigSource};
+use waconnect_shared::storage::backend::Backend;
+use waconnect_shared::storage::queue::{DeadLetter, Queue, Take};
 use waconnect_shared::{ConversationKey, CustomerAddress};
 
 /// At most this many letters are read from each queue.

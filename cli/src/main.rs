@@ -21,9 +21,10 @@ mod serve;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use waconnect_shared::config::{ConfigSource, IngressConfig};
-use waconnect_shared::queue::Take;
-use waconnect_shared::{shutdown, telemetry};
+use waconnect_ingress::config::IngressConfig;
+use waconnect_shared::service::config::ConfigSource;
+use waconnect_shared::service::{shutdown, telemetry};
+use waconnect_shared::storage::queue::Take;
 
 /// Bridges WhatsApp customers (through Twilio) and Amazon Connect agents. Configured by
 /// environment variables (README "Configuration").

@@ -7,8 +7,9 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigErrors, ConfigSource, IngressConfig};
-use waconnect_shared::{shutdown, telemetry};
+use waconnect_ingress::config::IngressConfig;
+use waconnect_shared::service::config::{ConfigErrors, ConfigSource};
+use waconnect_shared::service::{shutdown, telemetry};
 
 pub async fn listen(variable: &str, at: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(at)

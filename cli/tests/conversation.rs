@@ -2,9 +2,9 @@
 //! record from before routing beside the pair's; never a token, never the number in clear.
 
 use serde_json::Value;
-use waconnect_shared::backend::Backend;
-use waconnect_shared::config::{CommonConfig, ConfigSource};
-use waconnect_shared::conversation::{Conversation, ConversationState};
+use waconnect_shared::message::conversation::{Conversation, ConversationState};
+use waconnect_shared::service::config::{CommonConfig, ConfigSource};
+use waconnect_shared::storage::backend::Backend;
 use waconnect_shared::{ConversationKey, Secret};
 use waconnect_tests::moto::Moto;
 use waconnect_tests::{BUSINESS, customer, key};
@@ -88,8 +88,8 @@ async fn show_on_aws() {
 /// from its holder, the chat is ended in the store, and erasing removes the customer's
 /// record, message excerpts, the agent's files and dead letters — and nobody else's.
 async fn releases_ends_and_erases(vars: Vec<(String, String)>) {
-    use waconnect_shared::message_index::{Author, IndexedMessage};
-    use waconnect_shared::queue::NewMessage;
+    use waconnect_shared::storage::message_index::{Author, IndexedMessage};
+    use waconnect_shared::storage::queue::NewMessage;
     let common = CommonConfig::read(&mut ConfigSource::from_pairs(vars.clone()).reader());
     let backend = Backend::open(&common).await.unwrap();
     let store = backend.store().await.unwrap();
@@ -117,11 +117,11 @@ async fn releases_ends_and_erases(vars: Vec<(String, String)>) {
             .unwrap();
     }
     let media = backend.media().await.unwrap().expect("a media store");
-    let meta = waconnect_shared::media::FileMeta {
+    let meta = waconnect_shared::storage::media::FileMeta {
         content_type: "application/pdf".into(),
         file_name: "statement.pdf".into(),
     };
-    let prefix = |n| waconnect_shared::media::conversation_prefix(&key(n));
+    let prefix = |n| waconnect_shared::storage::media::conversation_prefix(&key(n));
     let files = [
         format!("{}agent-a.pdf", prefix(7)),
         format!("{}agent-b.pdf", prefix(8)),

@@ -5,10 +5,10 @@
 
 use serde_json::Value;
 use std::time::Duration;
-use waconnect_shared::backend::Backend;
-use waconnect_shared::config::{CommonConfig, ConfigSource};
-use waconnect_shared::event::{EventKind, InboundEvent};
-use waconnect_shared::queue::{NewMessage, Queue};
+use waconnect_shared::message::event::{EventKind, InboundEvent};
+use waconnect_shared::service::config::{CommonConfig, ConfigSource};
+use waconnect_shared::storage::backend::Backend;
+use waconnect_shared::storage::queue::{NewMessage, Queue};
 use waconnect_tests::moto::Moto;
 use waconnect_tests::{customer, key, twilio};
 
@@ -82,7 +82,10 @@ async fn lists_and_shows(vars: Vec<(String, String)>) {
     assert_eq!(letters.len(), 2, "{printed}");
     assert_eq!(letters[0]["queue"], "inbound");
     assert_eq!(letters[0]["reason"], "the chat refused it");
-    assert_eq!(letters[0]["trace_id"], waconnect_shared::trace::of("SM5"));
+    assert_eq!(
+        letters[0]["trace_id"],
+        waconnect_shared::message::trace::of("SM5")
+    );
     assert!(
         letters[0]["conversation"]
             .as_str()

@@ -242,14 +242,14 @@ async fn one_trace_id_follows_each_message_through_the_services() {
             services
         }
     };
-    let inbound = services_with(waconnect_shared::trace::of(&sid));
+    let inbound = services_with(waconnect_shared::message::trace::of(&sid));
     wait::until(
         "the customer message's trace",
         Duration::from_secs(30),
         || async { (inbound() == ["waconnect_ingress", "waconnect_relay_worker"]).then_some(()) },
     )
     .await;
-    let outbound = services_with(waconnect_shared::trace::of(&reply.id));
+    let outbound = services_with(waconnect_shared::message::trace::of(&reply.id));
     wait::until(
         "the agent reply's trace",
         Duration::from_secs(30),

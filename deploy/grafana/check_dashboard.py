@@ -1,5 +1,5 @@
 """Every PromQL expression in the dashboard and the alert rules parses, and every metric it
-names is one the services export: in shared/src/catalog.rs (whose own test proves the code
+names is one the services export: in shared/src/service/catalog.rs (whose own test proves the code
 records exactly those names) or seen in the .prom files the end-to-end test wrote."""
 
 import json

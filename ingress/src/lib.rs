@@ -5,19 +5,20 @@
 //! an accepted webhook is never lost. If the queue cannot take it, Twilio gets a 503 and
 //! retries.
 
+pub mod config;
 mod connections;
 mod signed_url;
 mod webhook;
 
+use crate::config::{IngressConfig, SignatureCheck};
 use axum::Router;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::backend::{Backend, BackendError, QueuesReady};
-use waconnect_shared::config::{IngressConfig, SignatureCheck};
-use waconnect_shared::media::directory::DirectoryStore;
-use waconnect_shared::ops;
-use waconnect_shared::queue::{Queue, depth};
+use waconnect_shared::service::ops;
+use waconnect_shared::storage::backend::{Backend, BackendError, QueuesReady};
+use waconnect_shared::storage::media::directory::DirectoryStore;
+use waconnect_shared::storage::queue::{Queue, depth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -51,7 +52,7 @@ pub async fn serve(
     // Built first: it installs the metrics recorder that the gauge below needs.
     let mut app = router(&config, inbound.clone());
     if let Some(media) = media {
-        app = app.merge(waconnect_shared::media::directory::router(media));
+        app = app.merge(waconnect_shared::storage::media::directory::router(media));
     }
     let insecure = config.signature == SignatureCheck::InsecureSkip;
     if insecure {

@@ -1,5 +1,6 @@
 //! The two Twilio webhooks: incoming messages and status callbacks.
 
+use crate::config::{IngressConfig, SignatureCheck};
 use crate::signed_url::signed_url;
 use axum::Router;
 use axum::body::Bytes;
@@ -11,11 +12,10 @@ use axum::routing::post;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use waconnect_shared::ConversationKey;
-use waconnect_shared::address::Channel;
-use waconnect_shared::config::{IngressConfig, SignatureCheck};
-use waconnect_shared::event::{EventError, EventKind, InboundEvent};
-use waconnect_shared::queue::{NewMessage, Queue, QueueError};
-use waconnect_shared::{form, signature};
+use waconnect_shared::message::address::Channel;
+use waconnect_shared::message::event::{EventError, EventKind, InboundEvent};
+use waconnect_shared::storage::queue::{NewMessage, Queue, QueueError};
+use waconnect_shared::twilio::{form, signature};
 
 const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
@@ -25,7 +25,7 @@ struct Webhooks {
     enqueue_timeout: Duration,
     body_timeout: Duration,
     allow_non_whatsapp: bool,
-    routing: waconnect_shared::routing::Routing,
+    routing: waconnect_shared::service::routing::Routing,
     /// Registered once: a registry lookup per request is measurable at these rates.
     messages_taken: TakenCounters,
     statuses_taken: TakenCounters,
@@ -67,7 +67,7 @@ fn route_name(kind: EventKind) -> &'static str {
 
 pub fn router(config: &IngressConfig, queue: Arc<dyn Queue>) -> Router {
     // Handles registered before the recorder exists would count into nothing.
-    waconnect_shared::telemetry::metrics();
+    waconnect_shared::service::telemetry::metrics();
     let state = Arc::new(Webhooks {
         queue,
         signature: config.signature.clone(),

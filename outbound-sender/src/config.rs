@@ -2,9 +2,9 @@
 //! callbacks go, and how fast and how stubbornly to send.
 
 use std::time::Duration;
-use waconnect_shared::config::{ConfigErrors, ConfigSource, WorkerConfig};
-use waconnect_shared::routing::Routing;
-use waconnect_shared::twilio_account::TwilioAccount;
+use waconnect_shared::service::config::{ConfigErrors, ConfigSource, WorkerConfig};
+use waconnect_shared::service::routing::Routing;
+use waconnect_shared::twilio::account::TwilioAccount;
 use waconnect_shared::{BusinessNumber, Secret};
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_SENDER_OPS_BIND";

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
-use waconnect_shared::menu::{Menu, MenuStyle};
+use waconnect_shared::message::menu::{Menu, MenuStyle};
 
 /// WhatsApp's limits, as Twilio's content types state them.
 const LIST_ITEMS: usize = 10;
@@ -133,7 +133,7 @@ impl Contents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use waconnect_shared::menu::Choice;
+    use waconnect_shared::message::menu::Choice;
 
     fn settings() -> MenuSettings {
         MenuSettings {

@@ -15,7 +15,7 @@ use crate::ratelimit::RateLimiter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::roster::Roster;
+use waconnect_shared::storage::roster::Roster;
 
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A member that missed this many heartbeats' worth of time is gone.

@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigErrors, ConfigSource};
-use waconnect_shared::consumer::ConsumerSettings;
-use waconnect_shared::ops::{Health, Readiness};
-use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
+use waconnect_shared::service::config::{ConfigErrors, ConfigSource};
+use waconnect_shared::service::ops::{Health, Readiness};
+use waconnect_shared::service::worker::{self, WorkerBackends, WorkerError};
+use waconnect_shared::storage::consumer::ConsumerSettings;
 
 pub fn config_from(source: &ConfigSource) -> Result<SenderConfig, ConfigErrors> {
     SenderConfig::from_source(source)
@@ -57,7 +57,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     // Installed before anything is recorded, so no early sample is lost.
-    waconnect_shared::telemetry::metrics();
+    waconnect_shared::service::telemetry::metrics();
     let backends = WorkerBackends::open(&config.worker).await?;
     metrics::gauge!("waconnect_sender_twilio_auth_failing").set(0.0);
     metrics::gauge!("waconnect_sender_twilio_config_failing").set(0.0);

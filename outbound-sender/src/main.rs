@@ -1,7 +1,7 @@
 use anyhow::Context;
 use tokio::net::TcpListener;
-use waconnect_shared::config::ConfigSource;
-use waconnect_shared::{shutdown, telemetry};
+use waconnect_shared::service::config::ConfigSource;
+use waconnect_shared::service::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

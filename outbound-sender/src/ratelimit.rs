@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 use waconnect_shared::BusinessNumber;
-use waconnect_shared::routing::{Route, Routing};
+use waconnect_shared::service::routing::{Route, Routing};
 
 /// The window WhatsApp counts a sender's rate in, plus a guard: a send is counted when it
 /// arrives, which the network and the other side's queueing shift by some milliseconds,

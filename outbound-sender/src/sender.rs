@@ -11,15 +11,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use waconnect_shared::backoff::Backoff;
-use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
-use waconnect_shared::delivery::{Claim, DeliveryLedger};
-use waconnect_shared::event::{EventKind, InboundEvent};
-use waconnect_shared::media::{MediaError, MediaStore};
-use waconnect_shared::message_index::{Author, IndexedMessage, MessageIndex};
-use waconnect_shared::outbound::{Origin, OutboundMessage};
-use waconnect_shared::queue::{FailOutcome, NewMessage, Queue, ReceivedMessage};
-use waconnect_shared::text::split;
+use waconnect_shared::message::event::{EventKind, InboundEvent};
+use waconnect_shared::message::outbound::{Origin, OutboundMessage};
+use waconnect_shared::message::text::split;
+use waconnect_shared::service::backoff::Backoff;
+use waconnect_shared::storage::consumer::{self, ConsumerSettings, Handled};
+use waconnect_shared::storage::delivery::{Claim, DeliveryLedger};
+use waconnect_shared::storage::media::{MediaError, MediaStore};
+use waconnect_shared::storage::message_index::{Author, IndexedMessage, MessageIndex};
+use waconnect_shared::storage::queue::{FailOutcome, NewMessage, Queue, ReceivedMessage};
 
 /// Twilio's Body limit, in characters.
 pub const MAX_BODY_CHARS: usize = 1600;
@@ -131,7 +131,7 @@ async fn with_menu(
     let shown = if s.menus.buttons {
         match s.contents.for_menu(&s.twilio, menu, &s.menus).await {
             Ok((shown, Some(content_sid))) => {
-                message.template = Some(waconnect_shared::outbound::Template {
+                message.template = Some(waconnect_shared::message::outbound::Template {
                     content_sid,
                     variables: None,
                 });

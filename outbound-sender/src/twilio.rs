@@ -100,7 +100,7 @@ impl Fetched {
         matches!(self.status.as_str(), "failed" | "undelivered")
             && self
                 .error_code
-                .is_some_and(waconnect_shared::outbound::Resend::is_passing)
+                .is_some_and(waconnect_shared::message::outbound::Resend::is_passing)
     }
 }
 
@@ -166,7 +166,7 @@ impl TwilioClient {
     pub fn new(
         settings: TwilioSettings,
         timeout: Duration,
-        tls: &waconnect_shared::tls::TlsSettings,
+        tls: &waconnect_shared::service::tls::TlsSettings,
     ) -> Self {
         let http = tls
             .reqwest(reqwest::Client::builder())

@@ -6,7 +6,7 @@ mod common;
 use common::Stack;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use waconnect_shared::event::EventKind;
+use waconnect_shared::message::event::EventKind;
 use waconnect_sim::twilio::TwilioOptions;
 use waconnect_tests::{customer, wait};
 
@@ -453,18 +453,18 @@ async fn lost_answers_are_reconciled_without_losing_or_doubling() {
     );
     // A template reaches Twilio, but its answer comes too late.
     stack.phone.delay(800).await.unwrap();
-    let template = waconnect_shared::outbound::OutboundMessage {
+    let template = waconnect_shared::message::outbound::OutboundMessage {
         to: ana.clone(),
         from: Some(waconnect_tests::business()),
         body: String::new(),
         media_urls: Vec::new(),
         files: Vec::new(),
-        template: Some(waconnect_shared::outbound::Template {
+        template: Some(waconnect_shared::message::outbound::Template {
             content_sid: "HX0123456789abcdef0123456789abcdef".into(),
             variables: None,
         }),
         menu: None,
-        origin: waconnect_shared::outbound::Origin::Bridge {
+        origin: waconnect_shared::message::outbound::Origin::Bridge {
             reason: "window".into(),
             id: "window-1".into(),
         },
@@ -473,7 +473,7 @@ async fn lost_answers_are_reconciled_without_losing_or_doubling() {
     };
     stack
         .outbound
-        .send(waconnect_shared::queue::NewMessage {
+        .send(waconnect_shared::storage::queue::NewMessage {
             group_id: template.key().storage(),
             dedup_id: template.dedup_id(),
             body: template.to_json(),

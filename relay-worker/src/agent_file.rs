@@ -10,7 +10,7 @@ use crate::connect::{ConnectApi, ConnectError};
 use crate::item::ItemAttachment;
 use crate::media_type;
 use waconnect_shared::ConversationKey;
-use waconnect_shared::media::{FileMeta, MediaError, MediaStore};
+use waconnect_shared::storage::media::{FileMeta, MediaError, MediaStore};
 
 /// What became of an agent's file.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ pub fn key(conversation: &ConversationKey, attachment_id: &str, extension: &str)
         .collect();
     format!(
         "{}agent-{id}.{extension}",
-        waconnect_shared::media::conversation_prefix(conversation)
+        waconnect_shared::storage::media::conversation_prefix(conversation)
     )
 }
 
@@ -166,7 +166,7 @@ mod tests {
     fn keys_are_the_conversation_and_the_attachment_id_and_never_a_path() {
         let conversation =
             ConversationKey::parse_storage("whatsapp:+14155238886|whatsapp:+15550000001").unwrap();
-        let prefix = waconnect_shared::media::conversation_prefix(&conversation);
+        let prefix = waconnect_shared::storage::media::conversation_prefix(&conversation);
         assert!(prefix.starts_with('c') && prefix.len() == 18, "{prefix}");
         // The number itself is not in it: keys end up in URLs.
         assert!(!prefix.contains("5550000001"));
@@ -181,7 +181,10 @@ mod tests {
         let long = "x".repeat(500);
         for id in ["x/y z", long.as_str()] {
             let k = key(&conversation, id, "ogg");
-            assert!(waconnect_shared::media::check_key(&k).is_ok(), "{k}");
+            assert!(
+                waconnect_shared::storage::media::check_key(&k).is_ok(),
+                "{k}"
+            );
         }
     }
 }

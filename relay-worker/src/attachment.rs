@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
-use waconnect_shared::backoff::Backoff;
-use waconnect_shared::delivery::{Claim, DeliveryLedger};
-use waconnect_shared::twilio_account::TwilioAccount;
+use waconnect_shared::service::backoff::Backoff;
+use waconnect_shared::storage::delivery::{Claim, DeliveryLedger};
+use waconnect_shared::twilio::account::TwilioAccount;
 
 /// What the operator says about files (README "Media").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +82,7 @@ impl MediaRelay {
         &self.http
     }
 
-    pub fn new(settings: MediaSettings, tls: &waconnect_shared::tls::TlsSettings) -> Self {
+    pub fn new(settings: MediaSettings, tls: &waconnect_shared::service::tls::TlsSettings) -> Self {
         let http = tls
             .reqwest(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))

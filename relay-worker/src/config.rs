@@ -7,11 +7,11 @@ use crate::attachment::{
 use std::collections::BTreeSet;
 use std::time::Duration;
 use waconnect_shared::BusinessNumber;
-use waconnect_shared::aws::AwsConfig;
-use waconnect_shared::config::{ConfigErrors, ConfigSource, Reader, WorkerConfig};
-use waconnect_shared::outbound::Template;
-use waconnect_shared::routing::{ROUTING_FILE_VAR, Routing};
-use waconnect_shared::twilio_account::TwilioAccount;
+use waconnect_shared::message::outbound::Template;
+use waconnect_shared::service::aws::AwsConfig;
+use waconnect_shared::service::config::{ConfigErrors, ConfigSource, Reader, WorkerConfig};
+use waconnect_shared::service::routing::{ROUTING_FILE_VAR, Routing};
+use waconnect_shared::twilio::account::TwilioAccount;
 
 pub const OPS_BIND_VAR: &str = "WACONNECT_RELAY_OPS_BIND";
 

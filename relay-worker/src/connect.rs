@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
-use waconnect_shared::backoff::Backoff;
+use waconnect_shared::service::backoff::Backoff;
 
-/// The one classification of AWS errors (`waconnect_shared::aws`).
-pub use waconnect_shared::aws::ErrorKind;
+/// The one classification of AWS errors (`waconnect_shared::service::aws`).
+pub use waconnect_shared::service::aws::ErrorKind;
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{operation} failed ({code}): {message}")]
@@ -32,7 +32,7 @@ fn classify<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Conne
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let (kind, code) = waconnect_shared::aws::classify(&err);
+    let (kind, code) = waconnect_shared::service::aws::classify(&err);
     let message = err
         .message()
         .map(str::to_owned)
@@ -54,7 +54,7 @@ pub struct StartedChat {
 
 impl StartedChat {
     /// Records this chat as the conversation's current one (its first contact too).
-    pub fn record_on(&self, c: &mut waconnect_shared::conversation::Conversation) {
+    pub fn record_on(&self, c: &mut waconnect_shared::message::conversation::Conversation) {
         c.contact_id = Some(self.contact_id.clone());
         c.initial_contact_id = Some(self.contact_id.clone());
         c.participant_id = Some(self.participant_id.clone());
@@ -124,16 +124,16 @@ pub struct ConnectApi {
 impl ConnectApi {
     pub fn new(sdk: &aws_config::SdkConfig, settings: ConnectSettings) -> Self {
         // Retries are ours (classified, jittered, measured), so the SDK's are off.
-        let timeouts = waconnect_shared::aws::timeouts(Duration::from_secs(10));
+        let timeouts = waconnect_shared::service::aws::timeouts(Duration::from_secs(10));
         let mut connect = aws_sdk_connect::config::Builder::from(sdk)
-            .interceptor(waconnect_shared::aws::CallCounter)
+            .interceptor(waconnect_shared::service::aws::CallCounter)
             .retry_config(RetryConfig::disabled())
             .timeout_config(timeouts.clone());
         if let Some(e) = &settings.endpoint {
             connect = connect.endpoint_url(e);
         }
         let mut participant = aws_sdk_connectparticipant::config::Builder::from(sdk)
-            .interceptor(waconnect_shared::aws::CallCounter)
+            .interceptor(waconnect_shared::service::aws::CallCounter)
             .retry_config(RetryConfig::disabled())
             .timeout_config(timeouts);
         if let Some(e) = &settings.participant_endpoint {

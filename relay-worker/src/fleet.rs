@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use waconnect_shared::ConversationKey;
-use waconnect_shared::backoff::jittered;
-use waconnect_shared::conversation::ConversationState;
-use waconnect_shared::roster::Members;
-use waconnect_shared::store::{Lease, StoreError};
+use waconnect_shared::message::conversation::ConversationState;
+use waconnect_shared::service::backoff::jittered;
+use waconnect_shared::storage::roster::Members;
+use waconnect_shared::storage::store::{Lease, StoreError};
 
 struct Held {
     lease: SharedLease,

@@ -15,15 +15,15 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use waconnect_shared::ConversationKey;
-use waconnect_shared::consumer::{self, ConsumerSettings, Handled};
-use waconnect_shared::conversation::{Conversation, ConversationState};
-use waconnect_shared::delivery::Claim;
-use waconnect_shared::event::{EventError, EventKind, InboundEvent};
-use waconnect_shared::message_index::{Author, IndexedMessage};
-use waconnect_shared::outbound::{Origin, OutboundMessage, Resend, Template};
-use waconnect_shared::queue::{FailOutcome, NewMessage, QueueError, ReceivedMessage};
-use waconnect_shared::store::{Fence, Modified, StoreError, StoredConversation, modify};
-use waconnect_shared::text::split;
+use waconnect_shared::message::conversation::{Conversation, ConversationState};
+use waconnect_shared::message::event::{EventError, EventKind, InboundEvent};
+use waconnect_shared::message::outbound::{Origin, OutboundMessage, Resend, Template};
+use waconnect_shared::message::text::split;
+use waconnect_shared::storage::consumer::{self, ConsumerSettings, Handled};
+use waconnect_shared::storage::delivery::Claim;
+use waconnect_shared::storage::message_index::{Author, IndexedMessage};
+use waconnect_shared::storage::queue::{FailOutcome, NewMessage, QueueError, ReceivedMessage};
+use waconnect_shared::storage::store::{Fence, Modified, StoreError, StoredConversation, modify};
 
 /// Connect's SendMessage limit, in characters.
 pub const MAX_PART_CHARS: usize = 1024;
@@ -566,7 +566,7 @@ async fn answer_to_menu(
     let Some(menu) = stored.conversation.menu else {
         return Ok(None);
     };
-    let title = waconnect_shared::menu::chosen(&menu, payload, text).map(str::to_owned);
+    let title = waconnect_shared::message::menu::chosen(&menu, payload, text).map(str::to_owned);
     let outcome = if title.is_some() { "chosen" } else { "other" };
     metrics::counter!("waconnect_relay_menu_replies_total", "outcome" => outcome).increment(1);
     Ok(title.map(|title| Answer { title, menu, key }))

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::message_index::{Author, MessageIndex};
-use waconnect_shared::twilio_account::TwilioAccount;
+use waconnect_shared::storage::message_index::{Author, MessageIndex};
+use waconnect_shared::twilio::account::TwilioAccount;
 
 /// Requests waiting for a call; more are dropped (a late indicator is worthless).
 const QUEUE: usize = 256;
@@ -100,7 +100,7 @@ impl Indicators {
         settings: IndicatorSettings,
         account: Option<TwilioAccount>,
         index: Arc<dyn MessageIndex>,
-        tls: &waconnect_shared::tls::TlsSettings,
+        tls: &waconnect_shared::service::tls::TlsSettings,
         stop: CancellationToken,
     ) -> Self {
         let enabled = settings.typing || settings.read != ReadReceipts::Off;

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use waconnect_shared::menu::{Choice, MAX_CHOICES, Menu, MenuStyle};
+use waconnect_shared::message::menu::{Choice, MAX_CHOICES, Menu, MenuStyle};
 
 pub const INTERACTIVE: &str = "application/vnd.amazonaws.connect.message.interactive";
 pub const MARKDOWN: &str = "text/markdown";

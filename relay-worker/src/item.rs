@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use waconnect_shared::conversation::AgentCursor;
+use waconnect_shared::message::conversation::AgentCursor;
 
 pub const EVENT_PREFIX: &str = "application/vnd.amazonaws.connect.event.";
 

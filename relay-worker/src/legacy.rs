@@ -9,8 +9,8 @@
 
 use crate::Relay;
 use waconnect_shared::ConversationKey;
-use waconnect_shared::conversation::ConversationState;
-use waconnect_shared::store::{StoreError, StoredConversation};
+use waconnect_shared::message::conversation::ConversationState;
+use waconnect_shared::storage::store::{StoreError, StoredConversation};
 
 /// The legacy key to look under, when `key` is on the default route.
 fn legacy_of(relay: &Relay, key: &ConversationKey) -> Option<ConversationKey> {

@@ -34,13 +34,13 @@ pub use config::{OPS_BIND_VAR, RelayConfig};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigErrors, ConfigSource};
-use waconnect_shared::delivery::DeliveryLedger;
-use waconnect_shared::ops::Health;
-use waconnect_shared::queue::Queue;
-use waconnect_shared::roster::Roster;
-use waconnect_shared::store::ConversationStore;
-use waconnect_shared::worker::{self, WorkerBackends, WorkerError};
+use waconnect_shared::service::config::{ConfigErrors, ConfigSource};
+use waconnect_shared::service::ops::Health;
+use waconnect_shared::service::worker::{self, WorkerBackends, WorkerError};
+use waconnect_shared::storage::delivery::DeliveryLedger;
+use waconnect_shared::storage::queue::Queue;
+use waconnect_shared::storage::roster::Roster;
+use waconnect_shared::storage::store::ConversationStore;
 
 /// How every message the bridge itself writes in the chat begins, so the agent never takes
 /// it for the customer's words (the bridge writes as the customer participant).
@@ -62,9 +62,9 @@ pub struct Relay {
     /// Customer files on their way to the chat.
     pub media: attachment::MediaRelay,
     /// Where the agent's files wait for Twilio; `None` on AWS without a bucket.
-    pub media_store: Option<Arc<dyn waconnect_shared::media::MediaStore>>,
+    pub media_store: Option<Arc<dyn waconnect_shared::storage::media::MediaStore>>,
     /// Which Twilio message is which chat item.
-    pub index: Arc<dyn waconnect_shared::message_index::MessageIndex>,
+    pub index: Arc<dyn waconnect_shared::storage::message_index::MessageIndex>,
     /// Typing and blue ticks on WhatsApp.
     pub indicators: indicator::Indicators,
     /// The TLS client configuration of the participant websockets (the extra CAs too).
@@ -84,7 +84,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     // Installed before anything is recorded, so no early sample is lost.
-    waconnect_shared::telemetry::metrics();
+    waconnect_shared::service::telemetry::metrics();
     let backends = WorkerBackends::open(&config.worker).await?;
     let sdk = config.aws.load().await;
     let config = Arc::new(config);

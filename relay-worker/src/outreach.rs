@@ -26,12 +26,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
-use waconnect_shared::conversation::{Conversation, ConversationState};
-use waconnect_shared::delivery::Claim;
-use waconnect_shared::outbound::{Origin, OutboundMessage, Template};
-use waconnect_shared::queue::NewMessage;
-use waconnect_shared::secret::Secret;
-use waconnect_shared::store::{Fence, Modified, StoreError, StoredConversation, modify};
+use waconnect_shared::message::conversation::{Conversation, ConversationState};
+use waconnect_shared::message::outbound::{Origin, OutboundMessage, Template};
+use waconnect_shared::service::secret::Secret;
+use waconnect_shared::storage::delivery::Claim;
+use waconnect_shared::storage::queue::NewMessage;
+use waconnect_shared::storage::store::{Fence, Modified, StoreError, StoredConversation, modify};
 use waconnect_shared::{BusinessNumber, ConversationKey, CustomerAddress};
 
 /// Largest request body taken.

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 use waconnect_shared::ConversationKey;
-use waconnect_shared::conversation::ConversationState;
-use waconnect_shared::store::StoredConversation;
+use waconnect_shared::message::conversation::ConversationState;
+use waconnect_shared::storage::store::StoredConversation;
 
 /// How long a record is used without reading it again.
 const FRESH_FOR: Duration = Duration::from_secs(120);
@@ -67,8 +67,8 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use waconnect_shared::conversation::Conversation;
-    use waconnect_shared::store::LeaseState;
+    use waconnect_shared::message::conversation::Conversation;
+    use waconnect_shared::storage::store::LeaseState;
 
     fn stored(version: u64, state: ConversationState) -> StoredConversation {
         let mut c = Conversation::new(ConversationKey::new(

@@ -21,11 +21,13 @@ use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use waconnect_shared::ConversationKey;
-use waconnect_shared::backoff::Backoff;
-use waconnect_shared::conversation::{AgentCursor, Conversation, ConversationState};
-use waconnect_shared::outbound::{Origin, OutboundMessage};
-use waconnect_shared::queue::NewMessage;
-use waconnect_shared::store::{Fence, Lease, Modified, StoreError, StoredConversation, modify};
+use waconnect_shared::message::conversation::{AgentCursor, Conversation, ConversationState};
+use waconnect_shared::message::outbound::{Origin, OutboundMessage};
+use waconnect_shared::service::backoff::Backoff;
+use waconnect_shared::storage::queue::NewMessage;
+use waconnect_shared::storage::store::{
+    Fence, Lease, Modified, StoreError, StoredConversation, modify,
+};
 
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,11 +8,12 @@ use reqwest::StatusCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigSource, IngressConfig};
-use waconnect_shared::conversation::ConversationState;
-use waconnect_shared::event::{EventKind, InboundEvent};
-use waconnect_shared::outbound::Origin;
-use waconnect_shared::queue::NewMessage;
+use waconnect_ingress::config::IngressConfig;
+use waconnect_shared::message::conversation::ConversationState;
+use waconnect_shared::message::event::{EventKind, InboundEvent};
+use waconnect_shared::message::outbound::Origin;
+use waconnect_shared::service::config::ConfigSource;
+use waconnect_shared::storage::queue::NewMessage;
 use waconnect_sim::connect::SimOptions;
 use waconnect_tests::{customer, key, key_of, twilio, wait};
 
@@ -464,8 +465,8 @@ async fn call_me_places_one_call_per_cooldown_and_still_forwards_the_text() {
 /// failures a clearly marked notice for the agent; 63016 sends the window template.
 #[tokio::test]
 async fn receipts_and_delivery_failures_reach_the_agent() {
-    use waconnect_shared::event::{EventKind, InboundEvent};
-    use waconnect_shared::queue::NewMessage;
+    use waconnect_shared::message::event::{EventKind, InboundEvent};
+    use waconnect_shared::storage::queue::NewMessage;
     let stack = Stack::new().await;
     let relay = stack
         .relay(&[("WACONNECT_WINDOW_TEMPLATE_SID", "HX123")])

@@ -25,7 +25,7 @@ const CUSTOMERS: usize = 20;
 /// `service/operation` → calls so far.
 fn calls() -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in waconnect_shared::telemetry::render_metrics().lines() {
+    for line in waconnect_shared::service::telemetry::render_metrics().lines() {
         let Some(rest) = line.strip_prefix("waconnect_aws_calls_total{") else {
             continue;
         };
@@ -214,7 +214,7 @@ fn main() {
         .build()
         .unwrap();
     // The recorder must be in place before the services count anything.
-    waconnect_shared::telemetry::metrics();
+    waconnect_shared::service::telemetry::metrics();
     runtime.block_on(async {
         let messages: usize = bench_setting("BENCH_MESSAGES", 400);
         let rate: u32 = bench_setting("BENCH_RATE", 50);

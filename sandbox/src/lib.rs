@@ -11,13 +11,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::backend::Backend;
-use waconnect_shared::config::{
-    CommonConfig, ConfigSource, IngressConfig, LogFormat, Synchronous, TelemetryConfig,
+use waconnect_ingress::config::IngressConfig;
+use waconnect_shared::service::config::{
+    CommonConfig, ConfigSource, LogFormat, Synchronous, TelemetryConfig,
 };
-use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{Limits, Queue};
-use waconnect_shared::sqlite::Db;
+use waconnect_shared::storage::backend::Backend;
+use waconnect_shared::storage::queue::sqlite::SqliteQueue;
+use waconnect_shared::storage::queue::{Limits, Queue};
+use waconnect_shared::storage::sqlite::Db;
 use waconnect_sim::connect::{self, DeskClient, SimOptions};
 use waconnect_sim::twilio::{self, PhoneClient, TwilioOptions};
 use waconnect_sim::wiring::{ConnectEnd, TwilioEnd, Vars, Wiring, pairs};
@@ -72,7 +73,7 @@ impl Options {
                 "the sandbox only listens on loopback",
             );
         }
-        let common = waconnect_shared::config::CommonConfig::read(&mut r);
+        let common = waconnect_shared::service::config::CommonConfig::read(&mut r);
         r.finish()?;
         Ok(Self {
             bind,
@@ -147,7 +148,7 @@ fn source(wired: Vars, db: &Path, own: &[(&str, &str)]) -> ConfigSource {
     let routing = db.with_file_name("routing.toml");
     vars.extend(pairs(&[
         (
-            waconnect_shared::routing::ROUTING_FILE_VAR,
+            waconnect_shared::service::routing::ROUTING_FILE_VAR,
             &routing.display().to_string(),
         ),
         ("WACONNECT_QUEUE_DEPTH_INTERVAL", "1s"),
@@ -381,7 +382,7 @@ impl Sandbox {
 /// Ctrl-C or SIGTERM, printing its URL.
 pub async fn run_from_env() -> anyhow::Result<()> {
     let options = Options::from_env()?;
-    waconnect_shared::telemetry::init_logging(&options.telemetry)?;
+    waconnect_shared::service::telemetry::init_logging(&options.telemetry)?;
     let sandbox = Sandbox::start(options).await?;
     println!(
         "\nwaconnect sandbox is running: {url}\n\n\
@@ -393,7 +394,9 @@ pub async fn run_from_env() -> anyhow::Result<()> {
         url = sandbox.url(),
         db = sandbox.database().display(),
     );
-    waconnect_shared::shutdown::on_signals().cancelled().await;
+    waconnect_shared::service::shutdown::on_signals()
+        .cancelled()
+        .await;
     sandbox.stop().await;
     Ok(())
 }

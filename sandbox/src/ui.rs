@@ -388,7 +388,7 @@ async fn stats(State(p): State<Arc<Parts>>) -> Response {
         let outbound = p.outbound.stats().await?;
         let chats = p.desk.chats(None).await?;
         let count = |state: &str| chats.iter().filter(|c| c.state == state).count();
-        let queue = |s: waconnect_shared::queue::QueueStats| {
+        let queue = |s: waconnect_shared::storage::queue::QueueStats| {
             json!({ "visible": s.visible, "in_flight": s.in_flight, "delayed": s.delayed, "dead_letters": s.dead_letters })
         };
         anyhow::Ok(json!({

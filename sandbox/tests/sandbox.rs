@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use std::time::Duration;
 use waconnect_sandbox::{Options, Sandbox};
-use waconnect_shared::config::{LogFormat, TelemetryConfig};
+use waconnect_shared::service::config::{LogFormat, TelemetryConfig};
 use waconnect_tests::wait;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

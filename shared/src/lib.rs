@@ -1,48 +1,21 @@
-//! The library the three waconnect services stand on.
+//! The library the three waconnect services stand on, one folder per concept:
 //!
-//! * [`aws`] — the AWS SDK configuration every AWS client is built from.
-//! * [`config`] — typed, validated configuration from the environment.
-//! * [`address`], [`event`], [`outbound`], [`conversation`] — domain types.
-//! * [`queue`] and [`store`] — the two storage contracts, with their engines;
-//!   [`retention`] deletes what expired.
-//! * [`signature`] and [`form`] — Twilio webhook signing and form decoding.
-//! * [`telemetry`], [`ops`], [`shutdown`] — logs, metrics, probes and graceful shutdown.
+//! * [`message`] — what travels: the customer's address and conversation, the webhook
+//!   event ingress queues, the message the relay queues for the sender, menus, text
+//!   splitting, and the one trace id that follows a message through every hop.
+//! * [`twilio`] — the Twilio edge every service shares: webhook signatures, form
+//!   decoding, the account's credentials.
+//! * [`storage`] — the contracts the services meet through (queues, the conversation
+//!   store, the delivery ledger, the message index, the roster, the media store), their
+//!   two engines (SQLite; SQS + DynamoDB + S3), the queue consumer, and retention.
+//! * [`service`] — running a service: configuration, routing, secrets, TLS trust, the AWS
+//!   SDK setup, logs and metrics, the operations endpoints, shutdown, the retry policy.
 
-pub mod address;
-pub mod aws;
-pub mod backend;
-pub mod backoff;
-pub(crate) mod batch;
-pub mod catalog;
-pub mod config;
-pub mod consumer;
-pub mod conversation;
-pub mod delivery;
-pub mod event;
-pub mod form;
-pub mod media;
-pub mod menu;
-pub mod message_index;
-pub mod ops;
-pub mod outbound;
-pub mod queue;
-pub mod retention;
-pub mod roster;
-pub mod routing;
-pub mod secret;
-pub mod shutdown;
-pub mod signature;
-pub mod sqlite;
-pub mod store;
-pub mod table;
-pub mod telemetry;
-pub mod text;
-pub mod time;
-pub mod tls;
-pub mod trace;
-pub mod twilio_account;
-pub mod worker;
+pub mod message;
+pub mod service;
+pub mod storage;
+pub mod twilio;
 
-pub use address::{BusinessNumber, CustomerAddress};
-pub use conversation::ConversationKey;
-pub use secret::Secret;
+pub use message::address::{BusinessNumber, CustomerAddress};
+pub use message::conversation::ConversationKey;
+pub use service::secret::Secret;

@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigSource, IngressConfig};
-use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{
+use waconnect_ingress::config::IngressConfig;
+use waconnect_shared::service::config::ConfigSource;
+use waconnect_shared::storage::queue::sqlite::SqliteQueue;
+use waconnect_shared::storage::queue::{
     DeadLetter, FailOutcome, Limits, NewMessage, Queue, QueueError, QueueStats, Receipt,
     ReceivedMessage, Sent, Take,
 };
-use waconnect_shared::sqlite::Db;
+use waconnect_shared::storage::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed};
 use waconnect_tests::{bench_setting, customer, procfs, write_bench_report};
 

@@ -3,7 +3,7 @@
 Prints the port it listens on as the first line of stdout, then serves until its stdin
 closes (the test process that started it exited, however it died).
 
-Three places where moto 5 departs from SQS FIFO and DynamoDB as AWS documents them are
+Four places where moto 5 departs from SQS FIFO and DynamoDB as AWS documents them are
 brought in line here, so the contract suites test the real behaviour rather than the
 emulator's:
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::Mutex;
-use waconnect_shared::config::{CommonConfig, ConfigSource};
+use waconnect_shared::service::config::{CommonConfig, ConfigSource};
 use waconnect_sim::connect::ConnectSim;
 use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
 use waconnect_sim::wiring::{Wiring, pairs};
@@ -420,7 +420,7 @@ pub async fn run(engine: Engine) -> Report {
     }
     // Nothing dead-lettered.
     let common = CommonConfig::read(&mut ConfigSource::from_pairs(wiring.storage.clone()).reader());
-    let backend = waconnect_shared::backend::Backend::open(&common)
+    let backend = waconnect_shared::storage::backend::Backend::open(&common)
         .await
         .expect("open the fleet's storage");
     for queue in [backend.inbound().await, backend.outbound().await] {

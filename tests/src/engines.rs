@@ -4,22 +4,22 @@ use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tempfile::TempDir;
-use waconnect_shared::config::Synchronous;
-use waconnect_shared::delivery::DeliveryLedger;
-use waconnect_shared::delivery::dynamodb::DynamoLedger;
-use waconnect_shared::delivery::sqlite::SqliteLedger;
-use waconnect_shared::media::MediaStore;
-use waconnect_shared::message_index::MessageIndex;
-use waconnect_shared::message_index::dynamodb::DynamoMessageIndex;
-use waconnect_shared::message_index::sqlite::SqliteMessageIndex;
-use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{Limits, Queue};
-use waconnect_shared::roster::Roster;
-use waconnect_shared::roster::dynamodb::DynamoRoster;
-use waconnect_shared::roster::sqlite::SqliteRoster;
-use waconnect_shared::sqlite::Db;
-use waconnect_shared::store::ConversationStore;
-use waconnect_shared::store::sqlite::SqliteStore;
+use waconnect_shared::service::config::Synchronous;
+use waconnect_shared::storage::delivery::DeliveryLedger;
+use waconnect_shared::storage::delivery::dynamodb::DynamoLedger;
+use waconnect_shared::storage::delivery::sqlite::SqliteLedger;
+use waconnect_shared::storage::media::MediaStore;
+use waconnect_shared::storage::message_index::MessageIndex;
+use waconnect_shared::storage::message_index::dynamodb::DynamoMessageIndex;
+use waconnect_shared::storage::message_index::sqlite::SqliteMessageIndex;
+use waconnect_shared::storage::queue::sqlite::SqliteQueue;
+use waconnect_shared::storage::queue::{Limits, Queue};
+use waconnect_shared::storage::roster::Roster;
+use waconnect_shared::storage::roster::dynamodb::DynamoRoster;
+use waconnect_shared::storage::roster::sqlite::SqliteRoster;
+use waconnect_shared::storage::sqlite::Db;
+use waconnect_shared::storage::store::ConversationStore;
+use waconnect_shared::storage::store::sqlite::SqliteStore;
 
 #[async_trait]
 pub trait QueueEngine: Send + Sync {
@@ -189,7 +189,7 @@ impl IndexEngine for SqliteEngine {
 #[async_trait]
 impl MediaEngine for SqliteEngine {
     async fn media(&self) -> Arc<dyn MediaStore> {
-        use waconnect_shared::media::directory::{DirectoryStore, router};
+        use waconnect_shared::storage::media::directory::{DirectoryStore, router};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let store = DirectoryStore::open(self.dir.path().join("media"), None, Some(base))
@@ -219,7 +219,7 @@ impl RosterEngine for AwsEngine {
         let name = self.moto.table(&format!("r-{}", unique_suffix())).await;
         let (_, a) = self.moto.clients().await;
         let (_, b) = self.moto.clients().await;
-        let table = |client| waconnect_shared::table::Table::new(client, name.clone());
+        let table = |client| waconnect_shared::storage::table::Table::new(client, name.clone());
         (
             Arc::new(DynamoRoster::new(table(a))),
             Arc::new(DynamoRoster::new(table(b))),
@@ -231,11 +231,13 @@ impl RosterEngine for AwsEngine {
 impl MediaEngine for AwsEngine {
     async fn media(&self) -> Arc<dyn MediaStore> {
         let bucket = self.moto.bucket(&format!("m-{}", unique_suffix())).await;
-        let (_, _, s3) = waconnect_shared::backend::aws_clients(&crate::moto::Moto::storage_at(
-            &self.moto.endpoint,
-        ))
+        let (_, _, s3) = waconnect_shared::storage::backend::aws_clients(
+            &crate::moto::Moto::storage_at(&self.moto.endpoint),
+        )
         .await;
-        Arc::new(waconnect_shared::media::s3::S3Store::new(s3, bucket))
+        Arc::new(waconnect_shared::storage::media::s3::S3Store::new(
+            s3, bucket,
+        ))
     }
 
     fn expires_itself(&self) -> bool {
@@ -277,8 +279,8 @@ impl AwsEngine {
 #[async_trait]
 impl QueueEngine for AwsEngine {
     async fn queue_pair_with(&self, limits: Limits) -> (Arc<dyn Queue>, Arc<dyn Queue>) {
-        use waconnect_shared::queue::failures::FailureLog;
-        use waconnect_shared::queue::sqs::SqsQueue;
+        use waconnect_shared::storage::queue::failures::FailureLog;
+        use waconnect_shared::storage::queue::sqs::SqsQueue;
         let name = format!("q-{}", unique_suffix());
         let url = self.moto.queue(&name, limits.max_receives).await;
         let table = self.moto.table(&format!("{name}-table")).await;
@@ -286,7 +288,9 @@ impl QueueEngine for AwsEngine {
         for _ in 0..2 {
             // Each handle on clients of its own, as another process would have.
             let (sqs, dynamodb) = self.moto.clients().await;
-            let failures = FailureLog::new(waconnect_shared::table::Table::new(dynamodb, &table));
+            let failures = FailureLog::new(waconnect_shared::storage::table::Table::new(
+                dynamodb, &table,
+            ));
             let q = SqsQueue::open(sqs, &name, &url, failures, limits.max_attempts)
                 .await
                 .unwrap();
@@ -315,9 +319,11 @@ impl StoreEngine for AwsEngine {
         let name = self.moto.table(&format!("t-{}", unique_suffix())).await;
         *self.last_table.lock().unwrap() = name.clone();
         let (_, dynamodb) = self.moto.clients().await;
-        Arc::new(waconnect_shared::store::dynamodb::DynamoStore::new(
-            waconnect_shared::table::Table::new(dynamodb, name),
-        ))
+        Arc::new(
+            waconnect_shared::storage::store::dynamodb::DynamoStore::new(
+                waconnect_shared::storage::table::Table::new(dynamodb, name),
+            ),
+        )
     }
 
     fn contender_args(&self) -> Vec<String> {
@@ -340,7 +346,7 @@ impl IndexEngine for AwsEngine {
         let name = self.moto.table(&format!("m-{}", unique_suffix())).await;
         let (_, a) = self.moto.clients().await;
         let (_, b) = self.moto.clients().await;
-        let table = |client| waconnect_shared::table::Table::new(client, name.clone());
+        let table = |client| waconnect_shared::storage::table::Table::new(client, name.clone());
         (
             Arc::new(DynamoMessageIndex::new(table(a), LEDGER_KEEP)),
             Arc::new(DynamoMessageIndex::new(table(b), LEDGER_KEEP)),
@@ -358,7 +364,7 @@ impl LedgerEngine for AwsEngine {
         let name = self.moto.table(&format!("l-{}", unique_suffix())).await;
         let (_, a) = self.moto.clients().await;
         let (_, b) = self.moto.clients().await;
-        let table = |client| waconnect_shared::table::Table::new(client, name.clone());
+        let table = |client| waconnect_shared::storage::table::Table::new(client, name.clone());
         (
             Arc::new(DynamoLedger::new(table(a), LEDGER_KEEP)),
             Arc::new(DynamoLedger::new(table(b), LEDGER_KEEP)),

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use waconnect_shared::Secret;
-use waconnect_shared::aws::{AwsConfig, StaticCredentials};
-use waconnect_shared::config::AwsStorageConfig;
-use waconnect_shared::table::{
+use waconnect_shared::service::aws::{AwsConfig, StaticCredentials};
+use waconnect_shared::service::config::AwsStorageConfig;
+use waconnect_shared::storage::table::{
     CONVERSATION, CONVERSATION_INDEX, DUE_AT, DUE_INDEX, DUE_SHARD, KEY, TTL,
 };
 
@@ -115,14 +115,16 @@ impl Moto {
 
     pub async fn clients(&self) -> (aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
         let (sqs, dynamodb, _) =
-            waconnect_shared::backend::aws_clients(&Self::storage_at(&self.endpoint)).await;
+            waconnect_shared::storage::backend::aws_clients(&Self::storage_at(&self.endpoint))
+                .await;
         (sqs, dynamodb)
     }
 
     /// A new S3 bucket `name` (for the agent's files).
     pub async fn bucket(&self, name: &str) -> String {
         let (_, _, s3) =
-            waconnect_shared::backend::aws_clients(&Self::storage_at(&self.endpoint)).await;
+            waconnect_shared::storage::backend::aws_clients(&Self::storage_at(&self.endpoint))
+                .await;
         s3.create_bucket()
             .bucket(name)
             .send()
@@ -140,7 +142,7 @@ impl Moto {
             outbound_queue_url: String::new(),
             table: String::new(),
             media_bucket: None,
-            call_timeout: waconnect_shared::config::AWS_CALL_TIMEOUT,
+            call_timeout: waconnect_shared::service::config::AWS_CALL_TIMEOUT,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Webhooks as Twilio sends them: realistic form fields, signed with the account token.
 
-use waconnect_shared::{form, signature};
+use waconnect_shared::twilio::{form, signature};
 
 /// The fields of an incoming WhatsApp text, in the order Twilio sends them.
 pub fn incoming_text(message_sid: &str, from: &str, body: &str) -> Vec<(String, String)> {

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use waconnect_shared::store::ConversationStore;
-use waconnect_shared::store::StoreError;
-use waconnect_shared::store::dynamodb::DynamoStore;
-use waconnect_shared::table::Table;
+use waconnect_shared::storage::store::ConversationStore;
+use waconnect_shared::storage::store::StoreError;
+use waconnect_shared::storage::store::dynamodb::DynamoStore;
+use waconnect_shared::storage::table::Table;
 use waconnect_tests::moto::Moto;
 
 #[tokio::test]
@@ -22,11 +22,11 @@ async fn calls_to_a_stalled_endpoint_give_up_within_the_call_timeout() {
             held.push(socket);
         }
     });
-    let config = waconnect_shared::config::AwsStorageConfig {
+    let config = waconnect_shared::service::config::AwsStorageConfig {
         call_timeout: Duration::from_millis(300),
         ..Moto::storage_at(&endpoint)
     };
-    let (sqs, dynamodb, _) = waconnect_shared::backend::aws_clients(&config).await;
+    let (sqs, dynamodb, _) = waconnect_shared::storage::backend::aws_clients(&config).await;
     let store = DynamoStore::new(Table::new(dynamodb, "conversations"));
     let started = Instant::now();
     let read = store.get(&waconnect_tests::key(1)).await;

@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-use waconnect_shared::config::ConfigSource;
+use waconnect_shared::service::config::ConfigSource;
 use waconnect_sim::connect::{ConnectSim, SimOptions};
 
 const FLOW: &str = "flow-1";
@@ -28,7 +28,7 @@ async fn clients(sim: &ConnectSim) -> Clients {
         ("AWS_SECRET_ACCESS_KEY", "simulator-secret"),
     ]);
     let mut r = source.reader();
-    let aws = waconnect_shared::aws::AwsConfig::read(&mut r);
+    let aws = waconnect_shared::service::aws::AwsConfig::read(&mut r);
     r.finish().unwrap();
     let sdk = aws.load().await;
     let no_retries = aws_sdk_connect::config::retry::RetryConfig::disabled();

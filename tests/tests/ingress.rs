@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous};
-use waconnect_shared::event::{EventKind, InboundEvent};
-use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{Limits, Queue};
-use waconnect_shared::signature::{self, Algorithm};
-use waconnect_shared::sqlite::Db;
+use waconnect_ingress::config::IngressConfig;
+use waconnect_shared::message::event::{EventKind, InboundEvent};
+use waconnect_shared::service::config::{ConfigSource, Synchronous};
+use waconnect_shared::storage::queue::sqlite::SqliteQueue;
+use waconnect_shared::storage::queue::{Limits, Queue};
+use waconnect_shared::storage::sqlite::Db;
+use waconnect_shared::twilio::signature::{self, Algorithm};
 use waconnect_tests::twilio::{incoming_text, signed, status_callback};
 use waconnect_tests::{customer, wait};
 
@@ -721,8 +722,8 @@ async fn connections_over_the_limit_are_closed_at_once() {
 /// the media directory, under the signed paths the sender gives Twilio — and nothing else.
 #[tokio::test]
 async fn serves_the_agents_files_under_signed_paths_only() {
-    use waconnect_shared::media::MediaStore;
-    use waconnect_shared::media::directory::DirectoryStore;
+    use waconnect_shared::storage::media::MediaStore;
+    use waconnect_shared::storage::media::directory::DirectoryStore;
     let app = spawn_ingress(&[]).await;
     // The relay's view of the same directory (the default, next to the database).
     let media = DirectoryStore::open(
@@ -734,7 +735,7 @@ async fn serves_the_agents_files_under_signed_paths_only() {
     .unwrap();
     let file = app.db_path.with_file_name("manual.pdf");
     std::fs::write(&file, b"%PDF-1.4 manual").unwrap();
-    let meta = waconnect_shared::media::FileMeta {
+    let meta = waconnect_shared::storage::media::FileMeta {
         content_type: "application/pdf".into(),
         file_name: "Manual.pdf".into(),
     };

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use waconnect_shared::{form, signature};
+use waconnect_shared::twilio::{form, signature};
 use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
 use waconnect_tests::wait;
 

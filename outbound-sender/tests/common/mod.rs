@@ -11,13 +11,14 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+use waconnect_ingress::config::IngressConfig;
 use waconnect_shared::CustomerAddress;
-use waconnect_shared::config::{ConfigSource, IngressConfig, Synchronous};
-use waconnect_shared::event::InboundEvent;
-use waconnect_shared::outbound::{Origin, OutboundMessage};
-use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{Limits, NewMessage, Queue};
-use waconnect_shared::sqlite::Db;
+use waconnect_shared::message::event::InboundEvent;
+use waconnect_shared::message::outbound::{Origin, OutboundMessage};
+use waconnect_shared::service::config::{ConfigSource, Synchronous};
+use waconnect_shared::storage::queue::sqlite::SqliteQueue;
+use waconnect_shared::storage::queue::{Limits, NewMessage, Queue};
+use waconnect_shared::storage::sqlite::Db;
 use waconnect_sim::twilio::{PhoneClient, TwilioOptions, TwilioSim};
 use waconnect_sim::wiring::{Wiring, pairs};
 use waconnect_tests::wait;
@@ -43,7 +44,7 @@ impl Drop for Stack {
 
 pub struct InProcess {
     pub stop: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), waconnect_shared::worker::WorkerError>>,
+    pub task: tokio::task::JoinHandle<Result<(), waconnect_shared::service::worker::WorkerError>>,
     pub ops: String,
 }
 

@@ -17,17 +17,17 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use waconnect_relay_worker::config::ConnectSettings;
 use waconnect_relay_worker::connect::{ConnectApi, NewChat};
-use waconnect_shared::backend::Backend;
-use waconnect_shared::config::{ConfigSource, Synchronous};
-use waconnect_shared::conversation::Conversation;
-use waconnect_shared::conversation::ConversationState;
-use waconnect_shared::event::{EventKind, InboundEvent};
-use waconnect_shared::outbound::OutboundMessage;
-use waconnect_shared::queue::sqlite::SqliteQueue;
-use waconnect_shared::queue::{Limits, NewMessage, Queue};
-use waconnect_shared::sqlite::Db;
-use waconnect_shared::store::ConversationStore;
-use waconnect_shared::store::sqlite::SqliteStore;
+use waconnect_shared::message::conversation::Conversation;
+use waconnect_shared::message::conversation::ConversationState;
+use waconnect_shared::message::event::{EventKind, InboundEvent};
+use waconnect_shared::message::outbound::OutboundMessage;
+use waconnect_shared::service::config::{ConfigSource, Synchronous};
+use waconnect_shared::storage::backend::Backend;
+use waconnect_shared::storage::queue::sqlite::SqliteQueue;
+use waconnect_shared::storage::queue::{Limits, NewMessage, Queue};
+use waconnect_shared::storage::sqlite::Db;
+use waconnect_shared::storage::store::ConversationStore;
+use waconnect_shared::storage::store::sqlite::SqliteStore;
 use waconnect_shared::{ConversationKey, CustomerAddress};
 use waconnect_sim::connect::{ConnectSim, DeskClient, SimOptions};
 use waconnect_sim::wiring::{CONTACT_FLOW, Wiring, pairs};
@@ -57,7 +57,7 @@ pub struct Stack {
 
 pub struct InProcess {
     pub stop: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), waconnect_shared::worker::WorkerError>>,
+    pub task: tokio::task::JoinHandle<Result<(), waconnect_shared::service::worker::WorkerError>>,
 }
 
 impl InProcess {
@@ -105,7 +105,7 @@ impl Stack {
     pub async fn on_aws() -> Self {
         let moto = Moto::shared();
         let config = moto.fresh("relay", MAX_RECEIVES).await;
-        let common = waconnect_shared::config::CommonConfig::read(
+        let common = waconnect_shared::service::config::CommonConfig::read(
             &mut ConfigSource::from_pairs(Moto::env(&config)).reader(),
         );
         let backend = Backend::open(&common).await.unwrap();
@@ -265,7 +265,7 @@ impl Stack {
     /// A Connect API client on this stack's simulator, as the relay builds its own.
     pub async fn connect_api(&self) -> ConnectApi {
         let source = ConfigSource::from_pairs(self.vars(&[]));
-        let aws = waconnect_shared::aws::AwsConfig::read(&mut source.reader());
+        let aws = waconnect_shared::service::aws::AwsConfig::read(&mut source.reader());
         ConnectApi::new(
             &aws.load().await,
             ConnectSettings {

@@ -13,7 +13,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use waconnect_shared::{form, signature};
+use waconnect_shared::twilio::{form, signature};
 
 pub fn routes() -> Router<Arc<Twilio>> {
     Router::new()

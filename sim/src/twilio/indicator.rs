@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use waconnect_shared::form;
+use waconnect_shared::twilio::form;
 
 /// How long WhatsApp shows the indicator without a reply.
 pub const TYPING_SHOWN: Duration = Duration::from_secs(25);

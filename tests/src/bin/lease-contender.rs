@@ -7,10 +7,10 @@
 use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Duration;
-use waconnect_shared::config::Synchronous;
-use waconnect_shared::sqlite::Db;
-use waconnect_shared::store::sqlite::SqliteStore;
-use waconnect_shared::store::{ConversationStore, StoreError};
+use waconnect_shared::service::config::Synchronous;
+use waconnect_shared::storage::sqlite::Db;
+use waconnect_shared::storage::store::sqlite::SqliteStore;
+use waconnect_shared::storage::store::{ConversationStore, StoreError};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -27,9 +27,9 @@ async fn main() -> anyhow::Result<()> {
     let store: Arc<dyn ConversationStore> = match arg("--dynamodb") {
         Ok(endpoint) => {
             let moto = waconnect_tests::moto::Moto::storage_at(&endpoint);
-            let (_, dynamodb, _) = waconnect_shared::backend::aws_clients(&moto).await;
-            let table = waconnect_shared::table::Table::new(dynamodb, arg("--table")?);
-            Arc::new(waconnect_shared::store::dynamodb::DynamoStore::new(table))
+            let (_, dynamodb, _) = waconnect_shared::storage::backend::aws_clients(&moto).await;
+            let table = waconnect_shared::storage::table::Table::new(dynamodb, arg("--table")?);
+            Arc::new(waconnect_shared::storage::store::dynamodb::DynamoStore::new(table))
         }
         Err(_) => {
             let db = Db::open_path(arg("--sqlite")?.as_ref(), Synchronous::Normal).await?;

@@ -1,10 +1,10 @@
-//! The delivery-ledger contract (see `waconnect_shared::delivery`).
+//! The delivery-ledger contract (see `waconnect_shared::storage::delivery`).
 
 use crate::engines::LedgerEngine;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::Barrier;
-use waconnect_shared::delivery::Claim;
+use waconnect_shared::storage::delivery::Claim;
 
 fn key(i: usize) -> String {
     format!("item-{i}#0")

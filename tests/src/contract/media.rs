@@ -5,7 +5,7 @@
 use crate::engines::MediaEngine;
 use std::time::Duration;
 use tempfile::TempPath;
-use waconnect_shared::media::{FileMeta, MediaError};
+use waconnect_shared::storage::media::{FileMeta, MediaError};
 
 /// A file to store, as the relay's spool gives it (the store takes it).
 fn sample(bytes: &[u8]) -> TempPath {
@@ -133,8 +133,8 @@ pub async fn old_files_are_pruned(e: &dyn MediaEngine) {
 pub async fn a_conversations_files_are_forgotten_by_their_prefix(e: &dyn MediaEngine) {
     let media = e.media().await;
     let content: &[u8] = b"%PDF-1.4 mine";
-    let mine = waconnect_shared::media::conversation_prefix(&crate::key(1));
-    let theirs = waconnect_shared::media::conversation_prefix(&crate::key(2));
+    let mine = waconnect_shared::storage::media::conversation_prefix(&crate::key(1));
+    let theirs = waconnect_shared::storage::media::conversation_prefix(&crate::key(2));
     assert_ne!(mine, theirs);
     let suffix = crate::engines::unique_suffix();
     let erased = [

@@ -1,8 +1,8 @@
-//! The message-index contract (see `waconnect_shared::message_index`).
+//! The message-index contract (see `waconnect_shared::storage::message_index`).
 
 use crate::engines::IndexEngine;
 use crate::key;
-use waconnect_shared::message_index::{Author, IndexedMessage, MAX_EXCERPT_CHARS};
+use waconnect_shared::storage::message_index::{Author, IndexedMessage, MAX_EXCERPT_CHARS};
 
 fn sid(n: usize) -> String {
     format!("SM{n:032x}")

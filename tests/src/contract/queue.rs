@@ -1,11 +1,11 @@
-//! The queue contract (see `waconnect_shared::queue`).
+//! The queue contract (see `waconnect_shared::storage::queue`).
 
 use crate::engines::QueueEngine;
 use crate::wait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use waconnect_shared::queue::{
+use waconnect_shared::storage::queue::{
     FailOutcome, Limits, MAX_BODY_BYTES, NewMessage, Queue, QueueError, ReceivedMessage, Take,
 };
 

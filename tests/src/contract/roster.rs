@@ -1,9 +1,9 @@
-//! The roster contract (see `waconnect_shared::roster`).
+//! The roster contract (see `waconnect_shared::storage::roster`).
 
 use crate::engines::RosterEngine;
 use crate::wait;
 use std::time::Duration;
-use waconnect_shared::roster::Members;
+use waconnect_shared::storage::roster::Members;
 
 const LONG: Duration = Duration::from_secs(60);
 

@@ -1,4 +1,4 @@
-//! The conversation-store contract (see `waconnect_shared::store`).
+//! The conversation-store contract (see `waconnect_shared::storage::store`).
 
 use crate::engines::StoreEngine;
 use crate::key;
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Barrier;
-use waconnect_shared::conversation::{AgentCursor, Conversation, ConversationState};
-use waconnect_shared::store::{ConversationStore, StoreError};
+use waconnect_shared::message::conversation::{AgentCursor, Conversation, ConversationState};
+use waconnect_shared::storage::store::{ConversationStore, StoreError};
 use waconnect_shared::{ConversationKey, Secret};
 
 const LONG: Duration = Duration::from_secs(60);

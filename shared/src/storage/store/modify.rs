@@ -1,0 +1,200 @@
+//! The one way to read, change and conditionally write a conversation record.
+//!
+//! Every writer of a record (the inbound relay, a session moving the agent cursor or
+//! ending a chat) does the same thing: take the record as last seen (or read it), decide
+//! on a change, and write it only if nobody wrote in between — fenced by its lease where
+//! it holds one. A lost race means reading again and deciding again, since the decision
+//! may differ on the newer record. [`modify`] is that loop, with a bound.
+
+use super::{ConversationStore, Lease, StoreError, StoredConversation};
+use crate::message::conversation::Conversation;
+use crate::message::conversation::ConversationKey;
+
+/// Lost races tolerated in one modification before giving up with
+/// [`StoreError::Conflict`]: only a record written this often within one call could
+/// exhaust it.
+const MAX_ATTEMPTS: usize = 16;
+
+/// What became of a modification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modified {
+    /// The change was written; the record as stored now.
+    Written(StoredConversation),
+    /// The change declined to write on the record as found (shown).
+    Unchanged(StoredConversation),
+    /// There is no record.
+    Missing,
+}
+
+impl Modified {
+    /// The record as it now stands, if there is one.
+    pub fn record(self) -> Option<StoredConversation> {
+        match self {
+            Self::Written(s) | Self::Unchanged(s) => Some(s),
+            Self::Missing => None,
+        }
+    }
+}
+
+/// How a write is fenced.
+pub enum Fence<'a> {
+    /// Any writer may write (the conversation's data, not the socket holder's).
+    None,
+    /// Only the lease holder may write; the closure gives the lease as last renewed, so a
+    /// renewal that raced the write (raising the fencing version) is not taken for a
+    /// lost lease.
+    Lease(&'a (dyn Fn() -> Lease + Sync)),
+}
+
+/// Applies `change` to `key`'s record — `known` if the caller holds a recent copy,
+/// else a fresh read — and writes it conditionally on the version it was applied to,
+/// reading and applying again after every lost race. `change` returns whether there is
+/// anything to write.
+pub async fn modify<F>(
+    store: &dyn ConversationStore,
+    key: &ConversationKey,
+    mut known: Option<StoredConversation>,
+    fence: Fence<'_>,
+    mut change: F,
+) -> Result<Modified, StoreError>
+where
+    F: FnMut(&mut Conversation) -> bool + Send,
+{
+    for _ in 0..MAX_ATTEMPTS {
+        let stored = match known.take() {
+            Some(s) => s,
+            None => match store.get(key).await? {
+                Some(s) => s,
+                None => return Ok(Modified::Missing),
+            },
+        };
+        let mut conversation = stored.conversation.clone();
+        if !change(&mut conversation) {
+            return Ok(Modified::Unchanged(stored));
+        }
+        let written = match &fence {
+            Fence::None => store.update(&conversation, stored.version).await,
+            Fence::Lease(current) => {
+                let lease = current();
+                match store
+                    .update_fenced(&conversation, stored.version, &lease)
+                    .await
+                {
+                    // Our own renewal moved the fencing version while the write was on
+                    // its way: the lease is still ours, try again with the new one.
+                    Err(StoreError::LeaseLost) if renewed_since(&current(), &lease) => {
+                        continue;
+                    }
+                    other => other,
+                }
+            }
+        };
+        match written {
+            Ok(s) => return Ok(Modified::Written(s)),
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::NotFound) => return Ok(Modified::Missing),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
+fn renewed_since(current: &Lease, used: &Lease) -> bool {
+    current.version > used.version && current.owner == used.owner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::config::Synchronous;
+    use crate::storage::sqlite::Db;
+    use crate::storage::store::sqlite::SqliteStore;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore, ConversationKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_path(&dir.path().join("s.db"), Synchronous::Normal)
+            .await
+            .unwrap();
+        let store = SqliteStore::open(db).await.unwrap();
+        let customer = ConversationKey::new(
+            crate::BusinessNumber::parse("whatsapp:+14155238886").unwrap(),
+            crate::CustomerAddress::parse("whatsapp:+15551234567").unwrap(),
+        );
+        (dir, store, customer)
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_is_decided_again_on_the_newer_record() {
+        let (_dir, store, customer) = store().await;
+        let stale = store
+            .insert(&Conversation::new(customer.clone()))
+            .await
+            .unwrap();
+        // Someone else writes after our copy was taken.
+        let mut theirs = stale.conversation.clone();
+        theirs.last_call_sid = Some("theirs".into());
+        store.update(&theirs, stale.version).await.unwrap();
+        let mut seen = Vec::new();
+        let done = modify(&store, &customer, Some(stale), Fence::None, |c| {
+            seen.push(c.last_call_sid.clone());
+            c.last_inbound_message_sid = Some("ours".into());
+            true
+        })
+        .await
+        .unwrap();
+        // Decided twice: on the stale copy, then on their record, which keeps their write.
+        assert_eq!(seen, [None, Some("theirs".to_owned())]);
+        let Modified::Written(now) = done else {
+            panic!("not written: {done:?}")
+        };
+        assert_eq!(now.conversation.last_call_sid.as_deref(), Some("theirs"));
+        assert_eq!(
+            now.conversation.last_inbound_message_sid.as_deref(),
+            Some("ours")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_declined_change_writes_nothing_and_a_missing_record_is_said() {
+        let (_dir, store, customer) = store().await;
+        let missing = modify(&store, &customer, None, Fence::None, |_| true).await;
+        assert_eq!(missing, Ok(Modified::Missing));
+        let stored = store
+            .insert(&Conversation::new(customer.clone()))
+            .await
+            .unwrap();
+        let version = stored.version;
+        let declined = modify(&store, &customer, None, Fence::None, |_| false)
+            .await
+            .unwrap();
+        assert!(matches!(declined, Modified::Unchanged(s) if s.version == version));
+        assert_eq!(
+            store.get(&customer).await.unwrap().unwrap().version,
+            version
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fenced_write_needs_the_lease() {
+        let (_dir, store, customer) = store().await;
+        store
+            .insert(&Conversation::new(customer.clone()))
+            .await
+            .unwrap();
+        let lease = store
+            .acquire_lease(&customer, "w1", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let held = lease.clone();
+        let current = move || held.clone();
+        let written = modify(&store, &customer, None, Fence::Lease(&current), |c| {
+            c.last_inbound_message_sid = Some("fenced".into());
+            true
+        })
+        .await;
+        assert!(matches!(written, Ok(Modified::Written(_))));
+        store.release_lease(&lease).await.unwrap();
+        let refused = modify(&store, &customer, None, Fence::Lease(&current), |_| true).await;
+        assert_eq!(refused, Err(StoreError::LeaseLost));
+    }
+}
