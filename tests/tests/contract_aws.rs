@@ -41,8 +41,9 @@ mod moto_as_sqs {
     use waconnect_tests::moto::Moto;
 
     /// A delivery whose visibility ran out is no longer in flight: its receipt cannot hide
-    /// the message again (SQS answers MessageNotInflight), and once the message is
-    /// received again the old receipt is refused outright.
+    /// the message again (SQS answers MessageNotInflight, which the SDK reports by its
+    /// query-compatible code), and once the message is received again the old receipt is
+    /// refused outright.
     #[tokio::test]
     async fn a_lapsed_delivery_cannot_be_extended() {
         let moto = Moto::shared();
@@ -89,7 +90,7 @@ mod moto_as_sqs {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(
             extend(first.clone()).await,
-            Err("MessageNotInflight".to_owned())
+            Err("AWS.SimpleQueueService.MessageNotInflight".to_owned())
         );
         let second = receive().await;
         assert_eq!(

@@ -365,8 +365,11 @@ impl SqsQueue {
 }
 
 /// SQS says a receipt is no longer good in a few ways; all of them mean StaleReceipt.
+/// Over its JSON protocol the SDK reports SQS's query-compatible codes, which for a
+/// delivery whose visibility ran out is `AWS.SimpleQueueService.MessageNotInflight`.
 fn stale_or(e: CallError) -> QueueError {
     let stale = e.is("ReceiptHandleIsInvalid")
+        || e.is("AWS.SimpleQueueService.MessageNotInflight")
         || e.is("MessageNotInflight")
         || (e.is("InvalidParameterValue") && e.message.contains("eceipt"));
     if stale {
@@ -764,5 +767,41 @@ impl Queue for SqsQueue {
             // Not a queue attribute: CloudWatch's ApproximateAgeOfOldestMessage has it.
             oldest_age: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_error(code: &str, message: &str) -> CallError {
+        CallError {
+            unavailable: false,
+            code: Some(code.to_owned()),
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn every_way_sqs_says_a_receipt_went_stale_is_stale() {
+        for (code, message) in [
+            ("AWS.SimpleQueueService.MessageNotInflight", "not in flight"),
+            ("MessageNotInflight", "not in flight"),
+            ("ReceiptHandleIsInvalid", "invalid"),
+            ("InvalidParameterValue", "The receipt handle has expired."),
+        ] {
+            assert_eq!(
+                stale_or(call_error(code, message)),
+                QueueError::StaleReceipt,
+                "{code}"
+            );
+        }
+        assert_ne!(
+            stale_or(call_error(
+                "InvalidParameterValue",
+                "Value 50000 for VisibilityTimeout"
+            )),
+            QueueError::StaleReceipt
+        );
     }
 }
