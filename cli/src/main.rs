@@ -368,31 +368,34 @@ async fn take(select: dlq::Select, act: Act, how: Take) -> anyhow::Result<()> {
 
 async fn ingress() -> anyhow::Result<()> {
     let config = IngressConfig::from_env()?;
-    telemetry::init_logging(&config.common.telemetry)?;
+    telemetry::init_logging(&config.common.telemetry, "ingress")?;
     let listener = serve::listen("WACONNECT_INGRESS_BIND", config.bind).await?;
-    waconnect_ingress::run(config, listener, shutdown::on_signals()).await?;
-    Ok(())
+    let ran = waconnect_ingress::run(config, listener, shutdown::on_signals()).await;
+    telemetry::flush();
+    Ok(ran?)
 }
 
 async fn relay() -> anyhow::Result<()> {
     let config = waconnect_relay_worker::config_from(&ConfigSource::from_env()?)?;
-    telemetry::init_logging(&config.worker.common.telemetry)?;
+    telemetry::init_logging(&config.worker.common.telemetry, "relay-worker")?;
     let listener =
         serve::listen(waconnect_relay_worker::OPS_BIND_VAR, config.worker.ops_bind).await?;
-    waconnect_relay_worker::run(config, listener, shutdown::on_signals()).await?;
-    Ok(())
+    let ran = waconnect_relay_worker::run(config, listener, shutdown::on_signals()).await;
+    telemetry::flush();
+    Ok(ran?)
 }
 
 async fn sender() -> anyhow::Result<()> {
     let config = waconnect_outbound_sender::config_from(&ConfigSource::from_env()?)?;
-    telemetry::init_logging(&config.worker.common.telemetry)?;
+    telemetry::init_logging(&config.worker.common.telemetry, "outbound-sender")?;
     let listener = serve::listen(
         waconnect_outbound_sender::OPS_BIND_VAR,
         config.worker.ops_bind,
     )
     .await?;
-    waconnect_outbound_sender::run(config, listener, shutdown::on_signals()).await?;
-    Ok(())
+    let ran = waconnect_outbound_sender::run(config, listener, shutdown::on_signals()).await;
+    telemetry::flush();
+    Ok(ran?)
 }
 
 async fn start_conversation(

@@ -36,7 +36,7 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
             return Err(ConfigErrors(all).into());
         }
     };
-    telemetry::init_logging(&ingress.common.telemetry)?;
+    telemetry::init_logging(&ingress.common.telemetry, "waconnect")?;
     let ingress_listener = listen("WACONNECT_INGRESS_BIND", ingress.bind).await?;
     let relay_ops = listen(waconnect_relay_worker::OPS_BIND_VAR, relay.worker.ops_bind).await?;
     let sender_ops = listen(
@@ -44,14 +44,16 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
         sender.worker.ops_bind,
     )
     .await?;
-    serve(
+    let ran = serve(
         ingress,
         relay,
         sender,
         [ingress_listener, relay_ops, sender_ops],
         shutdown::on_signals(),
     )
-    .await
+    .await;
+    telemetry::flush();
+    ran
 }
 
 /// Runs the three until `stop`, or until one of them ends (then the others are stopped

@@ -174,13 +174,21 @@ fn every_command_has_help_and_the_shells_have_completions() {
 
 /// One id follows each message through every service's log lines: a customer's message
 /// through ingress and the relay, an agent's reply through the relay and the sender; and
-/// no line shows the customer's number in clear.
+/// no line shows the customer's number in clear. With an OTLP endpoint set, the same
+/// hops reach the collector as spans of one trace per message, under that same id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_id_follows_each_message_through_the_services() {
     use std::sync::{Arc, Mutex};
     use tokio::io::AsyncBufReadExt;
     let sims = Sims::start(SimOptions::default()).await;
+    let collector = common::Collector::start().await;
     let mut vars = sims.vars();
+    vars.extend(waconnect_sim::wiring::pairs(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.url),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=k-123"),
+        // The SDK's batch delay, short for the test (its default is 5 s).
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]));
     vars.retain(|(k, _)| k != "RUST_LOG");
     vars.push((
         "RUST_LOG".into(),
@@ -258,6 +266,38 @@ async fn one_trace_id_follows_each_message_through_the_services() {
         },
     )
     .await;
+    // The same hops as spans, each message's in its own trace: the trace id is the one
+    // in the logs, and every hop's parent is the message, named alike by each service.
+    let customer_trace = waconnect_shared::message::trace::of(&sid);
+    let reply_trace = waconnect_shared::message::trace::of(&reply.id);
+    // The reply's delivery receipts come back through ingress and the relay in its trace.
+    wait::until("both messages' spans", Duration::from_secs(30), || async {
+        (collector.names_in(&customer_trace) == ["inbound", "webhook"]
+            && collector.names_in(&reply_trace) == ["agent_item", "inbound", "outbound", "webhook"])
+        .then_some(())
+    })
+    .await;
+    {
+        let spans = collector.spans.lock().unwrap();
+        for trace in [&customer_trace, &reply_trace] {
+            let parents: std::collections::BTreeSet<&str> = spans
+                .iter()
+                .filter(|s| &s.trace_id == trace)
+                .map(|s| s.parent_span_id.as_str())
+                .collect();
+            assert_eq!(parents.len(), 1, "{spans:?}");
+            assert_eq!(parents.first().copied(), Some(&trace[16..]));
+        }
+        assert!(spans.iter().all(|s| s.service == "waconnect"), "{spans:?}");
+    }
+    assert!(
+        collector
+            .headers
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(k, v)| k == "x-collector-key" && v == "k-123")
+    );
     let number = ana.e164().trim_start_matches('+').to_owned();
     let shown: Vec<String> = lines
         .lock()

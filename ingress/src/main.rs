@@ -6,10 +6,11 @@ use waconnect_shared::service::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = IngressConfig::from_env()?;
-    telemetry::init_logging(&config.common.telemetry)?;
+    telemetry::init_logging(&config.common.telemetry, "ingress")?;
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("WACONNECT_INGRESS_BIND: cannot listen on {}", config.bind))?;
-    waconnect_ingress::run(config, listener, shutdown::on_signals()).await?;
-    Ok(())
+    let ran = waconnect_ingress::run(config, listener, shutdown::on_signals()).await;
+    telemetry::flush();
+    Ok(ran?)
 }

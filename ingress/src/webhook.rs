@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use waconnect_shared::ConversationKey;
 use waconnect_shared::message::address::Channel;
 use waconnect_shared::message::event::{EventError, EventKind, InboundEvent};
@@ -278,8 +279,19 @@ impl Webhooks {
             body: event.to_json(),
         };
 
+        // The message's first hop, in its trace when spans are exported.
+        let trace_id = event.trace_id();
+        let span = tracing::info_span!(
+            "webhook",
+            trace_id = %trace_id,
+            message_sid = event.message_sid().unwrap_or_default(),
+            route = route_name(kind),
+        );
+        waconnect_shared::message::trace::follow(&span, &trace_id);
         let started = Instant::now();
-        let sent = tokio::time::timeout(self.enqueue_timeout, self.queue.send(message)).await;
+        let sent = tokio::time::timeout(self.enqueue_timeout, self.queue.send(message))
+            .instrument(span)
+            .await;
         self.enqueue_seconds.record(started.elapsed().as_secs_f64());
         let sent = match sent {
             Err(_) => {

@@ -6,7 +6,7 @@ use waconnect_shared::service::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = waconnect_outbound_sender::config_from(&ConfigSource::from_env()?)?;
-    telemetry::init_logging(&config.worker.common.telemetry)?;
+    telemetry::init_logging(&config.worker.common.telemetry, "outbound-sender")?;
     let listener = TcpListener::bind(config.worker.ops_bind)
         .await
         .with_context(|| {
@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
                 config.worker.ops_bind
             )
         })?;
-    waconnect_outbound_sender::run(config, listener, shutdown::on_signals()).await?;
-    Ok(())
+    let ran = waconnect_outbound_sender::run(config, listener, shutdown::on_signals()).await;
+    telemetry::flush();
+    Ok(ran?)
 }

@@ -237,14 +237,29 @@ pub async fn consume(sender: Arc<Sender>, settings: ConsumerSettings, stop: Canc
 }
 
 async fn deliver(s: &Sender, m: &ReceivedMessage, stop: &CancellationToken) -> Done {
+    let message = match OutboundMessage::from_json(&m.body) {
+        Ok(o) => o,
+        Err(e) => {
+            let reason = format!("undecodable outbound message: {e}");
+            let _ = s.outbound.dead_letter(&m.receipt, &reason).await;
+            metrics::counter!("waconnect_sender_failed_total", "code" => "undecodable")
+                .increment(1);
+            return Done::DeadLettered;
+        }
+    };
     let mut outcomes = Vec::new();
-    // Every line about the message carries its trace id (recorded once it is decoded).
+    // Every line about the message carries its trace id, and the hop joins its trace.
+    let trace_id = message.trace_id();
     let span = tracing::info_span!(
         "outbound",
-        trace_id = tracing::field::Empty,
+        trace_id = %trace_id,
         item_id = tracing::field::Empty
     );
-    let done = deliver_parts(s, m, stop, &mut outcomes)
+    if let Origin::ConnectItem { item_id, .. } = &message.origin {
+        span.record("item_id", item_id.as_str());
+    }
+    waconnect_shared::message::trace::follow(&span, &trace_id);
+    let done = deliver_parts(s, m, message, stop, &mut outcomes)
         .instrument(span)
         .await;
     if matches!(done, Done::Abandoned) {
@@ -259,24 +274,10 @@ async fn deliver(s: &Sender, m: &ReceivedMessage, stop: &CancellationToken) -> D
 async fn deliver_parts(
     s: &Sender,
     m: &ReceivedMessage,
+    message: OutboundMessage,
     stop: &CancellationToken,
     outcomes: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Done {
-    let message = match OutboundMessage::from_json(&m.body) {
-        Ok(o) => o,
-        Err(e) => {
-            let reason = format!("undecodable outbound message: {e}");
-            let _ = s.outbound.dead_letter(&m.receipt, &reason).await;
-            metrics::counter!("waconnect_sender_failed_total", "code" => "undecodable")
-                .increment(1);
-            return Done::DeadLettered;
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("trace_id", message.trace_id());
-    if let Origin::ConnectItem { item_id, .. } = &message.origin {
-        span.record("item_id", item_id.as_str());
-    }
     let message = match with_file_urls(s, message).await {
         Ok(m) => m,
         Err((message, e)) if e.kind == ErrorKind::Permanent => {

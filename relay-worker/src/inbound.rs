@@ -77,12 +77,14 @@ async fn process(relay: &Relay, fleet: &Arc<Fleet>, message: ReceivedMessage) ->
         }
     };
     // Every line about the event carries its trace id and MessageSid.
+    let trace_id = event.trace_id();
     let span = tracing::info_span!(
         "inbound",
-        trace_id = %event.trace_id(),
+        trace_id = %trace_id,
         message_sid = event.field("MessageSid").unwrap_or_default(),
         kind = ?event.kind,
     );
+    waconnect_shared::message::trace::follow(&span, &trace_id);
     settle(relay, fleet, &event, message).instrument(span).await
 }
 

@@ -9,7 +9,7 @@ use waconnect_shared::service::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = waconnect_relay_worker::config_from(&ConfigSource::from_env()?)?;
-    telemetry::init_logging(&config.worker.common.telemetry)?;
+    telemetry::init_logging(&config.worker.common.telemetry, "relay-worker")?;
     let listener = TcpListener::bind(config.worker.ops_bind)
         .await
         .with_context(|| {
@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
                 config.worker.ops_bind
             )
         })?;
-    waconnect_relay_worker::run(config, listener, shutdown::on_signals()).await?;
-    Ok(())
+    let ran = waconnect_relay_worker::run(config, listener, shutdown::on_signals()).await;
+    telemetry::flush();
+    Ok(ran?)
 }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use waconnect_shared::ConversationKey;
 use waconnect_shared::message::conversation::{AgentCursor, Conversation, ConversationState};
 use waconnect_shared::message::outbound::{Origin, OutboundMessage};
@@ -620,6 +621,14 @@ impl Session {
     }
 
     async fn forward(&mut self, item: &ChatItem) -> Result<(), Step> {
+        // The agent's message's first hop, in its trace when spans are exported.
+        let trace_id = waconnect_shared::message::trace::of(&item.id);
+        let span = tracing::info_span!("agent_item", trace_id = %trace_id, item_id = %item.id);
+        waconnect_shared::message::trace::follow(&span, &trace_id);
+        self.forward_now(item).instrument(span).await
+    }
+
+    async fn forward_now(&mut self, item: &ChatItem) -> Result<(), Step> {
         if item.kind == "ATTACHMENT" && self.withheld(item).await? {
             // A late verdict: the agent heard the file was not sent, and later messages
             // went ahead of it.

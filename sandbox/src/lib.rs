@@ -51,6 +51,7 @@ impl Options {
             telemetry: TelemetryConfig {
                 log_format: LogFormat::Json,
                 log_filter: "error".into(),
+                traces: None,
             },
             sender_rate: 1000,
             storage,
@@ -382,7 +383,7 @@ impl Sandbox {
 /// Ctrl-C or SIGTERM, printing its URL.
 pub async fn run_from_env() -> anyhow::Result<()> {
     let options = Options::from_env()?;
-    waconnect_shared::service::telemetry::init_logging(&options.telemetry)?;
+    waconnect_shared::service::telemetry::init_logging(&options.telemetry, "sandbox")?;
     let sandbox = Sandbox::start(options).await?;
     println!(
         "\nwaconnect sandbox is running: {url}\n\n\

@@ -13,6 +13,7 @@ async fn customer_to_agent_and_back_with_receipts() {
         telemetry: TelemetryConfig {
             log_format: LogFormat::Json,
             log_filter: "warn".into(),
+            traces: None,
         },
         sender_rate: 80,
         ..Options::headless(Vec::new())

@@ -356,6 +356,84 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `RUST_LOG`-style filter.
     pub log_filter: String,
+    /// Where each message's hops go as OpenTelemetry spans; none unless configured.
+    pub traces: Option<TracesConfig>,
+}
+
+/// OTLP export of traces, configured with OpenTelemetry's own variables so a team's
+/// usual settings apply. Only OTLP over HTTP with protobuf is spoken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracesConfig {
+    /// The full URL spans are posted to (`…/v1/traces`).
+    pub endpoint: String,
+    /// Sent with every export (a collector's API key, say): secrets, never logged.
+    pub headers: Vec<(String, Secret)>,
+    /// `service.name` of the spans; the service's own name unless set.
+    pub service_name: Option<String>,
+    /// The CAs an https collector is checked against (the process's own).
+    pub tls: crate::service::tls::TlsSettings,
+}
+
+impl TracesConfig {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (as written) or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (+ `/v1/traces`); neither, or `OTEL_SDK_DISABLED=true`, means no export.
+    fn read(r: &mut Reader<'_>, tls: &crate::service::tls::TlsSettings) -> Option<Self> {
+        if r.flag("OTEL_SDK_DISABLED", false) {
+            return None;
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            if let Some(protocol) = r.raw(name)
+                && protocol != "http/protobuf"
+            {
+                r.error(
+                    name,
+                    format!("only http/protobuf is supported, not {protocol:?}"),
+                );
+            }
+        }
+        let (name, endpoint) = match (
+            r.raw("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            r.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(full), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", full.to_owned()),
+            (None, Some(base)) => (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("{}/v1/traces", base.trim_end_matches('/')),
+            ),
+            (None, None) => return None,
+        };
+        match url::Url::parse(&endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                r.error(name, format!("expected an http(s) URL, got {endpoint:?}"));
+                return None;
+            }
+        }
+        let mut headers = Vec::new();
+        if let Some(list) = r.raw("OTEL_EXPORTER_OTLP_HEADERS") {
+            for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        headers.push((k.trim().to_owned(), Secret::new(v.trim())));
+                    }
+                    // The value may be a key: the problem is named, the text is not.
+                    _ => r.error(
+                        "OTEL_EXPORTER_OTLP_HEADERS",
+                        "expected comma-separated name=value pairs",
+                    ),
+                }
+            }
+        }
+        Some(Self {
+            endpoint,
+            headers,
+            service_name: r.raw("OTEL_SERVICE_NAME").map(str::to_owned),
+            tls: tls.clone(),
+        })
+    }
 }
 
 /// How long what is no longer needed is kept, so nothing (a phone number above all) is
@@ -451,6 +529,7 @@ impl CommonConfig {
             },
             depth_interval: r.duration("WACONNECT_QUEUE_DEPTH_INTERVAL", Duration::from_secs(10)),
         };
+        let tls = crate::service::tls::TlsSettings::read(r);
         let telemetry = TelemetryConfig {
             log_format: r.optional(
                 "WACONNECT_LOG_FORMAT",
@@ -458,13 +537,14 @@ impl CommonConfig {
                 "auto, json or pretty",
             ),
             log_filter: r.string("RUST_LOG", "info"),
+            traces: TracesConfig::read(r, &tls),
         };
         Self {
             storage,
             queues,
             retention: RetentionConfig::read(r),
             telemetry,
-            tls: crate::service::tls::TlsSettings::read(r),
+            tls,
         }
     }
 }
@@ -560,5 +640,71 @@ mod tests {
         assert_eq!(worker(&off).unwrap().receive_gather, Duration::ZERO);
         let err = worker(&[("WACONNECT_RECEIVE_GATHER", "5s")]).unwrap_err();
         assert!(err.names("WACONNECT_RECEIVE_GATHER"), "{err}");
+    }
+
+    #[test]
+    fn traces_export_only_when_an_endpoint_is_named_and_only_over_http_protobuf() {
+        let read = |pairs: &[(&str, &str)]| {
+            let source = ConfigSource::from_pairs(pairs.iter().copied());
+            let mut r = source.reader();
+            let config = CommonConfig::read(&mut r);
+            r.finish().map(|()| config.telemetry.traces)
+        };
+        assert_eq!(read(&[]).unwrap(), None);
+        let t = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-key=secret-1, tenant = a"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(t.headers.len(), 2);
+        assert_eq!(t.headers[0].0, "x-key");
+        assert_eq!(t.headers[0].1.expose(), "secret-1");
+        assert!(!format!("{t:?}").contains("secret-1"));
+        // The signal's own variable is used as written, and wins.
+        let t = read(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://b/otlp/traces",
+            ),
+            ("OTEL_SERVICE_NAME", "wa-relay"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.endpoint, "https://b/otlp/traces");
+        assert_eq!(t.service_name.as_deref(), Some("wa-relay"));
+        assert_eq!(
+            read(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ])
+            .unwrap(),
+            None
+        );
+        for (pairs, named) in [
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318")],
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "no-equals-sign"),
+                ],
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+        ] {
+            let err = read(&pairs).unwrap_err();
+            assert!(err.names(named), "{err}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //!   variable named; [`routing`] — which business number goes to which flow and sender;
 //! * [`secret`] — strings that never reach a log; [`tls`] — the CAs trusted as a client;
 //!   [`aws`] — the SDK setup every AWS client is built from;
-//! * [`telemetry`] and [`catalog`] — logs, traces and metrics; [`ops`] — `/healthz`,
+//! * [`telemetry`], [`traces`] and [`catalog`] — logs, traces and metrics; [`ops`] — `/healthz`,
 //!   `/readyz`, `/metrics`; [`worker`] — what both queue workers share;
 //! * [`shutdown`] — one cancellation token; [`backoff`] — the one retry policy.
 
@@ -18,4 +18,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 pub mod worker;

@@ -1,16 +1,17 @@
-//! Logs and metrics for every process.
+//! Logs, traces and metrics for every process.
 //!
 //! Logs: `tracing` with a `RUST_LOG`-style filter, JSON lines (human-readable when stdout
-//! is a terminal). Metrics: one Prometheus recorder per process; counters end in `_total`,
+//! is a terminal). Traces: each message's hops over OTLP when configured
+//! ([`crate::service::traces`]). Metrics: one Prometheus recorder per process; counters end in `_total`,
 //! durations in `_seconds` and are exported as histograms.
 
 use crate::service::config::{LogFormat, TelemetryConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
 use std::sync::OnceLock;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -18,6 +19,8 @@ pub enum TelemetryError {
     Filter(String),
     #[error("cannot install the log subscriber: {0}")]
     Subscriber(String),
+    #[error("{0}")]
+    Traces(String),
 }
 
 /// Libraries that, below info, log what must never reach a log: the AWS SDK signs and
@@ -44,8 +47,11 @@ fn secrets_stay_out() -> tracing_subscriber::filter::FilterFn {
     })
 }
 
-/// Installs the global log subscriber. Call once, from `main`.
-pub fn init_logging(config: &TelemetryConfig) -> Result<(), TelemetryError> {
+/// Installs the global log subscriber, and the trace exporter when one is configured:
+/// call once, from `main`, inside the runtime. `service` names the spans' service unless
+/// `OTEL_SERVICE_NAME` does. `RUST_LOG` filters the logs only, so quiet logs still give
+/// full traces.
+pub fn init_logging(config: &TelemetryConfig, service: &str) -> Result<(), TelemetryError> {
     let filter = EnvFilter::try_new(&config.log_filter)
         .map_err(|e| TelemetryError::Filter(e.to_string()))?;
     let json = match config.log_format {
@@ -53,22 +59,36 @@ pub fn init_logging(config: &TelemetryConfig) -> Result<(), TelemetryError> {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(secrets_stay_out());
-    let result = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
-            .try_init()
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
     };
-    result.map_err(|e| TelemetryError::Subscriber(e.to_string()))
+    let subscriber = tracing_subscriber::registry()
+        .with(secrets_stay_out())
+        .with(logs);
+    // Without an exporter there is no layer at all, so callsites the log filter turns
+    // off stay off for good.
+    let installed = match &config.traces {
+        Some(t) => subscriber
+            .with(
+                crate::service::traces::layer(t, service)
+                    .map_err(|e| TelemetryError::Traces(e.to_string()))?,
+            )
+            .try_init(),
+        None => subscriber.try_init(),
+    };
+    installed.map_err(|e| TelemetryError::Subscriber(e.to_string()))
+}
+
+/// Sends the spans still buffered, if traces are exported: call once, as the process ends.
+pub fn flush() {
+    crate::service::traces::flush();
 }
 
 /// Buckets for every `*_seconds` histogram: 100 µs to 30 s.
