@@ -75,40 +75,36 @@ impl FullLoop {
         if let Some(path) = &routing_file {
             own.extend(pairs(&[("WACONNECT_ROUTING_FILE", path.as_str())]));
         }
-        let with_own = |mut v: Vec<(String, String)>, extra: Vec<(String, String)>| {
+        // A service's wiring, then the loop's own settings, then the test's: later pairs win.
+        let vars_for = |wired: Vec<(String, String)>,
+                        settings: &[(&str, &str)],
+                        extra: &[(&'static str, String)]| {
+            let mut v = wired;
             v.extend(own.iter().cloned());
-            v.extend(extra);
+            v.extend(pairs(settings));
+            v.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             v
         };
-        let ingress_process = spawn("ingress", &with_own(wiring.ingress(&ingress_port), vec![]));
-        let relay_vars = with_own(
+        let ingress_process = spawn(
+            "ingress",
+            &vars_for(wiring.ingress(&ingress_port), &[], &[]),
+        );
+        let relay_vars = vars_for(
             wiring.relay(),
-            pairs(&[
+            &[
                 ("WACONNECT_RELAY_OPS_BIND", &relay_ops),
                 ("WACONNECT_RELAY_SWEEP_INTERVAL", "300ms"),
-            ])
-            .into_iter()
-            .chain(
-                relay_extra
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone())),
-            )
-            .collect(),
+            ],
+            &relay_extra,
         );
         let relay = spawn("relay-worker", &relay_vars);
-        let sender_vars = with_own(
+        let sender_vars = vars_for(
             wiring.sender(),
-            pairs(&[
+            &[
                 ("WACONNECT_SENDER_OPS_BIND", &sender_ops),
                 ("WACONNECT_SENDER_VISIBILITY", "3s"),
-            ])
-            .into_iter()
-            .chain(
-                sender_extra
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone())),
-            )
-            .collect(),
+            ],
+            &sender_extra,
         );
         let sender = spawn("outbound-sender", &sender_vars);
         Self {

@@ -119,8 +119,8 @@ impl Collector {
                                 kept.lock().unwrap().push(ReceivedSpan {
                                     service: service.clone(),
                                     name: span.name,
-                                    trace_id: hex(&span.trace_id),
-                                    parent_span_id: hex(&span.parent_span_id),
+                                    trace_id: hex::encode(&span.trace_id),
+                                    parent_span_id: hex::encode(&span.parent_span_id),
                                 });
                             }
                         }
@@ -153,8 +153,4 @@ impl Collector {
         names.dedup();
         names
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
