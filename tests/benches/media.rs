@@ -16,8 +16,12 @@
 //! far under the file size; for agent → customer also ingress's, which serves the files)
 //! and the time of the burst next to a plain copy of the same bytes over loopback right
 //! after it: the same number of concurrent GETs from the simulator the files come from,
-//! streamed into PUTs to a sink that keeps them, as the simulators do. `BENCH_ROUNDS`
-//! (default 3) bursts each way; the ratio reported is their median. Writes
+//! streamed into PUTs to a sink that keeps them, as the simulators do. An agent's file
+//! travels twice by design (Connect's URL expires in minutes, so the relay keeps the file
+//! before Twilio fetches it from us), so that direction is also set against the two plain
+//! copies it makes: the copy above, then every kept file fetched back from the sink at
+//! once. `BENCH_ROUNDS` (default 3) bursts each way; the ratios reported are their
+//! median. Writes
 //! `target/bench/media.json`.
 //!
 //! `cargo build --release --bins && cargo bench -p waconnect-tests --bench media`.
@@ -48,22 +52,43 @@ fn document(mb: usize, seed: u8) -> Vec<u8> {
     bytes
 }
 
-/// The plain copy: each file fetched from its simulator's storage (with `auth`, and any
-/// redirect) and streamed into a PUT to a sink, all at once. Wall time.
-async fn plain_copies(urls: &[String], auth: Option<(String, String)>) -> Duration {
-    use axum::routing::put;
-    // The sink keeps each file in memory, as the simulators do with what they receive, so
-    // both paths pay the same at the far end.
-    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = axum::Router::new().route(
-        "/sink",
-        put(|body: axum::body::Bytes| async move {
-            let len = body.len();
-            kept.lock().unwrap().push(body);
-            len.to_string()
-        })
-        .layer(axum::extract::DefaultBodyLimit::disable()),
-    );
+/// The plain copies, all at once: each file fetched from its simulator's storage (with
+/// `auth`, and any redirect) and streamed into a PUT to a sink, which keeps it in memory
+/// as the simulators do with what they receive, so both paths pay the same at the far
+/// end. With `and_fetch` (an agent's file, which travels twice by design: into the media
+/// store, then to Twilio), every kept file is then fetched back from the sink into memory
+/// as Twilio fetches it. Wall time of the first copy, and of both.
+async fn plain_copies(
+    urls: &[String],
+    auth: Option<(String, String)>,
+    and_fetch: bool,
+) -> (Duration, Duration) {
+    use axum::extract::{Path, State};
+    use axum::routing::{get, put};
+    type Kept = std::sync::Arc<std::sync::Mutex<Vec<axum::body::Bytes>>>;
+    let kept = Kept::default();
+    let sink = axum::Router::new()
+        .route(
+            "/sink",
+            put(
+                |State(kept): State<Kept>, body: axum::body::Bytes| async move {
+                    let len = body.len();
+                    let mut kept = kept.lock().unwrap();
+                    kept.push(body);
+                    format!("{len} {}", kept.len() - 1)
+                },
+            )
+            .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/sink/{i}",
+            get(
+                |State(kept): State<Kept>, Path(i): Path<usize>| async move {
+                    kept.lock().unwrap()[i].clone()
+                },
+            ),
+        )
+        .with_state(kept);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_url = format!("http://{}/sink", listener.local_addr().unwrap());
     let server = tokio::spawn(async move { axum::serve(listener, sink).await });
@@ -87,22 +112,48 @@ async fn plain_copies(urls: &[String], auth: Option<(String, String)>) -> Durati
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(put.text().await.unwrap(), len.to_string());
+            let answer = put.text().await.unwrap();
+            let (stored, index) = answer.split_once(' ').unwrap();
+            assert_eq!(stored, len.to_string());
+            (index.to_owned(), len)
         })
     });
+    let mut stored = Vec::new();
     for c in copies.collect::<Vec<_>>() {
-        c.await.unwrap();
+        stored.push(c.await.unwrap());
     }
-    let took = started.elapsed();
+    let first = started.elapsed();
+    if and_fetch {
+        let fetches = stored.into_iter().map(|(index, len)| {
+            let (http, url) = (http.clone(), format!("{sink_url}/{index}"));
+            tokio::spawn(async move {
+                let got = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .error_for_status()
+                    .unwrap();
+                assert_eq!(got.bytes().await.unwrap().len() as u64, len);
+            })
+        });
+        for f in fetches.collect::<Vec<_>>() {
+            f.await.unwrap();
+        }
+    }
+    let both = started.elapsed();
     // The sink and what it kept go before the next copy.
     server.abort();
-    took
+    (first, both)
 }
 
 /// One burst of one direction, and its plain copy right after.
 struct Round {
     relayed: Duration,
     plain: Duration,
+    /// The copies an agent's file needs by design (into the store, then to Twilio), done
+    /// plainly one after the other.
+    plain_twice: Option<Duration>,
     /// Added resident KiB per transfer in flight, by process.
     added_kib: Vec<(&'static str, f64)>,
 }
@@ -110,6 +161,10 @@ struct Round {
 impl Round {
     fn ratio(&self) -> f64 {
         self.relayed.as_secs_f64() / self.plain.as_secs_f64()
+    }
+
+    fn ratio_twice(&self) -> Option<f64> {
+        Some(self.relayed.as_secs_f64() / self.plain_twice?.as_secs_f64())
     }
 }
 
@@ -132,6 +187,27 @@ fn report(rounds: &[Round], direction: &str, transfers: usize, mb: usize) -> ser
         "time_ratio": ratio,
         "round_ratios": rounds.iter().map(Round::ratio).collect::<Vec<_>>(),
     });
+    let mut twice = String::new();
+    if let Some(ratios) = rounds
+        .iter()
+        .map(Round::ratio_twice)
+        .collect::<Option<Vec<_>>>()
+    {
+        let seconds = median(
+            rounds
+                .iter()
+                .filter_map(|r| r.plain_twice)
+                .map(|d| d.as_secs_f64())
+                .collect(),
+        );
+        let ratio_twice = median(ratios.clone());
+        report["plain_two_copies_seconds"] = serde_json::json!(seconds);
+        report["time_ratio_to_two_copies"] = serde_json::json!(ratio_twice);
+        report["round_ratios_to_two_copies"] = serde_json::json!(ratios);
+        twice = format!(
+            "; against the two plain copies it makes by design ({seconds:.2} s) {ratio_twice:.2}×"
+        );
+    }
     for (i, (process, _)) in rounds[0].added_kib.iter().enumerate() {
         let kib = rounds.iter().map(|r| r.added_kib[i].1).fold(0.0, f64::max);
         memory.push(format!("{process} {kib:.0} KiB"));
@@ -139,7 +215,7 @@ fn report(rounds: &[Round], direction: &str, transfers: usize, mb: usize) -> ser
     }
     let ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.ratio())).collect();
     println!(
-        "{transfers} × {mb} MiB, {direction}: relayed in {relayed:.2} s, plain copy {plain:.2} s, median of {} rounds {ratio:.2}× ({}); added per transfer in flight, at most: {}",
+        "{transfers} × {mb} MiB, {direction}: relayed in {relayed:.2} s, plain copy {plain:.2} s, median of {} rounds {ratio:.2}× ({}){twice}; added per transfer in flight, at most: {}",
         rounds.len(),
         ratios.join(", "),
         memory.join(", ")
@@ -275,9 +351,11 @@ async fn customer_to_agent(
             })
             .collect();
         let auth = Some((o.account_sid.clone(), o.auth_token.clone()));
+        let (plain, _) = plain_copies(&urls, auth, false).await;
         done.push(Round {
             relayed,
-            plain: plain_copies(&urls, auth).await,
+            plain,
+            plain_twice: None,
             added_kib,
         });
     }
@@ -379,9 +457,11 @@ async fn agent_to_customer(
             .iter()
             .map(|id| format!("{}/attachments/{id}", lp.connect.endpoint()))
             .collect();
+        let (plain, twice) = plain_copies(&urls, None, true).await;
         done.push(Round {
             relayed,
-            plain: plain_copies(&urls, None).await,
+            plain,
+            plain_twice: Some(twice),
             added_kib,
         });
     }
