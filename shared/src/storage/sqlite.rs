@@ -165,22 +165,16 @@ impl Db {
     /// process's lock, and that wait must not stall the async runtime.
     pub async fn open_path(path: &Path, synchronous: Synchronous) -> Result<Self, DbError> {
         let (tx, rx) = mpsc::channel::<Envelope>();
-        let (opened_tx, opened_rx) = oneshot::channel();
-        let file = path.to_owned();
-        std::thread::Builder::new()
-            .name("waconnect-sqlite".into())
-            .spawn(move || match connect(&file, synchronous) {
-                Ok(conn) => {
-                    let _ = opened_tx.send(Ok(()));
-                    serve(conn, rx);
-                }
-                Err(e) => {
-                    let _ = opened_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| DbError::Sqlite(format!("cannot start the database thread: {e}")))?;
-        opened_rx.await.map_err(|_| DbError::Closed)??;
-        let checkpointer = checkpointer(path, synchronous).await?;
+        on_own_thread("waconnect-sqlite", path, synchronous, move |conn| {
+            serve(conn, rx)
+        })
+        .await?;
+        // Runs until the last handle drops its sender.
+        let (checkpointer, stopped) = mpsc::channel::<()>();
+        on_own_thread("waconnect-checkpoint", path, synchronous, move |conn| {
+            checkpoint_until(&conn, &stopped)
+        })
+        .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: tx,
@@ -305,26 +299,29 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, DbError>
     Ok(conn)
 }
 
-/// Starts the checkpointer of `path` on its own connection and thread; it runs until the
-/// returned sender is dropped.
-async fn checkpointer(path: &Path, synchronous: Synchronous) -> Result<mpsc::Sender<()>, DbError> {
-    let (stop, stopped) = mpsc::channel::<()>();
+/// Opens a connection to `path` on a new thread named `name`, which then runs `work`
+/// with it; answers once the connection is open, or why it is not.
+async fn on_own_thread(
+    name: &str,
+    path: &Path,
+    synchronous: Synchronous,
+    work: impl FnOnce(Connection) + Send + 'static,
+) -> Result<(), DbError> {
     let (opened_tx, opened_rx) = oneshot::channel();
     let file = path.to_owned();
     std::thread::Builder::new()
-        .name("waconnect-checkpoint".into())
+        .name(name.into())
         .spawn(move || match connect(&file, synchronous) {
             Ok(conn) => {
                 let _ = opened_tx.send(Ok(()));
-                checkpoint_until(&conn, &stopped);
+                work(conn);
             }
             Err(e) => {
                 let _ = opened_tx.send(Err(e));
             }
         })
-        .map_err(|e| DbError::Sqlite(format!("cannot start the checkpoint thread: {e}")))?;
-    opened_rx.await.map_err(|_| DbError::Closed)??;
-    Ok(stop)
+        .map_err(|e| DbError::Sqlite(format!("cannot start the {name} thread: {e}")))?;
+    opened_rx.await.map_err(|_| DbError::Closed)?
 }
 
 /// Checkpoints every [`CHECKPOINT_EVERY`] until `stopped` hangs up. A failure is told
