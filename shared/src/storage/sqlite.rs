@@ -16,7 +16,7 @@
 //! run on a second connection on a thread of their own, every [`CHECKPOINT_EVERY`].
 //! Left to SQLite alone, the commit that grows the WAL past 1,000 pages copies all of
 //! them and syncs the file before it answers: about 6 ms here, during which every job
-//! waits behind it — a few times a second at a few dozen messages a second. That commit
+//! waits behind it — once or twice a second at 20 messages a second each way. That commit
 //! still checkpoints (under a steady stream of writes, only a writer can start the WAL
 //! over, and only once a checkpoint has caught up with it), but it finds nearly
 //! everything already copied and synced.
