@@ -26,6 +26,10 @@ use waconnect_shared::service::config::ConfigSource;
 use waconnect_shared::service::{shutdown, telemetry};
 use waconnect_shared::storage::queue::Take;
 
+#[global_allocator]
+static ALLOCATOR: waconnect_shared::service::allocator::Allocator =
+    waconnect_shared::service::allocator::Allocator;
+
 /// Bridges WhatsApp customers (through Twilio) and Amazon Connect agents. Configured by
 /// environment variables (README "Configuration").
 #[derive(Parser)]

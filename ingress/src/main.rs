@@ -3,6 +3,10 @@ use tokio::net::TcpListener;
 use waconnect_ingress::config::IngressConfig;
 use waconnect_shared::service::{shutdown, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: waconnect_shared::service::allocator::Allocator =
+    waconnect_shared::service::allocator::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = IngressConfig::from_env()?;

@@ -3,6 +3,10 @@ use tokio::net::TcpListener;
 use waconnect_shared::service::config::ConfigSource;
 use waconnect_shared::service::{shutdown, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: waconnect_shared::service::allocator::Allocator =
+    waconnect_shared::service::allocator::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = waconnect_outbound_sender::config_from(&ConfigSource::from_env()?)?;

@@ -442,7 +442,7 @@ impl RelayConfig {
                 "WACONNECT_RELAY_SOCKET_REFRESH",
                 Duration::from_secs(59 * 60),
             ),
-            concurrency: r.positive("WACONNECT_RELAY_CONCURRENCY", 32, "a count"),
+            concurrency: r.positive("WACONNECT_RELAY_CONCURRENCY", 128, "a count"),
             visibility: r.duration("WACONNECT_RELAY_VISIBILITY", Duration::from_secs(60)),
             retry_after: r.duration("WACONNECT_RELAY_RETRY_AFTER", Duration::from_secs(2)),
             forward_system: r.flag("WACONNECT_RELAY_FORWARD_SYSTEM", false),

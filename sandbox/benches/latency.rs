@@ -28,6 +28,10 @@ use std::time::Duration;
 use waconnect_sandbox::{Options, Sandbox};
 use waconnect_tests::{bench_setting, customer, procfs, write_bench_report};
 
+#[global_allocator]
+static ALLOCATOR: waconnect_shared::service::allocator::Allocator =
+    waconnect_shared::service::allocator::Allocator;
+
 /// A rate whose p99 passes this has saturated the box: higher ones only queue more.
 const SATURATED_MS: f64 = 1000.0;
 /// The latency a rate must keep, both ways, to count as carried.

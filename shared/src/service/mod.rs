@@ -6,8 +6,10 @@
 //!   [`aws`] — the SDK setup every AWS client is built from;
 //! * [`telemetry`], [`traces`] and [`catalog`] — logs, traces and metrics; [`ops`] — `/healthz`,
 //!   `/readyz`, `/metrics`; [`worker`] — what both queue workers share;
-//! * [`shutdown`] — one cancellation token; [`backoff`] — the one retry policy.
+//! * [`shutdown`] — one cancellation token; [`backoff`] — the one retry policy;
+//!   [`allocator`] — the memory allocator every binary runs on.
 
+pub mod allocator;
 pub mod aws;
 pub mod backoff;
 pub mod catalog;

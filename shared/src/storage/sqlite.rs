@@ -34,6 +34,10 @@ use tokio::sync::{Notify, oneshot};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The page cache of each process's connection, at most.
 const CACHE_KIB: i64 = 32 * 1024;
+/// Prepared statements kept per connection. The engines run about 60 distinct
+/// statements; rusqlite keeps 16 by default, so a busy box kept evicting and parsing
+/// them again (3.5% of the process's CPU in the latency bench at 500 msg/s).
+const STATEMENTS_KEPT: usize = 128;
 /// Upper bound on jobs per transaction, so one batch cannot hold the lock for long.
 const MAX_BATCH: usize = 512;
 /// How often the checkpointer copies what the WAL gained into the database file. A
@@ -296,6 +300,7 @@ fn connect(path: &Path, synchronous: Synchronous) -> Result<Connection, DbError>
     // The default 2 MB cache makes a busy queue re-read its index pages from the file
     // (a pread each); the cache only grows as far as it is used.
     conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
     Ok(conn)
 }
 
