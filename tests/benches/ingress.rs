@@ -36,6 +36,11 @@ use waconnect_shared::storage::sqlite::Db;
 use waconnect_tests::twilio::{incoming_text, signed};
 use waconnect_tests::{bench_setting, customer, procfs, write_bench_report};
 
+// Ingress runs in this process: on the allocator the binaries ship with.
+#[global_allocator]
+static ALLOCATOR: waconnect_shared::service::allocator::Allocator =
+    waconnect_shared::service::allocator::Allocator;
+
 const TOKEN: &str = "bench-token";
 const PUBLIC: &str = "https://wa.example.test";
 const PATH: &str = "/twilio/messages";
