@@ -186,13 +186,27 @@ async fn outbound(
         },
     )
     .await;
+    // Every reply once: a body Twilio was asked to send twice is a doubled message.
+    if let Ok(sent) = phone.sent().await {
+        let mut times: HashMap<&str, Vec<&str>> = HashMap::new();
+        for s in &sent {
+            if let (Some(body), Some(at)) = (s["body"].as_str(), s["created_at"].as_str())
+                && written.contains_key(body)
+            {
+                times.entry(body).or_default().push(at);
+            }
+        }
+        for (body, at) in times.iter().filter(|(_, at)| at.len() > 1) {
+            eprintln!("DOUBLED {body}: written {}, sent at {at:?}", written[*body]);
+        }
+    }
     let mut h = Histogram::<u64>::new(3).unwrap();
     for (body, at) in &called {
-        h.record(micros(
-            written[body] + chrono::Duration::microseconds(500),
-            *at,
-        ))
-        .unwrap();
+        let latency = micros(written[body] + chrono::Duration::microseconds(500), *at);
+        if latency > 1_000_000 {
+            eprintln!("SLOW {body}: written {}, sent at {at}", written[body]);
+        }
+        h.record(latency).unwrap();
     }
     h
 }
@@ -268,13 +282,18 @@ fn main() {
         if !gather.is_empty() {
             storage.push(("WACONNECT_RECEIVE_GATHER".into(), gather.clone()));
         }
-        let sandbox = Sandbox::start(Options {
+        let mut options = Options {
             sender_rate: 100_000,
             tls,
             ..Options::headless(storage)
-        })
-        .await
-        .unwrap();
+        };
+        // Errors only unless `RUST_LOG` asks for more (to follow a slow message).
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            options.telemetry.log_filter = filter;
+            waconnect_shared::service::telemetry::init_logging(&options.telemetry, "latency")
+                .unwrap();
+        }
+        let sandbox = Sandbox::start(options).await.unwrap();
         // Warm up: every customer's chat started, accepted and held.
         let numbers: Vec<_> = (0..customers).map(customer).collect();
         let contacts = sandbox.open_chats(&numbers, Duration::from_secs(300)).await;
