@@ -60,6 +60,8 @@ pub async fn modify<F>(
 where
     F: FnMut(&mut Conversation) -> bool + Send,
 {
+    // The lease to fence with when the store has shown ours renewed before `current` has.
+    let mut renewed: Option<Lease> = None;
     for _ in 0..MAX_ATTEMPTS {
         let stored = match known.take() {
             Some(s) => s,
@@ -75,7 +77,10 @@ where
         let written = match &fence {
             Fence::None => store.update(&conversation, stored.version).await,
             Fence::Lease(current) => {
-                let lease = current();
+                let lease = match renewed.take() {
+                    Some(r) if !renewed_since(&current(), &r) => r,
+                    _ => current(),
+                };
                 match store
                     .update_fenced(&conversation, stored.version, &lease)
                     .await
@@ -85,6 +90,22 @@ where
                     Err(StoreError::LeaseLost) if renewed_since(&current(), &lease) => {
                         continue;
                     }
+                    // Or it landed (perhaps in the same group commit) and its answer has
+                    // not reached `current` yet: the store shows our name on a newer,
+                    // unexpired lease. Owner names are unique per process, and a process
+                    // holds a conversation in one session at a time, so that is ours.
+                    Err(StoreError::LeaseLost) => match store.get(key).await? {
+                        Some(now) if ours_renewed(&now, &lease) => {
+                            renewed = Some(Lease {
+                                version: now.lease.version,
+                                expires_at: now.lease.expires_at.unwrap_or(lease.expires_at),
+                                ..lease
+                            });
+                            known = Some(now);
+                            continue;
+                        }
+                        _ => Err(StoreError::LeaseLost),
+                    },
                     other => other,
                 }
             }
@@ -101,6 +122,16 @@ where
 
 fn renewed_since(current: &Lease, used: &Lease) -> bool {
     current.version > used.version && current.owner == used.owner
+}
+
+/// Whether `stored` holds `used` renewed: the same owner, a newer version, not run out.
+fn ours_renewed(stored: &StoredConversation, used: &Lease) -> bool {
+    stored.lease.owner.as_deref() == Some(used.owner.as_str())
+        && stored.lease.version > used.version
+        && stored
+            .lease
+            .expires_at
+            .is_some_and(|at| at > chrono::Utc::now())
 }
 
 #[cfg(test)]
@@ -194,6 +225,50 @@ mod tests {
         .await;
         assert!(matches!(written, Ok(Modified::Written(_))));
         store.release_lease(&lease).await.unwrap();
+        let refused = modify(&store, &customer, None, Fence::Lease(&current), |_| true).await;
+        assert_eq!(refused, Err(StoreError::LeaseLost));
+    }
+
+    /// The holder's renewal has landed but its answer has not reached the lease the
+    /// session sees (they can share one group commit): the lease is still ours. Taking
+    /// this for a lost lease stopped the session, and nobody took the conversation over
+    /// until the renewed lease ran out: the agent's replies waited ~25 s.
+    #[tokio::test]
+    async fn a_renewal_whose_answer_is_still_on_its_way_is_not_a_lost_lease() {
+        let (_dir, store, customer) = store().await;
+        store
+            .insert(&Conversation::new(customer.clone()))
+            .await
+            .unwrap();
+        let lease = store
+            .acquire_lease(&customer, "w1", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let seen = lease.clone();
+        let current = move || seen.clone();
+        let renewed = store
+            .renew_lease(&lease, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let written = modify(&store, &customer, None, Fence::Lease(&current), |c| {
+            c.last_inbound_message_sid = Some("fenced".into());
+            true
+        })
+        .await;
+        let Ok(Modified::Written(now)) = written else {
+            panic!("refused: {written:?}")
+        };
+        assert_eq!(now.lease.version, renewed.version);
+
+        // Another holder's lease, or ours released, still refuses.
+        store.release_lease(&renewed).await.unwrap();
+        let theirs = store
+            .acquire_lease(&customer, "w2", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let refused = modify(&store, &customer, None, Fence::Lease(&current), |_| true).await;
+        assert_eq!(refused, Err(StoreError::LeaseLost));
+        store.release_lease(&theirs).await.unwrap();
         let refused = modify(&store, &customer, None, Fence::Lease(&current), |_| true).await;
         assert_eq!(refused, Err(StoreError::LeaseLost));
     }
