@@ -19,6 +19,9 @@
 //! own latency then dominates; compare settings within one engine), and `BENCH_GATHER` sets
 //! `WACONNECT_RECEIVE_GATHER`, `BENCH_VARS` any other variable (`NAME=value,…`). Writes
 //! `target/bench/latency.json` (`latency-tls.json` with TLS, `latency-aws.json` on moto).
+//!
+//! A reply Twilio got twice, or over 1 s after the agent wrote it, is named on stderr
+//! (`DOUBLED`, `SLOW`); `RUST_LOG` turns the services' logs on to follow it.
 
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
