@@ -154,6 +154,20 @@ mod tests {
         (dir, store, customer)
     }
 
+    /// A stored record whose lease "w1" holds.
+    async fn leased() -> (tempfile::TempDir, SqliteStore, ConversationKey, Lease) {
+        let (dir, store, customer) = store().await;
+        store
+            .insert(&Conversation::new(customer.clone()))
+            .await
+            .unwrap();
+        let lease = store
+            .acquire_lease(&customer, "w1", std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        (dir, store, customer, lease)
+    }
+
     #[tokio::test]
     async fn a_lost_race_is_decided_again_on_the_newer_record() {
         let (_dir, store, customer) = store().await;
@@ -207,15 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fenced_write_needs_the_lease() {
-        let (_dir, store, customer) = store().await;
-        store
-            .insert(&Conversation::new(customer.clone()))
-            .await
-            .unwrap();
-        let lease = store
-            .acquire_lease(&customer, "w1", std::time::Duration::from_secs(30))
-            .await
-            .unwrap();
+        let (_dir, store, customer, lease) = leased().await;
         let held = lease.clone();
         let current = move || held.clone();
         let written = modify(&store, &customer, None, Fence::Lease(&current), |c| {
@@ -235,15 +241,7 @@ mod tests {
     /// until the renewed lease ran out: the agent's replies waited ~25 s.
     #[tokio::test]
     async fn a_renewal_whose_answer_is_still_on_its_way_is_not_a_lost_lease() {
-        let (_dir, store, customer) = store().await;
-        store
-            .insert(&Conversation::new(customer.clone()))
-            .await
-            .unwrap();
-        let lease = store
-            .acquire_lease(&customer, "w1", std::time::Duration::from_secs(30))
-            .await
-            .unwrap();
+        let (_dir, store, customer, lease) = leased().await;
         let seen = lease.clone();
         let current = move || seen.clone();
         let renewed = store
