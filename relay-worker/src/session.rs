@@ -329,7 +329,9 @@ impl Session {
                     if self.current_lease().expires_at <= chrono::Utc::now() {
                         return Step::Done(Outcome::LeaseLost);
                     }
-                    if let Err(step) = Box::pin(self.check_scan()).await {
+                    if self.scanning.is_some()
+                        && let Err(step) = Box::pin(self.check_scan()).await
+                    {
                         return step;
                     }
                     if awaiting_reply {
