@@ -91,20 +91,17 @@ where
                         continue;
                     }
                     // Or it landed (perhaps in the same group commit) and its answer has
-                    // not reached `current` yet: the store shows our name on a newer,
-                    // unexpired lease. Owner names are unique per process, and a process
-                    // holds a conversation in one session at a time, so that is ours.
+                    // not reached `current` yet: the store shows it.
                     Err(StoreError::LeaseLost) => match store.get(key).await? {
-                        Some(now) if ours_renewed(&now, &lease) => {
-                            renewed = Some(Lease {
-                                version: now.lease.version,
-                                expires_at: now.lease.expires_at.unwrap_or(lease.expires_at),
-                                ..lease
-                            });
-                            known = Some(now);
-                            continue;
-                        }
-                        _ => Err(StoreError::LeaseLost),
+                        Some(now) => match renewed_lease(&now, &lease) {
+                            Some(ours) => {
+                                renewed = Some(ours);
+                                known = Some(now);
+                                continue;
+                            }
+                            None => Err(StoreError::LeaseLost),
+                        },
+                        None => Err(StoreError::LeaseLost),
                     },
                     other => other,
                 }
@@ -120,18 +117,42 @@ where
     Err(StoreError::Conflict)
 }
 
+/// Renews `lease` for `duration`. A refusal is checked against the record: the last
+/// renewal may have landed after its caller stopped waiting for it, leaving the caller
+/// with the version before; the record then shows the lease ours, renewed.
+pub async fn renew(
+    store: &dyn ConversationStore,
+    lease: &Lease,
+    duration: std::time::Duration,
+) -> Result<Lease, StoreError> {
+    match store.renew_lease(lease, duration).await {
+        Err(StoreError::LeaseLost) => match store.get(&lease.key).await? {
+            Some(now) => renewed_lease(&now, lease).ok_or(StoreError::LeaseLost),
+            None => Err(StoreError::NotFound),
+        },
+        other => other,
+    }
+}
+
 fn renewed_since(current: &Lease, used: &Lease) -> bool {
     current.version > used.version && current.owner == used.owner
 }
 
-/// Whether `stored` holds `used` renewed: the same owner, a newer version, not run out.
-fn ours_renewed(stored: &StoredConversation, used: &Lease) -> bool {
-    stored.lease.owner.as_deref() == Some(used.owner.as_str())
+/// `used` as `stored` shows it renewed — the same owner, a newer version, not run out —
+/// or `None` if the lease is not ours any more. A write or renewal refused as LeaseLost
+/// may only have met a renewal of our own whose answer has not reached its caller yet.
+/// Owner names are unique per process, and a process holds a conversation in one
+/// session at a time, so our name on a newer lease is the same hold.
+fn renewed_lease(stored: &StoredConversation, used: &Lease) -> Option<Lease> {
+    let expires_at = stored.lease.expires_at?;
+    (stored.lease.owner.as_deref() == Some(used.owner.as_str())
         && stored.lease.version > used.version
-        && stored
-            .lease
-            .expires_at
-            .is_some_and(|at| at > chrono::Utc::now())
+        && expires_at > chrono::Utc::now())
+    .then(|| Lease {
+        version: stored.lease.version,
+        expires_at,
+        ..used.clone()
+    })
 }
 
 #[cfg(test)]
@@ -166,6 +187,27 @@ mod tests {
             .await
             .unwrap();
         (dir, store, customer, lease)
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_landed_unanswered_is_not_taken_for_a_lost_lease() {
+        let (_dir, store, _customer, lease) = leased().await;
+        let thirty = std::time::Duration::from_secs(30);
+        // The last round's renewal landed, but its caller stopped waiting and kept `lease`.
+        let landed = store.renew_lease(&lease, thirty).await.unwrap();
+        assert_eq!(
+            store.renew_lease(&lease, thirty).await,
+            Err(StoreError::LeaseLost),
+            "the store refuses the old version"
+        );
+        assert_eq!(renew(&store, &lease, thirty).await, Ok(landed.clone()));
+        // Another owner's lease is not taken for ours.
+        store.release_lease(&landed).await.unwrap();
+        store.acquire_lease(&lease.key, "w2", thirty).await.unwrap();
+        assert_eq!(
+            renew(&store, &landed, thirty).await,
+            Err(StoreError::LeaseLost)
+        );
     }
 
     #[tokio::test]
