@@ -27,7 +27,7 @@ use waconnect_shared::message::outbound::{Origin, OutboundMessage};
 use waconnect_shared::service::backoff::Backoff;
 use waconnect_shared::storage::queue::NewMessage;
 use waconnect_shared::storage::store::{
-    Fence, Lease, Modified, StoreError, StoredConversation, modify,
+    self as store, Fence, Lease, Modified, StoreError, StoredConversation, modify,
 };
 
 /// How a session ended.
@@ -139,7 +139,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
     }
     if outcome != Outcome::LeaseLost {
         let lease = session.current_lease();
-        if let Err(e) = session.relay.store.release_lease(&lease).await {
+        if let Err(e) = store::release(&*session.relay.store, &lease).await {
             tracing::debug!(conversation = %session.key, error = %e, "lease release refused");
         }
     }

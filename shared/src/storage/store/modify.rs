@@ -134,6 +134,22 @@ pub async fn renew(
     }
 }
 
+/// Gives `lease` up, checking a refusal against the record as [`renew`] does: released
+/// with a version that a late-landing renewal had raised, the lease would otherwise stay
+/// held, and the conversation unadopted, until it ran out.
+pub async fn release(store: &dyn ConversationStore, lease: &Lease) -> Result<(), StoreError> {
+    match store.release_lease(lease).await {
+        Err(StoreError::LeaseLost) => match store.get(&lease.key).await? {
+            Some(now) => match renewed_lease(&now, lease) {
+                Some(ours) => store.release_lease(&ours).await,
+                None => Err(StoreError::LeaseLost),
+            },
+            None => Err(StoreError::NotFound),
+        },
+        other => other,
+    }
+}
+
 fn renewed_since(current: &Lease, used: &Lease) -> bool {
     current.version > used.version && current.owner == used.owner
 }
@@ -190,7 +206,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_renewal_that_landed_unanswered_is_not_taken_for_a_lost_lease() {
+    async fn a_renewal_that_landed_unanswered_is_not_taken_for_a_lost_lease_when_renewing_or_releasing()
+     {
         let (_dir, store, _customer, lease) = leased().await;
         let thirty = std::time::Duration::from_secs(30);
         // The last round's renewal landed, but its caller stopped waiting and kept `lease`.
@@ -201,12 +218,28 @@ mod tests {
             "the store refuses the old version"
         );
         assert_eq!(renew(&store, &lease, thirty).await, Ok(landed.clone()));
+        // Nor is it when the lease is given up: it is free at once.
+        release(&store, &lease).await.unwrap();
+        let now = store.get(&lease.key).await.unwrap().unwrap();
+        assert_eq!(now.lease.owner, None);
+        assert!(now.lease.version > landed.version);
         // Another owner's lease is not taken for ours.
-        store.release_lease(&landed).await.unwrap();
         store.acquire_lease(&lease.key, "w2", thirty).await.unwrap();
         assert_eq!(
             renew(&store, &landed, thirty).await,
             Err(StoreError::LeaseLost)
+        );
+        assert_eq!(release(&store, &landed).await, Err(StoreError::LeaseLost));
+        assert_eq!(
+            store
+                .get(&lease.key)
+                .await
+                .unwrap()
+                .unwrap()
+                .lease
+                .owner
+                .as_deref(),
+            Some("w2")
         );
     }
 
