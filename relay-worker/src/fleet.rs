@@ -42,6 +42,8 @@ pub struct Fleet {
 
 /// Renewals in flight at once, so thousands of leases renew in a fraction of the period.
 const RENEW_CONCURRENCY: usize = 256;
+/// Leases renewed in one call to the store.
+const RENEW_BATCH: usize = 64;
 /// The most conversations a restarted worker takes back at once; the sweepers adopt any
 /// beyond.
 const RESUME_LIMIT: usize = 10_000;
@@ -161,9 +163,9 @@ impl Fleet {
     }
 
     /// Renews every held lease well inside its period; a refused renewal stops that
-    /// session at once. Renewals run side by side, each bounded by the round's period, so
-    /// one stalled call never delays the others or the next round. A lease that could not
-    /// be renewed before it ran out stops its session too: another worker may adopt it.
+    /// session at once. Renewals go in batches side by side, each batch bounded by the
+    /// round's period, so one stalled call never delays the next round. A lease that could
+    /// not be renewed before it ran out stops its session too: another worker may adopt it.
     pub async fn renew_loop(self: Arc<Self>) {
         let period = self.relay.config.lease / 3;
         let mut next = tokio::time::Instant::now() + period;
@@ -181,33 +183,55 @@ impl Fleet {
                 .iter()
                 .map(|(key, h)| (key.clone(), h.lease.clone(), h.stop.clone()))
                 .collect();
-            // In key order, the renewals in flight together touch rows that sit side by
-            // side in SQLite's table (clustered by key), so a group commit writes a few
-            // pages rather than one per lease (at idle, renewals are most of its work).
+            // In key order, a batch touches rows that sit side by side in SQLite's table
+            // (clustered by key), so a group commit writes a few pages rather than one per
+            // lease (at idle, renewals are most of its work).
             held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            futures_util::stream::iter(held)
-                .for_each_concurrent(RENEW_CONCURRENCY, |(_, shared, stop)| {
-                    let relay = self.relay.clone();
-                    async move {
-                        let lease = shared.lock().expect("lease lock").clone();
-                        let renewal = renew(&*relay.store, &lease, relay.config.lease);
-                        match tokio::time::timeout(period, renewal).await {
-                            Ok(Ok(renewed)) => *shared.lock().expect("lease lock") = renewed,
-                            Ok(Err(StoreError::LeaseLost | StoreError::NotFound)) => stop.cancel(),
-                            Ok(Err(e)) => {
-                                tracing::warn!(conversation = %lease.key, error = %e, "lease renewal failed; will retry");
-                            }
-                            Err(_) => {
-                                tracing::warn!(conversation = %lease.key, "lease renewal got no answer in time; will retry");
-                            }
-                        }
-                        if shared.lock().expect("lease lock").expires_at <= chrono::Utc::now() {
-                            tracing::warn!(conversation = %lease.key, "lease ran out before it could be renewed; letting go");
-                            stop.cancel();
-                        }
-                    }
+            let batches: Vec<Vec<(SharedLease, CancellationToken)>> = held
+                .chunks(RENEW_BATCH)
+                .map(|b| b.iter().map(|(_, l, s)| (l.clone(), s.clone())).collect())
+                .collect();
+            futures_util::stream::iter(batches)
+                .for_each_concurrent(RENEW_CONCURRENCY / RENEW_BATCH, |batch| {
+                    self.renew_batch(batch, period)
                 })
                 .await;
+        }
+    }
+
+    /// Renews one batch of leases, waiting at most `within`. A batch that got no answer
+    /// in time may still have landed: the next round's refusal is then checked against
+    /// the record (store::renew), and the lease stays.
+    async fn renew_batch(&self, batch: Vec<(SharedLease, CancellationToken)>, within: Duration) {
+        let relay = &self.relay;
+        let leases: Vec<Lease> = batch
+            .iter()
+            .map(|(shared, _)| shared.lock().expect("lease lock").clone())
+            .collect();
+        let answers =
+            tokio::time::timeout(within, renew(&*relay.store, &leases, relay.config.lease))
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!(
+                        leases = leases.len(),
+                        "lease renewals got no answer in time; will retry"
+                    );
+                    Vec::new()
+                });
+        for (i, (shared, stop)) in batch.iter().enumerate() {
+            let lease = &leases[i];
+            match answers.get(i) {
+                Some(Ok(renewed)) => *shared.lock().expect("lease lock") = renewed.clone(),
+                Some(Err(StoreError::LeaseLost | StoreError::NotFound)) => stop.cancel(),
+                Some(Err(e)) => {
+                    tracing::warn!(conversation = %lease.key, error = %e, "lease renewal failed; will retry");
+                }
+                None => {}
+            }
+            if shared.lock().expect("lease lock").expires_at <= chrono::Utc::now() {
+                tracing::warn!(conversation = %lease.key, "lease ran out before it could be renewed; letting go");
+                stop.cancel();
+            }
         }
     }
 

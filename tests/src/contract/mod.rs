@@ -55,6 +55,7 @@ macro_rules! store_contract_tests {
             two_processes_race_for_leases_and_one_wins_each,
             stale_holder_is_refused_everything,
             renewal_extends_and_raises_the_fencing_version,
+            renewals_in_a_batch_are_answered_each_in_order,
             release_frees_the_conversation_at_once,
             unheld_lists_lapsed_and_released_live_conversations,
             fenced_update_needs_the_current_lease,

@@ -290,6 +290,33 @@ pub async fn renewal_extends_and_raises_the_fencing_version(e: &dyn StoreEngine,
     store.renew_lease(&renewed, LONG).await.unwrap();
 }
 
+pub async fn renewals_in_a_batch_are_answered_each_in_order(e: &dyn StoreEngine, _: &Path) {
+    let store = e.store().await;
+    let mut leases = Vec::new();
+    for n in 1..=3 {
+        inserted(store.as_ref(), n).await;
+        leases.push(store.acquire_lease(&key(n), "w", LONG).await.unwrap());
+    }
+    // The second lease is stale (renewed since), the third's record is gone.
+    let current = store.renew_lease(&leases[1], LONG).await.unwrap();
+    assert!(store.erase(&key(3)).await.unwrap());
+    let answers = store.renew_leases(&leases, LONG).await;
+    assert_eq!(answers.len(), 3);
+    let first = answers[0].clone().unwrap();
+    assert!(first.version > leases[0].version);
+    let stored = store.get(&key(1)).await.unwrap().unwrap().lease;
+    assert_eq!(
+        (stored.version, stored.expires_at),
+        (first.version, Some(first.expires_at))
+    );
+    assert_eq!(answers[1], Err(StoreError::LeaseLost));
+    assert_eq!(answers[2], Err(StoreError::NotFound));
+    // The refused one was left as it was.
+    let second = store.get(&key(2)).await.unwrap().unwrap().lease;
+    assert_eq!(second.version, current.version);
+    assert!(store.renew_leases(&[], LONG).await.is_empty());
+}
+
 pub async fn release_frees_the_conversation_at_once(e: &dyn StoreEngine, _: &Path) {
     let store = e.store().await;
     inserted(store.as_ref(), 1).await;

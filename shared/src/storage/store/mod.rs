@@ -108,6 +108,17 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Extends a lease still held; returns it with its new fencing version.
     async fn renew_lease(&self, lease: &Lease, duration: Duration) -> Result<Lease, StoreError>;
 
+    /// Renews each of `leases` as [`ConversationStore::renew_lease`] does, answering for
+    /// each in order. An engine that can do many in one round trip does (SQLite: one job
+    /// for its database thread); the default renews them side by side.
+    async fn renew_leases(
+        &self,
+        leases: &[Lease],
+        duration: Duration,
+    ) -> Vec<Result<Lease, StoreError>> {
+        futures_util::future::join_all(leases.iter().map(|l| self.renew_lease(l, duration))).await
+    }
+
     /// Gives the lease up so another worker can adopt the conversation at once.
     async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 

@@ -117,21 +117,29 @@ where
     Err(StoreError::Conflict)
 }
 
-/// Renews `lease` for `duration`. A refusal is checked against the record: the last
-/// renewal may have landed after its caller stopped waiting for it, leaving the caller
-/// with the version before; the record then shows the lease ours, renewed.
+/// Renews `leases` for `duration`, answering for each in order. A refusal is checked
+/// against the record: the last renewal may have landed after its caller stopped waiting
+/// for it, leaving the caller with the version before; the record then shows the lease
+/// ours, renewed.
 pub async fn renew(
     store: &dyn ConversationStore,
-    lease: &Lease,
+    leases: &[Lease],
     duration: std::time::Duration,
-) -> Result<Lease, StoreError> {
-    match store.renew_lease(lease, duration).await {
-        Err(StoreError::LeaseLost) => match store.get(&lease.key).await? {
-            Some(now) => renewed_lease(&now, lease).ok_or(StoreError::LeaseLost),
-            None => Err(StoreError::NotFound),
-        },
-        other => other,
-    }
+) -> Vec<Result<Lease, StoreError>> {
+    let answers = store.renew_leases(leases, duration).await;
+    let checked = leases
+        .iter()
+        .zip(answers)
+        .map(|(lease, answer)| async move {
+            match answer {
+                Err(StoreError::LeaseLost) => match store.get(&lease.key).await? {
+                    Some(now) => renewed_lease(&now, lease).ok_or(StoreError::LeaseLost),
+                    None => Err(StoreError::NotFound),
+                },
+                other => other,
+            }
+        });
+    futures_util::future::join_all(checked).await
 }
 
 /// Gives `lease` up, checking a refusal against the record as [`renew`] does: released
@@ -217,7 +225,10 @@ mod tests {
             Err(StoreError::LeaseLost),
             "the store refuses the old version"
         );
-        assert_eq!(renew(&store, &lease, thirty).await, Ok(landed.clone()));
+        assert_eq!(
+            renew(&store, std::slice::from_ref(&lease), thirty).await,
+            [Ok(landed.clone())]
+        );
         // Nor is it when the lease is given up: it is free at once.
         release(&store, &lease).await.unwrap();
         let now = store.get(&lease.key).await.unwrap().unwrap();
@@ -226,8 +237,8 @@ mod tests {
         // Another owner's lease is not taken for ours.
         store.acquire_lease(&lease.key, "w2", thirty).await.unwrap();
         assert_eq!(
-            renew(&store, &landed, thirty).await,
-            Err(StoreError::LeaseLost)
+            renew(&store, std::slice::from_ref(&landed), thirty).await,
+            [Err(StoreError::LeaseLost)]
         );
         assert_eq!(release(&store, &landed).await, Err(StoreError::LeaseLost));
         assert_eq!(
