@@ -523,6 +523,8 @@ impl Queue for SqliteQueue {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            // Stamped before the version is read: a commit in between moves the stamp.
+            let mut stamp = db.wal_stamp();
             let version = db.data_version().await?;
             let got = self.try_receive(max, visibility).await?;
             if !got.is_empty() || Instant::now() >= deadline {
@@ -543,6 +545,11 @@ impl Queue for SqliteQueue {
                 if now >= deadline || now >= recheck {
                     break;
                 }
+                let now_stamp = db.wal_stamp();
+                if now_stamp.is_some() && now_stamp == stamp {
+                    continue;
+                }
+                stamp = now_stamp;
                 if db.data_version().await? != version {
                     break;
                 }
@@ -805,6 +812,59 @@ mod tests {
 
     fn ids(messages: &[ReceivedMessage]) -> Vec<&str> {
         messages.iter().map(|m| m.dedup_id.as_str()).collect()
+    }
+
+    /// Another process's send wakes a long poll through the log's stamp: by growing the
+    /// log, and once a checkpoint has let the log be written over from its start, where
+    /// its length stays the same, by its modification time.
+    #[tokio::test]
+    async fn a_long_poll_wakes_for_every_send_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, consumer) = open(&dir).await;
+        // A second connection with its own thread, as another process would have.
+        let other = Db::open_path(&dir.path().join("queue.db"), Synchronous::Normal)
+            .await
+            .unwrap();
+        let producer = SqliteQueue::open(other.clone(), "q", Limits::both(5))
+            .await
+            .unwrap();
+        let mut lengths = std::collections::HashSet::new();
+        for n in 0..12 {
+            let waiting = {
+                let consumer = consumer.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let got = consumer
+                        .receive(1, MINUTE, Duration::from_secs(20))
+                        .await
+                        .unwrap();
+                    (got, started.elapsed())
+                })
+            };
+            // Past the checkpointer's period, so the log is copied over and restarts.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let stamp = db.wal_stamp().unwrap();
+            producer
+                .send(NewMessage {
+                    group_id: format!("g{n}"),
+                    dedup_id: format!("d{n}"),
+                    body: b"wake".to_vec(),
+                })
+                .await
+                .unwrap();
+            assert_ne!(db.wal_stamp(), Some(stamp), "the send left the log's stamp");
+            lengths.insert(stamp.0);
+            let (got, waited) = waiting.await.unwrap();
+            assert_eq!(ids(&got), [format!("d{n}")]);
+            // Well under the once-a-second look at the queue itself.
+            assert!(
+                waited < Duration::from_millis(600),
+                "send {n} woke it after {waited:?}"
+            );
+            consumer.delete(&got[0].receipt).await.unwrap();
+        }
+        // The log was written over from its start: the same length came back.
+        assert!(lengths.len() < 12, "the log only grew: {lengths:?}");
     }
 
     #[tokio::test]
