@@ -132,10 +132,7 @@ pub async fn renew(
         .zip(answers)
         .map(|(lease, answer)| async move {
             match answer {
-                Err(StoreError::LeaseLost) => match store.get(&lease.key).await? {
-                    Some(now) => renewed_lease(&now, lease).ok_or(StoreError::LeaseLost),
-                    None => Err(StoreError::NotFound),
-                },
+                Err(StoreError::LeaseLost) => still_ours(store, lease).await,
                 other => other,
             }
         });
@@ -147,14 +144,17 @@ pub async fn renew(
 /// held, and the conversation unadopted, until it ran out.
 pub async fn release(store: &dyn ConversationStore, lease: &Lease) -> Result<(), StoreError> {
     match store.release_lease(lease).await {
-        Err(StoreError::LeaseLost) => match store.get(&lease.key).await? {
-            Some(now) => match renewed_lease(&now, lease) {
-                Some(ours) => store.release_lease(&ours).await,
-                None => Err(StoreError::LeaseLost),
-            },
-            None => Err(StoreError::NotFound),
-        },
+        Err(StoreError::LeaseLost) => store.release_lease(&still_ours(store, lease).await?).await,
         other => other,
+    }
+}
+
+/// What the record shows of `lease` after a refusal: ours under a newer version
+/// ([`renewed_lease`]), or lost, or gone.
+async fn still_ours(store: &dyn ConversationStore, lease: &Lease) -> Result<Lease, StoreError> {
+    match store.get(&lease.key).await? {
+        Some(now) => renewed_lease(&now, lease).ok_or(StoreError::LeaseLost),
+        None => Err(StoreError::NotFound),
     }
 }
 
