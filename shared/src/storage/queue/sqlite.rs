@@ -867,6 +867,51 @@ mod tests {
         assert!(lengths.len() < 12, "the log only grew: {lengths:?}");
     }
 
+    /// An idle long poll asks the database thread whether another process committed only
+    /// when the log moved: not at each of its polls (5-25 ms apart), which was most of an
+    /// idle relay's CPU.
+    #[tokio::test]
+    async fn an_idle_long_poll_leaves_the_database_thread_alone() {
+        const VERSION: &str = "PRAGMA data_version";
+        let dir = tempfile::tempdir().unwrap();
+        let (db, queue) = open(&dir).await;
+        // The statement's VM steps, counted from zero after `f` runs.
+        async fn steps_of(db: &Db, f: impl std::future::Future<Output = ()>) -> i32 {
+            db.read(|c| {
+                c.prepare_cached(VERSION)?
+                    .reset_status(StatementStatus::VmStep);
+                Ok::<_, DbError>(())
+            })
+            .await
+            .unwrap();
+            f.await;
+            db.read(|c| {
+                Ok::<_, DbError>(
+                    c.prepare_cached(VERSION)?
+                        .get_status(StatementStatus::VmStep),
+                )
+            })
+            .await
+            .unwrap()
+        }
+        let once = steps_of(&db, async {
+            db.data_version().await.unwrap();
+        })
+        .await;
+        assert!(once > 0);
+        // Under the once-a-second look at the queue itself.
+        let idle = steps_of(&db, async {
+            let got = queue.receive(1, MINUTE, Duration::from_millis(600)).await;
+            assert!(got.unwrap().is_empty());
+        })
+        .await;
+        assert!(
+            idle <= 2 * once,
+            "an idle 600 ms long poll asked {} times",
+            idle / once
+        );
+    }
+
     #[tokio::test]
     async fn a_receive_looks_at_group_heads_not_at_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
