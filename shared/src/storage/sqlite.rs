@@ -247,7 +247,7 @@ impl Db {
     /// caller's thread; `None` if it cannot be read. Every commit, by any process, changes
     /// it — appending grows the file, writing it over again from the start after a
     /// checkpoint moves its time — so a long poll asks [`Db::data_version`] (a round trip
-    /// to the database thread: at idle, 40 of them a second were two thirds of an idle
+    /// to the database thread: at idle, 40 of them a second were a third to a half of an idle
     /// relay's CPU) only once the stamp moved. Two commits within one tick of the
     /// filesystem's clock over a log being written from the start leave it unmoved: a
     /// long poll still looks at the queue itself every second.
