@@ -15,7 +15,7 @@ use waconnect_shared::ConversationKey;
 use waconnect_shared::message::conversation::ConversationState;
 use waconnect_shared::service::backoff::jittered;
 use waconnect_shared::storage::roster::Members;
-use waconnect_shared::storage::store::{Lease, StoreError, renew};
+use waconnect_shared::storage::store::{Lease, StoreError, acquire, renew};
 
 struct Held {
     lease: SharedLease,
@@ -25,6 +25,10 @@ struct Held {
 pub struct Fleet {
     relay: Arc<Relay>,
     held: Mutex<HashMap<String, Held>>,
+    /// Conversations whose lease this worker is taking right now. One take at a time per
+    /// conversation lets a refused take read our own name on the record as its own
+    /// earlier attempt, landed unanswered (store::acquire), never as a live session.
+    taking: Takes,
     /// Conversations handed over to even out the fleet, and until when this worker
     /// leaves them to the others.
     shed: Mutex<HashMap<String, tokio::time::Instant>>,
@@ -52,6 +56,34 @@ const ROSTER: &str = "relays";
 /// Balance rounds a smaller unevenness must last before conversations are handed over.
 const UNEVEN_ROUNDS: u32 = 3;
 
+/// The conversations whose lease is being taken, one take at a time per conversation.
+#[derive(Default)]
+struct Takes(Mutex<HashSet<String>>);
+
+impl Takes {
+    /// Marks `key` as being taken unless it is already, or `held` (asked under the same
+    /// lock, so a take that ends by starting its session cannot slip between the two).
+    fn begin(&self, key: String, held: impl FnOnce() -> bool) -> Option<Taking<'_>> {
+        let mut taking = self.0.lock().expect("takes lock");
+        if held() || !taking.insert(key.clone()) {
+            return None;
+        }
+        Some(Taking { takes: self, key })
+    }
+}
+
+/// A conversation marked as being taken; dropping it unmarks it.
+struct Taking<'a> {
+    takes: &'a Takes,
+    key: String,
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        self.takes.0.lock().expect("takes lock").remove(&self.key);
+    }
+}
+
 /// Conversations per relay if the fleet's were shared out evenly.
 fn fair_share(m: &Members) -> usize {
     (m.load as usize).div_ceil(m.alive.max(1))
@@ -62,6 +94,7 @@ impl Fleet {
         Arc::new(Self {
             relay,
             held: Mutex::default(),
+            taking: Takes::default(),
             shed: Mutex::default(),
             fleet: Mutex::default(),
             passed_over: Mutex::default(),
@@ -85,21 +118,33 @@ impl Fleet {
     /// Takes the conversation's lease if it is free or lapsed and starts its session.
     /// `how` labels the metric: `acquired` (a chat this worker serves) or `adopted`.
     pub async fn adopt(self: &Arc<Self>, key: &ConversationKey, how: &'static str) {
+        let Some(_taking) = self.claim(key) else {
+            return;
+        };
         if let Some(lease) = self.take_lease(key).await {
             self.start(lease, how);
         }
     }
 
-    async fn take_lease(&self, key: &ConversationKey) -> Option<Lease> {
-        if self.stop.is_cancelled() || self.holds(key) || self.handed_over(key) {
+    /// Marks `key` as being taken, unless this worker holds it, is taking it already, or
+    /// handed it over; the mark lasts until the returned guard is dropped, which comes
+    /// after a successful take has started its session (and entered it in `held`).
+    fn claim(&self, key: &ConversationKey) -> Option<Taking<'_>> {
+        if self.stop.is_cancelled() || self.handed_over(key) {
             return None;
         }
+        self.taking.begin(key.storage(), || self.holds(key))
+    }
+
+    async fn take_lease(&self, key: &ConversationKey) -> Option<Lease> {
         let config = &self.relay.config;
-        match self
-            .relay
-            .store
-            .acquire_lease(key, &config.worker_id, config.lease)
-            .await
+        match acquire(
+            self.relay.store.as_ref(),
+            key,
+            &config.worker_id,
+            config.lease,
+        )
+        .await
         {
             Ok(lease) => Some(lease),
             Err(StoreError::LeaseHeld) => None,
@@ -153,9 +198,8 @@ impl Fleet {
                     // wound down: take it at once instead of waiting for a sweep.
                     if let Ok(Some(s)) = fleet.relay.store.get(&key).await
                         && s.conversation.state != ConversationState::Ended
-                        && let Some(lease) = fleet.take_lease(&key).await
                     {
-                        fleet.start(lease, "acquired");
+                        fleet.adopt(&key, "acquired").await;
                     }
                 }
             }
@@ -262,6 +306,9 @@ impl Fleet {
             let fleet = self.clone();
             let predecessor = predecessor.clone();
             async move {
+                let Some(_taking) = fleet.claim(&key) else {
+                    return;
+                };
                 let taken = fleet
                     .relay
                     .store
@@ -427,5 +474,31 @@ impl Fleet {
                 "sessions did not stop within the grace period"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second take of a conversation while one is in flight, or while it is held, is
+    /// refused: only then may a refused take read our name on the record as its own.
+    #[test]
+    fn a_conversation_is_taken_by_one_take_at_a_time_and_never_while_held() {
+        let takes = Takes::default();
+        let first = takes
+            .begin("a".into(), || false)
+            .expect("a free conversation");
+        assert!(takes.begin("a".into(), || false).is_none(), "a second take");
+        assert!(
+            takes.begin("b".into(), || false).is_some(),
+            "another conversation"
+        );
+        drop(first);
+        assert!(takes.begin("a".into(), || true).is_none(), "a held one");
+        assert!(
+            takes.begin("a".into(), || false).is_some(),
+            "taken again once done"
+        );
     }
 }

@@ -16,7 +16,7 @@ pub mod dynamodb;
 pub mod modify;
 pub mod sqlite;
 
-pub use modify::{Fence, Modified, modify, release, renew};
+pub use modify::{Fence, Modified, acquire, modify, release, renew};
 
 use crate::message::conversation::{Conversation, ConversationKey};
 use async_trait::async_trait;

@@ -117,6 +117,28 @@ where
     Err(StoreError::Conflict)
 }
 
+/// Takes `key`'s lease for `owner` if it is free or has run out. A refusal is checked
+/// against the record: an earlier attempt of this same acquisition may have landed with
+/// its answer lost (the SDK retried a write that had succeeded, or the caller stopped
+/// waiting for it), and the record then shows the lease ours. Taken for someone else's,
+/// the conversation stayed unheld — its agent's replies waiting — until the lease ran
+/// out. The caller must hold no session for the conversation and have no other
+/// acquisition of it in flight, so that our name on the record can only be this one's.
+pub async fn acquire(
+    store: &dyn ConversationStore,
+    key: &ConversationKey,
+    owner: &str,
+    duration: std::time::Duration,
+) -> Result<Lease, StoreError> {
+    match store.acquire_lease(key, owner, duration).await {
+        Err(StoreError::LeaseHeld) => match store.get(key).await? {
+            Some(now) => held_by(&now, key, owner).ok_or(StoreError::LeaseHeld),
+            None => Err(StoreError::NotFound),
+        },
+        other => other,
+    }
+}
+
 /// Renews `leases` for `duration`, answering for each in order. A refusal is checked
 /// against the record: the last renewal may have landed after its caller stopped waiting
 /// for it, leaving the caller with the version before; the record then shows the lease
@@ -168,14 +190,19 @@ fn renewed_since(current: &Lease, used: &Lease) -> bool {
 /// Owner names are unique per process, and a process holds a conversation in one
 /// session at a time, so our name on a newer lease is the same hold.
 fn renewed_lease(stored: &StoredConversation, used: &Lease) -> Option<Lease> {
+    held_by(stored, &used.key, &used.owner).filter(|now| now.version > used.version)
+}
+
+/// The lease `stored` shows `owner` holding, if it does and it has not run out.
+fn held_by(stored: &StoredConversation, key: &ConversationKey, owner: &str) -> Option<Lease> {
     let expires_at = stored.lease.expires_at?;
-    (stored.lease.owner.as_deref() == Some(used.owner.as_str())
-        && stored.lease.version > used.version
-        && expires_at > chrono::Utc::now())
-    .then(|| Lease {
-        version: stored.lease.version,
-        expires_at,
-        ..used.clone()
+    (stored.lease.owner.as_deref() == Some(owner) && expires_at > chrono::Utc::now()).then(|| {
+        Lease {
+            key: key.clone(),
+            owner: owner.to_owned(),
+            version: stored.lease.version,
+            expires_at,
+        }
     })
 }
 
@@ -252,6 +279,38 @@ mod tests {
                 .as_deref(),
             Some("w2")
         );
+    }
+
+    /// An acquisition landed but its answer was lost, and its retry finds the lease held:
+    /// by us. Taken for someone else's, the conversation stayed unheld until it ran out.
+    #[tokio::test]
+    async fn an_acquisition_that_landed_unanswered_is_ours_and_no_one_else_s_is() {
+        let (_dir, store, customer) = store().await;
+        store
+            .insert(&Conversation::new(customer.clone()))
+            .await
+            .unwrap();
+        let thirty = std::time::Duration::from_secs(30);
+        let landed = store.acquire_lease(&customer, "w1", thirty).await.unwrap();
+        assert_eq!(
+            store.acquire_lease(&customer, "w1", thirty).await,
+            Err(StoreError::LeaseHeld),
+            "the store refuses the retry"
+        );
+        assert_eq!(
+            acquire(&store, &customer, "w1", thirty).await,
+            Ok(landed.clone())
+        );
+        // Another owner's live lease stays theirs.
+        assert_eq!(
+            acquire(&store, &customer, "w2", thirty).await,
+            Err(StoreError::LeaseHeld)
+        );
+        // A free one is simply taken.
+        store.release_lease(&landed).await.unwrap();
+        let taken = acquire(&store, &customer, "w2", thirty).await.unwrap();
+        assert_eq!(taken.owner, "w2");
+        assert!(taken.version > landed.version);
     }
 
     #[tokio::test]
