@@ -119,11 +119,12 @@ where
 
 /// Takes `key`'s lease for `owner` if it is free or has run out. A refusal is checked
 /// against the record: an earlier attempt of this same acquisition may have landed with
-/// its answer lost (the SDK retried a write that had succeeded, or the caller stopped
-/// waiting for it), and the record then shows the lease ours. Taken for someone else's,
-/// the conversation stayed unheld — its agent's replies waiting — until the lease ran
-/// out. The caller must hold no session for the conversation and have no other
-/// acquisition of it in flight, so that our name on the record can only be this one's.
+/// its answer lost (the SDK retried a conditional write that had succeeded), and the
+/// record then shows the lease ours. Taken for someone else's, the conversation stayed
+/// unheld — its agent's replies waiting — until the lease ran out. (A take whose caller
+/// gave up on it is found the same way by the next take, if one comes before then.) The
+/// caller must hold no session for the conversation and have no other take of it in
+/// flight, so that our name on the record can only be an earlier take's.
 pub async fn acquire(
     store: &dyn ConversationStore,
     key: &ConversationKey,
