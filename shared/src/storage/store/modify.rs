@@ -117,14 +117,15 @@ where
     Err(StoreError::Conflict)
 }
 
-/// Takes `key`'s lease for `owner` if it is free or has run out. A refusal is checked
-/// against the record: an earlier attempt of this same acquisition may have landed with
-/// its answer lost (the SDK retried a conditional write that had succeeded), and the
-/// record then shows the lease ours. Taken for someone else's, the conversation stayed
-/// unheld — its agent's replies waiting — until the lease ran out. (A take whose caller
-/// gave up on it is found the same way by the next take, if one comes before then.) The
-/// caller must hold no session for the conversation and have no other take of it in
-/// flight, so that our name on the record can only be an earlier take's.
+/// Takes `key`'s lease for `owner` if it is free or has run out. A refusal, or an answer
+/// that never came (unavailable: a timeout), is checked against the record: the take may
+/// have landed with its answer lost — the SDK retried a conditional write that had
+/// succeeded, or gave up waiting on one that then succeeded — and the record then shows
+/// the lease ours. Taken for someone else's, or for not taken, the conversation stayed
+/// unheld — its agent's replies waiting — until the lease ran out. (A write still in
+/// flight when the record is read can land after it; that case still waits.) The caller
+/// must hold no session for the conversation and have no other take of it in flight, so
+/// that our name on the record can only be this take's.
 pub async fn acquire(
     store: &dyn ConversationStore,
     key: &ConversationKey,
@@ -135,6 +136,10 @@ pub async fn acquire(
         Err(StoreError::LeaseHeld) => match store.get(key).await? {
             Some(now) => held_by(&now, key, owner).ok_or(StoreError::LeaseHeld),
             None => Err(StoreError::NotFound),
+        },
+        Err(unanswered @ StoreError::Unavailable(_)) => match store.get(key).await {
+            Ok(Some(now)) => held_by(&now, key, owner).ok_or(unanswered),
+            _ => Err(unanswered),
         },
         other => other,
     }
@@ -312,6 +317,98 @@ mod tests {
         let taken = acquire(&store, &customer, "w2", thirty).await.unwrap();
         assert_eq!(taken.owner, "w2");
         assert!(taken.version > landed.version);
+    }
+
+    /// A store whose takes are made, but whose answers are lost on the way back.
+    struct AnswerLost(SqliteStore);
+
+    #[async_trait::async_trait]
+    impl ConversationStore for AnswerLost {
+        async fn acquire_lease(
+            &self,
+            key: &ConversationKey,
+            owner: &str,
+            duration: std::time::Duration,
+        ) -> Result<Lease, StoreError> {
+            // Landed or refused, the caller hears only that the answer never came.
+            let _ = self.0.acquire_lease(key, owner, duration).await;
+            Err(StoreError::Unavailable("timed out".into()))
+        }
+        async fn get(
+            &self,
+            key: &ConversationKey,
+        ) -> Result<Option<StoredConversation>, StoreError> {
+            self.0.get(key).await
+        }
+        async fn insert(&self, c: &Conversation) -> Result<StoredConversation, StoreError> {
+            self.0.insert(c).await
+        }
+        async fn update(&self, c: &Conversation, v: u64) -> Result<StoredConversation, StoreError> {
+            self.0.update(c, v).await
+        }
+        async fn update_fenced(
+            &self,
+            c: &Conversation,
+            v: u64,
+            l: &Lease,
+        ) -> Result<StoredConversation, StoreError> {
+            self.0.update_fenced(c, v, l).await
+        }
+        async fn renew_lease(
+            &self,
+            l: &Lease,
+            d: std::time::Duration,
+        ) -> Result<Lease, StoreError> {
+            self.0.renew_lease(l, d).await
+        }
+        async fn release_lease(&self, l: &Lease) -> Result<(), StoreError> {
+            self.0.release_lease(l).await
+        }
+        async fn erase(&self, key: &ConversationKey) -> Result<bool, StoreError> {
+            self.0.erase(key).await
+        }
+        async fn unheld(&self, limit: usize) -> Result<Vec<ConversationKey>, StoreError> {
+            self.0.unheld(limit).await
+        }
+        async fn held_by(&self, p: &str, limit: usize) -> Result<Vec<ConversationKey>, StoreError> {
+            self.0.held_by(p, limit).await
+        }
+        async fn take_over(
+            &self,
+            key: &ConversationKey,
+            p: &str,
+            owner: &str,
+            d: std::time::Duration,
+        ) -> Result<Lease, StoreError> {
+            self.0.take_over(key, p, owner, d).await
+        }
+        async fn prune_expired(&self) -> Result<u64, StoreError> {
+            self.0.prune_expired().await
+        }
+    }
+
+    /// The take timed out on its way back, but landed: it is ours. Before, the caller
+    /// gave up, and the conversation stayed under our name, unheld, until it ran out.
+    #[tokio::test]
+    async fn a_take_that_landed_but_timed_out_is_ours_and_one_that_did_not_is_not() {
+        let (_dir, inner, customer) = store().await;
+        inner
+            .insert(&Conversation::new(customer.clone()))
+            .await
+            .unwrap();
+        let store = AnswerLost(inner);
+        let thirty = std::time::Duration::from_secs(30);
+        let taken = acquire(&store, &customer, "w1", thirty).await.unwrap();
+        assert_eq!(taken.owner, "w1");
+        assert_eq!(
+            store.get(&customer).await.unwrap().unwrap().lease.version,
+            taken.version
+        );
+        // One that did not land (another's lease is held) still fails as it did.
+        assert_eq!(
+            acquire(&store, &customer, "w2", thirty).await,
+            Err(StoreError::Unavailable("timed out".into()))
+        );
     }
 
     #[tokio::test]
