@@ -125,7 +125,8 @@ where
 /// unheld — its agent's replies waiting — until the lease ran out. (A write still in
 /// flight when the record is read can land after it; that case still waits.) The caller
 /// must hold no session for the conversation and have no other take of it in flight, so
-/// that our name on the record can only be this take's.
+/// that our name on the record can only be this take's (or a lease of ours that no
+/// session holds any more, which is as much ours to take).
 pub async fn acquire(
     store: &dyn ConversationStore,
     key: &ConversationKey,
