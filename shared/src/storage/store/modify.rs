@@ -233,13 +233,19 @@ mod tests {
         (dir, store, customer)
     }
 
-    /// A stored record whose lease "w1" holds.
-    async fn leased() -> (tempfile::TempDir, SqliteStore, ConversationKey, Lease) {
+    /// A stored record, its lease free.
+    async fn stored() -> (tempfile::TempDir, SqliteStore, ConversationKey) {
         let (dir, store, customer) = store().await;
         store
             .insert(&Conversation::new(customer.clone()))
             .await
             .unwrap();
+        (dir, store, customer)
+    }
+
+    /// A stored record whose lease "w1" holds.
+    async fn leased() -> (tempfile::TempDir, SqliteStore, ConversationKey, Lease) {
+        let (dir, store, customer) = stored().await;
         let lease = store
             .acquire_lease(&customer, "w1", std::time::Duration::from_secs(30))
             .await
@@ -292,11 +298,7 @@ mod tests {
     /// by us. Taken for someone else's, the conversation stayed unheld until it ran out.
     #[tokio::test]
     async fn an_acquisition_that_landed_unanswered_is_ours_and_no_one_else_s_is() {
-        let (_dir, store, customer) = store().await;
-        store
-            .insert(&Conversation::new(customer.clone()))
-            .await
-            .unwrap();
+        let (_dir, store, customer) = stored().await;
         let thirty = std::time::Duration::from_secs(30);
         let landed = store.acquire_lease(&customer, "w1", thirty).await.unwrap();
         assert_eq!(
@@ -392,11 +394,7 @@ mod tests {
     /// gave up, and the conversation stayed under our name, unheld, until it ran out.
     #[tokio::test]
     async fn a_take_that_landed_but_timed_out_is_ours_and_one_that_did_not_is_not() {
-        let (_dir, inner, customer) = store().await;
-        inner
-            .insert(&Conversation::new(customer.clone()))
-            .await
-            .unwrap();
+        let (_dir, inner, customer) = stored().await;
         let store = AnswerLost(inner);
         let thirty = std::time::Duration::from_secs(30);
         let taken = acquire(&store, &customer, "w1", thirty).await.unwrap();
