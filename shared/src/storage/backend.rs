@@ -180,7 +180,8 @@ impl Backend {
                 e.media_signing_key.clone(),
                 e.public_base_url.clone(),
             )
-            .await?,
+            .await?
+            .synchronous(e.synchronous),
         ))
     }
 

@@ -5,6 +5,7 @@
 
 use super::{FileMeta, MediaError, MediaStore, check_key};
 use crate::Secret;
+use crate::service::config::Synchronous;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -23,6 +24,9 @@ pub struct DirectoryStore {
     key: Secret,
     /// Ingress's public base URL; without it no URL can be given out.
     public_base: Option<String>,
+    /// Whether a stored file is on disk before `put` answers (the engine's `synchronous`
+    /// setting; the default).
+    durable: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -52,7 +56,16 @@ impl DirectoryStore {
             dir,
             key,
             public_base: public_base.map(|b| b.trim_end_matches('/').to_owned()),
+            durable: true,
         })
+    }
+
+    /// Stores files as durably as the database keeps its writes: with `Normal`, like the
+    /// database's last commits, a file may not survive a power cut (a process crash
+    /// loses nothing either way).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.durable = synchronous == Synchronous::Full;
+        self
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -148,40 +161,73 @@ async fn own_key(dir: &Path) -> Result<Secret, MediaError> {
     }
 }
 
+/// Moves the relay's spool `file` into the store as `path`, described by `meta_path`.
+/// When `durable`, both are on disk before this returns, in this order: the file's bytes,
+/// its name, then its description. The relay sends Twilio the file's URL once this
+/// returns, and a description is what says a file is there ([`MediaStore::exists`]), so
+/// a power cut must leave neither a URL nor a description pointing at bytes that never
+/// reached the disk.
+fn put_file(
+    file: TempPath,
+    partial: &Path,
+    meta: &[u8],
+    dir: &Path,
+    path: &Path,
+    meta_path: &Path,
+    durable: bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    // The relay's spool is usually on this disk, so the file is moved, not copied again
+    // (a copy of the burst was an eighth of the relay's CPU in the media bench).
+    if let Err(not_moved) = file.persist(partial) {
+        // Another filesystem (EXDEV): copied, and the spool file removed on drop.
+        std::fs::copy(&not_moved.path, partial)?;
+    }
+    let meta_partial = partial.with_extension("meta-partial");
+    let mut described = std::fs::File::create(&meta_partial)?;
+    described.write_all(meta)?;
+    if durable {
+        std::fs::File::open(partial)?.sync_data()?;
+        described.sync_data()?;
+    }
+    std::fs::rename(partial, path)?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    std::fs::rename(&meta_partial, meta_path)?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes the directory's entries (a rename into it) survive a power cut.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[async_trait]
 impl MediaStore for DirectoryStore {
     async fn put(&self, key: &str, file: TempPath, meta: &FileMeta) -> Result<(), MediaError> {
         check_key(key)?;
-        // Put under a name no key can have, then renamed: a reader never sees half. The
-        // relay's spool is usually on this disk, so the file is moved, not copied again
-        // (a copy of the burst was an eighth of the relay's CPU in the media bench).
-        let partial = self
-            .dir
-            .join(format!(".{key}.{}", uuid::Uuid::new_v4().simple()));
-        let target = partial.clone();
-        let moved = tokio::task::spawn_blocking(move || file.persist(&target))
-            .await
-            .map_err(backend)?;
-        if let Err(not_moved) = moved {
-            // Another filesystem (EXDEV): copied, and the spool file removed on drop.
-            tokio::fs::copy(&not_moved.path, &partial)
-                .await
-                .map_err(backend)?;
-        }
         let stored = Stored {
             meta: meta.clone(),
             stored_at: Utc::now(),
         };
-        let meta_partial = partial.with_extension("meta-partial");
-        tokio::fs::write(&meta_partial, serde_json::to_vec(&stored).map_err(backend)?)
-            .await
-            .map_err(backend)?;
-        tokio::fs::rename(&partial, self.path(key))
-            .await
-            .map_err(backend)?;
-        tokio::fs::rename(&meta_partial, self.meta_path(key))
-            .await
-            .map_err(backend)
+        let stored = serde_json::to_vec(&stored).map_err(backend)?;
+        // Put under a name no key can have, then renamed: a reader never sees half.
+        let partial = self
+            .dir
+            .join(format!(".{key}.{}", uuid::Uuid::new_v4().simple()));
+        let (dir, path, meta_path) = (self.dir.clone(), self.path(key), self.meta_path(key));
+        let durable = self.durable;
+        // One trip to the blocking pool for the whole sequence of file operations.
+        tokio::task::spawn_blocking(move || {
+            put_file(file, &partial, &stored, &dir, &path, &meta_path, durable)
+        })
+        .await
+        .map_err(backend)?
+        .map_err(backend)
     }
 
     async fn exists(&self, key: &str) -> Result<bool, MediaError> {
