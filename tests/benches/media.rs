@@ -21,7 +21,9 @@
 //! before Twilio fetches it from us), so that direction is also set against the two plain
 //! copies it makes: the copy above, then every kept file fetched back from the sink at
 //! once. `BENCH_ROUNDS` (default 3) bursts each way; the ratios reported are their
-//! median. Writes
+//! median. Also the CPU time each of our services spent per MiB relayed (median of the
+//! rounds): the burst's wall time swings with the machine's other tenants and with the
+//! simulators sharing its two cores, the CPU it took much less. Writes
 //! `target/bench/media.json`.
 //!
 //! `cargo build --release --bins && cargo bench -p waconnect-tests --bench media`.
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use waconnect_sim::connect::Scan;
 use waconnect_sim::twilio::{CustomerMessage, Media};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::procfs::{reset_peak, status_kib};
+use waconnect_tests::procfs::{self, reset_peak, status_kib};
 use waconnect_tests::{bench_setting, customer, wait, write_bench_report};
 
 /// The services run as release processes, built beforehand (a bench does not build
@@ -156,6 +158,33 @@ struct Round {
     plain_twice: Option<Duration>,
     /// Added resident KiB per transfer in flight, by process.
     added_kib: Vec<(&'static str, f64)>,
+    /// CPU seconds each of our processes spent on the burst.
+    cpu_seconds: Vec<(&'static str, f64)>,
+}
+
+/// Our services' CPU ticks, to set against the same after a burst: CPU time per MiB
+/// moves far less with the machine's other tenants than the burst's wall time does.
+struct CpuMark(Vec<(&'static str, u32, u64)>);
+
+impl CpuMark {
+    fn now(processes: &[(&'static str, u32)]) -> Self {
+        Self(
+            processes
+                .iter()
+                .map(|&(name, pid)| (name, pid, procfs::cpu_ticks(pid)))
+                .collect(),
+        )
+    }
+
+    fn seconds_since(&self) -> Vec<(&'static str, f64)> {
+        self.0
+            .iter()
+            .map(|&(name, pid, before)| {
+                let ticks = procfs::cpu_ticks(pid).saturating_sub(before);
+                (name, ticks as f64 / procfs::clock_ticks_per_second())
+            })
+            .collect()
+    }
 }
 
 impl Round {
@@ -213,12 +242,20 @@ fn report(rounds: &[Round], direction: &str, transfers: usize, mb: usize) -> ser
         memory.push(format!("{process} {kib:.0} KiB"));
         report[format!("{process}_added_kib_per_transfer")] = serde_json::json!(kib);
     }
+    let mib = (transfers * mb) as f64;
+    let mut cpu = Vec::new();
+    for (i, (process, _)) in rounds[0].cpu_seconds.iter().enumerate() {
+        let ms = median(rounds.iter().map(|r| r.cpu_seconds[i].1).collect()) * 1000.0 / mib;
+        cpu.push(format!("{process} {ms:.2} ms"));
+        report[format!("{process}_cpu_ms_per_mib")] = serde_json::json!(ms);
+    }
     let ratios: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.ratio())).collect();
     println!(
-        "{transfers} × {mb} MiB, {direction}: relayed in {relayed:.2} s, plain copy {plain:.2} s, median of {} rounds {ratio:.2}× ({}){twice}; added per transfer in flight, at most: {}",
+        "{transfers} × {mb} MiB, {direction}: relayed in {relayed:.2} s, plain copy {plain:.2} s, median of {} rounds {ratio:.2}× ({}){twice}; added per transfer in flight, at most: {}; CPU per MiB relayed, median: {}",
         rounds.len(),
         ratios.join(", "),
-        memory.join(", ")
+        memory.join(", "),
+        cpu.join(", ")
     );
     report
 }
@@ -285,6 +322,10 @@ async fn customer_to_agent(
 ) -> Vec<Round> {
     let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
     let relay_pid = lp.relay.id().expect("the relay runs");
+    let processes = [
+        ("relay", relay_pid),
+        ("ingress", lp.ingress.id().expect("ingress runs")),
+    ];
     // Warm up: one small file, so the relay's pools and buffers exist before the baseline.
     let sid = phone
         .upload(document(0, 0), "application/pdf")
@@ -315,6 +356,7 @@ async fn customer_to_agent(
         let before = baseline(relay_pid);
 
         // The burst: every customer's file at once.
+        let cpu = CpuMark::now(&processes);
         let started = Instant::now();
         let sends = sids.iter().enumerate().map(|(c, sid)| {
             let (phone, message) = (phone.clone(), file_message(customer(c).as_str(), sid));
@@ -335,6 +377,7 @@ async fn customer_to_agent(
         })
         .await;
         let relayed = started.elapsed();
+        let cpu_seconds = cpu.seconds_since();
         let added_kib = vec![("relay", added_per_transfer(relay_pid, before, transfers))];
 
         // The same bytes copied plainly, from the same simulator storage.
@@ -357,6 +400,7 @@ async fn customer_to_agent(
             plain,
             plain_twice: None,
             added_kib,
+            cpu_seconds,
         });
     }
     done
@@ -377,6 +421,11 @@ async fn agent_to_customer(
     let pids = [
         ("relay", lp.relay.id().expect("the relay runs")),
         ("ingress", lp.ingress.id().expect("ingress runs")),
+    ];
+    let processes = [
+        pids[0],
+        pids[1],
+        ("sender", lp.sender.id().expect("the sender runs")),
     ];
     let fetched = |sent: &[serde_json::Value]| {
         let files: Vec<&serde_json::Value> = sent
@@ -409,6 +458,8 @@ async fn agent_to_customer(
     let mut done = Vec::new();
     for round in 0..rounds {
         let befores: Vec<u64> = pids.iter().map(|(_, pid)| baseline(*pid)).collect();
+        // Taken before the uploads, during which our services have nothing to do.
+        let cpu = CpuMark::now(&processes);
         // The burst: every agent's file, approved at one instant.
         let approve_at = SystemTime::now() + UPLOAD_LEAD;
         let started = Instant::now() + UPLOAD_LEAD;
@@ -446,6 +497,7 @@ async fn agent_to_customer(
         )
         .await;
         let relayed = started.elapsed();
+        let cpu_seconds = cpu.seconds_since();
         let added_kib = pids
             .iter()
             .zip(&befores)
@@ -463,6 +515,7 @@ async fn agent_to_customer(
             plain,
             plain_twice: Some(twice),
             added_kib,
+            cpu_seconds,
         });
     }
     done
