@@ -141,6 +141,13 @@ async fn own_key(dir: &Path) -> Result<Secret, MediaError> {
             use tokio::io::AsyncWriteExt;
             f.write_all(fresh.as_bytes()).await.map_err(backend)?;
             f.sync_all().await.map_err(backend)?;
+            // Its name too: a key lost to a power cut would void every URL signed with it
+            // that Twilio has yet to fetch.
+            let dir = dir.to_owned();
+            tokio::task::spawn_blocking(move || sync_dir(&dir))
+                .await
+                .map_err(backend)?
+                .map_err(backend)?;
             Ok(Secret::from(fresh))
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
