@@ -1,10 +1,13 @@
-//! Every SQS and DynamoDB call is bounded by WACONNECT_AWS_CALL_TIMEOUT: against an
-//! endpoint that takes connections and never answers, a call gives up in about four
-//! attempts' time instead of hanging (a stalled lease renewal used to hold up a worker's
-//! whole renewal round until every lease lapsed).
+//! Every SQS, DynamoDB and S3 call is bounded by WACONNECT_AWS_CALL_TIMEOUT (an upload to
+//! S3 by that plus its size's time): against an endpoint that takes connections and never
+//! answers, a call gives up in about four attempts' time instead of hanging (a stalled
+//! lease renewal used to hold up a worker's whole renewal round until every lease lapsed;
+//! a stalled S3 call held the agent's file, and every message after it in that chat).
 
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use waconnect_shared::storage::media::s3::S3Store;
+use waconnect_shared::storage::media::{FileMeta, MediaError, MediaStore};
 use waconnect_shared::storage::store::ConversationStore;
 use waconnect_shared::storage::store::StoreError;
 use waconnect_shared::storage::store::dynamodb::DynamoStore;
@@ -26,7 +29,7 @@ async fn calls_to_a_stalled_endpoint_give_up_within_the_call_timeout() {
         call_timeout: Duration::from_millis(300),
         ..Moto::storage_at(&endpoint)
     };
-    let (sqs, dynamodb, _) = waconnect_shared::storage::backend::aws_clients(&config).await;
+    let (sqs, dynamodb, s3) = waconnect_shared::storage::backend::aws_clients(&config).await;
     let store = DynamoStore::new(Table::new(dynamodb, "conversations"));
     let started = Instant::now();
     let read = store.get(&waconnect_tests::key(1)).await;
@@ -42,4 +45,37 @@ async fn calls_to_a_stalled_endpoint_give_up_within_the_call_timeout() {
     assert!(sent.is_err());
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "SQS call took {took:?}");
+    let media = S3Store::new(s3, "media".into());
+    let started = Instant::now();
+    // Bounded here too: without its own bound the call would hang, not fail.
+    let hung = Duration::from_secs(20);
+    let found = tokio::time::timeout(hung, media.exists("c0123456789abcdef-agent-1.pdf"))
+        .await
+        .expect("S3 HeadObject hung");
+    assert!(
+        matches!(found, Err(MediaError::Unavailable(_))),
+        "{found:?}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "S3 HeadObject took {took:?}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vec![b'%'; 1024]).unwrap();
+    let meta = FileMeta {
+        content_type: "application/pdf".into(),
+        file_name: "manual.pdf".into(),
+    };
+    let started = Instant::now();
+    let stored = tokio::time::timeout(
+        hung,
+        media.put(
+            "c0123456789abcdef-agent-1.pdf",
+            file.into_temp_path(),
+            &meta,
+        ),
+    )
+    .await
+    .expect("S3 PutObject hung");
+    assert!(stored.is_err(), "{stored:?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "S3 PutObject took {took:?}");
 }

@@ -193,8 +193,8 @@ impl Backend {
     }
 }
 
-/// SQS and DynamoDB clients on the shared AWS configuration, at the override endpoint if
-/// one is set, every request bounded by [`AwsStorageConfig::call_timeout`].
+/// SQS, DynamoDB and S3 clients on the shared AWS configuration, at the override endpoint
+/// if one is set, every request bounded by [`AwsStorageConfig::call_timeout`].
 pub async fn aws_clients(
     config: &AwsStorageConfig,
 ) -> (
@@ -209,9 +209,11 @@ pub async fn aws_clients(
         .timeout_config(timeouts.clone());
     let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk)
         .interceptor(CallCounter)
+        .timeout_config(timeouts.clone());
+    // A file's upload gets longer, by its size (`S3Store::put`).
+    let mut s3 = aws_sdk_s3::config::Builder::from(&sdk)
+        .interceptor(CallCounter)
         .timeout_config(timeouts);
-    // A file's upload takes longer than one queue call: S3 keeps the SDK's own timeouts.
-    let mut s3 = aws_sdk_s3::config::Builder::from(&sdk).interceptor(CallCounter);
     if let Some(endpoint) = &config.endpoint {
         sqs = sqs.endpoint_url(endpoint);
         dynamodb = dynamodb.endpoint_url(endpoint);

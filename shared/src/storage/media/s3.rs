@@ -32,7 +32,25 @@ impl S3Store {
     fn object(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+
+    /// The bound on one attempt to upload `size` bytes: a call's (the client's, from
+    /// WACONNECT_AWS_CALL_TIMEOUT) plus the time the bytes take at [`SLOWEST_UPLOAD`].
+    fn upload_attempt(&self, size: u64) -> Duration {
+        let call = self
+            .client
+            .config()
+            .timeout_config()
+            .and_then(|t| t.operation_attempt_timeout())
+            .unwrap_or(UNBOUNDED_CLIENT_CALL);
+        call + Duration::from_secs_f64(size as f64 / SLOWEST_UPLOAD as f64)
+    }
 }
+
+/// Bytes a second below which an upload counts as stalled: a bucket in the relay's region
+/// takes tens of MB a second, so a 16 MB file gets 16 s on top of a call's bound.
+const SLOWEST_UPLOAD: u64 = 1024 * 1024;
+/// A call's bound when the client was built without one (`aws_clients` always sets it).
+const UNBOUNDED_CLIENT_CALL: Duration = Duration::from_secs(5);
 
 fn failed<E>(e: &aws_sdk_s3::error::SdkError<E, HttpResponse>) -> MediaError
 where
@@ -54,6 +72,7 @@ impl MediaStore for S3Store {
         let body = ByteStream::from_path(&file)
             .await
             .map_err(|e| MediaError::Backend(e.to_string()))?;
+        let size = body.size_hint().1.unwrap_or(body.size_hint().0);
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -61,6 +80,11 @@ impl MediaStore for S3Store {
             .content_type(&meta.content_type)
             .content_disposition(meta.content_disposition())
             .body(body)
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default()
+                    .timeout_config(crate::service::aws::timeouts(self.upload_attempt(size))),
+            )
             .send()
             .await
             .map_err(|e| failed(&e))?;
