@@ -41,7 +41,7 @@ impl S3Store {
             .config()
             .timeout_config()
             .and_then(|t| t.operation_attempt_timeout())
-            .unwrap_or(UNBOUNDED_CLIENT_CALL);
+            .unwrap_or(crate::service::config::AWS_CALL_TIMEOUT);
         call + Duration::from_secs_f64(size as f64 / SLOWEST_UPLOAD as f64)
     }
 }
@@ -49,8 +49,6 @@ impl S3Store {
 /// Bytes a second below which an upload counts as stalled: a bucket in the relay's region
 /// takes tens of MB a second, so a 16 MB file gets 16 s on top of a call's bound.
 const SLOWEST_UPLOAD: u64 = 1024 * 1024;
-/// A call's bound when the client was built without one (`aws_clients` always sets it).
-const UNBOUNDED_CLIENT_CALL: Duration = Duration::from_secs(5);
 
 fn failed<E>(e: &aws_sdk_s3::error::SdkError<E, HttpResponse>) -> MediaError
 where
