@@ -48,8 +48,9 @@ pub struct RelayConfig {
     pub shutdown_grace: Duration,
     /// Customer files: fetching, converting, attaching.
     pub media: MediaSettings,
-    /// How long an agent's file Connect is still scanning may hold what the agent sent
-    /// after it, before the agent is told it was not sent.
+    /// How long an agent's file may hold what the agent sent after it (Connect still
+    /// scanning it, or the relay failing to copy it), before the agent is told it was
+    /// not sent.
     pub scan_wait: Duration,
     /// Typing and blue ticks on WhatsApp.
     pub indicators: IndicatorSettings,

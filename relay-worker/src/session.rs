@@ -78,6 +78,9 @@ pub struct Session {
     connection_token: String,
     /// An agent's file Connect is still scanning, and what the agent sent after it.
     scanning: Option<Scanning>,
+    /// The agent's file that could not be kept for WhatsApp (its attachment id), and
+    /// since when: everything after it waits, so the tries have a bound.
+    copy_failing: Option<(String, Instant)>,
     /// What typing and read indicators need to know of the chat.
     signals: Signals,
 }
@@ -126,6 +129,7 @@ pub async fn hold(relay: Arc<Relay>, lease: SharedLease, stop: CancellationToken
         recent: VecDeque::new(),
         connection_token: String::new(),
         scanning: None,
+        copy_failing: None,
         signals: Signals::default(),
     };
     let outcome = session.run(&stop).await;
@@ -570,23 +574,12 @@ impl Session {
             return Ok(());
         };
         for file in &scan.item.attachments {
-            // Recorded before the agent is told, so no relay sends what the notice says
-            // was not sent; a notice lost to a crash here is sent again (same token) when
-            // the next session gives up on the file anew.
-            self.relay
-                .ledger
-                .sent(
-                    &crate::agent_file::withheld_key(&file.attachment_id),
-                    crate::agent_file::WITHHELD,
-                )
-                .await
-                .map_err(|_| Step::Reconnect("ledger_error"))?;
-            let notice = crate::agent_file::notice(
-                &file.attachment_name,
+            self.withhold(
+                &scan.item.id,
+                file,
                 &format!("Amazon Connect had not approved it ({why})"),
-            );
-            self.tell_agent(&scan.item.id, &file.attachment_id, &notice)
-                .await?;
+            )
+            .await?;
         }
         self.advance(&scan.item);
         self.admit_all(scan.held).await
@@ -730,12 +723,70 @@ impl Session {
                         .await?;
                 }
                 Err(e) => {
-                    tracing::warn!(conversation = %self.key, error = %e, "an agent's file could not be copied yet; will backfill");
-                    return Err(Step::Reconnect("attachment_error"));
+                    let since = self.copy_failing_since(&file.attachment_id);
+                    let bound = relay.config.scan_wait;
+                    if since.elapsed() < bound {
+                        tracing::warn!(conversation = %self.key, error = %e, "an agent's file could not be copied yet; will backfill");
+                        return Err(Step::Reconnect("attachment_error"));
+                    }
+                    // What the agent sent after it has waited long enough: the file is
+                    // given up as a scan that outlasts the wait is, and the agent told.
+                    tracing::error!(conversation = %self.key, error = %e, "an agent's file could not be copied for {}; not sent, the agent is told", humanize(bound));
+                    self.withhold(
+                        &item.id,
+                        file,
+                        &format!(
+                            "the bridge could not keep a copy for WhatsApp within {}",
+                            humanize(bound)
+                        ),
+                    )
+                    .await?;
                 }
+            }
+            if self
+                .copy_failing
+                .as_ref()
+                .is_some_and(|(id, _)| *id == file.attachment_id)
+            {
+                self.copy_failing = None;
             }
         }
         Ok(keys)
+    }
+
+    /// Since when `attachment_id` has been failing to copy, counting from now if it was
+    /// not the one failing before.
+    fn copy_failing_since(&mut self, attachment_id: &str) -> Instant {
+        match &self.copy_failing {
+            Some((id, since)) if id == attachment_id => *since,
+            _ => {
+                let now = Instant::now();
+                self.copy_failing = Some((attachment_id.to_owned(), now));
+                now
+            }
+        }
+    }
+
+    /// Records `file` of item `item_id` as not sent, then tells the agent `why`. Recorded
+    /// first, so no relay sends what the notice says was not sent; a notice lost to a
+    /// crash here is sent again (same token) when the next session gives up on the file
+    /// anew.
+    async fn withhold(
+        &self,
+        item_id: &str,
+        file: &crate::item::ItemAttachment,
+        why: &str,
+    ) -> Result<(), Step> {
+        self.relay
+            .ledger
+            .sent(
+                &crate::agent_file::withheld_key(&file.attachment_id),
+                crate::agent_file::WITHHELD,
+            )
+            .await
+            .map_err(|_| Step::Reconnect("ledger_error"))?;
+        let notice = crate::agent_file::notice(&file.attachment_name, why);
+        self.tell_agent(item_id, &file.attachment_id, &notice).await
     }
 
     /// Tells the agent, in the chat, that file `attachment_id` of item `item_id` was not

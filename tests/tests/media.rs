@@ -520,6 +520,61 @@ async fn agents_files_reach_the_phone(aws: bool) {
     );
 }
 
+/// A media store that stays broken (here the relay's directory turns into a file, as a
+/// full or read-only disk refuses writes): the relay tries the agent's file again until
+/// the wait for a file ends, then tells the agent it was not sent, and what the agent
+/// sent after it reaches the customer instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_bridge_cannot_keep_is_told_to_the_agent_and_what_follows_goes_on() {
+    let media = tempfile::tempdir().unwrap();
+    let media_dir = media.path().join("media");
+    let lp = FullLoop::start(LoopOptions {
+        relay_vars: vec![
+            ("WACONNECT_MEDIA_DIR", media_dir.display().to_string()),
+            ("WACONNECT_RELAY_SCAN_WAIT", "3s".into()),
+        ],
+        ..LoopOptions::default()
+    })
+    .await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    std::fs::remove_dir_all(&media_dir).unwrap();
+    std::fs::write(&media_dir, b"not a directory").unwrap();
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    desk.send(&contact, "before the file").await.unwrap();
+    desk.send_file(
+        &contact,
+        "Manual.pdf",
+        "application/pdf",
+        pdf(100),
+        "APPROVED",
+    )
+    .await
+    .unwrap();
+    desk.send(&contact, "after the file").await.unwrap();
+    let number = customer(0);
+    let inbox = wait::until("the agent's texts", Duration::from_secs(60), || async {
+        let inbox = phone.inbox(number.as_str()).await.ok()?;
+        (inbox.len() >= 2 && inbox.iter().all(|m| m.status != "queued")).then_some(inbox)
+    })
+    .await;
+    let shown: Vec<(&str, usize)> = inbox
+        .iter()
+        .map(|m| (m.body.as_str(), m.media_urls.len()))
+        .collect();
+    assert_eq!(
+        shown,
+        [("before the file", 0), ("after the file", 0)],
+        "{inbox:?}"
+    );
+    let notices = notices_in(&desk, &contact).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains("\"Manual.pdf\"")
+            && notices[0].contains("could not keep a copy for WhatsApp within 3 s"),
+        "{notices:?}"
+    );
+}
+
 /// With Connect's attachment scanning on, a file's item says `IN_PROGRESS` and a later item
 /// carries the verdict: what the agent wrote meanwhile waits behind the file, so the phone
 /// gets both in the agent's order; a file never approved is told to the agent once the
