@@ -768,9 +768,9 @@ impl Session {
     }
 
     /// Records `file` of item `item_id` as not sent, then tells the agent `why`. Recorded
-    /// first, so no relay sends what the notice says was not sent; a notice lost to a
-    /// crash here is sent again (same token) when the next session gives up on the file
-    /// anew.
+    /// first, so no relay sends what the notice says was not sent. A crash in between
+    /// loses the notice unless the next session gives up on the file anew (a scan still
+    /// pending: same token); the next session skips a recorded file without a word.
     async fn withhold(
         &self,
         item_id: &str,
