@@ -769,8 +769,8 @@ impl Session {
 
     /// Records `file` of item `item_id` as not sent, then tells the agent `why`. Recorded
     /// first, so no relay sends what the notice says was not sent. A crash in between
-    /// loses the notice unless the next session gives up on the file anew (a scan still
-    /// pending: same token); the next session skips a recorded file without a word.
+    /// loses the notice (the next session skips a recorded file without a word); the
+    /// other order could send a file the agent was told was not sent.
     async fn withhold(
         &self,
         item_id: &str,
