@@ -577,6 +577,7 @@ impl Session {
             self.withhold(
                 &scan.item.id,
                 file,
+                "scan",
                 &format!("Amazon Connect had not approved it ({why})"),
             )
             .await?;
@@ -735,6 +736,7 @@ impl Session {
                     self.withhold(
                         &item.id,
                         file,
+                        "copy",
                         &format!(
                             "the bridge could not keep a copy for WhatsApp within {}",
                             humanize(bound)
@@ -767,14 +769,16 @@ impl Session {
         }
     }
 
-    /// Records `file` of item `item_id` as not sent, then tells the agent `why`. Recorded
-    /// first, so no relay sends what the notice says was not sent. A crash in between
-    /// loses the notice (the next session skips a recorded file without a word); the
-    /// other order could send a file the agent was told was not sent.
+    /// Records `file` of item `item_id` as not sent (given up for `reason`: `scan` or
+    /// `copy`), then tells the agent `why`. Recorded first, so no relay sends what the
+    /// notice says was not sent. A crash in between loses the notice (the next session
+    /// skips a recorded file without a word); the other order could send a file the
+    /// agent was told was not sent.
     async fn withhold(
         &self,
         item_id: &str,
         file: &crate::item::ItemAttachment,
+        reason: &'static str,
         why: &str,
     ) -> Result<(), Step> {
         self.relay
@@ -785,6 +789,8 @@ impl Session {
             )
             .await
             .map_err(|_| Step::Reconnect("ledger_error"))?;
+        metrics::counter!("waconnect_relay_agent_files_given_up_total", "reason" => reason)
+            .increment(1);
         let notice = crate::agent_file::notice(&file.attachment_name, why);
         self.tell_agent(item_id, &file.attachment_id, &notice).await
     }

@@ -40,6 +40,12 @@ pub struct LoopOptions {
 }
 
 impl FullLoop {
+    /// The relay's `/metrics` as it answers now; `None` while it cannot.
+    pub async fn relay_metrics(&self) -> Option<String> {
+        let url = format!("http://{}/metrics", self.relay_ops);
+        reqwest::get(url).await.ok()?.text().await.ok()
+    }
+
     pub async fn start(options: LoopOptions) -> Self {
         let LoopOptions {
             twilio,

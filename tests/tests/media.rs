@@ -573,6 +573,14 @@ async fn a_file_the_bridge_cannot_keep_is_told_to_the_agent_and_what_follows_goe
             && notices[0].contains("could not keep a copy for WhatsApp within 3 s"),
         "{notices:?}"
     );
+    // What WaconnectAgentFilesFailing counts.
+    let metrics = lp.relay_metrics().await.expect("the relay's metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "waconnect_relay_agent_files_given_up_total{reason=\"copy\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// With Connect's attachment scanning on, a file's item says `IN_PROGRESS` and a later item

@@ -188,9 +188,8 @@ async fn a_supervised_chat_refuses_receipts_for_good() {
     desk.supervise(&contact).await.unwrap();
     // The phone reads the reply at once: Twilio reports delivered and read.
     reply_lands(&lp, &contact, 4, "a supervisor is here").await;
-    let metrics = format!("http://{}/metrics", lp.relay_ops);
     let refused = wait::until("receipts refused", Duration::from_secs(30), || async {
-        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        let text = lp.relay_metrics().await?;
         let line = text
             .lines()
             .find(|l| l.starts_with("waconnect_relay_receipts_refused_total"))?

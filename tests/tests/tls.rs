@@ -96,12 +96,11 @@ async fn a_relay_not_told_of_the_ca_refuses_the_certificate() {
         },
     )
     .await;
-    let metrics = format!("http://{}/metrics", lp.relay_ops);
     wait::until(
         "the relay to count Connect's refused certificate",
         Duration::from_secs(30),
         || async {
-            let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+            let text = lp.relay_metrics().await?;
             text.lines()
                 .any(|l| {
                     l.starts_with("waconnect_connect_errors_total")

@@ -211,6 +211,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "The agent's files: stored for Twilio, or refused with a notice to the agent (outcome).",
     ),
     (
+        "waconnect_relay_agent_files_given_up_total",
+        Kind::Counter,
+        "The agent's files given up once WACONNECT_RELAY_SCAN_WAIT passed, the agent told: still being scanned, or not copied for WhatsApp (reason: scan, copy).",
+    ),
+    (
         "waconnect_relay_resends_total",
         Kind::Counter,
         "Replies sent again after WhatsApp refused them for a passing reason (63018, 30001), by code.",
