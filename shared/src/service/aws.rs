@@ -241,6 +241,19 @@ pub fn timeouts(per_attempt: std::time::Duration) -> aws_smithy_types::timeout::
         .build()
 }
 
+/// The same policy for one call that legitimately takes `extra` longer than its client's
+/// calls (a long poll's wait, an upload's bytes): the client's attempt bound (`client`,
+/// from WACONNECT_AWS_CALL_TIMEOUT; the default if it has none) plus `extra`.
+pub fn stretched(
+    client: Option<&aws_smithy_types::timeout::TimeoutConfig>,
+    extra: std::time::Duration,
+) -> aws_smithy_types::timeout::TimeoutConfig {
+    let per_attempt = client
+        .and_then(|t| t.operation_attempt_timeout())
+        .unwrap_or(crate::service::config::AWS_CALL_TIMEOUT);
+    timeouts(per_attempt + extra)
+}
+
 impl Intercept for CallCounter {
     fn name(&self) -> &'static str {
         "waconnect-call-counter"

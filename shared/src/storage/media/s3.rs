@@ -32,18 +32,6 @@ impl S3Store {
     fn object(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
-
-    /// The bound on one attempt to upload `size` bytes: a call's (the client's, from
-    /// WACONNECT_AWS_CALL_TIMEOUT) plus the time the bytes take at [`SLOWEST_UPLOAD`].
-    fn upload_attempt(&self, size: u64) -> Duration {
-        let call = self
-            .client
-            .config()
-            .timeout_config()
-            .and_then(|t| t.operation_attempt_timeout())
-            .unwrap_or(crate::service::config::AWS_CALL_TIMEOUT);
-        call + Duration::from_secs_f64(size as f64 / SLOWEST_UPLOAD as f64)
-    }
 }
 
 /// Bytes a second below which an upload counts as stalled: a bucket in the relay's region
@@ -70,7 +58,13 @@ impl MediaStore for S3Store {
         let body = ByteStream::from_path(&file)
             .await
             .map_err(|e| MediaError::Backend(e.to_string()))?;
-        let size = body.size_hint().1.unwrap_or(body.size_hint().0);
+        // A file's stream knows its length exactly.
+        let (size, _) = body.size_hint();
+        // Its attempts get the time its bytes take at SLOWEST_UPLOAD on top of a call's.
+        let timeouts = crate::service::aws::stretched(
+            self.client.config().timeout_config(),
+            Duration::from_secs_f64(size as f64 / SLOWEST_UPLOAD as f64),
+        );
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -79,10 +73,7 @@ impl MediaStore for S3Store {
             .content_disposition(meta.content_disposition())
             .body(body)
             .customize()
-            .config_override(
-                aws_sdk_s3::config::Builder::default()
-                    .timeout_config(crate::service::aws::timeouts(self.upload_attempt(size))),
-            )
+            .config_override(aws_sdk_s3::config::Builder::default().timeout_config(timeouts))
             .send()
             .await
             .map_err(|e| failed(&e))?;

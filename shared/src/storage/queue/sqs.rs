@@ -504,12 +504,7 @@ impl Queue for SqsQueue {
         let started = Instant::now();
         // A long poll legitimately waits `wait` before answering: its attempts get that
         // on top of the client's usual bound.
-        let per_attempt = self
-            .client
-            .config()
-            .timeout_config()
-            .and_then(|t| t.operation_attempt_timeout())
-            .unwrap_or(crate::service::config::AWS_CALL_TIMEOUT);
+        let timeouts = crate::service::aws::stretched(self.client.config().timeout_config(), wait);
         let out = self
             .client
             .receive_message()
@@ -519,10 +514,7 @@ impl Queue for SqsQueue {
             .wait_time_seconds(whole_seconds(wait))
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .customize()
-            .config_override(
-                aws_sdk_sqs::config::Builder::default()
-                    .timeout_config(crate::service::aws::timeouts(per_attempt + wait)),
-            )
+            .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(timeouts))
             .send()
             .await
             .map_err(|e| QueueError::from(CallError::from_sdk(&e)))?;
