@@ -68,6 +68,42 @@ impl DirectoryStore {
         self
     }
 
+    /// Moves the relay's spool `file` into the store as `key`, described by `meta`. When
+    /// durable, both are on disk before this returns, in this order: the file's bytes, its
+    /// name, then its description. The relay sends Twilio the file's URL once `put`
+    /// returns, and a description is what says a file is there ([`MediaStore::exists`]),
+    /// so a power cut must leave neither a URL nor a description pointing at bytes that
+    /// never reached the disk.
+    fn put_now(&self, key: &str, file: TempPath, meta: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        // Put under a name no key can have, then renamed: a reader never sees half.
+        let partial = self
+            .dir
+            .join(format!(".{key}.{}", uuid::Uuid::new_v4().simple()));
+        // The relay's spool is usually on this disk, so the file is moved, not copied
+        // again (a copy of the burst was an eighth of the relay's CPU in the media bench).
+        if let Err(not_moved) = file.persist(&partial) {
+            // Another filesystem (EXDEV): copied, and the spool file removed on drop.
+            std::fs::copy(&not_moved.path, &partial)?;
+        }
+        let meta_partial = partial.with_extension("meta-partial");
+        let mut described = std::fs::File::create(&meta_partial)?;
+        described.write_all(meta)?;
+        if self.durable {
+            std::fs::File::open(&partial)?.sync_data()?;
+            described.sync_data()?;
+        }
+        std::fs::rename(&partial, self.path(key))?;
+        if self.durable {
+            sync_dir(&self.dir)?;
+        }
+        std::fs::rename(&meta_partial, self.meta_path(key))?;
+        if self.durable {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
     fn path(&self, key: &str) -> PathBuf {
         self.dir.join(key)
     }
@@ -168,46 +204,6 @@ async fn own_key(dir: &Path) -> Result<Secret, MediaError> {
     }
 }
 
-/// Moves the relay's spool `file` into the store as `path`, described by `meta_path`.
-/// When `durable`, both are on disk before this returns, in this order: the file's bytes,
-/// its name, then its description. The relay sends Twilio the file's URL once this
-/// returns, and a description is what says a file is there ([`MediaStore::exists`]), so
-/// a power cut must leave neither a URL nor a description pointing at bytes that never
-/// reached the disk.
-fn put_file(
-    file: TempPath,
-    partial: &Path,
-    meta: &[u8],
-    dir: &Path,
-    path: &Path,
-    meta_path: &Path,
-    durable: bool,
-) -> std::io::Result<()> {
-    use std::io::Write;
-    // The relay's spool is usually on this disk, so the file is moved, not copied again
-    // (a copy of the burst was an eighth of the relay's CPU in the media bench).
-    if let Err(not_moved) = file.persist(partial) {
-        // Another filesystem (EXDEV): copied, and the spool file removed on drop.
-        std::fs::copy(&not_moved.path, partial)?;
-    }
-    let meta_partial = partial.with_extension("meta-partial");
-    let mut described = std::fs::File::create(&meta_partial)?;
-    described.write_all(meta)?;
-    if durable {
-        std::fs::File::open(partial)?.sync_data()?;
-        described.sync_data()?;
-    }
-    std::fs::rename(partial, path)?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    std::fs::rename(&meta_partial, meta_path)?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
 /// Makes the directory's entries (a rename into it) survive a power cut.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -222,19 +218,12 @@ impl MediaStore for DirectoryStore {
             stored_at: Utc::now(),
         };
         let stored = serde_json::to_vec(&stored).map_err(backend)?;
-        // Put under a name no key can have, then renamed: a reader never sees half.
-        let partial = self
-            .dir
-            .join(format!(".{key}.{}", uuid::Uuid::new_v4().simple()));
-        let (dir, path, meta_path) = (self.dir.clone(), self.path(key), self.meta_path(key));
-        let durable = self.durable;
+        let (store, key) = (self.clone(), key.to_owned());
         // One trip to the blocking pool for the whole sequence of file operations.
-        tokio::task::spawn_blocking(move || {
-            put_file(file, &partial, &stored, &dir, &path, &meta_path, durable)
-        })
-        .await
-        .map_err(backend)?
-        .map_err(backend)
+        tokio::task::spawn_blocking(move || store.put_now(&key, file, &stored))
+            .await
+            .map_err(backend)?
+            .map_err(backend)
     }
 
     async fn exists(&self, key: &str) -> Result<bool, MediaError> {
