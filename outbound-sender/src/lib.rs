@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use waconnect_shared::service::config::{ConfigErrors, ConfigSource};
 use waconnect_shared::service::ops::{Health, Readiness};
 use waconnect_shared::service::worker::{self, WorkerBackends, WorkerError};
-use waconnect_shared::storage::consumer::ConsumerSettings;
+use waconnect_shared::storage::consumer::{self, ConsumerSettings};
 
 pub fn config_from(source: &ConfigSource) -> Result<SenderConfig, ConfigErrors> {
     SenderConfig::from_source(source)
@@ -104,6 +104,7 @@ pub async fn run(
         visibility: config.visibility,
         grace: config.shutdown_grace,
         gather: config.worker.receive_gather,
+        limit: consumer::HANDLING_LIMIT,
     };
     let health = Health::default();
     let pacers: Vec<_> = paced

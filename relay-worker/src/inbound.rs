@@ -55,6 +55,7 @@ pub async fn consume(relay: Arc<Relay>, fleet: Arc<Fleet>, stop: CancellationTok
         visibility: relay.config.visibility,
         grace: relay.config.shutdown_grace,
         gather: relay.config.worker.receive_gather,
+        limit: consumer::HANDLING_LIMIT,
     };
     consumer::consume(relay.inbound.clone(), settings, stop, move |message| {
         let (relay, fleet) = (relay.clone(), fleet.clone());

@@ -9,11 +9,12 @@
 //! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak).
 
 use crate::moto::Moto;
-use crate::processes::spawn;
+use crate::processes::spawn_logged;
 use crate::{customer, free_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,21 +53,28 @@ pub struct Report {
     pub dead_letters: usize,
 }
 
-/// A service process and how to start it again.
+/// A service process, how to start it again, and the file every start of it logs to.
 struct Service {
     name: &'static str,
     binary: &'static str,
     vars: Vec<(String, String)>,
+    log: PathBuf,
     child: Child,
 }
 
 impl Service {
-    fn start(name: &'static str, binary: &'static str, vars: Vec<(String, String)>) -> Self {
-        let child = spawn(binary, &vars);
+    fn start(
+        name: &'static str,
+        binary: &'static str,
+        vars: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> Self {
+        let child = spawn_logged(binary, &vars, &log);
         Self {
             name,
             binary,
             vars,
+            log,
             child,
         }
     }
@@ -74,7 +82,7 @@ impl Service {
     async fn kill_and_restart(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        self.child = spawn(self.binary, &self.vars);
+        self.child = spawn_logged(self.binary, &self.vars, &self.log);
     }
 }
 
@@ -117,17 +125,21 @@ pub async fn run(engine: Engine) -> Report {
     };
     let tuned = |mut v: Vec<(String, String)>, extra: &[(&str, &str)]| {
         v.extend(pairs(&[
-            ("RUST_LOG", "error"),
+            // Info: leases taken and lost, chats started and ended, what a failed run
+            // needs to be explained from its logs.
+            ("RUST_LOG", "info"),
             ("WACONNECT_MAX_ATTEMPTS", "10"),
             ("WACONNECT_QUEUE_DEPTH_INTERVAL", "5s"),
         ]));
         v.extend(pairs(extra));
         v
     };
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
     let mut services = vec![Service::start(
         "ingress",
         "ingress",
         tuned(wiring.ingress(&ingress_port), &[]),
+        log("ingress"),
     )];
     for r in 0..RELAYS {
         // A stable identity, as a pod name is: each restart takes its leases back.
@@ -149,9 +161,10 @@ pub async fn run(engine: Engine) -> Report {
                     ("WACONNECT_RELAY_SHUTDOWN_GRACE", "2s"),
                 ],
             ),
+            log(&identity),
         ));
     }
-    for _ in 0..SENDERS {
+    for s in 0..SENDERS {
         services.push(Service::start(
             "outbound-sender",
             "outbound-sender",
@@ -164,6 +177,7 @@ pub async fn run(engine: Engine) -> Report {
                     ("WACONNECT_SENDER_TIMEOUT", "2s"),
                 ],
             ),
+            log(&format!("outbound-sender-{s}")),
         ));
     }
 
@@ -436,7 +450,38 @@ pub async fn run(engine: Engine) -> Report {
         let _ = s.child.wait().await;
     }
     println!("chaos on {engine:?}: {report:?}");
+    if report.lost + report.duplicated + report.reordered + report.dead_letters > 0 {
+        for s in &services {
+            print_warnings(&s.log);
+        }
+        let kept = dir.keep();
+        println!(
+            "chaos: the services' logs and the database are kept in {}",
+            kept.display()
+        );
+    }
     report
+}
+
+/// The last warnings and errors a service logged, for a run that failed; its full log
+/// stays on disk. Only the test's own numbered texts pass through: safe to print.
+fn print_warnings(log: &Path) {
+    const LAST: usize = 40;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"level\":\"INFO\""))
+        .collect();
+    println!(
+        "chaos: {} logged {} lines, {} of them above info; the last {}:",
+        log.display(),
+        text.lines().count(),
+        lines.len(),
+        LAST.min(lines.len())
+    );
+    for line in &lines[lines.len().saturating_sub(LAST)..] {
+        println!("chaos:   {line}");
+    }
 }
 
 /// Fails the test unless the run lost, doubled, reordered and dead-lettered nothing.

@@ -71,6 +71,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Deliveries found taken over by another worker while being handled (their visibility could not be kept), by queue.",
     ),
     (
+        "waconnect_queue_handling_overruns_total",
+        Kind::Counter,
+        "Messages whose handling hung past the consumer's limit (15 min) and was stopped, the message failed, by queue.",
+    ),
+    (
         "waconnect_retention_pruned_total",
         Kind::Counter,
         "Expired data deleted on the embedded engine, by kind (conversations, ledger, dead_letters).",

@@ -6,7 +6,9 @@
 //! Hand-backs use [`Queue::release`], which costs a message no attempt: only a handler's
 //! own `fail` brings a message nearer the dead-letter queue.
 
-use crate::storage::queue::{MAX_RECEIVE_BATCH, Queue, QueueError, Receipt, ReceivedMessage};
+use crate::storage::queue::{
+    FailOutcome, MAX_RECEIVE_BATCH, Queue, QueueError, Receipt, ReceivedMessage,
+};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
@@ -27,7 +29,17 @@ pub struct ConsumerSettings {
     /// a call each. A message arriving into an idle queue is not delayed, since the long
     /// poll answers at once; one arriving while the consumer waits is, by at most this.
     pub gather: Duration,
+    /// The longest a handler may work on one message ([`HANDLING_LIMIT`] in the
+    /// services). Its calls each have a timeout and its retries a bound, so only a bug
+    /// reaches this; without it, a handler stuck for good would hold its message, and its
+    /// customer's every later one, invisible for as long as the worker lives.
+    pub limit: Duration,
 }
+
+/// The services' [`ConsumerSettings::limit`]: far beyond what a message's work may
+/// take (a 16 MiB file fetched, converted and uploaded through slow providers, a chat
+/// restarted three times), and short enough that a customer is not left for hours.
+pub const HANDLING_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// What a handler did with its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +111,8 @@ pub async fn consume<H, Fut>(
                 .await
                 .expect("the semaphore is never closed");
             let (handle, queue) = (handle.clone(), queue.clone());
-            let visibility = settings.visibility;
             tasks.spawn(async move {
-                run_group(queue, group, visibility, handle.as_ref()).await;
+                run_group(queue, group, settings, handle.as_ref()).await;
                 drop(permit);
             });
         }
@@ -139,11 +150,12 @@ fn by_group(messages: Vec<ReceivedMessage>) -> Vec<VecDeque<ReceivedMessage>> {
 /// visibility every third of it, so a slow handler (a provider answering slowly, a long
 /// retry) never lets another worker take the same message. A message whose extension is
 /// refused as stale was already handed to someone else: its handler is stopped at its next
-/// await, before it acts again, and the rest of the group goes back untouched.
+/// await, before it acts again, and the rest of the group goes back untouched. A handler
+/// past the settings' `limit` is stopped too, and its message failed (see [`overrun`]).
 async fn run_group<H, Fut>(
     queue: Arc<dyn Queue>,
     group: VecDeque<ReceivedMessage>,
-    visibility: Duration,
+    settings: ConsumerSettings,
     handle: &H,
 ) where
     H: Fn(ReceivedMessage) -> Fut,
@@ -155,7 +167,7 @@ async fn run_group<H, Fut>(
     let keeper = tokio::spawn(keep_invisible(
         queue.clone(),
         open.clone(),
-        visibility,
+        settings.visibility,
         stale.clone(),
     ));
     let mut group = group;
@@ -171,7 +183,10 @@ async fn run_group<H, Fut>(
                 metrics::counter!("waconnect_queue_stale_deliveries_total", "queue" => queue.name().to_owned()).increment(1);
                 Handled::Pending
             }
-            handled = handle(message) => handled,
+            handled = tokio::time::timeout(settings.limit, handle(message)) => match handled {
+                Ok(handled) => handled,
+                Err(_) => overrun(queue.as_ref(), &receipt, &id, settings.limit).await,
+            },
         };
         open.lock()
             .expect("receipts poisoned")
@@ -186,6 +201,29 @@ async fn run_group<H, Fut>(
             if let Err(e) = queue.release(&later.receipt).await {
                 tracing::warn!(queue = queue.name(), error = %e, "cannot hand a message back");
             }
+        }
+    }
+}
+
+/// Fails a message whose handler ran past `limit` and was stopped: the failure spends an
+/// attempt, so a message that stalls every handler ends in the dead-letter queue, with
+/// this reason, instead of stalling its group for good. It may come back at once: a
+/// handler that hung on a passing fault usually does not hang twice.
+async fn overrun(queue: &dyn Queue, receipt: &Receipt, id: &str, limit: Duration) -> Handled {
+    let reason = format!("its handling did not finish within {limit:?} and was stopped");
+    tracing::error!(queue = queue.name(), message_id = %id, %reason, "handler overran");
+    metrics::counter!("waconnect_queue_handling_overruns_total", "queue" => queue.name().to_owned())
+        .increment(1);
+    match queue.fail(receipt, &reason, Duration::ZERO).await {
+        Ok(FailOutcome::DeadLettered) => {
+            tracing::error!(queue = queue.name(), message_id = %id, "dead-lettered after overrunning every attempt");
+            Handled::Settled
+        }
+        Ok(FailOutcome::WillRetry) => Handled::Pending,
+        // Its visibility then lapses as after a crash, and it comes back the same way.
+        Err(e) => {
+            tracing::warn!(queue = queue.name(), error = %e, "cannot fail an overrun message");
+            Handled::Pending
         }
     }
 }
@@ -334,6 +372,7 @@ mod tests {
             visibility: Duration::from_secs(30),
             grace: Duration::from_secs(5),
             gather: Duration::from_secs(1),
+            limit: HANDLING_LIMIT,
         };
         let stop = CancellationToken::new();
         let consumer = tokio::spawn(consume(queue.clone(), settings, stop.clone(), {
@@ -387,6 +426,7 @@ mod tests {
             visibility,
             grace: Duration::from_secs(5),
             gather: Duration::ZERO,
+            limit: HANDLING_LIMIT,
         }
     }
 
@@ -484,6 +524,57 @@ mod tests {
         })
         .await;
         assert_eq!(acted.load(Ordering::SeqCst), 0);
+        stop.cancel();
+        consumer.await.unwrap();
+    }
+
+    /// A handler stuck for good (a call that never answers) is stopped at the limit and
+    /// its message failed, spending an attempt: it comes back, and its group's next
+    /// message goes after it, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_stuck_past_the_limit_is_stopped_and_its_message_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Counted::open(&dir).await;
+        for body in ["a", "b"] {
+            queue
+                .send(NewMessage {
+                    group_id: "g".into(),
+                    dedup_id: body.into(),
+                    body: body.as_bytes().to_vec(),
+                })
+                .await
+                .unwrap();
+        }
+        let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let mut settings = settings(Duration::from_millis(300));
+        settings.limit = Duration::from_millis(700);
+        let consumer = tokio::spawn(consume(queue.clone(), settings, stop.clone(), {
+            let (queue, seen) = (queue.clone(), seen.clone());
+            move |m: ReceivedMessage| {
+                let (queue, seen) = (queue.clone(), seen.clone());
+                async move {
+                    let body = String::from_utf8_lossy(&m.body).into_owned();
+                    let first = seen.lock().unwrap().is_empty();
+                    seen.lock().unwrap().push((body, m.receive_count));
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    queue.delete(&m.receipt).await.unwrap();
+                    Handled::Settled
+                }
+            }
+        }));
+        until("the stuck message to come back, then its successor", || {
+            seen.lock().unwrap().len() == 3
+        })
+        .await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)],
+            "the overrun spends one attempt and keeps the group's order"
+        );
         stop.cancel();
         consumer.await.unwrap();
     }
