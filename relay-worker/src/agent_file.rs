@@ -149,8 +149,26 @@ pub fn withheld_key(attachment_id: &str) -> String {
     format!("agentfile#{attachment_id}")
 }
 
-/// The outcome [`withheld_key`] records.
+/// The outcome [`withheld_key`] records: this word, a newline, and the notice the agent
+/// is sent (see [`withheld_outcome`]).
 pub const WITHHELD: &str = "withheld";
+
+/// The outcome recorded for a file given up with `notice`. The record comes first, so no
+/// relay sends what the notice says was not sent; keeping the notice in it lets whichever
+/// session reads the file next send it again, should a crash or a refused call have lost
+/// it in between (its ClientToken makes a repeat of one that went harmless).
+pub fn withheld_outcome(notice: &str) -> String {
+    format!("{WITHHELD}\n{notice}")
+}
+
+/// The notice of a [`withheld_outcome`]; `None` if `outcome` is not one, and empty for
+/// a record written before records kept their notice.
+pub fn withheld_notice(outcome: &str) -> Option<&str> {
+    match outcome.strip_prefix(WITHHELD)? {
+        "" => Some(""),
+        rest => rest.strip_prefix('\n'),
+    }
+}
 
 /// The notice an agent reads for a file the customer will not get.
 pub fn notice(name: &str, why: &str) -> String {
@@ -161,6 +179,18 @@ pub fn notice(name: &str, why: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_withheld_files_record_keeps_its_notice() {
+        let outcome = withheld_outcome("[waconnect notice] Your file \"a.pdf\" was not sent.");
+        assert_eq!(
+            withheld_notice(&outcome),
+            Some("[waconnect notice] Your file \"a.pdf\" was not sent.")
+        );
+        assert_eq!(withheld_notice("SM0123456789abcdef0123456789abcdef"), None);
+        assert_eq!(withheld_notice("withheldx"), None);
+        assert_eq!(withheld_notice(WITHHELD), Some(""), "an older record");
+    }
 
     #[test]
     fn keys_are_the_conversation_and_the_attachment_id_and_never_a_path() {

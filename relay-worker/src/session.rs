@@ -529,10 +529,11 @@ impl Session {
         let scanned = item.kind == "ATTACHMENT"
             && !item.attachments.is_empty()
             && item.attachments.iter().all(|a| a.status == "IN_PROGRESS");
-        // Given up on already (this chat's earlier session told the agent): what came
-        // after it does not wait for it again. A ledger that cannot answer now only costs
-        // that wait (the verdict is checked again before anything is sent), so it does
-        // not cost a reconnection, which a chat ending meanwhile would refuse.
+        // Given up on already (the agent was told, and is told again should that notice
+        // have been lost): what came after it does not wait for it again. A ledger or a
+        // notice that fails now only costs that wait (the verdict is checked again before
+        // anything is sent, and the wait's end tells the agent), so it does not cost a
+        // reconnection, which a chat ending meanwhile would refuse.
         if scanned && self.withheld(&item).await.unwrap_or(false) {
             self.advance(&item);
             return Ok(());
@@ -575,7 +576,6 @@ impl Session {
         };
         for file in &scan.item.attachments {
             self.withhold(
-                &scan.item.id,
                 file,
                 "scan",
                 &format!("Amazon Connect had not approved it ({why})"),
@@ -586,12 +586,14 @@ impl Session {
         self.admit_all(scan.held).await
     }
 
-    /// Whether every file of `item` was withheld after a scan outlasted the wait (by
-    /// this session or an earlier one): one ledger read per agent's file.
+    /// Whether every file of `item` was given up on (by this session or an earlier one):
+    /// one ledger read per agent's file. If so the agent is told again, since the notice
+    /// follows the record and may have been lost (see `agent_file::withheld_outcome`).
     async fn withheld(&self, item: &ChatItem) -> Result<bool, Step> {
         if item.attachments.is_empty() {
             return Ok(false);
         }
+        let mut notices = Vec::with_capacity(item.attachments.len());
         for file in &item.attachments {
             let outcome = self
                 .relay
@@ -599,9 +601,16 @@ impl Session {
                 .outcome(&crate::agent_file::withheld_key(&file.attachment_id))
                 .await
                 .map_err(|_| Step::Reconnect("ledger_error"))?;
-            if outcome.as_deref() != Some(crate::agent_file::WITHHELD) {
-                return Ok(false);
+            match outcome
+                .as_deref()
+                .and_then(crate::agent_file::withheld_notice)
+            {
+                Some(notice) => notices.push((&file.attachment_id, notice.to_owned())),
+                None => return Ok(false),
             }
+        }
+        for (attachment_id, notice) in notices.iter().filter(|(_, n)| !n.is_empty()) {
+            self.tell_agent(attachment_id, notice).await?;
         }
         Ok(true)
     }
@@ -720,8 +729,7 @@ impl Session {
             match copied {
                 Ok(Copied::Stored(key)) => keys.push(key),
                 Ok(Copied::Refused(notice)) => {
-                    self.tell_agent(&item.id, &file.attachment_id, &notice)
-                        .await?;
+                    self.tell_agent(&file.attachment_id, &notice).await?;
                 }
                 Err(e) => {
                     let since = self.copy_failing_since(&file.attachment_id);
@@ -734,7 +742,6 @@ impl Session {
                     // given up as a scan that outlasts the wait is, and the agent told.
                     tracing::error!(conversation = %self.key, error = %e, "an agent's file could not be copied for {}; not sent, the agent is told", humanize(bound));
                     self.withhold(
-                        &item.id,
                         file,
                         "copy",
                         &format!(
@@ -769,41 +776,38 @@ impl Session {
         }
     }
 
-    /// Records `file` of item `item_id` as not sent (given up for `reason`: `scan` or
+    /// Records `file` as not sent (given up for `reason`: `scan` or
     /// `copy`), then tells the agent `why`. Recorded first, so no relay sends what the
-    /// notice says was not sent. A crash in between loses the notice (the next session
-    /// skips a recorded file without a word); the other order could send a file the
-    /// agent was told was not sent.
+    /// notice says was not sent; the record keeps the notice, so a session that reads the
+    /// file again after a crash or a refused notice tells the agent then ([`withheld`]).
+    /// The other order could send a file the agent was told was not sent.
+    ///
+    /// [`withheld`]: Self::withheld
     async fn withhold(
         &self,
-        item_id: &str,
         file: &crate::item::ItemAttachment,
         reason: &'static str,
         why: &str,
     ) -> Result<(), Step> {
+        let notice = crate::agent_file::notice(&file.attachment_name, why);
         self.relay
             .ledger
             .sent(
                 &crate::agent_file::withheld_key(&file.attachment_id),
-                crate::agent_file::WITHHELD,
+                &crate::agent_file::withheld_outcome(&notice),
             )
             .await
             .map_err(|_| Step::Reconnect("ledger_error"))?;
         metrics::counter!("waconnect_relay_agent_files_given_up_total", "reason" => reason)
             .increment(1);
-        let notice = crate::agent_file::notice(&file.attachment_name, why);
-        self.tell_agent(item_id, &file.attachment_id, &notice).await
+        self.tell_agent(&file.attachment_id, &notice).await
     }
 
-    /// Tells the agent, in the chat, that file `attachment_id` of item `item_id` was not
-    /// sent; the ClientToken makes a repeat (a re-forward) harmless.
-    async fn tell_agent(
-        &self,
-        item_id: &str,
-        attachment_id: &str,
-        notice: &str,
-    ) -> Result<(), Step> {
-        let token = crate::inbound::client_token(&["agent-file-notice", item_id, attachment_id]);
+    /// Tells the agent, in the chat, that file `attachment_id` was not sent. The
+    /// ClientToken names the file alone, so a repeat is harmless whichever item brought
+    /// the file (the one that uploaded it, or the one with its scan's verdict).
+    async fn tell_agent(&self, attachment_id: &str, notice: &str) -> Result<(), Step> {
+        let token = crate::inbound::client_token(&["agent-file-notice", attachment_id]);
         self.relay
             .api
             .send_message(&self.connection_token, notice, &token)

@@ -583,6 +583,74 @@ async fn a_file_the_bridge_cannot_keep_is_told_to_the_agent_and_what_follows_goe
     );
 }
 
+/// The notice for a file given up can fail like any call (here Connect refuses it for a
+/// while). The file is recorded as given up first, so the session that reads it again
+/// after reconnecting must still tell the agent, not skip it in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_connect_refused_once_still_reaches_the_agent() {
+    let lp = FullLoop::start(LoopOptions {
+        relay_vars: vec![
+            ("WACONNECT_RELAY_SCAN_WAIT", "1s".into()),
+            ("WACONNECT_RELAY_HEARTBEAT", "200ms".into()),
+        ],
+        ..LoopOptions::default()
+    })
+    .await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    desk.reject_containing(Some("was not sent on WhatsApp"))
+        .await
+        .unwrap();
+    desk.send_scanned_file(
+        &contact,
+        "stuck.pdf",
+        "application/pdf",
+        pdf(100),
+        "APPROVED",
+        Some(Scan::After(Duration::from_secs(3600))),
+    )
+    .await
+    .unwrap();
+    desk.send(&contact, "after the stuck file").await.unwrap();
+    wait::until(
+        "Connect to refuse the notice",
+        Duration::from_secs(30),
+        || async {
+            let metrics = lp.relay_metrics().await?;
+            metrics
+                .lines()
+                .any(|l| {
+                    l.starts_with("waconnect_connect_errors_total")
+                        && l.contains("operation=\"SendMessage\"")
+                        && l.contains("kind=\"invalid\"")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    desk.reject_containing(None).await.unwrap();
+    let number = customer(0);
+    wait::until(
+        "the text after the file",
+        Duration::from_secs(30),
+        || async {
+            let inbox = phone.inbox(number.as_str()).await.ok()?;
+            inbox
+                .iter()
+                .any(|m| m.body == "after the stuck file")
+                .then_some(())
+        },
+    )
+    .await;
+    let notices = wait::until("the notice", Duration::from_secs(30), || async {
+        let notices = notices_in(&desk, &contact).await;
+        (!notices.is_empty()).then_some(notices)
+    })
+    .await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].contains("\"stuck.pdf\""), "{notices:?}");
+}
+
 /// With Connect's attachment scanning on, a file's item says `IN_PROGRESS` and a later item
 /// carries the verdict: what the agent wrote meanwhile waits behind the file, so the phone
 /// gets both in the agent's order; a file never approved is told to the agent once the
