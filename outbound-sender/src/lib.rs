@@ -88,6 +88,7 @@ pub async fn run(
         max_backoff: config.max_backoff,
         max_attempts: config.worker.common.queues.limits.max_attempts,
         give_up_after: config.give_up_after,
+        send_timeout: config.timeout,
         confirm_wait: config.confirm_wait,
         auth_failing: AtomicBool::new(false),
         config_failing: AtomicBool::new(false),

@@ -16,7 +16,7 @@ use waconnect_shared::message::outbound::{Origin, OutboundMessage};
 use waconnect_shared::message::text::split;
 use waconnect_shared::service::backoff::Backoff;
 use waconnect_shared::storage::consumer::{self, ConsumerSettings, Handled};
-use waconnect_shared::storage::delivery::{Claim, DeliveryLedger};
+use waconnect_shared::storage::delivery::{Claim, DeliveryLedger, LedgerError};
 use waconnect_shared::storage::media::{MediaError, MediaStore};
 use waconnect_shared::storage::message_index::{Author, IndexedMessage, MessageIndex};
 use waconnect_shared::storage::queue::{FailOutcome, NewMessage, Queue, ReceivedMessage};
@@ -36,6 +36,9 @@ pub struct Sender {
     pub max_attempts: u32,
     /// A message not taken by Twilio this long after the agent wrote it is given up.
     pub give_up_after: Duration,
+    /// The bound on one Messages API call: a claim younger than this (and a margin) may
+    /// be another delivery's send still on its way.
+    pub send_timeout: Duration,
     /// How long a sent part may hold the customer's next one until Twilio has handed it
     /// to WhatsApp; zero sends without waiting (and without order across a re-send).
     pub confirm_wait: Duration,
@@ -337,6 +340,10 @@ async fn deliver_parts(
             Some(claim) => claim,
             None => s.ledger.claim(&key).await,
         };
+        let claim = match outcome_of_a_live_claim(s, &key, claim, stop).await {
+            Ok(claim) => claim,
+            Err(done) => return done,
+        };
         let mut unsure_since = match claim {
             Ok(Claim::Sent { sid }) => {
                 // Sent by an earlier delivery, which may not have seen it through.
@@ -622,6 +629,46 @@ enum Reconciled {
 /// it: the same text, or for a part without text (a template, a file) the same number of
 /// files. A SID already recorded for another part never proves this one, so an agent who
 /// writes "ok" twice gets both.
+/// How often a delivery that found another's claim in progress reads the ledger again.
+const LIVE_CLAIM_POLL: Duration = Duration::from_millis(100);
+/// Beyond the send timeout: the other delivery records its outcome after the call ends.
+const LIVE_CLAIM_MARGIN: Duration = Duration::from_secs(2);
+
+/// `claim`, or once it is no longer another delivery's send in progress, what the ledger
+/// then says. A claim younger than a send's timeout may be a send still on its way to
+/// Twilio, which Twilio cannot list yet: reconciling now would find nothing and send the
+/// part a second time. That happens when a message is delivered twice at once (SQS does
+/// now and then, and a visibility timeout can lapse under a slow handler), so such a
+/// claim is waited on until its outcome lands or it is too old to be in flight. A claim
+/// left by a crash is older than that by the time its message comes back, so it costs
+/// no wait.
+async fn outcome_of_a_live_claim(
+    s: &Sender,
+    key: &str,
+    mut claim: Result<Claim, LedgerError>,
+    stop: &CancellationToken,
+) -> Result<Result<Claim, LedgerError>, Done> {
+    let in_flight = s.send_timeout + LIVE_CLAIM_MARGIN;
+    let mut waited = false;
+    while let Ok(Claim::Unknown { since }) = &claim {
+        let age = (chrono::Utc::now() - *since).to_std().unwrap_or_default();
+        if age >= in_flight {
+            break;
+        }
+        if !waited {
+            waited = true;
+            tracing::warn!(part = %key, "another delivery of this message is sending it; waiting for its outcome");
+            metrics::counter!("waconnect_sender_concurrent_deliveries_total").increment(1);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Err(Done::Abandoned),
+            () = tokio::time::sleep(LIVE_CLAIM_POLL.min(in_flight - age)) => {}
+        }
+        claim = s.ledger.claim(key).await;
+    }
+    Ok(claim)
+}
+
 async fn reconcile(
     s: &Sender,
     message: &OutboundMessage,

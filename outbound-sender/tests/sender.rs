@@ -7,6 +7,9 @@ use common::Stack;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use waconnect_shared::message::event::EventKind;
+use waconnect_shared::service::config::Synchronous;
+use waconnect_shared::storage::queue::NewMessage;
+use waconnect_shared::storage::sqlite::{Db, DbError};
 use waconnect_sim::twilio::TwilioOptions;
 use waconnect_tests::{customer, wait};
 
@@ -488,6 +491,78 @@ async fn lost_answers_are_reconciled_without_losing_or_doubling() {
     assert_eq!(
         stack.inbox_of(&ana, 4, Duration::from_secs(10)).await[3],
         "done"
+    );
+    sender.shutdown().await;
+}
+
+/// A message delivered again while its first delivery's send is still on its way to
+/// Twilio (SQS hands a message out twice now and then): Twilio does not list that send
+/// yet, so asking it proves nothing. The second delivery waits for the first's outcome in
+/// the ledger instead of sending again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_delivery_waits_for_a_send_still_on_its_way() {
+    let stack = Stack::new(open_window()).await;
+    // A request takes a second to reach Twilio, as over a slow network.
+    stack.phone.lag(1000).await.unwrap();
+    let sender = stack.sender(&[]).await;
+    let ana = customer(1);
+    stack.agent_says(&ana, "item-1", "once").await;
+    let db = Db::open_path(&stack.db_path(), Synchronous::Normal)
+        .await
+        .unwrap();
+    wait::until(
+        "the first delivery's claim",
+        Duration::from_secs(10),
+        || async {
+            let claimed: i64 = db
+                .read(|c| {
+                    c.query_row(
+                        "SELECT count(*) FROM deliveries WHERE key = 'item-1#0' AND sid IS NULL",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(DbError::from)
+                })
+                .await
+                .ok()?;
+            (claimed == 1).then_some(())
+        },
+    )
+    .await;
+    // The same message again, beside the first rather than behind it: a second delivery
+    // while the first still works.
+    let again: Vec<u8> = db
+        .read(|c| {
+            c.query_row(
+                "SELECT body FROM queue_entries WHERE queue = 'outbound'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(DbError::from)
+        })
+        .await
+        .unwrap();
+    stack
+        .outbound
+        .send(NewMessage {
+            group_id: "another-group".into(),
+            dedup_id: "item-1-again".into(),
+            body: again,
+        })
+        .await
+        .unwrap();
+    wait::until(
+        "both deliveries to end",
+        Duration::from_secs(20),
+        || async {
+            let stats = stack.outbound.stats().await.ok()?;
+            (stats.visible + stats.in_flight + stats.delayed == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        stack.inbox_of(&ana, 1, Duration::from_secs(10)).await,
+        ["once"]
     );
     sender.shutdown().await;
 }

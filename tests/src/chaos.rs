@@ -6,7 +6,9 @@
 //! that nothing was dead-lettered.
 //!
 //! `CHAOS_SEED` replays a run (the seed is printed first), `CHAOS_SECONDS` sets how long
-//! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak).
+//! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak), `CHAOS_RUST_LOG` the
+//! services' log filter (default `info`). A run that fails keeps the services' logs and
+//! the database, and says where.
 
 use crate::moto::Moto;
 use crate::processes::spawn_logged;
@@ -123,11 +125,12 @@ pub async fn run(engine: Engine) -> Report {
         Engine::Sqlite => wiring.sqlite(&dir.path().join("waconnect.db")),
         Engine::Aws => wiring.storage(Moto::env(&Moto::shared().fresh("chaos", 50).await)),
     };
+    let log_filter = std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "info".into());
     let tuned = |mut v: Vec<(String, String)>, extra: &[(&str, &str)]| {
         v.extend(pairs(&[
             // Info: leases taken and lost, chats started and ended, what a failed run
             // needs to be explained from its logs.
-            ("RUST_LOG", "info"),
+            ("RUST_LOG", log_filter.as_str()),
             ("WACONNECT_MAX_ATTEMPTS", "10"),
             ("WACONNECT_QUEUE_DEPTH_INTERVAL", "5s"),
         ]));

@@ -261,6 +261,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Sends whose answer was lost, found at Twilio instead of resent.",
     ),
     (
+        "waconnect_sender_concurrent_deliveries_total",
+        Kind::Counter,
+        "Parts found being sent by another delivery of the same message; this one waited for that send's outcome instead of sending.",
+    ),
+    (
         "waconnect_sender_resent_in_place_total",
         Kind::Counter,
         "Parts WhatsApp refused for a passing reason (63018, 30001), sent again before the customer's next.",

@@ -128,11 +128,14 @@ async fn create_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let delay = {
+    let (delay, lag) = {
         let mut inner = twilio.lock();
         inner.api_calls += 1;
-        inner.faults.delay
+        (inner.faults.delay, inner.faults.lag)
     };
+    if !lag.is_zero() {
+        tokio::time::sleep(lag).await;
+    }
     if !authorised(&twilio, &account, &headers) {
         return error(401, 20003, "Authenticate");
     }

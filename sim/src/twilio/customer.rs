@@ -31,6 +31,7 @@ pub fn routes() -> Router<Arc<Twilio>> {
         .route("/faults/hang", post(hangs))
         .route("/faults/rate", post(rate))
         .route("/faults/delay", post(delay))
+        .route("/faults/lag", post(lag))
         .route("/faults/shuffle", post(shuffle))
         .route("/faults/clear", post(clear))
 }
@@ -482,6 +483,11 @@ async fn delay(State(twilio): State<Arc<Twilio>>, Json(m): Json<Millis>) -> Stat
     StatusCode::NO_CONTENT
 }
 
+async fn lag(State(twilio): State<Arc<Twilio>>, Json(m): Json<Millis>) -> StatusCode {
+    twilio.lock().faults.lag = Duration::from_millis(m.millis);
+    StatusCode::NO_CONTENT
+}
+
 #[derive(Deserialize)]
 struct Switch {
     on: bool,
@@ -758,8 +764,17 @@ impl PhoneClient {
             .map(drop)
     }
 
+    /// Messages API answers come `millis` late, after the message exists.
     pub async fn delay(&self, millis: u64) -> anyhow::Result<()> {
         self.post("/faults/delay", json!({ "millis": millis }))
+            .await
+            .map(drop)
+    }
+
+    /// Messages API calls take `millis` to reach Twilio: until then the message does not
+    /// exist, and listing the customer's messages does not show it.
+    pub async fn lag(&self, millis: u64) -> anyhow::Result<()> {
+        self.post("/faults/lag", json!({ "millis": millis }))
             .await
             .map(drop)
     }

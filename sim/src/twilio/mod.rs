@@ -107,7 +107,11 @@ struct Faults {
     hangs: u32,
     /// WhatsApp's rate for the sender while set, instead of the option's.
     rate: Option<u32>,
+    /// Time before a Messages API call's answer, after the message exists.
     delay: Duration,
+    /// Time before a Messages API call reaches Twilio and the message exists: the
+    /// network's and Twilio's own, which on loopback are nil.
+    lag: Duration,
     /// Status callbacks go out in a scrambled order.
     shuffle_statuses: bool,
 }
