@@ -657,8 +657,10 @@ async fn outcome_of_a_live_claim(
         }
         if !waited {
             waited = true;
-            tracing::warn!(part = %key, "another delivery of this message is sending it; waiting for its outcome");
-            metrics::counter!("waconnect_sender_concurrent_deliveries_total").increment(1);
+            // Usually another delivery sending it now; else one whose send failed with
+            // an unknown outcome moments ago.
+            tracing::warn!(part = %key, "this part was claimed moments ago and may be on its way to Twilio; waiting for its outcome");
+            metrics::counter!("waconnect_sender_recent_claims_waited_total").increment(1);
         }
         tokio::select! {
             () = stop.cancelled() => return Err(Done::Abandoned),

@@ -261,9 +261,9 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Sends whose answer was lost, found at Twilio instead of resent.",
     ),
     (
-        "waconnect_sender_concurrent_deliveries_total",
+        "waconnect_sender_recent_claims_waited_total",
         Kind::Counter,
-        "Parts found being sent by another delivery of the same message; this one waited for that send's outcome instead of sending.",
+        "Parts claimed too recently to tell whether their send is still on its way to Twilio (usually another delivery of the same message sending it now); the delivery waited for the outcome instead of asking Twilio at once.",
     ),
     (
         "waconnect_sender_resent_in_place_total",
