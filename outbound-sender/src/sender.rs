@@ -344,6 +344,8 @@ async fn deliver_parts(
             Ok(claim) => claim,
             Err(done) => return done,
         };
+        // With the receive count, what tells a second delivery from a first.
+        tracing::debug!(part = %key, receives = m.receive_count, claim = ?claim, "part claimed");
         let mut unsure_since = match claim {
             Ok(Claim::Sent { sid }) => {
                 // Sent by an earlier delivery, which may not have seen it through.

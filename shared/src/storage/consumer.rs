@@ -176,6 +176,7 @@ async fn run_group<H, Fut>(
             break;
         }
         let (receipt, id) = (message.receipt.clone(), message.message_id.clone());
+        tracing::debug!(queue = queue.name(), message_id = %id, receives = message.receive_count, "handling");
         let handled = tokio::select! {
             biased;
             () = stale.cancelled() => {
