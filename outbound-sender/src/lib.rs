@@ -105,7 +105,10 @@ pub async fn run(
         visibility: config.visibility,
         grace: config.shutdown_grace,
         gather: config.worker.receive_gather,
-        limit: consumer::HANDLING_LIMIT,
+        // A delivery holds its message while Twilio refuses (throttling, credentials) until
+        // the message is older than WACONNECT_SENDER_GIVE_UP_AFTER, by design: only past
+        // that is it stuck.
+        limit: config.give_up_after + consumer::HANDLING_LIMIT,
     };
     let health = Health::default();
     let pacers: Vec<_> = paced

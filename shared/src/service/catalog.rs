@@ -73,7 +73,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "waconnect_queue_handling_overruns_total",
         Kind::Counter,
-        "Messages whose handling hung past the consumer's limit (15 min) and was stopped, the message failed, by queue.",
+        "Messages whose handling hung past the consumer's limit (15 min; for the sender, past its give-up age) and was stopped, the message failed, by queue.",
     ),
     (
         "waconnect_retention_pruned_total",

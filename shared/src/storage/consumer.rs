@@ -36,9 +36,11 @@ pub struct ConsumerSettings {
     pub limit: Duration,
 }
 
-/// The services' [`ConsumerSettings::limit`]: far beyond what a message's work may
-/// take (a 16 MiB file fetched, converted and uploaded through slow providers, a chat
-/// restarted three times), and short enough that a customer is not left for hours.
+/// The relay's [`ConsumerSettings::limit`], and the sender's beyond the age at which it
+/// gives a message up (it holds one while Twilio refuses, until then): far beyond what a
+/// message's work may take (a 16 MiB file fetched, converted and uploaded through slow
+/// providers, a chat restarted three times), and short enough that a customer is not
+/// left for hours.
 pub const HANDLING_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// What a handler did with its message.
