@@ -69,7 +69,10 @@ pub async fn copy(
     {
         essence = by_name.to_owned();
     }
-    let refused = |why: String| Ok(Copied::Refused(notice(name, &why)));
+    let refused = |why: String| {
+        count_refused();
+        Ok(Copied::Refused(notice(name, &why)))
+    };
     match file.status.as_str() {
         "APPROVED" => {}
         "REJECTED" => {
@@ -172,8 +175,12 @@ pub fn withheld_notice(outcome: &str) -> Option<&str> {
 
 /// The notice an agent reads for a file the customer will not get.
 pub fn notice(name: &str, why: &str) -> String {
-    metrics::counter!("waconnect_relay_agent_files_total", "outcome" => "refused").increment(1);
     format!("{NOTICE_PREFIX} Your file \"{name}\" was not sent on WhatsApp: {why}.")
+}
+
+/// Counts an agent's file the customer will not get, once per file.
+pub fn count_refused() {
+    metrics::counter!("waconnect_relay_agent_files_total", "outcome" => "refused").increment(1);
 }
 
 #[cfg(test)]

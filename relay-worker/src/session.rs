@@ -798,6 +798,8 @@ impl Session {
             )
             .await
             .map_err(|_| Step::Reconnect("ledger_error"))?;
+        // Counted once the record is in: a failed write is tried again, and counted then.
+        crate::agent_file::count_refused();
         metrics::counter!("waconnect_relay_agent_files_given_up_total", "reason" => reason)
             .increment(1);
         self.tell_agent(&file.attachment_id, &notice).await
