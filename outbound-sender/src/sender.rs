@@ -625,12 +625,6 @@ enum Reconciled {
     CannotTell,
 }
 
-/// Whether Twilio already has this part, after an attempt whose answer was lost. A
-/// customer's messages go out one at a time (their FIFO group), so a message to them
-/// created since that attempt that no other part owns is this part's — if it looks like
-/// it: the same text, or for a part without text (a template, a file) the same number of
-/// files. A SID already recorded for another part never proves this one, so an agent who
-/// writes "ok" twice gets both.
 /// How often a delivery that found another's claim in progress reads the ledger again.
 const LIVE_CLAIM_POLL: Duration = Duration::from_millis(100);
 /// Beyond the send timeout: the other delivery records its outcome after the call ends.
@@ -640,10 +634,10 @@ const LIVE_CLAIM_MARGIN: Duration = Duration::from_secs(2);
 /// then says. A claim younger than a send's timeout may be a send still on its way to
 /// Twilio, which Twilio cannot list yet: reconciling now would find nothing and send the
 /// part a second time. That happens when a message is delivered twice at once (SQS does
-/// now and then, and a visibility timeout can lapse under a slow handler), so such a
-/// claim is waited on until its outcome lands or it is too old to be in flight. A claim
-/// left by a crash is older than that by the time its message comes back, so it costs
-/// no wait.
+/// now and then, and a visibility timeout lapses when its keeper cannot reach the
+/// queue), so such a claim is waited on until its outcome lands or it is too old to be
+/// in flight. A claim left by a crash is older than that by the time its message comes
+/// back; one left moments ago by a send whose answer was lost costs at most that wait.
 async fn outcome_of_a_live_claim(
     s: &Sender,
     key: &str,
@@ -673,6 +667,12 @@ async fn outcome_of_a_live_claim(
     Ok(claim)
 }
 
+/// Whether Twilio already has this part, after an attempt whose answer was lost. A
+/// customer's messages go out one at a time (their FIFO group), so a message to them
+/// created since that attempt that no other part owns is this part's — if it looks like
+/// it: the same text, or for a part without text (a template, a file) the same number of
+/// files. A SID already recorded for another part never proves this one, so an agent who
+/// writes "ok" twice gets both.
 async fn reconcile(
     s: &Sender,
     message: &OutboundMessage,
