@@ -128,8 +128,8 @@ pub async fn run(engine: Engine) -> Report {
     let log_filter = std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "info".into());
     let tuned = |mut v: Vec<(String, String)>, extra: &[(&str, &str)]| {
         v.extend(pairs(&[
-            // Info: leases taken and lost, chats started and ended, what a failed run
-            // needs to be explained from its logs.
+            // Info by default: leases taken and lost, chats started and ended, what a
+            // failed run needs to be explained from its logs.
             ("RUST_LOG", log_filter.as_str()),
             ("WACONNECT_MAX_ATTEMPTS", "10"),
             ("WACONNECT_QUEUE_DEPTH_INTERVAL", "5s"),
@@ -466,17 +466,22 @@ pub async fn run(engine: Engine) -> Report {
     report
 }
 
-/// The last warnings and errors a service logged, for a run that failed; its full log
-/// stays on disk. Only the test's own numbered texts pass through: safe to print.
+/// The last warnings, errors and other output (a panic) of a service, for a run that
+/// failed; its full log stays on disk. Only the test's own numbered texts pass through:
+/// safe to print.
 fn print_warnings(log: &Path) {
     const LAST: usize = 40;
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| !l.contains("\"level\":\"INFO\""))
+        .filter(|l| {
+            !["INFO", "DEBUG", "TRACE"]
+                .iter()
+                .any(|level| l.contains(&format!("\"level\":\"{level}\"")))
+        })
         .collect();
     println!(
-        "chaos: {} logged {} lines, {} of them above info; the last {}:",
+        "chaos: {} logged {} lines, {} of them warnings, errors or other output; the last {}:",
         log.display(),
         text.lines().count(),
         lines.len(),
