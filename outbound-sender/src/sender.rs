@@ -625,8 +625,11 @@ enum Reconciled {
     CannotTell,
 }
 
-/// How often a delivery that found another's claim in progress reads the ledger again.
+/// How soon a delivery that found another's claim in progress reads the ledger again;
+/// the pause doubles up to [`LIVE_CLAIM_MAX_POLL`], so a wait of a send timeout costs a
+/// dozen reads (on DynamoDB, conditional writes) rather than a hundred.
 const LIVE_CLAIM_POLL: Duration = Duration::from_millis(100);
+const LIVE_CLAIM_MAX_POLL: Duration = Duration::from_secs(1);
 /// Beyond the send timeout: the other delivery records its outcome after the call ends.
 const LIVE_CLAIM_MARGIN: Duration = Duration::from_secs(2);
 
@@ -646,6 +649,7 @@ async fn outcome_of_a_live_claim(
 ) -> Result<Result<Claim, LedgerError>, Done> {
     let in_flight = s.send_timeout + LIVE_CLAIM_MARGIN;
     let mut waited = false;
+    let mut poll = LIVE_CLAIM_POLL;
     while let Ok(Claim::Unknown { since }) = &claim {
         let age = (chrono::Utc::now() - *since).to_std().unwrap_or_default();
         if age >= in_flight {
@@ -660,8 +664,9 @@ async fn outcome_of_a_live_claim(
         }
         tokio::select! {
             () = stop.cancelled() => return Err(Done::Abandoned),
-            () = tokio::time::sleep(LIVE_CLAIM_POLL.min(in_flight - age)) => {}
+            () = tokio::time::sleep(poll.min(in_flight - age)) => {}
         }
+        poll = (poll * 2).min(LIVE_CLAIM_MAX_POLL);
         claim = s.ledger.claim(key).await;
     }
     Ok(claim)
