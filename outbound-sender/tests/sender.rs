@@ -531,23 +531,12 @@ async fn a_second_delivery_waits_for_a_send_still_on_its_way() {
     .await;
     // The same message again, beside the first rather than behind it: a second delivery
     // while the first still works.
-    let again: Vec<u8> = db
-        .read(|c| {
-            c.query_row(
-                "SELECT body FROM queue_entries WHERE queue = 'outbound'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(DbError::from)
-        })
-        .await
-        .unwrap();
     stack
         .outbound
         .send(NewMessage {
             group_id: "another-group".into(),
             dedup_id: "item-1-again".into(),
-            body: again,
+            body: common::agent_message(&ana, "item-1", "once").to_json(),
         })
         .await
         .unwrap();

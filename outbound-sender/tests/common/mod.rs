@@ -150,22 +150,7 @@ impl Stack {
 
     /// An agent's message for `to`, as the relay enqueues it.
     pub async fn agent_says(&self, to: &CustomerAddress, item: &str, body: &str) {
-        let message = OutboundMessage {
-            to: to.clone(),
-            from: Some(waconnect_tests::business()),
-            body: body.to_owned(),
-            media_urls: Vec::new(),
-            files: Vec::new(),
-            template: None,
-            menu: None,
-            origin: Origin::ConnectItem {
-                contact_id: "contact-1".into(),
-                item_id: item.to_owned(),
-                participant_role: "AGENT".into(),
-            },
-            created_at: chrono::Utc::now(),
-            resend: None,
-        };
+        let message = agent_message(to, item, body);
         self.outbound
             .send(NewMessage {
                 group_id: message.key().storage(),
@@ -216,5 +201,25 @@ impl Stack {
             }
         }
         got
+    }
+}
+
+/// The message the relay enqueues for an agent's text `body` (chat item `item`) to `to`.
+pub fn agent_message(to: &CustomerAddress, item: &str, body: &str) -> OutboundMessage {
+    OutboundMessage {
+        to: to.clone(),
+        from: Some(waconnect_tests::business()),
+        body: body.to_owned(),
+        media_urls: Vec::new(),
+        files: Vec::new(),
+        template: None,
+        menu: None,
+        origin: Origin::ConnectItem {
+            contact_id: "contact-1".into(),
+            item_id: item.to_owned(),
+            participant_role: "AGENT".into(),
+        },
+        created_at: chrono::Utc::now(),
+        resend: None,
     }
 }
