@@ -368,7 +368,7 @@ impl RelayConfig {
     pub fn from_source(source: &ConfigSource) -> Result<Self, ConfigErrors> {
         let mut r = source.reader();
         let worker = WorkerConfig::read(&mut r, OPS_BIND_VAR, 9091);
-        let aws = AwsConfig::read(&mut r);
+        let aws = AwsConfig::read(&mut r, &worker.common.tls);
         let endpoint = url(&mut r, "WACONNECT_CONNECT_ENDPOINT");
         let participant_endpoint =
             url(&mut r, "WACONNECT_CONNECT_PARTICIPANT_ENDPOINT").or_else(|| endpoint.clone());

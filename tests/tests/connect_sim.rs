@@ -28,7 +28,7 @@ async fn clients(sim: &ConnectSim) -> Clients {
         ("AWS_SECRET_ACCESS_KEY", "simulator-secret"),
     ]);
     let mut r = source.reader();
-    let aws = waconnect_shared::service::aws::AwsConfig::read(&mut r);
+    let aws = waconnect_shared::service::aws::AwsConfig::read(&mut r, &Default::default());
     r.finish().unwrap();
     let sdk = aws.load().await;
     let no_retries = aws_sdk_connect::config::retry::RetryConfig::disabled();

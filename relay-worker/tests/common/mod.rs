@@ -265,7 +265,9 @@ impl Stack {
     /// A Connect API client on this stack's simulator, as the relay builds its own.
     pub async fn connect_api(&self) -> ConnectApi {
         let source = ConfigSource::from_pairs(self.vars(&[]));
-        let aws = waconnect_shared::service::aws::AwsConfig::read(&mut source.reader());
+        let mut r = source.reader();
+        let tls = waconnect_shared::service::tls::TlsSettings::read(&mut r);
+        let aws = waconnect_shared::service::aws::AwsConfig::read(&mut r, &tls);
         ConnectApi::new(
             &aws.load().await,
             ConnectSettings {

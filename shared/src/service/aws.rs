@@ -36,8 +36,10 @@ pub struct StaticCredentials {
 impl AwsConfig {
     /// `AWS_REGION` (or `AWS_DEFAULT_REGION`) and, if set, `AWS_ACCESS_KEY_ID` /
     /// `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, read through the layered config so a
-    /// config file can carry them too.
-    pub fn read(r: &mut Reader<'_>) -> Self {
+    /// config file can carry them too. The SDK clients trust `tls`'s CAs: the ones the
+    /// process read once for all its clients, so every client trusts the same file's
+    /// contents.
+    pub fn read(r: &mut Reader<'_>, tls: &crate::service::tls::TlsSettings) -> Self {
         let region = match r.raw("AWS_REGION").or_else(|| r.raw("AWS_DEFAULT_REGION")) {
             Some(region) => region.to_owned(),
             None => {
@@ -76,7 +78,7 @@ impl AwsConfig {
         Self {
             region,
             static_credentials,
-            tls: crate::service::tls::TlsSettings::read(r),
+            tls: tls.clone(),
         }
     }
 

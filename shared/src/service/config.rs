@@ -242,8 +242,8 @@ pub struct AwsStorageConfig {
 pub const AWS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AwsStorageConfig {
-    pub fn read(r: &mut Reader<'_>) -> Self {
-        let aws = crate::service::aws::AwsConfig::read(r);
+    pub fn read(r: &mut Reader<'_>, tls: &crate::service::tls::TlsSettings) -> Self {
+        let aws = crate::service::aws::AwsConfig::read(r, tls);
         let url = |r: &mut Reader<'_>, name: &str, required: Option<&str>| match (
             r.raw(name).map(str::to_owned),
             required,
@@ -485,6 +485,8 @@ pub struct CommonConfig {
 
 impl CommonConfig {
     pub fn read(r: &mut Reader<'_>) -> Self {
+        // Read once for every client of the process (storage, Twilio, Connect, traces).
+        let tls = crate::service::tls::TlsSettings::read(r);
         let backend = r.string("WACONNECT_BACKEND", "embedded");
         let embedded = |r: &mut Reader<'_>| {
             let path = PathBuf::from(r.string("WACONNECT_SQLITE_PATH", "waconnect.db"));
@@ -511,7 +513,7 @@ impl CommonConfig {
         };
         let storage = match backend.as_str() {
             "embedded" => embedded(r),
-            "aws" => StorageConfig::Aws(AwsStorageConfig::read(r)),
+            "aws" => StorageConfig::Aws(AwsStorageConfig::read(r, &tls)),
             other => {
                 r.error(
                     "WACONNECT_BACKEND",
@@ -529,7 +531,6 @@ impl CommonConfig {
             },
             depth_interval: r.duration("WACONNECT_QUEUE_DEPTH_INTERVAL", Duration::from_secs(10)),
         };
-        let tls = crate::service::tls::TlsSettings::read(r);
         let telemetry = TelemetryConfig {
             log_format: r.optional(
                 "WACONNECT_LOG_FORMAT",
