@@ -62,22 +62,12 @@ fn micros(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
 }
 
 /// Polls `check` every [`POLL`] until it yields `Some`, or panics naming `what`.
-async fn poll<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+async fn poll<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    waconnect_sim::wait::until_every(what, deadline, POLL, check).await
 }
 
 /// Customers write at `rate` for `seconds`; the latency of each to the agent.
