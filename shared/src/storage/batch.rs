@@ -12,6 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 /// one AWS round trip.
 pub const LINGER: Duration = Duration::from_millis(5);
 
+/// Requests waiting for a batch, at most; beyond that a caller waits for room. The batching
+/// task takes them as fast as they come (calls go out without being awaited), so this
+/// only fills when the task is starved.
+const WAITING: usize = 1024;
+
 type Reply = oneshot::Sender<Result<(), CallError>>;
 
 /// Sends one batch; answers one result per request, in the order given.
@@ -19,7 +24,7 @@ pub type Flush<T> = Box<dyn Fn(Vec<T>) -> BoxFuture<'static, Vec<Result<(), Call
 
 /// A batcher's handle; its task ends when the last handle is dropped.
 pub struct Batcher<T> {
-    tx: mpsc::UnboundedSender<(T, Reply)>,
+    tx: mpsc::Sender<(T, Reply)>,
 }
 
 impl<T> Clone for Batcher<T> {
@@ -40,7 +45,7 @@ impl<T: Send + 'static> Batcher<T> {
     /// Starts the batching task (on the current tokio runtime): batches of at most `max`,
     /// sent at most `linger` after their first request.
     pub fn start(max: usize, linger: Duration, flush: Flush<T>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(WAITING);
         tokio::spawn(run(max.max(1), linger, flush, rx));
         Self { tx }
     }
@@ -53,7 +58,7 @@ impl<T: Send + 'static> Batcher<T> {
             code: None,
             message: "the batching task has stopped".into(),
         };
-        self.tx.send((request, reply)).map_err(|_| gone())?;
+        self.tx.send((request, reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -62,7 +67,7 @@ async fn run<T: Send + 'static>(
     max: usize,
     linger: Duration,
     flush: Flush<T>,
-    mut rx: mpsc::UnboundedReceiver<(T, Reply)>,
+    mut rx: mpsc::Receiver<(T, Reply)>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];

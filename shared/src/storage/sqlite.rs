@@ -10,7 +10,10 @@
 //! job costs ~15% of the thread's time, and jobs rarely fail.) A write job may therefore
 //! run twice, and must do nothing outside the database.
 //! A job whose caller stopped waiting (a timeout) is skipped, so a request that was
-//! answered "unavailable" is not committed later behind its back.
+//! answered "unavailable" is not committed later behind its back. At most [`MAX_JOBS`]
+//! jobs wait or run at once; beyond that a caller waits (asynchronously, within its own
+//! timeout) for room, so a database slower than its callers makes them wait rather than
+//! pile up without bound.
 //!
 //! Checkpoints (copying the WAL's pages into the database file, and syncing it) mostly
 //! run on a second connection on a thread of their own, every [`CHECKPOINT_EVERY`].
@@ -28,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// How long a connection waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +43,8 @@ const CACHE_KIB: i64 = 32 * 1024;
 const STATEMENTS_KEPT: usize = 128;
 /// Upper bound on jobs per transaction, so one batch cannot hold the lock for long.
 const MAX_BATCH: usize = 512;
+/// Jobs waiting for the database thread or running, at most: several batches' worth.
+const MAX_JOBS: usize = 8 * MAX_BATCH;
 /// How often the checkpointer copies what the WAL gained into the database file. A
 /// passive checkpoint never blocks a writer; one with nothing to do costs a few reads.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
@@ -87,6 +92,8 @@ struct Call<T, E, F> {
     f: F,
     result: Option<Result<T, E>>,
     caller: oneshot::Sender<Result<T, E>>,
+    /// The job's place among [`MAX_JOBS`], given back when the job is answered or dropped.
+    _room: OwnedSemaphorePermit,
 }
 
 impl<T, E, F> Job for Call<T, E, F>
@@ -130,6 +137,9 @@ pub struct Db {
 
 struct Inner {
     jobs: mpsc::Sender<Envelope>,
+    /// Room for [`MAX_JOBS`]: the channel itself is unbounded, and its sender never blocks
+    /// (a runtime thread may not); a permit is taken before each send.
+    room: Arc<Semaphore>,
     /// Dropped with the last handle, which stops the checkpointer.
     _checkpointer: mpsc::Sender<()>,
     /// In-process wake-ups by topic (e.g. a queue name), for long polls.
@@ -190,6 +200,7 @@ impl Db {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: tx,
+                room: Arc::new(Semaphore::new(MAX_JOBS)),
                 _checkpointer: checkpointer,
                 topics: Mutex::default(),
                 wal: PathBuf::from(wal),
@@ -262,11 +273,19 @@ impl Db {
         E: From<DbError> + Send + 'static,
         F: FnMut(&Connection) -> Result<T, E> + Send + 'static,
     {
+        let room = self
+            .inner
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| E::from(DbError::Closed))?;
         let (caller, answer) = oneshot::channel::<Result<T, E>>();
         let job = Box::new(Call {
             f,
             result: None,
             caller,
+            _room: room,
         });
         self.inner
             .jobs
@@ -577,6 +596,41 @@ mod tests {
         assert_eq!(one_batch(&db, &runs, [false; 3]).await, [true; 3]);
         assert_eq!(rows(&db).await, [1, 2, 3]);
         assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn callers_beyond_the_bound_wait_for_room_and_then_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (release, held) = mpsc::channel::<()>();
+        let mut hold = pin!(db.read(move |_| {
+            let _ = held.recv_timeout(Duration::from_secs(10));
+            Ok::<_, DbError>(())
+        }));
+        submit(hold.as_mut());
+        let mut writes: Vec<_> = (1..MAX_JOBS as i64)
+            .map(|x| Box::pin(db.write(insert(&runs, x, false))))
+            .collect();
+        for write in &mut writes {
+            submit(write.as_mut());
+        }
+        assert_eq!(db.inner.room.available_permits(), 0, "the bound is full");
+        let mut extra = Box::pin(db.write(insert(&runs, MAX_JOBS as i64, false)));
+        submit(extra.as_mut());
+        assert_eq!(db.inner.room.available_permits(), 0);
+        release.send(()).unwrap();
+        hold.await.unwrap();
+        for write in writes {
+            write.await.unwrap();
+        }
+        extra.await.unwrap();
+        assert_eq!(rows(&db).await.len(), MAX_JOBS);
+        assert_eq!(
+            db.inner.room.available_permits(),
+            MAX_JOBS,
+            "every place came back"
+        );
     }
 
     #[tokio::test]
