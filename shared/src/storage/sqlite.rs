@@ -92,7 +92,7 @@ struct Call<T, E, F> {
     f: F,
     result: Option<Result<T, E>>,
     caller: oneshot::Sender<Result<T, E>>,
-    /// The job's place among [`MAX_JOBS`], given back when the job is answered or dropped.
+    /// The job's place among [`MAX_JOBS`], given back as the job is answered (or dropped).
     _room: OwnedSemaphorePermit,
 }
 
@@ -114,13 +114,22 @@ where
     }
 
     fn answer(self: Box<Self>, done: Result<(), DbError>) {
-        let answer = match (self.result, done) {
+        let Self {
+            result,
+            caller,
+            _room: room,
+            ..
+        } = *self;
+        // The place goes back before the answer: a caller that has its answer has its
+        // place back too, so the next call it makes cannot find its own job in the way.
+        drop(room);
+        let answer = match (result, done) {
             (Some(Err(e)), _) => Err(e),
             (_, Err(e)) => Err(E::from(e)),
             (Some(Ok(v)), Ok(())) => Ok(v),
             (None, Ok(())) => Err(E::from(DbError::Sqlite("the job did not run".into()))),
         };
-        let _ = self.caller.send(answer);
+        let _ = caller.send(answer);
     }
 }
 
