@@ -113,11 +113,12 @@ pub async fn copy(
             human_size(limit)
         ));
     }
-    let (spooled, size) = match attachment::fetch(media, None, &download.url).await {
-        Ok(f) => f,
-        Err(FetchError::Final(why)) => return refused(why),
-        Err(FetchError::Passing(why)) => return Err(CopyError::Passing(why)),
-    };
+    let (spooled, size) =
+        match attachment::fetch(media, None, &download.url, store.syncs_local_file()).await {
+            Ok(f) => f,
+            Err(FetchError::Final(why)) => return refused(why),
+            Err(FetchError::Passing(why)) => return Err(CopyError::Passing(why)),
+        };
     let (path, _) = match conversion {
         Some(c) => match attachment::convert_within(media, &spooled, c, limit, "WhatsApp").await {
             Ok(converted) => converted,

@@ -208,7 +208,7 @@ pub async fn prepare(
             media_url: url.to_owned(),
         }));
     }
-    let (spooled, size) = match spool(media, response).await {
+    let (spooled, size) = match spool(media, response, false).await {
         Ok(f) => f,
         Err(FetchError::Final(why)) => return Ok(Prepared::Refused(notice(&label, &why))),
         Err(e) => return Err(e),
@@ -343,14 +343,16 @@ pub async fn convert_within(
 }
 
 /// Streams the file at `url` (with the Twilio account's Basic auth, if given) into a
-/// spool file; its size.
+/// spool file; its size. With `write_out` (the file goes on to a store that syncs it to
+/// this disk) its bytes are put on disk while it arrives.
 pub async fn fetch(
     media: &MediaRelay,
     account: Option<&TwilioAccount>,
     url: &str,
+    write_out: bool,
 ) -> Result<(TempPath, u64), FetchError> {
     let response = open(media, account, url).await?;
-    spool(media, response).await
+    spool(media, response, write_out).await
 }
 
 /// Asks for the file at `url`: the answer, once its status says the bytes follow.
@@ -404,10 +406,19 @@ async fn open(
 /// Bytes a spool file holds in memory on their way to or from the disk.
 const SPOOL_BUFFER: usize = 64 * 1024;
 
-/// Streams an answer's body into a spool file; its size.
+/// Bytes that arrive between two syncs of a spool file that is written out as it arrives.
+const WRITE_OUT_EVERY: u64 = 4 * 1024 * 1024;
+
+/// Streams an answer's body into a spool file; its size. With `write_out`, the file is
+/// synced in the background every [`WRITE_OUT_EVERY`] bytes (one sync at a time), so
+/// the disk writes it while the network brings the rest: a store that syncs the file
+/// afterwards then waits for the last few MiB only, not for the whole file. In the
+/// media bench (20 agents' files of 15 MiB at once, `synchronous=full`) that took each
+/// burst from 0.67–0.70 s to 0.57–0.62 s, in four alternating pairs of runs.
 async fn spool(
     media: &MediaRelay,
     mut response: transfer::Response,
+    write_out: bool,
 ) -> Result<(TempPath, u64), FetchError> {
     let passing = |e: &dyn std::fmt::Display| FetchError::Passing(e.to_string());
     let work = async {
@@ -416,6 +427,10 @@ async fn spool(
             .tempfile_in(&media.settings.spool_dir)
             .map_err(|e| passing(&e))?;
         let (file, path) = spool.into_parts();
+        let mut write_out = match write_out {
+            true => Some(WriteOut::new(&file).map_err(|e| passing(&e))?),
+            false => None,
+        };
         let mut file = tokio::fs::File::from_std(file);
         // tokio buffers up to 2 MiB per write by default: per transfer, that is the cost.
         file.set_max_buf_size(SPOOL_BUFFER);
@@ -432,8 +447,14 @@ async fn spool(
                 )));
             }
             file.write_all(&chunk).await.map_err(|e| passing(&e))?;
+            if let Some(w) = &mut write_out {
+                w.arrived(size).await.map_err(|e| passing(&e))?;
+            }
         }
         file.flush().await.map_err(|e| passing(&e))?;
+        if let Some(w) = write_out {
+            w.finish().await.map_err(|e| passing(&e))?;
+        }
         if size == 0 {
             return Err(FetchError::Final("Twilio gave an empty file".into()));
         }
@@ -447,6 +468,51 @@ async fn spool(
                 media.settings.transfer_timeout
             ))
         })?
+}
+
+/// A spool file's background syncs, on a second handle to it.
+struct WriteOut {
+    file: std::sync::Arc<std::fs::File>,
+    /// The bytes that had arrived when the last sync started.
+    started_at: u64,
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl WriteOut {
+    fn new(file: &std::fs::File) -> std::io::Result<Self> {
+        Ok(Self {
+            file: std::sync::Arc::new(file.try_clone()?),
+            started_at: 0,
+            syncing: None,
+        })
+    }
+
+    /// `size` bytes have arrived: a sync starts when the last one has ended and enough is
+    /// new. A failed sync fails the spool: the handles share one open file, so the
+    /// kernel reports a write error once, and a later sync (the store's) would not
+    /// see it.
+    async fn arrived(&mut self, size: u64) -> std::io::Result<()> {
+        if size - self.started_at < WRITE_OUT_EVERY {
+            return Ok(());
+        }
+        if let Some(syncing) = self.syncing.take_if(|s| s.is_finished()) {
+            syncing.await.map_err(std::io::Error::other)??;
+        }
+        if self.syncing.is_none() {
+            let file = self.file.clone();
+            self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+            self.started_at = size;
+        }
+        Ok(())
+    }
+
+    /// Waits for the sync under way, if any.
+    async fn finish(mut self) -> std::io::Result<()> {
+        match self.syncing.take() {
+            Some(syncing) => syncing.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
 }
 
 /// What became of an attachment.
@@ -627,6 +693,32 @@ mod tests {
         assert_eq!(human_size(20 * 1024 * 1024), "20 MB");
         assert_eq!(human_size(25 * 1024 * 1024 + 100 * 1024), "25.1 MB");
         assert_eq!(human_size(1000), "1 KB");
+    }
+
+    #[tokio::test]
+    async fn a_file_written_out_is_synced_while_it_arrives_one_sync_at_a_time() {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        let mut out = WriteOut::new(&file).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut size = 0;
+        let mut started = Vec::new();
+        while size < 3 * WRITE_OUT_EVERY {
+            file.write_all(&chunk).unwrap();
+            size += chunk.len() as u64;
+            out.arrived(size).await.unwrap();
+            if started.last() != Some(&out.started_at) {
+                started.push(out.started_at);
+            }
+        }
+        // Syncs started on the way, each at least WRITE_OUT_EVERY after the last.
+        assert!(started.len() >= 2, "{started:?}");
+        assert!(
+            started.windows(2).all(|w| w[1] - w[0] >= WRITE_OUT_EVERY),
+            "{started:?}"
+        );
+        out.finish().await.unwrap();
+        assert_eq!(file.metadata().unwrap().len(), size);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct LoopOptions {
     pub aws: bool,
     /// A routing file's text (several business numbers), given to every service.
     pub routing: Option<String>,
+    /// `WACONNECT_SQLITE_SYNCHRONOUS` for every service, instead of the wiring's `normal`
+    /// (tests need no power-cut durability): a bench measures the default, `full`.
+    pub synchronous: Option<&'static str>,
 }
 
 impl FullLoop {
@@ -54,6 +57,7 @@ impl FullLoop {
             sender_vars: sender_extra,
             aws,
             routing,
+            synchronous,
         } = options;
         let dir = tempfile::tempdir().unwrap();
         let routing_file = routing.map(|text| {
@@ -80,6 +84,9 @@ impl FullLoop {
         let mut own = pairs(&[("RUST_LOG", "warn")]);
         if let Some(path) = &routing_file {
             own.extend(pairs(&[("WACONNECT_ROUTING_FILE", path.as_str())]));
+        }
+        if let Some(synchronous) = synchronous {
+            own.extend(pairs(&[("WACONNECT_SQLITE_SYNCHRONOUS", synchronous)]));
         }
         // A service's wiring, then the loop's own settings, then the test's: later pairs win.
         let vars_for = |wired: Vec<(String, String)>,

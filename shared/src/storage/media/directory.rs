@@ -226,6 +226,10 @@ impl MediaStore for DirectoryStore {
             .map_err(backend)
     }
 
+    fn syncs_local_file(&self) -> bool {
+        self.durable
+    }
+
     async fn exists(&self, key: &str) -> Result<bool, MediaError> {
         check_key(key)?;
         Ok(tokio::fs::try_exists(self.meta_path(key))

@@ -64,6 +64,13 @@ pub trait MediaStore: Send + Sync + 'static {
     /// replaces it with the same bytes.
     async fn put(&self, key: &str, file: TempPath, meta: &FileMeta) -> Result<(), MediaError>;
 
+    /// Whether `put` syncs the file to this machine's disk before it answers (the
+    /// directory, when durable). The relay then starts that writing while the file
+    /// arrives, so `put`'s sync finds little left to wait for.
+    fn syncs_local_file(&self) -> bool {
+        false
+    }
+
     /// Whether `key` is stored.
     async fn exists(&self, key: &str) -> Result<bool, MediaError>;
 
