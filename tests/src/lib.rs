@@ -66,12 +66,12 @@ pub fn bench_setting<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Writes a bench's figures to `target/bench/<name>.json` and says where.
 /// Where every bench writes its JSON report (`target/bench`).
 pub fn bench_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
 }
 
+/// Writes a bench's figures to `target/bench/<name>.json` and says where.
 pub fn write_bench_report(name: &str, report: &serde_json::Value) {
     let out = bench_dir();
     std::fs::create_dir_all(&out).expect("create target/bench");

@@ -343,8 +343,12 @@ pub fn router(store: DirectoryStore) -> axum::Router {
                 if method == axum::http::Method::HEAD {
                     return (headers, axum::body::Body::empty()).into_response();
                 }
+                // 256 KiB reads: in the media bench (20 × 15 MiB at once, alternating
+                // runs) 64 KiB reads made the agent's file take 1.26–1.47× two plain
+                // copies, 256 KiB 1.14–1.30× with a sixth less ingress CPU, for ~0.8 MiB
+                // of ingress memory per transfer instead of ~0.4: still streamed.
                 let body = axum::body::Body::from_stream(
-                    tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024),
+                    tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024),
                 );
                 (headers, body).into_response()
             }
