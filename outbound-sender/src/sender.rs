@@ -178,21 +178,29 @@ async fn with_file_urls(
     };
     // No look for the file first: that would be one more store call per send, and a
     // file gone by now (past its retention) fails at Twilio (63019), which the agent hears.
-    for key in std::mem::take(&mut message.files) {
-        match media.url(&key, s.media_url_ttl).await {
-            Ok(url) => message.media_urls.push(url),
+    // The keys stay: the status callback names them, so a re-send carries the files too.
+    let mut urls = Vec::with_capacity(message.files.len());
+    let mut unavailable = None;
+    for key in &message.files {
+        match media.url(key, s.media_url_ttl).await {
+            Ok(url) => urls.push(url),
             Err(e) => {
                 let kind = match e {
                     MediaError::NotFound | MediaError::InvalidKey(_) => ErrorKind::Permanent,
                     _ => ErrorKind::Transient { retry_after: None },
                 };
-                let e = failed(kind, format!("the file is not available: {e}"));
-                message.files.push(key);
-                return Err((message, e));
+                unavailable = Some(failed(kind, format!("the file is not available: {e}")));
+                break;
             }
         }
     }
-    Ok(message)
+    match unavailable {
+        Some(e) => Err((message, e)),
+        None => {
+            message.media_urls.extend(urls);
+            Ok(message)
+        }
+    }
 }
 
 /// The pause before a message's first re-send; it doubles with every further one.
@@ -778,6 +786,14 @@ fn form_for(
                     .append_pair("part", &part_no.to_string());
                 if let Some(attempt) = resend {
                     q.append_pair("resend", &attempt.to_string());
+                }
+                if index == 0 {
+                    // The part that carries the files names their keys: a re-send the
+                    // relay queues from this callback (a passing refusal such as 63018)
+                    // sends the files again, not the text alone.
+                    for key in &message.files {
+                        q.append_pair("file", key);
+                    }
                 }
                 q.finish()
             }

@@ -180,6 +180,92 @@ async fn replies_refused_over_whatsapps_rate_are_sent_again_in_order_until_they_
             "customer {c}: lost, doubled or out of order"
         );
     }
+    refused_over_the_rate_and_the_agent_told_nothing(&phone, &desk, &contacts).await;
+}
+
+/// The label a file the phone received carries: the name in its `Content-Disposition`.
+fn received_name(m: &waconnect_sim::twilio::InboxMessage) -> Option<String> {
+    let disposition = m.files.first()?.content_disposition.as_deref()?;
+    let name = disposition
+        .split("filename=\"")
+        .nth(1)?
+        .trim_end_matches('"');
+    Some(name.to_owned())
+}
+
+/// An agent's file refused over WhatsApp's rate (63018, in the status callback) after the
+/// sender stopped watching it (`WACONNECT_SENDER_CONFIRM_WAIT=0`), so the relay's re-send
+/// from the status callback is what sends it again: the file itself goes again, not an
+/// empty message, and every file reaches the phone once. (Without the confirm wait a
+/// re-send lands after later replies; keeping order is that wait's job, tested above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_file_refused_over_the_rate_is_sent_again_with_its_file() {
+    const CUSTOMERS: usize = 2;
+    const EACH: usize = 4;
+    let lp = Loop::start(LoopOptions {
+        twilio: TwilioOptions {
+            sender_rate: 2,
+            ..TwilioOptions::default()
+        },
+        sender_vars: vec![
+            ("WACONNECT_SENDER_RATE", "100".into()),
+            ("WACONNECT_SENDER_CONFIRM_WAIT", "0s".into()),
+        ],
+        ..LoopOptions::default()
+    })
+    .await;
+    let contacts = lp.customers_write_and_agents_accept(CUSTOMERS, 1).await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let pdf =
+        |name: &str| format!("%PDF-1.4\n%{name}\ntrailer<</Root 1 0 R>>\n%%EOF\n").into_bytes();
+    for (c, contact) in contacts.iter().enumerate() {
+        for m in 0..EACH {
+            let name = format!("c{c}-{m}.pdf");
+            desk.send_file(contact, &name, "application/pdf", pdf(&name), "APPROVED")
+                .await
+                .unwrap();
+        }
+    }
+    for c in 0..CUSTOMERS {
+        let expected: Vec<String> = (0..EACH).map(|m| format!("c{c}-{m}.pdf")).collect();
+        // Every message settled (none still with Twilio), or what the phone has at the end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let inbox = loop {
+            let inbox = phone.inbox(customer(c).as_str()).await.unwrap_or_default();
+            let settled = inbox
+                .iter()
+                .all(|m| !matches!(m.status.as_str(), "queued" | "accepted" | "sending"));
+            let landed = inbox.iter().filter(|m| m.status != "failed").count();
+            if (settled && landed >= EACH) || tokio::time::Instant::now() >= deadline {
+                break inbox;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut delivered: Vec<String> = inbox
+            .iter()
+            .filter(|m| m.status != "failed")
+            .map(|m| received_name(m).unwrap_or_else(|| format!("text {:?}", m.body)))
+            .collect();
+        delivered.sort();
+        let shown: Vec<String> = inbox
+            .iter()
+            .map(|m| format!("{} {:?} {:?}", m.status, m.error_code, received_name(m)))
+            .collect();
+        assert_eq!(
+            delivered, expected,
+            "customer {c}: lost, doubled or sent without its file: {shown:?}"
+        );
+    }
+    refused_over_the_rate_and_the_agent_told_nothing(&phone, &desk, &contacts).await;
+}
+
+/// Some sends went over WhatsApp's rate (else the test proves nothing), and no agent was
+/// told of a failure: every refusal was sent again.
+async fn refused_over_the_rate_and_the_agent_told_nothing(
+    phone: &waconnect_sim::twilio::PhoneClient,
+    desk: &waconnect_sim::connect::DeskClient,
+    contacts: &[String],
+) {
     let refused = phone
         .sent()
         .await
@@ -191,7 +277,7 @@ async fn replies_refused_over_whatsapps_rate_are_sent_again_in_order_until_they_
         refused > 0,
         "nothing went over the rate: the test proves nothing"
     );
-    for contact in &contacts {
+    for contact in contacts {
         let texts = desk.customer_texts(contact).await.unwrap();
         assert!(
             texts.iter().all(|t| !t.contains("waconnect notice")),

@@ -273,12 +273,20 @@ async fn resend(
         return Ok(false);
     }
     let key = legacy::group_key(relay, key);
+    // The refused part's files, as the sender named them in the callback's URL (signed by
+    // Twilio): the text comes from Twilio's copy, the files from the media store.
+    let files = event
+        .query_values("file")
+        .filter(|k| waconnect_shared::storage::media::check_key(k).is_ok())
+        .take(waconnect_shared::message::event::MAX_MEDIA)
+        .map(str::to_owned)
+        .collect();
     let message = OutboundMessage {
         to: key.customer.clone(),
         from: key.business.clone(),
         body: String::new(),
         media_urls: Vec::new(),
-        files: Vec::new(),
+        files,
         template: None,
         menu: None,
         origin: Origin::ConnectItem {

@@ -86,6 +86,14 @@ impl InboundEvent {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a query parameter of the called URL, in order.
+    pub fn query_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.query
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The first value of a field, as Twilio sent it.
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields
