@@ -1,9 +1,11 @@
 //! The randomized chaos run: the whole bridge as real processes (ingress, three
 //! relay-workers, two outbound-senders) between both simulators, customers and agents
 //! writing numbered messages both ways, while a seeded schedule SIGKILLs and restarts
-//! processes and injects Connect and Twilio faults. Then the faults stop and a checker
-//! asserts that every message arrived exactly once, in order per customer, both ways, and
-//! that nothing was dead-lettered.
+//! processes and injects Connect and Twilio faults. About one message in five each way is
+//! a file (a small PDF that carries its label, so the checker knows it whatever name the
+//! bridge gives it). Then the faults stop and a checker asserts that every message and
+//! file arrived exactly once, in order per customer, both ways, and that nothing was
+//! dead-lettered.
 //!
 //! `CHAOS_SEED` replays a run (the seed is printed first), `CHAOS_SECONDS` sets how long
 //! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak), `CHAOS_RUST_LOG` the
@@ -23,8 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 use waconnect_shared::service::config::{CommonConfig, ConfigSource};
-use waconnect_sim::connect::ConnectSim;
-use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
+use waconnect_sim::connect::{ConnectSim, DeskClient, Scan};
+use waconnect_sim::twilio::{InboxMessage, PhoneClient, TwilioOptions, TwilioSim};
 use waconnect_sim::wiring::{Wiring, pairs};
 
 /// Which storage the fleet runs on.
@@ -37,6 +39,26 @@ pub enum Engine {
 const CUSTOMERS: usize = 6;
 const RELAYS: usize = 3;
 const SENDERS: usize = 2;
+/// Files each side sends per customer, at most: Connect takes 35 attachments per chat,
+/// the customer's and the agent's together, and a soak runs for an hour.
+const FILES_EACH_WAY: usize = 12;
+/// One message in this many is a file, until [`FILES_EACH_WAY`].
+const ONE_FILE_IN: u32 = 5;
+
+/// A small, valid PDF that carries `label` in a comment.
+fn labelled_pdf(label: &str) -> Vec<u8> {
+    format!(
+        "%PDF-1.4\n%label:{label}\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    .into_bytes()
+}
+
+/// The label [`labelled_pdf`] put in a file.
+fn label_in(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix("%label:"))?;
+    Some(line.to_owned())
+}
 
 /// What a run did and found.
 #[derive(Debug, Default)]
@@ -44,6 +66,9 @@ pub struct Report {
     pub seed: u64,
     pub customer_messages: usize,
     pub agent_messages: usize,
+    /// Of those, the files.
+    pub customer_files: usize,
+    pub agent_files: usize,
     pub kills: BTreeMap<&'static str, usize>,
     pub faults: BTreeMap<&'static str, usize>,
     pub lost: usize,
@@ -198,14 +223,31 @@ pub async fn run(engine: Engine) -> Report {
         let (phone, written, writing) = (phone.clone(), written.clone(), writing.clone());
         let mut rng = StdRng::seed_from_u64(seed ^ 1);
         async move {
+            let mut files = [0; CUSTOMERS];
             while writing.load(Ordering::Relaxed) {
                 let c = rng.random_range(0..CUSTOMERS);
                 let n = written.lock().await.customer[c].len();
                 let text = format!("c{c} m{n}");
+                let file = files[c] < FILES_EACH_WAY && rng.random_ratio(1, ONE_FILE_IN);
+                let from = customer(c);
+                let sent = if file {
+                    // A document with its caption: the agent sees the file, then the text.
+                    let pdf = labelled_pdf(&text);
+                    phone
+                        .send_file(from.as_str(), pdf, "application/pdf", &text)
+                        .await
+                } else {
+                    phone.text(from.as_str(), &text).await
+                };
                 // Twilio's retries (the fragment) cover an ingress restart; a webhook that
                 // still fails is one WhatsApp never handed over: the customer writes again.
-                if let Ok((_, 200)) = phone.text(customer(c).as_str(), &text).await {
-                    written.lock().await.customer[c].push(text);
+                if let Ok((_, 200)) = sent {
+                    let mut written = written.lock().await;
+                    if file {
+                        files[c] += 1;
+                        written.customer[c].push(format!("file:{text}"));
+                    }
+                    written.customer[c].push(text);
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
             }
@@ -221,6 +263,7 @@ pub async fn run(engine: Engine) -> Report {
         );
         let mut rng = StdRng::seed_from_u64(seed ^ 2);
         async move {
+            let mut files = [0; CUSTOMERS];
             while writing.load(Ordering::Relaxed) {
                 if let Ok(chats) = desk.chats(None).await {
                     for chat in chats {
@@ -248,8 +291,37 @@ pub async fn run(engine: Engine) -> Report {
                     let (c, contact) = &known[rng.random_range(0..known.len())];
                     let n = written.lock().await.agent[*c].len();
                     let text = format!("c{c} a{n}");
-                    if desk.send(contact, &text).await.is_ok() {
-                        written.lock().await.agent[*c].push(text);
+                    let file = files[*c] < FILES_EACH_WAY && rng.random_ratio(1, ONE_FILE_IN);
+                    let sent = if file {
+                        // Half of them scanned for a while first: the relay waits for the
+                        // verdict, and what the agent writes next waits behind the file.
+                        let scan = rng.random_bool(0.5).then(|| {
+                            Scan::After(Duration::from_millis(rng.random_range(100..1500)))
+                        });
+                        let name = format!("c{c}-a{n}.pdf");
+                        let pdf = labelled_pdf(&text);
+                        desk.send_scanned_file(
+                            contact,
+                            &name,
+                            "application/pdf",
+                            pdf,
+                            "APPROVED",
+                            scan,
+                        )
+                        .await
+                        .is_ok()
+                    } else {
+                        desk.send(contact, &text).await.is_ok()
+                    };
+                    if sent {
+                        if file {
+                            files[*c] += 1;
+                        }
+                        written.lock().await.agent[*c].push(if file {
+                            format!("file:{text}")
+                        } else {
+                            text
+                        });
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
@@ -356,13 +428,21 @@ pub async fn run(engine: Engine) -> Report {
     let contacts = contacts.lock().await.clone();
     report.customer_messages = written.customer.iter().map(Vec::len).sum();
     report.agent_messages = written.agent.iter().map(Vec::len).sum();
+    let files = |side: &[Vec<String>]| {
+        side.iter()
+            .flatten()
+            .filter(|m| m.starts_with("file:"))
+            .count()
+    };
+    report.customer_files = files(&written.customer);
+    report.agent_files = files(&written.agent);
     // Everything settles: every message arrives, bounded.
     let settled = tokio::time::timeout(Duration::from_secs(150), async {
         loop {
             let mut done = true;
             for c in 0..CUSTOMERS {
                 let agent_sees = match contacts.get(&c) {
-                    Some(contact) => desk.customer_texts(contact).await.unwrap_or_default(),
+                    Some(contact) => customer_items(&desk, contact).await,
                     None => Vec::new(),
                 };
                 done &= agent_sees.len() >= written.customer[c].len();
@@ -382,20 +462,20 @@ pub async fn run(engine: Engine) -> Report {
     // Late duplicates would come now, if at all.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let refused_first: Vec<String> = phone
-        .sent()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m["error_code"] == 63018)
-        .filter_map(|m| m["body"].as_str().map(str::to_owned))
-        .collect();
     for c in 0..CUSTOMERS {
         let agent_sees = match contacts.get(&c) {
-            Some(contact) => desk.customer_texts(contact).await.unwrap_or_default(),
+            Some(contact) => customer_items(&desk, contact).await,
             None => Vec::new(),
         };
         let phone_shows = delivered(&phone, c).await;
+        let refused_first: Vec<String> = phone
+            .inbox(customer(c).as_str())
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.error_code == Some(63018))
+            .map(shown)
+            .collect();
         for (direction, sent, got, refused) in [
             ("customer→agent", &written.customer[c], &agent_sees, &[][..]),
             (
@@ -498,6 +578,10 @@ pub fn assert_clean(report: &Report) {
         report.customer_messages > 0 && report.agent_messages > 0,
         "nothing was written: {report:?}"
     );
+    assert!(
+        report.customer_files > 0 && report.agent_files > 0,
+        "no file was sent one way or the other: {report:?}"
+    );
     assert_eq!(
         (
             report.lost,
@@ -512,16 +596,67 @@ pub fn assert_clean(report: &Report) {
     );
 }
 
-/// The bodies on customer `c`'s phone that WhatsApp delivered (failed copies left out).
-async fn delivered(phone: &waconnect_sim::twilio::PhoneClient, c: usize) -> Vec<String> {
+/// What customer `c`'s phone shows that WhatsApp delivered (failed copies left out).
+async fn delivered(phone: &PhoneClient, c: usize) -> Vec<String> {
     phone
         .inbox(customer(c).as_str())
         .await
         .unwrap_or_default()
-        .into_iter()
+        .iter()
         .filter(|m| m.status != "failed" && m.status != "undelivered")
-        .map(|m| m.body)
+        .map(shown)
         .collect()
+}
+
+/// A message on the phone as the checker labels it: a text as written; a file as `file:`
+/// and its label, read from the name the agent gave it (`c1-a7.pdf` is `c1 a7`).
+fn shown(m: &InboxMessage) -> String {
+    if m.media_urls.is_empty() {
+        return m.body.clone();
+    }
+    let name = m
+        .files
+        .first()
+        .and_then(|f| f.content_disposition.as_deref())
+        .and_then(|d| d.split("filename=\"").nth(1))
+        .map(|n| {
+            n.trim_end_matches('"')
+                .trim_end_matches(".pdf")
+                .replace('-', " ")
+        });
+    match name {
+        Some(label) => format!("file:{label}"),
+        // Twilio has not fetched it (yet): the phone does not have it.
+        None => format!("file never fetched ({})", m.sid),
+    }
+}
+
+/// The customer's side of a chat as the agent reads it, labelled like what was written: a
+/// text as is; a file as `file:` and the label inside it.
+async fn customer_items(desk: &DeskClient, contact: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    for item in desk.transcript(contact).await.unwrap_or_default() {
+        if item.participant_role.as_deref() != Some("CUSTOMER") {
+            continue;
+        }
+        match item.kind.as_str() {
+            "MESSAGE" => items.extend(item.content),
+            "ATTACHMENT" => {
+                for a in &item.attachments {
+                    let label = match desk.attachment(&a.attachment_id).await {
+                        Ok((_, bytes)) => label_in(&bytes),
+                        Err(_) => None,
+                    };
+                    items.push(format!(
+                        "file:{}",
+                        label.unwrap_or_else(|| format!("unreadable {}", a.attachment_name))
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    items
 }
 
 /// Lost and duplicated messages of `got` against `sent` (one never sent counts as a
