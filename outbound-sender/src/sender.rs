@@ -177,7 +177,8 @@ async fn with_file_urls(
         return Err((message, e));
     };
     // No look for the file first: that would be one more store call per send, and a
-    // file gone by now (past its retention) fails at Twilio (63019), which the agent hears.
+    // file gone by now (past its retention) fails at Twilio (63019), which the agent hears
+    // once its re-sends failed too.
     // The keys stay: the status callback names them, so a re-send carries the files too.
     let mut urls = Vec::with_capacity(message.files.len());
     let mut unavailable = None;
@@ -566,7 +567,8 @@ async fn confirm(
             }
             break;
         }
-        if !fetched.refused_for_now() {
+        // The files go with the first part.
+        if !fetched.refused_for_now(index == 0 && !current.files.is_empty()) {
             return Ok(());
         }
         // Past its last re-send, the relay tells the agent from the status callback.

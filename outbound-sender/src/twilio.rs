@@ -95,12 +95,13 @@ impl Fetched {
         )
     }
 
-    /// WhatsApp refused it for a reason that passes: send it again.
-    pub fn refused_for_now(&self) -> bool {
+    /// It failed for a reason that passes: send it again. `our_files` when it carried
+    /// files from the media store (see `Resend::is_passing_for`).
+    pub fn refused_for_now(&self, our_files: bool) -> bool {
         matches!(self.status.as_str(), "failed" | "undelivered")
-            && self
-                .error_code
-                .is_some_and(waconnect_shared::message::outbound::Resend::is_passing)
+            && self.error_code.is_some_and(|code| {
+                waconnect_shared::message::outbound::Resend::is_passing_for(code, our_files)
+            })
     }
 }
 

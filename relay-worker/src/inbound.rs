@@ -269,18 +269,21 @@ async fn resend(
         .query_param("resend")
         .and_then(|n| n.parse::<u32>().ok())
         .unwrap_or(0);
-    if !code.parse().is_ok_and(Resend::is_passing) || done >= Resend::MAX {
-        return Ok(false);
-    }
-    let key = legacy::group_key(relay, key);
     // The refused part's files, as the sender named them in the callback's URL (signed by
     // Twilio): the text comes from Twilio's copy, the files from the media store.
-    let files = event
+    let files: Vec<String> = event
         .query_values("file")
         .filter(|k| waconnect_shared::storage::media::check_key(k).is_ok())
         .take(waconnect_shared::message::event::MAX_MEDIA)
         .map(str::to_owned)
         .collect();
+    let passing = code
+        .parse()
+        .is_ok_and(|code| Resend::is_passing_for(code, !files.is_empty()));
+    if !passing || done >= Resend::MAX {
+        return Ok(false);
+    }
+    let key = legacy::group_key(relay, key);
     let message = OutboundMessage {
         to: key.customer.clone(),
         from: key.business.clone(),

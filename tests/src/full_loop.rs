@@ -18,6 +18,8 @@ pub struct FullLoop {
     pub ingress_port: String,
     pub relay_ops: String,
     pub sender_ops: String,
+    /// Each service's variables, to start it again after a kill.
+    pub ingress_vars: Vec<(String, String)>,
     pub relay_vars: Vec<(String, String)>,
     pub sender_vars: Vec<(String, String)>,
     pub ingress: Child,
@@ -98,10 +100,8 @@ impl FullLoop {
             v.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             v
         };
-        let ingress_process = spawn(
-            "ingress",
-            &vars_for(wiring.ingress(&ingress_port), &[], &[]),
-        );
+        let ingress_vars = vars_for(wiring.ingress(&ingress_port), &[], &[]);
+        let ingress_process = spawn("ingress", &ingress_vars);
         let relay_vars = vars_for(
             wiring.relay(),
             &[
@@ -127,6 +127,7 @@ impl FullLoop {
             ingress_port,
             relay_ops,
             sender_ops,
+            ingress_vars,
             relay_vars,
             sender_vars,
             ingress: ingress_process,

@@ -523,6 +523,70 @@ async fn agents_files_reach_the_phone(aws: bool) {
     );
 }
 
+/// Twilio cannot download an agent's file (63019) because ingress, which serves the media
+/// directory on one box, is down for a moment, as in a restart; its status callback is
+/// lost with it. The file is in the store all along, so the sender, which watches what
+/// Twilio makes of each part, sends it again until Twilio gets it: the phone shows it
+/// once, before what the agent wrote next, and the agent is told of no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_file_twilio_could_not_download_while_ingress_was_down_is_sent_again() {
+    let mut lp = FullLoop::start(LoopOptions::default()).await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let number = customer(0);
+    lp.ingress.start_kill().unwrap();
+    lp.ingress.wait().await.unwrap();
+    desk.send_file(
+        &contact,
+        "Manual.pdf",
+        "application/pdf",
+        pdf(100),
+        "APPROVED",
+    )
+    .await
+    .unwrap();
+    wait::until(
+        "Twilio to fail the file's download",
+        Duration::from_secs(30),
+        || async {
+            let inbox = phone.inbox(number.as_str()).await.ok()?;
+            inbox
+                .iter()
+                .any(|m| m.error_code == Some(63019))
+                .then_some(())
+        },
+    )
+    .await;
+    lp.ingress = spawn("ingress", &lp.ingress_vars);
+    desk.send(&contact, "did it arrive?").await.unwrap();
+    let landed = wait::until(
+        "the file and the text after it",
+        Duration::from_secs(60),
+        || async {
+            let inbox = phone.inbox(number.as_str()).await.ok()?;
+            let landed: Vec<String> = inbox
+                .iter()
+                .filter(|m| m.status != "failed")
+                .map(|m| match m.files.first() {
+                    Some(f) => format!("file, {}", f.content_disposition.as_deref().unwrap_or("")),
+                    None => m.body.clone(),
+                })
+                .collect();
+            (landed.len() >= 2).then_some(landed)
+        },
+    )
+    .await;
+    assert_eq!(
+        landed,
+        ["file, inline; filename=\"Manual.pdf\"", "did it arrive?"]
+    );
+    let notices = notices_in(&desk, &contact).await;
+    assert!(
+        notices.is_empty(),
+        "the agent was told of a failure: {notices:?}"
+    );
+}
+
 /// A media store that stays broken (here the relay's directory turns into a file, as a
 /// full or read-only disk refuses writes): the relay tries the agent's file again until
 /// the wait for a file ends, then tells the agent it was not sent, and what the agent

@@ -59,6 +59,17 @@ impl Resend {
     pub fn is_passing(code: u32) -> bool {
         Self::PASSING_CODES.contains(&code)
     }
+
+    /// Twilio could not download a file of the message (63019).
+    pub const FILE_NOT_DOWNLOADED: u32 = 63019;
+
+    /// Whether a part refused with `code` is sent again; `our_files` when it carried files
+    /// from the media store. For those, a failed download passes too: the file is still
+    /// there, and what failed was the way to it for a moment (on one box, ingress
+    /// restarting; S3 refusing for a while).
+    pub fn is_passing_for(code: u32, our_files: bool) -> bool {
+        Self::is_passing(code) || (our_files && code == Self::FILE_NOT_DOWNLOADED)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +215,9 @@ mod tests {
         }
         assert_eq!(last.resend.unwrap().attempt, Resend::MAX);
         assert!(Resend::is_passing(63018) && !Resend::is_passing(63016));
+        // A failed download passes only for files of our own store.
+        assert!(Resend::is_passing_for(63019, true) && !Resend::is_passing_for(63019, false));
+        assert!(!Resend::is_passing_for(63016, true));
     }
 
     #[test]
