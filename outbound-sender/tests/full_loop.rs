@@ -183,14 +183,9 @@ async fn replies_refused_over_whatsapps_rate_are_sent_again_in_order_until_they_
     refused_over_the_rate_and_the_agent_told_nothing(&phone, &desk, &contacts).await;
 }
 
-/// The label a file the phone received carries: the name in its `Content-Disposition`.
+/// The name of the file the phone received with `m`.
 fn received_name(m: &waconnect_sim::twilio::InboxMessage) -> Option<String> {
-    let disposition = m.files.first()?.content_disposition.as_deref()?;
-    let name = disposition
-        .split("filename=\"")
-        .nth(1)?
-        .trim_end_matches('"');
-    Some(name.to_owned())
+    m.files.first()?.filename().map(str::to_owned)
 }
 
 /// An agent's file refused over WhatsApp's rate (63018, in the status callback) after the

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 use waconnect_shared::service::config::{CommonConfig, ConfigSource};
-use waconnect_sim::connect::{ConnectSim, DeskClient, Scan};
+use waconnect_sim::connect::{ConnectSim, DeskClient, Item, Scan};
 use waconnect_sim::twilio::{InboxMessage, PhoneClient, TwilioOptions, TwilioSim};
 use waconnect_sim::wiring::{Wiring, pairs};
 
@@ -441,11 +441,22 @@ pub async fn run(engine: Engine) -> Report {
         loop {
             let mut done = true;
             for c in 0..CUSTOMERS {
-                let agent_sees = match contacts.get(&c) {
-                    Some(contact) => customer_items(&desk, contact).await,
-                    None => Vec::new(),
+                // Counted, not read: the files are downloaded once, for the check below.
+                let agent_has: usize = match contacts.get(&c) {
+                    Some(contact) => customer_side(&desk, contact)
+                        .await
+                        .iter()
+                        .map(|i| {
+                            if i.kind == "ATTACHMENT" {
+                                i.attachments.len()
+                            } else {
+                                1
+                            }
+                        })
+                        .sum(),
+                    None => 0,
                 };
-                done &= agent_sees.len() >= written.customer[c].len();
+                done &= agent_has >= written.customer[c].len();
                 let phone_shows = delivered(&phone, c).await;
                 done &= phone_shows.len() >= written.agent[c].len();
             }
@@ -617,13 +628,8 @@ fn shown(m: &InboxMessage) -> String {
     let name = m
         .files
         .first()
-        .and_then(|f| f.content_disposition.as_deref())
-        .and_then(|d| d.split("filename=\"").nth(1))
-        .map(|n| {
-            n.trim_end_matches('"')
-                .trim_end_matches(".pdf")
-                .replace('-', " ")
-        });
+        .and_then(|f| f.filename())
+        .map(|n| n.trim_end_matches(".pdf").replace('-', " "));
     match name {
         Some(label) => format!("file:{label}"),
         // Twilio has not fetched it (yet): the phone does not have it.
@@ -635,10 +641,7 @@ fn shown(m: &InboxMessage) -> String {
 /// text as is; a file as `file:` and the label inside it.
 async fn customer_items(desk: &DeskClient, contact: &str) -> Vec<String> {
     let mut items = Vec::new();
-    for item in desk.transcript(contact).await.unwrap_or_default() {
-        if item.participant_role.as_deref() != Some("CUSTOMER") {
-            continue;
-        }
+    for item in customer_side(desk, contact).await {
         match item.kind.as_str() {
             "MESSAGE" => items.extend(item.content),
             "ATTACHMENT" => {
@@ -657,6 +660,17 @@ async fn customer_items(desk: &DeskClient, contact: &str) -> Vec<String> {
         }
     }
     items
+}
+
+/// The customer's texts and attachments in a chat, in order.
+async fn customer_side(desk: &DeskClient, contact: &str) -> Vec<Item> {
+    desk.transcript(contact)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.participant_role.as_deref() == Some("CUSTOMER"))
+        .filter(|i| i.kind == "MESSAGE" || i.kind == "ATTACHMENT")
+        .collect()
 }
 
 /// Lost and duplicated messages of `got` against `sent` (one never sent counts as a

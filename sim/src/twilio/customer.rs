@@ -316,6 +316,15 @@ pub struct ReceivedFile {
     pub size: usize,
 }
 
+impl ReceivedFile {
+    /// The name `Content-Disposition` gives the file (`inline; filename="Manual.pdf"`).
+    pub fn filename(&self) -> Option<&str> {
+        let disposition = self.content_disposition.as_deref()?;
+        let (_, quoted) = disposition.split_once("filename=\"")?;
+        quoted.split('"').next()
+    }
+}
+
 #[derive(Deserialize)]
 struct Number {
     number: String,
@@ -783,5 +792,25 @@ impl PhoneClient {
         self.post("/faults/shuffle", json!({ "on": on }))
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReceivedFile;
+
+    #[test]
+    fn a_received_file_is_named_by_its_content_disposition() {
+        let file = |d: Option<&str>| ReceivedFile {
+            content_type: "application/pdf".into(),
+            content_disposition: d.map(str::to_owned),
+            size: 1,
+        };
+        assert_eq!(
+            file(Some("inline; filename=\"c1-a7.pdf\"")).filename(),
+            Some("c1-a7.pdf")
+        );
+        assert_eq!(file(Some("inline")).filename(), None);
+        assert_eq!(file(None).filename(), None);
     }
 }
