@@ -567,13 +567,17 @@ async fn confirm(
             }
             break;
         }
-        // The files go with the first part.
-        if !fetched.refused_for_now(index == 0 && !current.files.is_empty()) {
+        if !fetched.failed() {
             return Ok(());
         }
-        // Past its last re-send, the relay tells the agent from the status callback.
-        let Some(again) = current.resent(&sid, index as u32) else {
-            return Ok(());
+        // The files go with the first part. Past its last re-send, the relay tells the
+        // agent.
+        let again = fetched
+            .refused_for_now(index == 0 && !current.files.is_empty())
+            .then(|| current.resent(&sid, index as u32))
+            .flatten();
+        let Some(again) = again else {
+            return pass_on(s, &current, index, &sid, &fetched).await;
         };
         let key = format!("{}#0", again.dedup_id());
         match s.ledger.claim(&key).await {
@@ -584,7 +588,7 @@ async fn confirm(
             }
             Ok(Claim::Fresh) => {}
             // Another delivery is on it, or the ledger cannot say: not ours to send.
-            _ => return Ok(()),
+            _ => return pass_on(s, &current, index, &sid, &fetched).await,
         }
         let attempt = again.resend.as_ref().map_or(1, |r| r.attempt);
         tokio::select! {
@@ -598,7 +602,7 @@ async fn confirm(
             // Twilio shows a template's rendered text; the template is what is sent.
             String::new()
         } else {
-            fetched.body
+            fetched.body.clone()
         };
         s.limiters.of(again.from.as_ref()).acquire().await;
         match s.twilio.send(&form_for(s, &again, &body, index)).await {
@@ -616,12 +620,55 @@ async fn confirm(
                 if e.kind != ErrorKind::Unknown {
                     let _ = s.ledger.release(&key).await;
                 }
-                return Ok(());
+                return pass_on(s, &current, index, &sid, &fetched).await;
             }
         }
     }
     metrics::counter!("waconnect_sender_unconfirmed_total").increment(1);
     Ok(())
+}
+
+/// A failure of part `index` (Twilio's `sid`) this delivery does not send again itself
+/// goes to the relay as its status callback would: the relay tells the agent, or queues
+/// the re-send. Status callbacks are best effort (and on one box, ingress may be down
+/// when one comes), so without this a final failure could reach no one. When the inbound
+/// queue cannot take it, the message comes back, and the next delivery finds the failure
+/// again.
+async fn pass_on(
+    s: &Sender,
+    message: &OutboundMessage,
+    index: usize,
+    sid: &str,
+    fetched: &crate::twilio::Fetched,
+) -> Result<(), Done> {
+    let failure = Failure {
+        sid: sid.to_owned(),
+        status: if fetched.status == "undelivered" {
+            "undelivered"
+        } else {
+            "failed"
+        },
+        code: fetched
+            .error_code
+            .map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+        why: fetched
+            .error_message
+            .clone()
+            .unwrap_or_else(|| "no reason given".to_owned()),
+    };
+    if matches!(message.origin, Origin::Bridge { .. }) {
+        return Ok(());
+    }
+    match tell_relay(s, message, &failure, callback_query(message, index)).await {
+        Ok(()) => {
+            tracing::debug!(message_sid = %sid, code = %failure.code, "failure passed on to the relay");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot pass a failure on to the relay yet");
+            Err(Done::Abandoned)
+        }
+    }
 }
 
 /// How soon Twilio is first asked whether a part left its queue, and the longest gap
@@ -769,44 +816,46 @@ fn form_for(
         }
     }
     if let Some(base) = s.twilio.status_callback_url() {
-        // The status callback names the Connect item, so the relay can tell the agent
-        // it was delivered or read without any lookup table; a re-send names the part it
-        // sends again and how often it has.
-        let (part_no, resend) = match &message.resend {
-            Some(r) => (r.part as usize, Some(r.attempt)),
-            None => (index, None),
-        };
-        let query: String = match &message.origin {
-            Origin::ConnectItem {
-                contact_id,
-                item_id,
-                ..
-            } => {
-                let mut q = url::form_urlencoded::Serializer::new(String::new());
-                q.append_pair("item", item_id)
-                    .append_pair("contact", contact_id)
-                    .append_pair("part", &part_no.to_string());
-                if let Some(attempt) = resend {
-                    q.append_pair("resend", &attempt.to_string());
-                }
-                if index == 0 {
-                    // The part that carries the files names their keys: a re-send the
-                    // relay queues from this callback (a passing refusal such as 63018)
-                    // sends the files again, not the text alone.
-                    for key in &message.files {
-                        q.append_pair("file", key);
-                    }
-                }
-                q.finish()
-            }
-            Origin::Bridge { id, .. } => url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("bridge", id)
-                .finish(),
-        };
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(callback_query(message, index))
+            .finish();
         let joiner = if base.contains('?') { '&' } else { '?' };
         fields.push(("StatusCallback".into(), format!("{base}{joiner}{query}")));
     }
     s.twilio.with_sender(fields, message.from.as_ref())
+}
+
+/// What the status callback of part `index` names, for the relay to read back. An
+/// agent's item: the item and chat, so the relay tells the agent it was delivered or read
+/// without any lookup table; the part, and a re-send's attempt; and on the part that
+/// carries them, the files' keys, so that a re-send the relay queues from the callback (a
+/// passing refusal such as 63018) sends the files again, not the text alone.
+fn callback_query(message: &OutboundMessage, index: usize) -> Vec<(String, String)> {
+    match &message.origin {
+        Origin::ConnectItem {
+            contact_id,
+            item_id,
+            ..
+        } => {
+            let (part, resend) = match &message.resend {
+                Some(r) => (r.part as usize, Some(r.attempt)),
+                None => (index, None),
+            };
+            let mut q = vec![
+                ("item".to_owned(), item_id.clone()),
+                ("contact".to_owned(), contact_id.clone()),
+                ("part".to_owned(), part.to_string()),
+            ];
+            if let Some(attempt) = resend {
+                q.push(("resend".into(), attempt.to_string()));
+            }
+            if index == 0 {
+                q.extend(message.files.iter().map(|k| ("file".to_owned(), k.clone())));
+            }
+            q
+        }
+        Origin::Bridge { id, .. } => vec![("bridge".into(), id.clone())],
+    }
 }
 
 /// Hands the message back to the queue as a failed attempt, or gives it up if that was
@@ -861,27 +910,19 @@ async fn fail_permanently(
         ..
     } = &message.origin
     {
-        let mut event = InboundEvent::new(
-            EventKind::Status,
-            vec![
-                ("MessageSid".into(), format!("refused-{item_id}")),
-                ("MessageStatus".into(), "failed".into()),
-                ("ErrorCode".into(), code),
-                ("ErrorMessage".into(), err.message.clone()),
-                ("To".into(), message.to.as_str().to_owned()),
-            ],
-        );
-        event.query = vec![
+        // No status callback will come: Twilio made no message.
+        let failure = Failure {
+            sid: format!("refused-{item_id}"),
+            status: "failed",
+            code,
+            why: err.message.clone(),
+        };
+        let query = vec![
             ("item".into(), item_id.clone()),
             ("contact".into(), contact_id.clone()),
             ("part".into(), "0".into()),
         ];
-        let notice = NewMessage {
-            group_id: EventKind::Status.queue_group(&message.key()),
-            dedup_id: format!("refused-{item_id}"),
-            body: event.to_json(),
-        };
-        if let Err(e) = s.inbound.send(notice).await {
+        if let Err(e) = tell_relay(s, message, &failure, query).await {
             // Not dead-lettered yet: the message comes back and this is tried again.
             tracing::warn!(error = %e, "cannot tell the agent about the failure yet");
             return Done::Abandoned;
@@ -889,4 +930,47 @@ async fn fail_permanently(
     }
     let _ = s.outbound.dead_letter(&m.receipt, &reason).await;
     Done::DeadLettered
+}
+
+/// A part's failure, as a status callback tells it.
+struct Failure {
+    sid: String,
+    status: &'static str,
+    code: String,
+    why: String,
+}
+
+/// Puts `failure` of `message` on the inbound queue as the status callback the relay acts
+/// on (it tells the agent, or queues a re-send), with `query` as the callback's URL would
+/// carry it. `From` is the message's business number; a message without one belongs to a
+/// conversation recorded before routing, which the relay keys by the customer alone. The
+/// dedup id is the one ingress gives the real callback, so that whichever comes second
+/// within the queue's window is dropped (past it, the relay's ClientToken keeps the
+/// agent's notice single).
+async fn tell_relay(
+    s: &Sender,
+    message: &OutboundMessage,
+    failure: &Failure,
+    query: Vec<(String, String)>,
+) -> Result<(), waconnect_shared::storage::queue::QueueError> {
+    let mut fields = vec![
+        ("MessageSid".to_owned(), failure.sid.clone()),
+        ("MessageStatus".into(), failure.status.into()),
+        ("ErrorCode".into(), failure.code.clone()),
+        ("ErrorMessage".into(), failure.why.clone()),
+        ("To".into(), message.to.as_str().to_owned()),
+    ];
+    if let Some(business) = &message.from {
+        fields.push(("From".into(), business.as_str().to_owned()));
+    }
+    let mut event = InboundEvent::new(EventKind::Status, fields);
+    event.query = query;
+    s.inbound
+        .send(NewMessage {
+            group_id: EventKind::Status.queue_group(&message.key()),
+            dedup_id: format!("{}:{}", failure.sid, failure.status),
+            body: event.to_json(),
+        })
+        .await
+        .map(drop)
 }

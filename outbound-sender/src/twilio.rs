@@ -84,6 +84,8 @@ pub struct Fetched {
     pub status: String,
     #[serde(default)]
     pub error_code: Option<u32>,
+    #[serde(default)]
+    pub error_message: Option<String>,
 }
 
 impl Fetched {
@@ -95,10 +97,15 @@ impl Fetched {
         )
     }
 
+    /// WhatsApp refused it, or Twilio could not hand it over.
+    pub fn failed(&self) -> bool {
+        matches!(self.status.as_str(), "failed" | "undelivered")
+    }
+
     /// It failed for a reason that passes: send it again. `our_files` when it carried
     /// files from the media store (see `Resend::is_passing_for`).
     pub fn refused_for_now(&self, our_files: bool) -> bool {
-        matches!(self.status.as_str(), "failed" | "undelivered")
+        self.failed()
             && self.error_code.is_some_and(|code| {
                 waconnect_shared::message::outbound::Resend::is_passing_for(code, our_files)
             })

@@ -280,3 +280,103 @@ async fn refused_over_the_rate_and_the_agent_told_nothing(
         );
     }
 }
+
+/// The agent's notice about `code`, once it is in the chat.
+async fn notice_about(
+    desk: &waconnect_sim::connect::DeskClient,
+    contact: &str,
+    code: &str,
+) -> Vec<String> {
+    wait::until("the agent's notice", Duration::from_secs(30), || async {
+        let texts = desk.customer_texts(contact).await.ok()?;
+        let notices: Vec<String> = texts
+            .into_iter()
+            .filter(|t| t.contains("waconnect notice"))
+            .collect();
+        notices.iter().any(|t| t.contains(code)).then_some(notices)
+    })
+    .await
+}
+
+/// Twilio refuses a reply at once (the customer opted out: 21610, HTTP 400). The sender
+/// dead-letters it and tells the relay through the inbound queue, which must carry all a
+/// status callback would: the agent reads one notice naming the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_twilio_refuses_at_once_reaches_the_agent_as_a_notice() {
+    let lp = Loop::start(LoopOptions::default()).await;
+    let contacts = lp.customers_write_and_agents_accept(1, 1).await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    phone.opt_out(customer(0).as_str()).await.unwrap();
+    desk.send(&contacts[0], "are you still there?")
+        .await
+        .unwrap();
+    let notices = notice_about(&desk, &contacts[0], "21610").await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+}
+
+/// A reply WhatsApp refuses after Twilio took it (63016: the customer's 24-hour window
+/// closed) reaches the agent as one notice, whether its status callback comes or not:
+/// callbacks are best effort, and the sender, which sees the failure while it confirms the
+/// part, tells the relay too.
+async fn agent_told_once_of_a_refusal_after_twilio_took_it(callbacks_lost: bool) {
+    let mut options = LoopOptions::default();
+    if callbacks_lost {
+        // Where nothing listens: every callback is lost.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nowhere = format!("http://{}/twilio/status", l.local_addr().unwrap());
+        options.sender_vars = vec![("WACONNECT_STATUS_CALLBACK_URL", nowhere)];
+    }
+    let lp = Loop::start(options).await;
+    let contacts = lp.customers_write_and_agents_accept(1, 1).await;
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    phone.advance_clock(25 * 3600).await.unwrap();
+    desk.send(&contacts[0], "sorry for the wait").await.unwrap();
+    let notices = notice_about(&desk, &contacts[0], "63016").await;
+    assert!(
+        phone
+            .inbox(customer(0).as_str())
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.error_code == Some(63016)),
+        "WhatsApp did not refuse it: the test proves nothing"
+    );
+    if !callbacks_lost {
+        both_accounts_handled(&lp, &contacts[0]).await;
+    }
+    let texts = desk.customer_texts(&contacts[0]).await.unwrap();
+    let told: Vec<&String> = texts
+        .iter()
+        .filter(|t| t.contains("waconnect notice"))
+        .collect();
+    assert_eq!(told.len(), 1, "{notices:?} then {told:?}");
+}
+
+/// The customer writes back and reads the agent's next reply. Its read receipt comes after
+/// both accounts of the failure (statuses keep their order in the inbound queue), so once
+/// the agent has it, a second notice would be in the chat.
+async fn both_accounts_handled(lp: &Loop, contact: &str) {
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    phone.text(customer(0).as_str(), "I'm back").await.unwrap();
+    wait::until("the customer's text", Duration::from_secs(30), || async {
+        let texts = desk.customer_texts(contact).await.ok()?;
+        texts.iter().any(|t| t == "I'm back").then_some(())
+    })
+    .await;
+    let next = desk.send(contact, "welcome back").await.unwrap();
+    wait::until("the read receipt", Duration::from_secs(30), || async {
+        let receipts = desk.customer_receipts(contact).await.ok()?;
+        (receipts.get(&next.id) == Some(&(true, true))).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_twilio_took_the_reply_reaches_the_agent_once() {
+    agent_told_once_of_a_refusal_after_twilio_took_it(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_whose_status_callback_was_lost_still_reaches_the_agent() {
+    agent_told_once_of_a_refusal_after_twilio_took_it(true).await;
+}

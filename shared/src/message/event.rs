@@ -177,8 +177,13 @@ impl InboundEvent {
             .map_err(|source| EventError::Address { field, source })
     }
 
-    /// The conversation this event belongs to.
+    /// The conversation this event belongs to. A status without `From` is one the sender
+    /// made (Twilio's always name it, and ingress refuses any without) for a reply of a
+    /// conversation recorded before routing, keyed by the customer alone.
     pub fn key(&self) -> Result<ConversationKey, EventError> {
+        if self.kind == EventKind::Status && self.field("From").is_none() {
+            return Ok(ConversationKey::legacy(self.customer()?));
+        }
         Ok(ConversationKey::new(self.business()?, self.customer()?))
     }
 
@@ -312,6 +317,29 @@ mod tests {
                 f("SomeFieldTwilioAddsLater", "y"),
             ],
         )
+    }
+
+    /// A status the sender made for a reply of a conversation recorded before routing has
+    /// no `From`: it is keyed as that record is, by the customer alone. Ingress never
+    /// queues a callback without one.
+    #[test]
+    fn a_status_without_from_is_a_legacy_conversations() {
+        let f = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let status = |fields| InboundEvent::new(EventKind::Status, fields);
+        let to = f("To", "whatsapp:+15551234567");
+        let key = status(vec![f("MessageSid", "SM1"), to.clone()])
+            .key()
+            .unwrap();
+        assert_eq!(key.storage(), "whatsapp:+15551234567");
+        let from = f("From", "whatsapp:+14155238886");
+        let routed = status(vec![f("MessageSid", "SM1"), to.clone(), from]);
+        assert!(routed.key().unwrap().business.is_some());
+        let unsent = status(vec![
+            f("MessageSid", "SM1"),
+            to,
+            f("MessageStatus", "failed"),
+        ]);
+        assert!(unsent.validate().is_err(), "ingress refuses it");
     }
 
     #[test]

@@ -63,7 +63,7 @@ fn resource(twilio: &Twilio, s: &Sent) -> serde_json::Value {
         "body": s.body,
         "num_media": s.media_urls.len().to_string(),
         "error_code": s.error_code,
-        "error_message": null,
+        "error_message": s.error_message,
         "date_created": s.created_at.to_rfc2822(),
         "uri": format!("/2010-04-01/Accounts/{}/Messages/{}.json", twilio.options.account_sid, s.sid),
     })
@@ -254,6 +254,7 @@ async fn create_message(
             content_sid,
             status: "queued".into(),
             error_code: None,
+            error_message: None,
             status_callback: field("StatusCallback"),
             created_at: Utc::now(),
         };
@@ -392,6 +393,7 @@ pub(super) async fn set_status(
         let s = &mut inner.sent[i];
         s.status = status.to_owned();
         s.error_code = error.map(|(c, _)| c);
+        s.error_message = error.map(|(_, m)| m.to_owned());
         let mut fields = vec![
             (
                 "ChannelToAddress",

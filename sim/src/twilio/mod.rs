@@ -82,6 +82,9 @@ pub struct Sent {
     pub choices: Vec<content::ShownChoice>,
     pub status: String,
     pub error_code: Option<u32>,
+    /// The error's description, as the API's resource shows it next to the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
     pub status_callback: Option<String>,
     pub created_at: DateTime<Utc>,
 }
