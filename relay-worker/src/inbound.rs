@@ -116,10 +116,19 @@ async fn settle(
         }
         Err(e) => {
             let reason = e.to_string();
-            match queue
-                .fail(&message.receipt, &reason, relay.config.retry_after)
-                .await
-            {
+            // An event that cannot be read now never will be: retrying it only holds up
+            // the conversation's next events.
+            let outcome = if matches!(e, RelayError::Event(_)) {
+                queue
+                    .dead_letter(&message.receipt, &reason)
+                    .await
+                    .map(|()| FailOutcome::DeadLettered)
+            } else {
+                queue
+                    .fail(&message.receipt, &reason, relay.config.retry_after)
+                    .await
+            };
+            match outcome {
                 Ok(FailOutcome::DeadLettered) => {
                     tracing::error!(message_id = %message.message_id, %reason, receives = message.receive_count, "inbound message dead-lettered");
                     metrics::counter!("waconnect_relay_inbound_total", "outcome" => "dead_lettered").increment(1);

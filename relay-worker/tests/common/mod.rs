@@ -245,6 +245,14 @@ impl Stack {
         got
     }
 
+    /// The inbound queue's first dead letter, once there is one.
+    pub async fn inbound_dead_letter(&self) -> waconnect_shared::storage::queue::DeadLetter {
+        wait::until("the dead letter", Duration::from_secs(20), || async {
+            self.inbound.dead_letters(10).await.ok()?.into_iter().next()
+        })
+        .await
+    }
+
     /// Asserts nothing more arrives on the outbound queue for a while (no duplicates).
     pub async fn no_more_outbound(&self, quiet: Duration) {
         let extra = self
