@@ -641,6 +641,10 @@ async fn pass_on(
     sid: &str,
     fetched: &crate::twilio::Fetched,
 ) -> Result<(), Done> {
+    // The bridge's own messages (a closing text, a template nudge) have no agent to tell.
+    if matches!(message.origin, Origin::Bridge { .. }) {
+        return Ok(());
+    }
     let failure = Failure {
         sid: sid.to_owned(),
         status: if fetched.status == "undelivered" {
@@ -656,9 +660,6 @@ async fn pass_on(
             .clone()
             .unwrap_or_else(|| "no reason given".to_owned()),
     };
-    if matches!(message.origin, Origin::Bridge { .. }) {
-        return Ok(());
-    }
     match tell_relay(s, message, &failure, callback_query(message, index)).await {
         Ok(()) => {
             tracing::debug!(message_sid = %sid, code = %failure.code, "failure passed on to the relay");
