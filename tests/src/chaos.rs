@@ -409,9 +409,19 @@ pub async fn run(engine: Engine) -> Report {
                     tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
                     let _ = phone.clear_faults().await;
                     "twilio_async_63018"
-                } else {
+                } else if rng.random_bool(0.5) {
                     let _ = phone.shuffle_statuses(true).await;
                     "twilio_shuffled_callbacks"
+                } else {
+                    // Lost until the faults are next cleared; WhatsApp refusing over its
+                    // rate meanwhile, so some lost callbacks are refusals'.
+                    let one_in = rng.random_range(2..5);
+                    let _ = phone.lose_statuses(one_in).await;
+                    let _ = phone.limit_rate(1).await;
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+                    let _ = phone.clear_faults().await;
+                    let _ = phone.lose_statuses(one_in).await;
+                    "twilio_lost_callbacks"
                 }
             }
         };

@@ -326,6 +326,72 @@ async fn status_callbacks_are_signed_ordered_or_shuffled_and_the_window_is_kept(
     .await;
 }
 
+/// Twilio's status callbacks are best effort: with the fault on, one in N is lost, while
+/// the API still shows each message's status, and a failure's code and description.
+#[tokio::test]
+async fn status_callbacks_can_be_lost_while_the_api_shows_every_status() {
+    let sim = TwilioSim::start().await;
+    let o = sim.options().clone();
+    let auth = (o.account_sid.as_str(), o.auth_token.as_str());
+    let (callbacks, url) = receiver(&o.auth_token, "/status").await;
+    let to = "whatsapp:+15551230003";
+    let send = |form: (&'static str, &'static str)| {
+        let (sim, url) = (&sim, &url);
+        async move {
+            let from = &sim.options().sender;
+            let (_, created) = create(
+                sim,
+                auth,
+                &[("To", to), ("From", from), form, ("StatusCallback", url)],
+            )
+            .await;
+            created["sid"].as_str().unwrap().to_owned()
+        }
+    };
+    let http = reqwest::Client::new();
+    let fetch = |sid: &str| {
+        let request = http
+            .get(format!(
+                "{}/2010-04-01/Accounts/{}/Messages/{sid}.json",
+                sim.api_base(),
+                o.account_sid
+            ))
+            .basic_auth(auth.0, Some(auth.1));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let statuses = || {
+        let got = callbacks.got.lock().unwrap().clone();
+        got.iter()
+            .map(|f| field(f, "MessageStatus").unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // A template goes sent, delivered, read: the second of the three is lost. The read
+    // callback comes last, after the others were posted or lost.
+    sim.phone().lose_statuses(2).await.unwrap();
+    let template = send(("ContentSid", "HX1")).await;
+    wait::until("the read callback", Duration::from_secs(10), || async {
+        statuses().contains(&"read".to_owned()).then_some(())
+    })
+    .await;
+    assert_eq!(statuses(), ["sent", "read"]);
+    assert_eq!(fetch(&template).await["status"], "read");
+    // Outside the window a text fails; the API names the code and what it means.
+    sim.phone().lose_statuses(0).await.unwrap();
+    let late = send(("Body", "outside the window")).await;
+    let failed = wait::until("the failure", Duration::from_secs(10), || async {
+        let m = fetch(&late).await;
+        (m["status"] == "failed").then_some(m)
+    })
+    .await;
+    assert_eq!(failed["error_code"], 63016);
+    assert!(
+        failed["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("outside the allowed window")),
+        "{failed}"
+    );
+}
+
 #[tokio::test]
 async fn the_customer_posts_signed_webhooks_and_retries_as_the_fragment_says() {
     let sim = TwilioSim::start().await;

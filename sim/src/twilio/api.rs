@@ -416,7 +416,11 @@ pub(super) async fn set_status(
         }
         let fields: Vec<(String, String)> =
             fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        (s.status_callback.clone(), fields)
+        let callback = s.status_callback.clone();
+        inner.status_callbacks += 1;
+        let lose = inner.faults.lose_statuses;
+        let lost = lose > 0 && inner.status_callbacks.is_multiple_of(u64::from(lose));
+        (callback.filter(|_| !lost), fields)
     };
     if let Some(url) = callback {
         let signature = signature::compute(&twilio.options.auth_token, &url, &fields);

@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<Twilio>> {
         .route("/faults/delay", post(delay))
         .route("/faults/lag", post(lag))
         .route("/faults/shuffle", post(shuffle))
+        .route("/faults/lose-statuses", post(lose_statuses))
         .route("/faults/clear", post(clear))
 }
 
@@ -507,6 +508,16 @@ async fn shuffle(State(twilio): State<Arc<Twilio>>, Json(s): Json<Switch>) -> St
     StatusCode::NO_CONTENT
 }
 
+#[derive(Deserialize)]
+struct OneIn {
+    one_in: u32,
+}
+
+async fn lose_statuses(State(twilio): State<Arc<Twilio>>, Json(o): Json<OneIn>) -> StatusCode {
+    twilio.lock().faults.lose_statuses = o.one_in;
+    StatusCode::NO_CONTENT
+}
+
 async fn clear(State(twilio): State<Arc<Twilio>>) -> StatusCode {
     twilio.lock().faults = Default::default();
     StatusCode::NO_CONTENT
@@ -790,6 +801,14 @@ impl PhoneClient {
 
     pub async fn shuffle_statuses(&self, on: bool) -> anyhow::Result<()> {
         self.post("/faults/shuffle", json!({ "on": on }))
+            .await
+            .map(drop)
+    }
+
+    /// Loses one status callback in `one_in` (the status itself is still recorded, as
+    /// the API shows it), as Twilio may: its callbacks are best effort. 0 loses none.
+    pub async fn lose_statuses(&self, one_in: u32) -> anyhow::Result<()> {
+        self.post("/faults/lose-statuses", json!({ "one_in": one_in }))
             .await
             .map(drop)
     }

@@ -117,6 +117,8 @@ struct Faults {
     lag: Duration,
     /// Status callbacks go out in a scrambled order.
     shuffle_statuses: bool,
+    /// One status callback in this many is lost (Twilio's are best effort); 0 loses none.
+    lose_statuses: u32,
 }
 
 #[derive(Default)]
@@ -130,6 +132,8 @@ struct Inner {
     /// Sender rate limiting, per sender: the current one-second window and its count.
     window: HashMap<String, (Instant, u32)>,
     api_calls: u64,
+    /// Status callbacks due so far, lost ones included.
+    status_callbacks: u64,
     webhook_url: Option<String>,
     /// Customers' files, by `ME…` SID.
     media: HashMap<String, media::StoredMedia>,
