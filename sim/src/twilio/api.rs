@@ -417,7 +417,9 @@ pub(super) async fn set_status(
         let fields: Vec<(String, String)> =
             fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let callback = s.status_callback.clone();
-        inner.status_callbacks += 1;
+        if callback.is_some() {
+            inner.status_callbacks += 1;
+        }
         let lose = inner.faults.lose_statuses;
         let lost = lose > 0 && inner.status_callbacks.is_multiple_of(u64::from(lose));
         (callback.filter(|_| !lost), fields)

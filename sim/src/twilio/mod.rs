@@ -132,7 +132,7 @@ struct Inner {
     /// Sender rate limiting, per sender: the current one-second window and its count.
     window: HashMap<String, (Instant, u32)>,
     api_calls: u64,
-    /// Status callbacks due so far, lost ones included.
+    /// Status callbacks due so far (to messages that asked for them), lost ones included.
     status_callbacks: u64,
     webhook_url: Option<String>,
     /// Customers' files, by `ME…` SID.
