@@ -918,6 +918,8 @@ async fn fail_permanently(
             code,
             why: err.message.clone(),
         };
+        // Not `callback_query`: a re-send's attempt or the files' keys would have the
+        // relay send again, for a passing code, what is being given up here.
         let query = vec![
             ("item".into(), item_id.clone()),
             ("contact".into(), contact_id.clone()),
@@ -966,10 +968,13 @@ async fn tell_relay(
     }
     let mut event = InboundEvent::new(EventKind::Status, fields);
     event.query = query;
+    let dedup_id = event
+        .dedup_id()
+        .expect("the event names its MessageSid and MessageStatus");
     s.inbound
         .send(NewMessage {
             group_id: EventKind::Status.queue_group(&message.key()),
-            dedup_id: format!("{}:{}", failure.sid, failure.status),
+            dedup_id,
             body: event.to_json(),
         })
         .await

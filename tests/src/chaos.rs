@@ -403,23 +403,17 @@ pub async fn run(engine: Engine) -> Report {
             }
             _ => {
                 if rng.random_bool(0.5) {
-                    // WhatsApp takes one message a second for a while: the rest fail
-                    // with 63018 in their status callbacks, after Twilio took them.
-                    let _ = phone.limit_rate(1).await;
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
-                    let _ = phone.clear_faults().await;
+                    refuse_over_rate(&phone, &mut rng).await;
                     "twilio_async_63018"
                 } else if rng.random_bool(0.5) {
                     let _ = phone.shuffle_statuses(true).await;
                     "twilio_shuffled_callbacks"
                 } else {
-                    // Lost until the faults are next cleared; WhatsApp refusing over its
-                    // rate meanwhile, so some lost callbacks are refusals'.
+                    // Lost until the faults are next cleared (set again after the
+                    // refusals' window clears them), so some lost callbacks are refusals'.
                     let one_in = rng.random_range(2..5);
                     let _ = phone.lose_statuses(one_in).await;
-                    let _ = phone.limit_rate(1).await;
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
-                    let _ = phone.clear_faults().await;
+                    refuse_over_rate(&phone, &mut rng).await;
                     let _ = phone.lose_statuses(one_in).await;
                     "twilio_lost_callbacks"
                 }
@@ -670,6 +664,14 @@ async fn customer_items(desk: &DeskClient, contact: &str) -> Vec<String> {
         }
     }
     items
+}
+
+/// WhatsApp takes one message a second for 1–3 s: the rest fail with 63018 in their
+/// status callbacks, after Twilio took them. Clears Twilio's faults at the end.
+async fn refuse_over_rate(phone: &PhoneClient, rng: &mut StdRng) {
+    let _ = phone.limit_rate(1).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+    let _ = phone.clear_faults().await;
 }
 
 /// The customer's texts and attachments in a chat, in order.
