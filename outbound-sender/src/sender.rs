@@ -816,12 +816,11 @@ fn form_for(
             }
         }
     }
-    if let Some(base) = s.twilio.status_callback_url() {
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(callback_query(message, index))
-            .finish();
-        let joiner = if base.contains('?') { '&' } else { '?' };
-        fields.push(("StatusCallback".into(), format!("{base}{joiner}{query}")));
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(callback_query(message, index))
+        .finish();
+    if let Some(callback) = s.twilio.status_callback(&query) {
+        fields.push(("StatusCallback".into(), callback));
     }
     s.twilio.with_sender(fields, message.from.as_ref())
 }

@@ -31,6 +31,14 @@ pub enum ErrorKind {
 /// for the From address).
 const CONFIG_CODES: [u32; 5] = [20404, 21212, 21606, 21703, 63007];
 
+/// How Twilio is to try a status callback again (its "connection overrides", the URL's
+/// fragment): up to 5 more times, when ingress answers 5xx (its queue could not take the
+/// event), cannot be reached (a restart, a deploy) or does not answer in time; within
+/// Twilio's cap of 15 s for all attempts. Without it Twilio tries once more only when it
+/// could not connect, and a receipt or a failure ingress turned away with 503 is lost.
+/// Retries are safe: ingress dedups a callback by its message and status.
+pub const CALLBACK_RETRIES: &str = "rc=5&rp=5xx,ct,rt";
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("Twilio {}: {message}", code.map_or("error".to_owned(), |c| c.to_string()))]
 pub struct SendError {
@@ -222,8 +230,15 @@ impl TwilioClient {
         fields
     }
 
-    pub fn status_callback_url(&self) -> Option<&str> {
-        self.settings.status_callback_url.as_deref()
+    /// The `StatusCallback` for a part: the configured URL with `query` added, and
+    /// Twilio's connection overrides ([`CALLBACK_RETRIES`] unless the URL has its own).
+    pub fn status_callback(&self, query: &str) -> Option<String> {
+        let configured = self.settings.status_callback_url.as_deref()?;
+        let (url, fragment) = configured
+            .split_once('#')
+            .unwrap_or((configured, CALLBACK_RETRIES));
+        let joiner = if url.contains('?') { '&' } else { '?' };
+        Some(format!("{url}{joiner}{query}#{fragment}"))
     }
 
     /// Posts one message; returns its SID.
@@ -360,5 +375,36 @@ impl TwilioClient {
                 code: None,
                 message: e.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SenderConfig;
+    use waconnect_shared::service::config::ConfigSource;
+
+    fn client(callback: &str) -> TwilioClient {
+        let config = SenderConfig::from_source(&ConfigSource::from_pairs([
+            ("TWILIO_ACCOUNT_SID", "AC1"),
+            ("TWILIO_AUTH_TOKEN", "t"),
+            ("TWILIO_FROM", "whatsapp:+14155238886"),
+            ("WACONNECT_STATUS_CALLBACK_URL", callback),
+        ]))
+        .unwrap();
+        TwilioClient::new(config.twilio, Duration::from_secs(1), &Default::default())
+    }
+
+    #[test]
+    fn a_status_callback_asks_twilio_to_try_again_unless_the_operator_said_otherwise() {
+        assert_eq!(
+            client("https://wa.test/twilio/status").status_callback("item=i1&part=0"),
+            Some("https://wa.test/twilio/status?item=i1&part=0#rc=5&rp=5xx,ct,rt".into())
+        );
+        // The query goes before the operator's own fragment, which is kept as it is.
+        assert_eq!(
+            client("https://wa.test/twilio/status?k=v#rc=2&rp=ct").status_callback("part=1"),
+            Some("https://wa.test/twilio/status?k=v&part=1#rc=2&rp=ct".into())
+        );
     }
 }

@@ -380,3 +380,41 @@ async fn a_refusal_after_twilio_took_the_reply_reaches_the_agent_once() {
 async fn a_refusal_whose_status_callback_was_lost_still_reaches_the_agent() {
     agent_told_once_of_a_refusal_after_twilio_took_it(true).await;
 }
+
+/// Ingress sits behind a load balancer that turns away the first attempt at every status
+/// callback with 503, as one does while ingress restarts, or as ingress does when its
+/// queue cannot take the event. Twilio tries again because the callback URL the sender
+/// gives it asks for that, so the agent still sees the reply delivered and read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_turned_away_once_still_reach_the_agent() {
+    let lp = Loop::start(LoopOptions {
+        balancer: true,
+        ..LoopOptions::default()
+    })
+    .await;
+    let balancer = lp
+        .balancer
+        .as_ref()
+        .expect("a balancer in front of ingress");
+    let contacts = lp.customers_write_and_agents_accept(1, 1).await;
+    balancer.turn_away_first_callback_attempts();
+    let desk = lp.connect.desk();
+    let reply = desk
+        .send(&contacts[0], "your order ships today")
+        .await
+        .unwrap();
+    wait::until(
+        "the reply delivered and read",
+        Duration::from_secs(30),
+        || async {
+            let receipts = desk.customer_receipts(&contacts[0]).await.ok()?;
+            (receipts.get(&reply.id) == Some(&(true, true))).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        balancer.turned_away() >= 2,
+        "the balancer turned away {} callbacks: the test proves nothing",
+        balancer.turned_away()
+    );
+}

@@ -2,6 +2,7 @@
 //! simulator) → ingress → relay-worker → the agent (Connect simulator) → relay-worker →
 //! outbound-sender → the phone, on one SQLite file.
 
+use crate::balancer::Balancer;
 use crate::processes::spawn;
 use crate::{customer, free_port, wait};
 use std::time::Duration;
@@ -16,6 +17,8 @@ pub struct FullLoop {
     pub connect: ConnectSim,
     pub twilio: TwilioSim,
     pub ingress_port: String,
+    /// In front of ingress when [`LoopOptions::balancer`] asks for it.
+    pub balancer: Option<Balancer>,
     pub relay_ops: String,
     pub sender_ops: String,
     /// Each service's variables, to start it again after a kill.
@@ -42,6 +45,8 @@ pub struct LoopOptions {
     /// `WACONNECT_SQLITE_SYNCHRONOUS` for every service, instead of the wiring's `normal`
     /// (tests need no power-cut durability): a bench measures the default, `full`.
     pub synchronous: Option<&'static str>,
+    /// Ingress behind a load balancer ([`Balancer`]): the public URL is the balancer's.
+    pub balancer: bool,
 }
 
 impl FullLoop {
@@ -60,6 +65,7 @@ impl FullLoop {
             aws,
             routing,
             synchronous,
+            balancer,
         } = options;
         let dir = tempfile::tempdir().unwrap();
         let routing_file = routing.map(|text| {
@@ -69,7 +75,14 @@ impl FullLoop {
         });
         let connect = ConnectSim::start_with(connect).await;
         let ingress_port = free_port().await;
-        let ingress = format!("http://{ingress_port}");
+        let balancer = match balancer {
+            true => Some(Balancer::start(&format!("http://{ingress_port}")).await),
+            false => None,
+        };
+        // Where Twilio reaches ingress: through the balancer when there is one.
+        let ingress = balancer
+            .as_ref()
+            .map_or_else(|| format!("http://{ingress_port}"), |b| b.url.clone());
         let (relay_ops, sender_ops) = (free_port().await, free_port().await);
         let twilio = TwilioSim::start_with(TwilioOptions {
             webhook_url: Some(format!("{ingress}/twilio/messages#rc=5&rp=5xx,ct")),
@@ -125,6 +138,7 @@ impl FullLoop {
             connect,
             twilio,
             ingress_port,
+            balancer,
             relay_ops,
             sender_ops,
             ingress_vars,

@@ -3,6 +3,7 @@
 //! and benches. The simulated Twilio and Connect are their own crate, `waconnect-sim`,
 //! which the sandbox ships too.
 
+pub mod balancer;
 pub mod chaos;
 pub mod contract;
 pub mod engines;

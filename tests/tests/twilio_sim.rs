@@ -392,6 +392,65 @@ async fn status_callbacks_can_be_lost_while_the_api_shows_every_status() {
     );
 }
 
+/// A status callback is tried again as its URL's fragment says, as an inbound webhook is,
+/// while the message moves on to its next status; without a fragment, a 5xx is final and
+/// that status is lost.
+#[tokio::test]
+async fn status_callbacks_are_tried_again_as_their_fragment_says() {
+    let sim = TwilioSim::start().await;
+    let o = sim.options().clone();
+    let auth = (o.account_sid.as_str(), o.auth_token.as_str());
+    let (callbacks, url) = receiver(&o.auth_token, "/status").await;
+    // A template, which passes outside the customer's window; its first callback gets 503.
+    let send = |callback: String| {
+        let (sim, callbacks, sender) = (&sim, &callbacks, o.sender.clone());
+        async move {
+            callbacks.answers.lock().unwrap().push(503);
+            let form = [
+                ("To", "whatsapp:+15551230001"),
+                ("From", sender.as_str()),
+                ("ContentSid", "HX1"),
+                ("StatusCallback", callback.as_str()),
+            ];
+            let (_, message) = create(sim, auth, &form).await;
+            message["sid"].as_str().unwrap().to_owned()
+        }
+    };
+    let retried = send(format!("{url}?item=a#rc=2&rp=5xx")).await;
+    assert_eq!(
+        statuses_of(&callbacks, &retried, 4).await,
+        ["delivered", "read", "sent", "sent"]
+    );
+    let plain = send(format!("{url}?item=b")).await;
+    assert_eq!(
+        statuses_of(&callbacks, &plain, 3).await,
+        ["delivered", "read", "sent"]
+    );
+    // A later message's retry comes after the one the plain callback would have had.
+    let later = send(format!("{url}?item=c#rc=1&rp=5xx")).await;
+    statuses_of(&callbacks, &later, 4).await;
+    assert_eq!(
+        statuses_of(&callbacks, &plain, 3).await.len(),
+        3,
+        "a 503 was tried again without a fragment asking for it"
+    );
+}
+
+/// The statuses, sorted, of every callback `r` got for message `sid`, once there are `n`.
+async fn statuses_of(r: &Receiver, sid: &str, n: usize) -> Vec<String> {
+    wait::until("the callbacks", Duration::from_secs(10), || async {
+        let got = r.got.lock().unwrap().clone();
+        let mut statuses: Vec<String> = got
+            .iter()
+            .filter(|f| field(f, "MessageSid") == Some(sid))
+            .map(|f| field(f, "MessageStatus").unwrap().to_owned())
+            .collect();
+        statuses.sort();
+        (statuses.len() >= n).then_some(statuses)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn the_customer_posts_signed_webhooks_and_retries_as_the_fragment_says() {
     let sim = TwilioSim::start().await;

@@ -13,7 +13,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use waconnect_shared::twilio::{form, signature};
+use waconnect_shared::twilio::form;
 
 pub fn routes() -> Router<Arc<Twilio>> {
     Router::new()
@@ -378,9 +378,10 @@ async fn deliver(twilio: Arc<Twilio>, sid: String, over_rate: bool) {
     }
 }
 
-/// Records a status and posts its callback, signed as Twilio signs it. Best effort.
+/// Records a status and posts its callback as Twilio does: tried again only as the
+/// callback URL's fragment asks (while the message moves on), and otherwise best effort.
 pub(super) async fn set_status(
-    twilio: &Twilio,
+    twilio: &Arc<Twilio>,
     sid: &str,
     status: &str,
     error: Option<(u32, &str)>,
@@ -425,16 +426,6 @@ pub(super) async fn set_status(
         (callback.filter(|_| !lost), fields)
     };
     if let Some(url) = callback {
-        let signature = signature::compute(&twilio.options.auth_token, &url, &fields);
-        let body = form::encode(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let _ = twilio
-            .http
-            .post(&url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-twilio-signature", signature)
-            .header("user-agent", "TwilioProxy/1.1")
-            .body(body)
-            .send()
-            .await;
+        super::webhook::post_status(twilio, &url, &fields).await;
     }
 }

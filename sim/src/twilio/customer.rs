@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use waconnect_shared::twilio::{form, signature};
 
 pub fn routes() -> Router<Arc<Twilio>> {
     Router::new()
@@ -80,22 +79,6 @@ pub struct CustomerMessage {
     /// The business number written to; the account's first sender when absent.
     #[serde(default)]
     pub to: Option<String>,
-}
-
-/// Twilio's retry fragment: `#rc=<count>&rp=<policies>`; by default one retry, only when
-/// the connection failed.
-fn retry_policy(url: &str) -> (String, u32, Vec<String>) {
-    let (base, fragment) = url.split_once('#').unwrap_or((url, ""));
-    let mut count = 1;
-    let mut policies = vec!["ct".to_owned()];
-    for (k, v) in form::decode(fragment.as_bytes()).unwrap_or_default() {
-        match k.as_str() {
-            "rc" => count = v.parse().unwrap_or(count),
-            "rp" => policies = v.split(',').map(str::to_owned).collect(),
-            _ => {}
-        }
-    }
-    (base.to_owned(), count, policies)
 }
 
 async fn customer_sends(
@@ -231,41 +214,8 @@ async fn customer_sends(
             fields.push(("Address".into(), address.clone()));
         }
     }
-    let (target, retries, policies) = retry_policy(&url);
-    let signature = signature::compute(&twilio.options.auth_token, &target, &fields);
-    let body = form::encode(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let idempotency = format!("{}-{}", message_sid, uuid::Uuid::new_v4().simple());
-    let mut attempts = 0;
-    let status = loop {
-        attempts += 1;
-        let result = twilio
-            .http
-            .post(&target)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-twilio-signature", &signature)
-            .header("i-twilio-idempotency-token", &idempotency)
-            .header("user-agent", "TwilioProxy/1.1")
-            .timeout(Duration::from_secs(15))
-            .body(body.clone())
-            .send()
-            .await;
-        let retry = match &result {
-            Ok(r) if r.status().is_server_error() => {
-                policies.iter().any(|p| p == "5xx" || p == "all")
-            }
-            Ok(r) if r.status().is_client_error() => {
-                policies.iter().any(|p| p == "4xx" || p == "all")
-            }
-            Ok(_) => false,
-            Err(e) if e.is_timeout() => policies.iter().any(|p| p == "rt" || p == "all"),
-            Err(_) => policies.iter().any(|p| p == "ct" || p == "all"),
-        };
-        if !retry || attempts > retries {
-            break result.map(|r| r.status().as_u16()).unwrap_or(0);
-        }
-        // Twilio waits a little between its attempts.
-        tokio::time::sleep(Duration::from_millis(200) * attempts).await;
-    };
+    let super::webhook::Delivery { status, attempts } =
+        super::webhook::post(&twilio, &url, &fields).await;
     if (200..300).contains(&status) {
         let now = twilio.now();
         let mut inner = twilio.lock();

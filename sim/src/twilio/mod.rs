@@ -8,6 +8,7 @@ mod content;
 mod customer;
 mod indicator;
 mod media;
+mod webhook;
 
 pub use content::ShownChoice;
 pub use customer::{CustomerMessage, InboxMessage, Location, Media, PhoneClient, ReceivedFile};
