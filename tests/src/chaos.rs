@@ -141,7 +141,7 @@ pub async fn run(engine: Engine) -> Report {
     let ingress_port = free_port().await;
     let ingress_url = format!("http://{ingress_port}");
     let twilio = TwilioSim::start_with(TwilioOptions {
-        webhook_url: Some(format!("{ingress_url}/twilio/messages#rc=10&rp=5xx,ct,rt")),
+        webhook_url: Some(format!("{ingress_url}/twilio/messages#rc=5&rp=5xx,ct,rt")),
         ..TwilioOptions::default()
     })
     .await;
