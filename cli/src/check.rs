@@ -1,9 +1,10 @@
 //! `waconnect check`: is this configuration ready to go live? Every variable and the
-//! routing file first (as each service reads them at start), then — unless `--offline` —
-//! each dependency, with read-only calls: Twilio's account with the credentials given,
-//! every route's contact flows in its Connect instance, and the storage (the SQLite file,
-//! or the SQS queues, the DynamoDB table and the S3 bucket). A table of what passed and
-//! what to fix; a non-zero exit when anything failed.
+//! routing file first (as each service reads them at start), and whether ingress will
+//! take the status callbacks where the sender has Twilio post them; then — unless
+//! `--offline` — each dependency, with read-only calls: Twilio's account with the
+//! credentials given, every route's contact flows in its Connect instance, and the storage
+//! (the SQLite file, or the SQS queues, the DynamoDB table and the S3 bucket). A table of
+//! what passed and what to fix; a non-zero exit when anything failed.
 
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -80,6 +81,9 @@ pub async fn run(source: &ConfigSource, offline: bool) -> Vec<Row> {
             }),
         ));
     }
+    if let (Ok(ingress), Ok(sender)) = (&ingress, &sender) {
+        rows.push(callbacks(ingress, sender));
+    }
     if offline {
         return rows;
     }
@@ -100,6 +104,63 @@ pub async fn run(source: &ConfigSource, offline: bool) -> Vec<Row> {
         rows.extend(storage(&common.storage).await);
     }
     rows
+}
+
+/// Where Twilio posts each reply's statuses, and whether ingress will take them there:
+/// Twilio signs the URL the sender gives it, and ingress checks that signature against its
+/// public base URL and status path, so any other host, port or path has every callback
+/// refused (403) — no receipts, and no failure WhatsApp reports late, reach an agent.
+fn callbacks(
+    ingress: &IngressConfig,
+    sender: &waconnect_outbound_sender::config::SenderConfig,
+) -> Row {
+    use waconnect_ingress::config::SignatureCheck;
+    let Some(given) = &sender.twilio.status_callback_url else {
+        return Row::new(
+            "configuration: status callbacks",
+            Err("WACONNECT_STATUS_CALLBACK_URL is not set: agents see no delivered or read receipts, and no failure WhatsApp reports after the sender's confirm wait".into()),
+        );
+    };
+    let retries = given.split_once('#').map_or(
+        waconnect_outbound_sender::twilio::CALLBACK_RETRIES,
+        |(_, f)| f,
+    );
+    let posted =
+        format!("Twilio posts receipts and failures to {given}, tried again as #{retries} says");
+    let expected = match &ingress.signature {
+        SignatureCheck::Verify {
+            public_base_url,
+            trust_forwarded_headers: false,
+            ..
+        } => format!("{public_base_url}{}", ingress.status_path),
+        // Checked against the proxy's headers, or not at all: nothing to compare here.
+        _ => return Row::new("configuration: status callbacks", Ok(posted)),
+    };
+    Row::new(
+        "configuration: status callbacks",
+        if same_endpoint(given, &expected) {
+            Ok(posted)
+        } else {
+            Err(format!(
+                "WACONNECT_STATUS_CALLBACK_URL is {given}, but ingress checks each callback's signature against {expected} (WACONNECT_PUBLIC_BASE_URL and WACONNECT_INGRESS_STATUS_PATH): every callback would be refused with 403"
+            ))
+        },
+    )
+}
+
+/// Whether Twilio, posting to `given`, signs what ingress expects at `expected`: the same
+/// scheme, host, port (a default one written or not, as ingress accepts both) and path;
+/// the query and fragment are the sender's own.
+fn same_endpoint(given: &str, expected: &str) -> bool {
+    match (url::Url::parse(given), url::Url::parse(expected)) {
+        (Ok(g), Ok(e)) => {
+            g.scheme() == e.scheme()
+                && g.host_str() == e.host_str()
+                && g.port_or_known_default() == e.port_or_known_default()
+                && g.path() == e.path()
+        }
+        _ => false,
+    }
 }
 
 /// Twilio's account resource, read with the sender's credentials.

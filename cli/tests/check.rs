@@ -123,3 +123,52 @@ async fn offline_checks_the_variables_and_calls_nothing() {
     let stats = sims.connect.desk().stats().await.unwrap();
     assert_eq!(stats.calls_to("DescribeContactFlow"), 0);
 }
+
+/// Twilio signs each status callback for the URL the sender gives it; ingress checks the
+/// signature against its own public URL. A URL elsewhere would have every callback
+/// refused, and no URL at all means no receipts: both fail the check, offline.
+#[tokio::test]
+async fn a_status_callback_url_ingress_would_refuse_or_none_fails() {
+    let sims = Sims::start(sims_options()).await;
+    let mut vars = sims.vars();
+    let base = vars
+        .iter()
+        .find(|(k, _)| k == "WACONNECT_PUBLIC_BASE_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let status_row = |printed: &str| {
+        let rows: Vec<Value> = serde_json::from_str(printed).unwrap();
+        row(&rows, "configuration: status callbacks").clone()
+    };
+    let (ok, printed) = check(&vars, &["--offline", "--json"]).await;
+    assert!(ok, "{printed}");
+    let r = status_row(&printed);
+    assert!(
+        r["detail"].as_str().unwrap().contains("#rc=5&rp=5xx,ct,rt"),
+        "{r}"
+    );
+
+    let elsewhere = base.replace("127.0.0.1", "localhost");
+    set(
+        &mut vars,
+        "WACONNECT_STATUS_CALLBACK_URL",
+        &format!("{elsewhere}/twilio/status"),
+    );
+    let (ok, printed) = check(&vars, &["--offline", "--json"]).await;
+    assert!(!ok, "{printed}");
+    let r = status_row(&printed);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("WACONNECT_PUBLIC_BASE_URL"),
+        "{r}"
+    );
+
+    vars.retain(|(k, _)| k != "WACONNECT_STATUS_CALLBACK_URL");
+    let (ok, printed) = check(&vars, &["--offline", "--json"]).await;
+    assert!(!ok, "{printed}");
+    let r = status_row(&printed);
+    assert!(r["detail"].as_str().unwrap().contains("receipts"), "{r}");
+}
