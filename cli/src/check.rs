@@ -366,3 +366,29 @@ pub fn table(rows: &[Row]) -> String {
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_endpoint;
+
+    #[test]
+    fn a_callback_url_matches_where_ingress_checks_it_default_port_or_not() {
+        let ingress = "https://wa.example.com/twilio/status";
+        assert!(same_endpoint(
+            "https://wa.example.com:443/twilio/status?x=1#rc=1",
+            ingress
+        ));
+        assert!(!same_endpoint(
+            "https://wa.example.com:8443/twilio/status",
+            ingress
+        ));
+        assert!(!same_endpoint(
+            "http://wa.example.com/twilio/status",
+            ingress
+        ));
+        assert!(!same_endpoint(
+            "https://wa.example.com/twilio/messages",
+            ingress
+        ));
+    }
+}
