@@ -204,21 +204,29 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     if failed && resend(relay, event, &key, item, contact, code).await? {
         return Ok(());
     }
-    for use_cache in [true, false] {
-        let cached = use_cache
-            .then(|| legacy::cached(relay, &key))
-            .flatten()
-            .filter(|s| s.conversation.contact_id.as_deref() == Some(contact));
-        let from_cache = cached.is_some();
-        let stored = match cached {
-            Some(s) => s,
-            None => match legacy::find(relay, &key).await? {
-                Some(s) => {
-                    relay.records.keep(&s);
-                    s
+    // The record to use: the remembered one first, then the stored one, then — once —
+    // the stored one with a new connection.
+    let (mut use_cache, mut reconnected) = (true, None::<StoredConversation>);
+    let mut new_connection_tried = false;
+    loop {
+        let (stored, from_cache) = match reconnected.take() {
+            Some(s) => (s, false),
+            None => {
+                let cached = use_cache
+                    .then(|| legacy::cached(relay, &key))
+                    .flatten()
+                    .filter(|s| s.conversation.contact_id.as_deref() == Some(contact));
+                match cached {
+                    Some(s) => (s, true),
+                    None => match legacy::find(relay, &key).await? {
+                        Some(s) => {
+                            relay.records.keep(&s);
+                            (s, false)
+                        }
+                        None => return Ok(()),
+                    },
                 }
-                None => return Ok(()),
-            },
+            }
         };
         let conversation = &stored.conversation;
         // Receipts belong to the chat the message came from, while it lasts.
@@ -232,9 +240,21 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
             // A remembered token Connect refuses may just be stale: read the record.
             Err(e) if e.kind == ErrorKind::AccessDenied && from_cache => {
                 relay.records.forget(&conversation.key());
-                continue;
+                use_cache = false;
             }
-            // The chat is over: nobody is left to tell.
+            // The stored token expired while the chat goes on (connections do not last
+            // as long as chats): a new connection, as for a customer's message. Connect
+            // refusing that one too means the chat is over: nobody is left to tell.
+            Err(e) if e.kind == ErrorKind::AccessDenied && !new_connection_tried => {
+                new_connection_tried = true;
+                match reconnect(relay, stored).await? {
+                    Some(fresh) => {
+                        relay.records.keep(&fresh);
+                        reconnected = Some(fresh);
+                    }
+                    None => return Ok(()),
+                }
+            }
             Err(e) if e.kind == ErrorKind::AccessDenied => return Ok(()),
             // Connect takes no receipts while a third participant (a supervisor) is in
             // the chat: final, not worth a retry.

@@ -485,6 +485,59 @@ async fn call_me_places_one_call_per_cooldown_and_still_forwards_the_text() {
     relay.shutdown().await;
 }
 
+/// A connection token lasts less than a chat: a receipt or a failure that comes after
+/// it expired still reaches the agent, on a new connection, as a customer's message does.
+#[tokio::test]
+async fn receipts_and_notices_reach_the_agent_after_the_connection_expired() {
+    use waconnect_shared::message::event::{EventKind, InboundEvent};
+    use waconnect_shared::storage::queue::NewMessage;
+    let stack = Stack::new().await;
+    let relay = stack.relay(&[]).await;
+    let ana = customer(12);
+    stack.customer_says(&ana, "SM1", "hi").await;
+    let contact = stack.contact_of(&ana).await;
+    stack.desk.accept(&contact).await.unwrap();
+    let reply = stack.desk.send(&contact, "hello Ana").await.unwrap();
+    let refused = stack.desk.send(&contact, "are you there?").await.unwrap();
+    stack.outbound_until(2, Duration::from_secs(10)).await;
+    assert!(stack.desk.expire_tokens(Some(&contact)).await.unwrap() > 0);
+    let status = |sid: &str, item: &str, status: &str| {
+        let mut fields = twilio::status_callback(sid, ana.as_str(), status);
+        if status == "undelivered" {
+            fields.push(("ErrorCode".into(), "63024".into()));
+            fields.push(("ErrorMessage".into(), "Invalid message recipient".into()));
+        }
+        let mut event = InboundEvent::new(EventKind::Status, fields);
+        event.query = vec![
+            ("item".into(), item.into()),
+            ("contact".into(), contact.clone()),
+            ("part".into(), "0".into()),
+        ];
+        NewMessage {
+            group_id: key_of(&ana).storage(),
+            dedup_id: format!("{sid}:{status}"),
+            body: event.to_json(),
+        }
+    };
+    for m in [
+        status("SMa", &reply.id, "read"),
+        status("SMb", &refused.id, "undelivered"),
+    ] {
+        stack.inbound.send(m).await.unwrap();
+    }
+    wait::until("the read receipt", Duration::from_secs(20), || async {
+        let receipts = stack.desk.customer_receipts(&contact).await.ok()?;
+        (receipts.get(&reply.id).is_some_and(|r| r.1)).then_some(())
+    })
+    .await;
+    wait::until("the failure notice", Duration::from_secs(20), || async {
+        let texts = stack.desk.customer_texts(&contact).await.ok()?;
+        texts.into_iter().find(|t| t.contains("63024"))
+    })
+    .await;
+    relay.shutdown().await;
+}
+
 /// Status callbacks (carrying the Connect item in their URL) become Connect receipts, and
 /// failures a clearly marked notice for the agent; 63016 sends the window template.
 #[tokio::test]
