@@ -78,6 +78,11 @@ pub struct Report {
     /// (63018) and it was sent again: explained, so counted apart.
     pub resent_out_of_order: usize,
     pub dead_letters: usize,
+    /// Agents' messages whose read callback ingress took (Twilio got a 2xx), and of those
+    /// the ones the agent never saw read: receipts lost inside the bridge. (A callback
+    /// Twilio gave up on, or the simulator lost on purpose, is not counted.)
+    pub read_receipts: usize,
+    pub receipts_lost: usize,
 }
 
 /// A service process, how to start it again, and the file every start of it logs to.
@@ -476,6 +481,8 @@ pub async fn run(engine: Engine) -> Report {
     }
     // Late duplicates would come now, if at all.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    (report.read_receipts, report.receipts_lost) =
+        lost_read_receipts(&phone, &desk, &contacts).await;
 
     for c in 0..CUSTOMERS {
         let agent_sees = match contacts.get(&c) {
@@ -548,7 +555,13 @@ pub async fn run(engine: Engine) -> Report {
         let _ = s.child.wait().await;
     }
     println!("chaos on {engine:?}: {report:?}");
-    if report.lost + report.duplicated + report.reordered + report.dead_letters > 0 {
+    if report.lost
+        + report.duplicated
+        + report.reordered
+        + report.dead_letters
+        + report.receipts_lost
+        > 0
+    {
         for s in &services {
             print_warnings(&s.log);
         }
@@ -602,13 +615,71 @@ pub fn assert_clean(report: &Report) {
             report.lost,
             report.duplicated,
             report.reordered,
-            report.dead_letters
+            report.dead_letters,
+            report.receipts_lost
         ),
-        (0, 0, 0, 0),
+        (0, 0, 0, 0, 0),
         "seed {} (replay with CHAOS_SEED={}): {report:?}",
         report.seed,
         report.seed
     );
+}
+
+/// How many agents' messages had their read callback taken by ingress, and how many of
+/// those the agent still does not see read after a bounded wait. Receipts go on the first
+/// part of a message only, as the relay sends them.
+async fn lost_read_receipts(
+    phone: &PhoneClient,
+    desk: &DeskClient,
+    contacts: &BTreeMap<usize, String>,
+) -> (usize, usize) {
+    let mut expected = std::collections::BTreeSet::new();
+    for m in phone.sent().await.unwrap_or_default() {
+        let Some(callback) = m["status_callback"].as_str() else {
+            continue;
+        };
+        let query = callback.split_once('?').map_or("", |(_, q)| q);
+        let query = query.split_once('#').map_or(query, |(q, _)| q);
+        let fields = waconnect_shared::twilio::form::decode(query.as_bytes()).unwrap_or_default();
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let (Some(item), part) = (field("item"), field("part")) else {
+            continue;
+        };
+        let taken = m["callbacks"].as_array().into_iter().flatten().any(|c| {
+            c["status"] == "read" && (200..300).contains(&c["answered"].as_u64().unwrap_or(0))
+        });
+        if taken && part.is_none_or(|p| p == "0") {
+            expected.insert(item);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut read = std::collections::BTreeSet::new();
+        for contact in contacts.values() {
+            let receipts = desk.customer_receipts(contact).await.unwrap_or_default();
+            read.extend(
+                receipts
+                    .into_iter()
+                    .filter(|(_, (_, r))| *r)
+                    .map(|(id, _)| id),
+            );
+        }
+        let lost: Vec<&String> = expected.difference(&read).collect();
+        if lost.is_empty() || Instant::now() > deadline {
+            if !lost.is_empty() {
+                println!(
+                    "chaos: read receipts taken by ingress but not shown to the agent: {lost:?}"
+                );
+            }
+            return (expected.len(), lost.len());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// What customer `c`'s phone shows that WhatsApp delivered (failed copies left out).

@@ -256,6 +256,7 @@ async fn create_message(
             error_code: None,
             error_message: None,
             status_callback: field("StatusCallback"),
+            callbacks: Vec::new(),
             created_at: Utc::now(),
         };
         let index = inner.sent.len();
@@ -426,6 +427,6 @@ pub(super) async fn set_status(
         (callback.filter(|_| !lost), fields)
     };
     if let Some(url) = callback {
-        super::webhook::post_status(twilio, &url, &fields).await;
+        super::webhook::post_status(twilio, sid, status, &url, &fields).await;
     }
 }

@@ -87,7 +87,18 @@ pub struct Sent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
     pub status_callback: Option<String>,
+    /// Each status callback posted, with the business's answer to its last attempt.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub callbacks: Vec<Callback>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A status callback Twilio posted for a message, once Twilio is done trying it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Callback {
+    pub status: String,
+    /// The HTTP status of the last attempt's answer; 0 when none came.
+    pub answered: u16,
 }
 
 #[derive(Default)]

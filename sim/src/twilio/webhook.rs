@@ -75,22 +75,41 @@ pub(super) async fn post(twilio: &Twilio, url: &str, fields: &[(String, String)]
     }
 }
 
-/// Posts a status callback: the first attempt now, any further ones on their own time, as
-/// Twilio's are; a message's next status does not wait for them.
-pub(super) async fn post_status(twilio: &Arc<Twilio>, url: &str, fields: &[(String, String)]) {
+/// Posts message `sid`'s callback for `status`: the first attempt now, any further ones
+/// on their own time, as Twilio's are; a message's next status does not wait for them.
+/// The message keeps what came of it.
+pub(super) async fn post_status(
+    twilio: &Arc<Twilio>,
+    sid: &str,
+    status: &str,
+    url: &str,
+    fields: &[(String, String)],
+) {
     let mut attempts = Attempts::new(twilio, url, fields);
-    if let Err(pause) = attempts.next(twilio).await {
-        let twilio = twilio.clone();
-        tokio::spawn(async move {
-            let mut pause = pause;
-            loop {
-                tokio::time::sleep(pause).await;
-                match attempts.next(&twilio).await {
-                    Ok(_) => return,
-                    Err(next) => pause = next,
+    let record = move |twilio: &Twilio, sid: &str, status: &str, done: Delivery| {
+        let mut inner = twilio.lock();
+        if let Some(&i) = inner.by_sid.get(sid) {
+            inner.sent[i].callbacks.push(super::Callback {
+                status: status.to_owned(),
+                answered: done.status,
+            });
+        }
+    };
+    match attempts.next(twilio).await {
+        Ok(done) => record(twilio, sid, status, done),
+        Err(pause) => {
+            let (twilio, sid, status) = (twilio.clone(), sid.to_owned(), status.to_owned());
+            tokio::spawn(async move {
+                let mut pause = pause;
+                loop {
+                    tokio::time::sleep(pause).await;
+                    match attempts.next(&twilio).await {
+                        Ok(done) => return record(&twilio, &sid, &status, done),
+                        Err(next) => pause = next,
+                    }
                 }
-            }
-        });
+            });
+        }
     }
 }
 
