@@ -485,12 +485,39 @@ async fn call_me_places_one_call_per_cooldown_and_still_forwards_the_text() {
     relay.shutdown().await;
 }
 
+/// Twilio's status callback for part 0 of the agent's `item` in chat `contact`, as
+/// ingress queues it; `error` is its ErrorCode and ErrorMessage.
+fn status_callback(
+    customer: &waconnect_shared::CustomerAddress,
+    contact: &str,
+    sid: &str,
+    item: &str,
+    status: &str,
+    error: Option<(&str, &str)>,
+) -> waconnect_shared::storage::queue::NewMessage {
+    use waconnect_shared::message::event::{EventKind, InboundEvent};
+    let mut fields = twilio::status_callback(sid, customer.as_str(), status);
+    if let Some((code, message)) = error {
+        fields.push(("ErrorCode".into(), code.into()));
+        fields.push(("ErrorMessage".into(), message.into()));
+    }
+    let mut event = InboundEvent::new(EventKind::Status, fields);
+    event.query = vec![
+        ("item".into(), item.into()),
+        ("contact".into(), contact.into()),
+        ("part".into(), "0".into()),
+    ];
+    waconnect_shared::storage::queue::NewMessage {
+        group_id: key_of(customer).storage(),
+        dedup_id: format!("{sid}:{status}"),
+        body: event.to_json(),
+    }
+}
+
 /// A connection token lasts less than a chat: a receipt or a failure that comes after
 /// it expired still reaches the agent, on a new connection, as a customer's message does.
 #[tokio::test]
 async fn receipts_and_notices_reach_the_agent_after_the_connection_expired() {
-    use waconnect_shared::message::event::{EventKind, InboundEvent};
-    use waconnect_shared::storage::queue::NewMessage;
     let stack = Stack::new().await;
     let relay = stack.relay(&[]).await;
     let ana = customer(12);
@@ -502,22 +529,8 @@ async fn receipts_and_notices_reach_the_agent_after_the_connection_expired() {
     stack.outbound_until(2, Duration::from_secs(10)).await;
     assert!(stack.desk.expire_tokens(Some(&contact)).await.unwrap() > 0);
     let status = |sid: &str, item: &str, status: &str| {
-        let mut fields = twilio::status_callback(sid, ana.as_str(), status);
-        if status == "undelivered" {
-            fields.push(("ErrorCode".into(), "63024".into()));
-            fields.push(("ErrorMessage".into(), "Invalid message recipient".into()));
-        }
-        let mut event = InboundEvent::new(EventKind::Status, fields);
-        event.query = vec![
-            ("item".into(), item.into()),
-            ("contact".into(), contact.clone()),
-            ("part".into(), "0".into()),
-        ];
-        NewMessage {
-            group_id: key_of(&ana).storage(),
-            dedup_id: format!("{sid}:{status}"),
-            body: event.to_json(),
-        }
+        let error = (status == "undelivered").then_some(("63024", "Invalid message recipient"));
+        status_callback(&ana, &contact, sid, item, status, error)
     };
     for m in [
         status("SMa", &reply.id, "read"),
@@ -542,8 +555,6 @@ async fn receipts_and_notices_reach_the_agent_after_the_connection_expired() {
 /// failures a clearly marked notice for the agent; 63016 sends the window template.
 #[tokio::test]
 async fn receipts_and_delivery_failures_reach_the_agent() {
-    use waconnect_shared::message::event::{EventKind, InboundEvent};
-    use waconnect_shared::storage::queue::NewMessage;
     let stack = Stack::new().await;
     let relay = stack
         .relay(&[("WACONNECT_WINDOW_TEMPLATE_SID", "HX123")])
@@ -555,22 +566,8 @@ async fn receipts_and_delivery_failures_reach_the_agent() {
     let reply = stack.desk.send(&contact, "hello Ana").await.unwrap();
     let late = stack.desk.send(&contact, "still there?").await.unwrap();
     let status = |sid: &str, item: &str, status: &str, code: Option<&str>| {
-        let mut fields = twilio::status_callback(sid, ana.as_str(), status);
-        if let Some(code) = code {
-            fields.push(("ErrorCode".into(), code.into()));
-            fields.push(("ErrorMessage".into(), "outside the allowed window".into()));
-        }
-        let mut event = InboundEvent::new(EventKind::Status, fields);
-        event.query = vec![
-            ("item".into(), item.into()),
-            ("contact".into(), contact.clone()),
-            ("part".into(), "0".into()),
-        ];
-        NewMessage {
-            group_id: key_of(&ana).storage(),
-            dedup_id: format!("{sid}:{status}"),
-            body: event.to_json(),
-        }
+        let error = code.map(|c| (c, "outside the allowed window"));
+        status_callback(&ana, &contact, sid, item, status, error)
     };
     for m in [
         status("SMa", &reply.id, "sent", None),
