@@ -41,6 +41,15 @@ pub enum Outcome {
     Stopped,
 }
 
+/// What became of an agent's item the session handled.
+#[derive(PartialEq)]
+enum Forwarded {
+    /// On the outbound queue for the customer.
+    Queued,
+    /// Not for the customer: its files were refused or given up on, and the agent told.
+    Withheld,
+}
+
 /// Why the loop goes round again, or that it is done.
 enum Step {
     Reconnect(&'static str),
@@ -519,8 +528,12 @@ impl Session {
             }
             if verdict {
                 let held = std::mem::take(&mut scan.held);
+                let file = scan.item.cursor();
                 self.scanning = None;
-                self.forward(&item).await?;
+                // The verdict's item came after what was held: the cursor takes the
+                // file's place, so a backfill (this failing, or a held item's) finds
+                // what was held, and `recent` keeps the verdict from going twice.
+                self.forward_at(&item, Some(file)).await?;
                 return self.admit_all(held).await;
             }
             self.scan_over("too many messages came after it").await?;
@@ -630,19 +643,32 @@ impl Session {
     }
 
     async fn forward(&mut self, item: &ChatItem) -> Result<(), Step> {
+        self.forward_at(item, None).await
+    }
+
+    /// Forwards `item`; then the cursor moves to `at`, or to the item itself.
+    async fn forward_at(&mut self, item: &ChatItem, at: Option<AgentCursor>) -> Result<(), Step> {
         // The agent's message's first hop, in its trace when spans are exported.
         let trace_id = waconnect_shared::message::trace::of(&item.id);
         let span = tracing::info_span!("agent_item", trace_id = %trace_id, item_id = %item.id);
         waconnect_shared::message::trace::follow(&span, &trace_id);
-        self.forward_now(item).instrument(span).await
+        let done = self.forward_now(item).instrument(span).await?;
+        // Only now does the cursor move: a crash before this re-forwards the item from
+        // the transcript, and the outbound queue's dedup (item Id) absorbs it.
+        self.advance_to(&item.id, at.unwrap_or_else(|| item.cursor()));
+        if done == Forwarded::Queued {
+            metrics::counter!("waconnect_relay_forwarded_items_total", "role" => role_label(item.role()))
+                .increment(1);
+        }
+        Ok(())
     }
 
-    async fn forward_now(&mut self, item: &ChatItem) -> Result<(), Step> {
+    /// Forwards `item` (or tells the agent why not); the caller moves the cursor.
+    async fn forward_now(&mut self, item: &ChatItem) -> Result<Forwarded, Step> {
         if item.kind == "ATTACHMENT" && self.withheld(item).await? {
             // A late verdict: the agent heard the file was not sent, and later messages
             // went ahead of it.
-            self.advance(item);
-            return Ok(());
+            return Ok(Forwarded::Withheld);
         }
         let files = if item.kind == "ATTACHMENT" {
             self.copy_files(item).await?
@@ -651,8 +677,7 @@ impl Session {
         };
         if item.kind == "ATTACHMENT" && files.is_empty() {
             // Every file was refused, and the agent told: nothing goes to the customer.
-            self.advance(item);
-            return Ok(());
+            return Ok(Forwarded::Withheld);
         }
         let (body, menu) = crate::interactive::for_whatsapp(
             &item.content_type,
@@ -698,12 +723,7 @@ impl Session {
             conversation = %self.key,
             "agent item queued for the customer"
         );
-        // Only now does the cursor move: a crash before this re-forwards the item from
-        // the transcript, and the outbound queue's dedup (item Id) absorbs it.
-        self.advance(item);
-        metrics::counter!("waconnect_relay_forwarded_items_total", "role" => role_label(item.role()))
-            .increment(1);
-        Ok(())
+        Ok(Forwarded::Queued)
     }
 
     /// The agent's files of an `ATTACHMENT` item, copied into the media store; those the
@@ -823,13 +843,18 @@ impl Session {
 
     /// Moves the cursor past `item`, which is done with.
     fn advance(&mut self, item: &ChatItem) {
-        self.cursor = Some(item.cursor());
+        self.advance_to(&item.id, item.cursor());
+    }
+
+    /// Item `id` is done with, and everything up to `cursor` too.
+    fn advance_to(&mut self, id: &str, cursor: AgentCursor) {
+        self.cursor = Some(cursor);
         self.cursor_due
             .get_or_insert_with(|| Instant::now() + self.relay.config.cursor_flush);
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back(item.id.clone());
+        self.recent.push_back(id.to_owned());
     }
 
     async fn enqueue(&self, message: &OutboundMessage) -> Result<(), Step> {
