@@ -1,7 +1,8 @@
 //! The randomized chaos run: the whole bridge as real processes (ingress, three
 //! relay-workers, two outbound-senders) between both simulators, customers and agents
 //! writing numbered messages both ways, while a seeded schedule SIGKILLs and restarts
-//! processes and injects Connect and Twilio faults. About one message in five each way is
+//! processes, freezes them (SIGSTOP, then SIGCONT) past their leases and visibility
+//! timeouts, and injects Connect and Twilio faults. About one message in five each way is
 //! a file (a small PDF that carries its label, so the checker knows it whatever name the
 //! bridge gives it). Then the faults stop and a checker asserts that every message and
 //! file arrived exactly once, in order per customer, both ways, and that nothing was
@@ -17,6 +18,7 @@ use crate::processes::spawn_logged;
 use crate::{customer, free_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rustix::process::{Pid, Signal, kill_process};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +72,8 @@ pub struct Report {
     pub customer_files: usize,
     pub agent_files: usize,
     pub kills: BTreeMap<&'static str, usize>,
+    /// Processes stopped for a while and then let go on, by service.
+    pub freezes: BTreeMap<&'static str, usize>,
     pub faults: BTreeMap<&'static str, usize>,
     pub lost: usize,
     pub duplicated: usize,
@@ -115,6 +119,24 @@ impl Service {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
         self.child = spawn_logged(self.binary, &self.vars, &self.log);
+    }
+
+    /// Stops the process for `pause`, then lets it go on (SIGSTOP, SIGCONT): a VM the
+    /// hypervisor froze, a container throttled to nothing, a long stall on a disk. Its
+    /// leases and visibility timeouts lapse meanwhile, others take its work over, and it
+    /// wakes with everything it held in memory — sockets, messages, leases — as it was.
+    async fn freeze_for(&self, pause: Duration) {
+        let Some(pid) = self
+            .child
+            .id()
+            .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?))
+        else {
+            return;
+        };
+        if kill_process(pid, Signal::STOP).is_ok() {
+            tokio::time::sleep(pause).await;
+            let _ = kill_process(pid, Signal::CONT);
+        }
     }
 }
 
@@ -336,9 +358,21 @@ pub async fn run(engine: Engine) -> Report {
 
     // The faults, on a seeded schedule.
     let mut rng = StdRng::seed_from_u64(seed);
+    // Freezes draw from their own stream, so a seed recorded before they existed still
+    // replays its other faults in the same order.
+    let mut freezes = StdRng::seed_from_u64(seed ^ 2);
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
+        if freezes.random_ratio(1, 6) {
+            // From well within to twice the relays' 3 s lease and the senders' 3 s
+            // visibility; ingress holds Twilio's webhooks (15 s timeout) meanwhile.
+            let service = &services[freezes.random_range(0..services.len())];
+            service
+                .freeze_for(Duration::from_millis(freezes.random_range(500..6000)))
+                .await;
+            *report.freezes.entry(service.name).or_default() += 1;
+        }
         let fault = rng.random_range(0..12);
         let kind: &'static str = match fault {
             0..=2 => {
