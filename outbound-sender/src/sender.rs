@@ -4,6 +4,7 @@
 //! duplicates, and permanent failures dead-lettered with the agent told why.
 
 use crate::twilio::{ErrorKind, SendError, TwilioClient};
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -315,7 +316,7 @@ async fn deliver_parts(
         Some(_) => {
             let claim = s.ledger.claim(&format!("{}#0", message.dedup_id())).await;
             let sent = matches!(claim, Ok(Claim::Sent { .. }));
-            let fresh = matches!(claim, Ok(Claim::Fresh));
+            let fresh = matches!(claim, Ok(Claim::Fresh { .. }));
             first_claim = Some(claim);
             if sent {
                 vec![String::new()]
@@ -355,6 +356,8 @@ async fn deliver_parts(
         };
         // With the receive count, what tells a second delivery from a first.
         tracing::debug!(part = %key, receives = m.receive_count, claim = ?claim, "part claimed");
+        // The claim this delivery holds (its time in the ledger), and since when here.
+        let mut held: (DateTime<Utc>, Instant);
         let mut unsure_since = match claim {
             Ok(Claim::Sent { sid }) => {
                 // Sent by an earlier delivery, which may not have seen it through.
@@ -363,8 +366,23 @@ async fn deliver_parts(
                 }
                 continue;
             }
-            Ok(Claim::Fresh) => None,
-            Ok(Claim::Unknown { since }) => Some(since),
+            Ok(Claim::Fresh { since }) => {
+                held = holding(since);
+                None
+            }
+            Ok(Claim::Unknown { since }) => {
+                // Too old to be in flight: taken over, so that a sender stalled since it
+                // claimed the part can no longer post it.
+                match s.ledger.renew(&key, since).await {
+                    Ok(Some(now)) => held = holding(now),
+                    Ok(None) => return Done::Abandoned,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delivery ledger unavailable; will retry");
+                        return Done::Abandoned;
+                    }
+                }
+                Some(since)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "delivery ledger unavailable; will retry");
                 return Done::Abandoned;
@@ -398,6 +416,10 @@ async fn deliver_parts(
                 let waited = s.limiters.of(message.from.as_ref()).acquire().await;
                 metrics::histogram!("waconnect_sender_rate_limit_wait_seconds")
                     .record(waited.as_secs_f64());
+                match still_ours(s, &key, held).await {
+                    Some(now) => held = now,
+                    None => return Done::Abandoned,
+                }
                 let attempt_at = chrono::Utc::now();
                 let started = Instant::now();
                 let result = s.twilio.send(&fields).await;
@@ -580,16 +602,16 @@ async fn confirm(
             return pass_on(s, &current, index, &sid, &fetched).await;
         };
         let key = format!("{}#0", again.dedup_id());
-        match s.ledger.claim(&key).await {
+        let claimed = match s.ledger.claim(&key).await {
             Ok(Claim::Sent { sid: theirs }) => {
                 (sid, current, poll) = (theirs, again, CONFIRM_FIRST_POLL);
                 deadline = Instant::now() + s.confirm_wait;
                 continue;
             }
-            Ok(Claim::Fresh) => {}
+            Ok(Claim::Fresh { since }) => since,
             // Another delivery is on it, or the ledger cannot say: not ours to send.
             _ => return pass_on(s, &current, index, &sid, &fetched).await,
-        }
+        };
         let attempt = again.resend.as_ref().map_or(1, |r| r.attempt);
         tokio::select! {
             () = stop.cancelled() => {
@@ -605,6 +627,9 @@ async fn confirm(
             fetched.body.clone()
         };
         s.limiters.of(again.from.as_ref()).acquire().await;
+        if still_ours(s, &key, holding(claimed)).await.is_none() {
+            return pass_on(s, &current, index, &sid, &fetched).await;
+        }
         match s.twilio.send(&form_for(s, &again, &body, index)).await {
             Ok(new) => {
                 tracing::info!(message_sid = %sid, code = ?fetched.error_code, attempt, "WhatsApp refused a reply for a passing reason; sent it again before the next");
@@ -681,6 +706,47 @@ enum Reconciled {
     Sent(String),
     NotSent,
     CannotTell,
+}
+
+/// A claim held longer than this (by this process's clock) is renewed before its part is
+/// posted. Another delivery waits for a claim to be `LIVE_CLAIM_MARGIN` past the send
+/// timeout before it takes it over, so a younger claim is surely still this one's; an
+/// older one may have been taken over while this sender stalled (a frozen VM, a long
+/// rate-limit wait), and posting it then could send the part twice.
+const RENEW_AFTER: Duration = Duration::from_millis(500);
+
+/// A claim made at `since`, with the moment it was made by this process's clock: a
+/// ledger slow to answer has made the claim older than its answer.
+fn holding(since: DateTime<Utc>) -> (DateTime<Utc>, Instant) {
+    let age = (Utc::now() - since).to_std().unwrap_or_default();
+    let now = Instant::now();
+    (since, now.checked_sub(age).unwrap_or(now))
+}
+
+/// The claim `held` (its time in the ledger, and since when this delivery holds it), if
+/// it is still this delivery's: renewed when it is older than [`RENEW_AFTER`]. `None`
+/// when another delivery took the part over, or the ledger cannot say.
+async fn still_ours(
+    s: &Sender,
+    key: &str,
+    held: (DateTime<Utc>, Instant),
+) -> Option<(DateTime<Utc>, Instant)> {
+    let (since, at) = held;
+    if at.elapsed() < RENEW_AFTER {
+        return Some(held);
+    }
+    match s.ledger.renew(key, since).await {
+        Ok(Some(now)) => Some(holding(now)),
+        Ok(None) => {
+            tracing::warn!(part = %key, "another delivery took this part over while this one waited; leaving it to that one");
+            metrics::counter!("waconnect_sender_claims_taken_over_total").increment(1);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "delivery ledger unavailable; will retry");
+            None
+        }
+    }
 }
 
 /// How soon a delivery that found another's claim in progress reads the ledger again;

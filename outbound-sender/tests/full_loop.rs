@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use waconnect_sim::twilio::TwilioOptions;
 use waconnect_tests::full_loop::{FullLoop as Loop, LoopOptions};
-use waconnect_tests::processes::spawn;
-use waconnect_tests::{customer, wait};
+use waconnect_tests::processes::{freeze, spawn, thaw};
+use waconnect_tests::{customer, free_port, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_customers_round_trip_with_receipts_through_a_sender_crash() {
@@ -417,4 +417,95 @@ async fn receipts_turned_away_once_still_reach_the_agent() {
         "the balancer turned away {} callbacks: the test proves nothing",
         balancer.turned_away()
     );
+}
+
+/// A sender stalled between claiming a reply and posting it (a frozen VM; here SIGSTOP
+/// while it waits to try Twilio again) for longer than its message's visibility: the
+/// sender that takes the message over finds the claim too old to be in flight and Twilio
+/// without the reply, and sends it. The stalled one, when it wakes, must not post it too:
+/// Twilio's Messages API has no idempotency key, so only the ledger can stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_stalled_between_claim_and_post_does_not_send_the_reply_twice() {
+    let lp = Loop::start(LoopOptions {
+        sender_vars: vec![
+            ("WACONNECT_SENDER_VISIBILITY", "2s".into()),
+            ("WACONNECT_SENDER_TIMEOUT", "1s".into()),
+            ("WACONNECT_SENDER_MAX_BACKOFF", "1s".into()),
+        ],
+        ..LoopOptions::default()
+    })
+    .await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
+    let number = customer(0);
+    let copies = |body: &'static str| {
+        let (phone, number) = (phone.clone(), number.clone());
+        async move {
+            let inbox = phone.inbox(number.as_str()).await.unwrap_or_default();
+            inbox.iter().filter(|m| m.body == body).count()
+        }
+    };
+    desk.send(&contact, "first").await.unwrap();
+    wait::until("the first reply", Duration::from_secs(30), || async {
+        (copies("first").await == 1).then_some(())
+    })
+    .await;
+    let metrics = format!("http://{}/metrics", lp.sender_ops);
+    let decided = || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        let count = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Some(
+            count("waconnect_sender_claims_taken_over_total")
+                + count("waconnect_queue_stale_deliveries_total{queue=\"outbound\"}"),
+        )
+    };
+    // Three rounds: when the stalled sender wakes, its queue's keeper may stop it before
+    // it acts (its delivery was taken over), which hides the double in some rounds.
+    for (round, reply) in ["second", "third", "fourth"].into_iter().enumerate() {
+        let before = phone.api_calls().await.unwrap();
+        // Twilio fails every post for now: the sender holds its claim between tries.
+        phone.fail(1000).await.unwrap();
+        desk.send(&contact, reply).await.unwrap();
+        wait::until(
+            "the sender's first try",
+            Duration::from_secs(30),
+            || async { (phone.api_calls().await.ok()? > before).then_some(()) },
+        )
+        .await;
+        freeze(&lp.sender);
+        phone.clear_faults().await.unwrap();
+        let mut vars = lp.sender_vars.clone();
+        let ops = free_port().await;
+        for (k, v) in &mut vars {
+            if k == "WACONNECT_SENDER_OPS_BIND" {
+                v.clone_from(&ops);
+            }
+        }
+        let mut other = spawn("outbound-sender", &vars);
+        wait::until(
+            "the other sender's copy",
+            Duration::from_secs(30),
+            || async { (copies(reply).await >= 1).then_some(()) },
+        )
+        .await;
+        thaw(&lp.sender);
+        // The stalled sender leaves the part to the other (or learns first that its
+        // delivery was taken over); before the fence it posted it again.
+        wait::until(
+            "the stalled sender's decision",
+            Duration::from_secs(30),
+            || async {
+                let decisions = decided().await?;
+                (decisions > round as u64 || copies(reply).await > 1).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(copies(reply).await, 1, "{reply}");
+        other.start_kill().unwrap();
+        other.wait().await.unwrap();
+    }
 }

@@ -788,7 +788,7 @@ async fn replayed(relay: &Relay, sid: &str, event: &InboundEvent) -> bool {
     let received = event.received_at.timestamp_millis().to_string();
     let first = match relay.ledger.claim(&key).await {
         Ok(Claim::Sent { sid: seen }) => return seen != received,
-        Ok(Claim::Fresh | Claim::Unknown { .. }) => true,
+        Ok(Claim::Fresh { .. } | Claim::Unknown { .. }) => true,
         Err(e) => {
             tracing::warn!(error = %e, "cannot check for a replayed webhook; relaying");
             false

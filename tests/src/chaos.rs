@@ -10,15 +10,13 @@
 //!
 //! `CHAOS_SEED` replays a run (the seed is printed first), `CHAOS_SECONDS` sets how long
 //! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak), `CHAOS_RUST_LOG` the
-//! services' log filter (default `info`), `CHAOS_FREEZE_SENDERS=1` freezes senders too.
-//! A run that fails keeps the services' logs and the database, and says where.
+//! services' log filter (default `info`). A run that fails keeps the services' logs and the database, and says where.
 
 use crate::moto::Moto;
-use crate::processes::spawn_logged;
+use crate::processes::{freeze, spawn_logged, thaw};
 use crate::{customer, free_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rustix::process::{Pid, Signal, kill_process};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,17 +124,9 @@ impl Service {
     /// leases and visibility timeouts lapse meanwhile, others take its work over, and it
     /// wakes with everything it held in memory — sockets, messages, leases — as it was.
     async fn freeze_for(&self, pause: Duration) {
-        let Some(pid) = self
-            .child
-            .id()
-            .and_then(|id| Pid::from_raw(i32::try_from(id).ok()?))
-        else {
-            return;
-        };
-        if kill_process(pid, Signal::STOP).is_ok() {
-            tokio::time::sleep(pause).await;
-            let _ = kill_process(pid, Signal::CONT);
-        }
+        freeze(&self.child);
+        tokio::time::sleep(pause).await;
+        thaw(&self.child);
     }
 }
 
@@ -361,22 +351,13 @@ pub async fn run(engine: Engine) -> Report {
     // Freezes draw from their own stream, so a seed recorded before they existed still
     // replays its other faults in the same order.
     let mut freezes = StdRng::seed_from_u64(seed ^ 2);
-    // A sender frozen between claiming a part and posting it can send it twice: the
-    // delivery that takes its message over finds the claim old, Twilio without the part,
-    // and sends it; then the frozen one wakes and posts too (Twilio's Messages API has no
-    // idempotency key). Until the ledger fences a claim, senders are frozen on demand.
-    let freeze_senders = std::env::var_os("CHAOS_FREEZE_SENDERS").is_some();
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
         if freezes.random_ratio(1, 6) {
             // From well within to twice the relays' 3 s lease and the senders' 3 s
             // visibility; ingress holds Twilio's webhooks (15 s timeout) meanwhile.
-            let frozen: Vec<&Service> = services
-                .iter()
-                .filter(|s| freeze_senders || s.name != "outbound-sender")
-                .collect();
-            let service = frozen[freezes.random_range(0..frozen.len())];
+            let service = &services[freezes.random_range(0..services.len())];
             service
                 .freeze_for(Duration::from_millis(freezes.random_range(500..6000)))
                 .await;

@@ -52,3 +52,24 @@ pub fn spawn_logged(name: &str, vars: &[(String, String)], log: &Path) -> Child 
         .spawn()
         .expect("spawn a service")
 }
+
+/// Stops `child` where it stands (SIGSTOP): a VM the hypervisor froze, a container
+/// throttled to nothing. Its timers, leases and visibility timeouts run on without it.
+pub fn freeze(child: &Child) {
+    signal(child, rustix::process::Signal::STOP);
+}
+
+/// Lets a [`freeze`]d `child` go on (SIGCONT), with everything it held in memory as it was.
+pub fn thaw(child: &Child) {
+    signal(child, rustix::process::Signal::CONT);
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    // A child that already exited has no id: nothing to stop or wake.
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?))
+    {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}

@@ -13,7 +13,10 @@ fn key(i: usize) -> String {
 pub async fn first_claim_is_fresh_and_a_second_is_unknown_since_it(e: &dyn LedgerEngine) {
     let (ledger, _) = e.ledgers().await;
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
-    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    assert!(matches!(
+        ledger.claim(&key(1)).await.unwrap(),
+        Claim::Fresh { .. }
+    ));
     match ledger.claim(&key(1)).await.unwrap() {
         Claim::Unknown { since } => {
             assert!(
@@ -24,12 +27,54 @@ pub async fn first_claim_is_fresh_and_a_second_is_unknown_since_it(e: &dyn Ledge
         other => panic!("a second claim must report the first, got {other:?}"),
     }
     // Keys are independent.
-    assert_eq!(ledger.claim(&key(2)).await.unwrap(), Claim::Fresh);
+    assert!(matches!(
+        ledger.claim(&key(2)).await.unwrap(),
+        Claim::Fresh { .. }
+    ));
+}
+
+/// Renewing fences a claim: of a stalled sender and the delivery that found its claim too
+/// old, only the one whose renewal lands first may post.
+pub async fn a_claim_renewed_by_another_delivery_is_no_longer_ours(e: &dyn LedgerEngine) {
+    let (ledger, other) = e.ledgers().await;
+    let Claim::Fresh { since: mine } = ledger.claim(&key(1)).await.unwrap() else {
+        panic!("a first claim is fresh");
+    };
+    let renewed = ledger
+        .renew(&key(1), mine)
+        .await
+        .unwrap()
+        .expect("still ours");
+    assert!(renewed > mine, "{renewed} after {mine}");
+    // The old claim time no longer names the claim.
+    assert_eq!(ledger.renew(&key(1), mine).await.unwrap(), None);
+    // Another delivery finds the claim and takes it over: the first cannot renew it.
+    let Claim::Unknown { since } = other.claim(&key(1)).await.unwrap() else {
+        panic!("a second claim reports the first");
+    };
+    assert_eq!(since, renewed);
+    let theirs = other
+        .renew(&key(1), since)
+        .await
+        .unwrap()
+        .expect("taken over");
+    assert_eq!(ledger.renew(&key(1), renewed).await.unwrap(), None);
+    // Nor can anyone once the part is recorded, or released.
+    other.sent(&key(1), "SM1").await.unwrap();
+    assert_eq!(other.renew(&key(1), theirs).await.unwrap(), None);
+    let Claim::Fresh { since } = ledger.claim(&key(2)).await.unwrap() else {
+        panic!("keys are independent");
+    };
+    ledger.release(&key(2)).await.unwrap();
+    assert_eq!(ledger.renew(&key(2), since).await.unwrap(), None);
 }
 
 pub async fn a_sent_part_is_reported_with_its_sid(e: &dyn LedgerEngine) {
     let (ledger, other) = e.ledgers().await;
-    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    assert!(matches!(
+        ledger.claim(&key(1)).await.unwrap(),
+        Claim::Fresh { .. }
+    ));
     ledger.sent(&key(1), "SM1").await.unwrap();
     let sent = Claim::Sent { sid: "SM1".into() };
     assert_eq!(ledger.claim(&key(1)).await.unwrap(), sent);
@@ -41,7 +86,10 @@ pub async fn an_outcome_is_read_without_claiming(e: &dyn LedgerEngine) {
     let (ledger, other) = e.ledgers().await;
     assert_eq!(ledger.outcome(&key(1)).await.unwrap(), None);
     // Reading claims nothing: the first claim is still fresh.
-    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    assert!(matches!(
+        ledger.claim(&key(1)).await.unwrap(),
+        Claim::Fresh { .. }
+    ));
     assert_eq!(ledger.outcome(&key(1)).await.unwrap(), None, "claimed only");
     ledger.sent(&key(1), "withheld").await.unwrap();
     assert_eq!(
@@ -60,7 +108,10 @@ pub async fn release_forgets_an_unsent_claim_only(e: &dyn LedgerEngine) {
     let (ledger, _) = e.ledgers().await;
     ledger.claim(&key(1)).await.unwrap();
     ledger.release(&key(1)).await.unwrap();
-    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    assert!(matches!(
+        ledger.claim(&key(1)).await.unwrap(),
+        Claim::Fresh { .. }
+    ));
 
     ledger.claim(&key(2)).await.unwrap();
     ledger.sent(&key(2), "SM2").await.unwrap();
@@ -88,7 +139,7 @@ pub async fn racing_claims_have_exactly_one_fresh_winner(e: &dyn LedgerEngine) {
     let mut fresh = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Claim::Fresh => fresh += 1,
+            Claim::Fresh { .. } => fresh += 1,
             Claim::Unknown { .. } => {}
             Claim::Sent { .. } => panic!("nothing was sent"),
         }
@@ -101,7 +152,10 @@ pub async fn many_outcomes_at_once_are_all_kept(e: &dyn LedgerEngine) {
     let (ledger, _) = e.ledgers().await;
     const PARTS: usize = 60;
     for i in 0..PARTS {
-        assert_eq!(ledger.claim(&key(i)).await.unwrap(), Claim::Fresh);
+        assert!(matches!(
+            ledger.claim(&key(i)).await.unwrap(),
+            Claim::Fresh { .. }
+        ));
     }
     let writes = (0..PARTS).map(|i| {
         let ledger = ledger.clone();
@@ -127,7 +181,10 @@ pub async fn many_outcomes_at_once_are_all_kept(e: &dyn LedgerEngine) {
 /// expiry (DynamoDB's TTL) — and younger ones are kept.
 pub async fn old_entries_are_pruned(e: &dyn LedgerEngine) {
     let (ledger, _) = e.ledgers().await;
-    assert_eq!(ledger.claim(&key(1)).await.unwrap(), Claim::Fresh);
+    assert!(matches!(
+        ledger.claim(&key(1)).await.unwrap(),
+        Claim::Fresh { .. }
+    ));
     ledger.sent(&key(2), "SM2").await.unwrap();
     let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
     assert_eq!(ledger.prune(hour_ago).await.unwrap(), 0);
@@ -141,7 +198,10 @@ pub async fn old_entries_are_pruned(e: &dyn LedgerEngine) {
         assert_eq!(pruned, 0);
     } else {
         assert_eq!(pruned, 2);
-        assert_eq!(ledger.claim(&key(2)).await.unwrap(), Claim::Fresh);
+        assert!(matches!(
+            ledger.claim(&key(2)).await.unwrap(),
+            Claim::Fresh { .. }
+        ));
     }
 }
 

@@ -75,6 +75,7 @@ macro_rules! ledger_contract_tests {
     ($engine:expr) => {
         $crate::contract_cases!(ledger, $engine;
             first_claim_is_fresh_and_a_second_is_unknown_since_it,
+            a_claim_renewed_by_another_delivery_is_no_longer_ours,
             a_sent_part_is_reported_with_its_sid,
             an_outcome_is_read_without_claiming,
             release_forgets_an_unsent_claim_only,

@@ -125,9 +125,10 @@ fn ttl(keep_seconds: i64) -> i64 {
 #[async_trait]
 impl DeliveryLedger for DynamoLedger {
     async fn claim(&self, key: &str) -> Result<Claim, LedgerError> {
+        let now = now_millis();
         let item = Item::from([
             (KEY.to_owned(), s(pk(key))),
-            ("claimed_at".to_owned(), n(now_millis())),
+            ("claimed_at".to_owned(), n(now)),
             (TTL.to_owned(), n(ttl(self.keep_seconds))),
         ]);
         let result = self
@@ -141,7 +142,9 @@ impl DeliveryLedger for DynamoLedger {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(Claim::Fresh),
+            Ok(_) => Ok(Claim::Fresh {
+                since: from_millis(now),
+            }),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 let old = match e.into_err() {
                     PutItemError::ConditionalCheckFailedException(c) => c.item.unwrap_or_default(),
@@ -184,6 +187,35 @@ impl DeliveryLedger for DynamoLedger {
             .call((key.to_owned(), sid.to_owned()))
             .await
             .map_err(LedgerError::from)
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        // Strictly later, so a renewal in the same millisecond still changes the claim
+        // that another delivery's renewal is conditioned on.
+        let now = now_millis().max(since.timestamp_millis() + 1);
+        let result = self
+            .table
+            .client
+            .update_item()
+            .table_name(&self.table.name)
+            .key(KEY, s(pk(key)))
+            .update_expression("SET claimed_at = :now")
+            .condition_expression("claimed_at = :since AND attribute_not_exists(sid)")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":since", n(since.timestamp_millis()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(from_millis(now))),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(CallError::from_sdk(&e).into()),
+        }
     }
 
     async fn release(&self, key: &str) -> Result<(), LedgerError> {

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Nobody has tried this part: send it.
-    Fresh,
+    /// Nobody has tried this part: send it. `since` is the claim's time, what
+    /// [`DeliveryLedger::renew`] fences with.
+    Fresh { since: DateTime<Utc> },
     /// An earlier attempt claimed it at `since` and never recorded an outcome.
     Unknown { since: DateTime<Utc> },
     /// Twilio accepted it already.
@@ -33,6 +34,18 @@ pub enum LedgerError {
 pub trait DeliveryLedger: Send + Sync + 'static {
     /// Claims `key` for a send now, or says what an earlier attempt left.
     async fn claim(&self, key: &str) -> Result<Claim, LedgerError>;
+
+    /// Moves the claim on `key` made at `since` to now, if it is still that claim with no
+    /// outcome: answers the new claim time, or `None` if the claim changed meanwhile
+    /// (recorded, released, or renewed by another delivery). A sender renews its own claim
+    /// before it posts, and a delivery that found a claim too old to be in flight renews
+    /// it before acting on it: of two deliveries, only one can post, however long either
+    /// of them was stalled in between.
+    async fn renew(
+        &self,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError>;
 
     /// What was recorded for `key` (its SID or other outcome), without claiming it.
     async fn outcome(&self, key: &str) -> Result<Option<String>, LedgerError>;

@@ -62,13 +62,38 @@ impl DeliveryLedger for SqliteLedger {
                         since: from_millis(at),
                     },
                     None => {
+                        let now = now_millis();
                         c.prepare_cached(
                             "INSERT INTO deliveries (key, claimed_at) VALUES (?1, ?2)",
                         )?
-                        .execute(params![key, now_millis()])?;
-                        Claim::Fresh
+                        .execute(params![key, now])?;
+                        Claim::Fresh {
+                            since: from_millis(now),
+                        }
                     }
                 })
+            })
+            .await
+    }
+
+    async fn renew(
+        &self,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        let key = key.to_owned();
+        self.db
+            .write(move |c| {
+                // Strictly later, so a renewal in the same millisecond still changes the
+                // claim that another delivery's renewal is conditioned on.
+                let now = now_millis().max(since.timestamp_millis() + 1);
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE deliveries SET claimed_at = ?3
+                         WHERE key = ?1 AND sid IS NULL AND claimed_at = ?2",
+                    )?
+                    .execute(params![key, since.timestamp_millis(), now])?;
+                Ok((changed == 1).then(|| from_millis(now)))
             })
             .await
     }
