@@ -10,7 +10,8 @@
 //!
 //! `CHAOS_SEED` replays a run (the seed is printed first), `CHAOS_SECONDS` sets how long
 //! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak), `CHAOS_RUST_LOG` the
-//! services' log filter (default `info`). A run that fails keeps the services' logs and the database, and says where.
+//! services' log filter (default `info`). A run that fails keeps the services' logs and
+//! the database, and says where.
 
 use crate::moto::Moto;
 use crate::processes::{freeze, spawn_logged, thaw};

@@ -261,6 +261,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Sends whose answer was lost, found at Twilio instead of resent.",
     ),
     (
+        "waconnect_sender_claims_taken_over_total",
+        Kind::Counter,
+        "Parts this sender had claimed but did not post, because another delivery took the claim over while this one waited (a stalled process, a long retry); the other sends it.",
+    ),
+    (
         "waconnect_sender_recent_claims_waited_total",
         Kind::Counter,
         "Parts claimed too recently to tell whether their send is still on its way to Twilio (usually another delivery of the same message sending it now); the delivery waited for the outcome instead of asking Twilio at once.",
