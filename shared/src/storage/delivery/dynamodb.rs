@@ -194,9 +194,7 @@ impl DeliveryLedger for DynamoLedger {
         key: &str,
         since: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        // Strictly later, so a renewal in the same millisecond still changes the claim
-        // that another delivery's renewal is conditioned on.
-        let now = now_millis().max(since.timestamp_millis() + 1);
+        let now = super::renewed_at(since);
         let result = self
             .table
             .client

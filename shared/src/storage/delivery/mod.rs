@@ -22,6 +22,13 @@ pub enum Claim {
     Sent { sid: String },
 }
 
+/// The time (Unix milliseconds) a renewal of the claim made at `since` gives it: now, and
+/// strictly later than `since`, so a renewal within the same millisecond still changes
+/// the claim that another delivery's renewal is conditioned on.
+fn renewed_at(since: DateTime<Utc>) -> i64 {
+    crate::storage::time::now_millis().max(since.timestamp_millis() + 1)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     #[error("delivery ledger unavailable: {0}")]

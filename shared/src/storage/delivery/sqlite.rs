@@ -84,9 +84,7 @@ impl DeliveryLedger for SqliteLedger {
         let key = key.to_owned();
         self.db
             .write(move |c| {
-                // Strictly later, so a renewal in the same millisecond still changes the
-                // claim that another delivery's renewal is conditioned on.
-                let now = now_millis().max(since.timestamp_millis() + 1);
+                let now = super::renewed_at(since);
                 let changed = c
                     .prepare_cached(
                         "UPDATE deliveries SET claimed_at = ?3
