@@ -17,6 +17,7 @@
 mod check;
 mod conversation;
 mod dlq;
+mod recover;
 mod serve;
 
 use anyhow::Context;
@@ -72,6 +73,19 @@ enum Command {
     /// business side.
     #[command(subcommand)]
     Conversation(Conversation),
+    /// Customer messages Twilio took while ingress could not (down or refusing longer
+    /// than Twilio tries a webhook, 15 s): lists them and puts those the relay never
+    /// handled on the inbound queue, in the order they were sent.
+    Recover {
+        #[command(flatten)]
+        range: recover::Range,
+        /// Only list what would be queued.
+        #[arg(long)]
+        dry_run: bool,
+        /// As JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints shell completions for `waconnect` (e.g. `waconnect completions bash >
     /// /etc/bash_completion.d/waconnect`).
     Completions {
@@ -234,6 +248,19 @@ async fn main() -> anyhow::Result<()> {
             }
             if rows.iter().any(|r| !r.ok) {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Recover {
+            range,
+            dry_run,
+            json,
+        } => {
+            let rows = recover::run(&ConfigSource::from_env()?, &range, dry_run).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", recover::table(&rows));
             }
             Ok(())
         }

@@ -457,7 +457,12 @@ async fn relay_message(
     };
     // The files first, in the order the customer sent them, then the caption (WhatsApp
     // shows it under the file) and any location.
-    let mut parts: Vec<Part> = Vec::new();
+    // A message recovered late is told as such before anything of it.
+    let mut parts: Vec<Part> = late_note(event)
+        .map(|note| Part::Text(0, note))
+        .into_iter()
+        .collect();
+    let texts_before = parts.len();
     for (i, m) in event.media().iter().enumerate() {
         let content_type = m.content_type.unwrap_or("application/octet-stream");
         let prepared = attachment::prepare(
@@ -477,7 +482,7 @@ async fn relay_message(
             split(&shown, MAX_PART_CHARS)
                 .into_iter()
                 .enumerate()
-                .map(|(i, t)| Part::Text(i, t)),
+                .map(|(i, t)| Part::Text(texts_before + i, t)),
         );
     }
     let mut use_cache = true;
@@ -1112,6 +1117,17 @@ pub fn client_token(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// For a message put back on the queue by `waconnect recover` (its webhook never reached
+/// ingress): when the customer sent it, as the agent reads it before the message.
+fn late_note(event: &InboundEvent) -> Option<String> {
+    let sent = event.field(waconnect_shared::twilio::history::RECOVERED_FIELD)?;
+    let sent = chrono::DateTime::parse_from_rfc3339(sent).ok()?;
+    Some(format!(
+        "{NOTICE_PREFIX} The customer sent this at {} UTC; it arrives late because the bridge could not take it then.",
+        sent.with_timezone(&chrono::Utc).format("%H:%M on %-d %b")
+    ))
+}
+
 /// What the agent reads for a WhatsApp message besides its files: its text (a file's
 /// caption), or a shared location with a map link. Empty for a file without a caption.
 pub fn render(event: &InboundEvent) -> String {
@@ -1148,6 +1164,23 @@ pub fn render(event: &InboundEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recovered_message_says_when_it_was_sent_and_others_say_nothing() {
+        let fields = |extra: Option<(&str, &str)>| {
+            let mut f = vec![("MessageSid".to_owned(), "SM1".to_owned())];
+            f.extend(extra.map(|(k, v)| (k.to_owned(), v.to_owned())));
+            InboundEvent::new(waconnect_shared::message::event::EventKind::Message, f)
+        };
+        assert_eq!(late_note(&fields(None)), None);
+        let note = late_note(&fields(Some((
+            waconnect_shared::twilio::history::RECOVERED_FIELD,
+            "2026-12-04T10:02:31+01:00",
+        ))))
+        .unwrap();
+        assert!(note.starts_with(NOTICE_PREFIX), "{note}");
+        assert!(note.contains("sent this at 09:02 on 4 Dec UTC"), "{note}");
+    }
 
     #[test]
     fn client_tokens_are_stable_and_distinct() {

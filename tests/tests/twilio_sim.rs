@@ -650,3 +650,103 @@ async fn files_are_fetched_after_the_send_and_refused_by_status() {
     assert_eq!(content_type, "application/pdf");
     assert_eq!(bytes, b"%PDF-1.4");
 }
+
+#[tokio::test]
+async fn the_history_lists_what_customers_sent_page_by_page_with_their_files() {
+    use waconnect_shared::twilio::account::TwilioAccount;
+    use waconnect_shared::twilio::history::{History, HistoryError};
+    let sim = TwilioSim::start().await;
+    let o = sim.options().clone();
+    let (webhooks, url) = receiver(&o.auth_token, "/twilio/messages").await;
+    let phone = sim.phone();
+    phone.set_webhook(&url).await.unwrap();
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let customer = "whatsapp:+15551239999";
+    let mut sids = Vec::new();
+    for n in 0..4 {
+        sids.push(phone.text(customer, &format!("text {n}")).await.unwrap().0);
+    }
+    let (file, _) = phone
+        .send_file(
+            customer,
+            b"%PDF-1.4".to_vec(),
+            "application/pdf",
+            "the bill",
+        )
+        .await
+        .unwrap();
+    sids.push(file.clone());
+    // The business's own message is in the same list, and is not the customer's.
+    let (status, _) = create(
+        &sim,
+        (&o.account_sid, &o.auth_token),
+        &[("To", customer), ("From", &o.sender), ("Body", "hi")],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let until = chrono::Utc::now() + chrono::Duration::seconds(1);
+
+    let account = TwilioAccount {
+        account_sid: o.account_sid.clone(),
+        username: o.account_sid.clone(),
+        password: o.auth_token.clone().into(),
+    };
+    let history = History::new(
+        account.clone(),
+        &sim.api_base(),
+        &Default::default(),
+        Duration::from_secs(5),
+    )
+    .with_page_size(2);
+    let received = history.received(None, since, until, 100).await.unwrap();
+    assert_eq!(
+        received.iter().map(|m| m.sid.clone()).collect::<Vec<_>>(),
+        sids,
+        "every customer message, oldest first, across pages"
+    );
+    assert_eq!(received[0].body, "text 0");
+    assert_eq!(received[4].num_media, 1);
+
+    // What the webhook carried, the history gives back.
+    let files = history.files(&received[4]).await.unwrap();
+    let webhook = webhooks.got.lock().unwrap().last().unwrap().clone();
+    let event = received[4].event(&o.account_sid, &files);
+    for name in [
+        "MessageSid",
+        "From",
+        "To",
+        "Body",
+        "NumMedia",
+        "MediaUrl0",
+        "MediaContentType0",
+        "AccountSid",
+        "WaId",
+    ] {
+        assert_eq!(event.field(name), field(&webhook, name), "{name}");
+    }
+
+    // A range before anything was sent is empty; a cap below the count is refused.
+    let empty = history
+        .received(None, since - chrono::Duration::hours(1), since, 100)
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+    assert!(matches!(
+        history.received(None, since, until, 3).await,
+        Err(HistoryError::TooMany(3))
+    ));
+    let wrong = TwilioAccount {
+        password: "wrong".to_owned().into(),
+        ..account
+    };
+    let refused = History::new(
+        wrong,
+        &sim.api_base(),
+        &Default::default(),
+        Duration::from_secs(5),
+    );
+    assert!(matches!(
+        refused.received(None, since, until, 100).await,
+        Err(HistoryError::Auth(401))
+    ));
+}

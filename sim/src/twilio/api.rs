@@ -26,6 +26,10 @@ pub fn routes() -> Router<Arc<Twilio>> {
             axum::routing::get(fetch_message),
         )
         .route(
+            "/2010-04-01/Accounts/{account}/Messages/{message}/Media.json",
+            axum::routing::get(list_media),
+        )
+        .route(
             "/2010-04-01/Accounts/{file}",
             axum::routing::get(fetch_account),
         )
@@ -58,6 +62,7 @@ fn resource(twilio: &Twilio, s: &Sent) -> serde_json::Value {
         "sid": s.sid,
         "account_sid": twilio.options.account_sid,
         "status": s.status,
+        "direction": "outbound-api",
         "to": s.to,
         "from": s.from,
         "body": s.body,
@@ -84,7 +89,13 @@ async fn fetch_message(
         .and_then(|sid| inner.by_sid.get(sid))
     {
         Some(&i) => Json(resource(&twilio, &inner.sent[i])).into_response(),
-        None => error(404, 20404, "The requested resource was not found"),
+        None => match file
+            .strip_suffix(".json")
+            .and_then(|sid| inner.inbound.iter().find(|m| m.sid == sid))
+        {
+            Some(m) => Json(inbound_resource(&twilio, m)).into_response(),
+            None => error(404, 20404, "The requested resource was not found"),
+        },
     }
 }
 
@@ -284,9 +295,41 @@ struct ListQuery {
     to: Option<String>,
     #[serde(rename = "From")]
     from: Option<String>,
+    /// Sent on this day (`YYYY-MM-DD`, UTC).
+    #[serde(rename = "DateSent")]
+    date_sent: Option<String>,
+    /// Sent at or after this day's start or this instant (RFC 3339).
+    #[serde(rename = "DateSent>")]
+    sent_after: Option<String>,
+    /// Sent at or before it.
+    #[serde(rename = "DateSent<")]
+    sent_before: Option<String>,
+    #[serde(rename = "PageSize")]
+    page_size: Option<usize>,
+    #[serde(rename = "Page")]
+    page: Option<usize>,
+    /// Where the page starts: after the message `PA<sid>` names, as Twilio's tokens do,
+    /// so messages that arrive meanwhile do not shift the pages.
+    #[serde(rename = "PageToken")]
+    page_token: Option<String>,
 }
 
-/// Messages, newest first, optionally only those to `To` and from `From` (one page).
+/// The list's default page size and Twilio's largest.
+const PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// A `DateSent` bound: a day (its start, UTC) or an instant.
+fn sent_bound(value: &str) -> Option<chrono::DateTime<Utc>> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Some(day.and_hms_opt(0, 0, 0)?.and_utc());
+    }
+    chrono::DateTime::parse_from_rfc3339(value)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Messages, newest first — those sent through the API and those customers sent in — as
+/// Twilio pages them, filtered by `To`, `From` and `DateSent`.
 async fn list_messages(
     State(twilio): State<Arc<Twilio>>,
     Path(account): Path<String>,
@@ -296,27 +339,153 @@ async fn list_messages(
     if !authorised(&twilio, &account, &headers) {
         return error(401, 20003, "Authenticate");
     }
+    let bound = |v: &Option<String>| match v {
+        None => Ok(None),
+        Some(v) => sent_bound(v).map(Some).ok_or(()),
+    };
+    let (Ok(after), Ok(before), Ok(day)) = (
+        bound(&q.sent_after),
+        bound(&q.sent_before),
+        bound(&q.date_sent),
+    ) else {
+        return error(400, 20001, "Invalid DateSent");
+    };
+    let page_size = q.page_size.unwrap_or(PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
     let inner = twilio.lock();
-    let messages: Vec<serde_json::Value> = inner
+    let mut all: Vec<(chrono::DateTime<Utc>, serde_json::Value)> = inner
         .sent
         .iter()
-        .rev()
-        .filter(|s| q.to.as_ref().is_none_or(|t| *t == s.to))
-        .filter(|s| q.from.as_ref().is_none_or(|f| *f == s.from))
-        .take(100)
-        .map(|s| {
+        .map(|s| (s.created_at, resource(&twilio, s)))
+        .chain(
+            inner
+                .inbound
+                .iter()
+                .map(|m| (m.created_at, inbound_resource(&twilio, m))),
+        )
+        .filter(|(at, r)| {
+            q.to.as_ref().is_none_or(|t| r["to"] == *t)
+                && q.from.as_ref().is_none_or(|f| r["from"] == *f)
+                && after.is_none_or(|a| *at >= a)
+                && before.is_none_or(|b| *at <= b)
+                && day.is_none_or(|d| *at >= d && *at < d + chrono::Duration::days(1))
+        })
+        .collect();
+    // Newest first; among equals, the one taken last first.
+    all.reverse();
+    all.sort_by_key(|a| std::cmp::Reverse(a.0));
+    let start = match q.page_token.as_deref().and_then(|t| t.strip_prefix("PA")) {
+        Some(after_sid) => match all.iter().position(|(_, r)| r["sid"] == after_sid) {
+            Some(i) => i + 1,
+            None => return error(400, 20001, "Invalid PageToken"),
+        },
+        None => 0,
+    };
+    let page: Vec<serde_json::Value> = all
+        .iter()
+        .skip(start)
+        .take(page_size)
+        .map(|(_, r)| r.clone())
+        .collect();
+    let path = format!("/2010-04-01/Accounts/{account}/Messages.json");
+    let mut filters: Vec<(&str, String)> = Vec::new();
+    for (name, value) in [
+        ("To", &q.to),
+        ("From", &q.from),
+        ("DateSent", &q.date_sent),
+        ("DateSent>", &q.sent_after),
+        ("DateSent<", &q.sent_before),
+    ] {
+        if let Some(v) = value {
+            filters.push((name, v.clone()));
+        }
+    }
+    filters.push(("PageSize", page_size.to_string()));
+    let uri = |extra: &[(&str, String)]| {
+        let query = form::encode(filters.iter().chain(extra).map(|(k, v)| (*k, v.as_str())));
+        format!("{path}?{query}")
+    };
+    let number = q.page.unwrap_or(0);
+    let next = (start + page.len() < all.len()).then(|| {
+        let last = page
+            .last()
+            .and_then(|r| r["sid"].as_str())
+            .unwrap_or_default();
+        uri(&[
+            ("Page", (number + 1).to_string()),
+            ("PageToken", format!("PA{last}")),
+        ])
+    });
+    Json(json!({
+        "messages": page,
+        "page": number,
+        "page_size": page_size,
+        "first_page_uri": uri(&[("Page", "0".into())]),
+        "next_page_uri": next,
+        "uri": uri(&[("Page", number.to_string())]),
+    }))
+    .into_response()
+}
+
+/// A customer's message as the API shows it.
+fn inbound_resource(twilio: &Twilio, m: &super::Received) -> serde_json::Value {
+    let account = &twilio.options.account_sid;
+    let uri = format!("/2010-04-01/Accounts/{account}/Messages/{}", m.sid);
+    json!({
+        "sid": m.sid,
+        "account_sid": account,
+        "status": "received",
+        "direction": "inbound",
+        "to": m.to,
+        "from": m.from,
+        "body": m.body,
+        "num_media": m.media.len().to_string(),
+        "num_segments": "1",
+        "error_code": null,
+        "error_message": null,
+        "date_created": m.created_at.to_rfc2822(),
+        "date_sent": m.created_at.to_rfc2822(),
+        "date_updated": m.created_at.to_rfc2822(),
+        "uri": format!("{uri}.json"),
+        "subresource_uris": { "media": format!("{uri}/Media.json") },
+    })
+}
+
+/// `GET …/Messages/{Sid}/Media.json`: the files Twilio keeps for a customer's message.
+pub(super) async fn list_media(
+    State(twilio): State<Arc<Twilio>>,
+    Path((account, message)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised(&twilio, &account, &headers) {
+        return error(401, 20003, "Authenticate");
+    }
+    let inner = twilio.lock();
+    let Some(received) = inner.inbound.iter().find(|m| m.sid == message) else {
+        return error(404, 20404, "The requested resource was not found");
+    };
+    let list: Vec<serde_json::Value> = received
+        .media
+        .iter()
+        .filter_map(|sid| inner.media.get(sid).map(|m| (sid, m)))
+        .map(|(sid, m)| {
             json!({
-                "sid": s.sid,
-                "to": s.to,
-                "from": s.from,
-                "body": s.body,
-                "num_media": s.media_urls.len().to_string(),
-                "status": s.status,
-                "date_created": s.created_at.to_rfc2822(),
+                "sid": sid,
+                "account_sid": account,
+                "parent_sid": message,
+                "content_type": m.content_type,
+                "date_created": received.created_at.to_rfc2822(),
+                "uri": format!("/2010-04-01/Accounts/{account}/Messages/{message}/Media/{sid}.json"),
             })
         })
         .collect();
-    Json(json!({ "messages": messages, "next_page_uri": null })).into_response()
+    Json(json!({
+        "media_list": list,
+        "page": 0,
+        "page_size": PAGE_SIZE,
+        "next_page_uri": null,
+        "uri": format!("/2010-04-01/Accounts/{account}/Messages/{message}/Media.json"),
+    }))
+    .into_response()
 }
 
 /// `sent`, then `delivered` (or `failed` 63016 outside the 24 h window), then `read` if

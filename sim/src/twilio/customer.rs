@@ -214,6 +214,20 @@ async fn customer_sends(
             fields.push(("Address".into(), address.clone()));
         }
     }
+    // Twilio has the message whatever becomes of its webhook.
+    let received_at = twilio.now();
+    twilio.lock().inbound.push(super::Received {
+        sid: message_sid.clone(),
+        from: m.from.clone(),
+        to: to.clone(),
+        body: fields
+            .iter()
+            .find(|(k, _)| k == "Body")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        media: m.media.iter().filter_map(|f| f.sid.clone()).collect(),
+        created_at: received_at,
+    });
     let super::webhook::Delivery { status, attempts } =
         super::webhook::post(&twilio, &url, &fields).await;
     if (200..300).contains(&status) {

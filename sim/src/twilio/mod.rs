@@ -1,5 +1,6 @@
 //! A simulated Twilio (docs/architecture.md §7): the Messages API with Basic auth and Twilio's error
-//! bodies, signed status callbacks (`sent` → `delivered` → `read`), the WhatsApp 24-hour
+//! bodies, its paged history of messages both ways (customers' too, whatever became of
+//! their webhooks), signed status callbacks (`sent` → `delivered` → `read`), the WhatsApp 24-hour
 //! window on a simulated clock, a customer side that posts signed webhooks to ingress, and
 //! fault injection. The real outbound-sender and ingress talk to it unchanged.
 
@@ -101,6 +102,19 @@ pub struct Callback {
     pub answered: u16,
 }
 
+/// A customer's message as Twilio keeps it, whether or not its webhook got through: the
+/// Messages API lists it (direction `inbound`), with its files under `…/Media.json`.
+#[derive(Debug, Clone)]
+struct Received {
+    sid: String,
+    from: String,
+    to: String,
+    body: String,
+    /// The files Twilio keeps for it (`ME…` SIDs), in the order the webhook named them.
+    media: Vec<String>,
+    created_at: DateTime<Utc>,
+}
+
 #[derive(Default)]
 struct Customer {
     /// Simulated time of the customer's last message to each sender: WhatsApp's 24 h
@@ -153,6 +167,8 @@ struct Inner {
     storage_urls: HashMap<String, (String, Instant)>,
     /// Files Twilio fetched for the messages it sent, by message SID.
     received: HashMap<String, Vec<media::Received>>,
+    /// Every customer message Twilio took, oldest first.
+    inbound: Vec<Received>,
     /// Customer messages' SIDs → who wrote them.
     written_by: HashMap<String, String>,
     /// Typing-indicator calls accepted, in order.

@@ -1,0 +1,202 @@
+//! Messages Twilio took while ingress could not (its webhooks given up on), recovered with
+//! `waconnect recover` over the full loop of real processes: each reaches the agent once,
+//! text and file alike, with a note of when it was sent; what the relay handled is left,
+//! and running the command again changes nothing.
+
+use std::time::Duration;
+use waconnect_sim::twilio::{CustomerMessage, PhoneClient};
+use waconnect_tests::full_loop::{FullLoop, LoopOptions};
+use waconnect_tests::processes::binary;
+use waconnect_tests::{customer, free_port, wait};
+
+/// A text the phone sends; its SID and what Twilio's webhook got (0: no answer).
+async fn text(phone: &PhoneClient, body: &str) -> (String, u16) {
+    phone
+        .send(&CustomerMessage {
+            from: customer(0).as_str().to_owned(),
+            body: body.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn recover(lp: &FullLoop) -> Vec<serde_json::Value> {
+    recover_with(lp, &[]).await
+}
+
+async fn command(lp: &FullLoop, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(binary("waconnect"))
+        .arg("recover")
+        .args(args)
+        .envs(lp.relay_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn recover_with(lp: &FullLoop, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["--since", "10m", "--json"];
+    args.extend(extra);
+    let out = command(lp, &args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn outcome_of<'a>(rows: &'a [serde_json::Value], sid: &str) -> &'a str {
+    rows.iter()
+        .find(|r| r["message_sid"] == sid)
+        .and_then(|r| r["outcome"].as_str())
+        .unwrap_or("(not listed)")
+}
+
+async fn messages_twilio_took_while_ingress_was_away_reach_the_agent_once(aws: bool) {
+    let lp = FullLoop::start(LoopOptions {
+        aws,
+        ..Default::default()
+    })
+    .await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let phone = lp.twilio.phone();
+    let desk = lp.connect.desk();
+    let webhook = lp
+        .twilio
+        .options()
+        .webhook_url
+        .clone()
+        .expect("the loop sets Twilio's webhook");
+
+    // Twilio's webhooks find nobody: it gives up on them, as on an ingress down for longer
+    // than its tries last.
+    phone
+        .set_webhook(&format!(
+            "http://{}/twilio/messages#rc=2&rp=ct",
+            free_port().await
+        ))
+        .await
+        .unwrap();
+    let (lost_text, status) = text(&phone, "did my refund go through?").await;
+    assert_eq!(status, 0, "nobody should have answered the webhook");
+    let (lost_file, status) = phone
+        .send_file(
+            customer(0).as_str(),
+            b"%PDF-1.4 the receipt".to_vec(),
+            "application/pdf",
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 0);
+    phone.set_webhook(&webhook).await.unwrap();
+    let (after, status) = text(&phone, "hello?").await;
+    assert_eq!(status, 200);
+    wait::until("the message after", Duration::from_secs(30), || async {
+        let texts = desk.customer_texts(&contact).await.ok()?;
+        texts.iter().any(|t| t == "hello?").then_some(())
+    })
+    .await;
+
+    // Further back than the ledger remembers what the relay handled, it refuses.
+    let out = command(&lp, &["--since", "8d"]).await;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("WACONNECT_RETENTION_LEDGER"), "{said}");
+
+    // The relay records what it handled just after: once it has, a dry run tells.
+    let rows = wait::until(
+        "the message after to be recorded",
+        Duration::from_secs(10),
+        || async {
+            let rows = recover_with(&lp, &["--dry-run"]).await;
+            (outcome_of(&rows, &after) == "handled").then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(outcome_of(&rows, &lost_text), "would_queue", "{rows:#?}");
+    assert_eq!(outcome_of(&rows, &lost_file), "would_queue", "{rows:#?}");
+    let rows = recover(&lp).await;
+    assert_eq!(outcome_of(&rows, &lost_text), "queued", "{rows:#?}");
+    assert_eq!(outcome_of(&rows, &lost_file), "queued", "{rows:#?}");
+    assert_eq!(outcome_of(&rows, &after), "handled", "{rows:#?}");
+    assert!(
+        rows.iter().all(|r| r["message_sid"] == lost_text.as_str()
+            || r["message_sid"] == lost_file.as_str()
+            || r["outcome"] != "queued"),
+        "only the lost messages are queued again: {rows:#?}"
+    );
+    // Nothing in clear: the numbers are masked.
+    let printed = serde_json::to_string(&rows).unwrap();
+    assert!(!printed.contains(customer(0).e164()), "{printed}");
+
+    // Each recovered message after what came through meanwhile, in the order the customer
+    // sent them, and each told as late before anything of it.
+    let late = "[waconnect notice - not from the customer] The customer sent this at ";
+    let shown = || async {
+        desk.transcript(&contact)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.participant_role.as_deref() == Some("CUSTOMER"))
+            .filter_map(|i| match i.kind.as_str() {
+                "ATTACHMENT" => Some("file".to_owned()),
+                "MESSAGE" => i.content.filter(|c| !c.starts_with("c0 says")).map(|c| {
+                    if c.starts_with(late) {
+                        "late".to_owned()
+                    } else {
+                        c
+                    }
+                }),
+                _ => None,
+            })
+            .collect::<Vec<String>>()
+    };
+    let order = wait::until(
+        "the recovered messages",
+        Duration::from_secs(30),
+        || async { Some(shown().await).filter(|o| o.len() >= 5) },
+    )
+    .await;
+    assert_eq!(
+        order,
+        [
+            "hello?",
+            "late",
+            "did my refund go through?",
+            "late",
+            "file"
+        ],
+        "{order:#?}"
+    );
+    let files = desk.customer_files(&contact).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].1, b"%PDF-1.4 the receipt");
+
+    // Again: every message is handled now (or, for a moment, still on the queue).
+    let again = wait::until(
+        "the relay to record what it handled",
+        Duration::from_secs(10),
+        || async {
+            let rows = recover(&lp).await;
+            (outcome_of(&rows, &lost_text) == "handled"
+                && outcome_of(&rows, &lost_file) == "handled")
+                .then_some(rows)
+        },
+    )
+    .await;
+    assert!(again.iter().all(|r| r["outcome"] != "queued"), "{again:#?}");
+    assert_eq!(shown().await, order);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_twilio_took_while_ingress_was_away_reach_the_agent_once_embedded() {
+    messages_twilio_took_while_ingress_was_away_reach_the_agent_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_twilio_took_while_ingress_was_away_reach_the_agent_once_on_aws() {
+    messages_twilio_took_while_ingress_was_away_reach_the_agent_once(true).await;
+}
