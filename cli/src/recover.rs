@@ -1,24 +1,22 @@
 //! `waconnect recover --since …`: customer messages Twilio took while ingress could not
 //! (down, or answering 503, longer than Twilio tries a webhook: 15 s), put on the inbound
 //! queue as their webhooks would have been. Twilio keeps every message a customer sent; its
-//! Messages API lists them. A message the relay handled already is left (the delivery
-//! ledger remembers each MessageSid it handled); one still on the queue is not queued twice
-//! (the queue's dedup id is the MessageSid); and should one slip through, the relay's
-//! replay guard drops it. The agent reads, before each recovered message, when the
-//! customer sent it.
+//! Messages API lists them ([`waconnect_shared::twilio::recovery`], which says why running
+//! it again is safe). The agent reads, before each recovered message, when the customer
+//! sent it. The relay's catch-up does the same for each minute just past; this command is
+//! for what it could not see (the relays down too, or a range further back).
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Duration;
-use waconnect_shared::message::address::Channel;
+use waconnect_shared::BusinessNumber;
 use waconnect_shared::service::config::{CommonConfig, ConfigSource};
 use waconnect_shared::service::routing::Routing;
 use waconnect_shared::storage::backend::Backend;
-use waconnect_shared::storage::queue::NewMessage;
 use waconnect_shared::twilio::account::TwilioAccount;
-use waconnect_shared::twilio::history::{History, Received};
-use waconnect_shared::{BusinessNumber, ConversationKey};
+use waconnect_shared::twilio::history::History;
+use waconnect_shared::twilio::recovery::{Outcome, Recovery};
 
 /// Each call to Twilio's API, at most.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,35 +50,6 @@ fn instant(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("{s:?} is too long ago"))
 }
 
-/// What became of one message Twilio lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The relay handled it already.
-    Handled,
-    /// Put on the inbound queue now. (SQS does not say when it drops a copy of a message
-    /// it holds: there, one still on the queue is reported queued.)
-    Queued,
-    /// On the queue already (its webhook, or an earlier recovery, within the dedup window).
-    AlreadyQueued,
-    /// Would be queued (`--dry-run`).
-    WouldQueue,
-    /// To a number no route takes, or from a channel ingress refuses.
-    NotOurs,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Handled => "handled",
-            Self::Queued => "queued",
-            Self::AlreadyQueued => "already_queued",
-            Self::WouldQueue => "would_queue",
-            Self::NotOurs => "not_ours",
-        }
-    }
-}
-
 #[derive(Debug, Serialize)]
 pub struct Row {
     pub message_sid: String,
@@ -88,7 +57,7 @@ pub struct Row {
     pub conversation: String,
     pub sent_at: String,
     pub files: usize,
-    pub outcome: Outcome,
+    pub outcome: &'static str,
 }
 
 /// Lists what Twilio took in the range and queues what the relay has not handled (only
@@ -120,88 +89,30 @@ pub async fn run(source: &ConfigSource, range: &Range, dry_run: bool) -> anyhow:
         .map(BusinessNumber::parse)
         .transpose()
         .context("--business")?;
-
-    let history = History::new(account.clone(), &api_base, &common.tls, CALL_TIMEOUT);
-    let received = history
-        .received(only.as_ref(), range.since, until, range.max)
-        .await
-        .context("listing the messages Twilio took")?;
     let backend = Backend::open(&common).await?;
-    let queue = backend.inbound().await?;
-    let ledger = backend.ledger().await?;
-
-    let mut rows = Vec::new();
-    for message in &received {
-        let ours = message.parties().filter(|(customer, business)| {
-            (customer.channel() == Channel::WhatsApp || allow_non_whatsapp)
-                && routing.route_for(business).is_some()
-        });
-        let row = |conversation: String, files: usize, outcome| Row {
-            message_sid: message.sid.clone(),
-            conversation,
-            sent_at: message.sent_at.to_rfc3339(),
-            files,
-            outcome,
-        };
-        let Some((customer, business)) = ours else {
-            rows.push(row(
-                "(not a routed WhatsApp conversation)".into(),
-                message.num_media,
-                Outcome::NotOurs,
-            ));
-            continue;
-        };
-        let key = ConversationKey::new(business, customer);
-        // What the relay records for each message it handled (its replay guard).
-        if ledger
-            .outcome(&format!("in#{}", message.sid))
-            .await
-            .context("reading the delivery ledger")?
-            .is_some()
-        {
-            rows.push(row(key.to_string(), message.num_media, Outcome::Handled));
-            continue;
-        }
-        if dry_run {
-            rows.push(row(key.to_string(), message.num_media, Outcome::WouldQueue));
-            continue;
-        }
-        rows.push(queue_one(&history, &account, queue.as_ref(), message, &key).await?);
-    }
-    Ok(rows)
-}
-
-async fn queue_one(
-    history: &History,
-    account: &TwilioAccount,
-    queue: &dyn waconnect_shared::storage::queue::Queue,
-    message: &Received,
-    key: &ConversationKey,
-) -> anyhow::Result<Row> {
-    let files = history
-        .files(message)
-        .await
-        .with_context(|| format!("listing the files of {}", message.sid))?;
-    let event = message.event(&account.account_sid, &files);
-    let sent = queue
-        .send(NewMessage {
-            group_id: event.kind.queue_group(key),
-            dedup_id: message.sid.clone(),
-            body: event.to_json(),
+    let recovery = Recovery {
+        history: History::new(account, &api_base, &common.tls, CALL_TIMEOUT),
+        routing,
+        allow_non_whatsapp,
+        ledger: backend.ledger().await?,
+        queue: backend.inbound().await?,
+    };
+    let found = recovery
+        .run(only.as_ref(), range.since, until, range.max, dry_run)
+        .await?;
+    Ok(found
+        .into_iter()
+        .map(|f| Row {
+            message_sid: f.message.sid,
+            conversation: f.conversation.map_or_else(
+                || "(not a routed WhatsApp conversation)".to_owned(),
+                |k| k.to_string(),
+            ),
+            sent_at: f.message.sent_at.to_rfc3339(),
+            files: f.files,
+            outcome: f.outcome.as_str(),
         })
-        .await
-        .with_context(|| format!("queueing {}", message.sid))?;
-    Ok(Row {
-        message_sid: message.sid.clone(),
-        conversation: key.to_string(),
-        sent_at: message.sent_at.to_rfc3339(),
-        files: files.len(),
-        outcome: if sent.duplicate == Some(true) {
-            Outcome::AlreadyQueued
-        } else {
-            Outcome::Queued
-        },
-    })
+        .collect())
 }
 
 /// The rows as a table for people, with a count of each outcome.
@@ -213,20 +124,17 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         out.push_str(&format!(
             "{}  {}  {}  {} file(s)  {}\n",
-            r.sent_at,
-            r.message_sid,
-            r.conversation,
-            r.files,
-            r.outcome.as_str()
+            r.sent_at, r.message_sid, r.conversation, r.files, r.outcome
         ));
     }
-    let count = |o| rows.iter().filter(|r| r.outcome == o).count();
+    let count = |o: Outcome| rows.iter().filter(|r| r.outcome == o.as_str()).count();
     out.push_str(&format!(
-        "{} listed: {} handled already, {} queued, {} on the queue already, {} would be queued, {} not ours\n",
+        "{} listed: {} handled already, {} queued, {} on the queue already, {} offered to SQS (dropped there if it holds them), {} would be queued, {} not ours\n",
         rows.len(),
         count(Outcome::Handled),
         count(Outcome::Queued),
         count(Outcome::AlreadyQueued),
+        count(Outcome::Offered),
         count(Outcome::WouldQueue),
         count(Outcome::NotOurs),
     ));

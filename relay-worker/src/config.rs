@@ -56,6 +56,43 @@ pub struct RelayConfig {
     pub indicators: IndicatorSettings,
     /// The API that starts conversations from the business side; off unless bound.
     pub api: Option<ApiSettings>,
+    /// Customer messages whose webhooks never reached ingress, looked for at Twilio.
+    pub catch_up: CatchUpSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUpSettings {
+    /// The stretches of time looked at, one after the other; zero turns the catch-up off.
+    pub every: Duration,
+    /// How long after a stretch ends it is looked at: Twilio's tries of its webhooks
+    /// (15 s at most) are over by then.
+    pub after: Duration,
+    /// Ingress's `WACONNECT_ALLOW_NON_WHATSAPP`: which customers' messages are ours.
+    pub allow_non_whatsapp: bool,
+}
+
+/// A stretch's oldest message is `every + after` old when it is looked at; both bounds
+/// keep that well inside the inbound queue's 5-minute dedup window.
+const MAX_CATCH_UP_EVERY: Duration = Duration::from_secs(120);
+const MAX_CATCH_UP_AFTER: Duration = Duration::from_secs(60);
+
+fn catch_up(r: &mut Reader<'_>) -> CatchUpSettings {
+    let every = r.duration_or_zero("WACONNECT_RELAY_CATCH_UP_EVERY", Duration::from_secs(60));
+    let after = r.duration("WACONNECT_RELAY_CATCH_UP_AFTER", Duration::from_secs(30));
+    if every > MAX_CATCH_UP_EVERY || (!every.is_zero() && every.subsec_nanos() != 0) {
+        r.error(
+            "WACONNECT_RELAY_CATCH_UP_EVERY",
+            "must be whole seconds, at most 2m (or 0 to turn the catch-up off): what it looks at must stay inside the inbound queue's 5-minute deduplication window",
+        );
+    }
+    if after > MAX_CATCH_UP_AFTER {
+        r.error("WACONNECT_RELAY_CATCH_UP_AFTER", "must be at most 60s");
+    }
+    CatchUpSettings {
+        every,
+        after,
+        allow_non_whatsapp: r.flag("WACONNECT_ALLOW_NON_WHATSAPP", false),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -454,6 +491,7 @@ impl RelayConfig {
             scan_wait: r.duration("WACONNECT_RELAY_SCAN_WAIT", Duration::from_secs(120)),
             indicators: indicators(&mut r),
             api: api(&mut r),
+            catch_up: catch_up(&mut r),
         };
         // A conversation the business starts needs the number it is started from: without
         // a routing file, the environment's sender (a request naming another is refused,

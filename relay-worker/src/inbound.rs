@@ -458,11 +458,7 @@ async fn relay_message(
     // The files first, in the order the customer sent them, then the caption (WhatsApp
     // shows it under the file) and any location.
     // A message recovered late is told as such before anything of it.
-    let mut parts: Vec<Part> = late_note(event)
-        .map(|note| Part::Text(0, note))
-        .into_iter()
-        .collect();
-    let texts_before = parts.len();
+    let mut parts: Vec<Part> = late_note(event).map(Part::Late).into_iter().collect();
     for (i, m) in event.media().iter().enumerate() {
         let content_type = m.content_type.unwrap_or("application/octet-stream");
         let prepared = attachment::prepare(
@@ -482,7 +478,7 @@ async fn relay_message(
             split(&shown, MAX_PART_CHARS)
                 .into_iter()
                 .enumerate()
-                .map(|(i, t)| Part::Text(texts_before + i, t)),
+                .map(|(i, t)| Part::Text(i, t)),
         );
     }
     let mut use_cache = true;
@@ -669,6 +665,10 @@ async fn quote(relay: &Relay, event: &InboundEvent) -> Option<String> {
 
 /// One piece of a customer's message in the chat.
 enum Part {
+    /// The note that a recovered message comes late. Its ClientToken is its own, so the
+    /// parts after it keep theirs: a recovered copy of a message the relay did handle
+    /// (one that slipped past the ledger) repeats them harmlessly.
+    Late(String),
     /// The `n`th text part (caption, location, or the text itself).
     Text(usize, String),
     /// The message's `n`th file.
@@ -703,6 +703,7 @@ async fn relay_part(
     }
     let settled = match part {
         Part::Text(..) => Ok(()),
+        Part::Late(note) => send(note, "late", 0).await,
         Part::Media(_, Prepared::Done) => Ok(()),
         Part::Media(i, Prepared::Refused(notice)) => {
             metrics::counter!("waconnect_relay_media_total", "outcome" => "refused").increment(1);

@@ -6,11 +6,14 @@
 //!   keeps its participant [`websocket`], backfills from the transcript and forwards agent
 //!   items to the outbound queue; a sweeper adopts conversations whose holder died.
 //! * [`records`] spares the inbound side a read per message.
+//! * [`catch_up`] queues customer messages Twilio took whose webhooks never reached
+//!   ingress.
 //! * [`connect`] wraps the two AWS SDK clients with classified errors, backoff and metrics.
 
 pub mod agent_file;
 pub mod attachment;
 pub mod callme;
+pub mod catch_up;
 pub mod config;
 pub mod connect;
 pub mod convert;
@@ -41,10 +44,15 @@ use waconnect_shared::storage::delivery::DeliveryLedger;
 use waconnect_shared::storage::queue::Queue;
 use waconnect_shared::storage::roster::Roster;
 use waconnect_shared::storage::store::ConversationStore;
+use waconnect_shared::twilio::history::History;
+use waconnect_shared::twilio::recovery::Recovery;
 
 /// How every message the bridge itself writes in the chat begins, so the agent never takes
 /// it for the customer's words (the bridge writes as the customer participant).
 pub const NOTICE_PREFIX: &str = "[waconnect notice - not from the customer]";
+
+/// Each call the catch-up makes to Twilio's API, at most.
+const TWILIO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What every part of the relay shares.
 pub struct Relay {
@@ -135,6 +143,40 @@ pub async fn run(
         fleet.clone().renew_loop(),
     );
     let sweeper = worker::spawn_core("sweeper", &health, &shutdown, fleet.clone().sweep_loop());
+    let catch_up = match (&config.media.twilio, config.catch_up.every.is_zero()) {
+        (Some(account), false) => {
+            let recovery = Recovery {
+                history: History::new(
+                    account.clone(),
+                    &config.media.twilio_api_base,
+                    &config.worker.common.tls,
+                    TWILIO_TIMEOUT,
+                ),
+                routing: config.routes.routing().clone(),
+                allow_non_whatsapp: config.catch_up.allow_non_whatsapp,
+                ledger: backends.ledger.clone(),
+                queue: backends.inbound.clone(),
+            };
+            Some(worker::spawn_core(
+                "catch-up",
+                &health,
+                &shutdown,
+                catch_up::run(
+                    recovery,
+                    backends.ledger.clone(),
+                    config.catch_up.clone(),
+                    shutdown.clone(),
+                ),
+            ))
+        }
+        (None, false) => {
+            tracing::warn!(
+                "no Twilio credentials: customer messages whose webhooks never reached ingress are not looked for (the catch-up is off)"
+            );
+            None
+        }
+        (_, true) => None,
+    };
     let api = match &config.api {
         Some(api) => {
             let listener = TcpListener::bind(api.bind).await?;
@@ -167,6 +209,9 @@ pub async fn run(
     let (_, ()) = tokio::join!(consumer, fleet.shutdown(grace));
     renewer.abort();
     sweeper.abort();
+    if let Some(catch_up) = catch_up {
+        catch_up.abort();
+    }
     if let Some(api) = api {
         api.abort();
     }

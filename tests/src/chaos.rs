@@ -70,6 +70,8 @@ pub struct Report {
     /// Of those, the files.
     pub customer_files: usize,
     pub agent_files: usize,
+    /// Of the customer's messages, those whose webhook Twilio gave up on (the catch-up's).
+    pub caught_up: usize,
     pub kills: BTreeMap<&'static str, usize>,
     /// Processes stopped for a while and then let go on, by service.
     pub freezes: BTreeMap<&'static str, usize>,
@@ -115,8 +117,14 @@ impl Service {
     }
 
     async fn kill_and_restart(&mut self) {
+        self.kill_for(Duration::ZERO).await;
+    }
+
+    /// SIGKILLs the process and starts it again after `down`.
+    async fn kill_for(&mut self, down: Duration) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        tokio::time::sleep(down).await;
         self.child = spawn_logged(self.binary, &self.vars, &self.log);
     }
 
@@ -136,6 +144,9 @@ impl Service {
 struct Written {
     customer: Vec<Vec<String>>,
     agent: Vec<Vec<String>>,
+    /// Customer messages Twilio took but whose webhook it gave up on: the relays' catch-up
+    /// brings each to the agent, later than what was written after it.
+    late: Vec<Vec<String>>,
 }
 
 pub async fn run(engine: Engine) -> Report {
@@ -205,6 +216,11 @@ pub async fn run(engine: Engine) -> Report {
                     ("WACONNECT_RELAY_VISIBILITY", "4s"),
                     ("WACONNECT_RELAY_CURSOR_FLUSH", "1s"),
                     ("WACONNECT_RELAY_SHUTDOWN_GRACE", "2s"),
+                    // Stretches of a second, each looked at once Twilio's tries of its
+                    // webhooks may still run (to 15 s): the catch-up then meets ingress's
+                    // late success, and the queue's dedup sorts them out.
+                    ("WACONNECT_RELAY_CATCH_UP_EVERY", "1s"),
+                    ("WACONNECT_RELAY_CATCH_UP_AFTER", "2s"),
                 ],
             ),
             log(&identity),
@@ -230,6 +246,7 @@ pub async fn run(engine: Engine) -> Report {
     let written = Arc::new(Mutex::new(Written {
         customer: vec![Vec::new(); CUSTOMERS],
         agent: vec![Vec::new(); CUSTOMERS],
+        late: vec![Vec::new(); CUSTOMERS],
     }));
     let contacts: Arc<Mutex<BTreeMap<usize, String>>> = Arc::default();
     let writing = Arc::new(AtomicBool::new(true));
@@ -242,9 +259,11 @@ pub async fn run(engine: Engine) -> Report {
         let mut rng = StdRng::seed_from_u64(seed ^ 1);
         async move {
             let mut files = [0; CUSTOMERS];
+            let mut counts = [0; CUSTOMERS];
             while writing.load(Ordering::Relaxed) {
                 let c = rng.random_range(0..CUSTOMERS);
-                let n = written.lock().await.customer[c].len();
+                let n = counts[c];
+                counts[c] += 1;
                 let text = format!("c{c} m{n}");
                 let file = files[c] < FILES_EACH_WAY && rng.random_ratio(1, ONE_FILE_IN);
                 let from = customer(c);
@@ -257,15 +276,21 @@ pub async fn run(engine: Engine) -> Report {
                 } else {
                     phone.text(from.as_str(), &text).await
                 };
-                // Twilio's retries (the fragment) cover an ingress restart; a webhook that
-                // still fails is one WhatsApp never handed over: the customer writes again.
-                if let Ok((_, 200)) = sent {
+                // Twilio's retries (the fragment) cover an ingress restart; a message whose
+                // webhook still failed is Twilio's all the same, and the catch-up's to bring.
+                // (Without an answer from Twilio at all, the message may not exist.)
+                if let Ok((_, status)) = sent {
                     let mut written = written.lock().await;
+                    let side = if status == 200 {
+                        &mut written.customer[c]
+                    } else {
+                        &mut written.late[c]
+                    };
                     if file {
                         files[c] += 1;
-                        written.customer[c].push(format!("file:{text}"));
+                        side.push(format!("file:{text}"));
                     }
-                    written.customer[c].push(text);
+                    side.push(text);
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
             }
@@ -352,6 +377,8 @@ pub async fn run(engine: Engine) -> Report {
     // Freezes draw from their own stream, so a seed recorded before they existed still
     // replays its other faults in the same order.
     let mut freezes = StdRng::seed_from_u64(seed ^ 2);
+    // Outages too, for the same reason.
+    let mut outages = StdRng::seed_from_u64(seed ^ 3);
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
@@ -363,6 +390,18 @@ pub async fn run(engine: Engine) -> Report {
                 .freeze_for(Duration::from_millis(freezes.random_range(500..6000)))
                 .await;
             *report.freezes.entry(service.name).or_default() += 1;
+        }
+        if outages.random_ratio(1, 10) {
+            // Ingress down for longer than Twilio tries a webhook (here about 3 s: the
+            // fragment's five tries, 0.2 s apart and more): what it gives up on, the
+            // relays' catch-up must bring. Not much longer: on one box ingress also serves
+            // the agent's files, and Twilio's fetches of one fail meanwhile (63019); the
+            // sender's five re-sends of it span 4.5 s here (its backoff capped at 1 s), 15.5 s
+            // by default, and past them the agent is told the file was not delivered.
+            services[0]
+                .kill_for(Duration::from_millis(outages.random_range(3500..4500)))
+                .await;
+            *report.kills.entry("ingress_outage").or_default() += 1;
         }
         let fault = rng.random_range(0..12);
         let kind: &'static str = match fault {
@@ -460,7 +499,9 @@ pub async fn run(engine: Engine) -> Report {
 
     let written = written.lock().await;
     let contacts = contacts.lock().await.clone();
-    report.customer_messages = written.customer.iter().map(Vec::len).sum();
+    report.customer_messages = written.customer.iter().map(Vec::len).sum::<usize>()
+        + written.late.iter().map(Vec::len).sum::<usize>();
+    report.caught_up = written.late.iter().map(Vec::len).sum();
     report.agent_messages = written.agent.iter().map(Vec::len).sum();
     let files = |side: &[Vec<String>]| {
         side.iter()
@@ -468,7 +509,7 @@ pub async fn run(engine: Engine) -> Report {
             .filter(|m| m.starts_with("file:"))
             .count()
     };
-    report.customer_files = files(&written.customer);
+    report.customer_files = files(&written.customer) + files(&written.late);
     report.agent_files = files(&written.agent);
     // Everything settles: every message arrives, bounded.
     let settled = tokio::time::timeout(Duration::from_secs(150), async {
@@ -480,17 +521,21 @@ pub async fn run(engine: Engine) -> Report {
                     Some(contact) => customer_side(&desk, contact)
                         .await
                         .iter()
-                        .map(|i| {
-                            if i.kind == "ATTACHMENT" {
-                                i.attachments.len()
-                            } else {
-                                1
+                        .map(|i| match i.kind.as_str() {
+                            "ATTACHMENT" => i.attachments.len(),
+                            _ if i
+                                .content
+                                .as_deref()
+                                .is_some_and(|c| c.starts_with(LATE_NOTE)) =>
+                            {
+                                0
                             }
+                            _ => 1,
                         })
                         .sum(),
                     None => 0,
                 };
-                done &= agent_has >= written.customer[c].len();
+                done &= agent_has >= written.customer[c].len() + written.late[c].len();
                 let phone_shows = delivered(&phone, c).await;
                 done &= phone_shows.len() >= written.agent[c].len();
             }
@@ -523,8 +568,28 @@ pub async fn run(engine: Engine) -> Report {
             .filter(|m| m.error_code == Some(63018))
             .map(shown)
             .collect();
+        // Every message once; those in order, the caught-up ones wherever they landed.
+        let customer_all: Vec<String> = written.customer[c]
+            .iter()
+            .chain(&written.late[c])
+            .cloned()
+            .collect();
+        let (lost, dup) = compare(&customer_all, &agent_sees);
+        if lost + dup > 0 {
+            println!(
+                "chaos: customer {c} customer→agent: {lost} lost, {dup} doubled; sent {:?}, caught up {:?}, got {agent_sees:?}",
+                written.customer[c], written.late[c]
+            );
+        }
+        report.lost += lost;
+        report.duplicated += dup;
+        let in_order: Vec<String> = agent_sees
+            .iter()
+            .filter(|m| !written.late[c].contains(m))
+            .cloned()
+            .collect();
         for (direction, sent, got, refused) in [
-            ("customer→agent", &written.customer[c], &agent_sees, &[][..]),
+            ("customer→agent", &written.customer[c], &in_order, &[][..]),
             (
                 "agent→customer",
                 &written.agent[c],
@@ -532,7 +597,11 @@ pub async fn run(engine: Engine) -> Report {
                 &refused_first[..],
             ),
         ] {
-            let (lost, dup) = compare(sent, got);
+            // The customer's side was counted above, caught-up messages included.
+            let (lost, dup) = match direction {
+                "customer→agent" => (0, 0),
+                _ => compare(sent, got),
+            };
             let (plain, explained) = disorder(sent, got, refused);
             if lost + dup + plain > 0 {
                 // The test's own numbered texts, never a real customer's: safe to print.
@@ -737,13 +806,18 @@ fn shown(m: &InboxMessage) -> String {
     }
 }
 
+/// How the relay's note before a caught-up message begins.
+const LATE_NOTE: &str = "[waconnect notice - not from the customer] The customer sent this at ";
+
 /// The customer's side of a chat as the agent reads it, labelled like what was written: a
 /// text as is; a file as `file:` and the label inside it.
 async fn customer_items(desk: &DeskClient, contact: &str) -> Vec<String> {
     let mut items = Vec::new();
     for item in customer_side(desk, contact).await {
         match item.kind.as_str() {
-            "MESSAGE" => items.extend(item.content),
+            // The catch-up's word that a message comes late is the bridge's, not the
+            // customer's.
+            "MESSAGE" => items.extend(item.content.filter(|c| !c.starts_with(LATE_NOTE))),
             "ATTACHMENT" => {
                 for a in &item.attachments {
                     let label = match desk.attachment(&a.attachment_id).await {

@@ -111,6 +111,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Connect items forwarded to the customer, by role.",
     ),
     (
+        "waconnect_relay_recovered_total",
+        Kind::Counter,
+        "Customer messages whose webhooks never reached ingress, put on the inbound queue by the catch-up (queued, offered).",
+    ),
+    (
         "waconnect_relay_inbound_total",
         Kind::Counter,
         "Inbound messages by outcome (relayed, retried, dead_lettered).",

@@ -152,6 +152,11 @@ impl History {
         }
     }
 
+    /// The account's SID (`AC…`), as its webhooks carry it.
+    pub fn account_sid(&self) -> &str {
+        &self.account.account_sid
+    }
+
     /// Pages of at most `n` messages instead of Twilio's largest (tests of paging).
     pub fn with_page_size(mut self, n: usize) -> Self {
         self.page_size = n.clamp(1, PAGE_SIZE);

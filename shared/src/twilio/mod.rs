@@ -6,4 +6,5 @@
 pub mod account;
 pub mod form;
 pub mod history;
+pub mod recovery;
 pub mod signature;

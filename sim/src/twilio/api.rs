@@ -363,11 +363,13 @@ async fn list_messages(
                 .map(|m| (m.created_at, inbound_resource(&twilio, m))),
         )
         .filter(|(at, r)| {
+            // Twilio keeps a message's dates to the second, and filters on them.
+            let at = chrono::SubsecRound::trunc_subsecs(*at, 0);
             q.to.as_ref().is_none_or(|t| r["to"] == *t)
                 && q.from.as_ref().is_none_or(|f| r["from"] == *f)
-                && after.is_none_or(|a| *at >= a)
-                && before.is_none_or(|b| *at <= b)
-                && day.is_none_or(|d| *at >= d && *at < d + chrono::Duration::days(1))
+                && after.is_none_or(|a| at >= a)
+                && before.is_none_or(|b| at <= b)
+                && day.is_none_or(|d| at >= d && at < d + chrono::Duration::days(1))
         })
         .collect();
     // Newest first; among equals, the one taken last first.

@@ -214,25 +214,23 @@ async fn customer_sends(
             fields.push(("Address".into(), address.clone()));
         }
     }
-    // Twilio has the message whatever becomes of its webhook.
-    let received_at = twilio.now();
-    twilio.lock().inbound.push(super::Received {
-        sid: message_sid.clone(),
-        from: m.from.clone(),
-        to: to.clone(),
-        body: fields
-            .iter()
-            .find(|(k, _)| k == "Body")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default(),
-        media: m.media.iter().filter_map(|f| f.sid.clone()).collect(),
-        created_at: received_at,
-    });
-    let super::webhook::Delivery { status, attempts } =
-        super::webhook::post(&twilio, &url, &fields).await;
-    if (200..300).contains(&status) {
+    // Twilio has the message whatever becomes of its webhook: it is in the account's
+    // history, it opens the 24-hour window, and the business may mark it read.
+    {
         let now = twilio.now();
         let mut inner = twilio.lock();
+        inner.inbound.push(super::Received {
+            sid: message_sid.clone(),
+            from: m.from.clone(),
+            to: to.clone(),
+            body: fields
+                .iter()
+                .find(|(k, _)| k == "Body")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            media: m.media.iter().filter_map(|f| f.sid.clone()).collect(),
+            created_at: now,
+        });
         inner.written_by.insert(message_sid.clone(), m.from.clone());
         let customer = inner.customers.entry(m.from.clone()).or_default();
         customer.last_inbound.insert(to.clone(), now);
@@ -244,6 +242,8 @@ async fn customer_sends(
             at: now,
         });
     }
+    let super::webhook::Delivery { status, attempts } =
+        super::webhook::post(&twilio, &url, &fields).await;
     (
         StatusCode::OK,
         Json(json!({ "message_sid": message_sid, "status": status, "attempts": attempts })),
