@@ -381,7 +381,11 @@ async fn deliver_parts(
                         return Done::Abandoned;
                     }
                 }
-                Some(since)
+                // Twilio is asked from when the message was queued, not from the claim's
+                // time: a delivery that took the claim over and then stopped (its
+                // visibility lapsed, it froze) moved that time past an earlier post, which
+                // would then go unseen and be sent again.
+                Some(since.min(message.created_at))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "delivery ledger unavailable; will retry");
@@ -798,7 +802,8 @@ async fn outcome_of_a_live_claim(
 
 /// Whether Twilio already has this part, after an attempt whose answer was lost. A
 /// customer's messages go out one at a time (their FIFO group), so a message to them
-/// created since that attempt that no other part owns is this part's — if it looks like
+/// created since that attempt (or, for an earlier delivery's, since the message was
+/// queued) that no other part owns is this part's — if it looks like
 /// it: the same text, or for a part without text (a template, a file) the same number of
 /// files. A SID already recorded for another part never proves this one, so an agent who
 /// writes "ok" twice gets both.

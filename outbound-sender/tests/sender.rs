@@ -555,3 +555,67 @@ async fn a_second_delivery_waits_for_a_send_still_on_its_way() {
     );
     sender.shutdown().await;
 }
+
+/// A part posted to Twilio whose answer never came back, and whose claim another delivery
+/// then took over (renewed) and left before asking Twilio — stopped as its visibility
+/// lapsed, or frozen: the claim's time is now later than the post. The next delivery must
+/// still find the post at Twilio rather than send the part again. (The chaos run on moto
+/// doubled a reply this way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_taken_over_and_left_still_finds_the_first_post_at_twilio() {
+    use waconnect_shared::storage::delivery::sqlite::SqliteLedger;
+    use waconnect_shared::storage::delivery::{Claim, DeliveryLedger};
+    let stack = Stack::new(open_window()).await;
+    let ana = customer(1);
+    let message = common::agent_message(&ana, "item-1", "posted once");
+    let db = Db::open_path(&stack.db_path(), Synchronous::Normal)
+        .await
+        .unwrap();
+    let ledger = SqliteLedger::open(db).await.unwrap();
+    // The first delivery claimed the part and posted it; its answer was lost.
+    let Ok(Claim::Fresh { since }) = ledger.claim("item-1#0").await else {
+        panic!("a fresh claim");
+    };
+    let o = stack.twilio.options().clone();
+    let posted = reqwest::Client::new()
+        .post(format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            stack.twilio.api_base(),
+            o.account_sid
+        ))
+        .basic_auth(&o.account_sid, Some(&o.auth_token))
+        .form(&[
+            ("To", ana.as_str()),
+            ("From", o.sender.as_str()),
+            ("Body", "posted once"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    // Time passes (Twilio's dates are to the second, and reconciling allows clocks 2 s),
+    // then a second delivery takes the claim over and stops before asking Twilio.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    ledger.renew("item-1#0", since).await.unwrap().unwrap();
+
+    let sender = stack.sender(&[("WACONNECT_SENDER_TIMEOUT", "300ms")]).await;
+    stack
+        .outbound
+        .send(NewMessage {
+            group_id: message.key().storage(),
+            dedup_id: "item-1".into(),
+            body: message.to_json(),
+        })
+        .await
+        .unwrap();
+    wait::until("the delivery to end", Duration::from_secs(20), || async {
+        let stats = stack.outbound.stats().await.ok()?;
+        (stats.visible + stats.in_flight + stats.delayed == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stack.inbox_of(&ana, 1, Duration::from_secs(5)).await,
+        ["posted once"]
+    );
+    sender.shutdown().await;
+}
