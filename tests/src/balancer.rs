@@ -3,18 +3,15 @@
 //! a load balancer answers while ingress restarts or its queue refuses — so a test can
 //! show what Twilio's next attempt makes of it.
 
+use crate::upstream::{MAX_BODY, Upstream, header};
 use axum::Router;
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Requests bigger than this are refused: the balancer holds each one whole.
-const MAX_BODY: usize = 64 * 1024 * 1024;
 
 pub struct Balancer {
     /// Where Twilio is told the public endpoint is.
@@ -23,9 +20,8 @@ pub struct Balancer {
 }
 
 struct Shared {
-    /// ingress, as `http://host:port`.
-    target: String,
-    http: reqwest::Client,
+    /// ingress.
+    ingress: Upstream,
     turn_away: AtomicBool,
     /// Twilio's idempotency tokens of the callbacks already turned away once.
     seen: Mutex<HashSet<String>>,
@@ -36,11 +32,7 @@ impl Balancer {
     /// Listens on a loopback port of its own and passes everything on to `target`.
     pub async fn start(target: &str) -> Self {
         let state = Arc::new(Shared {
-            target: target.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("an HTTP client"),
+            ingress: Upstream::new(target, Duration::from_secs(30)),
             turn_away: AtomicBool::new(false),
             seen: Mutex::default(),
             turned_away: AtomicU64::new(0),
@@ -75,35 +67,5 @@ async fn pass_on(State(state): State<Arc<Shared>>, request: Request) -> Response
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut headers = parts.headers.clone();
-    headers.remove("host");
-    let answer = state
-        .http
-        .request(parts.method, format!("{}{path}", state.target))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    match answer {
-        Ok(r) => {
-            let (status, mut headers) = (r.status(), r.headers().clone());
-            // The body goes back whole, with its own length.
-            headers.remove("transfer-encoding");
-            let body: Bytes = r.bytes().await.unwrap_or_default();
-            let mut response = Response::new(Body::from(body));
-            *response.status_mut() = status;
-            *response.headers_mut() = headers;
-            response
-        }
-        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
-    }
-}
-
-fn header(headers: &HeaderMap, name: &str) -> String {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
+    state.ingress.pass_on(parts, body).await
 }

@@ -2,17 +2,18 @@
 //! relay-workers, two outbound-senders) between both simulators, customers and agents
 //! writing numbered messages both ways, while a seeded schedule SIGKILLs and restarts
 //! processes, freezes them (SIGSTOP, then SIGCONT) past their leases and visibility
-//! timeouts, and injects Connect and Twilio faults. About one message in five each way is
-//! a file (a small PDF that carries its label, so the checker knows it whatever name the
-//! bridge gives it). Then the faults stop and a checker asserts that every message and
-//! file arrived exactly once, in order per customer, both ways, and that nothing was
-//! dead-lettered.
+//! timeouts, and injects Connect and Twilio faults, and on AWS SQS, DynamoDB and S3 ones
+//! ([`crate::aws_faults`]). About one message in five each way is a file (a small PDF
+//! that carries its label, so the checker knows it whatever name the bridge gives it).
+//! Then the faults stop and a checker asserts that every message and file arrived
+//! exactly once, in order per customer, both ways, and that nothing was dead-lettered.
 //!
 //! `CHAOS_SEED` replays a run (the seed is printed first), `CHAOS_SECONDS` sets how long
 //! the faults go on (default 45; `CHAOS_SECONDS=3600` for a soak), `CHAOS_RUST_LOG` the
 //! services' log filter (default `info`). A run that fails keeps the services' logs and
 //! the database, and says where.
 
+use crate::aws_faults::{AwsFaults, Failed, Fault};
 use crate::moto::Moto;
 use crate::processes::{freeze, spawn_logged, thaw};
 use crate::{customer, free_port};
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::Mutex;
-use waconnect_shared::service::config::{CommonConfig, ConfigSource};
+use waconnect_shared::service::config::{AwsStorageConfig, CommonConfig, ConfigSource};
 use waconnect_sim::connect::{ConnectSim, DeskClient, Item, Scan};
 use waconnect_sim::twilio::{InboxMessage, PhoneClient, TwilioOptions, TwilioSim};
 use waconnect_sim::wiring::{Wiring, pairs};
@@ -76,6 +77,8 @@ pub struct Report {
     /// Processes stopped for a while and then let go on, by service.
     pub freezes: BTreeMap<&'static str, usize>,
     pub faults: BTreeMap<&'static str, usize>,
+    /// On AWS: the services' calls the proxy in front of moto failed.
+    pub aws_calls_failed: Failed,
     pub lost: usize,
     pub duplicated: usize,
     pub reordered: usize,
@@ -175,9 +178,18 @@ pub async fn run(engine: Engine) -> Report {
     })
     .await;
     let wiring = Wiring::new(&connect, &twilio, &ingress_url);
-    let wiring = match engine {
-        Engine::Sqlite => wiring.sqlite(&dir.path().join("waconnect.db")),
-        Engine::Aws => wiring.storage(Moto::env(&Moto::shared().fresh("chaos", 50).await)),
+    // On AWS the services reach moto through a proxy that fails their calls as SQS,
+    // DynamoDB and S3 do at scale.
+    let aws = match engine {
+        Engine::Sqlite => None,
+        Engine::Aws => Some(AwsFaults::start(&Moto::shared().endpoint, seed ^ 5).await),
+    };
+    let wiring = match &aws {
+        None => wiring.sqlite(&dir.path().join("waconnect.db")),
+        Some(aws) => wiring.storage(Moto::env(&AwsStorageConfig {
+            endpoint: Some(aws.endpoint.clone()),
+            ..Moto::shared().fresh("chaos", 50).await
+        })),
     };
     let log_filter = std::env::var("CHAOS_RUST_LOG").unwrap_or_else(|_| "info".into());
     let tuned = |mut v: Vec<(String, String)>, extra: &[(&str, &str)]| {
@@ -377,8 +389,9 @@ pub async fn run(engine: Engine) -> Report {
     // Freezes draw from their own stream, so a seed recorded before they existed still
     // replays its other faults in the same order.
     let mut freezes = StdRng::seed_from_u64(seed ^ 2);
-    // Outages too, for the same reason.
+    // Outages too, for the same reason, and AWS's faults.
     let mut outages = StdRng::seed_from_u64(seed ^ 3);
+    let mut aws_rounds = StdRng::seed_from_u64(seed ^ 4);
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
@@ -402,6 +415,31 @@ pub async fn run(engine: Engine) -> Report {
                 .kill_for(Duration::from_millis(outages.random_range(3500..4500)))
                 .await;
             *report.kills.entry("ingress_outage").or_default() += 1;
+        }
+        if let Some(aws) = &aws
+            && aws_rounds.random_ratio(1, 4)
+        {
+            // For a while, on top of whatever else this round does: throttling, server
+            // errors (half of them after the call was applied, its answer lost), or
+            // answers slower than the relays' and senders' heartbeats.
+            let (fault, kind) = match aws_rounds.random_range(0..3) {
+                0 => (
+                    Fault::Throttle(aws_rounds.random_range(2..6)),
+                    "aws_throttling",
+                ),
+                1 => (
+                    Fault::ServerErrors(aws_rounds.random_range(3..10)),
+                    "aws_5xx",
+                ),
+                _ => (
+                    Fault::Slow(Duration::from_millis(aws_rounds.random_range(200..2000))),
+                    "aws_slow",
+                ),
+            };
+            aws.set(fault);
+            tokio::time::sleep(Duration::from_millis(aws_rounds.random_range(1000..4000))).await;
+            aws.set(Fault::None);
+            *report.faults.entry(kind).or_default() += 1;
         }
         let fault = rng.random_range(0..12);
         let kind: &'static str = match fault {
@@ -647,6 +685,9 @@ pub async fn run(engine: Engine) -> Report {
     for s in &mut services {
         let _ = s.child.start_kill();
         let _ = s.child.wait().await;
+    }
+    if let Some(aws) = &aws {
+        report.aws_calls_failed = aws.failed();
     }
     println!("chaos on {engine:?}: {report:?}");
     if report.lost

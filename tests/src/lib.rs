@@ -3,6 +3,7 @@
 //! and benches. The simulated Twilio and Connect are their own crate, `waconnect-sim`,
 //! which the sandbox ships too.
 
+pub mod aws_faults;
 pub mod balancer;
 pub mod chaos;
 pub mod contract;
@@ -12,6 +13,7 @@ pub mod moto;
 pub mod processes;
 pub mod procfs;
 pub mod twilio;
+pub mod upstream;
 
 use waconnect_shared::{BusinessNumber, ConversationKey, CustomerAddress};
 pub use waconnect_sim::wait;

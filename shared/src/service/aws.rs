@@ -158,7 +158,8 @@ impl ErrorKind {
     }
 }
 
-/// Error codes that mean "slow down" whatever the status says.
+/// Error codes that mean "slow down" whatever the status says (S3 says it with a 503
+/// `SlowDown`, which is no outage).
 fn throttling(code: &str) -> bool {
     code.contains("Throttl")
         || matches!(
@@ -167,6 +168,7 @@ fn throttling(code: &str) -> bool {
                 | "ProvisionedThroughputExceededException"
                 | "LimitExceededException"
                 | "TooManyRequestsException"
+                | "SlowDown"
         )
 }
 
@@ -303,6 +305,8 @@ mod tests {
                 ErrorKind::Throttled,
             ),
             (429, "TooManyRequestsException", ErrorKind::Throttled),
+            (400, "RequestThrottled", ErrorKind::Throttled),
+            (503, "SlowDown", ErrorKind::Throttled),
             (503, "ServiceUnavailable", ErrorKind::Server),
             (400, "InternalError", ErrorKind::Server),
             (500, "Whatever", ErrorKind::Server),

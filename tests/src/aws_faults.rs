@@ -1,0 +1,237 @@
+//! A proxy in front of moto that fails AWS calls as SQS, DynamoDB and S3 fail them at
+//! fleet scale: throttling (nothing done), server errors before the request was applied
+//! and — the one that tests idempotency — after it was, the answer lost; and slow answers.
+//! moto itself never fails, so without this the AWS engines' retries, conditional writes
+//! that meet their own earlier attempt, and dedup after a lost answer go untried under
+//! chaos.
+//!
+//! Each service answers in its own protocol, as the SDKs parse it: DynamoDB and SQS in
+//! JSON 1.0 (`__type`; SQS also names the code in `x-amzn-query-error`), S3 in XML. A
+//! presigned GET (Twilio fetching an agent's file) is passed through untouched: it is not
+//! the bridge's call.
+
+use crate::upstream::{MAX_BODY, Upstream, header};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the proxy does to the calls that pass it now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// One call in `n` is throttled (nothing done).
+    Throttle(u32),
+    /// One call in `n` fails with 500: half of them before moto sees it, half after it
+    /// was applied (the answer lost).
+    ServerErrors(u32),
+    /// Every call held up to this long before it is passed on.
+    Slow(Duration),
+}
+
+/// Calls failed so far, by how.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failed {
+    pub throttled: u64,
+    pub before: u64,
+    /// Applied by moto, answered with 500.
+    pub after: u64,
+}
+
+pub struct AwsFaults {
+    /// Where the services are told AWS is.
+    pub endpoint: String,
+    state: Arc<Shared>,
+}
+
+struct Shared {
+    moto: Upstream,
+    fault: Mutex<Fault>,
+    rng: Mutex<StdRng>,
+    throttled: AtomicU64,
+    before: AtomicU64,
+    after: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Service {
+    DynamoDb,
+    Sqs,
+    S3,
+}
+
+impl AwsFaults {
+    /// Listens on a loopback port of its own and passes everything on to `target`; its
+    /// random draws are seeded, so a chaos seed draws the same fault pattern.
+    pub async fn start(target: &str, seed: u64) -> Self {
+        let state = Arc::new(Shared {
+            // Longer than any long poll the services make.
+            moto: Upstream::new(target, Duration::from_secs(60)),
+            fault: Mutex::default(),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            throttled: AtomicU64::default(),
+            before: AtomicU64::default(),
+            after: AtomicU64::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new().fallback(pass_on).with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { endpoint, state }
+    }
+
+    /// From now on, until the next call.
+    pub fn set(&self, fault: Fault) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
+    pub fn failed(&self) -> Failed {
+        Failed {
+            throttled: self.state.throttled.load(Ordering::SeqCst),
+            before: self.state.before.load(Ordering::SeqCst),
+            after: self.state.after.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// What to do with one call.
+enum Plan {
+    Pass(Duration),
+    Throttle,
+    Fail { after: bool },
+}
+
+impl Shared {
+    fn plan(&self) -> Plan {
+        let fault = *self.fault.lock().unwrap();
+        let mut rng = self.rng.lock().unwrap();
+        match fault {
+            Fault::None => Plan::Pass(Duration::ZERO),
+            Fault::Throttle(n) if rng.random_ratio(1, n.max(1)) => Plan::Throttle,
+            Fault::ServerErrors(n) if rng.random_ratio(1, n.max(1)) => Plan::Fail {
+                after: rng.random_bool(0.5),
+            },
+            Fault::Slow(max) => Plan::Pass(max.mul_f64(rng.random::<f64>())),
+            _ => Plan::Pass(Duration::ZERO),
+        }
+    }
+}
+
+async fn pass_on(State(state): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let presigned = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.contains("X-Amz-Signature="));
+    let service = match header(&parts.headers, "x-amz-target") {
+        t if t.starts_with("DynamoDB_") => Service::DynamoDb,
+        t if t.starts_with("AmazonSQS.") => Service::Sqs,
+        _ => Service::S3,
+    };
+    let plan = if presigned {
+        Plan::Pass(Duration::ZERO)
+    } else {
+        state.plan()
+    };
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    match plan {
+        Plan::Throttle => {
+            state.throttled.fetch_add(1, Ordering::SeqCst);
+            return throttled(service);
+        }
+        Plan::Fail { after: false } => {
+            state.before.fetch_add(1, Ordering::SeqCst);
+            return server_error(service);
+        }
+        Plan::Pass(delay) => tokio::time::sleep(delay).await,
+        Plan::Fail { after: true } => {}
+    }
+    let response = state.moto.pass_on(parts, body).await;
+    if matches!(plan, Plan::Fail { after: true }) {
+        // moto applied it; the caller never hears so.
+        state.after.fetch_add(1, Ordering::SeqCst);
+        return server_error(service);
+    }
+    response
+}
+
+fn throttled(service: Service) -> Response {
+    match service {
+        Service::DynamoDb => json(
+            StatusCode::BAD_REQUEST,
+            "com.amazonaws.dynamodb.v20120810#ThrottlingException",
+            "Rate of requests exceeds the allowed throughput.",
+            None,
+        ),
+        Service::Sqs => json(
+            StatusCode::BAD_REQUEST,
+            "com.amazonaws.sqs#RequestThrottled",
+            "Request is throttled.",
+            Some("RequestThrottled;Sender"),
+        ),
+        Service::S3 => xml(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SlowDown",
+            "Please reduce your request rate.",
+        ),
+    }
+}
+
+fn server_error(service: Service) -> Response {
+    match service {
+        Service::DynamoDb => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "com.amazonaws.dynamodb.v20120810#InternalServerError",
+            "Internal server error",
+            None,
+        ),
+        Service::Sqs => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "com.amazonaws.sqs#InternalError",
+            "We encountered an internal error. Please try again.",
+            Some("InternalError;Receiver"),
+        ),
+        Service::S3 => xml(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
+    }
+}
+
+fn json(status: StatusCode, kind: &str, message: &str, query_error: Option<&str>) -> Response {
+    let body = serde_json::json!({ "__type": kind, "message": message }).to_string();
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-amz-json-1.0"),
+    );
+    headers.insert("x-amzn-requestid", HeaderValue::from_static("aws-faults"));
+    if let Some(q) = query_error {
+        headers.insert(
+            "x-amzn-query-error",
+            HeaderValue::from_str(q).expect("a header value"),
+        );
+    }
+    response
+}
+
+fn xml(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>aws-faults</RequestId></Error>"
+    );
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/xml"));
+    response
+}

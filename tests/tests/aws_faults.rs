@@ -1,0 +1,180 @@
+//! The chaos run's AWS fault proxy is test equipment: its faults must read to the real
+//! SDKs as the services' own (throttling as throttling, a server error as one), a server
+//! error "after" must leave the call applied, and Twilio's presigned fetches must pass.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::time::Duration;
+use waconnect_shared::service::aws::{ErrorKind, classify};
+use waconnect_shared::service::config::AwsStorageConfig;
+use waconnect_shared::storage::media::s3::S3Store;
+use waconnect_shared::storage::media::{FileMeta, MediaStore};
+use waconnect_shared::storage::table::KEY;
+use waconnect_tests::aws_faults::{AwsFaults, Fault};
+use waconnect_tests::moto::Moto;
+
+async fn setup() -> (AwsFaults, AwsStorageConfig) {
+    let moto = Moto::shared();
+    let proxy = AwsFaults::start(&moto.endpoint, 7).await;
+    let config = AwsStorageConfig {
+        endpoint: Some(proxy.endpoint.clone()),
+        ..moto.fresh("faults", 5).await
+    };
+    (proxy, config)
+}
+
+/// One message, always with the same dedup id.
+async fn send(
+    sqs: &aws_sdk_sqs::Client,
+    config: &AwsStorageConfig,
+) -> Result<
+    aws_sdk_sqs::operation::send_message::SendMessageOutput,
+    aws_sdk_sqs::error::SdkError<aws_sdk_sqs::operation::send_message::SendMessageError>,
+> {
+    sqs.send_message()
+        .queue_url(&config.inbound_queue_url)
+        .message_body("m")
+        .message_group_id("g")
+        .message_deduplication_id("d")
+        .send()
+        .await
+}
+
+#[tokio::test]
+async fn throttling_reads_as_throttling_to_every_sdk() {
+    let (proxy, config) = setup().await;
+    let (sqs, dynamodb, s3) = waconnect_shared::storage::backend::aws_clients(&config).await;
+    proxy.set(Fault::Throttle(1));
+
+    let err = dynamodb
+        .get_item()
+        .table_name(&config.table)
+        .key(KEY, AttributeValue::S("k".into()))
+        .send()
+        .await
+        .expect_err("throttled");
+    assert_eq!(
+        classify(&err),
+        (ErrorKind::Throttled, Some("ThrottlingException".into()))
+    );
+    let err = send(&sqs, &config).await.expect_err("throttled");
+    assert_eq!(
+        classify(&err),
+        (ErrorKind::Throttled, Some("RequestThrottled".into()))
+    );
+    let err = s3
+        .head_object()
+        .bucket(config.media_bucket.as_deref().unwrap())
+        .key("k")
+        .send()
+        .await
+        .expect_err("throttled");
+    // HEAD answers carry no body: the status alone says so, as S3's 503 SlowDown does.
+    assert_eq!(classify(&err).0, ErrorKind::Server);
+    let err = s3
+        .list_objects_v2()
+        .bucket(config.media_bucket.as_deref().unwrap())
+        .send()
+        .await
+        .expect_err("throttled");
+    assert_eq!(
+        classify(&err),
+        (ErrorKind::Throttled, Some("SlowDown".into()))
+    );
+    // The SDKs tried again (their standard policy) before they gave up.
+    assert!(proxy.failed().throttled > 4, "{:?}", proxy.failed());
+}
+
+#[tokio::test]
+async fn a_server_error_after_the_call_leaves_it_applied() {
+    let (proxy, config) = setup().await;
+    let (sqs, dynamodb, _) = waconnect_shared::storage::backend::aws_clients(&config).await;
+    // Draws until one call failed after it was applied (half of them are): moto must
+    // then hold what the caller was told had failed.
+    let mut applied = 0;
+    for i in 0..20 {
+        proxy.set(Fault::ServerErrors(1));
+        let before = proxy.failed();
+        let err = dynamodb
+            .put_item()
+            .table_name(&config.table)
+            .item(KEY, AttributeValue::S(format!("k{i}")))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .expect_err("failed");
+        assert_eq!(classify(&err).0, ErrorKind::Server);
+        let after = proxy.failed();
+        proxy.set(Fault::None);
+        let held = dynamodb
+            .get_item()
+            .table_name(&config.table)
+            .key(KEY, AttributeValue::S(format!("k{i}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .is_some();
+        assert_eq!(held, after.after > before.after, "{before:?} {after:?}");
+        applied += usize::from(held);
+        if applied >= 2 {
+            break;
+        }
+    }
+    assert!(applied >= 2, "no call was failed after it was applied");
+
+    // An SQS send applied but answered 500: sent again with its dedup id, it is one
+    // message, as on SQS.
+    let sent = loop {
+        proxy.set(Fault::ServerErrors(1));
+        let before = proxy.failed().after;
+        let result = send(&sqs, &config).await;
+        assert!(result.is_err());
+        if proxy.failed().after > before {
+            break result;
+        }
+    };
+    assert!(sent.is_err());
+    proxy.set(Fault::None);
+    send(&sqs, &config).await.unwrap();
+    let received = sqs
+        .receive_message()
+        .queue_url(&config.inbound_queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(received.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_presigned_fetch_passes_whatever_the_fault() {
+    let (proxy, config) = setup().await;
+    let (_, _, s3) = waconnect_shared::storage::backend::aws_clients(&config).await;
+    let store = S3Store::new(s3, config.media_bucket.clone().unwrap());
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"%PDF-1.4 manual").unwrap();
+    let meta = FileMeta {
+        content_type: "application/pdf".into(),
+        file_name: "manual.pdf".into(),
+    };
+    store
+        .put(
+            "c0123456789abcdef-agent-1.pdf",
+            file.into_temp_path(),
+            &meta,
+        )
+        .await
+        .unwrap();
+    let url = store
+        .url("c0123456789abcdef-agent-1.pdf", Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert!(url.starts_with(&proxy.endpoint), "{url}");
+    proxy.set(Fault::Throttle(1));
+    let fetched = reqwest::get(&url).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), b"%PDF-1.4 manual");
+    assert_eq!(proxy.failed().throttled, 0);
+}
