@@ -750,3 +750,47 @@ async fn the_history_lists_what_customers_sent_page_by_page_with_their_files() {
         Err(HistoryError::Auth(401))
     ));
 }
+
+#[tokio::test]
+async fn the_history_pages_only_until_the_list_passes_the_range() {
+    use waconnect_shared::twilio::account::TwilioAccount;
+    use waconnect_shared::twilio::history::History;
+    let sim = TwilioSim::start().await;
+    let o = sim.options().clone();
+    let (_webhooks, url) = receiver(&o.auth_token, "/twilio/messages").await;
+    let phone = sim.phone();
+    phone.set_webhook(&url).await.unwrap();
+    let customer = "whatsapp:+15551239998";
+    for n in 0..8 {
+        phone.text(customer, &format!("old {n}")).await.unwrap();
+    }
+    // Twilio's dates are to the second: the range starts at the next one.
+    let since =
+        chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::TimeDelta::seconds(1))
+            .unwrap()
+            + chrono::TimeDelta::seconds(1);
+    tokio::time::sleep((since - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    let (new, _) = phone.text(customer, "new").await.unwrap();
+    let history = History::new(
+        TwilioAccount {
+            account_sid: o.account_sid.clone(),
+            username: o.account_sid.clone(),
+            password: o.auth_token.clone().into(),
+        },
+        &sim.api_base(),
+        &Default::default(),
+        Duration::from_secs(5),
+    )
+    .with_page_size(2);
+    // The whole day is listed (the filters are to the day), newest first: the first page
+    // already goes past the range's start, so the eight older messages are never paged
+    // through — they would count past the cap (four times `max` listed).
+    let received = history
+        .received(None, since, chrono::Utc::now(), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        received.iter().map(|m| m.sid.clone()).collect::<Vec<_>>(),
+        [new]
+    );
+}

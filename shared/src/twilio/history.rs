@@ -172,14 +172,18 @@ impl History {
         until: DateTime<Utc>,
         max: usize,
     ) -> Result<Vec<Received>, HistoryError> {
+        // Twilio documents its date filters to the day (`YYYY-MM-DD`, GMT: on or after,
+        // on or before, midnight) whatever it makes of a time: ask for the whole days that
+        // hold the range — the day after `until` too, whichever midnight "before" means —
+        // keep what falls in it to the second, and stop paging once the list, newest
+        // first, has gone past `since`.
         let mut query = vec![
-            (
-                "DateSent>",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            ),
+            ("DateSent>", since.format("%Y-%m-%d").to_string()),
             (
                 "DateSent<",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                (until + chrono::TimeDelta::days(1))
+                    .format("%Y-%m-%d")
+                    .to_string(),
             ),
             ("PageSize", self.page_size.to_string()),
         ];
@@ -203,17 +207,21 @@ impl History {
             if listed > max.saturating_mul(4) {
                 return Err(HistoryError::TooMany(max));
             }
+            let mut past_since = false;
             for m in page.messages {
-                if m.direction != "inbound" {
-                    continue;
-                }
                 let at = m
                     .date_sent
                     .as_deref()
                     .or(m.date_created.as_deref())
                     .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
-                    .map(|d| d.with_timezone(&Utc))
-                    .ok_or_else(|| HistoryError::Invalid(format!("{}: no date sent", m.sid)))?;
+                    .map(|d| d.with_timezone(&Utc));
+                // A reply Twilio has not sent yet has no date sent, and is not in order.
+                past_since |= m.date_sent.is_some() && at.is_some_and(|at| at < since);
+                if m.direction != "inbound" {
+                    continue;
+                }
+                let at =
+                    at.ok_or_else(|| HistoryError::Invalid(format!("{}: no date sent", m.sid)))?;
                 if at < since || at > until {
                     continue;
                 }
@@ -239,7 +247,10 @@ impl History {
                     sent_at: at,
                 });
             }
-            next = page.next_page_uri.map(|p| format!("{}{p}", self.base));
+            next = page
+                .next_page_uri
+                .filter(|_| !past_since)
+                .map(|p| format!("{}{p}", self.base));
         }
         // Twilio lists newest first, and its dates are to the second: the list reversed
         // keeps the order of messages sent within one second.

@@ -298,10 +298,10 @@ struct ListQuery {
     /// Sent on this day (`YYYY-MM-DD`, UTC).
     #[serde(rename = "DateSent")]
     date_sent: Option<String>,
-    /// Sent at or after this day's start or this instant (RFC 3339).
+    /// Sent on or after midnight on this day.
     #[serde(rename = "DateSent>")]
     sent_after: Option<String>,
-    /// Sent at or before it.
+    /// Sent on or before midnight on this day: before the day.
     #[serde(rename = "DateSent<")]
     sent_before: Option<String>,
     #[serde(rename = "PageSize")]
@@ -318,14 +318,17 @@ struct ListQuery {
 const PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 1000;
 
-/// A `DateSent` bound: a day (its start, UTC) or an instant.
-fn sent_bound(value: &str) -> Option<chrono::DateTime<Utc>> {
+/// A `DateSent` filter's day. Twilio documents these filters to the day (`YYYY-MM-DD`,
+/// GMT: "on or after midnight", "on or before midnight on a date") and takes a date-time
+/// too; only its day counts here, the strictest reading, so a caller that counts on the
+/// time of day, or on "before" taking in the day it names, finds out.
+fn sent_day(value: &str) -> Option<chrono::NaiveDate> {
     if let Ok(day) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        return Some(day.and_hms_opt(0, 0, 0)?.and_utc());
+        return Some(day);
     }
     chrono::DateTime::parse_from_rfc3339(value)
         .ok()
-        .map(|t| t.with_timezone(&Utc))
+        .map(|t| t.with_timezone(&Utc).date_naive())
 }
 
 /// Messages, newest first — those sent through the API and those customers sent in — as
@@ -341,7 +344,7 @@ async fn list_messages(
     }
     let bound = |v: &Option<String>| match v {
         None => Ok(None),
-        Some(v) => sent_bound(v).map(Some).ok_or(()),
+        Some(v) => sent_day(v).map(Some).ok_or(()),
     };
     let (Ok(after), Ok(before), Ok(day)) = (
         bound(&q.sent_after),
@@ -363,13 +366,12 @@ async fn list_messages(
                 .map(|m| (m.created_at, inbound_resource(&twilio, m))),
         )
         .filter(|(at, r)| {
-            // Twilio keeps a message's dates to the second, and filters on them.
-            let at = chrono::SubsecRound::trunc_subsecs(*at, 0);
+            let sent = at.date_naive();
             q.to.as_ref().is_none_or(|t| r["to"] == *t)
                 && q.from.as_ref().is_none_or(|f| r["from"] == *f)
-                && after.is_none_or(|a| at >= a)
-                && before.is_none_or(|b| at <= b)
-                && day.is_none_or(|d| at >= d && at < d + chrono::Duration::days(1))
+                && after.is_none_or(|a| sent >= a)
+                && before.is_none_or(|b| sent < b)
+                && day.is_none_or(|d| sent == d)
         })
         .collect();
     // Newest first; among equals, the one taken last first.
