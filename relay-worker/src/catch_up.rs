@@ -7,8 +7,9 @@
 //! delivery ledger asks Twilio for the customer messages sent in it and queues those the
 //! relay never handled; the others see the claim and leave it, unless it stays without an
 //! outcome for [`STALE_CLAIM`] (its relay died), when one of them takes it over. So each
-//! stretch costs the fleet about one claim per relay, one list call per routed number, and
-//! one ledger read per customer message in it. A relay that starts looks back over the
+//! stretch costs the fleet about one claim per relay, a list call per routed number and
+//! per 1,000 of its messages from the stretch's start to the look (Twilio's list filters
+//! by day, so it is read back from now), and one ledger read per customer message in it. A relay that starts looks back over the
 //! last [`LOOK_BACK_STRETCHES`] stretches, and one that fell behind catches up, both within
 //! [`HORIZON`], which the queue's 5-minute dedup window still covers; further back is
 //! `waconnect recover`'s.
