@@ -392,6 +392,7 @@ pub async fn run(engine: Engine) -> Report {
     // Outages too, for the same reason, and AWS's faults.
     let mut outages = StdRng::seed_from_u64(seed ^ 3);
     let mut aws_rounds = StdRng::seed_from_u64(seed ^ 4);
+    let mut aws_fault_ends: Option<Instant> = None;
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
@@ -417,11 +418,19 @@ pub async fn run(engine: Engine) -> Report {
             *report.kills.entry("ingress_outage").or_default() += 1;
         }
         if let Some(aws) = &aws
+            && aws_fault_ends.is_some_and(|end| Instant::now() >= end)
+        {
+            aws.set(Fault::None);
+            aws_fault_ends = None;
+        }
+        if let Some(aws) = &aws
+            && aws_fault_ends.is_none()
             && aws_rounds.random_ratio(1, 4)
         {
-            // For a while, on top of whatever else this round does: throttling, server
-            // errors (half of them after the call was applied, its answer lost), or
-            // answers slower than the relays' and senders' heartbeats.
+            // From now until a round ends 1–4 s on, under whatever else happens meanwhile
+            // (kills, freezes, Connect's and Twilio's faults): throttling, server errors
+            // (half of them after the call was applied, its answer lost), or each call
+            // held up to 2 s, past the relays' 1 s heartbeat.
             let (fault, kind) = match aws_rounds.random_range(0..3) {
                 0 => (
                     Fault::Throttle(aws_rounds.random_range(2..6)),
@@ -437,8 +446,8 @@ pub async fn run(engine: Engine) -> Report {
                 ),
             };
             aws.set(fault);
-            tokio::time::sleep(Duration::from_millis(aws_rounds.random_range(1000..4000))).await;
-            aws.set(Fault::None);
+            aws_fault_ends =
+                Some(Instant::now() + Duration::from_millis(aws_rounds.random_range(1000..4000)));
             *report.faults.entry(kind).or_default() += 1;
         }
         let fault = rng.random_range(0..12);
@@ -527,6 +536,9 @@ pub async fn run(engine: Engine) -> Report {
             }
         };
         *report.faults.entry(kind).or_default() += 1;
+    }
+    if let Some(aws) = &aws {
+        aws.set(Fault::None);
     }
     writing.store(false, Ordering::Relaxed);
     let _ = customers.await;
