@@ -1118,8 +1118,9 @@ pub fn client_token(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// For a message put back on the queue by `waconnect recover` (its webhook never reached
-/// ingress): when the customer sent it, as the agent reads it before the message.
+/// For a message put back on the queue by the catch-up or `waconnect recover` (its webhook
+/// never reached ingress): when the customer sent it, as the agent reads it before the
+/// message.
 fn late_note(event: &InboundEvent) -> Option<String> {
     let sent = event.field(waconnect_shared::twilio::history::RECOVERED_FIELD)?;
     let sent = chrono::DateTime::parse_from_rfc3339(sent).ok()?;

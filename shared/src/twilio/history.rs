@@ -1,8 +1,9 @@
 //! What Twilio keeps of the messages customers sent: the Messages API's list of inbound
 //! messages and each one's files. Twilio posts a customer's message to ingress once (and
 //! again only as the URL's fragment says, within 15 s); when ingress could not take it in
-//! that time, the message exists only here. `waconnect recover` reads it back and puts the
-//! messages the relay never handled on the inbound queue, as their webhooks would have.
+//! that time, the message exists only here. The relays' catch-up and `waconnect recover`
+//! read it back and put the messages the relay never handled on the inbound queue, as
+//! their webhooks would have ([`super::recovery`]).
 
 use crate::message::address::{BusinessNumber, CustomerAddress};
 use crate::message::event::{EventKind, InboundEvent, MAX_MEDIA};
