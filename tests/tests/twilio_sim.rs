@@ -651,10 +651,24 @@ async fn files_are_fetched_after_the_send_and_refused_by_status() {
     assert_eq!(bytes, b"%PDF-1.4");
 }
 
+/// The account's message history on the simulator, read with `password`.
+fn history_of(sim: &TwilioSim, password: &str) -> waconnect_shared::twilio::history::History {
+    let o = sim.options();
+    waconnect_shared::twilio::history::History::new(
+        waconnect_shared::twilio::account::TwilioAccount {
+            account_sid: o.account_sid.clone(),
+            username: o.account_sid.clone(),
+            password: password.to_owned().into(),
+        },
+        &sim.api_base(),
+        &Default::default(),
+        Duration::from_secs(5),
+    )
+}
+
 #[tokio::test]
 async fn the_history_lists_what_customers_sent_page_by_page_with_their_files() {
-    use waconnect_shared::twilio::account::TwilioAccount;
-    use waconnect_shared::twilio::history::{History, HistoryError};
+    use waconnect_shared::twilio::history::HistoryError;
     let sim = TwilioSim::start().await;
     let o = sim.options().clone();
     let (webhooks, url) = receiver(&o.auth_token, "/twilio/messages").await;
@@ -686,18 +700,7 @@ async fn the_history_lists_what_customers_sent_page_by_page_with_their_files() {
     assert_eq!(status, 201);
     let until = chrono::Utc::now() + chrono::Duration::seconds(1);
 
-    let account = TwilioAccount {
-        account_sid: o.account_sid.clone(),
-        username: o.account_sid.clone(),
-        password: o.auth_token.clone().into(),
-    };
-    let history = History::new(
-        account.clone(),
-        &sim.api_base(),
-        &Default::default(),
-        Duration::from_secs(5),
-    )
-    .with_page_size(2);
+    let history = history_of(&sim, &o.auth_token).with_page_size(2);
     let received = history.received(None, since, until, 100).await.unwrap();
     assert_eq!(
         received.iter().map(|m| m.sid.clone()).collect::<Vec<_>>(),
@@ -735,16 +738,7 @@ async fn the_history_lists_what_customers_sent_page_by_page_with_their_files() {
         history.received(None, since, until, 3).await,
         Err(HistoryError::TooMany(3))
     ));
-    let wrong = TwilioAccount {
-        password: "wrong".to_owned().into(),
-        ..account
-    };
-    let refused = History::new(
-        wrong,
-        &sim.api_base(),
-        &Default::default(),
-        Duration::from_secs(5),
-    );
+    let refused = history_of(&sim, "wrong");
     assert!(matches!(
         refused.received(None, since, until, 100).await,
         Err(HistoryError::Auth(401))
@@ -753,8 +747,6 @@ async fn the_history_lists_what_customers_sent_page_by_page_with_their_files() {
 
 #[tokio::test]
 async fn the_history_pages_only_until_the_list_passes_the_range() {
-    use waconnect_shared::twilio::account::TwilioAccount;
-    use waconnect_shared::twilio::history::History;
     let sim = TwilioSim::start().await;
     let o = sim.options().clone();
     let (_webhooks, url) = receiver(&o.auth_token, "/twilio/messages").await;
@@ -771,17 +763,7 @@ async fn the_history_pages_only_until_the_list_passes_the_range() {
             + chrono::TimeDelta::seconds(1);
     tokio::time::sleep((since - chrono::Utc::now()).to_std().unwrap_or_default()).await;
     let (new, _) = phone.text(customer, "new").await.unwrap();
-    let history = History::new(
-        TwilioAccount {
-            account_sid: o.account_sid.clone(),
-            username: o.account_sid.clone(),
-            password: o.auth_token.clone().into(),
-        },
-        &sim.api_base(),
-        &Default::default(),
-        Duration::from_secs(5),
-    )
-    .with_page_size(2);
+    let history = history_of(&sim, &o.auth_token).with_page_size(2);
     // The whole day is listed (the filters are to the day), newest first: the first page
     // already goes past the range's start, so the eight older messages are never paged
     // through — they would count past the cap (four times `max` listed).
