@@ -9,10 +9,13 @@
 //! outcome for [`STALE_CLAIM`] (its relay died), when one of them takes it over. So each
 //! stretch costs the fleet about one claim per relay, a list call per routed number and
 //! per 1,000 of its messages from the stretch's start to the look (Twilio's list filters
-//! by day, so it is read back from now), and one ledger read per customer message in it. A relay that starts looks back over the
-//! last [`LOOK_BACK_STRETCHES`] stretches, and one that fell behind catches up, both within
-//! [`HORIZON`], which the queue's 5-minute dedup window still covers; further back is
-//! `waconnect recover`'s.
+//! by day, so it is read back from now), and one ledger read per customer message in it.
+//! A relay that starts looks back over the whole [`HORIZON`], and one that fell behind
+//! catches up within it; the queue's 5-minute dedup window still covers it, and further
+//! back is `waconnect recover`'s. The whole horizon, because a stretch whose relay died
+//! while it looked can be taken over only once the claim is stale: a relay that started
+//! since and looked back less (a few short stretches) would never see it, and when every
+//! relay that was behind it has restarted by then, nobody would.
 
 use crate::config::CatchUpSettings;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -25,8 +28,6 @@ use waconnect_shared::twilio::recovery::{Outcome, Recovery, RecoveryError};
 
 /// How far back a stretch may start and still be looked at.
 const HORIZON: TimeDelta = TimeDelta::minutes(4);
-/// Stretches a starting relay looks back over, at most (and within the horizon).
-const LOOK_BACK_STRETCHES: i32 = 8;
 /// Customer messages in one stretch, at most (a minute of 300 a second).
 const MAX_PER_STRETCH: usize = 20_000;
 /// A stretch that could not be looked at, or that another relay is looking at, is tried
@@ -45,9 +46,8 @@ pub async fn run(
     let every = TimeDelta::from_std(settings.every).expect("at most 2 minutes");
     let after = TimeDelta::from_std(settings.after).expect("at most a minute");
     // A relay that starts looks back too: what the fleet could not look at while it was
-    // down. Over at most a few stretches, so short ones (tests) do not make a start slow.
-    let look_back = HORIZON.min(every * LOOK_BACK_STRETCHES);
-    let mut next = stretch_start(Utc::now() - look_back, every) + every;
+    // down, and what a relay that died left. A stretch looked at already costs a claim.
+    let mut next = stretch_start(Utc::now() - HORIZON, every) + every;
     loop {
         let now = Utc::now();
         let mut wait = RETRY_AFTER;
@@ -57,7 +57,7 @@ pub async fn run(
                     stretch_start = %next,
                     "the catch-up could not look at a stretch in time; `waconnect recover` can"
                 );
-            } else if !look_at(&recovery, ledger.as_ref(), next, every).await {
+            } else if !look_at(&recovery, &ledger, next, every).await {
                 break;
             }
             next += every;
@@ -85,7 +85,7 @@ fn stretch_start(at: DateTime<Utc>, every: TimeDelta) -> DateTime<Utc> {
 /// this relay or another).
 async fn look_at(
     recovery: &Recovery,
-    ledger: &dyn DeliveryLedger,
+    ledger: &Arc<dyn DeliveryLedger>,
     start: DateTime<Utc>,
     every: TimeDelta,
 ) -> bool {
@@ -162,9 +162,17 @@ async fn look_at(
         metrics::counter!("waconnect_relay_recovered_total", "outcome" => f.outcome.as_str())
             .increment(1);
     }
-    if let Err(e) = ledger.sent(&key, "done").await {
-        tracing::debug!(error = %e, "a looked-at stretch was not recorded as done");
-    }
+    // Not waited for: the AWS ledger holds an outcome back a moment for company, which a
+    // relay walking back over many short stretches would pay at each. Until it lands, the
+    // others take the claim for a look in progress; if it never does, one looks again,
+    // which queues nothing twice (the ledger and the queue's dedup drop what was handled
+    // or queued).
+    let ledger = ledger.clone();
+    tokio::spawn(async move {
+        if let Err(e) = ledger.sent(&key, "done").await {
+            tracing::debug!(error = %e, "a looked-at stretch was not recorded as done");
+        }
+    });
     true
 }
 

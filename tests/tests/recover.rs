@@ -5,9 +5,13 @@
 //! it again changes nothing.
 
 use std::time::Duration;
+use waconnect_shared::service::config::{CommonConfig, ConfigSource};
+use waconnect_shared::storage::backend::Backend;
+use waconnect_shared::storage::delivery::Claim;
+use waconnect_sim::connect::DeskClient;
 use waconnect_sim::twilio::{CustomerMessage, PhoneClient};
 use waconnect_tests::full_loop::{FullLoop, LoopOptions};
-use waconnect_tests::processes::binary;
+use waconnect_tests::processes::{binary, spawn};
 use waconnect_tests::{customer, free_port, wait};
 
 /// A text the phone sends; its SID and what Twilio's webhook got (0: no answer).
@@ -209,11 +213,9 @@ async fn messages_twilio_took_while_ingress_was_away_reach_the_agent_once_on_aws
     messages_twilio_took_while_ingress_was_away_reach_the_agent_once(true).await;
 }
 
-/// The catch-up, on: a message whose webhook Twilio gave up on reaches the agent without
-/// anyone's word, once, told as late; the messages around it that came through stay as
-/// they were.
-async fn the_catch_up_queues_what_ingress_missed(aws: bool) {
-    let lp = FullLoop::start(LoopOptions {
+/// The full loop with the catch-up on, over stretches of a second.
+async fn with_catch_up(aws: bool) -> FullLoop {
+    FullLoop::start(LoopOptions {
         aws,
         relay_vars: vec![
             ("WACONNECT_RELAY_CATCH_UP_EVERY", "1s".into()),
@@ -221,7 +223,26 @@ async fn the_catch_up_queues_what_ingress_missed(aws: bool) {
         ],
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+/// The customer's texts in the agent's chat once the one ingress missed is among them.
+async fn missed_message(desk: &DeskClient, contact: &str, within: Duration) -> Vec<String> {
+    wait::until("the missed message", within, || async {
+        let texts = desk.customer_texts(contact).await.ok()?;
+        texts
+            .iter()
+            .any(|t| t == "is anyone there?")
+            .then_some(texts)
+    })
+    .await
+}
+
+/// The catch-up, on: a message whose webhook Twilio gave up on reaches the agent without
+/// anyone's word, once, told as late; the messages around it that came through stay as
+/// they were.
+async fn the_catch_up_queues_what_ingress_missed(aws: bool) {
+    let lp = with_catch_up(aws).await;
     let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
     let phone = lp.twilio.phone();
     let desk = lp.connect.desk();
@@ -234,14 +255,7 @@ async fn the_catch_up_queues_what_ingress_missed(aws: bool) {
     assert_eq!(status, 200);
 
     let late = "[waconnect notice - not from the customer] The customer sent this at ";
-    let texts = wait::until("the missed message", Duration::from_secs(30), || async {
-        let texts = desk.customer_texts(&contact).await.ok()?;
-        texts
-            .iter()
-            .any(|t| t == "is anyone there?")
-            .then_some(texts)
-    })
-    .await;
+    let texts = missed_message(&desk, &contact, Duration::from_secs(30)).await;
     let at = texts.iter().position(|t| t == "is anyone there?").unwrap();
     assert!(texts[at - 1].starts_with(late), "{texts:#?}");
     let metrics = wait::until("the catch-up counted", Duration::from_secs(10), || async {
@@ -276,4 +290,50 @@ async fn the_catch_up_queues_what_ingress_missed_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_catch_up_queues_what_ingress_missed_on_aws() {
     the_catch_up_queues_what_ingress_missed(true).await;
+}
+
+/// A relay that died while it looked at a stretch leaves a claim nobody can take over for
+/// 30 s; a relay that starts after that stretch has fallen out of a few stretches' view
+/// must still come back to it, or the message in it is lost for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stretch_left_by_a_relay_that_died_is_looked_at_by_one_that_starts_later() {
+    let mut lp = with_catch_up(false).await;
+    let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
+    let phone = lp.twilio.phone();
+    let desk = lp.connect.desk();
+    let webhook = lp.twilio.options().webhook_url.clone().unwrap();
+    lp.relay.start_kill().unwrap();
+    lp.relay.wait().await.unwrap();
+    webhooks_find_nobody(&phone).await;
+    let before = chrono::Utc::now();
+    let (_, status) = text(&phone, "is anyone there?").await;
+    assert_eq!(status, 0);
+    let after = chrono::Utc::now();
+    phone.set_webhook(&webhook).await.unwrap();
+    // The stretches the message may fall in, claimed as by a relay that then died.
+    let common = CommonConfig::read(&mut ConfigSource::from_pairs(lp.relay_vars.clone()).reader());
+    let ledger = Backend::open(&common)
+        .await
+        .unwrap()
+        .ledger()
+        .await
+        .unwrap();
+    for second in before.timestamp()..=after.timestamp() {
+        let key = format!("catchup#1000#{}", second * 1000);
+        assert!(
+            matches!(ledger.claim(&key).await, Ok(Claim::Fresh { .. })),
+            "{key}"
+        );
+    }
+    // The next relay starts once those stretches are further back than a few short
+    // stretches (here, 1 s each) reach: the passing of time is the case itself.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    lp.relay = spawn("relay-worker", &lp.relay_vars);
+    // Once the claims are stale (30 s), the new relay takes them over.
+    let texts = missed_message(&desk, &contact, Duration::from_secs(60)).await;
+    assert_eq!(
+        texts.iter().filter(|t| *t == "is anyone there?").count(),
+        1,
+        "{texts:#?}"
+    );
 }
