@@ -3,7 +3,10 @@
 //! and — the one that tests idempotency — after it was, the answer lost; and slow answers.
 //! moto itself never fails, so without this the AWS engines' retries, conditional writes
 //! that meet their own earlier attempt, and dedup after a lost answer go untried under
-//! chaos.
+//! chaos. A throttled DynamoDB batch (BatchWriteItem, BatchGetItem) is throttled as
+//! DynamoDB throttles one: some of its items are done and the rest come back unprocessed
+//! (`UnprocessedItems`, `UnprocessedKeys`), the call itself a success; only a batch of one
+//! fails whole.
 //!
 //! Each service answers in its own protocol, as the SDKs parse it: DynamoDB and SQS in
 //! JSON 1.0 (`__type`; SQS also names the code in `x-amzn-query-error`), S3 in XML. A
@@ -39,6 +42,8 @@ pub enum Fault {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Failed {
     pub throttled: u64,
+    /// DynamoDB batches answered with some of their items left unprocessed.
+    pub partial: u64,
     pub before: u64,
     /// Applied by moto, answered with 500.
     pub after: u64,
@@ -55,6 +60,7 @@ struct Shared {
     fault: Mutex<Fault>,
     rng: Mutex<StdRng>,
     throttled: AtomicU64,
+    partial: AtomicU64,
     before: AtomicU64,
     after: AtomicU64,
 }
@@ -76,6 +82,7 @@ impl AwsFaults {
             fault: Mutex::default(),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             throttled: AtomicU64::default(),
+            partial: AtomicU64::default(),
             before: AtomicU64::default(),
             after: AtomicU64::default(),
         });
@@ -94,6 +101,7 @@ impl AwsFaults {
     pub fn failed(&self) -> Failed {
         Failed {
             throttled: self.state.throttled.load(Ordering::SeqCst),
+            partial: self.state.partial.load(Ordering::SeqCst),
             before: self.state.before.load(Ordering::SeqCst),
             after: self.state.after.load(Ordering::SeqCst),
         }
@@ -143,6 +151,22 @@ async fn pass_on(State(state): State<Arc<Shared>>, request: Request) -> Response
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
     match plan {
+        Plan::Throttle if service == Service::DynamoDb => {
+            let target = header(&parts.headers, "x-amz-target");
+            let batch = target
+                .strip_suffix(".BatchWriteItem")
+                .map(|_| Batch::Write)
+                .or(target.strip_suffix(".BatchGetItem").map(|_| Batch::Get));
+            if let Some(batch) = batch
+                && let Some((kept, held)) = state.split(batch, &body)
+            {
+                state.partial.fetch_add(1, Ordering::SeqCst);
+                let response = state.moto.pass_on(parts, kept.into()).await;
+                return unprocessed(batch, response, held).await;
+            }
+            state.throttled.fetch_add(1, Ordering::SeqCst);
+            return throttled(service);
+        }
         Plan::Throttle => {
             state.throttled.fetch_add(1, Ordering::SeqCst);
             return throttled(service);
@@ -161,6 +185,114 @@ async fn pass_on(State(state): State<Arc<Shared>>, request: Request) -> Response
         return server_error(service);
     }
     response
+}
+
+#[derive(Clone, Copy)]
+enum Batch {
+    Write,
+    Get,
+}
+
+impl Batch {
+    /// A table's items in a request: the write requests, or the keys to get.
+    fn items(self, table: &mut serde_json::Value) -> Option<&mut Vec<serde_json::Value>> {
+        match self {
+            Batch::Write => table.as_array_mut(),
+            Batch::Get => table.get_mut("Keys")?.as_array_mut(),
+        }
+    }
+
+    fn count(self, table: &serde_json::Value) -> usize {
+        match self {
+            Batch::Write => table.as_array(),
+            Batch::Get => table.get("Keys").and_then(|k| k.as_array()),
+        }
+        .map_or(0, Vec::len)
+    }
+
+    /// Where the answer hands back what was not done.
+    fn unprocessed(self) -> &'static str {
+        match self {
+            Batch::Write => "UnprocessedItems",
+            Batch::Get => "UnprocessedKeys",
+        }
+    }
+}
+
+impl Shared {
+    /// The batch request with a random part of its items held back (at least one), and
+    /// the `RequestItems` held back, shaped as the answer's unprocessed part; `None` for a
+    /// batch of fewer than two items, which DynamoDB throttles whole.
+    fn split(&self, batch: Batch, body: &[u8]) -> Option<(Vec<u8>, serde_json::Value)> {
+        let mut request: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let tables = request.get_mut("RequestItems")?.as_object_mut()?;
+        let total: usize = tables.values().map(|t| batch.count(t)).sum();
+        if total < 2 {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        // Each item held back by a coin, but at least one held and one done.
+        let first_held = rng.random_range(0..total);
+        let mut draws: Vec<bool> = (0..total)
+            .map(|i| i == first_held || rng.random_bool(0.5))
+            .collect();
+        if draws.iter().all(|h| *h) {
+            draws[(first_held + 1) % total] = false;
+        }
+        let mut draws = draws.into_iter();
+        let mut held = serde_json::Map::new();
+        for (name, table) in tables.iter_mut() {
+            let mut unprocessed = table.clone();
+            let Some(items) = batch.items(table) else {
+                continue;
+            };
+            let (back, done): (Vec<_>, Vec<_>) = std::mem::take(items)
+                .into_iter()
+                .partition(|_| draws.next().unwrap_or(false));
+            *items = done;
+            if !back.is_empty() {
+                *batch.items(&mut unprocessed).expect("the same shape") = back;
+                held.insert(name.clone(), unprocessed);
+            }
+        }
+        // A table left with nothing to do may not be named at all.
+        tables.retain(|_, t| batch.count(t) > 0);
+        let kept = serde_json::to_vec(&request).ok()?;
+        Some((kept, serde_json::Value::Object(held)))
+    }
+}
+
+/// moto's answer to the part of a batch passed on, with what was held back added as
+/// unprocessed.
+async fn unprocessed(batch: Batch, response: Response, held: serde_json::Value) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let mut answer: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(a) if parts.status.is_success() => a,
+        // moto refused it: that answer stands.
+        _ => return Response::from_parts(parts, body.into()),
+    };
+    let field = batch.unprocessed();
+    let mut all = answer[field].as_object().cloned().unwrap_or_default();
+    for (table, items) in held.as_object().into_iter().flatten() {
+        match all.get_mut(table) {
+            Some(theirs) => {
+                let extra = batch.items(&mut items.clone()).cloned().unwrap_or_default();
+                if let Some(list) = batch.items(theirs) {
+                    list.extend(extra);
+                }
+            }
+            None => {
+                all.insert(table.clone(), items.clone());
+            }
+        }
+    }
+    answer[field] = serde_json::Value::Object(all);
+    // The body changed: a checksum of the old one would be wrong.
+    parts.headers.remove("x-amz-crc32");
+    Response::from_parts(parts, answer.to_string().into())
 }
 
 fn throttled(service: Service) -> Response {

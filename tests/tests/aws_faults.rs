@@ -2,13 +2,17 @@
 //! SDKs as the services' own (throttling as throttling, a server error as one), a server
 //! error "after" must leave the call applied, and Twilio's presigned fetches must pass.
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use waconnect_shared::service::aws::{ErrorKind, classify};
 use waconnect_shared::service::config::AwsStorageConfig;
+use waconnect_shared::storage::delivery::DeliveryLedger;
+use waconnect_shared::storage::delivery::dynamodb::DynamoLedger;
 use waconnect_shared::storage::media::s3::S3Store;
 use waconnect_shared::storage::media::{FileMeta, MediaStore};
-use waconnect_shared::storage::table::KEY;
+use waconnect_shared::storage::table::{KEY, Table};
 use waconnect_tests::aws_faults::{AwsFaults, Fault};
 use waconnect_tests::moto::Moto;
 
@@ -179,4 +183,119 @@ async fn a_presigned_fetch_passes_whatever_the_fault() {
     assert_eq!(fetched.status(), 200);
     assert_eq!(fetched.bytes().await.unwrap().as_ref(), b"%PDF-1.4 manual");
     assert_eq!(proxy.failed().throttled, 0);
+}
+
+#[tokio::test]
+async fn a_throttled_dynamodb_batch_does_part_and_hands_back_the_rest() {
+    let (proxy, config) = setup().await;
+    let (_, dynamodb, _) = waconnect_shared::storage::backend::aws_clients(&config).await;
+    let keys: Vec<String> = (0..8).map(|i| format!("batch-{i}")).collect();
+    let put = |k: &String| {
+        WriteRequest::builder()
+            .put_request(
+                PutRequest::builder()
+                    .item(KEY, AttributeValue::S(k.clone()))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    };
+    proxy.set(Fault::Throttle(1));
+    let out = dynamodb
+        .batch_write_item()
+        .request_items(&config.table, keys.iter().map(put).collect())
+        .send()
+        .await
+        .expect("a throttled batch is answered, not failed");
+    let left: Vec<String> = out
+        .unprocessed_items()
+        .and_then(|u| u.get(&config.table))
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w.put_request()?.item().get(KEY)?.as_s().ok().cloned())
+        .collect();
+    assert!(!left.is_empty() && left.len() < keys.len(), "{left:?}");
+    assert_eq!(proxy.failed().partial, 1);
+
+    // What was said to be done is there; what was handed back is not.
+    let get = |keys: &[String], consistent: bool| {
+        let mut request = KeysAndAttributes::builder().consistent_read(consistent);
+        for k in keys {
+            request = request.keys(HashMap::from([(
+                KEY.to_owned(),
+                AttributeValue::S(k.clone()),
+            )]));
+        }
+        dynamodb
+            .batch_get_item()
+            .request_items(&config.table, request.build().unwrap())
+            .send()
+    };
+    proxy.set(Fault::None);
+    let found = get(&keys, true).await.unwrap();
+    let mut there: Vec<String> = found.responses().unwrap()[&config.table]
+        .iter()
+        .filter_map(|i| i.get(KEY)?.as_s().ok().cloned())
+        .collect();
+    there.sort();
+    let done: Vec<String> = keys.iter().filter(|k| !left.contains(k)).cloned().collect();
+    assert_eq!(there, done);
+
+    // A throttled read likewise: its unprocessed keys keep the request's consistency.
+    proxy.set(Fault::Throttle(1));
+    let out = get(&done, true).await.unwrap();
+    let unread = &out.unprocessed_keys().unwrap()[&config.table];
+    assert_eq!(unread.consistent_read(), Some(true));
+    let read = out
+        .responses()
+        .unwrap()
+        .get(&config.table)
+        .map_or(0, Vec::len);
+    assert!(!unread.keys().is_empty(), "nothing was held back");
+    assert_eq!(read + unread.keys().len(), done.len());
+}
+
+/// An outcome the ledger says it recorded under throttling has its SID's owner recorded
+/// too: a sender that reconciles another part with the same text must not take that SID
+/// for its own.
+#[tokio::test]
+async fn an_outcome_recorded_under_throttling_names_its_sid_owner() {
+    let (proxy, config) = setup().await;
+    let (_, dynamodb, _) = waconnect_shared::storage::backend::aws_clients(&config).await;
+    let ledger = Arc::new(DynamoLedger::new(
+        Table::new(dynamodb, config.table.clone()),
+        Duration::from_secs(3600),
+    ));
+    proxy.set(Fault::Throttle(1));
+    // At once, so they share batches: each outcome is two items (the part, the SID).
+    let parts: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("item-{i}#0"), format!("SM{i:032x}")))
+        .collect();
+    let mut written = tokio::task::JoinSet::new();
+    for (key, sid) in parts.clone() {
+        let ledger = ledger.clone();
+        written.spawn(async move { (ledger.sent(&key, &sid).await, key, sid) });
+    }
+    let mut recorded = Vec::new();
+    while let Some(done) = written.join_next().await {
+        let (result, key, sid) = done.unwrap();
+        if result.is_ok() {
+            recorded.push((key, sid));
+        }
+    }
+    assert!(proxy.failed().partial > 0, "{:?}", proxy.failed());
+    assert!(
+        !recorded.is_empty(),
+        "nothing was recorded: no case to check"
+    );
+    proxy.set(Fault::None);
+    let sids: Vec<String> = recorded.iter().map(|(_, sid)| sid.clone()).collect();
+    let owners = ledger.owned(&sids).await.unwrap();
+    for (key, sid) in &recorded {
+        assert_eq!(
+            owners.get(sid),
+            Some(key),
+            "{sid} recorded for {key} without its owner"
+        );
+    }
 }

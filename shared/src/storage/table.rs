@@ -37,7 +37,8 @@ pub type Item = HashMap<String, AttributeValue>;
 
 /// BatchWriteItem's limit.
 pub const MAX_BATCH_WRITE: usize = 25;
-/// Attempts at the items a BatchWriteItem left unprocessed (throttling) before giving up.
+/// Attempts at the items a BatchWriteItem or BatchGetItem left unprocessed (throttling)
+/// before giving up.
 const UNPROCESSED_ATTEMPTS: u32 = 4;
 
 /// Which side of a time [`Table::query_due`] lists.
@@ -224,7 +225,11 @@ impl Table {
     }
 
     /// The items with these keys (`pk` values) that exist: one BatchGetItem per 100 keys,
-    /// asking again for what DynamoDB leaves unprocessed under load.
+    /// asking again (with a doubling pause, [`UNPROCESSED_ATTEMPTS`] times at most) for
+    /// what DynamoDB leaves unprocessed under load. Strongly consistent: every caller
+    /// reads what was written moments before (a SID's owner recorded just after the send,
+    /// a failure recorded before its message reappears), which an eventually consistent
+    /// read may not show yet.
     pub(crate) async fn batch_get(
         &self,
         pks: impl IntoIterator<Item = String>,
@@ -233,7 +238,7 @@ impl Table {
         let pks: Vec<String> = pks.into_iter().collect();
         let mut found = Vec::new();
         for chunk in pks.chunks(100) {
-            let mut keys = KeysAndAttributes::builder();
+            let mut keys = KeysAndAttributes::builder().consistent_read(true);
             for pk in chunk {
                 keys = keys.keys(key(pk.clone()));
             }
@@ -242,19 +247,33 @@ impl Table {
                 code: None,
                 message: e.to_string(),
             })?;
-            let mut request = Some(HashMap::from([(self.name.clone(), keys)]));
-            while let Some(items) = request.take().filter(|r| !r.is_empty()) {
+            let mut request = HashMap::from([(self.name.clone(), keys)]);
+            let mut delay = std::time::Duration::from_millis(25);
+            for attempt in 1.. {
                 let out = self
                     .client
                     .batch_get_item()
-                    .set_request_items(Some(items))
+                    .set_request_items(Some(request))
                     .send()
                     .await
                     .map_err(|e| crate::service::aws::CallError::from_sdk(&e))?;
                 if let Some(mut responses) = out.responses {
                     found.extend(responses.remove(&self.name).unwrap_or_default());
                 }
-                request = out.unprocessed_keys;
+                request = out.unprocessed_keys.unwrap_or_default();
+                let left = request.get(&self.name).map_or(0, |k| k.keys().len());
+                if left == 0 {
+                    break;
+                }
+                if attempt == UNPROCESSED_ATTEMPTS {
+                    return Err(crate::service::aws::CallError {
+                        unavailable: true,
+                        code: Some("UnprocessedKeys".into()),
+                        message: format!("DynamoDB left {left} reads unprocessed (throttled)"),
+                    });
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
             }
         }
         Ok(found)

@@ -78,8 +78,10 @@ async fn write_outcomes(
     };
     batch
         .iter()
-        .map(|(key, _)| {
-            if left.contains(pk(key).as_str()) {
+        .map(|(key, sid)| {
+            // The owner record counts as much as the outcome: without it, another part
+            // with the same text could take this SID for its own when it reconciles.
+            if left.contains(pk(key).as_str()) || left.contains(sid_pk(sid).as_str()) {
                 Err(CallError {
                     unavailable: true,
                     code: Some("UnprocessedItems".into()),
