@@ -8,6 +8,11 @@
 //! (`UnprocessedItems`, `UnprocessedKeys`), the call itself a success; only a batch of one
 //! fails whole.
 //!
+//! DynamoDB's reads are eventually consistent unless they ask otherwise, and moto's are
+//! not: through the proxy, a GetItem or BatchGetItem that does not ask for a consistent
+//! read misses an item created less than [`REPLICATION_LAG`] ago, as a replica that has
+//! not seen the write yet would, at all times (it is how DynamoDB always is, not a fault).
+//!
 //! Each service answers in its own protocol, as the SDKs parse it: DynamoDB and SQS in
 //! JSON 1.0 (`__type`; SQS also names the code in `x-amzn-query-error`), S3 in XML. A
 //! presigned GET (Twilio fetching an agent's file) is passed through untouched: it is not
@@ -20,9 +25,15 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a new item stays unseen by eventually consistent reads ("usually within a
+/// second", DynamoDB's documentation says).
+pub const REPLICATION_LAG: Duration = Duration::from_secs(1);
 
 /// What the proxy does to the calls that pass it now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +58,9 @@ pub struct Failed {
     pub before: u64,
     /// Applied by moto, answered with 500.
     pub after: u64,
+    /// Eventually consistent reads that missed an item created moments before (not a
+    /// failure: how DynamoDB answers them).
+    pub stale_reads: u64,
 }
 
 pub struct AwsFaults {
@@ -63,6 +77,11 @@ struct Shared {
     partial: AtomicU64,
     before: AtomicU64,
     after: AtomicU64,
+    stale_reads: AtomicU64,
+    /// DynamoDB items (`pk`) by when moto created them, while they are that young; and
+    /// every item written since the proxy started, to tell a creation from an update.
+    young: Mutex<HashMap<String, Instant>>,
+    written: Mutex<HashSet<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -85,6 +104,9 @@ impl AwsFaults {
             partial: AtomicU64::default(),
             before: AtomicU64::default(),
             after: AtomicU64::default(),
+            stale_reads: AtomicU64::default(),
+            young: Mutex::default(),
+            written: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -104,6 +126,7 @@ impl AwsFaults {
             partial: self.state.partial.load(Ordering::SeqCst),
             before: self.state.before.load(Ordering::SeqCst),
             after: self.state.after.load(Ordering::SeqCst),
+            stale_reads: self.state.stale_reads.load(Ordering::SeqCst),
         }
     }
 }
@@ -161,7 +184,7 @@ async fn pass_on(State(state): State<Arc<Shared>>, request: Request) -> Response
                 && let Some((kept, held)) = state.split(batch, &body)
             {
                 state.partial.fetch_add(1, Ordering::SeqCst);
-                let response = state.moto.pass_on(parts, kept.into()).await;
+                let response = state.through_moto(service, parts, kept.into()).await;
                 return unprocessed(batch, response, held).await;
             }
             state.throttled.fetch_add(1, Ordering::SeqCst);
@@ -178,13 +201,120 @@ async fn pass_on(State(state): State<Arc<Shared>>, request: Request) -> Response
         Plan::Pass(delay) => tokio::time::sleep(delay).await,
         Plan::Fail { after: true } => {}
     }
-    let response = state.moto.pass_on(parts, body).await;
+    let response = state.through_moto(service, parts, body).await;
     if matches!(plan, Plan::Fail { after: true }) {
         // moto applied it; the caller never hears so.
         state.after.fetch_add(1, Ordering::SeqCst);
         return server_error(service);
     }
     response
+}
+
+impl Shared {
+    /// moto's answer to the call, as DynamoDB's own would read: the items it creates are
+    /// noted, and an eventually consistent read misses those still young.
+    async fn through_moto(
+        &self,
+        service: Service,
+        parts: axum::http::request::Parts,
+        body: axum::body::Bytes,
+    ) -> Response {
+        if service != Service::DynamoDb {
+            return self.moto.pass_on(parts, body).await;
+        }
+        let target = header(&parts.headers, "x-amz-target");
+        let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let response = self.moto.pass_on(parts, body).await;
+        if !response.status().is_success() {
+            return response;
+        }
+        match operation.as_str() {
+            "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" => {
+                self.note_writes(&operation, &request);
+                response
+            }
+            "GetItem" | "BatchGetItem" => self.as_a_replica_reads(&request, response).await,
+            _ => response,
+        }
+    }
+
+    fn note_writes(&self, operation: &str, request: &Value) {
+        let pk = |v: &Value| v["pk"]["S"].as_str().map(str::to_owned);
+        let (mut put, mut deleted) = (Vec::new(), Vec::new());
+        match operation {
+            "PutItem" => put.extend(pk(&request["Item"])),
+            "UpdateItem" => put.extend(pk(&request["Key"])),
+            "DeleteItem" => deleted.extend(pk(&request["Key"])),
+            _ => {
+                let tables = request["RequestItems"].as_object().into_iter().flatten();
+                for write in tables.flat_map(|(_, w)| w.as_array().into_iter().flatten()) {
+                    put.extend(pk(&write["PutRequest"]["Item"]));
+                    deleted.extend(pk(&write["DeleteRequest"]["Key"]));
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut written = self.written.lock().unwrap();
+        let mut young = self.young.lock().unwrap();
+        young.retain(|_, at| now.duration_since(*at) < REPLICATION_LAG);
+        for key in deleted {
+            written.remove(&key);
+            young.remove(&key);
+        }
+        for key in put {
+            if written.insert(key.clone()) {
+                young.insert(key, now);
+            }
+        }
+    }
+
+    /// The read's answer without the items a replica would not have yet, unless the read
+    /// asked for consistency.
+    async fn as_a_replica_reads(&self, request: &Value, response: Response) -> Response {
+        let young: HashSet<String> = {
+            let mut young = self.young.lock().unwrap();
+            young.retain(|_, at| at.elapsed() < REPLICATION_LAG);
+            young.keys().cloned().collect()
+        };
+        let consistent = |r: &Value| r["ConsistentRead"].as_bool() == Some(true);
+        let single = request.get("Key").is_some();
+        if young.is_empty() || (single && consistent(request)) {
+            return response;
+        }
+        let (mut parts, body) = response.into_parts();
+        let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+            return StatusCode::BAD_GATEWAY.into_response();
+        };
+        let Ok(mut answer) = serde_json::from_slice::<Value>(&body) else {
+            return Response::from_parts(parts, body.into());
+        };
+        let is_young = |item: &Value| item["pk"]["S"].as_str().is_some_and(|k| young.contains(k));
+        let mut missed = 0;
+        if single {
+            if answer.get("Item").is_some_and(is_young) {
+                answer.as_object_mut().expect("an object").remove("Item");
+                missed += 1;
+            }
+        } else if let Some(tables) = answer["Responses"].as_object_mut() {
+            for (table, items) in tables.iter_mut() {
+                if consistent(&request["RequestItems"][table]) {
+                    continue;
+                }
+                if let Some(items) = items.as_array_mut() {
+                    let before = items.len();
+                    items.retain(|i| !is_young(i));
+                    missed += before - items.len();
+                }
+            }
+        }
+        if missed == 0 {
+            return Response::from_parts(parts, body.into());
+        }
+        self.stale_reads.fetch_add(missed as u64, Ordering::SeqCst);
+        parts.headers.remove("x-amz-crc32");
+        Response::from_parts(parts, answer.to_string().into())
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -195,14 +325,14 @@ enum Batch {
 
 impl Batch {
     /// A table's items in a request: the write requests, or the keys to get.
-    fn items(self, table: &mut serde_json::Value) -> Option<&mut Vec<serde_json::Value>> {
+    fn items(self, table: &mut Value) -> Option<&mut Vec<Value>> {
         match self {
             Batch::Write => table.as_array_mut(),
             Batch::Get => table.get_mut("Keys")?.as_array_mut(),
         }
     }
 
-    fn count(self, table: &serde_json::Value) -> usize {
+    fn count(self, table: &Value) -> usize {
         match self {
             Batch::Write => table.as_array(),
             Batch::Get => table.get("Keys").and_then(|k| k.as_array()),
@@ -223,8 +353,8 @@ impl Shared {
     /// The batch request with a random part of its items held back (at least one), and
     /// the `RequestItems` held back, shaped as the answer's unprocessed part; `None` for a
     /// batch of fewer than two items, which DynamoDB throttles whole.
-    fn split(&self, batch: Batch, body: &[u8]) -> Option<(Vec<u8>, serde_json::Value)> {
-        let mut request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    fn split(&self, batch: Batch, body: &[u8]) -> Option<(Vec<u8>, Value)> {
+        let mut request: Value = serde_json::from_slice(body).ok()?;
         let tables = request.get_mut("RequestItems")?.as_object_mut()?;
         let total: usize = tables.values().map(|t| batch.count(t)).sum();
         if total < 2 {
@@ -258,18 +388,18 @@ impl Shared {
         // A table left with nothing to do may not be named at all.
         tables.retain(|_, t| batch.count(t) > 0);
         let kept = serde_json::to_vec(&request).ok()?;
-        Some((kept, serde_json::Value::Object(held)))
+        Some((kept, Value::Object(held)))
     }
 }
 
 /// moto's answer to the part of a batch passed on, with what was held back added as
 /// unprocessed.
-async fn unprocessed(batch: Batch, response: Response, held: serde_json::Value) -> Response {
+async fn unprocessed(batch: Batch, response: Response, held: Value) -> Response {
     let (mut parts, body) = response.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return StatusCode::BAD_GATEWAY.into_response();
     };
-    let mut answer: serde_json::Value = match serde_json::from_slice(&body) {
+    let mut answer: Value = match serde_json::from_slice(&body) {
         Ok(a) if parts.status.is_success() => a,
         // moto refused it: that answer stands.
         _ => return Response::from_parts(parts, body.into()),
@@ -289,7 +419,7 @@ async fn unprocessed(batch: Batch, response: Response, held: serde_json::Value) 
             }
         }
     }
-    answer[field] = serde_json::Value::Object(all);
+    answer[field] = Value::Object(all);
     // The body changed: a checksum of the old one would be wrong.
     parts.headers.remove("x-amz-crc32");
     Response::from_parts(parts, answer.to_string().into())

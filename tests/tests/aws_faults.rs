@@ -1,6 +1,8 @@
 //! The chaos run's AWS fault proxy is test equipment: its faults must read to the real
-//! SDKs as the services' own (throttling as throttling, a server error as one), a server
-//! error "after" must leave the call applied, and Twilio's presigned fetches must pass.
+//! SDKs as the services' own (throttling as throttling, a throttled batch as partly done,
+//! a server error as one), a server error "after" must leave the call applied, reads that
+//! do not ask for consistency must be as stale as DynamoDB's may be, and Twilio's
+//! presigned fetches must pass.
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use std::collections::HashMap;
@@ -15,6 +17,7 @@ use waconnect_shared::storage::media::{FileMeta, MediaStore};
 use waconnect_shared::storage::table::{KEY, Table};
 use waconnect_tests::aws_faults::{AwsFaults, Fault};
 use waconnect_tests::moto::Moto;
+use waconnect_tests::wait;
 
 async fn setup() -> (AwsFaults, AwsStorageConfig) {
     let moto = Moto::shared();
@@ -298,4 +301,47 @@ async fn an_outcome_recorded_under_throttling_names_its_sid_owner() {
             "{sid} recorded for {key} without its owner"
         );
     }
+}
+
+/// DynamoDB's reads are eventually consistent unless they ask: through the proxy, a new
+/// item is missed by such a read for a moment, as by a replica that has not seen it yet.
+/// The ledger must read a SID's owner consistently: the owner of a part sent a moment ago
+/// is what keeps another part with the same text from taking that part's message.
+#[tokio::test]
+async fn a_new_item_is_missed_by_an_eventually_consistent_read_for_a_moment() {
+    let (proxy, config) = setup().await;
+    let (_, dynamodb, _) = waconnect_shared::storage::backend::aws_clients(&config).await;
+    dynamodb
+        .put_item()
+        .table_name(&config.table)
+        .item(KEY, AttributeValue::S("new".into()))
+        .send()
+        .await
+        .unwrap();
+    let read = |consistent: bool| {
+        dynamodb
+            .get_item()
+            .table_name(&config.table)
+            .key(KEY, AttributeValue::S("new".into()))
+            .consistent_read(consistent)
+            .send()
+    };
+    assert!(read(false).await.unwrap().item.is_none());
+    assert!(read(true).await.unwrap().item.is_some());
+    assert_eq!(proxy.failed().stale_reads, 1);
+
+    let ledger = DynamoLedger::new(
+        Table::new(dynamodb.clone(), config.table.clone()),
+        Duration::from_secs(3600),
+    );
+    let sid = format!("SM{:032x}", 42);
+    ledger.sent("item-1#0", &sid).await.unwrap();
+    let owners = ledger.owned(std::slice::from_ref(&sid)).await.unwrap();
+    assert_eq!(owners.get(&sid).map(String::as_str), Some("item-1#0"));
+
+    // Past the lag, every read sees it.
+    wait::until("the replicas", Duration::from_secs(5), || async {
+        read(false).await.unwrap().item.map(|_| ())
+    })
+    .await;
 }
