@@ -10,12 +10,14 @@
 //! stretch costs the fleet about one claim per relay, a list call per routed number and
 //! per 1,000 of its messages from the stretch's start to the look (Twilio's list filters
 //! by day, so it is read back from now), and one ledger read per customer message in it.
-//! A relay that starts looks back over the whole [`HORIZON`], and one that fell behind
-//! catches up within it; the queue's 5-minute dedup window still covers it, and further
-//! back is `waconnect recover`'s. The whole horizon, because a stretch whose relay died
-//! while it looked can be taken over only once the claim is stale: a relay that started
-//! since and looked back less (a few short stretches) would never see it, and when every
-//! relay that was behind it has restarted by then, nobody would.
+//! A relay that starts looks back over [`LOOK_BACK_STRETCHES`] stretches, and at least
+//! twice [`STALE_CLAIM`], and one that fell behind catches up, both within [`HORIZON`],
+//! which the queue's 5-minute dedup window still covers; further back is `waconnect
+//! recover`'s. At least twice the stale time, because a stretch whose relay died while it
+//! looked can be taken over only once its claim is stale: a relay that started since and
+//! looked back less would never see it, and when every relay that was behind it has
+//! restarted by then, nobody would. (With stretches of a minute, the default, that is the
+//! whole horizon; only short ones, as in tests, look back less, to keep a start cheap.)
 
 use crate::config::CatchUpSettings;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -28,6 +30,8 @@ use waconnect_shared::twilio::recovery::{Outcome, Recovery, RecoveryError};
 
 /// How far back a stretch may start and still be looked at.
 const HORIZON: TimeDelta = TimeDelta::minutes(4);
+/// Stretches a starting relay looks back over, at least (and within the horizon).
+const LOOK_BACK_STRETCHES: i32 = 8;
 /// Customer messages in one stretch, at most (a minute of 300 a second).
 const MAX_PER_STRETCH: usize = 20_000;
 /// A stretch that could not be looked at, or that another relay is looking at, is tried
@@ -47,7 +51,8 @@ pub async fn run(
     let after = TimeDelta::from_std(settings.after).expect("at most a minute");
     // A relay that starts looks back too: what the fleet could not look at while it was
     // down, and what a relay that died left. A stretch looked at already costs a claim.
-    let mut next = stretch_start(Utc::now() - HORIZON, every) + every;
+    let look_back = HORIZON.min((every * LOOK_BACK_STRETCHES).max(STALE_CLAIM * 2 + every + after));
+    let mut next = stretch_start(Utc::now() - look_back, every) + every;
     loop {
         let now = Utc::now();
         let mut wait = RETRY_AFTER;
