@@ -174,23 +174,15 @@ async fn pass_on(State(state): State<Arc<Shared>>, request: Request) -> Response
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
     match plan {
-        Plan::Throttle if service == Service::DynamoDb => {
-            let target = header(&parts.headers, "x-amz-target");
-            let batch = target
-                .strip_suffix(".BatchWriteItem")
-                .map(|_| Batch::Write)
-                .or(target.strip_suffix(".BatchGetItem").map(|_| Batch::Get));
-            if let Some(batch) = batch
+        Plan::Throttle => {
+            if service == Service::DynamoDb
+                && let Some(batch) = Batch::of(&header(&parts.headers, "x-amz-target"))
                 && let Some((kept, held)) = state.split(batch, &body)
             {
                 state.partial.fetch_add(1, Ordering::SeqCst);
                 let response = state.through_moto(service, parts, kept.into()).await;
                 return unprocessed(batch, response, held).await;
             }
-            state.throttled.fetch_add(1, Ordering::SeqCst);
-            return throttled(service);
-        }
-        Plan::Throttle => {
             state.throttled.fetch_add(1, Ordering::SeqCst);
             return throttled(service);
         }
@@ -324,6 +316,15 @@ enum Batch {
 }
 
 impl Batch {
+    /// The batch a DynamoDB call (its `x-amz-target`) is, if it is one.
+    fn of(target: &str) -> Option<Self> {
+        match target.rsplit('.').next() {
+            Some("BatchWriteItem") => Some(Batch::Write),
+            Some("BatchGetItem") => Some(Batch::Get),
+            _ => None,
+        }
+    }
+
     /// A table's items in a request: the write requests, or the keys to get.
     fn items(self, table: &mut Value) -> Option<&mut Vec<Value>> {
         match self {
