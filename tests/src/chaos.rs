@@ -627,8 +627,10 @@ pub async fn run(engine: Engine) -> Report {
         let (lost, dup) = compare(&customer_all, &agent_sees);
         if lost + dup > 0 {
             println!(
-                "chaos: customer {c} customer→agent: {lost} lost, {dup} doubled; sent {:?}, caught up {:?}, got {agent_sees:?}",
-                written.customer[c], written.late[c]
+                "chaos: customer {c} customer→agent: {lost} lost ({} of them after the last that arrived), {dup} doubled; sent {:?}, caught up {:?}, got {agent_sees:?}",
+                missing_at_the_end(&written.customer[c], &agent_sees),
+                written.customer[c],
+                written.late[c]
             );
         }
         report.lost += lost;
@@ -656,7 +658,8 @@ pub async fn run(engine: Engine) -> Report {
             if lost + dup + plain > 0 {
                 // The test's own numbered texts, never a real customer's: safe to print.
                 println!(
-                    "chaos: customer {c} {direction}: {lost} lost, {dup} doubled, {plain} reordered; sent {sent:?}, got {got:?}"
+                    "chaos: customer {c} {direction}: {lost} lost ({} of them after the last that arrived), {dup} doubled, {plain} reordered; sent {sent:?}, got {got:?}",
+                    missing_at_the_end(sent, got)
                 );
                 if direction == "agent→customer" {
                     // What Twilio took for this customer, to tell which send doubled.
@@ -921,6 +924,17 @@ fn compare(sent: &[String], got: &[String]) -> (usize, usize) {
     (lost, dup)
 }
 
+/// Of the messages `sent` that did not arrive, how many were sent after the last that did:
+/// with nothing missing before them, a tail that may still have been on its way when the
+/// checker stopped waiting (the moto runs' limit), rather than a hole.
+fn missing_at_the_end(sent: &[String], got: &[String]) -> usize {
+    let last = sent.iter().rposition(|x| got.contains(x));
+    sent[last.map_or(0, |l| l + 1)..]
+        .iter()
+        .filter(|x| !got.contains(x))
+        .count()
+}
+
 /// Arrivals before an earlier-sent message, split into those with no explanation and
 /// those of messages WhatsApp refused once (63018, `refused`) and that were sent again.
 fn disorder(sent: &[String], got: &[String], refused: &[String]) -> (usize, usize) {
@@ -959,5 +973,9 @@ mod tests {
             (0, 1)
         );
         assert_eq!(disorder(&sent, &s(&["a", "c", "b", "d"]), &[]), (1, 0));
+        assert_eq!(missing_at_the_end(&sent, &s(&["a", "b"])), 2);
+        assert_eq!(missing_at_the_end(&sent, &s(&["a", "c"])), 1);
+        assert_eq!(missing_at_the_end(&sent, &s(&[])), 4);
+        assert_eq!(missing_at_the_end(&sent, &sent), 0);
     }
 }
