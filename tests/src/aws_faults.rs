@@ -284,11 +284,14 @@ impl Shared {
         let is_young = |item: &Value| item["pk"]["S"].as_str().is_some_and(|k| young.contains(k));
         let mut missed = 0;
         if single {
-            if answer.get("Item").is_some_and(is_young) {
+            // By the key asked for: a projection may leave it out of the item.
+            if answer.get("Item").is_some() && is_young(&request["Key"]) {
                 answer.as_object_mut().expect("an object").remove("Item");
                 missed += 1;
             }
         } else if let Some(tables) = answer["Responses"].as_object_mut() {
+            // (A batch's items are told by their key, which a projection may leave out:
+            // such reads are not made stale. None of ours project.)
             for (table, items) in tables.iter_mut() {
                 if consistent(&request["RequestItems"][table]) {
                     continue;

@@ -325,12 +325,19 @@ async fn a_stretch_left_by_a_relay_that_died_is_looked_at_by_one_that_starts_lat
             "{key}"
         );
     }
+    let claimed = std::time::Instant::now();
     // The next relay starts once those stretches are further back than a few short
     // stretches (here, 1 s each) reach: the passing of time is the case itself.
     tokio::time::sleep(Duration::from_secs(12)).await;
     lp.relay = spawn("relay-worker", &lp.relay_vars);
     // Once the claims are stale (30 s), the new relay takes them over.
     let texts = missed_message(&desk, &contact, Duration::from_secs(60)).await;
+    // Not before: the claims held (the test names the catch-up's ledger keys right).
+    assert!(
+        claimed.elapsed() >= Duration::from_secs(29),
+        "{:?}",
+        claimed.elapsed()
+    );
     assert_eq!(
         texts.iter().filter(|t| *t == "is anyone there?").count(),
         1,
