@@ -29,6 +29,10 @@ use waconnect_shared::storage::store::{Fence, Modified, StoreError, StoredConver
 pub const MAX_PART_CHARS: usize = 1024;
 /// How often one message may find its chat ended and start another before giving up.
 const MAX_CHAT_RESTARTS: usize = 3;
+/// How many new connections one event may make when Connect refuses their tokens. A
+/// refused new token is not an ended chat (Connect refuses the new connection itself
+/// then), so past the bound the event is retried later, never dropped.
+const MAX_NEW_CONNECTIONS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -204,10 +208,10 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
     if failed && resend(relay, event, &key, item, contact, code).await? {
         return Ok(());
     }
-    // The record to use: the remembered one first, then the stored one, then — once —
-    // the stored one with a new connection.
+    // The record to use: the remembered one first, then the stored one, then the stored
+    // one with a new connection (a bounded number of times).
     let (mut use_cache, mut reconnected) = (true, None::<StoredConversation>);
-    let mut new_connection_tried = false;
+    let mut new_connections = 0;
     loop {
         let (stored, from_cache) = match reconnected.take() {
             Some(s) => (s, false),
@@ -223,7 +227,10 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
                             relay.records.keep(&s);
                             (s, false)
                         }
-                        None => return Ok(()),
+                        None => {
+                            nobody_to_tell(&key, status, "no conversation");
+                            return Ok(());
+                        }
                     },
                 }
             }
@@ -233,7 +240,10 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
         if conversation.contact_id.as_deref() != Some(contact)
             || conversation.state != ConversationState::Active
         {
-            return Ok(());
+            {
+                nobody_to_tell(&key, status, "the chat is over");
+                return Ok(());
+            };
         }
         let token = conversation.connection_token_value();
         match tell_agent(relay, event, &token, item, status).await {
@@ -244,18 +254,22 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
             }
             // The stored token expired while the chat goes on (connections do not last
             // as long as chats): a new connection, as for a customer's message. Connect
-            // refusing that one too means the chat is over: nobody is left to tell.
-            Err(e) if e.kind == ErrorKind::AccessDenied && !new_connection_tried => {
-                new_connection_tried = true;
+            // refusing a new connection means the chat is over: nobody is left to tell.
+            Err(e)
+                if e.kind == ErrorKind::AccessDenied && new_connections < MAX_NEW_CONNECTIONS =>
+            {
+                new_connections += 1;
                 match reconnect(relay, stored).await? {
                     Some(fresh) => {
                         relay.records.keep(&fresh);
                         reconnected = Some(fresh);
                     }
-                    None => return Ok(()),
+                    None => {
+                        nobody_to_tell(&key, status, "the chat ended");
+                        return Ok(());
+                    }
                 }
             }
-            Err(e) if e.kind == ErrorKind::AccessDenied => return Ok(()),
             // Connect takes no receipts while a third participant (a supervisor) is in
             // the chat: final, not worth a retry.
             Err(e) if e.code == "ConflictException" && !failed => {
@@ -281,6 +295,13 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
         }
     }
     Ok(())
+}
+
+/// A status that has no chat left to reach: said, as an operator looking for a missing
+/// receipt would want to find it.
+fn nobody_to_tell(key: &ConversationKey, status: &str, why: &'static str) {
+    metrics::counter!("waconnect_relay_statuses_unrelayed_total", "why" => why).increment(1);
+    tracing::info!(conversation = %key, status, why, "status not relayed: nobody to tell");
 }
 
 /// Sends a part again that WhatsApp refused for a passing reason, through the outbound
@@ -482,7 +503,7 @@ async fn relay_message(
         );
     }
     let mut use_cache = true;
-    let mut restarts = 0;
+    let (mut restarts, mut new_connections) = (0, 0);
     'chat: loop {
         if restarts == MAX_CHAT_RESTARTS {
             return Err(RelayError::ChatKeepsEnding);
@@ -522,7 +543,11 @@ async fn relay_message(
                         relay.records.forget(&key);
                         continue 'chat;
                     }
-                    Err(e) if e.kind == ErrorKind::AccessDenied => {
+                    Err(e)
+                        if e.kind == ErrorKind::AccessDenied
+                            && new_connections < MAX_NEW_CONNECTIONS =>
+                    {
+                        new_connections += 1;
                         match reconnect(relay, stored).await? {
                             Some(fresh) => {
                                 relay.records.keep(&fresh);

@@ -538,16 +538,78 @@ async fn receipts_and_notices_reach_the_agent_after_the_connection_expired() {
     ] {
         stack.inbound.send(m).await.unwrap();
     }
-    wait::until("the read receipt", Duration::from_secs(20), || async {
-        let receipts = stack.desk.customer_receipts(&contact).await.ok()?;
-        (receipts.get(&reply.id).is_some_and(|r| r.1)).then_some(())
-    })
-    .await;
+    read_receipt_shown(&stack, &contact, &reply.id).await;
     wait::until("the failure notice", Duration::from_secs(20), || async {
         let texts = stack.desk.customer_texts(&contact).await.ok()?;
         texts.into_iter().find(|t| t.contains("63024"))
     })
     .await;
+    relay.shutdown().await;
+}
+
+/// Waits until the agent sees `item` read by the customer.
+async fn read_receipt_shown(stack: &Stack, contact: &str, item: &str) {
+    wait::until("the read receipt", Duration::from_secs(20), || async {
+        let receipts = stack.desk.customer_receipts(contact).await.ok()?;
+        (receipts.get(item).is_some_and(|r| r.1)).then_some(())
+    })
+    .await;
+}
+
+/// A new connection's token can be refused too (here: expired again before its first use,
+/// as chaos's back-to-back expiries did). The chat is not over — Connect would refuse a
+/// new connection then — so the receipt is not dropped: the relay connects again, within
+/// a bound, and past it retries the event later.
+#[tokio::test]
+async fn a_receipt_outlives_a_new_connection_refused_before_its_first_use() {
+    let stack = Stack::new().await;
+    let relay = stack.relay(&[]).await;
+    let ana = customer(13);
+    stack.customer_says(&ana, "SM1", "hi").await;
+    let contact = stack.contact_of(&ana).await;
+    stack.desk.accept(&contact).await.unwrap();
+    let reply = stack.desk.send(&contact, "hello Ana").await.unwrap();
+    stack.outbound_until(1, Duration::from_secs(10)).await;
+    let connections = || async {
+        let stats = stack.desk.stats().await.ok()?;
+        Some(stats.calls_to("CreateParticipantConnection"))
+    };
+    let before = connections().await.unwrap();
+    // Every call takes a while, and meanwhile every token expires: each new connection is
+    // refused at its first use.
+    stack.desk.delay(400).await.unwrap();
+    let expiring = CancellationToken::new();
+    let expirer = tokio::spawn({
+        let (desk, contact, stop) = (stack.desk.clone(), contact.clone(), expiring.clone());
+        async move {
+            while !stop.is_cancelled() {
+                let _ = desk.expire_tokens(Some(&contact)).await;
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    });
+    stack
+        .inbound
+        .send(status_callback(
+            &ana, &contact, "SMa", &reply.id, "read", None,
+        ))
+        .await
+        .unwrap();
+    // Until the relay has made two new connections (or for a while: one that gives up
+    // after the first makes no second).
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while connections().await.is_none_or(|n| n < before + 2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    expiring.cancel();
+    expirer.await.unwrap();
+    stack.desk.delay(0).await.unwrap();
+    read_receipt_shown(&stack, &contact, &reply.id).await;
     relay.shutdown().await;
 }
 
