@@ -151,6 +151,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Delivered / read receipts Connect refused for good (a supervisor in the chat: 409).",
     ),
     (
+        "waconnect_relay_statuses_unrelayed_total",
+        Kind::Counter,
+        "Receipts and failure notices with no chat left to reach, by why (no conversation, the chat is over, the chat ended).",
+    ),
+    (
         "waconnect_relay_indicators_total",
         Kind::Counter,
         "Typing indicators and read ticks towards WhatsApp, by kind (typing, read) and outcome (shown, refused, error, late, dropped, unknown, outside_window).",
