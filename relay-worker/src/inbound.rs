@@ -240,10 +240,8 @@ async fn relay_status(relay: &Relay, event: &InboundEvent) -> Result<(), RelayEr
         if conversation.contact_id.as_deref() != Some(contact)
             || conversation.state != ConversationState::Active
         {
-            {
-                nobody_to_tell(&key, status, "the chat is over");
-                return Ok(());
-            };
+            nobody_to_tell(&key, status, "the chat is over");
+            return Ok(());
         }
         let token = conversation.connection_token_value();
         match tell_agent(relay, event, &token, item, status).await {
