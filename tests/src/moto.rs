@@ -27,9 +27,9 @@ pub struct Moto {
     _child: Mutex<Child>,
 }
 
-/// The venv `tests/run` prepares, unless `WACONNECT_PYTHON` names another interpreter
-/// that has `moto[server]`.
-fn python() -> PathBuf {
+/// The venv `tests/run` prepares (moto, boto3 and Twilio's library, tests/requirements.txt),
+/// unless `WACONNECT_PYTHON` names another interpreter that has them.
+pub fn python() -> PathBuf {
     std::env::var_os("WACONNECT_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
