@@ -12,35 +12,35 @@ use waconnect_sim::connect::ConnectSim;
 use waconnect_sim::twilio::{TwilioOptions, TwilioSim};
 use waconnect_tests::moto::python;
 
-/// Runs `script` (under tests/official/) with `env`, and fails with its output unless it
-/// passes.
+/// Runs `script` (under tests/official/) with the venv's Python and `env`.
 async fn run(script: &str, env: &[(&str, String)]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("official")
         .join(script);
     let mut command = tokio::process::Command::new(python());
+    command.arg(&path).envs(env.iter().map(|(k, v)| (k, v)));
+    finish(script, command).await;
+}
+
+/// Runs `command` and fails with its output unless it passes within a minute.
+async fn finish(name: &str, mut command: tokio::process::Command) {
     command
-        .arg(&path)
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let child = command.spawn().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {} ({e}); tests/run prepares the venv",
-            python().display()
-        )
+        panic!("cannot run {name} ({e}); tests/run prepares the venv and tests/browser's packages")
     });
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("{script} did not finish within 60 s"))
+        .unwrap_or_else(|_| panic!("{name} did not finish within 60 s"))
         .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{script} failed:\n{text}");
+    assert!(out.status.success(), "{name} failed:\n{text}");
     println!("{text}");
 }
 
@@ -71,4 +71,16 @@ async fn aws_s_sdk_cannot_tell_the_simulator_from_connect() {
         ],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amazon_s_chat_client_cannot_tell_the_simulator_from_connect() {
+    let connect = ConnectSim::start().await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/chatjs.mjs");
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(&script)
+        .arg(connect.endpoint())
+        .arg(connect.instance_id());
+    finish("chatjs.mjs", command).await;
 }
