@@ -361,7 +361,7 @@ async fn deliver_parts(
         let mut unsure_since = match claim {
             Ok(Claim::Sent { sid }) => {
                 // Sent by an earlier delivery, which may not have seen it through.
-                if let Err(done) = confirm(s, &message, i, sid, stop).await {
+                if let Err(done) = confirm(s, m, &message, i, sid, stop).await {
                     return done;
                 }
                 continue;
@@ -512,7 +512,7 @@ async fn deliver_parts(
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if let Err(done) = confirm(s, &message, i, sent, stop).await {
+        if let Err(done) = confirm(s, m, &message, i, sent, stop).await {
             return done;
         }
     }
@@ -560,10 +560,14 @@ fn resend_pause(s: &Sender, attempt: u32) -> Duration {
 /// holds the customer's FIFO group fleet-wide, which is what Twilio advises for ordered
 /// sends. A part refused for a passing reason is sent again here, before anything after
 /// it, as the re-send the relay would queue from the status callback (same ledger key, so
-/// that one finds it sent). Past the wait, or when Twilio cannot be asked, order is left
-/// to the relay's re-send.
+/// that one finds it sent). A re-send Twilio does not take (429, 5xx) is tried again
+/// here too, as a first send is, and past its tries the message goes back to its queue,
+/// still ahead of what follows, where the next delivery picks the chain up from the
+/// ledger. Past the wait, when Twilio cannot be asked, or when a re-send's fate is
+/// unknown, order is left to the relay's re-send.
 async fn confirm(
     s: &Sender,
+    m: &ReceivedMessage,
     message: &OutboundMessage,
     index: usize,
     mut sid: String,
@@ -575,6 +579,9 @@ async fn confirm(
     let mut current = message.clone();
     let mut deadline = Instant::now() + s.confirm_wait;
     let mut poll = CONFIRM_FIRST_POLL;
+    // Re-sends Twilio did not take, and the pause before the next try.
+    let mut untaken = 0;
+    let mut backoff = Backoff::new(Duration::from_millis(200), s.max_backoff);
     loop {
         tokio::select! {
             () = stop.cancelled() => return Err(Done::Abandoned),
@@ -645,11 +652,45 @@ async fn confirm(
                 deadline = Instant::now() + s.confirm_wait;
             }
             Err(e) => {
-                // The relay's re-send from the status callback takes it from here.
                 if e.kind != ErrorKind::Unknown {
                     let _ = s.ledger.release(&key).await;
                 }
-                return pass_on(s, &current, index, &sid, &fetched).await;
+                let retry_after = match e.kind {
+                    ErrorKind::Throttled { retry_after } | ErrorKind::Transient { retry_after } => {
+                        retry_after
+                    }
+                    // Perhaps sent: the relay's re-send from the status callback takes it
+                    // from here, and its ledger key stops a second post.
+                    _ => return pass_on(s, &current, index, &sid, &fetched).await,
+                };
+                // Not taken. Passing it to the relay would queue it behind what the agent
+                // wrote next; it is tried again here instead, within the bounds a first
+                // send has: throttling costs no try (only the message's age bounds it),
+                // other failures a few tries per delivery.
+                let age = (chrono::Utc::now() - message.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                if age > s.give_up_after {
+                    let why = format!("not taken by Twilio within {:?}", s.give_up_after);
+                    return Err(give_up(s, m, &current, &e, &why).await);
+                }
+                if matches!(e.kind, ErrorKind::Transient { .. }) {
+                    untaken += 1;
+                    if untaken >= TRIES_PER_DELIVERY {
+                        return Err(retry_or_give_up(s, m, &current, &e).await);
+                    }
+                }
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff.next_delay())
+                    .min(s.max_backoff);
+                tracing::debug!(error = %e, ?wait, "a re-send Twilio did not take will be tried again");
+                tokio::select! {
+                    () = stop.cancelled() => return Err(Done::Abandoned),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                // The part is still failed at Twilio: the next round claims its re-send
+                // again and sends it, unless another delivery did meanwhile.
+                (poll, deadline) = (CONFIRM_FIRST_POLL, Instant::now() + s.confirm_wait);
             }
         }
     }

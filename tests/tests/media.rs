@@ -557,6 +557,19 @@ async fn agents_files_reach_the_phone(aws: bool) {
 /// once, before what the agent wrote next, and the agent is told of no failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_file_twilio_could_not_download_while_ingress_was_down_is_sent_again() {
+    file_sent_again_after_ingress_was_down(None).await;
+}
+
+/// As above, with Twilio answering 429 to every call for a while just as the sender sends
+/// the file again (chaos, seed 16724983343472028423): the re-send waits the storm out
+/// where it is, holding what came after it, rather than leaving the file to a re-send
+/// queued behind the agent's next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_again_into_a_429_storm_keeps_its_place() {
+    file_sent_again_after_ingress_was_down(Some(3.0)).await;
+}
+
+async fn file_sent_again_after_ingress_was_down(storm: Option<f64>) {
     let mut lp = FullLoop::start(LoopOptions::default()).await;
     let contact = lp.customers_write_and_agents_accept(1, 1).await.remove(0);
     let (phone, desk) = (lp.twilio.phone(), lp.connect.desk());
@@ -584,6 +597,9 @@ async fn an_agents_file_twilio_could_not_download_while_ingress_was_down_is_sent
         },
     )
     .await;
+    if let Some(seconds) = storm {
+        phone.storm(seconds).await.unwrap();
+    }
     lp.ingress = spawn("ingress", &lp.ingress_vars);
     desk.send(&contact, "did it arrive?").await.unwrap();
     let landed = wait::until(
