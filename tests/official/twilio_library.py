@@ -89,7 +89,10 @@ def webhook(path_prefix, matches):
         left = (deadline - datetime.datetime.now()).total_seconds()
         if left <= 0:
             raise AssertionError(f"no webhook on {path_prefix} within {WAIT} s")
-        path, params, valid = Webhooks.received.get(timeout=left)
+        try:
+            path, params, valid = Webhooks.received.get(timeout=left)
+        except queue.Empty:
+            raise AssertionError(f"no webhook on {path_prefix} within {WAIT} s") from None
         if not path.startswith(path_prefix):
             continue
         if not valid:
@@ -111,7 +114,7 @@ def main():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Webhooks)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     hooks = f"http://127.0.0.1:{server.server_address[1]}"
-    client = Client(ACCOUNT, TOKEN, http_client=ToSimulator())
+    client = Client(ACCOUNT, TOKEN, http_client=ToSimulator(timeout=WAIT))
 
     # The account, as a credentials check reads it.
     account = client.api.v2010.accounts(ACCOUNT).fetch()
@@ -210,7 +213,7 @@ def main():
         expect("invalid To status", e.status, 400)
         expect("invalid To code", e.code, 21211)
     try:
-        Client(ACCOUNT, "wrong-token", http_client=ToSimulator()).messages.create(
+        Client(ACCOUNT, "wrong-token", http_client=ToSimulator(timeout=WAIT)).messages.create(
             from_=SENDER, to=CUSTOMER, body="x"
         )
         raise AssertionError("a wrong auth token was accepted")
