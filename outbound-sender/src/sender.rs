@@ -302,11 +302,6 @@ async fn deliver_parts(
         Ok(m) => m,
         Err((message, e)) => return retry_or_give_up(s, m, &message, &e).await,
     };
-    let age = || {
-        (chrono::Utc::now() - message.created_at)
-            .to_std()
-            .unwrap_or_default()
-    };
     // A re-send's part may have been sent already: by this sender while it confirmed the
     // part before (see `confirm`), or by an earlier delivery. Then there is nothing to
     // fetch or pause for.
@@ -477,7 +472,7 @@ async fn deliver_parts(
                 ErrorKind::Throttled { .. } | ErrorKind::Transient { .. } | ErrorKind::Unknown => {}
             }
             // However the failures came, a message has a bound in age and in tries.
-            if age() > s.give_up_after {
+            if age(&message) > s.give_up_after {
                 if unsure_since.is_none() {
                     let _ = s.ledger.release(&key).await;
                 }
@@ -497,15 +492,7 @@ async fn deliver_parts(
                 return retry_or_give_up(s, m, &message, &err).await;
             }
             metrics::counter!("waconnect_sender_retried_total", "code" => code).increment(1);
-            let retry_after = match err.kind {
-                ErrorKind::Throttled { retry_after } | ErrorKind::Transient { retry_after } => {
-                    retry_after
-                }
-                _ => None,
-            };
-            let wait = retry_after
-                .unwrap_or_else(|| backoff.next_delay())
-                .min(s.max_backoff);
+            let wait = retry_wait(s, &err, &mut backoff);
             tracing::debug!(error = %err, ?wait, "Twilio send will be retried");
             tokio::select! {
                 () = stop.cancelled() => return Done::Abandoned,
@@ -547,6 +534,25 @@ async fn resend_body(
         Err(e) if e.kind == ErrorKind::Permanent => Err(fail_permanently(s, m, message, &e).await),
         Err(e) => Err(retry_or_give_up(s, m, message, &e).await),
     }
+}
+
+/// How long ago the message was queued: with `give_up_after`, the bound on its tries.
+fn age(message: &OutboundMessage) -> Duration {
+    (chrono::Utc::now() - message.created_at)
+        .to_std()
+        .unwrap_or_default()
+}
+
+/// The pause before sending again after `err`: what Twilio asked for, or the next backoff
+/// step, at most `max_backoff` either way.
+fn retry_wait(s: &Sender, err: &SendError, backoff: &mut Backoff) -> Duration {
+    let asked = match err.kind {
+        ErrorKind::Throttled { retry_after } | ErrorKind::Transient { retry_after } => retry_after,
+        _ => None,
+    };
+    asked
+        .unwrap_or_else(|| backoff.next_delay())
+        .min(s.max_backoff)
 }
 
 fn resend_pause(s: &Sender, attempt: u32) -> Duration {
@@ -655,22 +661,19 @@ async fn confirm(
                 if e.kind != ErrorKind::Unknown {
                     let _ = s.ledger.release(&key).await;
                 }
-                let retry_after = match e.kind {
-                    ErrorKind::Throttled { retry_after } | ErrorKind::Transient { retry_after } => {
-                        retry_after
-                    }
+                if !matches!(
+                    e.kind,
+                    ErrorKind::Throttled { .. } | ErrorKind::Transient { .. }
+                ) {
                     // Perhaps sent: the relay's re-send from the status callback takes it
                     // from here, and its ledger key stops a second post.
-                    _ => return pass_on(s, &current, index, &sid, &fetched).await,
-                };
+                    return pass_on(s, &current, index, &sid, &fetched).await;
+                }
                 // Not taken. Passing it to the relay would queue it behind what the agent
                 // wrote next; it is tried again here instead, within the bounds a first
                 // send has: throttling costs no try (only the message's age bounds it),
                 // other failures a few tries per delivery.
-                let age = (chrono::Utc::now() - message.created_at)
-                    .to_std()
-                    .unwrap_or_default();
-                if age > s.give_up_after {
+                if age(message) > s.give_up_after {
                     let why = format!("not taken by Twilio within {:?}", s.give_up_after);
                     return Err(give_up(s, m, &current, &e, &why).await);
                 }
@@ -680,9 +683,7 @@ async fn confirm(
                         return Err(retry_or_give_up(s, m, &current, &e).await);
                     }
                 }
-                let wait = retry_after
-                    .unwrap_or_else(|| backoff.next_delay())
-                    .min(s.max_backoff);
+                let wait = retry_wait(s, &e, &mut backoff);
                 tracing::debug!(error = %e, ?wait, "a re-send Twilio did not take will be tried again");
                 tokio::select! {
                     () = stop.cancelled() => return Err(Done::Abandoned),

@@ -1,9 +1,10 @@
-//! The services' own client libraries against the simulators: if Twilio's Python library
-//! or AWS's (boto3) can tell a simulator from the real service — a field they cannot
-//! parse, an error they do not recognise, a page they cannot follow, a signature they
-//! reject — the simulator is kinder or stranger than the service, and the product's tests
-//! on it prove less. The scripts (tests/official/) do what an application using each
-//! library does, and fail with the reason.
+//! The services' own client libraries against the simulators: if Twilio's Python library,
+//! AWS's (boto3) or Amazon's chat client (amazon-connect-chatjs, in Chromium) can tell a
+//! simulator from the real service — a field they cannot parse, an error they do not
+//! recognise, a page they cannot follow, a signature they reject, a socket they cannot
+//! keep — the simulator is kinder or stranger than the service, and the product's tests
+//! on it prove less. The scripts (tests/official/, tests/browser/chatjs.mjs) do what an
+//! application using each library does, and fail with the reason.
 
 use std::path::PathBuf;
 use std::process::Stdio;
